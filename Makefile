@@ -1,0 +1,50 @@
+# graft — the entry points: make demo, make test, make bench, make gpu-check.
+SHELL := /bin/bash
+TRAINER := trainer-cuda/build/graft-trainer
+APT_PACKAGES := libopenblas-dev nlohmann-json3-dev python3-torch python3-numpy tmux
+# Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
+SYSPY := /usr/bin/python3
+
+.PHONY: all deps apt npm trainer test test-trainer test-ts demo bench gpu-check clean
+
+all: trainer
+
+deps: apt npm
+
+# Install the Debian packages only when one is missing (CI runs as root on a fresh machine).
+apt:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+node_modules/.package-lock.json: package-lock.json package.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+npm: node_modules/.package-lock.json
+
+trainer: apt
+	$(MAKE) -C trainer-cuda -j2 all
+
+test-trainer: trainer
+	trainer-cuda/build/graft-tests
+	$(SYSPY) trainer-cuda/tests/test_flux_torch.py
+
+test-ts: npm trainer
+	npx vitest run
+
+test: test-trainer test-ts
+
+demo: trainer
+	@rm -rf output/demo-tiny
+	$(TRAINER) make-tiny output/demo-tiny --seed 1
+	$(TRAINER) train output/demo-tiny
+	@echo "outputs: $$(pwd)/output/demo-tiny (metrics.jsonl, checkpoints, state/)"
+
+bench: trainer
+	$(TRAINER) bench
+
+clean:
+	$(MAKE) -C trainer-cuda clean

@@ -1,0 +1,28 @@
+// Shared basics of the trainer: errors, version, small helpers.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#define GRAFT_VERSION "0.1.0"
+
+namespace graft {
+
+// Every user-facing failure is an Error whose message already names the file, field or value
+// and what to do; main() prints it on one line and exits non-zero.
+struct Error : std::runtime_error {
+  explicit Error(const std::string& msg) : std::runtime_error(msg) {}
+};
+
+[[noreturn]] inline void fail(const std::string& msg) { throw Error(msg); }
+
+inline int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string shape_str(const std::vector<int64_t>& shape);
+
+}  // namespace graft
