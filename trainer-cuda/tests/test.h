@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "common.h"  // graft::Error, which CHECK_THROWS expects
+
 namespace graft_test {
 
 struct Case { const char* name; std::function<void()> fn; };

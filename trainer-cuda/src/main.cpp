@@ -1,0 +1,177 @@
+// graft-trainer: the command line of the trainer. Every failure prints one line naming the file or
+// field and what to do, and exits non-zero.
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "flux.h"
+#include "lora.h"
+#include "ops.h"
+#include "rng.h"
+#include "safetensors.h"
+#include "tiny.h"
+#include "train.h"
+
+using namespace graft;
+
+static const char* kUsage =
+    "usage: graft-trainer <command> ...\n"
+    "  train <job-dir>                                   train (or resume) the job in <job-dir>\n"
+    "  forward <ckpt> <inputs> <outputs> [--lora F]      one FLUX forward; writes `out`\n"
+    "  lora-grad <ckpt> <inputs> <lora> <outputs>        loss = mean((out-target)^2); writes out, loss, grad.<key>\n"
+    "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
+    "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
+    "  --version\n";
+
+static void need_args(const std::vector<std::string>& a, size_t n, const char* cmd) {
+  if (a.size() < n) fail(std::string(cmd) + ": missing arguments\n" + kUsage);
+}
+
+static int cmd_forward(const std::vector<std::string>& a) {
+  need_args(a, 4, "forward");
+  std::string lora_path;
+  for (size_t i = 4; i < a.size(); ++i) {
+    if (a[i] == "--lora" && i + 1 < a.size()) lora_path = a[++i];
+    else fail("forward: unknown argument '" + a[i] + "'");
+  }
+  FluxModel model = FluxModel::load(a[1]);
+  FluxInputs in = flux_inputs_load(SafeTensorsFile::open(a[2]), model.cfg);
+  LoraSet lora;
+  if (!lora_path.empty()) lora = lora_load(lora_path, flux_lora_targets(model.cfg, true));
+  FluxRunner runner(&model, lora_path.empty() ? nullptr : &lora);
+  std::vector<float> out;
+  runner.forward(in, out);
+  SafeTensorsWriter w;
+  w.add("out", DType::F32, {in.B, in.L_img, model.cfg.out_channels}, out.data());
+  w.write(a[3]);
+  return 0;
+}
+
+static int cmd_lora_grad(const std::vector<std::string>& a) {
+  need_args(a, 5, "lora-grad");
+  FluxModel model = FluxModel::load(a[1]);
+  SafeTensorsFile inputs = SafeTensorsFile::open(a[2]);
+  FluxInputs in = flux_inputs_load(inputs, model.cfg);
+  std::vector<float> target = inputs.read_f32("target", {in.B, in.L_img, model.cfg.out_channels});
+  LoraSet lora = lora_load(a[3], flux_lora_targets(model.cfg, true));
+  FluxRunner runner(&model, &lora);
+  std::vector<float> out;
+  runner.forward(in, out);
+  const long n = (long)out.size();
+  float loss = mse_forward(out.data(), target.data(), n);
+  std::vector<float> dout(n, 0.0f);
+  mse_backward(dout.data(), out.data(), target.data(), n, 1.0f);
+  lora.zero_grad();
+  runner.backward(dout);
+  SafeTensorsWriter w;
+  w.add("out", DType::F32, {in.B, in.L_img, model.cfg.out_channels}, out.data());
+  w.add("loss", DType::F32, {1}, &loss);
+  // Gradients under the file's own keys. The file's B carries scale 1 when it has no alpha, so the
+  // gradient of the stored B is d/dB of scale*B: scale x the gradient of the effective B.
+  SafeTensorsFile lf = SafeTensorsFile::open(a[3]);
+  for (size_t i = 0; i < lora.adapters.size(); ++i) {
+    const LoraAdapter& ad = lora.adapters[i];
+    std::string key = (lf.has("transformer." + ad.target.module + ".lora_A.weight") ? "transformer." : "") + ad.target.module;
+    w.add("grad." + key + ".lora_A.weight", DType::F32, {ad.rank, ad.target.in}, lora.dA((int)i));
+    w.add("grad." + key + ".lora_B.weight", DType::F32, {ad.target.rows, ad.rank}, lora.dB((int)i));
+  }
+  w.write(a[4]);
+  return 0;
+}
+
+static int cmd_make_tiny(const std::vector<std::string>& a) {
+  need_args(a, 2, "make-tiny");
+  uint64_t seed = 1;
+  for (size_t i = 2; i < a.size(); ++i) {
+    if (a[i] == "--seed" && i + 1 < a.size()) seed = std::stoull(a[++i]);
+    else fail("make-tiny: unknown argument '" + a[i] + "'");
+  }
+  make_tiny(a[1], seed);
+  std::printf("wrote tiny FLUX job to %s (train it with: graft-trainer train %s)\n", a[1].c_str(), a[1].c_str());
+  return 0;
+}
+
+// CPU ms per training step (forward + backward + AdamW) of the tiny model at batch 2, 16 image
+// tokens + 8 text tokens: the baseline later backends are measured against.
+static int cmd_bench(const std::vector<std::string>& a) {
+  int steps = 50;
+  for (size_t i = 1; i < a.size(); ++i) {
+    if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
+    else fail("bench: unknown argument '" + a[i] + "'");
+  }
+  char tmpl[] = "/tmp/graft-bench-XXXXXX";
+  if (!mkdtemp(tmpl)) fail("bench: cannot create a temporary folder");
+  std::string dir = tmpl;
+  make_tiny(dir, 1);
+  FluxModel model = FluxModel::load(dir + "/model/transformer.safetensors");
+  LoraSet lora = lora_create(flux_lora_targets(model.cfg, false), 8, 8, 1);
+  FluxRunner runner(&model, &lora);
+  const FluxConfig& c = model.cfg;
+  FluxInputs in;
+  in.B = 2;
+  in.L_img = 16;
+  in.L_txt = 8;
+  Rng rng(1);
+  auto fill = [&](std::vector<float>& v, size_t n) { v.resize(n); for (float& x : v) x = rng.normal(); };
+  fill(in.img, (size_t)in.B * in.L_img * c.in_channels);
+  fill(in.txt, (size_t)in.B * in.L_txt * c.context_dim);
+  fill(in.y, (size_t)in.B * c.vec_dim);
+  in.img_ids.resize((size_t)in.B * in.L_img * 3);
+  flux_img_ids(in.img_ids.data(), in.B, 4, 4);
+  in.txt_ids.assign((size_t)in.B * in.L_txt * 3, 0.0f);
+  in.timesteps = {0.3f, 0.7f};
+  in.guidance = {1.0f, 1.0f};
+  std::vector<float> out, dout;
+  auto run = [&]() {
+    lora.zero_grad();
+    runner.forward(in, out);
+    dout.assign(out.size(), 1e-3f);
+    runner.backward(dout);
+  };
+  for (int i = 0; i < 5; ++i) run();
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < steps; ++i) run();
+  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
+  std::printf("bench cpu tiny-flux (hidden %d, %d+%d blocks, batch %d, %d img + %d txt tokens, LoRA rank 8): "
+              "%.2f ms/step over %d steps, %d threads\n",
+              c.hidden, c.n_double, c.n_single, in.B, in.L_img, in.L_txt, ms, steps, omp_get_max_threads());
+  std::string cleanup = "rm -rf '" + dir + "'";
+  if (std::system(cleanup.c_str()) != 0) std::fprintf(stderr, "bench: could not remove %s\n", dir.c_str());
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  std::vector<std::string> a(argv + 1, argv + argc);
+  if (a.empty() || a[0] == "-h" || a[0] == "--help" || a[0] == "help") {
+    std::fputs(kUsage, a.empty() ? stderr : stdout);
+    return a.empty() ? 2 : 0;
+  }
+  try {
+    if (a[0] == "--version") {
+      std::printf("graft-trainer %s\n", GRAFT_VERSION);
+      return 0;
+    }
+    if (a[0] == "train") {
+      need_args(a, 2, "train");
+      return train_run(a[1]);
+    }
+    if (a[0] == "forward") return cmd_forward(a);
+    if (a[0] == "lora-grad") return cmd_lora_grad(a);
+    if (a[0] == "make-tiny") return cmd_make_tiny(a);
+    if (a[0] == "bench") return cmd_bench(a);
+    std::fprintf(stderr, "graft-trainer: unknown command '%s'\n%s", a[0].c_str(), kUsage);
+    return 2;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: internal: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,345 @@
+#include "train.h"
+
+#include <dirent.h>
+#include <omp.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+
+#include "common.h"
+#include "lora.h"
+#include "metrics.h"
+#include "ops.h"
+#include "optim.h"
+#include "rng.h"
+
+namespace graft {
+
+using json = nlohmann::json;
+
+static const uint64_t kStreamStep = 0x57E9;
+
+// ---------------------------------------------------------------- signals
+// First SIGINT: finish the step, save, stop. Second SIGINT or SIGTERM: stop at once (every file we
+// write is written atomically, so nothing is left half-written).
+static volatile sig_atomic_t g_stop_requested = 0;
+static int g_metrics_fd = -1;
+
+static void on_signal(int sig) {
+  if (sig == SIGINT && !g_stop_requested) {
+    g_stop_requested = 1;
+    return;
+  }
+  static const char msg[] = "{\"event\":\"end\",\"status\":\"stopped\",\"forced\":true}\n";
+  if (g_metrics_fd >= 0) {
+    ssize_t r = write(g_metrics_fd, msg, sizeof msg - 1);
+    (void)r;
+    fsync(g_metrics_fd);
+  }
+  _exit(130);
+}
+
+static void install_signals() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+// ---------------------------------------------------------------- batches
+
+TrainBatch make_batch(const TrainData& data, const std::vector<int>& idx, const FluxConfig& cfg, const Job& job,
+                      uint64_t g) {
+  const TrainSample& s0 = data.samples[idx[0]];
+  const int B = (int)idx.size(), C = s0.C, H = s0.H, W = s0.W, Lt = s0.L_txt;
+  const int gh = H / 2, gw = W / 2, Li = gh * gw, P = C * 4;
+  const size_t lat = (size_t)C * H * W;
+  TrainBatch tb;
+  FluxInputs& in = tb.in;
+  in.B = B;
+  in.L_img = Li;
+  in.L_txt = Lt;
+  std::vector<float> xt((size_t)B * lat), vel((size_t)B * lat);
+  in.timesteps.resize(B);
+  Rng rng(job.seed, kStreamStep, g);
+  for (int b = 0; b < B; ++b) {
+    float t = job.timestep_type == "linear" ? rng.uniform() : 1.0f / (1.0f + std::exp(-rng.normal()));
+    in.timesteps[b] = t;
+    const float* x0 = data.samples[idx[b]].latent.data();
+    for (size_t i = 0; i < lat; ++i) {
+      float noise = rng.normal();
+      xt[b * lat + i] = (1.0f - t) * x0[i] + t * noise;
+      vel[b * lat + i] = noise - x0[i];
+    }
+  }
+  in.img.resize((size_t)B * Li * P);
+  tb.target.resize((size_t)B * Li * P);
+  patchify_forward(in.img.data(), xt.data(), B, C, H, W, 2);
+  patchify_forward(tb.target.data(), vel.data(), B, C, H, W, 2);
+  in.img_ids.resize((size_t)B * Li * 3);
+  flux_img_ids(in.img_ids.data(), B, gh, gw);
+  in.txt_ids.assign((size_t)B * Lt * 3, 0.0f);
+  in.txt.resize((size_t)B * Lt * cfg.context_dim);
+  in.y.resize((size_t)B * cfg.vec_dim);
+  for (int b = 0; b < B; ++b) {
+    const TrainSample& s = data.samples[idx[b]];
+    std::copy(s.txt.begin(), s.txt.end(), in.txt.begin() + (size_t)b * Lt * cfg.context_dim);
+    std::copy(s.y.begin(), s.y.end(), in.y.begin() + (size_t)b * cfg.vec_dim);
+  }
+  in.guidance.assign(B, job.guidance);
+  return tb;
+}
+
+// ---------------------------------------------------------------- files
+
+static std::string step_file(const Job& job, int step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "_%09d.safetensors", step);
+  return job.output_dir + "/" + job.name + buf;
+}
+
+// Step checkpoints of this job, oldest first.
+static std::vector<std::pair<int, std::string>> step_files(const Job& job) {
+  std::vector<std::pair<int, std::string>> out;
+  DIR* d = opendir(job.output_dir.c_str());
+  if (!d) return out;
+  const std::string prefix = job.name + "_", suffix = ".safetensors";
+  while (dirent* e = readdir(d)) {
+    std::string n = e->d_name;
+    if (n.size() != prefix.size() + 9 + suffix.size() || n.compare(0, prefix.size(), prefix) != 0 ||
+        n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    std::string digits = n.substr(prefix.size(), 9);
+    if (!std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    out.push_back({std::stoi(digits), job.output_dir + "/" + n});
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+static void make_dir(const std::string& p) {
+  if (mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) fail(p + ": cannot create folder: " + std::strerror(errno));
+}
+
+static std::map<std::string, std::string> lora_metadata(const Job& job, int step, int epoch) {
+  json software = {{"name", "graft"}, {"version", GRAFT_VERSION}};
+  json info = {{"step", step}, {"epoch", epoch}};
+  std::map<std::string, std::string> md = {
+      {"format", "pt"},
+      {"software", software.dump()},
+      {"training_info", info.dump()},
+      {"base_model", job.base_model},
+      {"name", job.name},
+      {"trigger_word", job.trigger_word},
+      {"network", json({{"type", job.network_type}, {"linear", job.rank}, {"linear_alpha", job.alpha}}).dump()},
+  };
+  if (!job.config_json.empty()) md["config"] = job.config_json;
+  return md;
+}
+
+struct TrainState {
+  int step = 0;
+  LoraSet* lora = nullptr;
+  AdamW* opt = nullptr;
+};
+
+static std::string state_path(const Job& job) { return job.output_dir + "/state/state.safetensors"; }
+
+static void state_save(const Job& job, const TrainState& st) {
+  make_dir(job.output_dir + "/state");
+  SafeTensorsWriter w;
+  const int64_t n = (int64_t)st.lora->params.size();
+  w.metadata = {{"format", "graft-state/1"},
+                {"step", std::to_string(st.step)},
+                {"adam_t", std::to_string(st.opt->t)},
+                {"seed", std::to_string(job.seed)},
+                {"name", job.name}};
+  w.add("lora", DType::F32, {n}, st.lora->params.data());
+  w.add("adam_m", DType::F32, {n}, st.opt->m.data());
+  w.add("adam_v", DType::F32, {n}, st.opt->v.data());
+  w.write(state_path(job));
+}
+
+// Returns the step to continue from (0 when there is no state).
+static int state_load(const Job& job, TrainState& st) {
+  struct stat sb;
+  if (stat(state_path(job).c_str(), &sb) != 0) return 0;
+  SafeTensorsFile f = SafeTensorsFile::open(state_path(job));
+  const int64_t n = (int64_t)st.lora->params.size();
+  const TensorInfo& t = f.info("lora");
+  if (t.shape.size() != 1 || t.shape[0] != n)
+    fail(f.path + ": saved for a different network (" + shape_str(t.shape) + " parameters, this job has " +
+         std::to_string(n) + "); move state/ away to start over");
+  auto need = [&](const char* k) {
+    auto it = f.metadata.find(k);
+    if (it == f.metadata.end()) fail(f.path + ": metadata '" + k + "' is missing");
+    return std::stol(it->second);
+  };
+  if ((uint64_t)need("seed") != job.seed)
+    fail(f.path + ": saved with seed " + f.metadata.at("seed") + " but the job has seed " + std::to_string(job.seed) +
+         "; a resumed run keeps its seed");
+  st.lora->params = f.read_f32("lora", {n});
+  st.opt->m = f.read_f32("adam_m", {n});
+  st.opt->v = f.read_f32("adam_v", {n});
+  st.opt->t = need("adam_t");
+  return (int)need("step");
+}
+
+static void save_checkpoint(const Job& job, const TrainState& st, const std::string& path, int epoch, Metrics& metrics) {
+  lora_save(*st.lora, path, job.save_dtype, lora_metadata(job, st.step, epoch));
+  state_save(job, st);
+  struct stat sb;
+  long size = stat(path.c_str(), &sb) == 0 ? (long)sb.st_size : 0;
+  metrics.event({{"event", "checkpoint"}, {"step", st.step}, {"file", path}, {"bytes", size}});
+  metrics.sync();
+}
+
+static void rotate(const Job& job) {
+  if (job.max_step_saves_to_keep <= 0) return;  // 0 keeps every step file
+  auto files = step_files(job);
+  // Only files older than the newest are removed, and only after the newest was written.
+  for (size_t i = 0; i + job.max_step_saves_to_keep < files.size(); ++i) unlink(files[i].second.c_str());
+}
+
+static double rss_mb() {
+  long pages = 0, resident = 0;
+  FILE* f = std::fopen("/proc/self/statm", "r");
+  if (!f) return 0;
+  if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+  std::fclose(f);
+  return resident * (double)sysconf(_SC_PAGESIZE) / (1024.0 * 1024.0);
+}
+
+static std::string duration_str(double s) {
+  char buf[32];
+  int t = (int)std::lround(s);
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", t / 3600, t / 60 % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%ds", t);
+  return buf;
+}
+
+// ---------------------------------------------------------------- the loop
+
+int train_run(const std::string& dir) {
+  Job job = job_load(dir);
+  if (job.device != "cpu" && job.device != "auto")
+    fail(job.file + ": device \"" + job.device + "\": this trainer build trains on the CPU only (the CUDA training "
+         "path is not built yet); set device to \"cpu\" or \"auto\"");
+  FluxModel model = FluxModel::load(job.transformer);
+  TrainData data = data_load(job, model.cfg);
+  LoraSet lora = lora_create(flux_lora_targets(model.cfg, job.train_modulation), job.rank, job.alpha, job.seed);
+  AdamW opt;
+  opt.beta1 = job.beta1;
+  opt.beta2 = job.beta2;
+  opt.eps = job.eps;
+  opt.weight_decay = job.weight_decay;
+  opt.m.assign(lora.params.size(), 0.0f);
+  opt.v.assign(lora.params.size(), 0.0f);
+  TrainState st{0, &lora, &opt};
+  make_dir(job.output_dir);
+  st.step = state_load(job, st);
+  if (st.step >= job.steps) {
+    std::printf("%s: already trained to step %d of %d; nothing to do (move state/ away to train again)\n",
+                job.name.c_str(), st.step, job.steps);
+    return 0;
+  }
+
+  Metrics metrics;
+  metrics.open(job.output_dir + "/metrics.jsonl");
+  g_metrics_fd = metrics.fd;
+  install_signals();
+  FluxRunner runner(&model, &lora);
+  const FluxConfig& c = model.cfg;
+  const int nb = data.batches_per_epoch(job.batch_size);
+  const bool resumed = st.step > 0;
+  std::printf("graft-trainer %s: %s '%s' on cpu (%d threads) from step %d of %d\n", GRAFT_VERSION,
+              resumed ? "resuming" : "training", job.name.c_str(), omp_get_max_threads(), st.step, job.steps);
+  std::printf("  model %s: hidden %d, %d heads, %d double + %d single blocks\n", job.transformer.c_str(), c.hidden,
+              c.heads, c.n_double, c.n_single);
+  std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets\n", job.rank,
+              job.alpha, lora.adapters.size(), lora.params.size(), data.samples.size(), data.buckets.size());
+  std::fflush(stdout);
+  metrics.event({{"event", "start"}, {"step", st.step}, {"steps", job.steps}, {"name", job.name},
+                 {"resumed", resumed}, {"device", "cpu"}, {"threads", omp_get_max_threads()},
+                 {"lora_params", lora.params.size()}, {"items", data.samples.size()},
+                 {"batch_size", job.batch_size}, {"gradient_accumulation", job.grad_accum}, {"pid", (int)getpid()}});
+
+  const bool tty = isatty(1);
+  std::vector<float> out, dout;
+  double ema_s = 0.0;
+  while (st.step < job.steps) {
+    auto t0 = std::chrono::steady_clock::now();
+    const int step = st.step + 1;
+    lora.zero_grad();
+    double loss_sum = 0.0;
+    for (int micro = 0; micro < job.grad_accum; ++micro) {
+      const uint64_t g = (uint64_t)(step - 1) * job.grad_accum + micro;
+      TrainBatch tb = make_batch(data, data.batch(job.seed, g, job.batch_size), c, job, g);
+      runner.forward(tb.in, out);
+      const long n = (long)out.size();
+      loss_sum += mse_forward(out.data(), tb.target.data(), n);
+      dout.assign(n, 0.0f);
+      mse_backward(dout.data(), out.data(), tb.target.data(), n, 1.0f / job.grad_accum);
+      runner.backward(dout);
+    }
+    const double loss = loss_sum / job.grad_accum;
+    if (!std::isfinite(loss)) {
+      std::string msg = "loss became " + std::to_string(loss) + " at step " + std::to_string(step) +
+                        ": stopped; the last checkpoint is kept. Try a lower learning rate (train.lr = " +
+                        std::to_string(job.lr) + ")";
+      metrics.event({{"event", "error"}, {"step", step}, {"message", msg}});
+      metrics.event({{"event", "end"}, {"status", "failed"}, {"step", st.step}});
+      metrics.close();
+      std::fprintf(stderr, "\nerror: %s\n", msg.c_str());
+      return 1;
+    }
+    const float grad_norm = clip_grad_norm(lora.grads.data(), lora.grads.size(), job.max_grad_norm);
+    const float lr = lr_at(job.lr_scheduler, job.lr, step, job.steps, job.warmup_steps);
+    opt.step(lora.params.data(), lora.grads.data(), lora.params.size(), lr);
+    st.step = step;
+
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    ema_s = ema_s == 0.0 ? secs : 0.9 * ema_s + 0.1 * secs;
+    const int epoch = (int)((uint64_t)step * job.grad_accum / (uint64_t)nb);
+    metrics.event({{"event", "step"}, {"step", step}, {"steps", job.steps}, {"loss", loss}, {"lr", lr},
+                   {"grad_norm", grad_norm}, {"s_per_step", secs}, {"epoch", epoch}, {"rss_mb", std::round(rss_mb())}});
+    if (tty || step % 10 == 0 || step == job.steps) {
+      std::printf("%sstep %d/%d  loss %.4f  lr %.1e  %.3f s/step  eta %s%s", tty ? "\r" : "", step, job.steps, loss,
+                  lr, ema_s, duration_str(ema_s * (job.steps - step)).c_str(), tty ? "\033[K" : "\n");
+      std::fflush(stdout);
+    }
+
+    if (g_stop_requested) {
+      std::string path = step_file(job, step);
+      save_checkpoint(job, st, path, epoch, metrics);
+      rotate(job);
+      metrics.event({{"event", "end"}, {"status", "stopped"}, {"step", step}});
+      metrics.close();
+      std::printf("\nstopped at step %d: saved %s and the state to resume from\n", step, path.c_str());
+      return 130;
+    }
+    if (step % job.save_every == 0 && step < job.steps) {
+      save_checkpoint(job, st, step_file(job, step), epoch, metrics);
+      rotate(job);
+    }
+  }
+  std::string final_path = job.output_dir + "/" + job.name + ".safetensors";
+  save_checkpoint(job, st, final_path, (int)((uint64_t)st.step * job.grad_accum / (uint64_t)nb), metrics);
+  metrics.event({{"event", "end"}, {"status", "finished"}, {"step", st.step}});
+  metrics.close();
+  g_metrics_fd = -1;
+  std::printf("%sfinished: %s\n", tty ? "\n" : "", final_path.c_str());
+  return 0;
+}
+
+}  // namespace graft
