@@ -46,5 +46,23 @@ demo: trainer
 bench: trainer
 	$(TRAINER) bench
 
+# Builds the CUDA backend and runs, on the GPU of this machine, every parity test (each CUDA op
+# against the CPU reference, and a LoRA step's gradients) and then the benchmark (with PyTorch
+# ratios when python3 has a CUDA torch). Needs nvcc, g++ and make only: no apt, no cuBLAS headers,
+# no OpenBLAS. Logs: trainer-cuda/build/gpu-tests.log and gpu-bench.log.
+gpu-check:
+	@start=$$(date +%s); \
+	if ! $(MAKE) -C trainer-cuda -j$$(nproc) cuda || [ ! -x trainer-cuda/build/graft-gpu-tests ]; then \
+	  echo "gpu-check: the CUDA build failed (is nvcc installed?)"; exit 1; fi; \
+	tests=0; bench=0; \
+	trainer-cuda/build/graft-gpu-tests 2>&1 | tee trainer-cuda/build/gpu-tests.log; tests=$${PIPESTATUS[0]}; \
+	trainer-cuda/build/graft-gpu-bench 2>&1 | tee trainer-cuda/build/gpu-bench.log; bench=$${PIPESTATUS[0]}; \
+	echo; echo "== gpu-check summary ($$(( $$(date +%s) - start )) s) =="; \
+	grep -E "^(device|cuBLASLt):" trainer-cuda/build/gpu-tests.log; \
+	grep -E "^gpu: " trainer-cuda/build/gpu-tests.log || echo "parity tests: no summary (crashed?)"; \
+	grep -E "^=> full" trainer-cuda/build/gpu-bench.log; \
+	echo "parity tests: $$( [ $$tests = 0 ] && echo PASS || echo FAIL ) | benchmark: $$( [ $$bench = 0 ] && echo OK || echo FAILED )"; \
+	[ $$tests = 0 ] && [ $$bench = 0 ]
+
 clean:
 	$(MAKE) -C trainer-cuda clean

@@ -1,0 +1,521 @@
+// graft-gpu-bench: what the CUDA backend achieves at FLUX.1-dev shapes, against the same work in
+// plain PyTorch (bench/torch_bench.py) when python3 with a CUDA torch is present.
+//   1. cuBLASLt GEMMs of the FLUX blocks (bf16, fp32 accumulate), TFLOP/s.
+//   2. Flash attention forward and forward+backward, 24 heads x 128, TFLOP/s.
+//   3. One FLUX double block and one single block, forward + backward, LoRA rank 16 on every
+//      linear layer except the modulation, frozen bf16 weights (random: values do not change the
+//      time): ms, model TFLOP/s, MFU against 989 TFLOP/s dense bf16 (H100/H200 SXM), peak VRAM;
+//      and the full-depth model (19 double + 38 single blocks) extrapolated from those.
+// Token counts: 512 px = 1024 image + 512 text tokens, 1024 px = 4096 + 512. Batch 1.
+// Times: CUDA events around each repetition, 3 warm-ups, median of 10.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cublaslt.h"
+#include "cuda_common.h"
+#include "ops_gpu.h"
+
+using namespace graft;
+using namespace graft::gpu;
+
+namespace {
+
+const int C = 3072, HEADS = 24, HD = 128, MLP = 12288, RANK = 16;
+const double PEAK_TFLOPS = 989.0;  // dense bf16, H100/H200 SXM datasheet
+const int TOKENS[2][2] = {{1024, 512}, {4096, 512}};
+
+std::map<std::string, double> g_ours;  // key -> ms (same keys as torch_bench.py)
+
+float median_ms(const std::function<void()>& fn, int warmup = 3, int iters = 10) {
+  for (int i = 0; i < warmup; i++) fn();
+  cudaCheck(cudaDeviceSynchronize());
+  cudaEvent_t a, b;
+  cudaCheck(cudaEventCreate(&a));
+  cudaCheck(cudaEventCreate(&b));
+  std::vector<float> t;
+  for (int i = 0; i < iters; i++) {
+    cudaCheck(cudaEventRecord(a));
+    fn();
+    cudaCheck(cudaEventRecord(b));
+    cudaCheck(cudaEventSynchronize(b));
+    float ms = 0;
+    cudaCheck(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaCheck(cudaEventDestroy(a));
+  cudaCheck(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Every device buffer of a benchmark section, freed together.
+struct Arena {
+  std::vector<void*> ptrs;
+  template <typename T>
+  T* alloc(size_t n) {
+    T* p = device_alloc_n<T>(n ? n : 1, "benchmark buffer");
+    ptrs.push_back(p);
+    return p;
+  }
+  ~Arena() {
+    cudaDeviceSynchronize();
+    for (void* p : ptrs) cudaFree(p);
+  }
+};
+
+__global__ void fill_kernel(bf16* p, long n, uint32_t seed, float scale, float offset) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
+    p[i] = __float2bfloat16(offset + scale * ((h & 0xffffff) / 16777216.0f * 2.0f - 1.0f));
+  }
+}
+__global__ void fill_f32_kernel(float* p, long n, uint32_t seed, float scale) {
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+    uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+    h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
+    p[i] = scale * ((h & 0xffffff) / 16777216.0f * 2.0f - 1.0f);
+  }
+}
+uint32_t g_seed = 1;
+bf16* rand_bf16(Arena& a, size_t n, float scale = 1.0f, float offset = 0.0f) {
+  bf16* p = a.alloc<bf16>(n);
+  fill_kernel<<<1024, 256>>>(p, (long)n, g_seed++ * 0x9E3779B9u, scale, offset);
+  cudaCheckLaunch();
+  return p;
+}
+float* rand_f32(Arena& a, size_t n, float scale) {
+  float* p = a.alloc<float>(n);
+  fill_f32_kernel<<<1024, 256>>>(p, (long)n, g_seed++ * 0x9E3779B9u, scale);
+  cudaCheckLaunch();
+  return p;
+}
+
+// ---- 1. GEMMs ------------------------------------------------------------------------------------------
+void bench_gemms() {
+  struct Shape { const char* name; int in, out; };
+  const Shape shapes[] = {{"qkv", C, 3 * C}, {"proj", C, C}, {"mlp0", C, MLP}, {"mlp2", MLP, C},
+                          {"single_l1", C, 3 * C + MLP}, {"single_l2", C + MLP, C}};
+  std::printf("\n== cuBLASLt GEMM, bf16 in/out, fp32 accumulate: out[T,out] = x[T,in] @ W[out,in]^T ==\n");
+  std::printf("%-10s %6s %6s %6s %9s %9s\n", "layer", "T", "in", "out", "ms", "TFLOP/s");
+  for (auto& tk : TOKENS) {
+    int T = tk[0] + tk[1];
+    for (auto& s : shapes) {
+      Arena a;
+      bf16 *x = rand_bf16(a, (size_t)T * s.in), *W = rand_bf16(a, (size_t)s.out * s.in, 0.02f);
+      bf16* y = a.alloc<bf16>((size_t)T * s.out);
+      float ms = median_ms([&] { gpu::linear_forward(y, x, W, nullptr, T, s.in, s.out); });
+      double tf = 2.0 * T * s.in * s.out / (ms * 1e9);
+      std::printf("%-10s %6d %6d %6d %9.3f %9.1f\n", s.name, T, s.in, s.out, ms, tf);
+      g_ours[std::string("gemm:") + s.name + ":" + std::to_string(T)] = ms;
+    }
+  }
+}
+
+// ---- 2. attention --------------------------------------------------------------------------------------
+void bench_attention() {
+  std::printf("\n== flash attention, B=1, %d heads x %d, bf16 (WMMA mma.sync kernels) ==\n", HEADS, HD);
+  std::printf("%6s %10s %9s %14s %9s\n", "L", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
+  for (auto& tk : TOKENS) {
+    int L = tk[0] + tk[1];
+    Arena a;
+    size_t n = (size_t)L * HEADS * HD;
+    bf16 *q = rand_bf16(a, n), *k = rand_bf16(a, n), *v = rand_bf16(a, n), *g = rand_bf16(a, n);
+    bf16 *o = a.alloc<bf16>(n), *dq = a.alloc<bf16>(n), *dk = a.alloc<bf16>(n), *dv = a.alloc<bf16>(n);
+    float* lse = a.alloc<float>((size_t)HEADS * L);
+    float fwd = median_ms([&] { gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD); });
+    float fb = median_ms([&] {
+      gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD);
+      gpu::attention_backward(dq, dk, dv, g, o, lse, q, k, v, 1, L, HEADS, HD);
+    });
+    double f_fwd = 4.0 * L * (double)L * HD * HEADS;  // QK^T and PV
+    // fwd+bwd counted as FlashAttention reports it: 2.5x the forward (the backward's 5 products)
+    std::printf("%6d %10.3f %9.1f %14.3f %9.1f\n", L, fwd, f_fwd / (fwd * 1e9), fb, 3.5 * f_fwd / (fb * 1e9));
+    g_ours["attn_fwd:" + std::to_string(L)] = fwd;
+    g_ours["attn_fwdbwd:" + std::to_string(L)] = fb;
+  }
+}
+
+// ---- 3. FLUX blocks ------------------------------------------------------------------------------------
+struct Lin { bf16 *W, *b; int in, out; };
+struct Adapter { float *A, *B, *dA, *dB; bf16* h; int in, out; };
+const float LORA_SCALE = 1.0f;  // alpha 16 / rank 16
+
+Lin make_lin(Arena& a, int in, int out) { return {rand_bf16(a, (size_t)in * out, 0.02f), rand_bf16(a, out, 0.02f), in, out}; }
+// A linear layer that is a row block of a fused weight (single block's linear1).
+Lin sub_lin(const Lin& l, int row0, int rows) { return {l.W + (size_t)row0 * l.in, l.b + row0, l.in, rows}; }
+Adapter make_adapter(Arena& a, int in, int out, int L) {
+  Adapter ad;
+  ad.A = rand_f32(a, (size_t)RANK * in, 0.02f);
+  ad.B = rand_f32(a, (size_t)out * RANK, 0.01f);
+  ad.dA = a.alloc<float>((size_t)RANK * in);
+  ad.dB = a.alloc<float>((size_t)out * RANK);
+  ad.h = a.alloc<bf16>((size_t)L * RANK);
+  ad.in = in;
+  ad.out = out;
+  return ad;
+}
+
+// y[L, out] (row stride ldy) = x @ W^T + b + LoRA(x)
+void lin_fwd(bf16* y, int ldy, const bf16* x, const Lin& l, Adapter* ad, int L) {
+  gemm(y, GemmOut::BF16, ldy, x, l.in, false, l.W, l.in, true, L, l.out, l.in, 1.0f, 0.0f, l.b);
+  if (ad) gpu::lora_forward(y, ldy, ad->h, x, ad->A, ad->B, L, l.in, l.out, RANK, LORA_SCALE);
+}
+// dx += dy @ W + LoRA's share; LoRA dA, dB += ...
+void lin_bwd(bf16* dx, const bf16* dy, int lddy, const bf16* x, const Lin& l, Adapter* ad, int L) {
+  gemm(dx, GemmOut::BF16, l.in, dy, lddy, false, l.W, l.in, false, L, l.in, l.out, 1.0f, 1.0f, nullptr);
+  if (ad) gpu::lora_backward(dx, ad->dA, ad->dB, dy, lddy, ad->h, x, ad->A, ad->B, L, l.in, l.out, RANK, LORA_SCALE);
+}
+
+double lin_flops(int L, int in, int out, bool lora) {  // forward + backward (frozen W: no dW)
+  double f = 2.0 * 2.0 * L * (double)in * out;
+  if (lora) f += 6.0 * L * (double)RANK * (in + out);
+  return f;
+}
+double attn_flops(int L) { return 12.0 * L * (double)L * HD * HEADS; }  // model FLOPs: fwd 4, bwd 8
+
+// The shared attention core of both blocks: QK-norm, RoPE, flash attention, forward and backward.
+struct AttnCore {
+  int L;
+  bf16 *q, *k, *v, *qn, *kn, *qr, *kr, *att;
+  float *rq, *rk, *lse, *pe;
+  bf16 *dq, *dk, *dv, *dqn, *dkn, *dqr, *dkr, *datt;
+  AttnCore(Arena& a, int L_) : L(L_) {
+    size_t n = (size_t)L * C;
+    for (bf16** p : {&q, &k, &v, &qn, &kn, &qr, &kr, &att, &dq, &dk, &dv, &dqn, &dkn, &dqr, &dkr, &datt})
+      *p = a.alloc<bf16>(n);
+    rq = a.alloc<float>((size_t)L * HEADS);
+    rk = a.alloc<float>((size_t)L * HEADS);
+    lse = a.alloc<float>((size_t)L * HEADS);
+    // RoPE table from FLUX-style ids (text at 0, image on a grid)
+    std::vector<float> ids((size_t)L * 3, 0.0f);
+    for (int i = 0; i < L; i++) { ids[i * 3 + 1] = (float)(i / 64); ids[i * 3 + 2] = (float)(i % 64); }
+    float* dids = a.alloc<float>(ids.size());
+    cudaCheck(cudaMemcpy(dids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
+    pe = a.alloc<float>((size_t)L * HD);
+    const int axes[3] = {16, 56, 56};
+    gpu::rope_table(pe, dids, L, axes, 3, 10000.0f);
+  }
+  // q, k, v filled (rows of every stream); `norm` runs each stream's QK-norm
+  void forward(const std::function<void()>& norm) {
+    norm();
+    gpu::rope_forward(qr, qn, pe, 1, L, HEADS, HD);
+    gpu::rope_forward(kr, kn, pe, 1, L, HEADS, HD);
+    gpu::attention_forward(att, lse, qr, kr, v, 1, L, HEADS, HD);
+  }
+  // datt filled; leaves dq, dk, dv (zeroed first by the caller) for the qkv projections
+  void backward(const std::function<void()>& norm_bwd) {
+    gpu::attention_backward(dqr, dkr, dv, datt, att, lse, qr, kr, v, 1, L, HEADS, HD);
+    gpu::rope_backward(dqn, dqr, pe, 1, L, HEADS, HD);
+    gpu::rope_backward(dkn, dkr, pe, 1, L, HEADS, HD);
+    norm_bwd();
+  }
+  std::vector<bf16*> grads() { return {dq, dk, dv, dqn, dkn, dqr, dkr, datt}; }
+};
+
+void zero(const std::vector<std::pair<void*, size_t>>& bufs) {
+  for (auto& b : bufs) cudaCheck(cudaMemsetAsync(b.first, 0, b.second));
+}
+
+struct BlockResult { double ms, tflops, peak_mib; };
+
+BlockResult print_block(const char* name, int T, float ms, double flops, size_t peak) {
+  double tf = flops / (ms * 1e9);
+  std::printf("%-7s %6d %9.2f %9.1f %7.1f%% %10.0f\n", name, T, ms, tf, 100.0 * tf / PEAK_TFLOPS, peak / 1048576.0);
+  return {ms, tf, peak / 1048576.0};
+}
+
+// One double-stream block: img and txt each with their own weights, joint attention over [txt; img].
+BlockResult bench_double(int Li, int Lt, size_t base_mem) {
+  const int L = Li + Lt;
+  Arena a;
+  struct Stream {
+    int L, off;
+    Lin mod, q, k, v, proj, mlp0, mlp2;
+    bf16 *qs, *ks;
+    Adapter aq, ak, av, aproj, amlp0, amlp2;
+    bf16 *x, *modv, *ln1, *xm1, *proj_o, *xmid, *ln2, *xm2, *h, *g, *m, *xout;
+    float *mean1, *rstd1, *mean2, *rstd2;
+    bf16 *dxout, *dx, *dmod, *dln1, *dxm1, *dproj, *dxmid, *dln2, *dxm2, *dh, *dg, *dm, *dvs;
+  } st[2];
+  bf16* vec = rand_bf16(a, C);
+  bf16* vs = a.alloc<bf16>(C);
+  bf16* dvec = a.alloc<bf16>(C);
+  AttnCore core(a, L);
+  std::vector<std::pair<void*, size_t>> zeros;
+  for (int s = 0; s < 2; s++) {
+    Stream& S = st[s];
+    S.L = s == 0 ? Lt : Li;
+    S.off = s == 0 ? 0 : Lt;  // joint sequence: text first, as FLUX
+    S.mod = make_lin(a, C, 6 * C);
+    S.q = make_lin(a, C, C); S.k = make_lin(a, C, C); S.v = make_lin(a, C, C);
+    S.proj = make_lin(a, C, C); S.mlp0 = make_lin(a, C, MLP); S.mlp2 = make_lin(a, MLP, C);
+    S.qs = rand_bf16(a, HD, 0.2f, 1.0f); S.ks = rand_bf16(a, HD, 0.2f, 1.0f);
+    S.aq = make_adapter(a, C, C, S.L); S.ak = make_adapter(a, C, C, S.L); S.av = make_adapter(a, C, C, S.L);
+    S.aproj = make_adapter(a, C, C, S.L); S.amlp0 = make_adapter(a, C, MLP, S.L); S.amlp2 = make_adapter(a, MLP, C, S.L);
+    size_t n = (size_t)S.L * C, nm = (size_t)S.L * MLP;
+    S.x = rand_bf16(a, n);
+    S.dxout = rand_bf16(a, n);
+    S.modv = a.alloc<bf16>(6 * C);
+    for (bf16** p : {&S.ln1, &S.xm1, &S.proj_o, &S.xmid, &S.ln2, &S.xm2, &S.m, &S.xout}) *p = a.alloc<bf16>(n);
+    S.h = a.alloc<bf16>(nm); S.g = a.alloc<bf16>(nm);
+    for (float** p : {&S.mean1, &S.rstd1, &S.mean2, &S.rstd2}) *p = a.alloc<float>(S.L);
+    for (bf16** p : {&S.dx, &S.dln1, &S.dxm1, &S.dproj, &S.dxmid, &S.dln2, &S.dxm2, &S.dm}) {
+      *p = a.alloc<bf16>(n);
+      zeros.push_back({*p, n * 2});
+    }
+    S.dh = a.alloc<bf16>(nm); S.dg = a.alloc<bf16>(nm);
+    zeros.push_back({S.dh, nm * 2}); zeros.push_back({S.dg, nm * 2});
+    S.dmod = a.alloc<bf16>(6 * C); S.dvs = a.alloc<bf16>(C);
+    zeros.push_back({S.dmod, 6 * C * 2}); zeros.push_back({S.dvs, C * 2});
+    for (Adapter* ad : {&S.aq, &S.ak, &S.av, &S.aproj, &S.amlp0, &S.amlp2}) {
+      zeros.push_back({ad->dA, (size_t)RANK * ad->in * 4});
+      zeros.push_back({ad->dB, (size_t)RANK * ad->out * 4});
+    }
+  }
+  for (bf16* p : core.grads()) zeros.push_back({p, (size_t)L * C * 2});
+  zeros.push_back({dvec, C * 2});
+
+  auto step = [&] {
+    // forward
+    gpu::silu_forward(vs, vec, C);
+    for (Stream& S : st) {
+      lin_fwd(S.modv, 6 * C, vs, S.mod, nullptr, 1);
+      gpu::layernorm_forward(S.ln1, S.mean1, S.rstd1, S.x, S.L, C);
+      gpu::modulate_forward(S.xm1, S.ln1, S.modv, S.modv + C, 6 * C, 1, S.L, C);
+      lin_fwd(core.q + (size_t)S.off * C, C, S.xm1, S.q, &S.aq, S.L);
+      lin_fwd(core.k + (size_t)S.off * C, C, S.xm1, S.k, &S.ak, S.L);
+      lin_fwd(core.v + (size_t)S.off * C, C, S.xm1, S.v, &S.av, S.L);
+    }
+    core.forward([&] {
+      for (Stream& S : st) {
+        size_t o = (size_t)S.off * C;
+        gpu::rmsnorm_forward(core.qn + o, core.rq + (size_t)S.off * HEADS, core.q + o, S.qs, S.L * HEADS, HD);
+        gpu::rmsnorm_forward(core.kn + o, core.rk + (size_t)S.off * HEADS, core.k + o, S.ks, S.L * HEADS, HD);
+      }
+    });
+    for (Stream& S : st) {
+      size_t n = (size_t)S.L * C;
+      lin_fwd(S.proj_o, C, core.att + (size_t)S.off * C, S.proj, &S.aproj, S.L);
+      cudaCheck(cudaMemcpyAsync(S.xmid, S.x, n * 2, cudaMemcpyDeviceToDevice));
+      gpu::gate_residual_forward(S.xmid, S.proj_o, S.modv + 2 * C, 6 * C, 1, S.L, C);
+      gpu::layernorm_forward(S.ln2, S.mean2, S.rstd2, S.xmid, S.L, C);
+      gpu::modulate_forward(S.xm2, S.ln2, S.modv + 3 * C, S.modv + 4 * C, 6 * C, 1, S.L, C);
+      lin_fwd(S.h, MLP, S.xm2, S.mlp0, &S.amlp0, S.L);
+      gpu::gelu_forward(S.g, S.h, (long)S.L * MLP);
+      lin_fwd(S.m, C, S.g, S.mlp2, &S.amlp2, S.L);
+      cudaCheck(cudaMemcpyAsync(S.xout, S.xmid, n * 2, cudaMemcpyDeviceToDevice));
+      gpu::gate_residual_forward(S.xout, S.m, S.modv + 5 * C, 6 * C, 1, S.L, C);
+    }
+    // backward
+    zero(zeros);
+    for (Stream& S : st) {
+      size_t n = (size_t)S.L * C;
+      cudaCheck(cudaMemcpyAsync(S.dxmid, S.dxout, n * 2, cudaMemcpyDeviceToDevice));  // residual
+      gpu::gate_residual_backward(S.dm, S.dmod + 5 * C, S.dxout, S.m, S.modv + 5 * C, 6 * C, 1, S.L, C);
+      lin_bwd(S.dg, S.dm, C, S.g, S.mlp2, &S.amlp2, S.L);
+      gpu::gelu_backward(S.dh, S.dg, S.h, (long)S.L * MLP);
+      lin_bwd(S.dxm2, S.dh, MLP, S.xm2, S.mlp0, &S.amlp0, S.L);
+      gpu::modulate_backward(S.dln2, S.dmod + 3 * C, S.dmod + 4 * C, S.dxm2, S.ln2, S.modv + 4 * C, 6 * C, 1, S.L, C);
+      gpu::layernorm_backward(S.dxmid, S.dln2, S.xmid, S.mean2, S.rstd2, S.L, C);
+      cudaCheck(cudaMemcpyAsync(S.dx, S.dxmid, n * 2, cudaMemcpyDeviceToDevice));  // residual
+      gpu::gate_residual_backward(S.dproj, S.dmod + 2 * C, S.dxmid, S.proj_o, S.modv + 2 * C, 6 * C, 1, S.L, C);
+      lin_bwd(core.datt + (size_t)S.off * C, S.dproj, C, core.att + (size_t)S.off * C, S.proj, &S.aproj, S.L);
+    }
+    core.backward([&] {
+      for (Stream& S : st) {
+        size_t o = (size_t)S.off * C;
+        gpu::rmsnorm_backward(core.dq + o, nullptr, core.dqn + o, core.q + o, S.qs, core.rq + (size_t)S.off * HEADS,
+                              S.L * HEADS, HD);
+        gpu::rmsnorm_backward(core.dk + o, nullptr, core.dkn + o, core.k + o, S.ks, core.rk + (size_t)S.off * HEADS,
+                              S.L * HEADS, HD);
+      }
+    });
+    for (Stream& S : st) {
+      size_t o = (size_t)S.off * C;
+      lin_bwd(S.dxm1, core.dq + o, C, S.xm1, S.q, &S.aq, S.L);
+      lin_bwd(S.dxm1, core.dk + o, C, S.xm1, S.k, &S.ak, S.L);
+      lin_bwd(S.dxm1, core.dv + o, C, S.xm1, S.v, &S.av, S.L);
+      gpu::modulate_backward(S.dln1, S.dmod, S.dmod + C, S.dxm1, S.ln1, S.modv + C, 6 * C, 1, S.L, C);
+      gpu::layernorm_backward(S.dx, S.dln1, S.x, S.mean1, S.rstd1, S.L, C);
+      lin_bwd(S.dvs, S.dmod, 6 * C, vs, S.mod, nullptr, 1);
+    }
+    gpu::silu_backward(dvec, st[0].dvs, vec, C);
+    gpu::silu_backward(dvec, st[1].dvs, vec, C);
+  };
+  float ms = median_ms(step);
+  size_t peak = mem_used_now() - base_mem;
+  double flops = 0;
+  for (Stream& S : st)
+    flops += 4 * lin_flops(S.L, C, C, true) + lin_flops(S.L, C, MLP, true) + lin_flops(S.L, MLP, C, true) +
+             lin_flops(1, C, 6 * C, false);
+  flops += attn_flops(L);
+  g_ours["double:" + std::to_string(L)] = ms;
+  return print_block("double", L, ms, flops, peak);
+}
+
+// One single-stream block over the joint sequence: linear1 (qkv + MLP in), attention, linear2 over
+// [attention, gelu(MLP)].
+BlockResult bench_single(int L, size_t base_mem) {
+  Arena a;
+  Lin mod = make_lin(a, C, 3 * C), l1 = make_lin(a, C, 3 * C + MLP), l2 = make_lin(a, C + MLP, C);
+  Lin lq = sub_lin(l1, 0, C), lk = sub_lin(l1, C, C), lv = sub_lin(l1, 2 * C, C), lm = sub_lin(l1, 3 * C, MLP);
+  Adapter aq = make_adapter(a, C, C, L), ak = make_adapter(a, C, C, L), av = make_adapter(a, C, C, L);
+  Adapter am = make_adapter(a, C, MLP, L), a2 = make_adapter(a, C + MLP, C, L);
+  bf16 *qs = rand_bf16(a, HD, 0.2f, 1.0f), *ks = rand_bf16(a, HD, 0.2f, 1.0f);
+  bf16 *vec = rand_bf16(a, C), *vs = a.alloc<bf16>(C), *modv = a.alloc<bf16>(3 * C);
+  size_t n = (size_t)L * C, nm = (size_t)L * MLP, nc = (size_t)L * (C + MLP);
+  bf16 *x = rand_bf16(a, n), *dxout = rand_bf16(a, n);
+  bf16 *ln = a.alloc<bf16>(n), *xm = a.alloc<bf16>(n), *hm = a.alloc<bf16>(nm), *g = a.alloc<bf16>(nm);
+  bf16 *cat = a.alloc<bf16>(nc), *o = a.alloc<bf16>(n), *xout = a.alloc<bf16>(n);
+  float *mean = a.alloc<float>(L), *rstd = a.alloc<float>(L);
+  AttnCore core(a, L);
+  bf16 *dx = a.alloc<bf16>(n), *dln = a.alloc<bf16>(n), *dxm = a.alloc<bf16>(n), *dhm = a.alloc<bf16>(nm);
+  bf16 *dg = a.alloc<bf16>(nm), *dcat = a.alloc<bf16>(nc), *do_ = a.alloc<bf16>(n), *dmod = a.alloc<bf16>(3 * C);
+  bf16 *dvs = a.alloc<bf16>(C), *dvec = a.alloc<bf16>(C);
+  std::vector<std::pair<void*, size_t>> zeros = {{dln, n * 2}, {dxm, n * 2}, {dhm, nm * 2}, {dcat, nc * 2},
+                                                  {do_, n * 2}, {dmod, 3 * C * 2}, {dvs, C * 2}, {dvec, C * 2}};
+  for (bf16* p : core.grads()) zeros.push_back({p, n * 2});
+  for (Adapter* ad : {&aq, &ak, &av, &am, &a2}) {
+    zeros.push_back({ad->dA, (size_t)RANK * ad->in * 4});
+    zeros.push_back({ad->dB, (size_t)RANK * ad->out * 4});
+  }
+  const size_t pitch_cat = (size_t)(C + MLP) * 2;
+
+  auto step = [&] {
+    gpu::silu_forward(vs, vec, C);
+    lin_fwd(modv, 3 * C, vs, mod, nullptr, 1);
+    gpu::layernorm_forward(ln, mean, rstd, x, L, C);
+    gpu::modulate_forward(xm, ln, modv, modv + C, 3 * C, 1, L, C);
+    lin_fwd(core.q, C, xm, lq, &aq, L);
+    lin_fwd(core.k, C, xm, lk, &ak, L);
+    lin_fwd(core.v, C, xm, lv, &av, L);
+    lin_fwd(hm, MLP, xm, lm, &am, L);
+    core.forward([&] {
+      gpu::rmsnorm_forward(core.qn, core.rq, core.q, qs, L * HEADS, HD);
+      gpu::rmsnorm_forward(core.kn, core.rk, core.k, ks, L * HEADS, HD);
+    });
+    gpu::gelu_forward(g, hm, (long)nm);
+    cudaCheck(cudaMemcpy2DAsync(cat, pitch_cat, core.att, C * 2, C * 2, L, cudaMemcpyDeviceToDevice));
+    cudaCheck(cudaMemcpy2DAsync(cat + C, pitch_cat, g, MLP * 2, MLP * 2, L, cudaMemcpyDeviceToDevice));
+    lin_fwd(o, C, cat, l2, &a2, L);
+    cudaCheck(cudaMemcpyAsync(xout, x, n * 2, cudaMemcpyDeviceToDevice));
+    gpu::gate_residual_forward(xout, o, modv + 2 * C, 3 * C, 1, L, C);
+    // backward
+    zero(zeros);
+    cudaCheck(cudaMemcpyAsync(dx, dxout, n * 2, cudaMemcpyDeviceToDevice));  // residual
+    gpu::gate_residual_backward(do_, dmod + 2 * C, dxout, o, modv + 2 * C, 3 * C, 1, L, C);
+    lin_bwd(dcat, do_, C, cat, l2, &a2, L);
+    cudaCheck(cudaMemcpy2DAsync(core.datt, C * 2, dcat, pitch_cat, C * 2, L, cudaMemcpyDeviceToDevice));
+    cudaCheck(cudaMemcpy2DAsync(dg, MLP * 2, dcat + C, pitch_cat, MLP * 2, L, cudaMemcpyDeviceToDevice));
+    gpu::gelu_backward(dhm, dg, hm, (long)nm);
+    core.backward([&] {
+      gpu::rmsnorm_backward(core.dq, nullptr, core.dqn, core.q, qs, core.rq, L * HEADS, HD);
+      gpu::rmsnorm_backward(core.dk, nullptr, core.dkn, core.k, ks, core.rk, L * HEADS, HD);
+    });
+    lin_bwd(dxm, core.dq, C, xm, lq, &aq, L);
+    lin_bwd(dxm, core.dk, C, xm, lk, &ak, L);
+    lin_bwd(dxm, core.dv, C, xm, lv, &av, L);
+    lin_bwd(dxm, dhm, MLP, xm, lm, &am, L);
+    gpu::modulate_backward(dln, dmod, dmod + C, dxm, ln, modv + C, 3 * C, 1, L, C);
+    gpu::layernorm_backward(dx, dln, x, mean, rstd, L, C);
+    lin_bwd(dvs, dmod, 3 * C, vs, mod, nullptr, 1);
+    gpu::silu_backward(dvec, dvs, vec, C);
+  };
+  float ms = median_ms(step);
+  size_t peak = mem_used_now() - base_mem;
+  double flops = 3 * lin_flops(L, C, C, true) + lin_flops(L, C, MLP, true) + lin_flops(L, C + MLP, C, true) +
+                 lin_flops(1, C, 3 * C, false) + attn_flops(L);
+  g_ours["single:" + std::to_string(L)] = ms;
+  return print_block("single", L, ms, flops, peak);
+}
+
+// ---- PyTorch, same run -------------------------------------------------------------------------------------
+std::string script_path() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  std::string exe = n > 0 ? std::string(buf, n) : "";
+  std::string dir = exe.substr(0, exe.rfind('/'));      // .../trainer-cuda/build
+  return dir.substr(0, dir.rfind('/')) + "/bench/torch_bench.py";
+}
+
+void compare_with_torch() {
+  std::printf("\n== PyTorch (same shapes, bf16, SDPA, autograd), same run ==\n");
+  if (std::system("python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1") != 0) {
+    std::printf("python3 with a CUDA-enabled torch not found: no comparison\n");
+    return;
+  }
+  std::string cmd = "python3 " + script_path() + " 2>&1";
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) {
+    std::printf("could not run %s\n", cmd.c_str());
+    return;
+  }
+  std::map<std::string, double> torch_ms;
+  char line[1024];
+  while (fgets(line, sizeof line, f)) {
+    char key[256];
+    double ms;
+    if (std::sscanf(line, "TORCH %255s %lf", key, &ms) == 2) torch_ms[key] = ms;
+    else std::printf("  %s", line);
+  }
+  int rc = pclose(f);
+  std::printf("%-22s %12s %12s %14s\n", "operation", "graft ms", "torch ms", "torch / graft");
+  for (auto& kv : g_ours) {
+    auto it = torch_ms.find(kv.first);
+    if (it == torch_ms.end()) std::printf("%-22s %12.3f %12s %14s\n", kv.first.c_str(), kv.second, "-", "-");
+    else
+      std::printf("%-22s %12.3f %12.3f %13.2fx\n", kv.first.c_str(), kv.second, it->second, it->second / kv.second);
+  }
+  for (auto& kv : torch_ms)
+    if (kv.first.find("peak_mib") != std::string::npos)
+      std::printf("torch %-28s %10.0f MiB\n", kv.first.c_str(), kv.second);
+  if (rc != 0) std::printf("(the PyTorch script exited with status %d)\n", rc);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool with_torch = true;
+  for (int i = 1; i < argc; i++)
+    if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
+  try {
+    std::printf("graft-gpu-bench: FLUX.1-dev shapes (hidden %d, %d heads x %d, MLP %d), LoRA rank %d, batch 1\n", C,
+                HEADS, HD, MLP, RANK);
+    std::printf("device: %s\n", device_init().c_str());
+    std::printf("cuBLASLt: %s\n", cublaslt_init().c_str());
+    size_t base_mem = mem_used_now();
+    bench_gemms();
+    bench_attention();
+    std::printf("\n== FLUX blocks, forward + backward, LoRA rank %d (q, k, v, proj/out, MLP), frozen bf16 weights ==\n",
+                RANK);
+    std::printf("MFU = model FLOPs (linears fwd + input-grad bwd, LoRA, attention fwd 4 + bwd 8 L^2 D H) / time / %.0f\n",
+                PEAK_TFLOPS);
+    std::printf("%-7s %6s %9s %9s %8s %10s\n", "block", "tokens", "ms", "TFLOP/s", "MFU", "VRAM MiB");
+    for (auto& tk : TOKENS) {
+      int L = tk[0] + tk[1];
+      BlockResult d = bench_double(tk[0], tk[1], base_mem);
+      BlockResult s = bench_single(L, base_mem);
+      double step = 19 * d.ms + 38 * s.ms;
+      double model_flops = 19 * d.ms * d.tflops * 1e9 + 38 * s.ms * s.tflops * 1e9;
+      std::printf("=> full FLUX.1-dev depth (19 double + 38 single), %d px: %.0f ms/step, %.1f TFLOP/s, MFU %.1f%% "
+                  "(extrapolated from one block of each; embedders and final layer not counted)\n",
+                  L == 1536 ? 512 : 1024, step, model_flops / (step * 1e9), 100.0 * model_flops / (step * 1e9) / PEAK_TFLOPS);
+    }
+    std::printf("(VRAM: device memory in use during the block, minus what was in use at start; every activation "
+                "of one block kept, no checkpointing)\n");
+    scratch_release_all();
+    if (with_torch) compare_with_torch();
+  } catch (const std::exception& e) {
+    std::printf("graft-gpu-bench failed: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

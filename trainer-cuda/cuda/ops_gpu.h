@@ -1,0 +1,99 @@
+// The engine's operations on the GPU: the same list, shapes and conventions as src/ops.h (row-major,
+// shapes explicit, backward ACCUMULATES into every gradient it is given, nullptr gradients are
+// skipped, forward overwrites its outputs except the residual ops), with mixed-precision storage:
+//   bf16: activations, frozen base weights and biases, activation gradients, modulation vectors;
+//   fp32: LoRA master weights A, B and their gradients, dW/dbias/dscale (weight gradients), the
+//         per-row statistics a backward needs (mean, rstd, rrms, logsumexp), RoPE tables, t.
+// All arithmetic accumulates in fp32. Every function enqueues work on `stream` and returns.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "cuda_common.h"
+
+namespace graft {
+namespace gpu {
+
+// ---- linear.cu: cuBLASLt products -----------------------------------------------------------
+// out[N,OC] = inp[N,IC] @ W[OC,IC]^T + bias[OC] (bias through the GEMM epilogue).
+void linear_forward(bf16* out, const bf16* inp, const bf16* W, const bf16* bias, int N, int IC, int OC,
+                    cudaStream_t stream = 0);
+void linear_backward(bf16* dinp, float* dW, float* dbias, const bf16* dout, const bf16* inp, const bf16* W,
+                     int N, int IC, int OC, cudaStream_t stream = 0);
+
+// LoRA on a slice of an existing output, as ops.h: h[N,rank] = inp @ A^T (kept for backward, bf16);
+// out[n*out_stride + o] += scale * (h @ B^T)[n,o]. A [rank,IC] and B [OC,rank] are the fp32 master
+// weights; they are rounded to bf16 for the products (as PyTorch autocast does).
+void lora_forward(bf16* out, int out_stride, bf16* h, const bf16* inp, const float* A, const float* B, int N,
+                  int IC, int OC, int rank, float scale, cudaStream_t stream = 0);
+void lora_backward(bf16* dinp, float* dA, float* dB, const bf16* dout, int dout_stride, const bf16* h,
+                   const bf16* inp, const float* A, const float* B, int N, int IC, int OC, int rank, float scale,
+                   cudaStream_t stream = 0);
+
+// ---- norm.cu ------------------------------------------------------------------------------------
+void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, cudaStream_t stream = 0);
+void layernorm_backward(bf16* dinp, const bf16* dout, const bf16* inp, const float* mean, const float* rstd,
+                        int N, int C, cudaStream_t stream = 0);
+// scale: bf16 [C] (frozen QK-norm weight); dscale fp32 [C].
+void rmsnorm_forward(bf16* out, float* rrms, const bf16* inp, const bf16* scale, int N, int C,
+                     cudaStream_t stream = 0);
+void rmsnorm_backward(bf16* dinp, float* dscale, const bf16* dout, const bf16* inp, const bf16* scale,
+                      const float* rrms, int N, int C, cudaStream_t stream = 0);
+
+// ---- rope.cu ------------------------------------------------------------------------------------
+// ids fp32 [P, n_axes] (device), axes_dim host array; cos_sin fp32 [P, D/2, 2] (device).
+void rope_table(float* cos_sin, const float* ids, int P, const int* axes_dim, int n_axes, float theta,
+                cudaStream_t stream = 0);
+void rope_forward(bf16* out, const bf16* inp, const float* cos_sin, int B, int L, int H, int D,
+                  cudaStream_t stream = 0);
+void rope_backward(bf16* dinp, const bf16* dout, const float* cos_sin, int B, int L, int H, int D,
+                   cudaStream_t stream = 0);
+
+// ---- attention.cu: flash attention (online softmax, no L x L matrix) ----------------------------
+// q, k, v [B, L, H, D] bf16; out [B, L, H*D] bf16; lse [B, H, L] fp32 (log2-sum-exp of the scaled
+// scores, all the backward needs besides out). D in {32, 64, 128}.
+void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
+                       int D, cudaStream_t stream = 0);
+void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* out, const float* lse,
+                        const bf16* q, const bf16* k, const bf16* v, int B, int L, int H, int D,
+                        cudaStream_t stream = 0);
+
+// ---- elementwise.cu -------------------------------------------------------------------------------
+void gelu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
+void gelu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
+void silu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
+void silu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
+
+void modulate_forward(bf16* out, const bf16* x, const bf16* shift, const bf16* scale, int mod_stride, int B, int L,
+                      int C, cudaStream_t stream = 0);
+void modulate_backward(bf16* dx, bf16* dshift, bf16* dscale, const bf16* dout, const bf16* x, const bf16* scale,
+                       int mod_stride, int B, int L, int C, cudaStream_t stream = 0);
+void gate_residual_forward(bf16* res, const bf16* y, const bf16* gate, int mod_stride, int B, int L, int C,
+                           cudaStream_t stream = 0);
+void gate_residual_backward(bf16* dy, bf16* dgate, const bf16* dres, const bf16* y, const bf16* gate,
+                            int mod_stride, int B, int L, int C, cudaStream_t stream = 0);
+
+// t fp32 [B] and dt fp32 [B]; emb bf16 [B, dim].
+void timestep_embedding_forward(bf16* emb, const float* t, int B, int dim, float time_factor, float max_period,
+                                cudaStream_t stream = 0);
+void timestep_embedding_backward(float* dt, const bf16* demb, const float* t, int B, int dim, float time_factor,
+                                 float max_period, cudaStream_t stream = 0);
+
+void patchify_forward(bf16* out, const bf16* inp, int B, int C, int H, int W, int p, cudaStream_t stream = 0);
+void patchify_backward(bf16* dinp, const bf16* dout, int B, int C, int H, int W, int p, cudaStream_t stream = 0);
+void unpatchify_forward(bf16* out, const bf16* inp, int B, int C, int H, int W, int p, cudaStream_t stream = 0);
+void unpatchify_backward(bf16* dinp, const bf16* dout, int B, int C, int H, int W, int p, cudaStream_t stream = 0);
+
+// Mean squared error: the loss is reduced in fp32 on the device into *loss (device pointer);
+// mse_forward_host synchronises and returns it.
+void mse_forward(float* loss, const bf16* pred, const bf16* target, long n, cudaStream_t stream = 0);
+float mse_forward_host(const bf16* pred, const bf16* target, long n, cudaStream_t stream = 0);
+void mse_backward(bf16* dpred, const bf16* pred, const bf16* target, long n, float dloss, cudaStream_t stream = 0);
+
+// Conversions used around the ops (weights in, results out).
+void f32_to_bf16(bf16* out, const float* inp, long n, cudaStream_t stream = 0);
+void bf16_to_f32(float* out, const bf16* inp, long n, cudaStream_t stream = 0);
+// acc[i] (bf16) += add[i] (fp32)
+void add_f32_into_bf16(bf16* acc, const float* add, long n, cudaStream_t stream = 0);
+
+}  // namespace gpu
+}  // namespace graft
