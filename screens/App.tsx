@@ -1,0 +1,117 @@
+// The frame: a tab bar, the current screen, and the keys that work everywhere.
+import { Box, Text, useApp, useInput } from 'ink';
+import { useCallback, useEffect, useMemo, useState } from 'react';
+import type { NamedDataset } from '../src/config/fields.js';
+import type { Loaded } from '../src/config/jobfile.js';
+import { probeGpus, type Gpu } from '../src/gpu.js';
+import { useDatasets } from '../src/hooks/useDatasets.js';
+import { useJobForm } from '../src/hooks/useJobForm.js';
+import { useTerminalSize, type TermSize } from '../src/hooks/useTerminalSize.js';
+import type { Preset } from '../src/presets.js';
+import type { JobRow, Store } from '../src/queue/store.js';
+import { Dashboard, DASHBOARD_KEYS } from './Dashboard.js';
+import { Datasets, DATASETS_KEYS } from './Datasets.js';
+import { Help } from './Help.js';
+import { NEW_JOB_KEYS, NewJob } from './NewJob.js';
+import { Queue, QUEUE_KEYS } from './Queue.js';
+
+export type ScreenId = 'dashboard' | 'new' | 'queue' | 'datasets';
+const SCREENS: { id: ScreenId; key: string; title: string }[] = [
+  { id: 'dashboard', key: '1', title: 'Dashboard' },
+  { id: 'new', key: '2', title: 'New Job' },
+  { id: 'queue', key: '3', title: 'Training Queue' },
+  { id: 'datasets', key: '4', title: 'Datasets' },
+];
+
+export interface AppProps {
+  store: Store;
+  presets: Preset[];
+  initial?: Loaded;
+  initialScreen?: ScreenId;
+  /** GPUs to assume (tests); probed with nvidia-smi when absent. */
+  gpus?: Gpu[];
+  /** Fixed size (tests); the terminal's live size when absent. */
+  size?: TermSize;
+}
+
+export function App(props: AppProps) {
+  const { store, presets } = props;
+  const { exit } = useApp();
+  const size = useTerminalSize(props.size);
+  const [screen, setScreen] = useState<ScreenId>(props.initialScreen ?? (props.initial ? 'new' : 'dashboard'));
+  const [capture, setCapture] = useState(false);
+  const [help, setHelp] = useState(false);
+  const [gpus, setGpus] = useState<Gpu[] | undefined>(props.gpus);
+  const [jobs, setJobs] = useState<JobRow[]>(() => store.listJobs());
+
+  useEffect(() => {
+    if (props.gpus) return undefined;
+    let live = true;
+    void probeGpus().then((g) => { if (live) setGpus(g); });
+    return () => { live = false; };
+  }, []);
+
+  const ds = useDatasets(store);
+  const named: NamedDataset[] = useMemo(() => ds.list.map((d) => ({ name: d.name, folder: d.folder, isReg: d.is_reg })), [ds.list]);
+  const refreshJobs = useCallback(() => setJobs(store.listJobs()), [store]);
+  const form = useJobForm({ presets, store, initial: props.initial, gpus, datasets: named, onSaved: refreshJobs });
+
+  // Switching screens clears any capture the old screen held (it no longer renders its input).
+  const go = (id: ScreenId) => { setCapture(false); setScreen(id); };
+  // Other processes (the queue daemon, a second graft) change the database too.
+  useEffect(() => { if (screen === 'queue' || screen === 'dashboard') refreshJobs(); }, [screen]);
+
+  useInput((input, key) => {
+    if (help) { setHelp(false); return; }
+    if (capture) return;
+    if (input === '?') { setHelp(true); return; }
+    const target = SCREENS.find((s) => s.key === input);
+    if (target) { go(target.id); return; }
+    if (key.escape || input === 'q') {
+      if (screen === 'dashboard') exit();
+      else go('dashboard');
+    }
+  });
+
+  const width = size.columns;
+  const bodyH = Math.max(6, size.rows - 1);
+  const keys = screen === 'new' ? NEW_JOB_KEYS : screen === 'datasets' ? DATASETS_KEYS : screen === 'queue' ? QUEUE_KEYS : DASHBOARD_KEYS;
+  const title = SCREENS.find((s) => s.id === screen)!.title;
+
+  return (
+    <Box flexDirection="column" width={width} height={size.rows}>
+      <Box height={1} width={width}>
+        <Text wrap="truncate-end">
+          <Text bold color="cyan"> graft </Text>
+          {SCREENS.map((s) => (
+            <Text key={s.id}>
+              <Text dimColor>│</Text>
+              {s.id === screen ? <Text inverse bold>{` ${s.key} ${s.title} `}</Text> : <Text>{` ${s.key} ${s.title} `}</Text>}
+            </Text>
+          ))}
+          <Text dimColor>│</Text>
+          {width >= 100 && form.preset ? <Text dimColor>{` ${form.preset.label} · trainer support: ${form.preset.trainer_support}`}</Text> : null}
+        </Text>
+      </Box>
+      {help ? <Help title={title} keys={keys} width={width} height={bodyH} /> : null}
+      <Box display={help ? 'none' : 'flex'} flexDirection="column" width={width} height={bodyH}>
+        {screen === 'dashboard' ? <Dashboard jobs={jobs} datasets={ds.list.length} gpus={gpus} home={store.home} width={width} height={bodyH} /> : null}
+        <NewJob form={form} active={screen === 'new' && !help} width={width} height={bodyH} setCapture={setCapture} />
+        <Queue
+          jobs={jobs}
+          active={screen === 'queue' && !help}
+          width={width}
+          height={bodyH}
+          onOpen={(job) => {
+            try {
+              form.load(job.config_path);
+              go('new');
+            } catch { /* load reports its own errors in the form */ }
+          }}
+        />
+        <Datasets ds={ds} active={screen === 'datasets' && !help} width={width} height={bodyH} setCapture={setCapture} />
+      </Box>
+    </Box>
+  );
+}
+

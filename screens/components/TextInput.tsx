@@ -1,0 +1,78 @@
+// A one-line text input: arrows, Home/End, Backspace/Delete, Ctrl+U clears, Tab completes, Enter accepts, Esc cancels.
+import { Text, useInput } from 'ink';
+import { useState } from 'react';
+
+export interface TextInputProps {
+  initial: string;
+  width: number;
+  isActive?: boolean;
+  onChange?: (value: string) => void;
+  onSubmit: (value: string) => void;
+  onCancel: () => void;
+  /** Tab: return the completed value and the candidates to show. */
+  onComplete?: (value: string) => { value: string; candidates: string[] };
+  onCandidates?: (candidates: string[]) => void;
+}
+
+export function TextInput(props: TextInputProps) {
+  const [value, setValue] = useState(props.initial);
+  const [cursor, setCursor] = useState(props.initial.length);
+
+  const update = (v: string, c: number) => {
+    setValue(v);
+    setCursor(Math.max(0, Math.min(v.length, c)));
+    props.onChange?.(v);
+  };
+
+  useInput((input, key) => {
+    if (key.return) return props.onSubmit(value);
+    if (key.escape) return props.onCancel();
+    if (key.tab && props.onComplete) {
+      const done = props.onComplete(value);
+      props.onCandidates?.(done.candidates);
+      return update(done.value, done.value.length);
+    }
+    if (key.leftArrow) return setCursor(Math.max(0, cursor - 1));
+    if (key.rightArrow) return setCursor(Math.min(value.length, cursor + 1));
+    if (key.home || (key.ctrl && input === 'a')) return setCursor(0);
+    if (key.end || (key.ctrl && input === 'e')) return setCursor(value.length);
+    if (key.ctrl && input === 'u') return update('', 0);
+    if (key.backspace || (key.delete && input === '')) {
+      // Most terminals send DEL (0x7f) for Backspace, which Ink reports as delete.
+      if (cursor === 0) return undefined;
+      return update(value.slice(0, cursor - 1) + value.slice(cursor), cursor - 1);
+    }
+    if (key.ctrl || key.meta || key.tab || key.upArrow || key.downArrow || key.pageUp || key.pageDown) return undefined;
+    if (input) {
+      // Fast typists and tmux send-keys deliver several keys in one chunk: text, then maybe a Tab.
+      const parts = input.replace(/[\r\n]/g, '').split('\t');
+      let v = value, c = cursor;
+      parts.forEach((part, i) => {
+        const clean = part.replace(/[\x00-\x1f\x7f]/g, '');
+        v = v.slice(0, c) + clean + v.slice(c);
+        c += clean.length;
+        if (i < parts.length - 1 && props.onComplete) {
+          const done = props.onComplete(v);
+          props.onCandidates?.(done.candidates);
+          v = done.value;
+          c = v.length;
+        }
+      });
+      update(v, c);
+    }
+    return undefined;
+  }, { isActive: props.isActive ?? true });
+
+  // Keep the cursor visible inside the given width.
+  const w = Math.max(4, props.width);
+  const start = Math.max(0, cursor - w + 1);
+  const shown = value.slice(start, start + w);
+  const at = cursor - start;
+  return (
+    <Text>
+      {shown.slice(0, at)}
+      <Text inverse>{shown[at] ?? ' '}</Text>
+      {shown.slice(at + 1)}
+    </Text>
+  );
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env node
+// graft: `graft` opens the TUI; `graft <config.yaml>` opens it on that job; `graft validate <config.yaml>` checks a file.
+import { render } from 'ink';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { App } from '../screens/App.js';
+import { loadJobFile, type Loaded } from './config/jobfile.js';
+import { validateJob } from './config/validate.js';
+import { jobWarnings } from './config/warnings.js';
+import { graftHome, packageRoot } from './paths.js';
+import { familyFor, loadPresets } from './presets.js';
+import { Store } from './queue/store.js';
+import { getAt } from './util/objpath.js';
+
+const USAGE = `usage:
+  graft                      open the TUI
+  graft <config.yaml>        open the TUI with this job in New Job
+  graft validate <config>    check a job config; exit 1 on errors
+  graft --version | --help
+
+The graft home (queue database, named datasets, default job folders) is $GRAFT_HOME, default ~/.graft.`;
+
+function version(): string {
+  return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+function validateCommand(file: string | undefined): number {
+  if (!file) { process.stderr.write(`${USAGE}\n`); return 2; }
+  const presets = loadPresets();
+  let loaded: Loaded;
+  try {
+    loaded = loadJobFile(file);
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n`);
+    return 1;
+  }
+  const errors = validateJob(loaded.doc, presets);
+  const preset = familyFor(getAt(loaded.doc, ['config', 'process', 0, 'model']), presets);
+  for (const key of loaded.ignored) process.stdout.write(`ignored (kept on save): ${key}\n`);
+  for (const w of jobWarnings(loaded.doc, { preset })) process.stdout.write(`warning: ${w.message}\n`);
+  for (const e of errors) process.stdout.write(`error: ${e.message}\n`);
+  process.stdout.write(errors.length === 0 ? `${loaded.path}: ok (${preset?.label ?? 'unknown family'})\n` : `${loaded.path}: ${errors.length} error(s)\n`);
+  return errors.length === 0 ? 0 : 1;
+}
+
+async function tui(file: string | undefined): Promise<number> {
+  if (!process.stdin.isTTY || !process.stdout.isTTY) {
+    process.stderr.write('graft: the TUI needs a terminal (run it in a terminal, tmux or ssh -t); see graft --help\n');
+    return 2;
+  }
+  const presets = loadPresets();
+  let initial: Loaded | undefined;
+  if (file) {
+    try {
+      initial = loadJobFile(file);
+    } catch (err) {
+      process.stderr.write(`graft: ${(err as Error).message}\n`);
+      return 1;
+    }
+  }
+  const store = new Store(graftHome());
+  // The alternate screen keeps the user's scrollback clean; it is left again however graft exits.
+  process.stdout.write('\x1b[?1049h\x1b[H');
+  const leave = () => process.stdout.write('\x1b[?1049l');
+  process.on('exit', leave);
+  try {
+    const app = render(<App store={store} presets={presets} initial={initial} />, { exitOnCtrlC: true });
+    await app.waitUntilExit();
+  } finally {
+    store.close();
+    leave();
+    process.off('exit', leave);
+  }
+  return 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, arg] = argv;
+  if (cmd === '--help' || cmd === '-h') { process.stdout.write(`${USAGE}\n`); return 0; }
+  if (cmd === '--version' || cmd === '-v') { process.stdout.write(`graft ${version()}\n`); return 0; }
+  if (cmd === 'validate') return validateCommand(arg);
+  if (cmd !== undefined && cmd.startsWith('-')) { process.stderr.write(`graft: unknown option ${cmd}\n${USAGE}\n`); return 2; }
+  return tui(cmd);
+}
+
+main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {
+  process.stderr.write(`graft: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});
