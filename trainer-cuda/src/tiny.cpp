@@ -16,8 +16,8 @@ namespace graft {
 
 FluxConfig tiny_flux_config() {
   FluxConfig c;
-  c.in_channels = 64;
-  c.out_channels = 64;
+  c.in_channels = 16;  // 4 latent channels x 2 x 2 patch (FLUX.1 has 16 channels; tiny keeps tests fast)
+  c.out_channels = 16;
   c.hidden = 64;
   c.heads = 2;
   c.head_dim = 32;
@@ -35,6 +35,11 @@ FluxConfig tiny_flux_config() {
 
 namespace {
 
+// Modulation layers start small, as in an adaLN-Zero-initialised DiT, so the residual stream of the
+// random model still carries its input (a random model with O(1) gates scrambles it beyond what a
+// LoRA can undo in a few hundred steps).
+const float kModGain = 0.2f;
+
 struct RandomWriter {
   SafeTensorsWriter w;
   Rng rng;
@@ -45,8 +50,8 @@ struct RandomWriter {
     for (float& x : v) x = mean + std * rng.normal();
     w.add(name, DType::F32, shape, v.data());
   }
-  void linear(const std::string& name, int in, int out) {
-    normal(name + ".weight", {out, in}, 1.0f / std::sqrt((float)in));
+  void linear(const std::string& name, int in, int out, float gain = 1.0f) {
+    normal(name + ".weight", {out, in}, gain / std::sqrt((float)in));
     normal(name + ".bias", {out}, 0.02f);
   }
 };
@@ -81,7 +86,7 @@ void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t se
     std::string p = "double_blocks." + std::to_string(i) + ".";
     for (const char* s : {"img", "txt"}) {
       std::string sp = p + s;
-      r.linear(sp + "_mod.lin", C, 6 * C);
+      r.linear(sp + "_mod.lin", C, 6 * C, kModGain);
       r.linear(sp + "_attn.qkv", C, 3 * C);
       r.normal(sp + "_attn.norm.query_norm.scale", {D}, 0.1f, 1.0f);
       r.normal(sp + "_attn.norm.key_norm.scale", {D}, 0.1f, 1.0f);
@@ -96,9 +101,9 @@ void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t se
     r.linear(p + "linear2", C + M, C);
     r.normal(p + "norm.query_norm.scale", {D}, 0.1f, 1.0f);
     r.normal(p + "norm.key_norm.scale", {D}, 0.1f, 1.0f);
-    r.linear(p + "modulation.lin", C, 3 * C);
+    r.linear(p + "modulation.lin", C, 3 * C, kModGain);
   }
-  r.linear("final_layer.adaLN_modulation.1", C, 2 * C);
+  r.linear("final_layer.adaLN_modulation.1", C, 2 * C, kModGain);
   r.linear("final_layer.linear", C, c.out_channels);
   r.w.metadata["graft.axes_dim"] =
       nlohmann::json({c.axes_dim[0], c.axes_dim[1], c.axes_dim[2]}).dump();
@@ -146,9 +151,9 @@ void make_tiny(const std::string& dir, uint64_t seed) {
       {"device", "cpu"},
       {"trigger_word", "zxq"},
       {"model", {{"arch", "flux"}, {"transformer", "model/transformer.safetensors"}, {"name_or_path", "graft/tiny-random-flux"}}},
-      {"network", {{"type", "lora"}, {"linear", 8}, {"linear_alpha", 8}}},
+      {"network", {{"type", "lora"}, {"linear", 16}, {"linear_alpha", 16}}},
       {"train",
-       {{"steps", 300}, {"batch_size", 2}, {"gradient_accumulation", 1}, {"lr", 2e-3}, {"lr_scheduler", "constant"},
+       {{"steps", 300}, {"batch_size", 2}, {"gradient_accumulation", 1}, {"lr", 5e-3}, {"lr_scheduler", "constant"},
         {"optimizer", "adamw"}, {"optimizer_params", {{"weight_decay", 1e-4}}}, {"max_grad_norm", 1.0},
         {"timestep_type", "sigmoid"}, {"seed", seed}, {"guidance", 1.0}}},
       {"save", {{"dtype", "fp32"}, {"save_every", 100}, {"max_step_saves_to_keep", 2}}},

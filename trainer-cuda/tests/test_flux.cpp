@@ -229,7 +229,7 @@ TEST(flux_config_is_read_from_shapes) {
   FluxModel m = FluxModel::load(dir + "/m.safetensors");
   CHECK(m.cfg.hidden == 64 && m.cfg.heads == 2 && m.cfg.head_dim == 32 && m.cfg.mlp_hidden == 256);
   CHECK(m.cfg.n_double == 2 && m.cfg.n_single == 2 && m.cfg.guidance_embed);
-  CHECK(m.cfg.context_dim == 32 && m.cfg.vec_dim == 16 && m.cfg.in_channels == 64 && m.cfg.out_channels == 64);
+  CHECK(m.cfg.context_dim == 32 && m.cfg.vec_dim == 16 && m.cfg.in_channels == 16 && m.cfg.out_channels == 16);
   CHECK(m.cfg.axes_dim[0] == 4 && m.cfg.axes_dim[1] == 14 && m.cfg.axes_dim[2] == 14);
   // 14 LoRA targets per double block + 5 per single block, modulation off.
   CHECK(flux_lora_targets(m.cfg, false).size() == 2 * 12 + 2 * 5);
