@@ -121,8 +121,10 @@ void bench_gemms() {
 
 // ---- 2. attention --------------------------------------------------------------------------------------
 void bench_attention() {
-  std::printf("\n== flash attention, B=1, %d heads x %d, bf16 (WMMA mma.sync kernels) ==\n", HEADS, HD);
-  std::printf("%6s %10s %9s %14s %9s\n", "L", "fwd ms", "TFLOP/s", "fwd+bwd ms", "TFLOP/s");
+  std::printf("\n== flash attention, B=1, %d heads x %d, bf16: forward v2 (mma.sync, registers) and v1 (WMMA, "
+              "shared memory); backward WMMA ==\n", HEADS, HD);
+  std::printf("%6s %10s %9s %13s %9s %14s %9s\n", "L", "fwd ms", "TFLOP/s", "fwd v1 ms", "TFLOP/s", "fwd+bwd ms",
+              "TFLOP/s");
   for (auto& tk : TOKENS) {
     int L = tk[0] + tk[1];
     Arena a;
@@ -130,6 +132,9 @@ void bench_attention() {
     bf16 *q = rand_bf16(a, n), *k = rand_bf16(a, n), *v = rand_bf16(a, n), *g = rand_bf16(a, n);
     bf16 *o = a.alloc<bf16>(n), *dq = a.alloc<bf16>(n), *dk = a.alloc<bf16>(n), *dv = a.alloc<bf16>(n);
     float* lse = a.alloc<float>((size_t)HEADS * L);
+    gpu::attention_set_forward_version(1);
+    float fwd1 = median_ms([&] { gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD); });
+    gpu::attention_set_forward_version(2);
     float fwd = median_ms([&] { gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD); });
     float fb = median_ms([&] {
       gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD);
@@ -137,7 +142,8 @@ void bench_attention() {
     });
     double f_fwd = 4.0 * L * (double)L * HD * HEADS;  // QK^T and PV
     // fwd+bwd counted as FlashAttention reports it: 2.5x the forward (the backward's 5 products)
-    std::printf("%6d %10.3f %9.1f %14.3f %9.1f\n", L, fwd, f_fwd / (fwd * 1e9), fb, 3.5 * f_fwd / (fb * 1e9));
+    std::printf("%6d %10.3f %9.1f %13.3f %9.1f %14.3f %9.1f\n", L, fwd, f_fwd / (fwd * 1e9), fwd1,
+                f_fwd / (fwd1 * 1e9), fb, 3.5 * f_fwd / (fb * 1e9));
     g_ours["attn_fwd:" + std::to_string(L)] = fwd;
     g_ours["attn_fwdbwd:" + std::to_string(L)] = fb;
   }

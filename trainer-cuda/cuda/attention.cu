@@ -2,7 +2,8 @@
 // tiles, memory linear in L (no L x L matrix), bf16 operands on the tensor cores with fp32
 // accumulation. The first version uses WMMA (mma.sync through nvcuda::wmma, 16x16x16 bf16) with
 // scores and the output accumulator staged in shared memory, which keeps the softmax bookkeeping in
-// plain per-thread code; wgmma/TMA (Hopper) and register-resident accumulators are later versions.
+// plain per-thread code. Version 2 of the forward (attention_mma.cuh, the default) keeps scores and
+// the output in registers on mma.sync through inline PTX; wgmma/TMA (Hopper) are later versions.
 //
 // Layout: q, k, v, out, dq, dk, dv are [B, L, H, D] (row (b, l), head h at ((b*L + l)*H + h)*D).
 // The forward keeps lse[b, h, l] = log2(sum_j exp2(s_ij)) with s = (q.k) * log2(e) / sqrt(D), which
@@ -11,6 +12,7 @@
 
 #include <cmath>
 
+#include "attention_mma.cuh"
 #include "kernels_common.cuh"
 #include "ops_gpu.h"
 
@@ -373,6 +375,22 @@ __global__ void __launch_bounds__(THREADS, 1)
   }
 }
 
+int g_forward_version = 2;
+
+template <int D>
+void launch_forward_v2(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
+                       cudaStream_t stream) {
+  const size_t smem = fa2::forward_smem_bytes<D>();
+  static bool configured = false;
+  if (!configured) {
+    cudaCheck(cudaFuncSetAttribute(fa2::forward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured = true;
+  }
+  dim3 grid(ceil_div(L, fa2::BM), B * H);
+  fa2::forward_kernel<D><<<grid, fa2::THREADS, smem, stream>>>(out, lse, q, k, v, L, H, LOG2E / sqrtf((float)D));
+  cudaCheckLaunch();
+}
+
 template <int D>
 void launch_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
                     cudaStream_t stream) {
@@ -416,11 +434,24 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
                        cudaStream_t stream) {
   check_attention_args("attention_forward", D, q, k, v);
   if ((long)B * L * H == 0) return;
+  if (g_forward_version == 2) {
+    switch (D) {
+      case 32: launch_forward_v2<32>(out, lse, q, k, v, B, L, H, stream); break;
+      case 64: launch_forward_v2<64>(out, lse, q, k, v, B, L, H, stream); break;
+      default: launch_forward_v2<128>(out, lse, q, k, v, B, L, H, stream); break;
+    }
+    return;
+  }
   switch (D) {
     case 32: launch_forward<32>(out, lse, q, k, v, B, L, H, stream); break;
     case 64: launch_forward<64>(out, lse, q, k, v, B, L, H, stream); break;
     default: launch_forward<128>(out, lse, q, k, v, B, L, H, stream); break;
   }
+}
+
+void attention_set_forward_version(int version) {
+  if (version != 1 && version != 2) fail("attention forward version " + std::to_string(version) + " (1 or 2)");
+  g_forward_version = version;
 }
 
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* out, const float* lse,
