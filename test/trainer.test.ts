@@ -64,9 +64,12 @@ describe('graft-trainer', () => {
     const last = mean(l.slice(-10));
     const drop = 1 - last / first;
     console.log(`tiny LoRA: loss ${first.toFixed(3)} -> ${last.toFixed(3)} (drop ${(100 * drop).toFixed(1)}%)`);
-    // Stochastic flow matching keeps an irreducible part (the model must learn to predict fresh
-    // noise every step); see README "Trainer checks" for the measured curve.
+    // The target noise - x0 has a part a LoRA can learn here (which picture goes with which text:
+    // x0) and a part it can only get by learning to denoise (the fresh unit-variance noise, loss 1.0
+    // per element for a model that knows x0 exactly but ignores x_t). A random base model does not
+    // denoise, so the LoRA must end near or below that floor, having learnt the whole caption->image map.
     expect(drop).toBeGreaterThan(0.5);
+    expect(last).toBeLessThan(1.1);
     // save_every 100, keep 2: steps 100 and 200 kept (300 is the final file).
     const files = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).sort();
     expect(files).toEqual(['tiny.safetensors', 'tiny_000000100.safetensors', 'tiny_000000200.safetensors']);
