@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "flux_backend.h"
 #include "lora.h"
 #include "metrics.h"
 #include "ops.h"
@@ -232,9 +233,6 @@ static std::string duration_str(double s) {
 
 int train_run(const std::string& dir) {
   Job job = job_load(dir);
-  if (job.device != "cpu" && job.device != "auto")
-    fail(job.file + ": device \"" + job.device + "\": this trainer build trains on the CPU only (the CUDA training "
-         "path is not built yet); set device to \"cpu\" or \"auto\"");
   FluxModel model = FluxModel::load(job.transformer);
   TrainData data = data_load(job, model.cfg);
   LoraSet lora = lora_create(flux_lora_targets(model.cfg, job.train_modulation), job.rank, job.alpha, job.seed);
@@ -254,23 +252,24 @@ int train_run(const std::string& dir) {
     return 0;
   }
 
+  std::unique_ptr<FluxBackend> backend = make_backend(job.device, &model, &lora, job.file);
+  backend->params_updated();
   Metrics metrics;
   metrics.open(job.output_dir + "/metrics.jsonl");
   g_metrics_fd = metrics.fd;
   install_signals();
-  FluxRunner runner(&model, &lora);
   const FluxConfig& c = model.cfg;
   const int nb = data.batches_per_epoch(job.batch_size);
   const bool resumed = st.step > 0;
-  std::printf("graft-trainer %s: %s '%s' on cpu (%d threads) from step %d of %d\n", GRAFT_VERSION,
-              resumed ? "resuming" : "training", job.name.c_str(), omp_get_max_threads(), st.step, job.steps);
+  std::printf("graft-trainer %s: %s '%s' on %s from step %d of %d\n", GRAFT_VERSION,
+              resumed ? "resuming" : "training", job.name.c_str(), backend->name().c_str(), st.step, job.steps);
   std::printf("  model %s: hidden %d, %d heads, %d double + %d single blocks\n", job.transformer.c_str(), c.hidden,
               c.heads, c.n_double, c.n_single);
   std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets\n", job.rank,
               job.alpha, lora.adapters.size(), lora.params.size(), data.samples.size(), data.buckets.size());
   std::fflush(stdout);
   metrics.event({{"event", "start"}, {"step", st.step}, {"steps", job.steps}, {"name", job.name},
-                 {"resumed", resumed}, {"device", "cpu"}, {"threads", omp_get_max_threads()},
+                 {"resumed", resumed}, {"device", backend->name()}, {"threads", omp_get_max_threads()},
                  {"lora_params", lora.params.size()}, {"items", data.samples.size()},
                  {"batch_size", job.batch_size}, {"gradient_accumulation", job.grad_accum}, {"pid", (int)getpid()}});
 
@@ -285,12 +284,12 @@ int train_run(const std::string& dir) {
     for (int micro = 0; micro < job.grad_accum; ++micro) {
       const uint64_t g = (uint64_t)(step - 1) * job.grad_accum + micro;
       TrainBatch tb = make_batch(data, data.batch(job.seed, g, job.batch_size), c, job, g);
-      runner.forward(tb.in, out);
+      backend->forward(tb.in, out);
       const long n = (long)out.size();
       loss_sum += mse_forward(out.data(), tb.target.data(), n);
       dout.assign(n, 0.0f);
       mse_backward(dout.data(), out.data(), tb.target.data(), n, 1.0f / job.grad_accum);
-      runner.backward(dout);
+      backend->backward(dout);
     }
     const double loss = loss_sum / job.grad_accum;
     if (!std::isfinite(loss)) {
@@ -306,13 +305,15 @@ int train_run(const std::string& dir) {
     const float grad_norm = clip_grad_norm(lora.grads.data(), lora.grads.size(), job.max_grad_norm);
     const float lr = lr_at(job.lr_scheduler, job.lr, step, job.steps, job.warmup_steps);
     opt.step(lora.params.data(), lora.grads.data(), lora.params.size(), lr);
+    backend->params_updated();
     st.step = step;
 
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ema_s = ema_s == 0.0 ? secs : 0.9 * ema_s + 0.1 * secs;
     const int epoch = (int)((uint64_t)step * job.grad_accum / (uint64_t)nb);
     metrics.event({{"event", "step"}, {"step", step}, {"steps", job.steps}, {"loss", loss}, {"lr", lr},
-                   {"grad_norm", grad_norm}, {"s_per_step", secs}, {"epoch", epoch}, {"rss_mb", std::round(rss_mb())}});
+                   {"grad_norm", grad_norm}, {"s_per_step", secs}, {"epoch", epoch}, {"rss_mb", std::round(rss_mb())},
+                   {"vram_mb", std::round(backend->peak_memory_mb())}});
     if (tty || step % 10 == 0 || step == job.steps) {
       std::printf("%sstep %d/%d  loss %.4f  lr %.1e  %.3f s/step  eta %s%s", tty ? "\r" : "", step, job.steps, loss,
                   lr, ema_s, duration_str(ema_s * (job.steps - step)).c_str(), tty ? "\033[K" : "\n");
