@@ -132,6 +132,57 @@ std::vector<FluxLinear*> FluxModel::linears() {
   return v;
 }
 
+std::vector<FluxParam> FluxModel::params() {
+  std::vector<FluxParam> p;
+  auto lin = [&](FluxLinear& l) {
+    p.push_back({l.name + ".weight", {l.out, l.in}, &l.W, &l.dW});
+    if (!l.b.empty()) p.push_back({l.name + ".bias", {l.out}, &l.b, &l.db});
+  };
+  auto scale = [&](const std::string& name, std::vector<float>& v, std::vector<float>& g) {
+    p.push_back({name, {(int64_t)v.size()}, &v, &g});
+  };
+  for (FluxLinear* l : {&img_in, &txt_in, &time_in0, &time_in1, &vector_in0, &vector_in1}) lin(*l);
+  if (cfg.guidance_embed) {
+    lin(guidance_in0);
+    lin(guidance_in1);
+  }
+  for (size_t i = 0; i < doubles.size(); ++i) {
+    for (int s = 0; s < 2; ++s) {
+      FluxStreamWeights& w = s == 0 ? doubles[i].img : doubles[i].txt;
+      std::string n = "double_blocks." + std::to_string(i) + (s == 0 ? ".img_attn.norm." : ".txt_attn.norm.");
+      for (FluxLinear* l : {&w.mod, &w.qkv, &w.proj, &w.mlp0, &w.mlp2}) lin(*l);
+      scale(n + "query_norm.scale", w.q_scale, w.dq_scale);
+      scale(n + "key_norm.scale", w.k_scale, w.dk_scale);
+    }
+  }
+  for (size_t i = 0; i < singles.size(); ++i) {
+    FluxSingleWeights& w = singles[i];
+    std::string n = "single_blocks." + std::to_string(i) + ".norm.";
+    for (FluxLinear* l : {&w.mod, &w.linear1, &w.linear2}) lin(*l);
+    scale(n + "query_norm.scale", w.q_scale, w.dq_scale);
+    scale(n + "key_norm.scale", w.k_scale, w.dk_scale);
+  }
+  lin(final_mod);
+  lin(final_linear);
+  return p;
+}
+
+void FluxModel::enable_full_grads() {
+  for (FluxParam& p : params()) p.grad->assign(p.value->size(), 0.0f);
+}
+
+void FluxModel::zero_full_grads() {
+  for (FluxParam& p : params()) std::fill(p.grad->begin(), p.grad->end(), 0.0f);
+}
+
+void FluxModel::save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata) {
+  SafeTensorsWriter w;
+  w.metadata = metadata;
+  w.metadata["graft.axes_dim"] = nlohmann::json({cfg.axes_dim[0], cfg.axes_dim[1], cfg.axes_dim[2]}).dump();
+  for (FluxParam& p : params()) w.add(p.name, dtype, p.shape, p.value->data());
+  w.write(path);
+}
+
 // ---------------------------------------------------------------- inputs
 
 FluxInputs flux_inputs_load(const SafeTensorsFile& f, const FluxConfig& c) {
@@ -180,6 +231,10 @@ struct SingleActs {
 struct FluxActivations {
   int B = 0, Li = 0, Lt = 0;
   vec silu_vec, cos_sin;
+  // Embedders: inputs and hidden values of time_in, guidance_in, vector_in (for full training).
+  vec temb_t, h_t, hs_t, temb_g, h_g, hs_g, h_y, hs_y, vecsum, img_x, txt_x, y_x;
+  bool need_dvec = false;  // this backward needs d(silu(vec)): full training or input gradients
+  vec dsilu_vec;
   std::vector<DoubleActs> doubles;
   std::vector<SingleActs> singles;
   vec final_in, final_mod, final_mean, final_rstd, final_n, final_m;
@@ -219,7 +274,9 @@ static void lin_forward(const FluxLinear& l, LoraSet* lora, FluxActivations* a, 
 
 static void lin_backward(const FluxLinear& l, LoraSet* lora, FluxActivations* a, float* dinp, const float* dout,
                          const float* inp, int N) {
-  if (dinp) linear_backward(dinp, nullptr, nullptr, dout, inp, l.W.data(), N, l.in, l.out);
+  float* dW = l.dW.empty() ? nullptr : const_cast<float*>(l.dW.data());
+  float* db = l.db.empty() ? nullptr : const_cast<float*>(l.db.data());
+  if (dinp || dW) linear_backward(dinp, dW, db, dout, inp, l.W.data(), N, l.in, l.out);
   for (int ai : l.adapters) {
     const LoraAdapter& ad = lora->adapters[ai];
     lora_backward(dinp, lora->dA(ai), lora->dB(ai), dout + ad.target.row_offset, l.out, a->lora_h[ai].data(), inp,
@@ -229,11 +286,6 @@ static void lin_backward(const FluxLinear& l, LoraSet* lora, FluxActivations* a,
 
 static void copy_rows(float* dst, size_t dst_stride, const float* src, size_t src_stride, size_t rows, size_t cols) {
   for (size_t r = 0; r < rows; ++r) std::memcpy(dst + r * dst_stride, src + r * src_stride, cols * sizeof(float));
-}
-
-static void add_rows(float* dst, size_t dst_stride, const float* src, size_t src_stride, size_t rows, size_t cols) {
-  for (size_t r = 0; r < rows; ++r)
-    for (size_t c = 0; c < cols; ++c) dst[r * dst_stride + c] += src[r * src_stride + c];
 }
 
 static void zero(vec& v, size_t n) { v.assign(n, 0.0f); }
@@ -262,15 +314,18 @@ static void qkv_to_joint(const float* qkv, int stride, int B, int Ls, int L, int
 // The inverse of qkv_to_joint for gradients: dQn/dKn/dV (joint) -> dqkv rows of one stream.
 static void joint_to_dqkv(float* dqkv, int stride, int B, int Ls, int L, int off, int C, int H, int D,
                           const vec& q_scale, const vec& k_scale, const vec& q_pre, const vec& k_pre,
-                          const vec& rrms_q, const vec& rrms_k, const vec& dQn, const vec& dKn, const vec& dV) {
+                          const vec& rrms_q, const vec& rrms_k, const vec& dQn, const vec& dKn, const vec& dV,
+                          vec& dq_scale, vec& dk_scale) {
+  float* dqs = dq_scale.empty() ? nullptr : dq_scale.data();
+  float* dks = dk_scale.empty() ? nullptr : dk_scale.data();
   vec dq((size_t)Ls * C), dk((size_t)Ls * C);
   for (int b = 0; b < B; ++b) {
     size_t src = (size_t)b * Ls * C, j = ((size_t)b * L + off) * C;
     std::fill(dq.begin(), dq.end(), 0.0f);
     std::fill(dk.begin(), dk.end(), 0.0f);
-    rmsnorm_backward(dq.data(), nullptr, dQn.data() + j, q_pre.data() + src, q_scale.data(),
+    rmsnorm_backward(dq.data(), dqs, dQn.data() + j, q_pre.data() + src, q_scale.data(),
                      rrms_q.data() + (size_t)b * Ls * H, Ls * H, D);
-    rmsnorm_backward(dk.data(), nullptr, dKn.data() + j, k_pre.data() + src, k_scale.data(),
+    rmsnorm_backward(dk.data(), dks, dKn.data() + j, k_pre.data() + src, k_scale.data(),
                      rrms_k.data() + (size_t)b * Ls * H, Ls * H, D);
     float* row = dqkv + (size_t)b * Ls * stride;
     copy_rows(row, stride, dq.data(), C, Ls, C);
@@ -367,24 +422,31 @@ void FluxRunner::forward(const FluxInputs& in, std::vector<float>& out) {
   a->Lt = Lt;
 
   // Conditioning vector: time (+ guidance) + pooled text, then SiLU once for every modulation.
-  vec temb((size_t)B * 256), h((size_t)B * C), hs((size_t)B * C), v((size_t)B * C), tmp((size_t)B * C);
-  timestep_embedding_forward(temb.data(), in.timesteps.data(), B, 256, 1000.0f, 10000.0f);
-  lin_forward(m.time_in0, lora, a, h.data(), temb.data(), B);
-  silu_forward(hs.data(), h.data(), B * C);
-  lin_forward(m.time_in1, lora, a, v.data(), hs.data(), B);
+  const size_t BC = (size_t)B * C;
+  vec tmp(BC);
+  vec& v = a->vecsum;
+  v.resize(BC);
+  for (vec* x : {&a->h_t, &a->hs_t, &a->h_g, &a->hs_g, &a->h_y, &a->hs_y}) x->resize(BC);
+  a->temb_t.resize((size_t)B * 256);
+  timestep_embedding_forward(a->temb_t.data(), in.timesteps.data(), B, 256, 1000.0f, 10000.0f);
+  lin_forward(m.time_in0, lora, a, a->h_t.data(), a->temb_t.data(), B);
+  silu_forward(a->hs_t.data(), a->h_t.data(), B * C);
+  lin_forward(m.time_in1, lora, a, v.data(), a->hs_t.data(), B);
   if (c.guidance_embed) {
     if ((int)in.guidance.size() != B) fail("this model has guidance_in: a guidance value per batch item is needed");
-    timestep_embedding_forward(temb.data(), in.guidance.data(), B, 256, 1000.0f, 10000.0f);
-    lin_forward(m.guidance_in0, lora, a, h.data(), temb.data(), B);
-    silu_forward(hs.data(), h.data(), B * C);
-    lin_forward(m.guidance_in1, lora, a, tmp.data(), hs.data(), B);
-    for (size_t i = 0; i < v.size(); ++i) v[i] += tmp[i];
+    a->temb_g.resize((size_t)B * 256);
+    timestep_embedding_forward(a->temb_g.data(), in.guidance.data(), B, 256, 1000.0f, 10000.0f);
+    lin_forward(m.guidance_in0, lora, a, a->h_g.data(), a->temb_g.data(), B);
+    silu_forward(a->hs_g.data(), a->h_g.data(), B * C);
+    lin_forward(m.guidance_in1, lora, a, tmp.data(), a->hs_g.data(), B);
+    for (size_t i = 0; i < BC; ++i) v[i] += tmp[i];
   }
-  lin_forward(m.vector_in0, lora, a, h.data(), in.y.data(), B);
-  silu_forward(hs.data(), h.data(), B * C);
-  lin_forward(m.vector_in1, lora, a, tmp.data(), hs.data(), B);
-  for (size_t i = 0; i < v.size(); ++i) v[i] += tmp[i];
-  a->silu_vec.resize((size_t)B * C);
+  a->y_x = in.y;
+  lin_forward(m.vector_in0, lora, a, a->h_y.data(), in.y.data(), B);
+  silu_forward(a->hs_y.data(), a->h_y.data(), B * C);
+  lin_forward(m.vector_in1, lora, a, tmp.data(), a->hs_y.data(), B);
+  for (size_t i = 0; i < BC; ++i) v[i] += tmp[i];
+  a->silu_vec.resize(BC);
   silu_forward(a->silu_vec.data(), v.data(), B * C);
 
   // RoPE table over the joint sequence [txt; img].
@@ -397,6 +459,8 @@ void FluxRunner::forward(const FluxInputs& in, std::vector<float>& out) {
   rope_table(a->cos_sin.data(), ids.data(), B * L, c.axes_dim, 3, c.theta);
 
   vec img((size_t)B * Li * C), txt((size_t)B * Lt * C);
+  a->img_x = in.img;
+  a->txt_x = in.txt;
   lin_forward(m.img_in, lora, a, img.data(), in.img.data(), B * Li);
   lin_forward(m.txt_in, lora, a, txt.data(), in.txt.data(), B * Lt);
 
@@ -472,9 +536,11 @@ void FluxRunner::forward(const FluxInputs& in, std::vector<float>& out) {
 
 // ---------------------------------------------------------------- backward
 
-// Gradient of a modulation layer's output [B, k*C] goes only to its adapters: vec is frozen.
+// Gradient of a modulation layer's output [B, k*C]: to its adapters and, when this backward needs
+// it (full training, input gradients), on to silu(vec).
 static void mod_backward(const FluxLinear& l, LoraSet* lora, FluxActivations* a, const vec& dmod, int B) {
-  if (!l.adapters.empty()) lin_backward(l, lora, a, nullptr, dmod.data(), a->silu_vec.data(), B);
+  if (!l.adapters.empty() || a->need_dvec || !l.dW.empty())
+    lin_backward(l, lora, a, a->need_dvec ? a->dsilu_vec.data() : nullptr, dmod.data(), a->silu_vec.data(), B);
 }
 
 // Backward of stream_post_forward: dx (in: d of the stream output; out: d of x1 minus the
@@ -508,20 +574,23 @@ static void stream_pre_backward(const FluxStreamWeights& w, StreamActs& s, LoraS
   const size_t N = (size_t)B * Ls;
   vec dqkv(N * 3 * C, 0.0f), dm1(N * C, 0.0f), dn1(N * C, 0.0f);
   joint_to_dqkv(dqkv.data(), 3 * C, B, Ls, L, off, C, H, D, w.q_scale, w.k_scale, s.q_pre, s.k_pre, s.rrms_q, s.rrms_k,
-                dQn, dKn, dV);
+                dQn, dKn, dV, const_cast<vec&>(w.dq_scale), const_cast<vec&>(w.dk_scale));
   lin_backward(w.qkv, lora, a, dm1.data(), dqkv.data(), s.m1.data(), (int)N);
   modulate_backward(dn1.data(), dmod.data(), dmod.data() + C, dm1.data(), s.n1.data(), mod.data() + C, 6 * C, B, Ls, C);
   layernorm_backward(dx.data(), dn1.data(), s.x.data(), s.mean1.data(), s.rstd1.data(), (int)N, C);
   mod_backward(w.mod, lora, a, dmod, B);
 }
 
-void FluxRunner::backward(const std::vector<float>& dout) {
+void FluxRunner::backward(const std::vector<float>& dout, FluxInputGrads* dinputs) {
   FluxModel& m = *model;
   const FluxConfig& c = m.cfg;
   FluxActivations* a = acts;
   const int B = a->B, Li = a->Li, Lt = a->Lt, L = Li + Lt;
   const int C = c.hidden, H = c.heads, D = c.head_dim, M = c.mlp_hidden;
   const size_t Ni = (size_t)B * Li;
+  const bool full = m.full_grads();
+  a->need_dvec = full || dinputs;
+  if (a->need_dvec) a->dsilu_vec.assign((size_t)B * C, 0.0f);
 
   // Final layer.
   vec dfm(Ni * C, 0.0f), dfn(Ni * C, 0.0f), dfmod((size_t)B * 2 * C, 0.0f);
@@ -560,7 +629,7 @@ void FluxRunner::backward(const std::vector<float>& dout) {
     vec dQn, dKn, dV;
     rope_attention_backward(dQn, dKn, dV, dattn, s.Qr, s.Kr, s.V, s.probs, a->cos_sin, B, L, H, D);
     joint_to_dqkv(dlin1.data(), 3 * C + M, B, L, L, 0, C, H, D, w.q_scale, w.k_scale, s.q_pre, s.k_pre, s.rrms_q,
-                  s.rrms_k, dQn, dKn, dV);
+                  s.rrms_k, dQn, dKn, dV, const_cast<vec&>(w.dq_scale), const_cast<vec&>(w.dk_scale));
     vec dm(N * C, 0.0f), dn(N * C, 0.0f);
     lin_backward(w.linear1, lora, a, dm.data(), dlin1.data(), s.m.data(), (int)N);
     modulate_backward(dn.data(), dmod.data(), dmod.data() + C, dm.data(), s.n.data(), mod.data() + C, 3 * C, B, L, C);
@@ -601,7 +670,27 @@ void FluxRunner::backward(const std::vector<float>& dout) {
     stream_pre_backward(w.txt, d.txt, lora, a, d, mods.txt, dmods.txt, dtxt, dQn, dKn, dV, B, Lt, L, 0, c);
     stream_pre_backward(w.img, d.img, lora, a, d, mods.img, dmods.img, dimg, dQn, dKn, dV, B, Li, L, Lt, c);
   }
-  // img_in / txt_in and the embedders carry no adapters: the backward stops here.
+  if (!full && !dinputs) return;  // img_in, txt_in and the embedders carry no adapters
+
+  lin_backward(m.img_in, lora, a, nullptr, dimg.data(), a->img_x.data(), (int)Ni);
+  if (dinputs) dinputs->txt.assign((size_t)B * Lt * c.context_dim, 0.0f);
+  lin_backward(m.txt_in, lora, a, dinputs ? dinputs->txt.data() : nullptr, dtxt.data(), a->txt_x.data(), B * Lt);
+  // vec = time_in(temb(t)) [+ guidance_in(temb(g))] + vector_in(y); every modulation read silu(vec).
+  const size_t BC = (size_t)B * C;
+  vec dv(BC, 0.0f), dh(BC), dhs(BC);
+  silu_backward(dv.data(), a->dsilu_vec.data(), a->vecsum.data(), B * C);
+  auto mlp_embedder_backward = [&](const FluxLinear& l0, const FluxLinear& l1, const vec& x, const vec& h,
+                                   const vec& hs, float* dx) {
+    std::fill(dhs.begin(), dhs.end(), 0.0f);
+    std::fill(dh.begin(), dh.end(), 0.0f);
+    lin_backward(l1, lora, a, dhs.data(), dv.data(), hs.data(), B);
+    silu_backward(dh.data(), dhs.data(), h.data(), B * C);
+    lin_backward(l0, lora, a, dx, dh.data(), x.data(), B);
+  };
+  mlp_embedder_backward(m.time_in0, m.time_in1, a->temb_t, a->h_t, a->hs_t, nullptr);
+  if (c.guidance_embed) mlp_embedder_backward(m.guidance_in0, m.guidance_in1, a->temb_g, a->h_g, a->hs_g, nullptr);
+  if (dinputs) dinputs->y.assign((size_t)B * c.vec_dim, 0.0f);
+  mlp_embedder_backward(m.vector_in0, m.vector_in1, a->y_x, a->h_y, a->hs_y, dinputs ? dinputs->y.data() : nullptr);
 }
 
 }  // namespace graft

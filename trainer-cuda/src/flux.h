@@ -5,6 +5,7 @@
 // (as stable-diffusion.cpp does); only the RoPE axis split, which shapes cannot tell, comes from
 // the metadata key "graft.axes_dim" or FLUX's rule (head_dim/8, then the rest split in two).
 #pragma once
+#include <map>
 #include <string>
 #include <vector>
 
@@ -35,11 +36,13 @@ struct FluxLinear {
   int in = 0, out = 0;
   std::vector<float> W, b;          // W [out, in]; b [out] (empty when the layer has no bias)
   std::vector<int> adapters;        // indices into the LoraSet attached to the model
+  std::vector<float> dW, db;        // weight gradients, sized only for full training
 };
 
 struct FluxStreamWeights {  // one stream (img or txt) of a double block
   FluxLinear mod, qkv, proj, mlp0, mlp2;
   std::vector<float> q_scale, k_scale;  // QK-norm RMSNorm scales [head_dim]
+  std::vector<float> dq_scale, dk_scale;
 };
 
 struct FluxDoubleWeights { FluxStreamWeights img, txt; };
@@ -47,6 +50,15 @@ struct FluxDoubleWeights { FluxStreamWeights img, txt; };
 struct FluxSingleWeights {
   FluxLinear mod, linear1, linear2;
   std::vector<float> q_scale, k_scale;
+  std::vector<float> dq_scale, dk_scale;
+};
+
+// A trainable tensor of the model, by its BFL name, for full training (`network: {type: full}`).
+struct FluxParam {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float>* value;
+  std::vector<float>* grad;
 };
 
 struct FluxModel {
@@ -61,6 +73,15 @@ struct FluxModel {
   static FluxModel load(const std::string& path);
   // Every linear layer, for attaching adapters by name.
   std::vector<FluxLinear*> linears();
+
+  // Full training: allocates (zeroed) gradients for every weight; backward then fills them.
+  void enable_full_grads();
+  bool full_grads() const { return !img_in.dW.empty(); }
+  void zero_full_grads();
+  // Every tensor the checkpoint holds, with its gradient (valid after enable_full_grads).
+  std::vector<FluxParam> params();
+  // Writes the model by its BFL names (fp32 or bf16 ...), with the RoPE axes in the metadata.
+  void save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata);
 };
 
 // The layers the reference toolkit trains for FLUX.1, named as diffusers names them (the LoRA file's
@@ -87,6 +108,12 @@ FluxInputs flux_inputs_load(const SafeTensorsFile& f, const FluxConfig& cfg);
 // Position ids of FLUX: text tokens (0,0,0); image token (0, row, col) on the patch grid.
 void flux_img_ids(float* ids, int B, int grid_h, int grid_w);
 
+// Gradients of the conditioning inputs, for training the text encoder through the transformer.
+struct FluxInputGrads {
+  std::vector<float> txt;  // [B, L_txt, context_dim]
+  std::vector<float> y;    // [B, vec_dim]
+};
+
 // Activations kept by the forward for the backward; sized on first use, reused while shapes hold.
 struct FluxActivations;
 
@@ -103,8 +130,9 @@ struct FluxRunner {
 
   // out: [B, L_img, out_channels]. Keeps what backward needs.
   void forward(const FluxInputs& in, std::vector<float>& out);
-  // Accumulates the LoRA gradients (lora->grads) for dL/dout given as dout [B, L_img, out_channels].
-  void backward(const std::vector<float>& dout);
+  // Accumulates the LoRA gradients (lora->grads) for dL/dout given as dout [B, L_img, out_channels];
+  // with full training on, also every weight's gradient; with `dinputs`, the gradients of txt and y.
+  void backward(const std::vector<float>& dout, FluxInputGrads* dinputs = nullptr);
 };
 
 }  // namespace graft
