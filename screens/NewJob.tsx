@@ -64,6 +64,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   const index = Math.min(focus, fields.length - 1);
   const field = fields[index]!;
   const allIssues = useMemo(() => [...errors, ...warnings], [errors, warnings]);
+  const yamlLines = useMemo(() => dumpJobYaml(doc).split('\n'), [doc]);
 
   const wide = width >= 120;
   const panelW = 16;
@@ -196,7 +197,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   const focusRow = rows.findIndex((r) => r.fieldIndex === index);
   const start = Math.max(0, Math.min(focusRow - Math.floor(mainH / 3), rows.length - mainH));
   const visibleRows = rows.slice(start, start + mainH);
-  const labelW = Math.min(34, Math.max(14, Math.floor(formW * 0.5)));
+  const labelW = Math.min(34, Math.max(14, Math.floor(formW * 0.42)));
   const valueW = Math.max(8, formW - labelW - 4);
 
   const editing = overlay?.kind === 'edit' ? overlay : undefined;
@@ -271,8 +272,6 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     </Box>
   );
 
-  const yamlText = dumpJobYaml(doc);
-  const yamlLines = yamlText.split('\n');
   const previewPane = (w: number, h: number, scrollTo: number | undefined) => {
     const target = scrollTo ?? 0;
     const top = scrollTo === undefined ? Math.min(scroll, Math.max(0, yamlLines.length - h + 2)) : Math.max(0, Math.min(target - Math.floor(h / 3), yamlLines.length - h + 2));
@@ -312,6 +311,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     const lines: { color: string; text: string }[] = [
       ...errors.map((e) => ({ color: 'red', text: `✗ ${e.message}` })),
       ...warnings.map((w) => ({ color: 'yellow', text: `! ${w.message}` })),
+      ...form.ignored.map((k) => ({ color: 'gray', text: `ignored (kept on save): ${k}` })),
     ];
     if (lines.length === 0) lines.push({ color: 'green', text: 'no errors, no warnings' });
     main = (

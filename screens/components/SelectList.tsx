@@ -26,7 +26,7 @@ export function SelectList(props: SelectListProps) {
     if (key.pageDown) setIndex((i) => Math.min(n - 1, i + (props.height - 2)));
     return undefined;
   });
-  const rows = Math.max(1, props.height - 2);
+  const rows = Math.max(1, props.height - 3); // borders and the title line
   const start = Math.max(0, Math.min(index - Math.floor(rows / 2), n - rows));
   const visible = props.options.slice(start, start + rows);
   return (

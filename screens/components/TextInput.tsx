@@ -44,8 +44,10 @@ export function TextInput(props: TextInputProps) {
     }
     if (key.ctrl || key.meta || key.tab || key.upArrow || key.downArrow || key.pageUp || key.pageDown) return undefined;
     if (input) {
-      // Fast typists and tmux send-keys deliver several keys in one chunk: text, then maybe a Tab.
-      const parts = input.replace(/[\r\n]/g, '').split('\t');
+      // Fast typists, pastes and ssh deliver several keys in one chunk: text, maybe a Tab, maybe Enter.
+      const enter = /[\r\n]/.exec(input);
+      const typed = enter ? input.slice(0, enter.index) : input;
+      const parts = typed.split('\t');
       let v = value, c = cursor;
       parts.forEach((part, i) => {
         const clean = part.replace(/[\x00-\x1f\x7f]/g, '');
@@ -59,6 +61,7 @@ export function TextInput(props: TextInputProps) {
         }
       });
       update(v, c);
+      if (enter) props.onSubmit(v);
     }
     return undefined;
   }, { isActive: props.isActive ?? true });

@@ -4,7 +4,7 @@ import type { z } from 'zod';
 import { allArchNames, familyFor, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject, type Path } from '../util/objpath.js';
 import { DEFAULT_PROCESS, PROC, procPath, type JobDoc } from './document.js';
-import { JobSchema } from './schema.js';
+import { JobSchema, SAMPLERS } from './schema.js';
 
 export interface Issue {
   level: 'error' | 'warning';
@@ -116,7 +116,9 @@ export const CROSS_RULES: { rule: string; check: (doc: JobDoc, preset: Preset | 
     check: (doc) => {
       const sampler = effective(doc, 'sample', 'sampler');
       const sched = effective(doc, 'train', 'noise_scheduler');
-      return sampler === sched || typeof sampler !== 'string' || typeof sched !== 'string' ? [] : [{ level: 'error', rule: 'sampler-matches-scheduler', path: P('sample', 'sampler'), also: [P('train', 'noise_scheduler')],
+      // Only when both are valid; a bad value already has its own message.
+      const known = (v: unknown) => (SAMPLERS as readonly unknown[]).includes(v);
+      return sampler === sched || !known(sampler) || !known(sched) ? [] : [{ level: 'error', rule: 'sampler-matches-scheduler', path: P('sample', 'sampler'), also: [P('train', 'noise_scheduler')],
         message: `${P('sample', 'sampler')}: ${describeValue(sampler)} must match ${P('train', 'noise_scheduler')} (${describeValue(sched)}): samples are drawn with the schedule the model is trained on` }];
     },
   },

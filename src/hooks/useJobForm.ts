@@ -27,9 +27,10 @@ export interface JobFormOptions {
 }
 
 function loadedMessage(l: Loaded): FormMessage {
-  return l.ignored.length === 0
+  const n = l.ignored.length;
+  return n === 0
     ? { level: 'info', text: `loaded ${l.path}` }
-    : { level: 'warning', text: `loaded ${l.path}; ignored (kept on save): ${l.ignored.join(', ')}` };
+    : { level: 'warning', text: `loaded; ${n} key${n === 1 ? '' : 's'} graft ignores (kept on save): ${l.ignored.join(', ')}. i lists them. ${l.path}` };
 }
 
 export function useJobForm(opts: JobFormOptions) {
@@ -40,6 +41,8 @@ export function useJobForm(opts: JobFormOptions) {
   const [dirty, setDirty] = useState(false);
   const [message, setMessage] = useState<FormMessage | undefined>(() => (opts.initial ? loadedMessage(opts.initial) : undefined));
   const [datasetSizes, setDatasetSizes] = useState<Record<string, number>>({});
+  // Keys of the loaded file that graft does not use: reported once on load, listed under i.
+  const [ignored, setIgnored] = useState<string[]>(opts.initial?.ignored ?? []);
 
   const preset = familyFor(getAt(doc, procPath('model')), presets);
   const fields = useMemo(() => buildFields(doc, { presets, datasets: opts.datasets }), [doc, presets, opts.datasets]);
@@ -66,7 +69,7 @@ export function useJobForm(opts: JobFormOptions) {
   };
 
   return {
-    doc, preset, fields, errors, warnings, message, source, dirty, presets,
+    doc, preset, fields, errors, warnings, message, source, dirty, presets, ignored,
     setMessage,
     change,
     setField(field: Field, value: unknown) {
@@ -93,6 +96,7 @@ export function useJobForm(opts: JobFormOptions) {
       try {
         const loaded = loadJobFile(path);
         setDoc(loaded.doc);
+        setIgnored(loaded.ignored);
         setSource(loaded.path);
         setDirty(false);
         setMessage(loadedMessage(loaded));
@@ -104,6 +108,7 @@ export function useJobForm(opts: JobFormOptions) {
     },
     reset() {
       setDoc(fresh());
+      setIgnored([]);
       setSource(undefined);
       setDirty(false);
       setMessage({ level: 'info', text: 'new job' });
