@@ -63,6 +63,11 @@ async function tui(file: string | undefined): Promise<number> {
   process.stdout.write('\x1b[?1049h\x1b[H');
   const leave = () => process.stdout.write('\x1b[?1049l');
   process.on('exit', leave);
+  // The terminal can vanish (ssh drops, tmux session killed): writes then fail with EIO. Quit quietly;
+  // nothing in the TUI must survive it (training runs in the daemon).
+  const gone = () => { store.close(); process.exit(0); };
+  process.stdout.on('error', gone);
+  process.on('SIGHUP', gone);
   try {
     const app = render(<App store={store} presets={presets} initial={initial} />, { exitOnCtrlC: true });
     await app.waitUntilExit();
