@@ -1,0 +1,114 @@
+import { join } from 'node:path';
+import { render } from 'ink-testing-library';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { App } from '../screens/App.js';
+import { newJobDoc, procPath } from '../src/config/document.js';
+import { saveJob } from '../src/config/jobfile.js';
+import { setAt } from '../src/util/objpath.js';
+import { flat, KEY, press, settle, testEnv, waitFor, type Env } from './helpers/ink.js';
+
+let env: Env;
+beforeEach(() => { env = testEnv(); });
+afterEach(() => env.cleanup());
+
+async function app(props: Partial<Parameters<typeof App>[0]> = {}) {
+  const r = render(<App store={env.store} presets={env.presets} gpus={[]} size={{ columns: 80, rows: 24 }} {...props} />);
+  await settle();
+  return r;
+}
+
+describe('frame', () => {
+  it('switches screens by number, shows help with ?, and goes back with q and Esc', async () => {
+    const r = await app();
+    expect(r.lastFrame()).toContain('Jobs: 0 (0 drafts)');
+    await press(r, '2');
+    expect(r.lastFrame()).toContain('Training Name');
+    await press(r, '?');
+    expect(r.lastFrame()).toContain('Keys: New Job');
+    expect(r.lastFrame()).toContain('save config.yaml and register a draft');
+    expect(r.lastFrame()).toContain('quit from anywhere');
+    await press(r, 'x'); // any key closes help
+    expect(r.lastFrame()).not.toContain('Keys: New Job');
+    await press(r, 'q');
+    expect(r.lastFrame()).toContain('Jobs: 0 (0 drafts)');
+    await press(r, '4');
+    expect(r.lastFrame()).toContain('DATASETS');
+    await press(r, KEY.escape);
+    expect(r.lastFrame()).toContain('Jobs: 0 (0 drafts)');
+    await press(r, '3');
+    expect(r.lastFrame()).toContain('No jobs yet');
+    r.unmount();
+  });
+
+  it('while a field is being edited, digits and q are text, not screen keys', async () => {
+    const r = await app({ initialScreen: 'new' });
+    await press(r, KEY.enter, KEY.ctrlU, 'q', '3', '4');
+    expect(r.lastFrame()).toContain('q34');
+    expect(r.lastFrame()).toContain('Training Name');
+    await press(r, KEY.escape);
+    expect(r.lastFrame()).toMatch(/Training Name\s+my_lora_v1/); // Esc cancelled the edit
+    r.unmount();
+  });
+
+  it('shows the GPU probe result and the VRAM warning for the selected GPU', async () => {
+    const r = await app({ gpus: [{ index: 0, name: 'RTX 4080', memoryMb: 16376 }] });
+    expect(r.lastFrame()).toContain('GPUs: 0: RTX 4080 16 GB');
+    await press(r, '2', 'i');
+    expect(flat(r.lastFrame())).toContain('FLUX.1 (dev / schnell) needs about 24 GB (guide: 24 GB minimum, 48 GB+ comfortable); GPU 0 (RTX 4080) has 16 GB.');
+    r.unmount();
+  });
+});
+
+describe('Training Queue', () => {
+  it('lists saved drafts and opens one in New Job', async () => {
+    const doc = setAt(newJobDoc(env.presets[0]!, 'output', 'queued_one'), procPath('datasets', 0, 'folder_path'), '/data/q');
+    const saved = saveJob(doc, env.presets, env.store);
+    const r = await app({ initialScreen: 'queue' });
+    expect(r.lastFrame()).toContain('TRAINING QUEUE');
+    expect(r.lastFrame()).toMatch(/1\s+draft\s+0\s+queued_one/);
+    await press(r, KEY.enter);
+    expect(r.lastFrame()).toMatch(/Training Name\s+queued_one/);
+    expect(flat(r.lastFrame())).toContain(`loaded ${saved.configPath}`);
+    r.unmount();
+  });
+});
+
+describe('loading a YAML in New Job', () => {
+  it('o opens a path (with completion), loads the reference config and reports ignored keys once', async () => {
+    const r = await app({ initialScreen: 'new' });
+    await press(r, 'o', KEY.ctrlU, ...join(import.meta.dirname, 'fixtures', 'wan22_14b_ref'), KEY.tab);
+    expect(r.lastFrame()).toContain('wan22_14b_reference.yaml');
+    await press(r, KEY.enter);
+    const f = flat(r.lastFrame());
+    expect(f).toContain('loaded;');
+    expect(f).toContain('loaded; 3 keys graft ignores (kept on save)');
+    await press(r, 'i');
+    expect(flat(r.lastFrame())).toContain('ignored (kept on save): config.process[0].train.train_unet');
+    expect(flat(r.lastFrame())).toContain('ignored (kept on save): config.process[0].sample.neg');
+    await press(r, KEY.escape);
+    expect(r.lastFrame()).toMatch(/Training Name\s+wan22_fixture_lora_v1/);
+    await press(r, KEY.tab);
+    expect(r.lastFrame()).toContain('Wan 2.2 T2V 14B');
+    expect(r.lastFrame()).toContain('MULTISTAGE');
+    r.unmount();
+  });
+
+  it('a file that is not there is reported and nothing changes', async () => {
+    const r = await app({ initialScreen: 'new' });
+    await press(r, 'o', ...'/nonexistent/config.yaml', KEY.enter);
+    expect(r.lastFrame()).toContain('no such file: /nonexistent/config.yaml');
+    await press(r, KEY.escape);
+    await waitFor(r.lastFrame, (f) => /Training Name\s+my_lora_v1/.test(f));
+    r.unmount();
+  });
+});
+
+describe('text input', () => {
+  it('a chunk with text and Enter (paste, fast typing over ssh) inserts the text and accepts it', async () => {
+    const r = await app({ initialScreen: 'new' });
+    await press(r, KEY.enter, KEY.ctrlU, 'pasted_name\r');
+    expect(r.lastFrame()).toMatch(/Training Name\s+pasted_name/);
+    expect(r.lastFrame()).toContain('new job (unsaved)');
+    r.unmount();
+  });
+});

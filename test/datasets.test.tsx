@@ -1,0 +1,108 @@
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { render } from 'ink-testing-library';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { App } from '../screens/App.js';
+import { makeDataset, tempDir } from './helpers/dataset.js';
+import { flat, KEY, press, settle, testEnv, waitFor, type Env } from './helpers/ink.js';
+
+let env: Env;
+let data: string;
+beforeEach(() => {
+  env = testEnv();
+  data = tempDir('graft-ds-');
+  makeDataset(join(data, 'shapes'), {
+    images: [
+      { name: 'a.png', width: 1200, height: 1200, caption: 'a red square on grey' },
+      { name: 'b.png', width: 900, height: 900, caption: 'a blue circle' },
+      { name: 'c.png', width: 1600, height: 900 },
+    ],
+    broken: ['broken.jpg'],
+  });
+});
+afterEach(() => { env.cleanup(); rmSync(data, { recursive: true, force: true }); });
+
+async function app(size = { columns: 80, rows: 24 }) {
+  const r = render(<App store={env.store} presets={env.presets} gpus={[]} initialScreen="datasets" size={size} />);
+  await settle();
+  return r;
+}
+
+describe('Datasets screen', () => {
+  it('adds a folder by path with completion, names it after the folder, and scans it', async () => {
+    const r = await app();
+    expect(r.lastFrame()).toMatch(/none yet: press a[\s\S]*to add a folder/); // wraps in the 20-column list
+    await press(r, 'a', ...join(data, 'sha'), KEY.tab);
+    expect(r.lastFrame()).toContain(`${join(data, 'shapes')}/`);
+    await press(r, KEY.enter);
+    expect(r.lastFrame()).toContain('Name for this dataset');
+    expect(r.lastFrame()).toContain('shapes');
+    await press(r, KEY.enter);
+    const f = await waitFor(r.lastFrame, (x) => x.includes('Images 3'));
+    expect(f).toContain('unreadable 1');
+    expect(f).toContain('Captions 2 (txt 2)  missing 1');
+    expect(f).toMatch(/1024x1024 █+ 1/);
+    expect(f).toMatch(/1360x768 █+ 1/);
+    expect(f).toMatch(/768x768 █+ 1/);
+    expect(flat(f)).toContain('✗ broken.jpg: not a readable image');
+    expect(env.store.listDatasets()).toEqual([expect.objectContaining({ name: 'shapes', folder: join(data, 'shapes'), is_reg: false })]);
+    r.unmount();
+  });
+
+  it('changes the histogram buckets, marks regularization, and shows files with thumbnail and caption', async () => {
+    env.store.addDataset('shapes', join(data, 'shapes'));
+    const r = await app();
+    await waitFor(r.lastFrame, (x) => x.includes('Images 3'));
+    await press(r, 'b', KEY.ctrlU, ...'512', KEY.enter);
+    const f = r.lastFrame()!;
+    expect(f).toContain('Buckets (512, ÷16)');
+    expect(f).toMatch(/512x512 █+ 2/);
+    await press(r, 'g');
+    expect(r.lastFrame()).toContain('(regularization)');
+    expect(env.store.listDatasets()[0]!.is_reg).toBe(true);
+    await press(r, 'f');
+    const files = await waitFor(r.lastFrame, (x) => x.includes('a red square on grey'));
+    expect(files).toContain('Files 1/3');
+    expect(files).toContain('▄');
+    await press(r, KEY.down, KEY.down);
+    const third = await waitFor(r.lastFrame, (x) => x.includes('Files 3/3') && x.includes('(no caption)'));
+    expect(third).toContain('!c.png 1600x900');
+    await press(r, KEY.escape);
+    expect(r.lastFrame()).toContain('Images 3');
+    r.unmount();
+  });
+
+  it('shows a missing folder plainly and forgets a dataset only after a second x', async () => {
+    env.store.addDataset('gone', join(data, 'nope'));
+    const r = await app();
+    await waitFor(r.lastFrame, (x) => x.includes('dataset folder not found'));
+    await press(r, 'x');
+    expect(flat(r.lastFrame())).toContain('press x again to forget "gone"');
+    expect(env.store.listDatasets()).toHaveLength(1);
+    await press(r, 'x');
+    expect(env.store.listDatasets()).toHaveLength(0);
+    r.unmount();
+  });
+
+  it('uses the extra room at 160x48: summary and thumbnail side by side', async () => {
+    env.store.addDataset('shapes', join(data, 'shapes'));
+    const r = await app({ columns: 160, rows: 48 });
+    const f = await waitFor(r.lastFrame, (x) => x.includes('Images 3') && x.includes('a red square on grey'));
+    expect(f).toContain('▄');
+    r.unmount();
+  });
+
+  it('named datasets appear by name in the DATASETS panel of New Job, regularization carried over', async () => {
+    env.store.addDataset('people reg', join(data, 'shapes'), true);
+    const r = await app();
+    await press(r, '2');
+    await press(r, KEY.tab, KEY.tab, KEY.tab, KEY.tab, KEY.tab, KEY.tab, KEY.tab, KEY.enter);
+    expect(r.lastFrame()).toContain('people reg');
+    expect(r.lastFrame()).toContain('Type a path...');
+    await press(r, KEY.enter);
+    const f = r.lastFrame()!;
+    expect(f).toContain(`people reg (${join(data, 'shapes')}`.slice(0, 30));
+    expect(f).toMatch(/Is Regularization\s+\[x\]/);
+    r.unmount();
+  });
+});

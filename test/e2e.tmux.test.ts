@@ -1,0 +1,165 @@
+// End to end: the real `graft` (built to dist/) in a real terminal (tmux), driven by keys like a user.
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { load } from 'js-yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Store } from '../src/queue/store.js';
+import { makeDataset, tempDir } from './helpers/dataset.js';
+
+const ROOT = join(import.meta.dirname, '..');
+const CLI = join(ROOT, 'dist', 'src', 'cli.js');
+const SOCKET = `graft-e2e-${process.pid}`;
+const SESSION = 'e2e';
+
+function tmux(...args: string[]): string {
+  return execFileSync('tmux', ['-L', SOCKET, ...args], { encoding: 'utf8' });
+}
+const screen = () => tmux('capture-pane', '-p', '-t', SESSION);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function waitScreen(ok: (s: string) => boolean, what: string, timeoutMs = 15_000): Promise<string> {
+  const start = Date.now();
+  for (;;) {
+    const s = screen();
+    if (ok(s)) return s;
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}; screen:\n${s}`);
+    await sleep(100);
+  }
+}
+const waitFor = (text: string | RegExp, timeoutMs?: number) =>
+  waitScreen((s) => (typeof text === 'string' ? s.includes(text) : text.test(s)), String(text), timeoutMs);
+
+/** Press keys one at a time (tmux key names: Tab, Down, Enter, Escape, C-u), letting the UI redraw in between. */
+async function keys(...names: string[]): Promise<void> {
+  for (const k of names) {
+    const before = screen();
+    tmux('send-keys', '-t', SESSION, k);
+    const start = Date.now();
+    while (screen() === before && Date.now() - start < 1500) await sleep(20);
+    await sleep(30);
+  }
+}
+async function type(text: string): Promise<void> {
+  tmux('send-keys', '-t', SESSION, '-l', text);
+  await waitFor(text.slice(-12));
+}
+
+function newestSource(dir: string): number {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    newest = Math.max(newest, e.isDirectory() ? newestSource(p) : /\.tsx?$/.test(e.name) ? statSync(p).mtimeMs : 0);
+  }
+  return newest;
+}
+
+/** Start graft in a fresh session of the given size; the shell line after it reports how graft exited. */
+async function start(columns: number, rows: number, ready: string): Promise<void> {
+  try { tmux('kill-session', '-t', SESSION); } catch { /* no session yet */ }
+  tmux('new-session', '-d', '-s', SESSION, '-x', String(columns), '-y', String(rows),
+    `GRAFT_HOME=${home} node ${CLI}; echo "graft exited with $?"; sleep 60`);
+  await waitFor(ready);
+  await sleep(500); // the first frame is drawn a moment before raw-mode input is attached
+}
+
+let home: string;
+let data: string;
+
+beforeAll(() => {
+  if (!existsSync(CLI) || statSync(CLI).mtimeMs < Math.max(newestSource(join(ROOT, 'src')), newestSource(join(ROOT, 'screens')))) {
+    throw new Error('dist/ is missing or older than src/ and screens/: build first (make test-ts runs `npx tsc -p tsconfig.json`)');
+  }
+  home = tempDir('graft-e2e-home-');
+  data = tempDir('graft-e2e-data-');
+  makeDataset(join(data, 'shapes'), {
+    images: [
+      { name: 'a.png', width: 1200, height: 1200, caption: 'a red square' },
+      { name: 'b.png', width: 900, height: 900, caption: 'a blue circle' },
+      { name: 'c.png', width: 1600, height: 900, caption: 'a wide field' },
+    ],
+  });
+});
+
+afterAll(() => {
+  try { tmux('kill-server'); } catch { /* already gone */ }
+  const socket = join(`/tmp/tmux-${process.getuid?.() ?? 0}`, SOCKET);
+  rmSync(socket, { force: true });
+  rmSync(home, { recursive: true, force: true });
+  rmSync(data, { recursive: true, force: true });
+});
+
+describe('graft in tmux', () => {
+  it('creates a FLUX job with a dataset, rank 32 and 2000 steps, saves it, and the YAML on disk says so', async () => {
+    await start(100, 30, 'Jobs: 0 (0 drafts)');
+
+    // Datasets: add the folder (Tab completes the path), keep the suggested name, wait for the scan.
+    await keys('4');
+    await waitFor('press a');
+    await keys('a');
+    await type(join(data, 'sha'));
+    await keys('Tab');
+    await waitFor(`${join(data, 'shapes')}/`);
+    await keys('Enter');
+    await waitFor('Name for this dataset');
+    await keys('Enter');
+    await waitFor('Images 3');
+
+    // New Job: the default family is FLUX.1.
+    await keys('2');
+    await waitFor('Training Name');
+    expect(screen()).toContain('FLUX.1 (dev / schnell)');
+    await keys('Tab', 'Tab', 'Tab', 'Down'); // TARGET > Linear Rank
+    await waitFor('Linear Rank: Rank of the adapter');
+    await keys('Enter', 'C-u');
+    await type('32');
+    await keys('Enter');
+    await waitFor(/Linear Rank\s+32/);
+    await keys('Tab', 'Tab', 'Down', 'Down'); // TRAINING > Steps
+    await waitFor('Steps: Total optimizer steps');
+    await keys('Enter', 'C-u');
+    await type('2000');
+    await keys('Enter');
+    await waitFor(/Steps\s+2000/);
+    await keys('Tab', 'Tab', 'Enter'); // DATASETS > Target Dataset: pick the named dataset
+    await waitFor('Type a path...');
+    await keys('Enter');
+    await waitFor(/Target Dataset\s+shapes/);
+    await keys('s');
+    await waitFor('saved ');
+
+    const configPath = join(home, 'output', 'my_lora_v1', 'config.yaml');
+    const yaml = load(readFileSync(configPath, 'utf8')) as any;
+    const proc = yaml.config.process[0];
+    expect(yaml.job).toBe('extension');
+    expect(proc.model).toMatchObject({ arch: 'flux', name_or_path: 'black-forest-labs/FLUX.1-dev' });
+    expect(proc.network).toMatchObject({ type: 'lora', linear: 32, linear_alpha: 32 });
+    expect(proc.train.steps).toBe(2000);
+    expect(proc.datasets[0].folder_path).toBe(join(data, 'shapes'));
+    const store = new Store(home);
+    expect(store.listJobs()).toEqual([expect.objectContaining({ name: 'my_lora_v1', state: 'draft', config_path: configPath })]);
+    store.close();
+
+    // Resizes live: the YAML preview pane appears when there is room, and goes when there is not.
+    tmux('resize-window', '-t', SESSION, '-x', '160', '-y', '48');
+    await waitFor('config.yaml preview');
+    tmux('resize-window', '-t', SESSION, '-x', '80', '-y', '24');
+    await waitScreen((s) => !s.includes('config.yaml preview') && /Target Dataset\s+shapes/.test(s), 'narrow layout');
+
+    // q goes back to the Dashboard (which now counts the draft); q there quits and leaves the terminal clean.
+    await keys('q');
+    await waitFor('Jobs: 1 (1 draft)');
+    await keys('q');
+    const after = await waitFor('graft exited with 0');
+    expect(after).not.toContain('Dashboard');
+  });
+
+  it('Ctrl+C quits cleanly even in the middle of an edit', async () => {
+    await start(80, 24, 'Jobs:');
+    await keys('2', 'Enter');
+    await type('half-typed');
+    await keys('C-c');
+    const after = await waitFor('graft exited with 0');
+    expect(after).not.toContain('half-typed');
+  });
+});
