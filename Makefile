@@ -5,7 +5,7 @@ APT_PACKAGES := libopenblas-dev nlohmann-json3-dev python3-torch python3-numpy t
 # Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
 SYSPY := /usr/bin/python3
 
-.PHONY: all deps apt npm trainer test test-trainer test-ts demo bench gpu-check clean
+.PHONY: all deps apt npm trainer test test-trainer test-ts tui demo bench gpu-check clean
 
 all: trainer
 
@@ -32,8 +32,15 @@ test-trainer: trainer
 	trainer-cuda/build/graft-tests
 	$(SYSPY) trainer-cuda/tests/test_flux_torch.py
 
+# The TypeScript is compiled first: tsc type-checks everything, and the tmux end-to-end test runs the built dist/.
 test-ts: npm trainer
+	npx tsc -p tsconfig.json
 	npx vitest run
+
+# Open the TUI (graft with no arguments). GRAFT_HOME picks the home folder (default ~/.graft).
+tui: npm
+	npx tsc -p tsconfig.json
+	node dist/src/cli.js
 
 test: test-trainer test-ts
 
