@@ -67,8 +67,9 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
   const listW = Math.min(28, Math.max(20, Math.floor(width * 0.25)));
   const detailW = width - listW - 1;
   const mainH = Math.max(6, height - 2);
-  const thumbW = wide ? Math.floor(detailW / 2) - 2 : Math.max(16, detailW - 30);
-  const thumbH = Math.max(4, mainH - 6);
+  // Thumbnails stay small enough to draw quickly and leave room for the caption.
+  const thumbW = Math.min(48, wide ? Math.floor(detailW / 2) - 2 : Math.max(16, detailW - 30));
+  const thumbH = Math.min(24, Math.max(4, mainH - 6));
   const item = result?.items[Math.min(fileIndex, result.items.length - 1)];
 
   // Thumbnail and caption of the selected file (file view, or always on wide screens).
@@ -86,6 +87,7 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
 
   useInput((input, key) => {
     if (overlay) return;
+    setMessage(undefined); // a message answers the previous key only
     if (input !== 'x') setConfirmRemove(false);
     if (filesView) {
       const n = result?.items.length ?? 0;
@@ -161,8 +163,8 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
     } else if (scan?.status === 'error') {
       body = <Text color="red" wrap="wrap">{scan.message}</Text>;
     } else if (result) {
-      const summary = summaryLines(result, resolutions, divisibility, wide ? Math.floor(detailW / 2) - 2 : detailW - 2);
-      const files = fileLines(result, fileIndex, wide ? Math.floor(detailW / 2) - 2 : Math.max(20, detailW - thumbW - 3), mainH - 3);
+      const summary = summaryLines(result, resolutions, divisibility, wide ? Math.floor(detailW / 2) - 3 : detailW - 2);
+      const files = fileLines(result, fileIndex, wide ? Math.floor(detailW / 2) - 3 : Math.max(20, detailW - thumbW - 3), mainH - 3);
       const preview = (
         <Box flexDirection="column" width={thumbW + 2}>
           {thumb && thumb.key === thumbKey ? <Text>{thumb.text}</Text> : <Text dimColor>drawing...</Text>}
@@ -172,10 +174,10 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
       if (wide) {
         body = (
           <Box>
-            <Box flexDirection="column" width={Math.floor(detailW / 2)} height={mainH - 2}>{summary}</Box>
+            <Box flexDirection="column" width={Math.floor(detailW / 2)} height={mainH - 2} paddingRight={2}>{filesView ? files : summary}</Box>
             <Box flexDirection="column" width={Math.floor(detailW / 2)} height={mainH - 2}>
-              {filesView ? files : preview}
-              {filesView ? null : <Text dimColor>{item ? item.file : ''}</Text>}
+              {preview}
+              <Text dimColor wrap="truncate-end">{item ? `${item.file}${filesView ? '' : '  (f: browse files)'}` : ''}</Text>
             </Box>
           </Box>
         );
@@ -190,7 +192,7 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
 
   const hints: Hint[] = filesView
     ? [['↑↓', 'file'], ['Esc', 'summary'], ['?', 'help']]
-    : [['a', 'add'], ['r', 'rescan'], ['g', 'regularization'], ['f', 'files'], ['b', 'buckets'], ['x', 'forget'], ['?', 'help'], ['q', 'back']];
+    : [['a', 'add'], ['r', 'scan'], ['g', 'reg'], ['f', 'files'], ['b', 'buckets'], ['x', 'forget'], ['?', 'help'], ['q', 'back']];
 
   let overlayBox: React.ReactNode = null;
   if (overlay) {

@@ -148,6 +148,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
       return;
     }
     if (overlay) return; // the input or picker has the keys
+    if (form.message) form.setMessage(undefined); // a message answers the previous key only
     if (input !== 'n') setConfirmNew(false);
     if (key.upArrow || input === 'k') return moveTo(index - 1);
     if (key.downArrow || input === 'j') return moveTo(index + 1);

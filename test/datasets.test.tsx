@@ -1,10 +1,11 @@
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { render } from 'ink-testing-library';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { App } from '../screens/App.js';
 import { makeDataset, tempDir } from './helpers/dataset.js';
-import { flat, KEY, press, settle, testEnv, waitFor, type Env } from './helpers/ink.js';
+import { makePng } from './helpers/png.js';
+import { flat, KEY, plain, press, settle, testEnv, waitFor, type Env } from './helpers/ink.js';
 
 let env: Env;
 let data: string;
@@ -81,6 +82,20 @@ describe('Datasets screen', () => {
     expect(env.store.listDatasets()).toHaveLength(1);
     await press(r, 'x');
     expect(env.store.listDatasets()).toHaveLength(0);
+    r.unmount();
+  });
+
+  it('scanning 5,000 images draws a progress indicator that advances before the result', async () => {
+    const big = join(data, 'big');
+    mkdirSync(big);
+    const png = makePng(64, 48);
+    for (let i = 0; i < 5000; i++) writeFileSync(join(big, `i${i}.png`), png);
+    env.store.addDataset('big', big);
+    const r = await app();
+    await waitFor(r.lastFrame, (x) => x.includes('Images 5000'), 60_000);
+    const progress = r.frames.map(plain).filter((f) => /Scanning [\d,]+ \/ 5,000/.test(f));
+    expect(progress.length).toBeGreaterThan(1);
+    expect(progress.some((f) => !f.includes('Scanning 0 / 5,000'))).toBe(true);
     r.unmount();
   });
 
