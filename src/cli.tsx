@@ -1,9 +1,7 @@
 #!/usr/bin/env node
 // graft: `graft` opens the TUI; `graft <config.yaml>` opens it on that job; `graft validate <config.yaml>` checks a file.
-import { render } from 'ink';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { App } from '../screens/App.js';
 import { loadJobFile, type Loaded } from './config/jobfile.js';
 import { validateJob } from './config/validate.js';
 import { jobWarnings } from './config/warnings.js';
@@ -58,6 +56,8 @@ async function tui(file: string | undefined): Promise<number> {
       return 1;
     }
   }
+  // Ink, React and the screens load only for the TUI, so validate and --help answer quickly.
+  const [{ render }, { App }] = await Promise.all([import('ink'), import('../screens/App.js')]);
   const store = new Store(graftHome());
   // The alternate screen keeps the user's scrollback clean; it is left again however graft exits.
   process.stdout.write('\x1b[?1049h\x1b[H');
