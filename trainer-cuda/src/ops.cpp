@@ -628,4 +628,24 @@ void mse_backward(float* dpred, const float* pred, const float* target, long n, 
   for (long i = 0; i < n; i++) dpred[i] += coef * (pred[i] - target[i]);
 }
 
+// ---------------------------------------------------------------- embedding
+
+void embedding_forward(float* out, const int* ids, const float* table, int N, int V, int C) {
+  for (int n = 0; n < N; ++n) {
+    if (ids[n] < 0 || ids[n] >= V) fail("token id " + std::to_string(ids[n]) + " is outside the vocabulary of " + std::to_string(V));
+    std::memcpy(out + (size_t)n * C, table + (size_t)ids[n] * C, (size_t)C * sizeof(float));
+  }
+}
+
+void embedding_backward(float* dtable, const float* dout, const int* ids, int N, int V, int C) {
+  if (!dtable) return;
+  // Serial over tokens: two tokens with the same id add into the same row, in a fixed order.
+  for (int n = 0; n < N; ++n) {
+    float* row = dtable + (size_t)ids[n] * C;
+    const float* d = dout + (size_t)n * C;
+    for (int c = 0; c < C; ++c) row[c] += d[c];
+  }
+  (void)V;
+}
+
 }  // namespace graft

@@ -91,6 +91,11 @@ void patchify_backward(float* dinp, const float* dout, int B, int C, int H, int 
 void unpatchify_forward(float* out, const float* inp, int B, int C, int H, int W, int p);
 void unpatchify_backward(float* dinp, const float* dout, int B, int C, int H, int W, int p);
 
+// Token embedding lookup: out[n, :] = table[ids[n], :] for n < N, table [V, C]. Backward
+// scatter-adds each row of dout into dtable (ids repeat, so rows accumulate).
+void embedding_forward(float* out, const int* ids, const float* table, int N, int V, int C);
+void embedding_backward(float* dtable, const float* dout, const int* ids, int N, int V, int C);
+
 // Mean squared error over n values; backward accumulates dloss * 2 (pred - target) / n into dpred.
 float mse_forward(const float* pred, const float* target, long n);
 void mse_backward(float* dpred, const float* pred, const float* target, long n, float dloss);

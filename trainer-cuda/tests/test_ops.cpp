@@ -550,6 +550,27 @@ TEST(ops_mse_gradients) {
   check_gradients(g);
 }
 
+TEST(ops_embedding_forward_and_gradients) {
+  const int N = 5, V = 4, C = 3;
+  int ids[N] = {2, 0, 2, 3, 2};  // repeated ids: their gradients add up in one row
+  Buf table = random_buf(V * C, 140), out(N * C);
+  embedding_forward(out.data(), ids, table.data(), N, V, C);
+  for (int n = 0; n < N; ++n)
+    for (int c = 0; c < C; ++c) CHECK(out[n * C + c] == table[ids[n] * C + c]);
+  Buf w = random_buf(N * C, 141);
+  GradCheck g;
+  g.op = "embedding";
+  g.inputs = {{"table", &table}};
+  g.loss = [&] {
+    embedding_forward(out.data(), ids, table.data(), N, V, C);
+    return dot(out, w);
+  };
+  g.backward = [&](const std::vector<float*>& d) { embedding_backward(d[0], w.data(), ids, N, V, C); };
+  check_gradients(g);
+  int bad[1] = {4};
+  CHECK_THROWS(embedding_forward(out.data(), bad, table.data(), 1, V, C), "outside the vocabulary");
+}
+
 // ----------------------------------------------------------------------------------------------
 // Determinism: sizes large enough for the parallel paths give bitwise the same results with 1 thread
 // and with 3 (each output is summed by one thread in a fixed order), and the same on a rerun.
