@@ -1,7 +1,7 @@
 # graft — the entry points: make demo, make test, make bench, make gpu-check.
 SHELL := /bin/bash
 TRAINER := trainer-cuda/build/graft-trainer
-APT_PACKAGES := libopenblas-dev nlohmann-json3-dev python3-torch python3-numpy tmux
+APT_PACKAGES := libopenblas-dev nlohmann-json3-dev libstb-dev python3-torch python3-numpy tmux
 # Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
 SYSPY := /usr/bin/python3
 
@@ -50,26 +50,44 @@ demo: trainer
 	$(TRAINER) train output/demo-tiny
 	@echo "outputs: $$(pwd)/output/demo-tiny (metrics.jsonl, checkpoints, state/)"
 
+# The CPU step of the tiny model; on a machine with a GPU and the CUDA build, also graft-gpu-bench (the
+# FLUX.1-dev step at 512 and 1024 px with PyTorch ratios; make gpu-check builds it without OpenBLAS).
 bench: trainer
 	$(TRAINER) bench
+	@if [ -x trainer-cuda/build/graft-gpu-bench ] && nvidia-smi -L >/dev/null 2>&1; then \
+	  trainer-cuda/build/graft-gpu-bench; \
+	else echo "no usable GPU or no CUDA build here: the GPU benchmark is skipped (make gpu-check runs it on a GPU)"; fi
 
-# Builds the CUDA backend and runs, on the GPU of this machine, every parity test (each CUDA op
-# against the CPU reference, and a LoRA step's gradients) and then the benchmark (with PyTorch
-# ratios when python3 has a CUDA torch). Needs nvcc, g++ and make only: no apt, no cuBLAS headers,
-# no OpenBLAS. Logs: trainer-cuda/build/gpu-tests.log and gpu-bench.log.
+# Builds the CUDA backend and runs, on the GPU of this machine: every parity test (each CUDA op
+# against the CPU reference, a LoRA step's gradients, and the whole FLUX step of the CUDA backend
+# against the CPU FluxRunner), the end-to-end training of the tiny job on cuda:0 against the CPU run,
+# and the benchmark (FLUX.1-dev step at full depth, with PyTorch ratios when python3 has a CUDA torch).
+# Needs nvcc, g++ and make only: no apt, no cuBLAS headers, no OpenBLAS (BLAS=fallback); where
+# nlohmann/json.hpp is not installed it takes .gpu-deps/include (carried there by hand).
+# Logs: trainer-cuda/build/gpu-tests.log, gpu-e2e.log and gpu-bench.log.
+GPU_JSON_INC := $(if $(wildcard /usr/include/nlohmann/json.hpp),,$(wildcard $(CURDIR)/.gpu-deps/include))
 gpu-check:
 	@start=$$(date +%s); \
-	if ! $(MAKE) -C trainer-cuda -j$$(nproc) cuda || [ ! -x trainer-cuda/build/graft-gpu-tests ]; then \
+	if ! $(MAKE) -C trainer-cuda -j$$(nproc) cuda BLAS=fallback JSON_INCLUDE=$(GPU_JSON_INC) || \
+	   [ ! -x trainer-cuda/build/graft-gpu-tests ]; then \
 	  echo "gpu-check: the CUDA build failed (is nvcc installed?)"; exit 1; fi; \
-	tests=0; bench=0; \
+	built=$$(date +%s); \
+	tests=0; e2e=0; bench=0; \
 	trainer-cuda/build/graft-gpu-tests 2>&1 | tee trainer-cuda/build/gpu-tests.log; tests=$${PIPESTATUS[0]}; \
+	tested=$$(date +%s); \
+	trainer-cuda/cuda/test/train_e2e.sh trainer-cuda/build/graft-trainer 2>&1 | tee trainer-cuda/build/gpu-e2e.log; \
+	e2e=$${PIPESTATUS[0]}; \
+	trained=$$(date +%s); \
 	trainer-cuda/build/graft-gpu-bench 2>&1 | tee trainer-cuda/build/gpu-bench.log; bench=$${PIPESTATUS[0]}; \
-	echo; echo "== gpu-check summary ($$(( $$(date +%s) - start )) s) =="; \
+	end=$$(date +%s); \
+	echo; echo "== gpu-check summary ($$(( end - start )) s: build $$(( built - start )), tests $$(( tested - built )), e2e $$(( trained - tested )), bench $$(( end - trained ))) =="; \
 	grep -E "^(device|cuBLASLt):" trainer-cuda/build/gpu-tests.log; \
+	grep -E "^  (ok|FAIL) +B[12]," trainer-cuda/build/gpu-tests.log; \
 	grep -E "^gpu: " trainer-cuda/build/gpu-tests.log || echo "parity tests: no summary (crashed?)"; \
-	grep -E "^=> full" trainer-cuda/build/gpu-bench.log; \
-	echo "parity tests: $$( [ $$tests = 0 ] && echo PASS || echo FAIL ) | benchmark: $$( [ $$bench = 0 ] && echo OK || echo FAILED )"; \
-	[ $$tests = 0 ] && [ $$bench = 0 ]
+	grep -E "^e2e: " trainer-cuda/build/gpu-e2e.log || echo "e2e: no summary (crashed?)"; \
+	grep -E "^=> " trainer-cuda/build/gpu-bench.log; \
+	echo "parity tests: $$( [ $$tests = 0 ] && echo PASS || echo FAIL ) | e2e training: $$( [ $$e2e = 0 ] && echo PASS || echo FAIL ) | benchmark: $$( [ $$bench = 0 ] && echo OK || echo FAILED )"; \
+	[ $$tests = 0 ] && [ $$e2e = 0 ] && [ $$bench = 0 ]
 
 clean:
 	$(MAKE) -C trainer-cuda clean

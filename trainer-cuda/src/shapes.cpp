@@ -1,0 +1,129 @@
+#include "shapes.h"
+
+#include <cmath>
+
+#include "rng.h"
+
+namespace graft {
+
+const char* shape_name(Shape s) {
+  switch (s) {
+    case Shape::Circle: return "circle";
+    case Shape::Square: return "square";
+    case Shape::Triangle: return "triangle";
+    case Shape::Diamond: return "diamond";
+    case Shape::Cross: return "cross";
+    case Shape::Star: return "star";
+  }
+  return "?";
+}
+
+const std::vector<Colour>& palette() {
+  static const std::vector<Colour> p = {
+      {"red", 0.90f, 0.10f, 0.10f},   {"green", 0.10f, 0.75f, 0.20f}, {"blue", 0.15f, 0.25f, 0.95f},
+      {"yellow", 0.95f, 0.90f, 0.10f}, {"white", 0.97f, 0.97f, 0.97f}, {"black", 0.05f, 0.05f, 0.05f},
+      {"purple", 0.60f, 0.15f, 0.80f}, {"orange", 1.00f, 0.55f, 0.05f},
+  };
+  return p;
+}
+
+static Scene place(Scene s, Rng& rng) {
+  const float r = s.large ? 0.24f : 0.13f;
+  // Up to three shapes in distinct cells of a jittered grid (2x2 for large, 3x3 for small).
+  const int n = s.large ? 2 : 3;
+  const float cell = 1.0f / n;
+  int cells[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
+  for (int i = n * n - 1; i > 0; --i) std::swap(cells[i], cells[rng.next() % (uint64_t)(i + 1)]);
+  for (int i = 0; i < s.count; ++i) {
+    if (s.count == 1) {
+      s.cx[i] = 0.5f + (rng.uniform() - 0.5f) * (0.9f - 2 * r);
+      s.cy[i] = 0.5f + (rng.uniform() - 0.5f) * (0.9f - 2 * r);
+    } else {
+      int c = cells[i];
+      s.cx[i] = std::fmin(1 - r, std::fmax(r, (c % n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
+      s.cy[i] = std::fmin(1 - r, std::fmax(r, (c / n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
+    }
+  }
+  return s;
+}
+
+static Scene random_with(Shape shape, const std::string& word, Rng& rng) {
+  Scene s;
+  s.shape = shape;
+  s.word = word;
+  const int nc = (int)palette().size();
+  s.colour = (int)(rng.next() % nc);
+  s.background = (int)(rng.next() % (nc - 1));
+  if (s.background >= s.colour) ++s.background;
+  s.large = rng.uniform() < 0.5f;
+  s.count = 1 + (int)(rng.next() % (s.large ? 2 : 3));  // at most two large shapes fit
+  return place(s, rng);
+}
+
+Scene random_scene(uint64_t seed, uint64_t index) {
+  Rng rng(seed, 0x5CE, index);
+  Shape shape = (Shape)(rng.next() % 5);
+  return random_with(shape, shape_name(shape), rng);
+}
+
+Scene random_scene_of(Shape shape, const std::string& word, uint64_t seed, uint64_t index) {
+  Rng rng(seed, 0x5CF, index);
+  return random_with(shape, word, rng);
+}
+
+static std::string article(const std::string& word) {
+  return (std::string("aeiou").find(word[0]) != std::string::npos ? "an " : "a ") + word;
+}
+
+std::string caption(const Scene& s) {
+  static const char* counts[] = {"a", "two", "three"};
+  std::string noun = s.word + (s.count > 1 ? (s.word.back() == 's' ? "es" : "s") : "");
+  return std::string(counts[s.count - 1]) + " " + (s.large ? "large " : "small ") + palette()[s.colour].name + " " +
+         noun + " on " + article(palette()[s.background].name) + " background";
+}
+
+// Inside test in coordinates relative to the shape's centre, scaled so the shape spans [-1, 1].
+static bool inside(Shape shape, float x, float y) {
+  switch (shape) {
+    case Shape::Circle: return x * x + y * y <= 1.0f;
+    case Shape::Square: return std::fabs(x) <= 0.85f && std::fabs(y) <= 0.85f;
+    case Shape::Triangle: return y >= -1.0f && y <= 0.8f && std::fabs(x) <= (y + 1.0f) * 0.55f;  // apex up
+    case Shape::Diamond: return std::fabs(x) + std::fabs(y) <= 1.0f;
+    case Shape::Cross: return (std::fabs(x) <= 0.3f && std::fabs(y) <= 1.0f) || (std::fabs(y) <= 0.3f && std::fabs(x) <= 1.0f);
+    case Shape::Star: {
+      // A five-pointed star: radius alternating between 1 and 0.45 around the centre.
+      float r = std::sqrt(x * x + y * y), a = std::atan2(x, -y);
+      float sector = std::fmod(a + 2.0f * (float)M_PI, 2.0f * (float)M_PI / 5.0f) / (2.0f * (float)M_PI / 5.0f);
+      float t = std::fabs(sector - 0.5f) * 2.0f;  // 1 at a point, 0 between points
+      return r <= 0.45f + 0.55f * t * t;
+    }
+  }
+  return false;
+}
+
+std::vector<float> draw(const Scene& s, int size) {
+  const Colour& fg = palette()[s.colour];
+  const Colour& bg = palette()[s.background];
+  const float r = s.large ? 0.24f : 0.13f;
+  const int SS = 4;
+  std::vector<float> img((size_t)3 * size * size);
+  for (int py = 0; py < size; ++py)
+    for (int px = 0; px < size; ++px) {
+      int hits = 0;
+      for (int sy = 0; sy < SS; ++sy)
+        for (int sx = 0; sx < SS; ++sx) {
+          float x = (px + (sx + 0.5f) / SS) / size, y = (py + (sy + 0.5f) / SS) / size;
+          for (int i = 0; i < s.count; ++i)
+            if (inside(s.shape, (x - s.cx[i]) / r, (y - s.cy[i]) / r)) {
+              ++hits;
+              break;
+            }
+        }
+      float a = (float)hits / (SS * SS);
+      const float col[3] = {fg.r * a + bg.r * (1 - a), fg.g * a + bg.g * (1 - a), fg.b * a + bg.b * (1 - a)};
+      for (int c = 0; c < 3; ++c) img[((size_t)c * size + py) * size + px] = col[c] * 2.0f - 1.0f;
+    }
+  return img;
+}
+
+}  // namespace graft

@@ -1,0 +1,42 @@
+// The demo model's world: pictures of coloured shapes on plain backgrounds with captions that say
+// what is in them ("two small red circles on a blue background"). Deterministic by seed, so the
+// dataset that trained the shipped weights can be made again.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace graft {
+
+enum class Shape { Circle, Square, Triangle, Diamond, Cross, Star };
+const char* shape_name(Shape s);  // "circle", ...
+
+struct Colour {
+  const char* name;
+  float r, g, b;  // in [0, 1]
+};
+const std::vector<Colour>& palette();
+
+struct Scene {
+  Shape shape = Shape::Circle;
+  int colour = 0;       // index into palette()
+  int background = 1;   // index into palette(), never the shape's colour
+  bool large = false;
+  int count = 1;        // 1 to 3
+  float cx[3], cy[3];   // centres in [0, 1]
+  std::string word;     // the word the caption uses for the shape (a trigger word for new concepts)
+};
+
+// A random scene of one of the base shapes (circle .. cross); the star is kept out, as the
+// concept the base model has never seen.
+Scene random_scene(uint64_t seed, uint64_t index);
+// Same, with the given shape, named in captions by `word` (e.g. Star named "zxq").
+Scene random_scene_of(Shape shape, const std::string& word, uint64_t seed, uint64_t index);
+
+// "two small red circles on a blue background"; "a large green zxq on a white background".
+std::string caption(const Scene& s);
+
+// Rasterised with 4x4 supersampling: [3, size, size] in [-1, 1].
+std::vector<float> draw(const Scene& s, int size);
+
+}  // namespace graft

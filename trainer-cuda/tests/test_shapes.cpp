@@ -1,0 +1,64 @@
+// The demo world's pictures and captions, and PNG round trips.
+#include <stdlib.h>
+
+#include <cmath>
+
+#include "image_io.h"
+#include "shapes.h"
+#include "test.h"
+
+using namespace graft;
+
+TEST(shapes_caption_says_what_is_drawn) {
+  Scene s = random_scene(7, 0);
+  s.shape = Shape::Circle;
+  s.word = "circle";
+  s.colour = 0;      // red
+  s.background = 2;  // blue
+  s.large = true;
+  s.count = 1;
+  s.cx[0] = s.cy[0] = 0.5f;
+  CHECK(caption(s) == "a large red circle on a blue background");
+  s.count = 2;
+  s.background = 7;
+  CHECK(caption(s) == "two large red circles on an orange background");
+  s.word = "cross";
+  CHECK(caption(s) == "two large red crosses on an orange background");
+  // Pixels: the centre of a single large circle has its colour, the corner the background's.
+  s.count = 1;
+  s.background = 2;
+  std::vector<float> img = draw(s, 32);
+  auto px = [&](int c, int y, int x) { return img[((size_t)c * 32 + y) * 32 + x]; };
+  CHECK_NEAR(px(0, 16, 16), 0.90 * 2 - 1, 1e-5);  // red
+  CHECK_NEAR(px(2, 16, 16), 0.10 * 2 - 1, 1e-5);
+  CHECK_NEAR(px(2, 0, 0), 0.95 * 2 - 1, 1e-5);    // blue background
+}
+
+TEST(shapes_are_deterministic_and_varied) {
+  int counts[4] = {0, 0, 0, 0}, shapes[6] = {0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < 200; ++i) {
+    Scene a = random_scene(3, i), b = random_scene(3, i);
+    CHECK(caption(a) == caption(b) && draw(a, 16) == draw(b, 16));
+    CHECK(a.colour != a.background);
+    CHECK(a.shape != Shape::Star);  // the star is kept for the new concept
+    counts[a.count]++;
+    shapes[(int)a.shape]++;
+  }
+  for (int c = 1; c <= 3; ++c) CHECK(counts[c] > 20);
+  for (int k = 0; k < 5; ++k) CHECK(shapes[k] > 20);
+  Scene z = random_scene_of(Shape::Star, "zxq", 3, 0);
+  CHECK(caption(z).find("zxq") != std::string::npos);
+}
+
+TEST(png_round_trip_and_errors) {
+  char tmpl[] = "/tmp/graft-png-XXXXXX";
+  CHECK(mkdtemp(tmpl) != nullptr);
+  std::string path = std::string(tmpl) + "/a.png";
+  std::vector<float> img = draw(random_scene(1, 5), 24);
+  png_write(path, img.data(), 24, 24);
+  int w = 0, h = 0;
+  std::vector<float> back = png_read(path, &w, &h);
+  CHECK(w == 24 && h == 24 && back.size() == img.size());
+  for (size_t i = 0; i < img.size(); ++i) CHECK_NEAR(back[i], img[i], 1.0 / 127.5);  // 8-bit quantisation
+  CHECK_THROWS(png_read(std::string(tmpl) + "/none.png", &w, &h), "none.png");
+}
