@@ -116,6 +116,26 @@ describe('graft-trainer', () => {
     expect(readFileSync(join(cut, 'tiny.safetensors')).equals(readFileSync(join(whole, 'tiny.safetensors')))).toBe(true);
   });
 
+  it('trains every stage of the demo model (smoke run) and samples a picture from it', () => {
+    const dir = join(tempDir(), 'demo');
+    const made = trainer(['demo-model', dir, '--quick']);
+    expect(made.status, made.stderr).toBe(0);
+    expect(made.stdout).toMatch(/autoencoder step 4\/4/);
+    expect(made.stdout).toMatch(/transformer step 4\/4/);
+    for (const f of ['ae.safetensors', 'text_encoder.safetensors', 'transformer.safetensors', 'model.json'])
+      expect(existsSync(join(dir, f)), f).toBe(true);
+    const png = join(dir, 'sheet.png');
+    const r = trainer(['sample', dir, '--out', png, '--prompt', 'a red circle on a blue background', '--prompt', '', '--steps', '3']);
+    expect(r.status, r.stderr).toBe(0);
+    const buf = readFileSync(png);
+    expect(buf.subarray(1, 4).toString()).toBe('PNG');
+    // Two 32x32 pictures side by side with 1-pixel gaps: 67 x 34.
+    expect([buf.readUInt32BE(16), buf.readUInt32BE(20)]).toEqual([67, 34]);
+    const bad = trainer(['sample', join(dir, 'nope'), '--out', png]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toContain('model.json');
+  });
+
   describe('refuses bad input with one line naming the file, writing nothing', () => {
     function expectOneLineError(r: ReturnType<typeof trainer>, ...needles: string[]) {
       expect(r.status).not.toBe(0);

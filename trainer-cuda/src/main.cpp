@@ -3,6 +3,8 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +12,9 @@
 #include <vector>
 
 #include "common.h"
+#include "demo_model.h"
+#include "image_io.h"
+#include "pipeline.h"
 #include "flux.h"
 #include "lora.h"
 #include "ops.h"
@@ -27,6 +32,9 @@ static const char* kUsage =
     "  lora-grad <ckpt> <inputs> <lora> <outputs>        loss = mean((out-target)^2); writes out, loss, grad.<key>\n"
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
+    "  demo-model <dir> [--quick] [--seed N]             train the built-in demo model from scratch\n"
+    "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]]\n"
+    "                                                    images for prompts (several prompts: a contact sheet)\n"
     "  --version\n";
 
 static void need_args(const std::vector<std::string>& a, size_t n, const char* cmd) {
@@ -146,7 +154,84 @@ static int cmd_bench(const std::vector<std::string>& a) {
   return 0;
 }
 
+static int cmd_demo_model(const std::vector<std::string>& a) {
+  need_args(a, 2, "demo-model");
+  DemoModelOptions o;
+  o.out_dir = a[1];
+  for (size_t i = 2; i < a.size(); ++i) {
+    if (a[i] == "--quick") {  // a smoke run of every stage, for tests
+      o.pictures = 64;
+      o.ae_steps = 4;
+      o.ae_batch = 4;
+      o.dit_steps = 4;
+      o.dit_batch = 4;
+      o.log_every = 2;
+    } else if (a[i] == "--seed" && i + 1 < a.size()) {
+      o.seed = std::stoull(a[++i]);
+    } else {
+      fail("demo-model: unknown argument '" + a[i] + "'");
+    }
+  }
+  train_demo_model(o);
+  return 0;
+}
+
+static int cmd_sample(const std::vector<std::string>& a) {
+  need_args(a, 2, "sample");
+  Pipeline pipe = Pipeline::load(a[1]);
+  SampleParams sp = pipe.defaults;
+  std::vector<std::string> prompts;
+  std::string out, lora_arg;
+  int size = pipe.image_size;
+  for (size_t i = 2; i < a.size(); ++i) {
+    auto next = [&]() -> std::string {
+      if (i + 1 >= a.size()) fail("sample: " + a[i] + " needs a value");
+      return a[++i];
+    };
+    if (a[i] == "--prompt") prompts.push_back(next());
+    else if (a[i] == "--out") out = next();
+    else if (a[i] == "--size") size = std::stoi(next());
+    else if (a[i] == "--steps") sp.steps = std::stoi(next());
+    else if (a[i] == "--cfg") sp.cfg_scale = std::stof(next());
+    else if (a[i] == "--seed") sp.seed = std::stoull(next());
+    else if (a[i] == "--lora") lora_arg = next();
+    else fail("sample: unknown argument '" + a[i] + "'");
+  }
+  if (out.empty()) fail("sample: --out <file.png> is required");
+  if (prompts.empty()) prompts.push_back("");
+  LoraSet lora;
+  if (!lora_arg.empty()) {
+    float scale = 1.0f;
+    std::string path = lora_arg;
+    size_t colon = lora_arg.rfind(':');
+    if (colon != std::string::npos && colon > 0) {
+      path = lora_arg.substr(0, colon);
+      scale = std::stof(lora_arg.substr(colon + 1));
+    }
+    lora = lora_load(path, flux_lora_targets(pipe.transformer.cfg, true), scale);
+  }
+  std::vector<std::vector<float>> pics;
+  for (const std::string& p : prompts) pics.push_back(pipe.generate(p, size, sp, lora_arg.empty() ? nullptr : &lora));
+  if (pics.size() == 1) {
+    png_write(out, pics[0].data(), size, size);
+  } else {
+    int w = 0, h = 0;
+    std::vector<float> sheet = contact_sheet(pics, size, size, std::min<int>(5, (int)pics.size()), &w, &h);
+    png_write(out, sheet.data(), w, h);
+  }
+  std::printf("wrote %s (%zu prompt%s, %d steps, cfg %g, seed %llu)\n", out.c_str(), prompts.size(),
+              prompts.size() > 1 ? "s" : "", sp.steps, sp.cfg_scale, (unsigned long long)sp.seed);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  // Idle OpenMP threads spin by default; on a box where anything else runs (the TUI, a second job,
+  // a compiler) that spinning made steps 5-6x slower here. libgomp reads the policy when it loads,
+  // so set it and start again once.
+  if (!std::getenv("OMP_WAIT_POLICY")) {
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);  // only returns on failure: then run as we are
+  }
   std::vector<std::string> a(argv + 1, argv + argc);
   if (a.empty() || a[0] == "-h" || a[0] == "--help" || a[0] == "help") {
     std::fputs(kUsage, a.empty() ? stderr : stdout);
@@ -165,6 +250,8 @@ int main(int argc, char** argv) {
     if (a[0] == "lora-grad") return cmd_lora_grad(a);
     if (a[0] == "make-tiny") return cmd_make_tiny(a);
     if (a[0] == "bench") return cmd_bench(a);
+    if (a[0] == "demo-model") return cmd_demo_model(a);
+    if (a[0] == "sample") return cmd_sample(a);
     std::fprintf(stderr, "graft-trainer: unknown command '%s'\n%s", a[0].c_str(), kUsage);
     return 2;
   } catch (const Error& e) {

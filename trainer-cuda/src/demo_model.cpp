@@ -1,0 +1,300 @@
+#include "demo_model.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+#include "flux.h"
+#include "image_io.h"
+#include "ops.h"
+#include "optim.h"
+#include "pipeline.h"
+#include "rng.h"
+#include "safetensors.h"
+#include "shapes.h"
+#include "text_encoder.h"
+#include "tiny.h"
+#include "vae.h"
+
+namespace graft {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+// AdamW over several tensors: one optimizer state per tensor, one global gradient norm.
+struct MultiAdam {
+  std::vector<std::pair<std::vector<float>*, std::vector<float>*>> tensors;
+  std::vector<AdamW> opts;
+  void add(std::vector<float>* value, std::vector<float>* grad, float weight_decay) {
+    tensors.push_back({value, grad});
+    AdamW a;
+    a.weight_decay = weight_decay;
+    opts.push_back(a);
+  }
+  float clip(float max_norm) {
+    double ss = 0.0;
+    for (auto& t : tensors)
+      for (float g : *t.second) ss += (double)g * g;
+    float norm = (float)std::sqrt(ss);
+    if (norm > max_norm) {
+      float s = max_norm / (norm + 1e-6f);
+      for (auto& t : tensors)
+        for (float& g : *t.second) g *= s;
+    }
+    return norm;
+  }
+  void step(float lr) {
+    for (size_t i = 0; i < tensors.size(); ++i)
+      opts[i].step(tensors[i].first->data(), tensors[i].second->data(), tensors[i].first->size(), lr);
+  }
+};
+
+std::vector<Scene> make_scenes(const DemoModelOptions& o) {
+  std::vector<Scene> s;
+  for (int i = 0; i < o.pictures; ++i) s.push_back(random_scene(o.seed, i));
+  return s;
+}
+
+VaeConfig demo_vae_config() {
+  VaeConfig c;
+  c.ch = 32;
+  c.ch_mult = {1, 2, 2};  // 32 px -> 8 px latents
+  c.num_res_blocks = 1;
+  c.z_channels = 4;
+  c.groups = 8;
+  return c;
+}
+
+FluxConfig demo_flux_config(int context_dim, int vec_dim) {
+  FluxConfig c;
+  c.in_channels = 16;  // 4 latent channels x 2 x 2
+  c.out_channels = 16;
+  c.hidden = 128;
+  c.heads = 4;
+  c.head_dim = 32;
+  c.mlp_hidden = 512;
+  c.context_dim = context_dim;
+  c.vec_dim = vec_dim;
+  c.n_double = 2;
+  c.n_single = 4;
+  c.guidance_embed = false;  // guidance comes from CFG against the empty prompt
+  c.axes_dim[0] = 4;
+  c.axes_dim[1] = 14;
+  c.axes_dim[2] = 14;
+  return c;
+}
+
+// DiT initialisation (adaLN-Zero): every block starts as the identity and the output at zero, so
+// early training is stable; other weights N(0, 1/fan_in), biases 0, norm scales 1.
+void init_for_training(FluxModel& m, uint64_t seed) {
+  Rng rng(seed, 0x1417, 0);
+  for (FluxParam& p : m.params()) {
+    const std::string& n = p.name;
+    const bool zero = n.find("_mod.lin") != std::string::npos || n.find("modulation.lin") != std::string::npos ||
+                      n.find("adaLN_modulation") != std::string::npos || n.find("final_layer.linear") != std::string::npos;
+    const bool bias = n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0;
+    if (n.find(".scale") != std::string::npos) std::fill(p.value->begin(), p.value->end(), 1.0f);
+    else if (zero || bias) std::fill(p.value->begin(), p.value->end(), 0.0f);
+    else {
+      float std = 1.0f / std::sqrt((float)p.shape[1]);
+      for (float& v : *p.value) v = std * rng.normal();
+    }
+  }
+}
+
+void train_autoencoder(VaeModel& ae, const std::vector<Scene>& scenes, const DemoModelOptions& o) {
+  const int S = o.image_size, B = o.ae_batch;
+  const size_t img = (size_t)3 * S * S;
+  VaeRunner r(&ae);
+  AdamW opt;
+  std::vector<float> x(B * img), mean, logvar, z, recon, noise, dz, dmean, dlogvar, drecon;
+  double ema = 0.0;
+  auto t0 = clock_type::now();
+  for (int step = 1; step <= o.ae_steps; ++step) {
+    Rng rng(o.seed, 0xAE, step);
+    for (int b = 0; b < B; ++b) {
+      std::vector<float> pic = draw(scenes[rng.next() % scenes.size()], S);
+      std::copy(pic.begin(), pic.end(), x.begin() + b * img);
+    }
+    ae.zero_grad();
+    int h = 0, w = 0;
+    r.encode(x.data(), B, S, S, mean, logvar, &h, &w);
+    const long nz = (long)mean.size();
+    noise.resize(nz);
+    for (float& v : noise) v = rng.normal();
+    z.resize(nz);
+    gaussian_sample_forward(z.data(), mean.data(), logvar.data(), noise.data(), nz);
+    r.decode(z.data(), B, h, w, recon);
+    const float rec = mse_forward(recon.data(), x.data(), (long)recon.size());
+    const float kl = gaussian_kl_forward(mean.data(), logvar.data(), nz);
+    drecon.assign(recon.size(), 0.0f);
+    mse_backward(drecon.data(), recon.data(), x.data(), (long)recon.size(), 1.0f);
+    dz.assign(nz, 0.0f);
+    r.decode_backward(drecon.data(), dz.data());
+    dmean.assign(nz, 0.0f);
+    dlogvar.assign(nz, 0.0f);
+    gaussian_sample_backward(dmean.data(), dlogvar.data(), dz.data(), logvar.data(), noise.data(), nz);
+    gaussian_kl_backward(dmean.data(), dlogvar.data(), mean.data(), logvar.data(), nz, o.ae_kl_weight);
+    r.encode_backward(dmean.data(), dlogvar.data(), nullptr);
+    clip_grad_norm(ae.grads.data(), ae.grads.size(), 1.0f);
+    opt.step(ae.params.data(), ae.grads.data(), ae.params.size(), lr_at("cosine", o.ae_lr, step, o.ae_steps, 100));
+    ema = step == 1 ? rec : 0.98 * ema + 0.02 * rec;
+    if (step % o.log_every == 0 || step == o.ae_steps) {
+      std::printf("autoencoder step %d/%d  reconstruction %.5f (smoothed %.5f)  kl %.4f  %.2f s/step\n", step,
+                  o.ae_steps, rec, ema, kl, seconds_since(t0) / step);
+      std::fflush(stdout);
+    }
+  }
+}
+
+// Latents of every picture in the transformer's space, after fixing scale/shift from their statistics.
+std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene>& scenes, int S) {
+  VaeRunner r(&ae);
+  std::vector<std::vector<float>> lat;
+  std::vector<float> mean, logvar;
+  double sum = 0.0, sq = 0.0;
+  long n = 0;
+  for (const Scene& s : scenes) {
+    std::vector<float> pic = draw(s, S);
+    r.encode(pic.data(), 1, S, S, mean, logvar);
+    for (float v : mean) sum += v, sq += (double)v * v, ++n;
+    lat.push_back(mean);
+  }
+  const double mu = sum / n, sd = std::sqrt(std::max(1e-12, sq / n - mu * mu));
+  ae.cfg.shift_factor = (float)mu;
+  ae.cfg.scale_factor = (float)(1.0 / sd);
+  for (auto& l : lat) vae_latent_to_dit(ae.cfg, l.data(), (long)l.size());
+  return lat;
+}
+
+struct DitResult { double final_loss; };
+
+DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<Scene>& scenes,
+                            const std::vector<std::vector<float>>& latents, int C, int h, const DemoModelOptions& o) {
+  const int B = o.dit_batch, L = te.cfg.max_len, gh = h / 2, Li = gh * gh, P = C * 4;
+  const size_t lat = (size_t)C * h * h;
+  dit.enable_full_grads();
+  te.enable_grads();
+  MultiAdam opt;
+  for (FluxParam& p : dit.params()) opt.add(p.value, p.grad, 0.0f);
+  for (TeParam& p : te.params()) opt.add(p.value, p.grad, 0.0f);
+  FluxRunner runner(&dit, nullptr);
+  TextEncoderRunner ter(&te);
+  FluxInputs in;
+  in.B = B;
+  in.L_img = Li;
+  in.L_txt = L;
+  in.img_ids.resize((size_t)B * Li * 3);
+  flux_img_ids(in.img_ids.data(), B, gh, gh);
+  in.txt_ids.assign((size_t)B * L * 3, 0.0f);
+  std::vector<float> xt(B * lat), vel(B * lat), target, out, dout;
+  std::vector<int> ids;
+  double ema = 0.0;
+  auto t0 = clock_type::now();
+  for (int step = 1; step <= o.dit_steps; ++step) {
+    Rng rng(o.seed, 0xD17, step);
+    ids.clear();
+    in.timesteps.resize(B);
+    for (int b = 0; b < B; ++b) {
+      size_t k = rng.next() % scenes.size();
+      std::string text = rng.uniform() < o.caption_dropout ? "" : caption(scenes[k]);
+      std::vector<int> t = tokenize_bytes(text, L);
+      ids.insert(ids.end(), t.begin(), t.end());
+      float tt = 1.0f / (1.0f + std::exp(-rng.normal()));  // sigmoid timesteps: most steps mid-noise
+      in.timesteps[b] = tt;
+      for (size_t i = 0; i < lat; ++i) {
+        float noise = rng.normal(), x0 = latents[k][i];
+        xt[b * lat + i] = (1 - tt) * x0 + tt * noise;
+        vel[b * lat + i] = noise - x0;
+      }
+    }
+    in.img.resize((size_t)B * Li * P);
+    target.resize(in.img.size());
+    patchify_forward(in.img.data(), xt.data(), B, C, h, h, 2);
+    patchify_forward(target.data(), vel.data(), B, C, h, h, 2);
+    dit.zero_full_grads();
+    te.zero_grads();
+    ter.forward(ids, B, L, in.txt, in.y);
+    runner.forward(in, out);
+    const float loss = mse_forward(out.data(), target.data(), (long)out.size());
+    dout.assign(out.size(), 0.0f);
+    mse_backward(dout.data(), out.data(), target.data(), (long)out.size(), 1.0f);
+    FluxInputGrads dinputs;
+    runner.backward(dout, &dinputs);
+    ter.backward(dinputs.txt, dinputs.y);
+    opt.clip(1.0f);
+    opt.step(lr_at("cosine", o.dit_lr, step, o.dit_steps, 200));
+    ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
+    if (step % o.log_every == 0 || step == o.dit_steps) {
+      std::printf("transformer step %d/%d  loss %.4f (smoothed %.4f)  %.2f s/step\n", step, o.dit_steps, loss, ema,
+                  seconds_since(t0) / step);
+      std::fflush(stdout);
+    }
+  }
+  return {ema};
+}
+
+void mkdir_p(const std::string& p) {
+  std::string cur;
+  for (size_t i = 0; i <= p.size(); ++i) {
+    if ((i == p.size() || p[i] == '/') && !cur.empty()) mkdir(cur.c_str(), 0755);
+    if (i < p.size()) cur += p[i];
+  }
+}
+
+}  // namespace
+
+void train_demo_model(const DemoModelOptions& o) {
+  mkdir_p(o.out_dir);
+  auto t0 = clock_type::now();
+  std::vector<Scene> scenes = make_scenes(o);
+  std::printf("demo model: %d pictures of %dx%d, seed %llu -> %s\n", o.pictures, o.image_size, o.image_size,
+              (unsigned long long)o.seed, o.out_dir.c_str());
+
+  VaeModel ae = VaeModel::create(demo_vae_config());
+  vae_init_random(ae, o.seed);
+  train_autoencoder(ae, scenes, o);
+  double ae_seconds = seconds_since(t0);
+  std::vector<std::vector<float>> latents = encode_all(ae, scenes, o.image_size);
+  ae.save(o.out_dir + "/ae.safetensors", DType::F32);
+
+  TextEncoderConfig tc;
+  TextEncoder te = TextEncoder::random(tc, o.seed + 1);
+  FluxConfig fc = demo_flux_config(tc.context_dim, tc.vec_dim);
+  write_random_flux(o.out_dir + "/transformer.safetensors", fc, o.seed + 2);  // the layout; weights set below
+  FluxModel dit = FluxModel::load(o.out_dir + "/transformer.safetensors");
+  init_for_training(dit, o.seed + 2);
+  const int h = o.image_size / demo_vae_config().downscale();
+  auto t1 = clock_type::now();
+  DitResult r = train_transformer(dit, te, scenes, latents, demo_vae_config().z_channels, h, o);
+  double dit_seconds = seconds_since(t1);
+
+  nlohmann::json info = {{"pictures", o.pictures}, {"seed", o.seed},
+                         {"autoencoder", {{"steps", o.ae_steps}, {"batch", o.ae_batch}, {"lr", o.ae_lr}, {"seconds", std::round(ae_seconds)}}},
+                         {"transformer", {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr},
+                                          {"final_loss", r.final_loss}, {"seconds", std::round(dit_seconds)}}}};
+  std::map<std::string, std::string> md = {{"software", "graft " GRAFT_VERSION}, {"training", info.dump()}};
+  dit.save(o.out_dir + "/transformer.safetensors", DType::F32, md);
+  te.save(o.out_dir + "/text_encoder.safetensors", DType::F32, md);
+  nlohmann::json model = {{"name", "graft-tiny"},
+                          {"text_max_len", tc.max_len},
+                          {"image_size", o.image_size},
+                          {"sample", {{"steps", 20}, {"cfg_scale", 4.0}, {"shift", 1.0}}},
+                          {"training", info}};
+  std::string text = model.dump(2) + "\n";
+  write_file_atomic(o.out_dir + "/model.json", text.data(), text.size());
+  std::printf("demo model written to %s in %.0f s (autoencoder %.0f s, transformer %.0f s)\n", o.out_dir.c_str(),
+              seconds_since(t0), ae_seconds, dit_seconds);
+}
+
+}  // namespace graft

@@ -1,0 +1,61 @@
+#include "pipeline.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common.h"
+
+namespace graft {
+
+Pipeline Pipeline::load(const std::string& dir) {
+  Pipeline p;
+  p.dir = dir;
+  std::ifstream f(dir + "/model.json");
+  if (!f) fail(dir + "/model.json: cannot read the model description (is " + dir + " a graft model folder?)");
+  std::stringstream buf;
+  buf << f.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(buf.str(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) fail(dir + "/model.json: not valid JSON");
+  p.image_size = j.value("image_size", 32);
+  if (j.contains("sample")) {
+    const auto& s = j["sample"];
+    p.defaults.steps = s.value("steps", p.defaults.steps);
+    p.defaults.cfg_scale = s.value("cfg_scale", p.defaults.cfg_scale);
+    p.defaults.shift = s.value("shift", p.defaults.shift);
+  }
+  p.transformer = FluxModel::load(dir + "/transformer.safetensors");
+  p.text_encoder = TextEncoder::load(dir + "/text_encoder.safetensors");
+  p.ae = VaeModel::load(dir + "/ae.safetensors");
+  const FluxConfig& c = p.transformer.cfg;
+  if (p.text_encoder.cfg.context_dim != c.context_dim || p.text_encoder.cfg.vec_dim != c.vec_dim)
+    fail(dir + ": the text encoder's outputs do not match the transformer's txt_in/vector_in widths");
+  if (p.ae.cfg.z_channels * 4 != c.in_channels)
+    fail(dir + ": the autoencoder's latent channels do not match the transformer's img_in width");
+  return p;
+}
+
+TextCond Pipeline::encode_text(const std::string& prompt) {
+  TextEncoderRunner r(&text_encoder);
+  TextCond t;
+  t.L = text_encoder.cfg.max_len;
+  r.forward(tokenize_bytes(prompt, t.L), 1, t.L, t.txt, t.y);
+  return t;
+}
+
+std::vector<float> Pipeline::generate(const std::string& prompt, int size, const SampleParams& sp, LoraSet* lora) {
+  const int f = ae.cfg.downscale();
+  if (size % (2 * f)) fail("image size " + std::to_string(size) + " must be a multiple of " + std::to_string(2 * f));
+  TextCond cond = encode_text(prompt), uncond = encode_text("");
+  std::unique_ptr<FluxBackend> backend = make_cpu_backend(&transformer, lora);
+  const int C = ae.cfg.z_channels, h = size / f;
+  std::vector<float> z = sample_latent(*backend, transformer.cfg, C, h, h, cond, &uncond, sp);
+  vae_latent_from_dit(ae.cfg, z.data(), (long)z.size());
+  VaeRunner vr(&ae);
+  std::vector<float> img;
+  vr.decode(z.data(), 1, h, h, img);
+  return img;
+}
+
+}  // namespace graft
