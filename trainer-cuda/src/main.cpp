@@ -32,7 +32,8 @@ static const char* kUsage =
     "  lora-grad <ckpt> <inputs> <lora> <outputs>        loss = mean((out-target)^2); writes out, loss, grad.<key>\n"
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
-    "  demo-model <dir> [--quick] [--seed N]             train the built-in demo model from scratch\n"
+    "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
+    "                                                    train the built-in demo model from scratch\n"
     "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
     "  --version\n";
@@ -168,6 +169,14 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.log_every = 2;
     } else if (a[i] == "--seed" && i + 1 < a.size()) {
       o.seed = std::stoull(a[++i]);
+    } else if (a[i] == "--pictures" && i + 1 < a.size()) {
+      o.pictures = std::stoi(a[++i]);
+    } else if (a[i] == "--ae-steps" && i + 1 < a.size()) {
+      o.ae_steps = std::stoi(a[++i]);
+    } else if (a[i] == "--dit-steps" && i + 1 < a.size()) {
+      o.dit_steps = std::stoi(a[++i]);
+    } else if (a[i] == "--batch" && i + 1 < a.size()) {
+      o.ae_batch = o.dit_batch = std::stoi(a[++i]);
     } else {
       fail("demo-model: unknown argument '" + a[i] + "'");
     }
