@@ -7,6 +7,7 @@ import { validateJob } from './config/validate.js';
 import { jobWarnings } from './config/warnings.js';
 import { graftHome, packageRoot } from './paths.js';
 import { familyFor, loadPresets } from './presets.js';
+import { COMMANDS_USAGE, runCommandLine } from './commands.js';
 import { Store } from './queue/store.js';
 import { getAt } from './util/objpath.js';
 
@@ -15,6 +16,7 @@ const USAGE = `usage:
   graft <config.yaml>        open the TUI with this job in New Job
   graft validate <config>    check a job config; exit 1 on errors
   graft --version | --help
+${COMMANDS_USAGE}
 
 The graft home (queue database, named datasets, default job folders) is $GRAFT_HOME, default ~/.graft.`;
 
@@ -84,6 +86,8 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === '--help' || cmd === '-h') { process.stdout.write(`${USAGE}\n`); return 0; }
   if (cmd === '--version' || cmd === '-v') { process.stdout.write(`graft ${version()}\n`); return 0; }
   if (cmd === 'validate') return validateCommand(arg);
+  const done = await runCommandLine(argv);
+  if (done !== undefined) return done;
   if (cmd !== undefined && cmd.startsWith('-')) { process.stderr.write(`graft: unknown option ${cmd}\n${USAGE}\n`); return 2; }
   return tui(cmd);
 }

@@ -1,8 +1,9 @@
-// The queue database (SQLite, WAL) in the graft home. This issue stores drafts and named datasets;
-// the queue daemon extends the same tables with queued/running/... states.
+// The queue database (SQLite, WAL) in the graft home: jobs (drafts and the queue), named datasets, and
+// which daemon owns the queue. The daemon is the only writer of run states (src/queue/queue.ts); the TUI
+// and CLI read rows directly and ask the daemon for changes over its socket.
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 export const JOB_STATES = ['draft', 'queued', 'running', 'stopping', 'stopped', 'finished', 'failed'] as const;
 export type JobState = (typeof JOB_STATES)[number];
@@ -16,6 +17,22 @@ export interface JobRow {
   position: number;
   created_at: string;
   updated_at: string;
+  /** The job folder (holds job.json, metrics.jsonl, log.txt, checkpoints); NULL for drafts made before migration 2. */
+  job_dir: string | null;
+  /** The stage that runs or ran last: 'train' today ('prepare' slots in before it later). */
+  stage: string | null;
+  /** The trainer's process id and start time (clock ticks since boot, /proc/<pid>/stat) while it runs. */
+  pid: number | null;
+  pid_start: number | null;
+  exit_code: number | null;
+  /** The last error line of a failed run, or why a run ended the way it did. */
+  last_error: string | null;
+  /** 'graceful' or 'force' once the user asked a running job to stop. */
+  stop_requested: string | null;
+  started_at: string | null;
+  ended_at: string | null;
+  /** How many times a trainer was launched for this job. */
+  runs: number;
 }
 
 export interface DatasetRow {
@@ -45,6 +62,24 @@ const MIGRATIONS = [
      is_reg INTEGER NOT NULL DEFAULT 0,
      created_at TEXT NOT NULL,
      updated_at TEXT NOT NULL
+   );`,
+  `ALTER TABLE jobs ADD COLUMN job_dir TEXT;
+   ALTER TABLE jobs ADD COLUMN stage TEXT;
+   ALTER TABLE jobs ADD COLUMN pid INTEGER;
+   ALTER TABLE jobs ADD COLUMN pid_start INTEGER;
+   ALTER TABLE jobs ADD COLUMN exit_code INTEGER;
+   ALTER TABLE jobs ADD COLUMN last_error TEXT;
+   ALTER TABLE jobs ADD COLUMN stop_requested TEXT;
+   ALTER TABLE jobs ADD COLUMN started_at TEXT;
+   ALTER TABLE jobs ADD COLUMN ended_at TEXT;
+   ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;
+   UPDATE jobs SET job_dir = rtrim(rtrim(config_path, replace(config_path, '/', '')), '/');
+   CREATE TABLE daemon (
+     id INTEGER PRIMARY KEY CHECK (id = 1),
+     pid INTEGER NOT NULL,
+     pid_start INTEGER,
+     socket TEXT NOT NULL,
+     started_at TEXT NOT NULL
    );`,
 ];
 
@@ -76,6 +111,10 @@ export class Store {
     this.db.close();
   }
 
+  job(id: number): JobRow | undefined {
+    return this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
+  }
+
   listJobs(): JobRow[] {
     return this.db.prepare('SELECT * FROM jobs ORDER BY gpu, position, id').all() as JobRow[];
   }
@@ -97,8 +136,8 @@ export class Store {
         return this.jobByConfigPath(configPath)!;
       }
       const { next } = this.db.prepare('SELECT COALESCE(MAX(position), -1) + 1 AS next FROM jobs WHERE gpu = ?').get(gpu) as { next: number };
-      this.db.prepare('INSERT INTO jobs (name, config_path, state, gpu, position, created_at, updated_at) VALUES (?, ?, \'draft\', ?, ?, ?, ?)')
-        .run(name, configPath, gpu, next, now, now);
+      this.db.prepare('INSERT INTO jobs (name, config_path, job_dir, state, gpu, position, created_at, updated_at) VALUES (?, ?, ?, \'draft\', ?, ?, ?, ?)')
+        .run(name, configPath, dirname(configPath), gpu, next, now, now);
       return this.jobByConfigPath(configPath)!;
     })();
   }

@@ -1,0 +1,257 @@
+// The CLI for scripts and SSH one-liners: graft run, graft queue ..., graft daemon ..., graft logs.
+// Queue changes go through the daemon (started on demand); listings read the database directly.
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { DaemonError, ensureDaemon, ping, request } from './daemon/client.js';
+import { runDaemon } from './daemon/daemon.js';
+import { trainerPath } from './daemon/stages.js';
+import { formatDuration, progressOf, readMetrics } from './monitor/metrics.js';
+import { graftHome } from './paths.js';
+import { jobDirOf, outputPaths, QueueError, resolveJob } from './queue/queue.js';
+import { Store, type JobRow } from './queue/store.js';
+
+const out = (s: string) => process.stdout.write(`${s}\n`);
+const err = (s: string) => process.stderr.write(`graft: ${s}\n`);
+
+export const COMMANDS_USAGE = `  graft run <job-dir|config.yaml>   train in the foreground, without the queue; exit 0 only on success
+  graft queue add <job-dir|config.yaml> [--gpu N]
+  graft queue ls                    every job: state, GPU, progress, last error
+  graft queue stop <job> [--force]  save a checkpoint and stop (--force: stop at once); a queued job leaves the queue
+  graft queue resume <job>          continue a stopped or failed job from its saved state (next on its GPU)
+  graft queue requeue <job>         put a stopped or failed job back at the end of its GPU's queue
+  graft queue move <job> up|down|top
+  graft queue rm <job> [--outputs] [--yes]   delete a job (asks; --outputs also deletes what training wrote)
+  graft daemon status|stop          the queue daemon (starts on demand; stop lets running jobs save first)
+  graft logs <job> [-f]             the job's log.txt (-f: follow while it runs)
+<job> is a job id, a job name or a job folder.`;
+
+function withStore<T>(fn: (s: Store) => T): T {
+  const s = new Store(graftHome());
+  try { return fn(s); } finally { s.close(); }
+}
+
+/** A job by id, unique name or folder. */
+export function findJob(store: Store, ref: string): JobRow {
+  const jobs = store.listJobs();
+  if (/^\d+$/.test(ref)) {
+    const j = jobs.find((x) => x.id === Number(ref));
+    if (j) return j;
+  }
+  const byName = jobs.filter((x) => x.name === ref);
+  if (byName.length === 1) return byName[0]!;
+  if (byName.length > 1) throw new QueueError(`${byName.length} jobs are named ${ref}: use the id (${byName.map((j) => j.id).join(', ')})`);
+  const full = resolve(ref);
+  const byDir = jobs.find((x) => jobDirOf(x) === full);
+  if (byDir) return byDir;
+  throw new QueueError(`no job ${JSON.stringify(ref)} (graft queue ls lists them)`);
+}
+
+async function send(req: Parameters<typeof request>[1]): Promise<number> {
+  const r = await request(graftHome(), req);
+  if (!r.ok) { err(r.error ?? 'failed'); return 1; }
+  if (r.message) out(r.message);
+  return 0;
+}
+
+function flagValue(args: string[], flag: string): string | undefined {
+  const i = args.indexOf(flag);
+  return i >= 0 ? args[i + 1] : undefined;
+}
+
+async function confirm(question: string): Promise<boolean> {
+  const rl = createInterface({ input: process.stdin, output: process.stdout });
+  const answer = await new Promise<string>((r) => rl.question(`${question} [y/N] `, r));
+  rl.close();
+  return /^y(es)?$/i.test(answer.trim());
+}
+
+export function listJobs(store: Store): string[] {
+  const jobs = store.listJobs();
+  if (jobs.length === 0) return ['no jobs (graft queue add <job-dir> queues one)'];
+  const lines = ['  id  state     gpu  pos  progress             name                  folder'];
+  for (const j of jobs) {
+    const dir = jobDirOf(j);
+    const p = progressOf(readMetrics(join(dir, 'metrics.jsonl')));
+    const prog = p.steps ? `${p.step}/${p.steps} ${String(Math.round(p.fraction * 100)).padStart(3)}%${j.state === 'running' ? ` eta ${formatDuration(p.etaS)}` : ''}` : '-';
+    lines.push(`${String(j.id).padStart(4)}  ${j.state.padEnd(9)} ${String(j.gpu).padStart(3)}  ${String(j.position).padStart(3)}  ${prog.padEnd(19)}  ${j.name.padEnd(20)}  ${dir}`);
+    if (j.last_error && (j.state === 'failed' || j.state === 'stopped')) lines.push(`        ${j.state === 'failed' ? 'error' : 'note'}: ${j.last_error}`);
+  }
+  return lines;
+}
+
+async function queueCommand(args: string[]): Promise<number> {
+  const [sub, ref] = args;
+  const home = graftHome();
+  switch (sub) {
+    case 'add': {
+      if (!ref) { err('usage: graft queue add <job-dir|config.yaml> [--gpu N]'); return 2; }
+      const gpu = flagValue(args, '--gpu');
+      if (gpu !== undefined && !/^\d+$/.test(gpu)) { err(`--gpu ${gpu}: expected a GPU index (0, 1, ...)`); return 2; }
+      const target = resolve(ref);
+      // Checked here too, so the message needs no daemon round trip.
+      resolveJob(target, home);
+      return send({ op: 'add', target, gpu: gpu === undefined ? undefined : Number(gpu) });
+    }
+    case 'ls':
+      withStore((s) => listJobs(s).forEach(out));
+      return 0;
+    case 'stop': case 'resume': case 'requeue': case 'move': case 'rm': {
+      if (!ref) { err(`usage: graft queue ${sub} <job>`); return 2; }
+      const job = withStore((s) => findJob(s, ref));
+      if (sub === 'stop') return send({ op: 'stop', id: job.id, force: args.includes('--force') });
+      if (sub === 'resume') return send({ op: 'resume', id: job.id });
+      if (sub === 'requeue') return send({ op: 'requeue', id: job.id });
+      if (sub === 'move') {
+        const by = args[2] === 'up' ? -1 : args[2] === 'down' ? 1 : args[2] === 'top' ? 'top' : undefined;
+        if (by === undefined) { err('usage: graft queue move <job> up|down|top'); return 2; }
+        return send({ op: 'move', id: job.id, by });
+      }
+      const outputs = args.includes('--outputs');
+      if (!args.includes('--yes')) {
+        if (!process.stdin.isTTY) { err(`deleting job ${job.id} needs confirmation: add --yes (no terminal to ask)`); return 2; }
+        const files = outputs ? outputPaths(jobDirOf(job)) : [];
+        if (outputs) files.forEach((f) => out(`  will delete ${f}`));
+        if (!(await confirm(`delete job ${job.id} '${job.name}'${outputs ? ` and ${files.length} output file(s)` : ' (its folder stays on disk)'}?`))) { out('nothing deleted'); return 1; }
+      }
+      return send({ op: 'rm', id: job.id, outputs });
+    }
+    default:
+      err(`unknown queue command ${JSON.stringify(sub ?? '')}\n${COMMANDS_USAGE}`);
+      return 2;
+  }
+}
+
+async function daemonCommand(args: string[]): Promise<number> {
+  const home = graftHome();
+  switch (args[0]) {
+    case 'run':
+      return runDaemon(home);
+    case 'start': {
+      const r = await ensureDaemon(home);
+      out(`daemon running: pid ${String(r.pid)}`);
+      return 0;
+    }
+    case 'status': {
+      const r = await ping(home);
+      if (!r) { out(`no daemon running for ${home} (it starts on the next queue command or when the TUI opens)`); return 3; }
+      const running = (r.running as { id: number; pid: number; slot: number | string; adopted: boolean }[]);
+      out(`daemon running: pid ${String(r.pid)}, home ${home}`);
+      out(`slots: ${(r.slots as (number | string)[]).map((s) => (s === 'cpu' ? 'cpu (no GPU found)' : `gpu ${s}`)).join(', ')}`);
+      for (const x of running) out(`  job ${x.id}: trainer pid ${x.pid} on ${x.slot === 'cpu' ? 'cpu' : `gpu ${x.slot}`}${x.adopted ? ' (re-adopted after a daemon restart)' : ''}`);
+      if (running.length === 0) out('  no job running');
+      return 0;
+    }
+    case 'stop': {
+      const r = await ping(home);
+      if (!r) { out('no daemon running'); return 0; }
+      const reply = await request(home, { op: 'shutdown' });
+      out(reply.message ?? 'stopping');
+      const pid = Number(r.pid);
+      const start = Date.now();
+      while (Date.now() - start < 150_000) {
+        try { process.kill(pid, 0); } catch { out('daemon stopped'); return 0; }
+        await new Promise((res) => setTimeout(res, 100));
+      }
+      err(`daemon ${pid} still running after 150 s`);
+      return 1;
+    }
+    default:
+      err('usage: graft daemon status|stop');
+      return 2;
+  }
+}
+
+/** Follow a file from the start; with follow, until stillRunning() says no and nothing new arrived. */
+async function catFile(file: string, follow: boolean, stillRunning: () => boolean): Promise<void> {
+  let offset = 0;
+  for (;;) {
+    if (existsSync(file)) {
+      const size = statSync(file).size;
+      if (size > offset) {
+        const fd = openSync(file, 'r');
+        const buf = Buffer.alloc(size - offset);
+        readSync(fd, buf, 0, buf.length, offset);
+        closeSync(fd);
+        offset = size;
+        process.stdout.write(buf);
+        continue;
+      }
+    }
+    if (!follow || !stillRunning()) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+async function logsCommand(args: string[]): Promise<number> {
+  const ref = args.find((a) => !a.startsWith('-'));
+  if (!ref) { err('usage: graft logs <job> [-f]'); return 2; }
+  const follow = args.includes('-f') || args.includes('--follow');
+  const store = new Store(graftHome());
+  try {
+    const job = findJob(store, ref);
+    const file = join(jobDirOf(job), 'log.txt');
+    if (!existsSync(file) && !follow) { err(`job ${job.id} has no log yet (${file}): it has not run`); return 1; }
+    await catFile(file, follow, () => {
+      const j = store.job(job.id);
+      return j !== undefined && (j.state === 'queued' || j.state === 'running' || j.state === 'stopping');
+    });
+    return 0;
+  } finally {
+    store.close();
+  }
+}
+
+/** graft run: the trainer in the foreground on a prepared job folder; its exit code is ours. */
+async function runCommand(args: string[]): Promise<number> {
+  const target = args[0];
+  if (!target) { err('usage: graft run <job-dir|config.yaml>'); return 2; }
+  const home = graftHome();
+  const job = resolveJob(target, home);
+  const queued = withStore((s) => s.listJobs().find((j) => jobDirOf(j) === job.jobDir && ['queued', 'running', 'stopping'].includes(j.state)));
+  if (queued) { err(`${job.jobDir} is job ${queued.id} in the queue (${queued.state}); stop it there first (graft queue stop ${queued.id}) so it never runs twice`); return 1; }
+  const trainer = trainerPath();
+  if (!existsSync(trainer)) { err(`the trainer is not built: ${trainer} is missing (run make trainer, or set GRAFT_TRAINER)`); return 1; }
+  // The trainer gets its own process group: Ctrl+C reaches graft only, which passes on exactly one SIGINT
+  // per press (first: save and stop; second: stop at once).
+  const child = spawn(trainer, ['train', job.jobDir], { stdio: 'inherit', detached: true, cwd: job.jobDir });
+  let presses = 0;
+  const onInt = () => {
+    presses += 1;
+    process.stderr.write(presses === 1 ? '\ngraft: saving a checkpoint, then stopping (Ctrl+C again stops at once)\n' : '\ngraft: stopping at once\n');
+    child.kill('SIGINT');
+  };
+  const onTerm = () => child.kill('SIGTERM');
+  const onHup = () => child.kill('SIGINT');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  process.on('SIGHUP', onHup);
+  const code: number = await new Promise((resolve) => {
+    child.on('error', (e) => { err(`cannot start ${trainer}: ${e.message}`); resolve(1); });
+    child.on('exit', (c, sig) => resolve(c ?? (sig ? 128 + 15 : 1)));
+  });
+  process.off('SIGINT', onInt);
+  process.off('SIGTERM', onTerm);
+  process.off('SIGHUP', onHup);
+  const m = readMetrics(join(job.jobDir, 'metrics.jsonl'));
+  if (code === 0) out(`graft: finished ${job.name}: ${job.jobDir}`);
+  else if (code === 130) err(`stopped at step ${m.end?.step ?? '?'}; graft run ${job.jobDir} resumes it`);
+  else err(`failed (exit ${code})${m.errors.length ? `: ${m.errors[m.errors.length - 1]}` : ''}`);
+  return code;
+}
+
+/** The commands this module serves, or undefined when argv is not one of them. */
+export async function runCommandLine(argv: string[]): Promise<number | undefined> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === 'run') return await runCommand(rest);
+    if (cmd === 'queue') return await queueCommand(rest);
+    if (cmd === 'daemon') return await daemonCommand(rest);
+    if (cmd === 'logs') return await logsCommand(rest);
+  } catch (e) {
+    if (e instanceof QueueError || e instanceof DaemonError) { err((e as Error).message); return 1; }
+    throw e;
+  }
+  return undefined;
+}
