@@ -1,0 +1,173 @@
+// The queue daemon against the real trainer (tiny model): jobs on one slot run in order, stop saves and
+// resume continues, a daemon killed with SIGKILL loses nothing and runs nothing twice, failures keep their
+// last error line. The daemon is the built dist/ (a separate, detached process), in a temporary GRAFT_HOME.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureDaemon, ping, request } from '../src/daemon/client.js';
+import { isAlive } from '../src/daemon/proc.js';
+import { socketPath } from '../src/daemon/socket.js';
+import { CLI, lab, requireBuilt, until, type Lab } from './helpers/daemon.js';
+
+let L: Lab;
+beforeAll(() => { requireBuilt(); L = lab(); });
+afterAll(() => L?.cleanup());
+
+const send = (req: Parameters<typeof request>[1]) => request(L.home, req, L.env);
+const lastStep = (dir: string) => L.events(dir).filter((e) => e.event === 'step').at(-1)?.step ?? 0;
+const graft = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { env: L.env, encoding: 'utf8', timeout: 90_000 });
+
+describe('queue daemon', () => {
+  it('starts on demand, detached, with its socket 0600; a second start finds the first', async () => {
+    const first = await ensureDaemon(L.home, L.env);
+    expect(first.ok).toBe(true);
+    expect(statSync(socketPath(L.home)).mode & 0o777).toBe(0o600);
+    expect(statSync(L.home).mode & 0o777).toBe(0o700);
+    const again = await ensureDaemon(L.home, L.env);
+    expect(again.pid).toBe(first.pid);
+    expect(L.daemonPid()).toBe(first.pid);
+    expect(first.slots).toEqual(['cpu']); // no GPU on the test machine: one CPU slot
+  });
+
+  it('runs two jobs on one slot in order, logs the pty stream and records exit code 0', async () => {
+    const a = L.tinyJob(16, 8);
+    const b = L.tinyJob(12, 1000);
+    const ra = await send({ op: 'add', target: a });
+    const rb = await send({ op: 'add', target: b });
+    expect(ra.ok && rb.ok, `${ra.error} ${rb.error}`).toBe(true);
+    const ida = (ra.job as { id: number }).id, idb = (rb.job as { id: number }).id;
+    await until('job A running', () => L.job(ida).state === 'running');
+    expect(L.job(idb).state).toBe('queued'); // one slot: B waits
+    await until('both finished', () => L.job(idb).state === 'finished' || L.job(idb).state === 'failed');
+    const ja = L.job(ida), jb = L.job(idb);
+    expect([ja.state, jb.state, ja.exit_code, jb.exit_code]).toEqual(['finished', 'finished', 0, 0]);
+    // B started only after A ended.
+    const aEnd = L.events(a).find((e) => e.event === 'end').time;
+    const bStart = L.events(b).find((e) => e.event === 'start').time;
+    expect(bStart).toBeGreaterThanOrEqual(aEnd);
+    const log = readFileSync(join(a, 'log.txt'), 'utf8');
+    expect(log).toContain('step 16/16');
+    expect(log).toContain(`finished: ${join(a, 'tiny.safetensors')}`);
+    expect(log).toMatch(/CUDA_VISIBLE_DEVICES=/);
+    expect(existsSync(join(a, 'tiny_000000008.safetensors'))).toBe(true);
+  });
+
+  it('stop saves a checkpoint, resume continues from it to the end', async () => {
+    const dir = L.tinyJob(60, 1000);
+    const id = ((await send({ op: 'add', target: dir })).job as { id: number }).id;
+    await until('step 6', () => lastStep(dir) >= 6);
+    const stop = await send({ op: 'stop', id });
+    expect(stop.ok).toBe(true);
+    await until('stopped', () => L.job(id).state === 'stopped');
+    const end = L.events(dir).at(-1);
+    expect(end).toMatchObject({ event: 'end', status: 'stopped' });
+    const k = end.step as number;
+    expect(k).toBeLessThan(60);
+    expect(L.job(id).exit_code).toBe(130);
+    expect(existsSync(join(dir, `tiny_${String(k).padStart(9, '0')}.safetensors`))).toBe(true);
+
+    expect((await send({ op: 'resume', id })).ok).toBe(true);
+    await until('finished', () => L.job(id).state === 'finished');
+    const starts = L.events(dir).filter((e) => e.event === 'start');
+    expect(starts.map((s) => [s.resumed, s.step])).toEqual([[false, 0], [true, k]]);
+    expect(L.events(dir).filter((e) => e.event === 'step').map((e) => e.step).filter((s) => s > k)[0]).toBe(k + 1);
+    expect(L.job(id).runs).toBe(2);
+  });
+
+  it('SIGKILL of the daemon mid-job loses nothing: the next call re-adopts the trainer, the queued job runs after it, nothing runs twice', async () => {
+    const x = L.tinyJob(2000, 1000); // long enough to outlive the restart; stopped below
+    const y = L.tinyJob(10, 1000);
+    const idx = ((await send({ op: 'add', target: x })).job as { id: number }).id;
+    const idy = ((await send({ op: 'add', target: y })).job as { id: number }).id;
+    await until('step 4 of X', () => lastStep(x) >= 4);
+    const daemon = L.daemonPid()!;
+    const trainer = L.job(idx).pid!;
+    process.kill(daemon, 'SIGKILL');
+    await until('daemon gone', () => !isAlive(daemon, null));
+    expect(await ping(L.home)).toBeUndefined();
+    const s1 = lastStep(x);
+    await until('training goes on without a daemon', () => lastStep(x) > s1 + 2);
+    expect(isAlive(trainer, null)).toBe(true);
+
+    const p = await ensureDaemon(L.home, L.env); // what the next TUI or CLI call does
+    expect(p.pid).not.toBe(daemon);
+    expect(p.running).toEqual([expect.objectContaining({ id: idx, pid: trainer, adopted: true })]);
+    expect(L.job(idy).state).toBe('queued');
+    // The re-adopted trainer is stopped like any other: it saves, then the queued job runs.
+    expect((await send({ op: 'stop', id: idx })).ok).toBe(true);
+    await until('Y finished', () => L.job(idy).state === 'finished', 90_000);
+    expect(L.job(idx).state).toBe('stopped');
+    const end = L.events(x).at(-1);
+    expect(end).toMatchObject({ event: 'end', status: 'stopped' });
+    expect(existsSync(join(x, `tiny_${String(end.step).padStart(9, '0')}.safetensors`))).toBe(true);
+    expect(L.events(x).filter((e) => e.event === 'start')).toHaveLength(1);
+    expect(L.events(y).filter((e) => e.event === 'start')).toHaveLength(1);
+    expect([L.job(idx).runs, L.job(idy).runs]).toEqual([1, 1]);
+    expect(readFileSync(join(x, 'log.txt'), 'utf8')).toContain(`re-adopted the running trainer (pid ${trainer})`);
+  });
+
+  it('a trainer that dies while the daemon is down is marked failed with the reason, and resumes on request', async () => {
+    const dir = L.tinyJob(30, 5);
+    const id = ((await send({ op: 'add', target: dir })).job as { id: number }).id;
+    await until('step 6', () => lastStep(dir) >= 6);
+    const trainer = L.job(id).pid!;
+    process.kill(L.daemonPid()!, 'SIGKILL');
+    process.kill(trainer, 'SIGKILL');
+    await until('trainer gone', () => !isAlive(trainer, null));
+    await ensureDaemon(L.home, L.env);
+    const j = L.job(id);
+    expect(j.state).toBe('failed');
+    expect(j.last_error).toContain(`the trainer (pid ${trainer}) ended while the daemon was down`);
+    expect((await send({ op: 'resume', id })).ok).toBe(true);
+    await until('finished', () => L.job(id).state === 'finished');
+    expect(L.events(dir).filter((e) => e.event === 'start').at(-1).resumed).toBe(true);
+  });
+
+  it('a failing trainer leaves state failed, its exit code and the last error line', async () => {
+    const dir = L.tinyJob(10, 1000, (j) => { j.train.batch_size = 'two'; });
+    const id = ((await send({ op: 'add', target: dir })).job as { id: number }).id;
+    await until('failed', () => L.job(id).state === 'failed');
+    expect(L.job(id).exit_code).toBe(1);
+    expect(L.job(id).last_error).toContain('train.batch_size must be an integer');
+  });
+
+  it('refuses a config.yaml without job.json, saying preparation is not built yet', async () => {
+    const dir = L.tinyJob(10);
+    writeFileSync(join(dir, 'config.yaml'), 'job: extension\nconfig:\n  name: x\n');
+    const { rmSync } = await import('node:fs');
+    rmSync(join(dir, 'job.json'));
+    const r = await send({ op: 'add', target: join(dir, 'config.yaml') });
+    expect(r.ok).toBe(false);
+    expect(r.error).toContain('preparing a job from config.yaml');
+    expect(r.error).toContain('not built yet');
+    const cli = graft('run', join(dir, 'config.yaml'));
+    expect(cli.status).toBe(1);
+    expect(cli.stderr).toContain('not built yet');
+  });
+
+  it('graft run trains in the foreground and exits 0 only on success; queue commands work from the CLI', () => {
+    const good = L.tinyJob(6);
+    const ok = graft('run', good);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(ok.stdout).toContain('step 6/6');
+    const bad = L.tinyJob(6, 1000, (j) => { j.train.lr = 'fast'; });
+    const fail = graft('run', bad);
+    expect(fail.status).toBe(1);
+    expect(fail.stderr).toContain('train.lr');
+
+    const queued = L.tinyJob(400);
+    expect(graft('queue', 'add', queued).status).toBe(0);
+    const ls = graft('queue', 'ls');
+    expect(ls.stdout).toMatch(new RegExp(`(running|queued)\\s+0\\s+\\d+.*${queued.replace(/[/]/g, '\\/')}`));
+    // The same folder cannot also run in the foreground: it would run twice.
+    const twice = graft('run', queued);
+    expect(twice.status).toBe(1);
+    expect(twice.stderr).toContain('stop it there first');
+    const id = L.jobs().find((j) => j.job_dir === queued)!.id;
+    expect(graft('queue', 'stop', String(id), '--force').status).toBe(0);
+    const rm = graft('queue', 'rm', String(id));
+    expect(rm.status).toBe(2); // no terminal to ask: needs --yes
+    expect(rm.stderr).toContain('--yes');
+  });
+});
