@@ -6,11 +6,15 @@
 //      linear layer except the modulation, frozen bf16 weights (random: values do not change the
 //      time): ms, model TFLOP/s, MFU against 989 TFLOP/s dense bf16 (H100/H200 SXM), peak VRAM;
 //      and the full-depth model (19 double + 38 single blocks) extrapolated from those.
+//   4. The whole FLUX.1-dev training step through the trainer's own CUDA backend (cuda/flux_gpu.cu:
+//      the FluxBackend graft-trainer uses), full depth, random weights made on the device: ms/step,
+//      model TFLOP/s, MFU, peak VRAM; PyTorch's same step (bench/torch_bench.py) for the ratio.
 // Token counts: 512 px = 1024 image + 512 text tokens, 1024 px = 4096 + 512. Batch 1.
 // Times: CUDA events around each repetition, 3 warm-ups, median of 10.
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -20,7 +24,12 @@
 
 #include "cublaslt.h"
 #include "cuda_common.h"
+#include "flux.h"
+#include "flux_backend.h"
+#include "flux_gpu.h"
+#include "lora.h"
 #include "ops_gpu.h"
+#include "rng.h"
 
 using namespace graft;
 using namespace graft::gpu;
@@ -443,6 +452,147 @@ BlockResult bench_single(int L, size_t base_mem) {
   return print_block("single", L, ms, flops, peak);
 }
 
+// ---- 4. the whole training step through the trainer's CUDA backend ----------------------------------------
+FluxConfig flux_dev_config(int n_double, int n_single) {
+  FluxConfig c;
+  c.in_channels = 64;  // 16 latent channels x 2 x 2
+  c.out_channels = 64;
+  c.hidden = C;
+  c.heads = HEADS;
+  c.head_dim = HD;
+  c.mlp_hidden = MLP;
+  c.context_dim = 4096;  // T5-XXL
+  c.vec_dim = 768;       // CLIP-L pooled
+  c.n_double = n_double;
+  c.n_single = n_single;
+  c.guidance_embed = true;  // FLUX.1-dev
+  c.axes_dim[0] = 16;
+  c.axes_dim[1] = 56;
+  c.axes_dim[2] = 56;
+  return c;
+}
+
+// Model FLOPs of one step as the backend does it: every linear forward; the input gradient of
+// every linear the backward passes through (frozen weights: no weight gradients; modulation layers
+// and embedders need none); LoRA forward 2 N r (in + out) and backward 4 N r (in + out); attention
+// forward 4 B L^2 C and backward 8 B L^2 C (recomputation not counted). Elementwise work ignored.
+double flux_step_flops(const FluxModel& m, const LoraSet& lora, int B, int Li, int Lt) {
+  const FluxConfig& c = m.cfg;
+  const double L = Li + Lt, NI = (double)B * Li, NT = (double)B * Lt, NJ = (double)B * L;
+  double f = 0;
+  auto lin = [&](const FluxLinear& l, double N, bool input_grad) {
+    f += (input_grad ? 4.0 : 2.0) * N * l.in * l.out;
+    for (int ai : l.adapters) {
+      const LoraAdapter& ad = lora.adapters[ai];
+      f += 6.0 * N * ad.rank * (ad.target.in + ad.target.rows);
+    }
+  };
+  for (const FluxLinear* l : {&m.time_in0, &m.time_in1, &m.vector_in0, &m.vector_in1, &m.final_mod}) lin(*l, B, false);
+  if (c.guidance_embed) {
+    lin(m.guidance_in0, B, false);
+    lin(m.guidance_in1, B, false);
+  }
+  lin(m.img_in, NI, false);
+  lin(m.txt_in, NT, false);
+  lin(m.final_linear, NI, true);
+  for (auto& d : m.doubles) {
+    for (const FluxStreamWeights* s : {&d.img, &d.txt}) {
+      double N = s == &d.img ? NI : NT;
+      lin(s->mod, B, false);
+      for (const FluxLinear* l : {&s->qkv, &s->proj, &s->mlp0, &s->mlp2}) lin(*l, N, true);
+    }
+    f += 12.0 * B * L * L * c.hidden;
+  }
+  for (auto& s : m.singles) {
+    lin(s.mod, B, false);
+    lin(s.linear1, NJ, true);
+    lin(s.linear2, NJ, true);
+    f += 12.0 * B * L * L * c.hidden;
+  }
+  return f;
+}
+
+FluxInputs random_flux_inputs(const FluxConfig& c, int gh, int gw, int Lt) {
+  FluxInputs in;
+  in.B = 1;
+  in.L_img = gh * gw;
+  in.L_txt = Lt;
+  Rng rng(7, 1);
+  auto fill = [&](std::vector<float>& v, size_t n) {
+    v.resize(n);
+    for (float& x : v) x = rng.normal();
+  };
+  fill(in.img, (size_t)in.L_img * c.in_channels);
+  fill(in.txt, (size_t)Lt * c.context_dim);
+  fill(in.y, c.vec_dim);
+  in.img_ids.resize((size_t)in.L_img * 3);
+  flux_img_ids(in.img_ids.data(), 1, gh, gw);
+  in.txt_ids.assign((size_t)Lt * 3, 0.0f);
+  in.timesteps = {0.5f};
+  in.guidance = {3.5f};
+  return in;
+}
+
+void bench_flux_step(int n_double, int n_single) {
+  const bool full = n_double == 19 && n_single == 38;
+  std::printf("\n== the FLUX.1-dev training step through graft-trainer's CUDA backend: %d double + %d single blocks%s, "
+              "LoRA rank %d (alpha %d) on the toolkit's targets, batch 1 ==\n",
+              n_double, n_single, full ? " (full depth)" : " (reduced depth)", RANK, RANK);
+  std::printf("step = forward + backward + LoRA grads to the host + params back (the optimizer, on the host, not "
+              "counted); MFU vs %.0f TFLOP/s\n", PEAK_TFLOPS);
+  FluxConfig cfg = flux_dev_config(n_double, n_single);
+  FluxModel model = flux_model_shapes(cfg);
+  LoraSet lora = lora_create(flux_lora_targets(cfg, false), RANK, (float)RANK, 1);
+  Rng rng(3, 3);
+  for (size_t i = 0; i < lora.adapters.size(); i++) {  // non-zero B (the time does not depend on it)
+    const LoraAdapter& ad = lora.adapters[i];
+    float* Bm = lora.B((int)i);
+    for (size_t k = 0; k < (size_t)ad.target.rows * ad.rank; k++) Bm[k] = 0.01f * rng.normal();
+  }
+  size_t base = mem_used_now();
+  gpu::FluxGpuOptions opt;
+  opt.random_weights = true;
+  opt.checkpoint = 0;
+  std::unique_ptr<FluxBackend> be = gpu::make_flux_gpu(&model, &lora, 0, opt);
+  be->params_updated();
+  std::printf("%-7s %7s %10s %9s %7s %11s %11s %11s\n", "res", "tokens", "ms/step", "TFLOP/s", "MFU", "VRAM MiB",
+              "weights", "activations");
+  for (auto& tk : TOKENS) {
+    const int Li = tk[0], Lt = tk[1], grid = Li == 1024 ? 32 : 64;
+    FluxInputs in = random_flux_inputs(cfg, grid, grid, Lt);
+    std::vector<float> out, dout((size_t)Li * cfg.out_channels);
+    for (float& x : dout) x = 1e-3f * rng.normal();
+    auto step = [&] {
+      be->forward(in, out);
+      be->backward(dout);
+      be->params_updated();
+    };
+    for (int i = 0; i < 2; i++) step();
+    cudaCheck(cudaDeviceSynchronize());
+    std::vector<double> t;
+    for (int i = 0; i < 5; i++) {
+      auto t0 = std::chrono::steady_clock::now();
+      step();
+      cudaCheck(cudaDeviceSynchronize());
+      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    double ms = t[t.size() / 2];
+    double flops = flux_step_flops(model, lora, 1, Li, Lt);
+    double tf = flops / (ms * 1e9);
+    gpu::FluxGpuMemory mem = gpu::flux_gpu_memory(*be);
+    double vram = (be->peak_memory_mb() * 1048576.0 - base) / 1048576.0;
+    std::printf("%-7s %7d %10.1f %9.1f %6.1f%% %11.0f %11.0f %11.0f\n", Li == 1024 ? "512px" : "1024px", Li + Lt, ms,
+                tf, 100.0 * tf / PEAK_TFLOPS, vram, mem.weights / 1048576.0, mem.activations / 1048576.0);
+    std::printf("=> FLUX step %d px: %.1f ms/step, %.1f TFLOP/s (%.2f PFLOP per step), MFU %.1f%%, peak VRAM %.0f MiB"
+                "%s\n", Li == 1024 ? 512 : 1024, ms, tf, flops / 1e15, 100.0 * tf / PEAK_TFLOPS, vram,
+                full ? "" : " (reduced depth)");
+    g_ours["flux:" + std::to_string(Li + Lt)] = ms;
+  }
+  std::printf("(VRAM: device memory in use at the end of the step minus what was in use before the backend; no "
+              "gradient checkpointing)\n");
+}
+
 // ---- PyTorch, same run -------------------------------------------------------------------------------------
 std::string script_path() {
   char buf[4096];
@@ -452,13 +602,13 @@ std::string script_path() {
   return dir.substr(0, dir.rfind('/')) + "/bench/torch_bench.py";
 }
 
-void compare_with_torch() {
+void compare_with_torch(const std::string& args) {
   std::printf("\n== PyTorch (same shapes, bf16, SDPA, autograd), same run ==\n");
   if (std::system("python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1") != 0) {
     std::printf("python3 with a CUDA-enabled torch not found: no comparison\n");
     return;
   }
-  std::string cmd = "python3 " + script_path() + " 2>&1";
+  std::string cmd = "PYTHONUNBUFFERED=1 python3 " + script_path() + " " + args + " 2>&1";
   FILE* f = popen(cmd.c_str(), "r");
   if (!f) {
     std::printf("could not run %s\n", cmd.c_str());
@@ -480,6 +630,17 @@ void compare_with_torch() {
     else
       std::printf("%-22s %12.3f %12.3f %13.2fx\n", kv.first.c_str(), kv.second, it->second, it->second / kv.second);
   }
+  for (auto& kv : g_ours) {
+    if (kv.first.rfind("flux:", 0) != 0) continue;
+    auto it = torch_ms.find(kv.first);
+    auto peak = torch_ms.find("flux_peak_mib:" + kv.first.substr(5));
+    if (it != torch_ms.end())
+      std::printf("=> PyTorch FLUX step, %s tokens: %.1f ms (peak %.0f MiB allocated); graft %.1f ms: torch / graft "
+                  "= %.2fx\n", kv.first.substr(5).c_str(), it->second, peak != torch_ms.end() ? peak->second : 0.0,
+                  kv.second, it->second / kv.second);
+    else
+      std::printf("=> PyTorch FLUX step, %s tokens: no result (see the PyTorch lines above)\n", kv.first.substr(5).c_str());
+  }
   for (auto& kv : torch_ms)
     if (kv.first.find("peak_mib") != std::string::npos)
       std::printf("torch %-28s %10.0f MiB\n", kv.first.c_str(), kv.second);
@@ -489,36 +650,50 @@ void compare_with_torch() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool with_torch = true;
-  for (int i = 1; i < argc; i++)
+  bool with_torch = true, blocks = true;
+  int n_double = 19, n_single = 38;
+  for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
+    else if (!std::strcmp(argv[i], "--step-only")) blocks = false;
+    else if (!std::strcmp(argv[i], "--depth") && i + 1 < argc) std::sscanf(argv[++i], "%d,%d", &n_double, &n_single);
+    else {
+      std::printf("usage: graft-gpu-bench [--no-torch] [--step-only] [--depth DOUBLE,SINGLE]\n");
+      return 2;
+    }
+  }
   try {
     std::printf("graft-gpu-bench: FLUX.1-dev shapes (hidden %d, %d heads x %d, MLP %d), LoRA rank %d, batch 1\n", C,
                 HEADS, HD, MLP, RANK);
     std::printf("device: %s\n", device_init().c_str());
     std::printf("cuBLASLt: %s\n", cublaslt_init().c_str());
     size_t base_mem = mem_used_now();
-    bench_gemms();
-    bench_attention();
-    std::printf("\n== FLUX blocks, forward + backward, LoRA rank %d (q, k, v, proj/out, MLP), frozen bf16 weights ==\n",
-                RANK);
-    std::printf("MFU = model FLOPs (linears fwd + input-grad bwd, LoRA, attention fwd 4 + bwd 8 L^2 D H) / time / %.0f\n",
-                PEAK_TFLOPS);
-    std::printf("%-7s %6s %9s %9s %8s %10s\n", "block", "tokens", "ms", "TFLOP/s", "MFU", "VRAM MiB");
-    for (auto& tk : TOKENS) {
-      int L = tk[0] + tk[1];
-      BlockResult d = bench_double(tk[0], tk[1], base_mem);
-      BlockResult s = bench_single(L, base_mem);
-      double step = 19 * d.ms + 38 * s.ms;
-      double model_flops = 19 * d.ms * d.tflops * 1e9 + 38 * s.ms * s.tflops * 1e9;
-      std::printf("=> full FLUX.1-dev depth (19 double + 38 single), %d px: %.0f ms/step, %.1f TFLOP/s, MFU %.1f%% "
-                  "(extrapolated from one block of each; embedders and final layer not counted)\n",
-                  L == 1536 ? 512 : 1024, step, model_flops / (step * 1e9), 100.0 * model_flops / (step * 1e9) / PEAK_TFLOPS);
+    if (blocks) {
+      bench_gemms();
+      bench_attention();
+      std::printf("\n== FLUX blocks, forward + backward, LoRA rank %d (q, k, v, proj/out, MLP), frozen bf16 weights ==\n",
+                  RANK);
+      std::printf("MFU = model FLOPs (linears fwd + input-grad bwd, LoRA, attention fwd 4 + bwd 8 L^2 D H) / time / %.0f\n",
+                  PEAK_TFLOPS);
+      std::printf("%-7s %6s %9s %9s %8s %10s\n", "block", "tokens", "ms", "TFLOP/s", "MFU", "VRAM MiB");
+      for (auto& tk : TOKENS) {
+        int L = tk[0] + tk[1];
+        BlockResult d = bench_double(tk[0], tk[1], base_mem);
+        BlockResult s = bench_single(L, base_mem);
+        double step = 19 * d.ms + 38 * s.ms;
+        double model_flops = 19 * d.ms * d.tflops * 1e9 + 38 * s.ms * s.tflops * 1e9;
+        std::printf("=> full FLUX.1-dev depth (19 double + 38 single), %d px: %.0f ms/step, %.1f TFLOP/s, MFU %.1f%% "
+                    "(extrapolated from one block of each; embedders and final layer not counted)\n",
+                    L == 1536 ? 512 : 1024, step, model_flops / (step * 1e9), 100.0 * model_flops / (step * 1e9) / PEAK_TFLOPS);
+      }
+      std::printf("(VRAM: device memory in use during the block, minus what was in use at start; every activation "
+                  "of one block kept, no checkpointing)\n");
     }
-    std::printf("(VRAM: device memory in use during the block, minus what was in use at start; every activation "
-                "of one block kept, no checkpointing)\n");
     scratch_release_all();
-    if (with_torch) compare_with_torch();
+    bench_flux_step(n_double, n_single);
+    scratch_release_all();
+    if (with_torch)
+      compare_with_torch("--depth " + std::to_string(n_double) + "," + std::to_string(n_single) +
+                         (blocks ? "" : " --step-only"));
   } catch (const std::exception& e) {
     std::printf("graft-gpu-bench failed: %s\n", e.what());
     return 1;

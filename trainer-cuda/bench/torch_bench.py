@@ -4,7 +4,8 @@ CUDA events in the same run, so the bench can print ratios. Prints one line per 
     TORCH <key> <median ms>
 with the keys graft-gpu-bench uses. Shapes: FLUX.1-dev (hidden 3072, 24 heads x 128, MLP 12288),
 512 px = 1024 image + 512 text tokens, 1024 px = 4096 + 512; LoRA rank 16 (alpha 16) on every
-linear layer of a block except the modulation."""
+linear layer of a block except the modulation. Last, the whole FLUX.1-dev step (19 double + 38 single
+blocks, embedders, final layer; `--depth D,S` for fewer), forward + backward to the LoRA gradients."""
 import sys
 
 import torch
@@ -135,13 +136,86 @@ def single_block(x, vec, s, cos, sin):
     return x + m[2] * (F.linear(cat, s.l2_w, s.l2_b) + s.l2(cat))
 
 
+class Lin:
+    def __init__(self, n_in, n_out, scale=0.02):
+        self.w, self.b = w(n_out, n_in, scale=scale), w(n_out)
+
+    def __call__(self, x):
+        return F.linear(x, self.w, self.b)
+
+
+def timestep_embedding(t, dim=256, max_period=10000.0, time_factor=1000.0):
+    t = time_factor * t
+    half = dim // 2
+    freqs = torch.exp(-torch.log(torch.tensor(max_period)) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Flux:
+    """FLUX.1-dev at full width: the same blocks as above, plus embedders and the final layer."""
+
+    def __init__(self, n_double, n_single):
+        self.img_in, self.txt_in = Lin(64, C), Lin(4096, C)
+        self.time_in = (Lin(256, C), Lin(C, C))
+        self.guidance_in = (Lin(256, C), Lin(C, C))
+        self.vector_in = (Lin(768, C), Lin(C, C))
+        self.doubles = [(Stream(), Stream()) for _ in range(n_double)]
+        self.singles = [Single() for _ in range(n_single)]
+        self.final_mod, self.final_linear = Lin(C, 2 * C), Lin(C, 64)
+
+    def __call__(self, img, txt, y, t, g, cos, sin):
+        mlp = lambda pair, x: pair[1](F.silu(pair[0](x)))
+        vec = mlp(self.time_in, timestep_embedding(t).to(bf16)) + mlp(self.guidance_in, timestep_embedding(g).to(bf16))
+        vec = vec + mlp(self.vector_in, y)
+        img, txt = self.img_in(img), self.txt_in(txt)
+        for s_img, s_txt in self.doubles:
+            img, txt = double_block(img, txt, vec, s_img, s_txt, cos, sin)
+        x = torch.cat([txt, img], 1)
+        for s in self.singles:
+            x = single_block(x, vec, s, cos, sin)
+        x = x[:, txt.shape[1]:]
+        shift, scale = self.final_mod(F.silu(vec))[:, None, :].chunk(2, -1)
+        return self.final_linear(modulate(ln(x), shift, scale))
+
+
+def flux_step(n_double, n_single):
+    model = Flux(n_double, n_single)
+    for Li, Lt in TOKENS:
+        T = Li + Lt
+        try:
+            pos = torch.arange(T, device=dev, dtype=torch.float32)[:, None]
+            freqs = 1.0 / (10000 ** (torch.arange(0, D, 2, device=dev, dtype=torch.float32) / D))
+            cos, sin = torch.cos(pos * freqs), torch.sin(pos * freqs)
+            img, txt, y = w(1, Li, 64, scale=1.0), w(1, Lt, 4096, scale=1.0), w(1, 768, scale=1.0)
+            t, g = torch.tensor([0.5], device=dev), torch.tensor([3.5], device=dev)
+            gout = w(1, Li, 64, scale=1e-3)
+
+            def step():
+                model(img, txt, y, t, g, cos, sin).backward(gout)
+            torch.cuda.reset_peak_memory_stats()
+            report(f"flux:{T}", median_ms(step, warmup=2, iters=5))
+            report(f"flux_peak_mib:{T}", torch.cuda.max_memory_allocated() / 2**20)
+        except torch.cuda.OutOfMemoryError as e:
+            print(f"# torch flux step at {T} tokens: out of memory ({str(e).splitlines()[0]})", flush=True)
+        torch.cuda.empty_cache()
+
+
 def main():
+    depth, blocks = (19, 38), True
+    args = sys.argv[1:]
+    while args:
+        a = args.pop(0)
+        if a == "--depth":
+            depth = tuple(int(v) for v in args.pop(0).split(","))
+        elif a == "--step-only":
+            blocks = False
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     print(f"# torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     gemms = [("qkv", C, 3 * C), ("proj", C, C), ("mlp0", C, MLP), ("mlp2", MLP, C), ("single_l1", C, 3 * C + MLP),
              ("single_l2", C + MLP, C)]
-    for Li, Lt in TOKENS:
+    for Li, Lt in TOKENS if blocks else []:
         T = Li + Lt
         for name, n_in, n_out in gemms:
             x, W = w(T, n_in, scale=1.0), w(n_out, n_in)
@@ -182,6 +256,7 @@ def main():
         report(f"single_peak_mib:{T}", torch.cuda.max_memory_allocated() / 2**20)
         del s
         torch.cuda.empty_cache()
+    flux_step(*depth)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,55 @@ FluxModel FluxModel::load(const std::string& path) {
   return m;
 }
 
+FluxModel flux_model_shapes(const FluxConfig& c) {
+  FluxModel m;
+  m.cfg = c;
+  m.path = "(in memory)";
+  auto lin = [](const std::string& name, int in, int out) {
+    FluxLinear l;
+    l.name = name;
+    l.in = in;
+    l.out = out;
+    return l;
+  };
+  const int C = c.hidden, M = c.mlp_hidden;
+  m.img_in = lin("img_in", c.in_channels, C);
+  m.txt_in = lin("txt_in", c.context_dim, C);
+  m.time_in0 = lin("time_in.in_layer", 256, C);
+  m.time_in1 = lin("time_in.out_layer", C, C);
+  m.vector_in0 = lin("vector_in.in_layer", c.vec_dim, C);
+  m.vector_in1 = lin("vector_in.out_layer", C, C);
+  if (c.guidance_embed) {
+    m.guidance_in0 = lin("guidance_in.in_layer", 256, C);
+    m.guidance_in1 = lin("guidance_in.out_layer", C, C);
+  }
+  for (int i = 0; i < c.n_double; ++i) {
+    std::string p = "double_blocks." + std::to_string(i) + ".";
+    FluxDoubleWeights d;
+    for (int s = 0; s < 2; ++s) {
+      std::string sp = p + (s == 0 ? "img" : "txt");
+      FluxStreamWeights& w = s == 0 ? d.img : d.txt;
+      w.mod = lin(sp + "_mod.lin", C, 6 * C);
+      w.qkv = lin(sp + "_attn.qkv", C, 3 * C);
+      w.proj = lin(sp + "_attn.proj", C, C);
+      w.mlp0 = lin(sp + "_mlp.0", C, M);
+      w.mlp2 = lin(sp + "_mlp.2", M, C);
+    }
+    m.doubles.push_back(std::move(d));
+  }
+  for (int i = 0; i < c.n_single; ++i) {
+    std::string p = "single_blocks." + std::to_string(i) + ".";
+    FluxSingleWeights s;
+    s.mod = lin(p + "modulation.lin", C, 3 * C);
+    s.linear1 = lin(p + "linear1", C, 3 * C + M);
+    s.linear2 = lin(p + "linear2", C + M, C);
+    m.singles.push_back(std::move(s));
+  }
+  m.final_mod = lin("final_layer.adaLN_modulation.1", C, 2 * C);
+  m.final_linear = lin("final_layer.linear", C, c.out_channels);
+  return m;
+}
+
 std::vector<FluxLinear*> FluxModel::linears() {
   std::vector<FluxLinear*> v = {&img_in, &txt_in, &time_in0, &time_in1, &vector_in0, &vector_in1};
   if (cfg.guidance_embed) v.insert(v.end(), {&guidance_in0, &guidance_in1});

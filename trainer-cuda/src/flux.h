@@ -84,6 +84,11 @@ struct FluxModel {
   void save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata);
 };
 
+// A model of shape `cfg` built in memory: every layer named and sized as load() names and sizes it,
+// but W, b and the QK-norm scales left EMPTY. For a backend that fills its own weights: the GPU
+// benchmark at FLUX.1-dev size, where a host copy of the weights alone would take 48 GB.
+FluxModel flux_model_shapes(const FluxConfig& cfg);
+
 // The layers the reference toolkit trains for FLUX.1, named as diffusers names them (the LoRA file's
 // layout): attention q/k/v/out and MLPs of both streams, single-block linear1 (split into
 // to_q/to_k/to_v/proj_mlp) and linear2 (proj_out); the modulation layers only when asked.

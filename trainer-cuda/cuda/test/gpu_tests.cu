@@ -29,6 +29,12 @@ using namespace graft::gpu;
 
 static const double TOL_ELEM = 1e-2, TOL_GEMM = 1e-2, TOL_ATTN = 2e-2, TOL_ATTN_BWD = 3e-2, TOL_STEP = 5e-2;
 
+namespace graft {
+namespace gpu {
+bool flux_parity_test();  // flux_parity.cu
+}
+}  // namespace graft
+
 namespace {
 
 int g_passed = 0, g_failed = 0;
@@ -453,6 +459,8 @@ int main(int argc, char** argv) {
       {"mse n=5000", [] { test_mse(5000); }},
       {"LoRA training step (2 layers) gradients", [] { test_lora_step(); }},
       {"out-of-memory message", [] { test_oom_message(); }},
+      {"FLUX step on the tiny model: CUDA backend vs CPU FluxRunner (output, every LoRA gradient)",
+       [] { if (!gpu::flux_parity_test()) g_case_ok = false; }},
   };
   for (auto& c : cases) {
     if (filter && !std::strstr(c.name, filter)) continue;
