@@ -134,6 +134,21 @@ describe('graft-trainer', () => {
     const bad = trainer(['sample', join(dir, 'nope'), '--out', png]);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toContain('model.json');
+
+    // The demo LoRA job on that model: dataset files, caches, and samples during training.
+    const job = join(tempDir(), 'job');
+    expect(trainer(['demo-job', dir, job, '--steps', '4']).status).toBe(0);
+    expect(readFileSync(join(job, 'dataset/0000.txt'), 'utf8')).toMatch(/zxq/);
+    const config = JSON.parse(readFileSync(join(job, 'job.json'), 'utf8'));
+    config.sample.sample_every = 2;
+    config.sample.sample_steps = 2;
+    writeFileSync(join(job, 'job.json'), JSON.stringify(config));
+    const run = trainer(['train', job]);
+    expect(run.status, run.stderr).toBe(0);
+    const samples = events(job).filter((e) => e.event === 'sample') as any[];
+    expect(samples.map((e) => e.step)).toEqual([0, 2, 4]);
+    expect(samples[2].files).toEqual([0, 1, 2].map((i) => join(job, `samples/000000004_${i}.png`)));
+    for (const f of samples.flatMap((e) => e.files)) expect(existsSync(f), f).toBe(true);
   });
 
   describe('refuses bad input with one line naming the file, writing nothing', () => {

@@ -297,4 +297,63 @@ void train_demo_model(const DemoModelOptions& o) {
               seconds_since(t0), ae_seconds, dit_seconds);
 }
 
+void make_demo_job(const DemoJobOptions& o) {
+  Pipeline pipe = Pipeline::load(o.model_dir);
+  const int S = pipe.image_size;
+  for (const char* d : {"/dataset", "/dataset_reg", "/cache/latents", "/cache/text"}) mkdir_p(o.job_dir + d);
+  VaeRunner vr(&pipe.ae);
+  nlohmann::json items = nlohmann::json::array();
+  auto add = [&](const Scene& sc, const std::string& folder, int i) {
+    char base[64];
+    std::snprintf(base, sizeof base, "%s/%04d", folder.c_str(), i);
+    std::vector<float> pic = draw(sc, S);
+    png_write(o.job_dir + "/" + base + ".png", pic.data(), S, S);
+    std::string cap = caption(sc) + "\n";
+    write_file_atomic(o.job_dir + "/" + base + ".txt", cap.data(), cap.size());
+    if (folder != "dataset") return;  // the regularization set is for the loader of a later issue
+    std::vector<float> mean, logvar;
+    int h = 0, w = 0;
+    vr.encode(pic.data(), 1, S, S, mean, logvar, &h, &w);
+    vae_latent_to_dit(pipe.ae.cfg, mean.data(), (long)mean.size());
+    char name[64];
+    std::snprintf(name, sizeof name, "item_%04d.safetensors", i);
+    SafeTensorsWriter lw;
+    lw.add("latent", DType::F32, {pipe.ae.cfg.z_channels, h, w}, mean.data());
+    lw.write(o.job_dir + "/cache/latents/" + name);
+    TextCond t = pipe.encode_text(caption(sc));
+    SafeTensorsWriter tw;
+    tw.add("txt", DType::F32, {t.L, pipe.transformer.cfg.context_dim}, t.txt.data());
+    tw.add("y", DType::F32, {pipe.transformer.cfg.vec_dim}, t.y.data());
+    tw.write(o.job_dir + "/cache/text/" + name);
+    items.push_back({{"latent", std::string("cache/latents/") + name}, {"text", std::string("cache/text/") + name}});
+  };
+  for (int i = 0; i < o.pictures; ++i) add(random_scene_of(Shape::Star, "zxq", o.seed, i), "dataset", i);
+  for (int i = 0; i < o.pictures; ++i) add(random_scene(o.seed + 1000, i), "dataset_reg", i);
+  auto abs = [](const std::string& p) {
+    char buf[4096];
+    return realpath(p.c_str(), buf) ? std::string(buf) : p;
+  };
+  const std::string md = abs(o.model_dir);
+  nlohmann::json job = {
+      {"format", "graft-job/1"},
+      {"name", "demo_zxq"},
+      {"device", "cpu"},
+      {"trigger_word", "zxq"},
+      {"model", {{"arch", "flux"}, {"name_or_path", "graft-tiny"}, {"transformer", md + "/transformer.safetensors"},
+                 {"text_encoder", md + "/text_encoder.safetensors"}, {"ae", md + "/ae.safetensors"}}},
+      {"network", {{"type", "lora"}, {"linear", 8}, {"linear_alpha", 8}}},
+      {"train", {{"steps", o.steps}, {"batch_size", 4}, {"lr", 1e-3}, {"lr_scheduler", "constant"},
+                 {"optimizer", "adamw"}, {"max_grad_norm", 1.0}, {"timestep_type", "sigmoid"}, {"seed", o.seed}}},
+      {"save", {{"dtype", "bf16"}, {"save_every", std::max(1, o.steps / 2)}, {"max_step_saves_to_keep", 2}}},
+      {"sample", {{"sample_every", std::max(1, o.steps / 2)}, {"width", S}, {"height", S}, {"sample_steps", 20},
+                  {"guidance_scale", 4.0}, {"seed", 42},
+                  {"prompts", {{{"prompt", "a large red zxq on a white background"}},
+                               {{"prompt", "two small yellow zxqs on a blue background"}},
+                               {{"prompt", "a large red circle on a white background"}}}}}},
+      {"items", items},
+  };
+  std::string text = job.dump(2) + "\n";
+  write_file_atomic(o.job_dir + "/job.json", text.data(), text.size());
+}
+
 }  // namespace graft

@@ -25,4 +25,17 @@ struct DemoModelOptions {
 
 void train_demo_model(const DemoModelOptions& opt);
 
+// The demo LoRA job: ~20 captioned pictures of a shape the base model has never seen (a star, called
+// by the trigger word "zxq"), plus a regularization set of known shapes, as image + caption files
+// under <job>/dataset and <job>/dataset_reg; their latents and text embeddings (encoded with the
+// model's own autoencoder and text encoder) under <job>/cache; and job.json (rank-8 LoRA, samples
+// of an activation prompt with the trigger and a leak prompt without it).
+struct DemoJobOptions {
+  std::string model_dir, job_dir;
+  int pictures = 20;
+  int steps = 300;
+  uint64_t seed = 7;
+};
+void make_demo_job(const DemoJobOptions& opt);
+
 }  // namespace graft

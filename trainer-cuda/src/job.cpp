@@ -27,6 +27,12 @@ struct Fields {
     std::stringstream ss(path);
     std::string key;
     while (std::getline(ss, key, '.')) {
+      if (j->is_array() && !key.empty() && key.find_first_not_of("0123456789") == std::string::npos) {
+        size_t i = std::stoul(key);
+        if (i >= j->size()) return nullptr;
+        j = &(*j)[i];
+        continue;
+      }
       if (!j->is_object()) return nullptr;
       auto it = j->find(key);
       if (it == j->end() || it->is_null()) return nullptr;
@@ -134,6 +140,8 @@ Job job_load(const std::string& dir_in) {
   job.arch = f.str("model.arch", "flux", {"flux"});
   job.transformer = absolute(dir, f.str("model.transformer", "", {}, true));
   job.base_model = f.str("model.name_or_path", job.transformer);
+  job.text_encoder = absolute(dir, f.str("model.text_encoder", ""));
+  job.ae = absolute(dir, f.str("model.ae", ""));
 
   job.network_type = f.str("network.type", "lora", {"lora"});
   job.rank = f.integer("network.linear", 16, 1, 1024);
@@ -179,6 +187,38 @@ Job job_load(const std::string& dir_in) {
     job.items.push_back({absolute(dir, it["latent"].get<std::string>()), absolute(dir, it["text"].get<std::string>())});
   }
   if (const json* c = f.find("config")) job.config_json = c->dump();
+
+  if (f.find("sample")) {
+    JobSample& s = job.sample;
+    s.enabled = !f.boolean("sample.disable_sampling", false);
+    s.every = f.integer("sample.sample_every", 250, 1, 100000000);
+    s.first = !f.boolean("sample.skip_first_sample", false) || f.boolean("sample.force_first_sample", false);
+    s.width = f.integer("sample.width", 32, 8, 16384);
+    s.height = f.integer("sample.height", 32, 8, 16384);
+    s.steps = f.integer("sample.sample_steps", 20, 1, 1000);
+    s.cfg_scale = (float)f.number("sample.guidance_scale", 4.0, 0.0, 100.0);
+    s.shift = (float)f.number("sample.shift", 1.0, 0.01, 100.0);
+    s.seed = (uint64_t)f.number("sample.seed", 42, 0, 9007199254740992.0);
+    s.walk_seed = f.boolean("sample.walk_seed", false);
+    const json* ps = f.find("sample.prompts");
+    if (!ps || !ps->is_array()) f.bad("sample.prompts", "a list of {prompt, width?, height?, seed?, lora_scale?}", ps ? *ps : json());
+    for (size_t i = 0; i < ps->size(); ++i) {
+      std::string p = "sample.prompts." + std::to_string(i);
+      const json& e = (*ps)[i];
+      if (!e.is_object() || !e.contains("prompt") || !e["prompt"].is_string())
+        f.bad("sample.prompts[" + std::to_string(i) + "]", "an object with a string prompt", e);
+      JobSamplePrompt sp;
+      sp.prompt = e["prompt"].get<std::string>();
+      sp.width = f.integer(p + ".width", s.width, 8, 16384);
+      sp.height = f.integer(p + ".height", s.height, 8, 16384);
+      sp.seed = (int64_t)f.number(p + ".seed", -1, -1, 9007199254740992.0);
+      sp.lora_scale = (float)f.number(p + ".lora_scale", 1.0, -100.0, 100.0);
+      s.prompts.push_back(sp);
+    }
+    if (s.enabled && !s.prompts.empty() && (job.text_encoder.empty() || job.ae.empty()))
+      fail(job.file + ": sampling needs model.text_encoder and model.ae (or set sample.disable_sampling)");
+    if (s.prompts.empty()) s.enabled = false;
+  }
   return job;
 }
 

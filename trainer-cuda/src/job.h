@@ -14,6 +14,29 @@ struct JobItem {
   std::string text;    // safetensors with "txt" [L_txt, context_dim] and "y" [vec_dim]
 };
 
+// One sample prompt; width/height/seed/lora_scale fall back to the sample section's values.
+struct JobSamplePrompt {
+  std::string prompt;
+  int width = 0, height = 0;
+  int64_t seed = -1;  // -1: the section's seed (plus the prompt index with walk_seed)
+  float lora_scale = 1.0f;
+};
+
+// Sampling during training (SPEC section 6). Needs the model's text encoder and autoencoder.
+struct JobSample {
+  bool enabled = false;
+  int every = 250;
+  bool first = true;  // sample before the first step (skip_first_sample = false)
+  int width = 32, height = 32;
+  int steps = 20;
+  float cfg_scale = 4.0f;
+  float guidance = 3.5f;
+  float shift = 1.0f;
+  uint64_t seed = 42;
+  bool walk_seed = false;
+  std::vector<JobSamplePrompt> prompts;
+};
+
 struct Job {
   std::string dir;         // the job folder (absolute)
   std::string file;        // its job.json
@@ -25,6 +48,8 @@ struct Job {
   std::string arch = "flux";
   std::string transformer;      // checkpoint path
   std::string base_model;       // name_or_path, for metadata
+  std::string text_encoder;     // optional: needed for sampling
+  std::string ae;               // optional: needed for sampling
 
   std::string network_type = "lora";
   int rank = 16;
@@ -49,6 +74,7 @@ struct Job {
   int save_every = 250;
   int max_step_saves_to_keep = 4;
 
+  JobSample sample;
   std::vector<JobItem> items;
   std::string config_json;  // the user's config (job.json "config"), kept for the LoRA metadata
 };

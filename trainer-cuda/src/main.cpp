@@ -34,6 +34,7 @@ static const char* kUsage =
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
     "                                                    train the built-in demo model from scratch\n"
+    "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job (a new shape, trigger zxq)\n"
     "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
     "  --version\n";
@@ -185,6 +186,20 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
   return 0;
 }
 
+static int cmd_demo_job(const std::vector<std::string>& a) {
+  need_args(a, 3, "demo-job");
+  DemoJobOptions o;
+  o.model_dir = a[1];
+  o.job_dir = a[2];
+  for (size_t i = 3; i < a.size(); ++i) {
+    if (a[i] == "--steps" && i + 1 < a.size()) o.steps = std::stoi(a[++i]);
+    else fail("demo-job: unknown argument '" + a[i] + "'");
+  }
+  make_demo_job(o);
+  std::printf("wrote the demo LoRA job to %s (train it with: graft-trainer train %s)\n", o.job_dir.c_str(), o.job_dir.c_str());
+  return 0;
+}
+
 static int cmd_sample(const std::vector<std::string>& a) {
   need_args(a, 2, "sample");
   Pipeline pipe = Pipeline::load(a[1]);
@@ -261,6 +276,7 @@ int main(int argc, char** argv) {
     if (a[0] == "bench") return cmd_bench(a);
     if (a[0] == "demo-model") return cmd_demo_model(a);
     if (a[0] == "sample") return cmd_sample(a);
+    if (a[0] == "demo-job") return cmd_demo_job(a);
     std::fprintf(stderr, "graft-trainer: unknown command '%s'\n%s", a[0].c_str(), kUsage);
     return 2;
   } catch (const Error& e) {

@@ -19,6 +19,7 @@
 #include "ops.h"
 #include "optim.h"
 #include "rng.h"
+#include "train_samples.h"
 
 namespace graft {
 
@@ -273,6 +274,16 @@ int train_run(const std::string& dir) {
                  {"lora_params", lora.params.size()}, {"items", data.samples.size()},
                  {"batch_size", job.batch_size}, {"gradient_accumulation", job.grad_accum}, {"pid", (int)getpid()}});
 
+  std::unique_ptr<TrainSampler> sampler;
+  if (job.sample.enabled) sampler = std::make_unique<TrainSampler>(job);
+  auto sample = [&](int step) {
+    auto ts = std::chrono::steady_clock::now();
+    std::vector<std::string> files = sampler->run(*backend, lora, c, step);
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
+    metrics.event({{"event", "sample"}, {"step", step}, {"files", files}, {"seconds", secs}});
+  };
+  if (sampler && job.sample.first && !resumed) sample(0);
+
   const bool tty = isatty(1);
   std::vector<float> out, dout;
   double ema_s = 0.0;
@@ -329,6 +340,7 @@ int train_run(const std::string& dir) {
       std::printf("\nstopped at step %d: saved %s and the state to resume from\n", step, path.c_str());
       return 130;
     }
+    if (sampler && (step % job.sample.every == 0 || step == job.steps)) sample(step);
     if (step % job.save_every == 0 && step < job.steps) {
       save_checkpoint(job, st, step_file(job, step), epoch, metrics);
       rotate(job);

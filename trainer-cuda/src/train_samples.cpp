@@ -1,0 +1,60 @@
+#include "train_samples.h"
+
+#include <sys/stat.h>
+
+#include <cstdio>
+
+#include "common.h"
+#include "image_io.h"
+
+namespace graft {
+
+TrainSampler::TrainSampler(const Job& j) : job(&j), te(TextEncoder::load(j.text_encoder)), ae(VaeModel::load(j.ae)) {
+  TextEncoderRunner r(&te);
+  auto encode = [&](const std::string& text) {
+    TextCond t;
+    t.L = te.cfg.max_len;
+    r.forward(tokenize_bytes(text, t.L), 1, t.L, t.txt, t.y);
+    return t;
+  };
+  for (const JobSamplePrompt& p : j.sample.prompts) conds.push_back(encode(p.prompt));
+  uncond = encode("");
+}
+
+std::vector<std::string> TrainSampler::run(FluxBackend& model, LoraSet& lora, const FluxConfig& cfg, int step) {
+  const JobSample& s = job->sample;
+  const std::string dir = job->output_dir + "/samples";
+  if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) fail(dir + ": cannot create the samples folder");
+  const int f = ae.cfg.downscale() * 2;  // latent pixels per image pixel, times the 2x2 patch
+  VaeRunner vr(&ae);
+  std::vector<std::string> files;
+  for (size_t i = 0; i < s.prompts.size(); ++i) {
+    const JobSamplePrompt& p = s.prompts[i];
+    const int W = p.width / f * f, H = p.height / f * f;
+    if (W <= 0 || H <= 0) fail(job->file + ": sample size must be at least " + std::to_string(f) + " pixels");
+    SampleParams sp;
+    sp.steps = s.steps;
+    sp.cfg_scale = s.cfg_scale;
+    sp.guidance = s.guidance;
+    sp.shift = s.shift;
+    sp.seed = p.seed >= 0 ? (uint64_t)p.seed : s.seed + (s.walk_seed ? i : 0);
+    // The prompt's LoRA scale, for this sample only.
+    std::vector<float> scales;
+    for (LoraAdapter& a : lora.adapters) scales.push_back(a.scale), a.scale *= p.lora_scale;
+    model.params_updated();
+    const int C = ae.cfg.z_channels, h = H / ae.cfg.downscale(), w = W / ae.cfg.downscale();
+    std::vector<float> z = sample_latent(model, cfg, C, h, w, conds[i], &uncond, sp);
+    for (size_t k = 0; k < scales.size(); ++k) lora.adapters[k].scale = scales[k];
+    model.params_updated();
+    vae_latent_from_dit(ae.cfg, z.data(), (long)z.size());
+    std::vector<float> img;
+    vr.decode(z.data(), 1, h, w, img);
+    char name[64];
+    std::snprintf(name, sizeof name, "/%09d_%zu.png", step, i);
+    png_write(dir + name, img.data(), W, H);
+    files.push_back(dir + name);
+  }
+  return files;
+}
+
+}  // namespace graft
