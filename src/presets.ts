@@ -34,8 +34,8 @@ const PresetSchema = z.object({
   }),
   vram: z.object({
     guide: z.string(),
-    min_gb: z.number().positive(),
-    comfortable_gb: z.number().positive(),
+    min_gb: z.number().nonnegative(),  // 0: runs without a GPU (the built-in demo model)
+    comfortable_gb: z.number().nonnegative(),
     max_resolution_at_min: z.number().int().positive(),
   }),
   defaults: z.record(z.string(), z.unknown()).default({}),

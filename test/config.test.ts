@@ -85,11 +85,11 @@ describe('presets', () => {
   it('has a preset for every family of SPEC.md section 2', () => {
     const families = presets.map((p) => p.family).sort();
     expect(families).toEqual([
-      'chroma', 'flex1', 'flex2', 'flux1', 'flux2', 'flux_kontext', 'hidream', 'hidream_e1', 'ltx2', 'lumina2', 'omnigen2',
+      'chroma', 'flex1', 'flex2', 'flux1', 'flux2', 'flux_kontext', 'graft_tiny', 'hidream', 'hidream_e1', 'ltx2', 'lumina2', 'omnigen2',
       'qwen_image', 'qwen_image_2512', 'qwen_image_edit', 'qwen_image_edit_2509', 'qwen_image_edit_2511', 'sd15', 'sdxl',
       'wan21_14b', 'wan21_1b', 'wan21_i2v_480p', 'wan21_i2v_720p', 'wan22_14b_i2v', 'wan22_14b_t2v', 'wan22_5b', 'zimage', 'zimage_turbo',
     ]);
-    expect(readdirSync(join(import.meta.dirname, '..', 'presets')).filter((f) => f.endsWith('.yaml'))).toHaveLength(27);
+    expect(readdirSync(join(import.meta.dirname, '..', 'presets')).filter((f) => f.endsWith('.yaml'))).toHaveLength(28);
   });
 
   it.each(presets.map((p) => [p.family, p] as const))('%s makes a valid job once a dataset folder is set', (_, preset) => {

@@ -2,6 +2,9 @@
 // Objects are loose: keys graft does not know are kept (and reported once as ignored, see unknownKeys).
 import { z } from 'zod';
 
+// The smallest picture side: the built-in demo model (graft_tiny) works at 32 px.
+const MIN_PIXELS = 32;
+
 const num = (allowed: string) => z.number({ error: allowed }).refine(Number.isFinite, { error: allowed });
 
 export function intIn(min: number, max?: number) {
@@ -39,8 +42,8 @@ const qtype = () => z.string({ error: 'must be a quantization type such as qfloa
   .regex(QTYPE_RE, { error: 'must be a quantization type: qfloat8, uint8, uint6, uint4, or uint3|<adapter>' });
 
 const resolution = z.union([
-  intIn(64, 4096),
-  z.array(intIn(64, 4096), { error: 'must be a list of pixel sizes, e.g. [512, 768, 1024]' })
+  intIn(MIN_PIXELS, 4096),
+  z.array(intIn(MIN_PIXELS, 4096), { error: 'must be a list of pixel sizes, e.g. [512, 768, 1024]' })
     .min(1, { error: 'must list at least one resolution' }),
 ], { error: 'must be a pixel size or a list of them, e.g. [512, 768, 1024]' });
 
@@ -67,8 +70,8 @@ export const DatasetSchema = z.looseObject({
 
 export const SampleItemSchema = z.looseObject({
   prompt: str(),
-  width: intIn(64, 4096).optional(),
-  height: intIn(64, 4096).optional(),
+  width: intIn(MIN_PIXELS, 4096).optional(),
+  height: intIn(MIN_PIXELS, 4096).optional(),
   seed: intIn(0).optional(),
   network_multiplier: numIn(-10, 10).optional(),
   ctrl_img: nullableText().optional(),
@@ -148,8 +151,8 @@ export const ProcessSchema = z.looseObject({
   sample: z.looseObject({
     sampler: oneOf(SAMPLERS).optional(),
     sample_every: intIn(1).optional(),
-    width: intIn(64, 4096).optional(),
-    height: intIn(64, 4096).optional(),
+    width: intIn(MIN_PIXELS, 4096).optional(),
+    height: intIn(MIN_PIXELS, 4096).optional(),
     seed: intIn(0).optional(),
     walk_seed: bool().optional(),
     guidance_scale: numIn(0, 100).optional(),
