@@ -126,4 +126,49 @@ std::vector<float> draw(const Scene& s, int size) {
   return img;
 }
 
+std::vector<float> shape_mask(Shape shape, float cx, float cy, float r, int size) {
+  const int SS = 4;
+  std::vector<float> m((size_t)size * size);
+  for (int py = 0; py < size; ++py)
+    for (int px = 0; px < size; ++px) {
+      int hits = 0;
+      for (int sy = 0; sy < SS; ++sy)
+        for (int sx = 0; sx < SS; ++sx) {
+          float x = (px + (sx + 0.5f) / SS) / size, y = (py + (sy + 0.5f) / SS) / size;
+          hits += inside(shape, (x - cx) / r, (y - cy) / r);
+        }
+      m[(size_t)py * size + px] = (float)hits / (SS * SS);
+    }
+  return m;
+}
+
+double shape_iou(const std::vector<float>& rgb, int size, int colour, int background, Shape shape) {
+  const Colour& fg = palette()[colour];
+  const Colour& bg = palette()[background];
+  const size_t n = (size_t)size * size;
+  std::vector<float> mask(n);
+  double area = 0, sx = 0, sy = 0;
+  for (int y = 0; y < size; ++y)
+    for (int x = 0; x < size; ++x) {
+      float c[3];
+      for (int k = 0; k < 3; ++k) c[k] = (rgb[(size_t)k * n + (size_t)y * size + x] + 1.0f) * 0.5f;
+      float df = (c[0] - fg.r) * (c[0] - fg.r) + (c[1] - fg.g) * (c[1] - fg.g) + (c[2] - fg.b) * (c[2] - fg.b);
+      float db = (c[0] - bg.r) * (c[0] - bg.r) + (c[1] - bg.g) * (c[1] - bg.g) + (c[2] - bg.b) * (c[2] - bg.b);
+      float m = df < db ? 1.0f : 0.0f;
+      mask[(size_t)y * size + x] = m;
+      area += m, sx += m * (x + 0.5), sy += m * (y + 0.5);
+    }
+  if (area < 1) return 0.0;
+  // The unit shape's area in picture units, measured once at high resolution.
+  std::vector<float> unit = shape_mask(shape, 0.5f, 0.5f, 0.25f, 128);
+  double unit_area = 0;
+  for (float v : unit) unit_area += v;
+  unit_area /= 128.0 * 128.0 * 0.25 * 0.25;  // area of the shape at r = 1
+  const double r = std::sqrt(area / ((double)n * unit_area));
+  std::vector<float> t = shape_mask(shape, (float)(sx / area / size), (float)(sy / area / size), (float)r, size);
+  double inter = 0, uni = 0;
+  for (size_t i = 0; i < n; ++i) inter += std::min(mask[i], t[i]), uni += std::max(mask[i], t[i]);
+  return uni > 0 ? inter / uni : 0.0;
+}
+
 }  // namespace graft

@@ -39,4 +39,13 @@ std::string caption(const Scene& s);
 // Rasterised with 4x4 supersampling: [3, size, size] in [-1, 1].
 std::vector<float> draw(const Scene& s, int size);
 
+// Coverage in [0, 1] of one shape centred at (cx, cy) with half-size r (all in [0, 1] picture
+// units), per pixel of a size x size picture, row-major.
+std::vector<float> shape_mask(Shape shape, float cx, float cy, float r, int size);
+
+// How much a picture looks like a given shape: the picture's pixels closer to `colour` than to
+// `background` form a mask; the shape, placed at the mask's centroid and sized to its area, is
+// compared with it by intersection over union (1 = the same pixels).
+double shape_iou(const std::vector<float>& rgb, int size, int colour, int background, Shape shape);
+
 }  // namespace graft

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "image_io.h"
 #include "shapes.h"
@@ -61,4 +62,27 @@ TEST(png_round_trip_and_errors) {
   CHECK(w == 24 && h == 24 && back.size() == img.size());
   for (size_t i = 0; i < img.size(); ++i) CHECK_NEAR(back[i], img[i], 1.0 / 127.5);  // 8-bit quantisation
   CHECK_THROWS(png_read(std::string(tmpl) + "/none.png", &w, &h), "none.png");
+}
+
+TEST(shape_iou_recognises_shapes) {
+  // A drawn large star scores near 1 as a star and clearly lower as any base shape; same for a circle.
+  Scene s = random_scene_of(Shape::Star, "zxq", 1, 0);
+  s.count = 1;
+  s.large = true;
+  s.colour = 0;
+  s.background = 4;
+  s.cx[0] = 0.45f;
+  s.cy[0] = 0.55f;
+  std::vector<float> star = draw(s, 32);
+  double as_star = shape_iou(star, 32, 0, 4, Shape::Star);
+  double as_circle = shape_iou(star, 32, 0, 4, Shape::Circle);
+  s.shape = Shape::Circle;
+  std::vector<float> circle = draw(s, 32);
+  double c_as_circle = shape_iou(circle, 32, 0, 4, Shape::Circle);
+  double c_as_star = shape_iou(circle, 32, 0, 4, Shape::Star);
+  std::printf("      star: as star %.2f, as circle %.2f; circle: as circle %.2f, as star %.2f\n", as_star, as_circle,
+              c_as_circle, c_as_star);
+  CHECK(as_star > 0.85 && c_as_circle > 0.85);
+  CHECK(as_star > as_circle + 0.15 && c_as_circle > c_as_star + 0.15);
+  CHECK(shape_iou(std::vector<float>(3 * 32 * 32, 1.0f), 32, 0, 4, Shape::Star) == 0.0);  // all white: no red shape
 }
