@@ -8,19 +8,23 @@ import { useDatasets } from '../src/hooks/useDatasets.js';
 import { useJobForm } from '../src/hooks/useJobForm.js';
 import { useTerminalSize, type TermSize } from '../src/hooks/useTerminalSize.js';
 import type { Preset } from '../src/presets.js';
+import { useQueue, type DaemonClient } from '../src/hooks/useQueue.js';
+import type { SystemStats } from '../src/monitor/system.js';
 import type { JobRow, Store } from '../src/queue/store.js';
 import { Dashboard, DASHBOARD_KEYS } from './Dashboard.js';
+import { Monitor, MONITOR_KEYS } from './Monitor.js';
 import { Datasets, DATASETS_KEYS } from './Datasets.js';
 import { Help } from './Help.js';
 import { NEW_JOB_KEYS, NewJob } from './NewJob.js';
 import { Queue, QUEUE_KEYS } from './Queue.js';
 
-export type ScreenId = 'dashboard' | 'new' | 'queue' | 'datasets';
+export type ScreenId = 'dashboard' | 'new' | 'queue' | 'datasets' | 'job';
 const SCREENS: { id: ScreenId; key: string; title: string }[] = [
   { id: 'dashboard', key: '1', title: 'Dashboard' },
   { id: 'new', key: '2', title: 'New Job' },
   { id: 'queue', key: '3', title: 'Training Queue' },
   { id: 'datasets', key: '4', title: 'Datasets' },
+  { id: 'job', key: '5', title: 'Job' },
 ];
 
 export interface AppProps {
@@ -32,6 +36,12 @@ export interface AppProps {
   gpus?: Gpu[];
   /** Fixed size (tests); the terminal's live size when absent. */
   size?: TermSize;
+  /** The queue daemon; without one (tests) the queue is read-only and says so. */
+  daemon?: DaemonClient;
+  /** Machine stats to show instead of polling nvidia-smi (tests). */
+  system?: SystemStats;
+  /** The job the Job screen opens on. */
+  initialJob?: number;
 }
 
 export function App(props: AppProps) {
@@ -42,7 +52,9 @@ export function App(props: AppProps) {
   const [capture, setCapture] = useState(false);
   const [help, setHelp] = useState(false);
   const [gpus, setGpus] = useState<Gpu[] | undefined>(props.gpus);
-  const [jobs, setJobs] = useState<JobRow[]>(() => store.listJobs());
+  const queue = useQueue(store, props.daemon);
+  const jobs = queue.jobs;
+  const [monitorId, setMonitorId] = useState<number | undefined>(props.initialJob);
 
   useEffect(() => {
     if (props.gpus) return undefined;
@@ -53,13 +65,16 @@ export function App(props: AppProps) {
 
   const ds = useDatasets(store);
   const named: NamedDataset[] = useMemo(() => ds.list.map((d) => ({ name: d.name, folder: d.folder, isReg: d.is_reg })), [ds.list]);
-  const refreshJobs = useCallback(() => setJobs(store.listJobs()), [store]);
+  const refreshJobs = useCallback(() => queue.refresh(), [queue.refresh]);
   const form = useJobForm({ presets, store, initial: props.initial, gpus, datasets: named, onSaved: refreshJobs });
 
   // Switching screens clears any capture the old screen held (it no longer renders its input).
   const go = (id: ScreenId) => { setCapture(false); setScreen(id); };
-  // Other processes (the queue daemon, a second graft) change the database too.
-  useEffect(() => { if (screen === 'queue' || screen === 'dashboard') refreshJobs(); }, [screen]);
+  const openJob = (job: JobRow) => { setMonitorId(job.id); go('job'); };
+  // The Job screen without a chosen job shows the running one, else the newest that ran.
+  const monitored: JobRow | undefined = jobs.find((j) => j.id === monitorId)
+    ?? jobs.find((j) => j.state === 'running' || j.state === 'stopping')
+    ?? [...jobs].filter((j) => j.state !== 'draft').sort((a, b) => (b.started_at ?? '').localeCompare(a.started_at ?? ''))[0];
 
   useInput((input, key) => {
     if (help) { setHelp(false); return; }
@@ -75,7 +90,7 @@ export function App(props: AppProps) {
 
   const width = size.columns;
   const bodyH = Math.max(6, size.rows - 1);
-  const keys = screen === 'new' ? NEW_JOB_KEYS : screen === 'datasets' ? DATASETS_KEYS : screen === 'queue' ? QUEUE_KEYS : DASHBOARD_KEYS;
+  const keys = screen === 'new' ? NEW_JOB_KEYS : screen === 'datasets' ? DATASETS_KEYS : screen === 'queue' ? QUEUE_KEYS : screen === 'job' ? MONITOR_KEYS : DASHBOARD_KEYS;
   const title = SCREENS.find((s) => s.id === screen)!.title;
 
   return (
@@ -95,20 +110,25 @@ export function App(props: AppProps) {
       </Box>
       {help ? <Help title={title} keys={keys} width={width} height={bodyH} /> : null}
       <Box display={help ? 'none' : 'flex'} flexDirection="column" width={width} height={bodyH}>
-        {screen === 'dashboard' ? <Dashboard jobs={jobs} datasets={ds.list.length} gpus={gpus} home={store.home} width={width} height={bodyH} /> : null}
+        <Dashboard jobs={jobs} datasets={ds.list.length} gpus={gpus} daemon={queue.daemon} home={store.home} width={width} height={bodyH} active={screen === 'dashboard' && !help} onOpen={openJob} />
         <NewJob form={form} active={screen === 'new' && !help} width={width} height={bodyH} setCapture={setCapture} />
         <Queue
           jobs={jobs}
+          daemon={queue.daemon}
+          act={queue.act}
           active={screen === 'queue' && !help}
           width={width}
           height={bodyH}
-          onOpen={(job) => {
+          setCapture={setCapture}
+          onOpen={openJob}
+          onEdit={(job) => {
             try {
               form.load(job.config_path);
               go('new');
             } catch { /* load reports its own errors in the form */ }
           }}
         />
+        <Monitor job={monitored} active={screen === 'job' && !help} width={width} height={bodyH} act={queue.act} system={props.system} />
         <Datasets ds={ds} active={screen === 'datasets' && !help} width={width} height={bodyH} setCapture={setCapture} />
       </Box>
     </Box>

@@ -1,27 +1,74 @@
-// Dashboard: what exists so far. Live loss curves, VRAM gauges and samples arrive with the queue and trainer.
-import { Box, Text } from 'ink';
+// Dashboard: every job with its state, progress and GPU, the daemon and the machine's GPUs. Enter opens a job's monitor.
+import { Box, Text, useInput } from 'ink';
+import { useState } from 'react';
 import type { Gpu } from '../src/gpu.js';
+import { jobProgress, type DaemonStatus } from '../src/hooks/useQueue.js';
+import { bar } from '../src/monitor/chart.js';
+import { formatDuration } from '../src/monitor/metrics.js';
 import type { JobRow } from '../src/queue/store.js';
-import { StatusBar, type Hint } from './components/StatusBar.js';
+import { stateColor } from './Monitor.js';
+import { MessageLine, StatusBar, type Hint } from './components/StatusBar.js';
 
-export const DASHBOARD_KEYS: Hint[] = [['1-4', 'switch screen'], ['q', 'quit'], ['Ctrl+C', 'quit from anywhere']];
+export const DASHBOARD_KEYS: Hint[] = [['↑↓ j/k', 'choose a job'], ['Enter', 'open the job monitor'], ['1-5', 'switch screen'], ['q', 'quit (jobs keep running in the daemon)'], ['Ctrl+C', 'quit from anywhere']];
 
-export function Dashboard({ jobs, datasets, gpus, home, width, height }: { jobs: JobRow[]; datasets: number; gpus: Gpu[] | undefined; home: string; width: number; height: number }) {
-  const drafts = jobs.filter((j) => j.state === 'draft').length;
+interface Props {
+  jobs: JobRow[];
+  datasets: number;
+  gpus: Gpu[] | undefined;
+  daemon: DaemonStatus;
+  home: string;
+  width: number;
+  height: number;
+  active: boolean;
+  onOpen: (job: JobRow) => void;
+}
+
+export function daemonText(d: DaemonStatus): string {
+  if (d.state === 'running') return `daemon pid ${d.pid} · slots ${(d.slots ?? []).map((s) => (s === 'cpu' ? 'cpu' : `gpu ${s}`)).join(', ')}`;
+  if (d.state === 'starting') return 'daemon starting...';
+  return `daemon unavailable: ${d.error ?? 'unknown'}`;
+}
+
+export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, active, onOpen }: Props) {
+  const [index, setIndex] = useState(0);
+  const shown = jobs.filter((j) => j.state !== 'draft');
+  const drafts = jobs.length - shown.length;
+  const i = Math.min(index, Math.max(0, shown.length - 1));
+  useInput((input, key) => {
+    if (key.upArrow || input === 'k') setIndex(Math.max(0, i - 1));
+    if (key.downArrow || input === 'j') setIndex(Math.min(shown.length - 1, i + 1));
+    if (key.return && shown[i]) onOpen(shown[i]!);
+  }, { isActive: active });
+  if (!active) return null;
+  const running = shown.filter((j) => j.state === 'running' || j.state === 'stopping').length;
+  const queued = shown.filter((j) => j.state === 'queued').length;
+  const rows = Math.max(1, height - 8);
+  const start = Math.max(0, Math.min(i - Math.floor(rows / 2), shown.length - rows));
+  const nameW = Math.max(8, Math.min(28, Math.floor(width * 0.25)));
+  const barW = Math.max(6, Math.min(30, width - nameW - 48));
+  const sel = shown[i];
   return (
     <Box flexDirection="column" width={width} height={height}>
-      <Box flexDirection="column" flexGrow={1} paddingX={1}>
-        <Text bold color="cyan">graft <Text dimColor>LoRA training from the terminal</Text></Text>
-        <Text> </Text>
-        <Text>{`Jobs: ${jobs.length} (${drafts} draft${drafts === 1 ? '' : 's'})   Datasets: ${datasets}`}</Text>
-        <Text wrap="truncate-end">{`GPUs: ${gpus === undefined ? 'probing...' : gpus.length === 0 ? 'none found (nvidia-smi)' : gpus.map((g) => `${g.index}: ${g.name} ${Math.round(g.memoryMb / 1024)} GB`).join(', ')}`}</Text>
-        <Text dimColor wrap="truncate-end">{`Home: ${home}`}</Text>
-        <Text> </Text>
-        <Text dimColor wrap="wrap">Live training (loss curves, VRAM, samples) appears here once the queue daemon and trainer land; for now this screen shows what is saved.</Text>
-        <Text> </Text>
-        <Text>Start with <Text bold>4</Text> Datasets to add a folder, then <Text bold>2</Text> New Job.</Text>
+      <Box flexDirection="column" paddingX={1}>
+        <Text wrap="truncate-end"><Text bold color="cyan">graft</Text>{`  jobs ${shown.length} (${running} running, ${queued} queued) · drafts ${drafts} · datasets ${datasets}`}</Text>
+        <Text wrap="truncate-end">{`GPUs: ${gpus === undefined ? 'probing...' : gpus.length === 0 ? 'none found (nvidia-smi): jobs run one at a time on the CPU' : gpus.map((g) => `${g.index}: ${g.name} ${Math.round(g.memoryMb / 1024)} GB`).join(', ')}`}</Text>
+        <Text wrap="truncate-end" color={daemon.state === 'unavailable' ? 'red' : undefined} dimColor={daemon.state !== 'unavailable'}>{`${daemonText(daemon)} · home ${home}`}</Text>
       </Box>
-      <StatusBar hints={[['2', 'new job'], ['3', 'queue'], ['4', 'datasets'], ['?', 'help'], ['q', 'quit']]} width={width} />
+      <Text dimColor wrap="truncate-end">{`   id  ${'state'.padEnd(9)} gpu  ${'name'.padEnd(nameW)}  progress`}</Text>
+      <Box flexDirection="column" height={rows}>
+        {shown.length === 0 ? <Text dimColor wrap="wrap">{'  No jobs in the queue. Queue a prepared job folder with `graft queue add <dir>` or press a in the Training Queue (3); set one up in New Job (2).'}</Text> : null}
+        {shown.slice(start, start + rows).map((j, k) => {
+          const p = jobProgress(j);
+          const prog = p.steps ? `[${bar(p.fraction, barW)}] ${p.step}/${p.steps}${j.state === 'running' ? ` ETA ${formatDuration(p.etaS)}` : ''}` : '';
+          return (
+            <Text key={j.id} inverse={start + k === i} wrap="truncate-end">
+              {`${String(j.id).padStart(5)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${String(j.gpu).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog}`}
+            </Text>
+          );
+        })}
+      </Box>
+      <MessageLine level={sel?.state === 'failed' ? 'error' : 'info'} text={sel ? (sel.state === 'failed' ? `job ${sel.id}: ${sel.last_error ?? 'failed'}` : `job ${sel.id}: ${sel.job_dir ?? sel.config_path}`) : ' '} width={width} />
+      <StatusBar hints={[['↑↓', 'job'], ['Enter', 'monitor'], ['2', 'new job'], ['3', 'queue'], ['4', 'datasets'], ['?', 'help'], ['q', 'quit']]} width={width} />
     </Box>
   );
 }

@@ -1,36 +1,152 @@
-// Training Queue: the jobs saved so far. Starting, stopping and reordering arrive with the queue daemon.
+// Training Queue: each GPU's ordered queue (one CPU slot on a machine without GPUs), with every action:
+// queue, stop, force stop, resume, requeue, reorder, delete (asks; outputs only when told), add a job folder.
 import { Box, Text, useInput } from 'ink';
+import { resolve } from 'node:path';
 import { useState } from 'react';
+import type { Request } from '../src/daemon/socket.js';
+import { jobProgress, type DaemonStatus } from '../src/hooks/useQueue.js';
+import { formatDuration } from '../src/monitor/metrics.js';
+import { jobDirOf, outputPaths } from '../src/queue/queue.js';
 import type { JobRow } from '../src/queue/store.js';
+import { stateColor } from './Monitor.js';
 import { MessageLine, StatusBar, type Hint } from './components/StatusBar.js';
+import { TextInput } from './components/TextInput.js';
 
-export const QUEUE_KEYS: Hint[] = [['↑↓ j/k', 'choose a job'], ['Enter', 'open the job in New Job'], ['Esc', 'back']];
+export const QUEUE_KEYS: Hint[] = [
+  ['↑↓ j/k', 'choose a job'], ['Enter', 'open the job monitor'], ['s', 'queue the job (start when its GPU is free)'],
+  ['x', 'stop: save a checkpoint, then stop'], ['X', 'force stop at once (asks)'], ['r', 'resume a stopped/failed job (next in line)'],
+  ['R', 'requeue at the end'], ['K J', 'move up / down in its queue'], ['T', 'move to the top'], ['d', 'delete (asks; outputs only when told)'],
+  ['a', 'add a prepared job folder (with job.json)'], ['e', 'open the config in New Job'], ['Esc', 'back'],
+];
 
-export function Queue({ jobs, active, width, height, onOpen }: { jobs: JobRow[]; active: boolean; width: number; height: number; onOpen: (job: JobRow) => void }) {
-  const [index, setIndex] = useState(0);
+const ORDER: Record<string, number> = { running: 0, stopping: 0, queued: 1, draft: 2, stopped: 3, failed: 4, finished: 5 };
+
+/** Rows grouped by slot: each GPU's jobs (or all of them in the CPU slot), running first, then the queue in order. */
+export function queueGroups(jobs: JobRow[], slots: (number | 'cpu')[] | undefined): { title: string; jobs: JobRow[] }[] {
+  const sort = (a: JobRow, b: JobRow) => (ORDER[a.state]! - ORDER[b.state]!) || (a.state === 'queued' ? a.position - b.position : 0) || a.id - b.id;
+  if (!slots || slots[0] === 'cpu') return [{ title: slots ? 'CPU slot (no GPU on this machine): one job at a time' : 'queue', jobs: [...jobs].sort(sort) }];
+  const gpus = [...new Set([...slots as number[], ...jobs.map((j) => j.gpu)])].sort((a, b) => a - b);
+  return gpus.map((g) => ({ title: `GPU ${g}${(slots as number[]).includes(g) ? '' : ' (not on this machine)'}`, jobs: jobs.filter((j) => j.gpu === g).sort(sort) }));
+}
+
+interface Props {
+  jobs: JobRow[];
+  daemon: DaemonStatus;
+  active: boolean;
+  width: number;
+  height: number;
+  act: (req: Request) => Promise<{ ok: boolean; text: string }>;
+  onOpen: (job: JobRow) => void;
+  onEdit: (job: JobRow) => void;
+  setCapture: (on: boolean) => void;
+}
+
+type Mode = { kind: 'list' } | { kind: 'add' } | { kind: 'delete'; job: JobRow; outputs: number } | { kind: 'force'; job: JobRow };
+
+export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit, setCapture }: Props) {
+  // The selection follows the job (not the row), so it stays put while rows move and refresh.
+  const [selId, setSelId] = useState<number | undefined>();
+  const [mode, setMode] = useState<Mode>({ kind: 'list' });
+  const [message, setMessage] = useState<{ level: 'info' | 'error'; text: string } | undefined>();
+  const groups = queueGroups(jobs, daemon.slots);
+  const flatJobs = groups.flatMap((g) => g.jobs);
+  const found = flatJobs.findIndex((j) => j.id === selId);
+  const i = found >= 0 ? found : 0;
+  const sel = flatJobs[i];
+  const setIndex = (k: number) => setSelId(flatJobs[k]?.id);
+
+  const run = (req: Request) => { void act(req).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text })); };
+
   useInput((input, key) => {
-    if (key.upArrow || input === 'k') setIndex((i) => Math.max(0, i - 1));
-    if (key.downArrow || input === 'j') setIndex((i) => Math.min(jobs.length - 1, i + 1));
-    if (key.return && jobs[index]) onOpen(jobs[index]!);
-  }, { isActive: active });
+    if (mode.kind === 'delete') {
+      setMode({ kind: 'list' });
+      setCapture(false);
+      if (input === 'y') run({ op: 'rm', id: mode.job.id, outputs: false });
+      else if (input === 'o') run({ op: 'rm', id: mode.job.id, outputs: true });
+      else setMessage({ level: 'info', text: 'nothing deleted' });
+      return;
+    }
+    if (mode.kind === 'force') {
+      setMode({ kind: 'list' });
+      setCapture(false);
+      if (input === 'y') run({ op: 'stop', id: mode.job.id, force: true });
+      else setMessage({ level: 'info', text: 'not stopped' });
+      return;
+    }
+    if (mode.kind !== 'list') return;
+    setMessage(undefined);
+    if (key.upArrow || input === 'k') setIndex(Math.max(0, i - 1));
+    else if (key.downArrow || input === 'j') setIndex(Math.min(flatJobs.length - 1, i + 1));
+    else if (input === 'a') { setMode({ kind: 'add' }); setCapture(true); }
+    else if (!sel) return;
+    else if (key.return) onOpen(sel);
+    else if (input === 's') run({ op: 'add', target: jobDirOf(sel) });
+    else if (input === 'x') run({ op: 'stop', id: sel.id });
+    else if (input === 'X') { setMode({ kind: 'force', job: sel }); setCapture(true); }
+    else if (input === 'r') run({ op: 'resume', id: sel.id });
+    else if (input === 'R') run({ op: 'requeue', id: sel.id });
+    else if (input === 'K' || input === 'J' || input === 'T') {
+      run({ op: 'move', id: sel.id, by: input === 'K' ? -1 : input === 'J' ? 1 : 'top' });
+    } else if (input === 'd') { setMode({ kind: 'delete', job: sel, outputs: outputPaths(jobDirOf(sel)).length }); setCapture(true); }
+    else if (input === 'e') onEdit(sel);
+  }, { isActive: active && mode.kind !== 'add' });
+
   if (!active) return null;
+  const lines: ({ kind: 'title'; text: string } | { kind: 'job'; job: JobRow; at: number })[] = [];
+  let at = 0;
+  for (const g of groups) {
+    lines.push({ kind: 'title', text: g.title });
+    let n = 0;
+    for (const j of g.jobs) lines.push({ kind: 'job', job: j, at: at++ }), n++;
+    if (n === 0) lines.push({ kind: 'title', text: '  (empty)' });
+  }
   const rows = Math.max(1, height - 5);
-  const start = Math.max(0, Math.min(index - Math.floor(rows / 2), jobs.length - rows));
-  const nameW = Math.min(32, Math.floor(width * 0.3));
+  const selLine = lines.findIndex((l) => l.kind === 'job' && l.at === i);
+  const start = Math.max(0, Math.min(selLine - Math.floor(rows / 2), lines.length - rows));
+  const nameW = Math.max(8, Math.min(28, Math.floor(width * 0.25)));
+  let queuePos = 0;
+
+  const prompt = mode.kind === 'delete'
+    ? `Delete job ${mode.job.id} '${mode.job.name}'?  y = yes, keep its files · o = yes, and delete its ${mode.outputs} output file(s) · any other key = no`
+    : mode.kind === 'force' ? `Force-stop job ${mode.job.id} '${mode.job.name}' at once, without saving this step?  y = yes · any other key = no` : undefined;
+
   return (
     <Box flexDirection="column" width={width} height={height}>
-      <Text bold color="cyan">TRAINING QUEUE <Text dimColor>({jobs.length} job{jobs.length === 1 ? '' : 's'}; start / stop / reorder come with the queue daemon, not built yet)</Text></Text>
-      <Text dimColor wrap="truncate-end">{'  #   state     gpu  '}{'name'.padEnd(nameW)}  config</Text>
+      <Text bold color="cyan" wrap="truncate-end">TRAINING QUEUE <Text dimColor>{`(${jobs.length} job${jobs.length === 1 ? '' : 's'}; each GPU runs its own queue in order, one job at a time)`}</Text></Text>
+      <Text dimColor wrap="truncate-end">{`    #   id  ${'state'.padEnd(9)} ${'name'.padEnd(nameW)}  progress      folder`}</Text>
       <Box flexDirection="column" height={rows}>
-        {jobs.length === 0 ? <Text dimColor>No jobs yet. Set one up in New Job (2) and press s to save it as a draft.</Text> : null}
-        {jobs.slice(start, start + rows).map((j, i) => (
-          <Text key={j.id} inverse={start + i === index} wrap="truncate-end">
-            {`${String(j.id).padStart(3)}  ${j.state.padEnd(9)} ${String(j.gpu).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${j.config_path}`}
-          </Text>
-        ))}
+        {jobs.length === 0 ? <Text dimColor wrap="wrap">No jobs yet. a adds a prepared job folder (with job.json); New Job (2) saves drafts.</Text> : null}
+        {lines.slice(start, start + rows).map((l, k) => {
+          if (l.kind === 'title') return <Text key={`t${k}`} bold wrap="truncate-end">{l.text}</Text>;
+          const j = l.job;
+          const p = jobProgress(j);
+          const pos = j.state === 'queued' ? String(++queuePos) : '';
+          const prog = p.steps ? `${p.step}/${p.steps}${j.state === 'running' ? ` ${formatDuration(p.etaS)}` : ''}` : '';
+          return (
+            <Text key={j.id} inverse={l.at === i} wrap="truncate-end">
+              {`  ${pos.padStart(3)} ${String(j.id).padStart(4)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog.padEnd(12)}  ${jobDirOf(j)}`}
+            </Text>
+          );
+        })}
       </Box>
-      <MessageLine text={jobs[index] ? `updated ${jobs[index]!.updated_at}` : ' '} width={width} />
-      <StatusBar hints={[['↑↓', 'job'], ['Enter', 'open'], ['?', 'help'], ['q', 'back']]} width={width} />
+      {mode.kind === 'add' ? (
+        <Box width={width}>
+          <Text color="cyan">Job folder: </Text>
+          <TextInput
+            initial=""
+            width={width - 13}
+            onSubmit={(v) => { setMode({ kind: 'list' }); setCapture(false); if (v.trim()) run({ op: 'add', target: resolve(v.trim()) }); }}
+            onCancel={() => { setMode({ kind: 'list' }); setCapture(false); }}
+          />
+        </Box>
+      ) : (
+        <MessageLine
+          level={prompt ? 'warning' : message?.level ?? (sel?.state === 'failed' ? 'error' : 'info')}
+          text={prompt ?? message?.text ?? (sel ? (sel.last_error ? `job ${sel.id}: ${sel.last_error}` : `job ${sel.id}: ${sel.config_path}`) : ' ')}
+          width={width}
+        />
+      )}
+      <StatusBar hints={[['Enter', 'monitor'], ['s', 'queue'], ['x/X', 'stop'], ['r', 'resume'], ['R', 'requeue'], ['K/J', 'move'], ['d', 'delete'], ['a', 'add'], ['e', 'edit'], ['?', 'help']]} width={width} />
     </Box>
   );
 }

@@ -71,7 +71,10 @@ async function tui(file: string | undefined): Promise<number> {
   process.stdout.on('error', gone);
   process.on('SIGHUP', gone);
   try {
-    const app = render(<App store={store} presets={presets} initial={initial} />, { exitOnCtrlC: true });
+    const { ensureDaemon, request } = await import('./daemon/client.js');
+    const home = graftHome();
+    const daemon = { ensure: () => ensureDaemon(home), send: (req: Parameters<typeof request>[1]) => request(home, req) };
+    const app = render(<App store={store} presets={presets} initial={initial} daemon={daemon} />, { exitOnCtrlC: true });
     await app.waitUntilExit();
   } finally {
     store.close();
