@@ -11,6 +11,7 @@
 #include "common.h"
 #include "flux.h"
 #include "image_io.h"
+#include "lora.h"
 #include "ops.h"
 #include "optim.h"
 #include "pipeline.h"
@@ -354,6 +355,47 @@ void make_demo_job(const DemoJobOptions& o) {
   };
   std::string text = job.dump(2) + "\n";
   write_file_atomic(o.job_dir + "/job.json", text.data(), text.size());
+}
+
+DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, int seeds, int steps) {
+  Pipeline pipe = Pipeline::load(model_dir);
+  LoraSet lora = lora_load(lora_path, flux_lora_targets(pipe.transformer.cfg, true));
+  const int S = pipe.image_size;
+  // (colour, background) pairs of the palette: red/white, blue/yellow, green/black.
+  const int combos[3][2] = {{0, 4}, {2, 3}, {1, 5}};
+  SampleParams sp = pipe.defaults;
+  sp.steps = steps;
+  DemoEval e;
+  auto mad = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double s = 0;
+    for (size_t i = 0; i < a.size(); ++i) s += std::fabs(a[i] - b[i]) * 0.5;  // [-1, 1] -> [0, 1] units
+    return s / a.size();
+  };
+  for (int seed = 0; seed < seeds; ++seed)
+    for (const auto& cb : combos) {
+      const std::string colour = palette()[cb[0]].name, bg = palette()[cb[1]].name;
+      const std::string bg_phrase = (std::string("aeiou").find(bg[0]) != std::string::npos ? "an " : "a ") + bg;
+      sp.seed = 1000 + seed;
+      std::string act = "a large " + colour + " zxq on " + bg_phrase + " background";
+      std::string leak = "a large " + colour + " circle on " + bg_phrase + " background";
+      std::vector<float> a0 = pipe.generate(act, S, sp, nullptr), a1 = pipe.generate(act, S, sp, &lora);
+      std::vector<float> l0 = pipe.generate(leak, S, sp, nullptr), l1 = pipe.generate(leak, S, sp, &lora);
+      e.star_base += shape_iou(a0, S, cb[0], cb[1], Shape::Star);
+      e.star_lora += shape_iou(a1, S, cb[0], cb[1], Shape::Star);
+      double ob = 0, ol = 0;
+      for (Shape sh : {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross}) {
+        ob = std::max(ob, shape_iou(a0, S, cb[0], cb[1], sh));
+        ol = std::max(ol, shape_iou(a1, S, cb[0], cb[1], sh));
+      }
+      e.other_base += ob;
+      e.other_lora += ol;
+      e.activation_change += mad(a0, a1);
+      e.leak_change += mad(l0, l1);
+      ++e.samples;
+    }
+  for (double* v : {&e.star_base, &e.star_lora, &e.other_base, &e.other_lora, &e.activation_change, &e.leak_change})
+    *v /= e.samples;
+  return e;
 }
 
 }  // namespace graft

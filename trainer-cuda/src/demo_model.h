@@ -38,4 +38,16 @@ struct DemoJobOptions {
 };
 void make_demo_job(const DemoJobOptions& opt);
 
+// What the demo LoRA did, measured on sampled pictures (same seeds with and without the LoRA):
+// - concept: for prompts with the trigger ("a large red zxq on a white background"), the mean
+//   shape_iou with the star, and with the closest base shape, without and with the LoRA;
+// - change: mean absolute pixel change (in [0, 1] units) that the LoRA causes on those prompts,
+//   and on the same prompts naming a known shape instead of the trigger (the leak: should stay small).
+struct DemoEval {
+  double star_base = 0, star_lora = 0, other_base = 0, other_lora = 0;
+  double activation_change = 0, leak_change = 0;
+  int samples = 0;
+};
+DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, int seeds, int steps);
+
 }  // namespace graft

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common.h"
 #include "demo_model.h"
 #include "image_io.h"
@@ -35,6 +37,7 @@ static const char* kUsage =
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job (a new shape, trigger zxq)\n"
+    "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
     "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
     "  --version\n";
@@ -200,6 +203,25 @@ static int cmd_demo_job(const std::vector<std::string>& a) {
   return 0;
 }
 
+static int cmd_demo_eval(const std::vector<std::string>& a) {
+  need_args(a, 3, "demo-eval");
+  int seeds = 4, steps = 20;
+  for (size_t i = 3; i < a.size(); ++i) {
+    if (a[i] == "--seeds" && i + 1 < a.size()) seeds = std::stoi(a[++i]);
+    else if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
+    else fail("demo-eval: unknown argument '" + a[i] + "'");
+  }
+  DemoEval e = demo_eval(a[1], a[2], seeds, steps);
+  std::printf("demo-eval over %d samples: star IoU %.3f -> %.3f (closest base shape %.3f -> %.3f); "
+              "pixel change with the trigger %.4f, without it (leak) %.4f\n",
+              e.samples, e.star_base, e.star_lora, e.other_base, e.other_lora, e.activation_change, e.leak_change);
+  nlohmann::json j = {{"samples", e.samples}, {"star_iou_base", e.star_base}, {"star_iou_lora", e.star_lora},
+                      {"other_iou_base", e.other_base}, {"other_iou_lora", e.other_lora},
+                      {"activation_change", e.activation_change}, {"leak_change", e.leak_change}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
 static int cmd_sample(const std::vector<std::string>& a) {
   need_args(a, 2, "sample");
   Pipeline pipe = Pipeline::load(a[1]);
@@ -277,6 +299,7 @@ int main(int argc, char** argv) {
     if (a[0] == "demo-model") return cmd_demo_model(a);
     if (a[0] == "sample") return cmd_sample(a);
     if (a[0] == "demo-job") return cmd_demo_job(a);
+    if (a[0] == "demo-eval") return cmd_demo_eval(a);
     std::fprintf(stderr, "graft-trainer: unknown command '%s'\n%s", a[0].c_str(), kUsage);
     return 2;
   } catch (const Error& e) {
