@@ -50,7 +50,7 @@ export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, a
   return (
     <Box flexDirection="column" width={width} height={height}>
       <Box flexDirection="column" paddingX={1}>
-        <Text wrap="truncate-end"><Text bold color="cyan">graft</Text>{`  jobs ${shown.length} (${running} running, ${queued} queued) · drafts ${drafts} · datasets ${datasets}`}</Text>
+        <Text wrap="truncate-end"><Text bold color="cyan">graft</Text>{`  Jobs: ${jobs.length} (${drafts} draft${drafts === 1 ? '' : 's'}) · ${running} running · ${queued} queued · Datasets: ${datasets}`}</Text>
         <Text wrap="truncate-end">{`GPUs: ${gpus === undefined ? 'probing...' : gpus.length === 0 ? 'none found (nvidia-smi): jobs run one at a time on the CPU' : gpus.map((g) => `${g.index}: ${g.name} ${Math.round(g.memoryMb / 1024)} GB`).join(', ')}`}</Text>
         <Text wrap="truncate-end" color={daemon.state === 'unavailable' ? 'red' : undefined} dimColor={daemon.state !== 'unavailable'}>{`${daemonText(daemon)} · home ${home}`}</Text>
       </Box>

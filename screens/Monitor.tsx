@@ -107,7 +107,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
     else if (input === 'x') void act({ op: 'stop', id: job.id }).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text }));
     else if (input === 'X') { setConfirmForce(true); setMessage({ level: 'error', text: `Force-stop job ${job.id} at once, without saving this step? y = yes, any other key = no` }); }
     else if (input === 'r') void act({ op: 'resume', id: job.id }).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text }));
-    else if (key.pageUp || input === 'u') setScroll((s) => Math.min(Math.max(0, view.log.length - logRows), s + logRows));
+    else if (key.pageUp || input === 'u') setScroll((s) => Math.min(Math.max(0, view.log.filter((l) => l.trim() !== '').length - logRows), s + logRows));
     else if (key.pageDown || input === 'd') setScroll((s) => Math.max(0, s - logRows));
     else if (input === '[' || input === ']' || input === 'p') {
       const n = view.samples.length;
@@ -170,7 +170,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
   const eta = job.state === 'running' ? ` · ETA ${formatDuration(prog.etaS)}` : job.state === 'finished' ? ' · done' : '';
   const barW = Math.max(10, width - stepInfo.length - eta.length - 4);
   const logLines = view.log.filter((l) => l.trim() !== '');
-  const visibleLog = logLines.slice(Math.max(0, view.log.length - logRows - scroll), view.log.length - scroll);
+  const visibleLog = logLines.slice(Math.max(0, logLines.length - logRows - scroll), logLines.length - scroll);
   const host = hostname();
 
   const chartBox = (

@@ -13,7 +13,7 @@ import { MessageLine, StatusBar, type Hint } from './components/StatusBar.js';
 import { TextInput } from './components/TextInput.js';
 
 export const QUEUE_KEYS: Hint[] = [
-  ['↑↓ j/k', 'choose a job'], ['Enter', 'open the job monitor'], ['s', 'queue the job (start when its GPU is free)'],
+  ['↑↓ j/k', 'choose a job'], ['Enter', 'open the job monitor (a draft: New Job)'], ['s', 'queue the job (start when its GPU is free)'],
   ['x', 'stop: save a checkpoint, then stop'], ['X', 'force stop at once (asks)'], ['r', 'resume a stopped/failed job (next in line)'],
   ['R', 'requeue at the end'], ['K J', 'move up / down in its queue'], ['T', 'move to the top'], ['d', 'delete (asks; outputs only when told)'],
   ['a', 'add a prepared job folder (with job.json)'], ['e', 'open the config in New Job'], ['Esc', 'back'],
@@ -79,7 +79,7 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
     else if (key.downArrow || input === 'j') setIndex(Math.min(flatJobs.length - 1, i + 1));
     else if (input === 'a') { setMode({ kind: 'add' }); setCapture(true); }
     else if (!sel) return;
-    else if (key.return) onOpen(sel);
+    else if (key.return) (sel.state === 'draft' ? onEdit : onOpen)(sel);
     else if (input === 's') run({ op: 'add', target: jobDirOf(sel) });
     else if (input === 'x') run({ op: 'stop', id: sel.id });
     else if (input === 'X') { setMode({ kind: 'force', job: sel }); setCapture(true); }
@@ -113,7 +113,7 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
   return (
     <Box flexDirection="column" width={width} height={height}>
       <Text bold color="cyan" wrap="truncate-end">TRAINING QUEUE <Text dimColor>{`(${jobs.length} job${jobs.length === 1 ? '' : 's'}; each GPU runs its own queue in order, one job at a time)`}</Text></Text>
-      <Text dimColor wrap="truncate-end">{`    #   id  ${'state'.padEnd(9)} ${'name'.padEnd(nameW)}  progress      folder`}</Text>
+      <Text dimColor wrap="truncate-end">{`    #   id  ${'state'.padEnd(9)} gpu  ${'name'.padEnd(nameW)}  progress      folder`}</Text>
       <Box flexDirection="column" height={rows}>
         {jobs.length === 0 ? <Text dimColor wrap="wrap">No jobs yet. a adds a prepared job folder (with job.json); New Job (2) saves drafts.</Text> : null}
         {lines.slice(start, start + rows).map((l, k) => {
@@ -124,7 +124,7 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
           const prog = p.steps ? `${p.step}/${p.steps}${j.state === 'running' ? ` ${formatDuration(p.etaS)}` : ''}` : '';
           return (
             <Text key={j.id} inverse={l.at === i} wrap="truncate-end">
-              {`  ${pos.padStart(3)} ${String(j.id).padStart(4)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog.padEnd(12)}  ${jobDirOf(j)}`}
+              {`  ${pos.padStart(3)} ${String(j.id).padStart(4)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${String(j.gpu).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog.padEnd(12)}  ${jobDirOf(j)}`}
             </Text>
           );
         })}

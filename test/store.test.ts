@@ -12,11 +12,11 @@ afterEach(() => { store.close(); rmSync(home, { recursive: true, force: true });
 describe('Store', () => {
   it('uses WAL and a versioned schema', () => {
     expect(store.db.pragma('journal_mode', { simple: true })).toBe('wal');
-    expect(store.db.pragma('user_version', { simple: true })).toBe(1);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(2);
     // Reopening migrates nothing twice.
     store.close();
     store = new Store(home);
-    expect(store.db.pragma('user_version', { simple: true })).toBe(1);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(2);
   });
 
   it('registers drafts with a position per GPU and updates them on save', () => {

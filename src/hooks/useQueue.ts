@@ -37,6 +37,7 @@ export function useQueue(store: Store, client: DaemonClient | undefined, pollMs 
   const last = useRef('');
 
   const refresh = useCallback(() => {
+    if (!store.db.open) return; // closed under us (the app is quitting)
     const rows = store.listJobs();
     const sig = JSON.stringify(rows);
     if (sig !== last.current) { last.current = sig; setJobs(rows); }
