@@ -105,7 +105,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
     setMessage(undefined);
     if (input === 'l') setLog((v) => !v);
     else if (input === 'x') void act({ op: 'stop', id: job.id }).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text }));
-    else if (input === 'X') { setConfirmForce(true); setMessage({ level: 'error', text: `Force-stop job ${job.id} at once, without saving this step? y = yes, any other key = no` }); }
+    else if (input === 'X') { setConfirmForce(true); setMessage({ level: 'error', text: `Force-stop job ${job.id} now, without saving? y: yes · other: no` }); }
     else if (input === 'r') void act({ op: 'resume', id: job.id }).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text }));
     else if (key.pageUp || input === 'u') setScroll((s) => Math.min(Math.max(0, view.log.filter((l) => l.trim() !== '').length - logRows), s + logRows));
     else if (key.pageDown || input === 'd') setScroll((s) => Math.max(0, s - logRows));

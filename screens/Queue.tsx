@@ -107,8 +107,8 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
   let queuePos = 0;
 
   const prompt = mode.kind === 'delete'
-    ? `Delete job ${mode.job.id} '${mode.job.name}'?  y = yes, keep its files · o = yes, and delete its ${mode.outputs} output file(s) · any other key = no`
-    : mode.kind === 'force' ? `Force-stop job ${mode.job.id} '${mode.job.name}' at once, without saving this step?  y = yes · any other key = no` : undefined;
+    ? `Delete job ${mode.job.id} '${mode.job.name}'? y: yes, keep files · o: also delete ${mode.outputs} output file(s) · other: no`
+    : mode.kind === 'force' ? `Force-stop job ${mode.job.id} '${mode.job.name}' now, without saving? y: yes · other: no` : undefined;
 
   return (
     <Box flexDirection="column" width={width} height={height}>
