@@ -196,7 +196,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
       <Text bold wrap="truncate-end">{`Checkpoints (${view.loras.length})`}<Text dimColor>{view.loras.length ? `  scp ${host}:<path>` : ''}</Text></Text>
       {view.loras.length === 0 ? <Text dimColor>none yet</Text> : null}
       {view.loras.slice(-rows).map((f) => (
-        <Text key={f.file} wrap="truncate-start">{`${(f.step === null ? 'final' : `step ${f.step}`).padEnd(10)} ${formatBytes(f.bytes).padStart(9)}  ${f.file}`}</Text>
+        <Text key={f.file} wrap="truncate-end">{`${(f.step === null ? 'final' : `step ${f.step}`).padEnd(10)} ${formatBytes(f.bytes).padStart(9)}  ${fitPath(f.file, w - 22)}`}</Text>
       ))}
     </Box>
   );
@@ -207,7 +207,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
       {sample ? (
         <>
           {wide && thumb?.key === thumbKey ? <Text>{thumb.text}</Text> : null}
-          <Text wrap="truncate-start">{sample.file}</Text>
+          <Text wrap="truncate-end">{fitPath(sample.file, w)}</Text>
         </>
       ) : <Text dimColor wrap="wrap">no samples yet (the trainer does not write samples yet)</Text>}
     </Box>
@@ -251,6 +251,11 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
       <StatusBar hints={[['l', log ? 'linear' : 'log scale'], ['x', 'stop'], ['X', 'force'], ['r', 'resume'], ['u/d', 'log'], ['?', 'help'], ['q', 'back']]} width={width} />
     </Box>
   );
+}
+
+/** A path that fits in n columns: its start gives way first, the file name stays. */
+export function fitPath(p: string, n: number): string {
+  return p.length <= n ? p : `…${p.slice(p.length - Math.max(1, n - 1))}`;
 }
 
 function join2(dir: string | undefined, f: string): string {

@@ -1,0 +1,93 @@
+// End to end: the built graft in tmux with the real daemon and trainer. Queue a tiny job from the Training
+// Queue, quit the TUI, reopen it: the job is still running, then finished, with its loss chart and checkpoints.
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI, lab, requireBuilt, sleep, type Lab } from './helpers/daemon.js';
+
+const SOCKET = `graft-queue-e2e-${process.pid}`;
+const SESSION = 'q';
+let L: Lab;
+
+function tmux(...args: string[]): string {
+  return execFileSync('tmux', ['-L', SOCKET, ...args], { encoding: 'utf8' });
+}
+const screen = () => tmux('capture-pane', '-p', '-t', SESSION);
+
+async function waitFor(text: string | RegExp, timeoutMs = 30_000): Promise<string> {
+  const start = Date.now();
+  for (;;) {
+    const s = screen();
+    if (typeof text === 'string' ? s.includes(text) : text.test(s)) return s;
+    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${String(text)}; screen:\n${s}`);
+    await sleep(100);
+  }
+}
+
+async function keys(...names: string[]): Promise<void> {
+  for (const k of names) {
+    const before = screen();
+    tmux('send-keys', '-t', SESSION, k);
+    const start = Date.now();
+    while (screen() === before && Date.now() - start < 1500) await sleep(20);
+    await sleep(30);
+  }
+}
+
+async function open(ready: string): Promise<void> {
+  try { tmux('kill-session', '-t', SESSION); } catch { /* none yet */ }
+  const env = `GRAFT_HOME=${L.home} GRAFT_TRAINER=${L.env.GRAFT_TRAINER} GRAFT_CLI=${CLI} OMP_NUM_THREADS=1`;
+  tmux('new-session', '-d', '-s', SESSION, '-x', '80', '-y', '24', `${env} node ${CLI}; echo "graft exited with $?"; sleep 60`);
+  await waitFor(ready);
+  await sleep(500); // raw-mode input attaches a moment after the first frame
+}
+
+beforeAll(() => { requireBuilt(); L = lab('graft-queue-e2e-'); });
+afterAll(() => {
+  try { tmux('kill-server'); } catch { /* already gone */ }
+  rmSync(join(`/tmp/tmux-${process.getuid?.() ?? 0}`, SOCKET), { force: true });
+  L?.cleanup();
+});
+
+describe('queue and monitor in tmux', () => {
+  it('queues a job, survives the TUI quitting, and shows it running then finished with its chart and checkpoint', async () => {
+    // Long enough (about 15 s at this machine's measured pace) to still run after the TUI quits and reopens.
+    const probe = L.tinyJob(20);
+    execFileSync(L.env.GRAFT_TRAINER!, ['train', probe], { stdio: 'ignore', env: L.env });
+    const pace = L.events(probe).filter((e) => e.event === 'step').slice(5).map((e) => e.s_per_step as number).sort((a, b) => a - b)[7]!;
+    const steps = Math.max(60, Math.min(5000, Math.round(15 / pace)));
+    const every = Math.floor(steps / 3);
+    const dir = L.tinyJob(steps, every);
+    await open('Jobs: 0');
+    await keys('3');
+    await waitFor('TRAINING QUEUE');
+    await keys('a');
+    await waitFor('Job folder:');
+    tmux('send-keys', '-t', SESSION, '-l', dir);
+    await waitFor(dir);
+    await keys('Enter');
+    await waitFor(/queued job 1 'tiny'/);
+    await waitFor(/running\s+0\s+tiny/);
+    await keys('q'); // back to the Dashboard
+    await keys('q'); // quit: the job keeps running in the daemon
+    await waitFor('graft exited with 0');
+    const pid = L.job(1).pid!;
+    expect(L.job(1).state).toBe('running');
+
+    await open('Jobs: 1');
+    expect(await waitFor(/1\s+running\s+0\s+tiny/)).toMatch(new RegExp(`\\d+/${steps}`));
+    await keys('Enter'); // the job monitor
+    const mid = await waitFor(new RegExp(`step \\d+/${steps}`));
+    expect(mid).toContain('running');
+    expect(L.job(1).pid).toBe(pid); // the same trainer, not a second run
+    const done = await waitFor(`step ${steps}/${steps} 100% · done`, 90_000);
+    expect(done).toContain('finished');
+    expect(done).toMatch(/[\u2801-\u28ff]{5}/); // the loss chart
+    expect(done).toContain(join(dir, 'tiny.safetensors'));
+    expect(done).toMatch(/step \d+\s+\d+ KiB/); // a step checkpoint with its size
+    expect(L.events(dir).filter((e) => e.event === 'start')).toHaveLength(1);
+    await keys('q', 'q');
+    await waitFor('graft exited with 0');
+  });
+});
