@@ -99,7 +99,7 @@ FluxConfig demo_flux_config(int context_dim, int vec_dim) {
 // early training is stable; other weights N(0, 1/fan_in), biases 0, norm scales 1.
 void init_for_training(FluxModel& m, uint64_t seed) {
   Rng rng(seed, 0x1417, 0);
-  for (FluxParam& p : m.params()) {
+  for (ParamRef& p : m.params()) {
     const std::string& n = p.name;
     const bool zero = n.find("_mod.lin") != std::string::npos || n.find("modulation.lin") != std::string::npos ||
                       n.find("adaLN_modulation") != std::string::npos || n.find("final_layer.linear") != std::string::npos;
@@ -187,8 +187,8 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   dit.enable_full_grads();
   te.enable_grads();
   MultiAdam opt;
-  for (FluxParam& p : dit.params()) opt.add(p.value, p.grad, 0.0f);
-  for (TeParam& p : te.params()) opt.add(p.value, p.grad, 0.0f);
+  for (ParamRef& p : dit.params()) opt.add(p.value, p.grad, 0.0f);
+  for (ParamRef& p : te.params()) opt.add(p.value, p.grad, 0.0f);
   FluxRunner runner(&dit, nullptr);
   TextEncoderRunner ter(&te);
   FluxInputs in;

@@ -14,16 +14,6 @@ using vec = std::vector<float>;
 
 // ---------------------------------------------------------------- loading
 
-static FluxLinear load_linear(const SafeTensorsFile& f, const std::string& name, int in, int out, bool bias) {
-  FluxLinear l;
-  l.name = name;
-  l.in = in;
-  l.out = out;
-  l.W = f.read_f32(name + ".weight", {out, in});
-  if (bias) l.b = f.read_f32(name + ".bias", {out});
-  return l;
-}
-
 static int64_t dim_of(const SafeTensorsFile& f, const std::string& name, size_t axis) {
   const TensorInfo& t = f.info(name);
   if (t.shape.size() <= axis) fail(f.path + ": tensor '" + name + "' has shape " + shape_str(t.shape) + ", expected more dimensions");
@@ -61,9 +51,7 @@ FluxModel FluxModel::load(const std::string& path) {
     std::string hint = f.has("x_embedder.weight") ? " (this is the diffusers layout; the BFL layout is needed)" : "";
     fail(path + ": not a FLUX.1 transformer in BFL layout: tensor 'img_in.weight' or 'double_blocks.0.img_attn.qkv.weight' is missing" + hint);
   }
-  FluxModel m;
-  m.path = path;
-  FluxConfig& c = m.cfg;
+  FluxConfig c;
   c.hidden = (int)dim_of(f, "img_in.weight", 0);
   c.in_channels = (int)dim_of(f, "img_in.weight", 1);
   c.context_dim = (int)dim_of(f, "txt_in.weight", 1);
@@ -79,47 +67,28 @@ FluxModel FluxModel::load(const std::string& path) {
   while (f.has("single_blocks." + std::to_string(c.n_single) + ".linear1.weight")) ++c.n_single;
   rope_axes(c, f);
 
-  const int C = c.hidden, M = c.mlp_hidden, D = c.head_dim;
-  m.img_in = load_linear(f, "img_in", c.in_channels, C, true);
-  m.txt_in = load_linear(f, "txt_in", c.context_dim, C, true);
-  m.time_in0 = load_linear(f, "time_in.in_layer", 256, C, true);
-  m.time_in1 = load_linear(f, "time_in.out_layer", C, C, true);
-  m.vector_in0 = load_linear(f, "vector_in.in_layer", c.vec_dim, C, true);
-  m.vector_in1 = load_linear(f, "vector_in.out_layer", C, C, true);
-  if (c.guidance_embed) {
-    m.guidance_in0 = load_linear(f, "guidance_in.in_layer", 256, C, true);
-    m.guidance_in1 = load_linear(f, "guidance_in.out_layer", C, C, true);
+  // The layout from the config, then every tensor by its name; only qkv may lack a bias.
+  FluxModel shapes = flux_model_shapes(c);
+  shapes.path = path;
+  for (FluxLinear* l : shapes.linears()) {
+    l->W = f.read_f32(l->name + ".weight", {l->out, l->in});
+    const bool optional_bias = l->name.find("_attn.qkv") != std::string::npos;
+    if (!optional_bias || f.has(l->name + ".bias")) l->b = f.read_f32(l->name + ".bias", {l->out});
   }
-  bool qkv_bias = f.has("double_blocks.0.img_attn.qkv.bias");
-  for (int i = 0; i < c.n_double; ++i) {
-    std::string p = "double_blocks." + std::to_string(i) + ".";
-    FluxDoubleWeights d;
+  const int64_t D = c.head_dim;
+  for (size_t i = 0; i < shapes.doubles.size(); ++i)
     for (int s = 0; s < 2; ++s) {
-      std::string sp = p + (s == 0 ? "img" : "txt");
-      FluxStreamWeights& w = s == 0 ? d.img : d.txt;
-      w.mod = load_linear(f, sp + "_mod.lin", C, 6 * C, true);
-      w.qkv = load_linear(f, sp + "_attn.qkv", C, 3 * C, qkv_bias);
-      w.q_scale = f.read_f32(sp + "_attn.norm.query_norm.scale", {D});
-      w.k_scale = f.read_f32(sp + "_attn.norm.key_norm.scale", {D});
-      w.proj = load_linear(f, sp + "_attn.proj", C, C, true);
-      w.mlp0 = load_linear(f, sp + "_mlp.0", C, M, true);
-      w.mlp2 = load_linear(f, sp + "_mlp.2", M, C, true);
+      FluxStreamWeights& w = s == 0 ? shapes.doubles[i].img : shapes.doubles[i].txt;
+      std::string n = "double_blocks." + std::to_string(i) + (s == 0 ? ".img_attn.norm." : ".txt_attn.norm.");
+      w.q_scale = f.read_f32(n + "query_norm.scale", {D});
+      w.k_scale = f.read_f32(n + "key_norm.scale", {D});
     }
-    m.doubles.push_back(std::move(d));
+  for (size_t i = 0; i < shapes.singles.size(); ++i) {
+    std::string n = "single_blocks." + std::to_string(i) + ".norm.";
+    shapes.singles[i].q_scale = f.read_f32(n + "query_norm.scale", {D});
+    shapes.singles[i].k_scale = f.read_f32(n + "key_norm.scale", {D});
   }
-  for (int i = 0; i < c.n_single; ++i) {
-    std::string p = "single_blocks." + std::to_string(i) + ".";
-    FluxSingleWeights s;
-    s.mod = load_linear(f, p + "modulation.lin", C, 3 * C, true);
-    s.linear1 = load_linear(f, p + "linear1", C, 3 * C + M, true);
-    s.linear2 = load_linear(f, p + "linear2", C + M, C, true);
-    s.q_scale = f.read_f32(p + "norm.query_norm.scale", {D});
-    s.k_scale = f.read_f32(p + "norm.key_norm.scale", {D});
-    m.singles.push_back(std::move(s));
-  }
-  m.final_mod = load_linear(f, "final_layer.adaLN_modulation.1", C, 2 * C, true);
-  m.final_linear = load_linear(f, "final_layer.linear", C, c.out_channels, true);
-  return m;
+  return shapes;
 }
 
 FluxModel flux_model_shapes(const FluxConfig& c) {
@@ -181,8 +150,8 @@ std::vector<FluxLinear*> FluxModel::linears() {
   return v;
 }
 
-std::vector<FluxParam> FluxModel::params() {
-  std::vector<FluxParam> p;
+std::vector<ParamRef> FluxModel::params() {
+  std::vector<ParamRef> p;
   auto lin = [&](FluxLinear& l) {
     p.push_back({l.name + ".weight", {l.out, l.in}, &l.W, &l.dW});
     if (!l.b.empty()) p.push_back({l.name + ".bias", {l.out}, &l.b, &l.db});
@@ -217,18 +186,18 @@ std::vector<FluxParam> FluxModel::params() {
 }
 
 void FluxModel::enable_full_grads() {
-  for (FluxParam& p : params()) p.grad->assign(p.value->size(), 0.0f);
+  for (ParamRef& p : params()) p.grad->assign(p.value->size(), 0.0f);
 }
 
 void FluxModel::zero_full_grads() {
-  for (FluxParam& p : params()) std::fill(p.grad->begin(), p.grad->end(), 0.0f);
+  for (ParamRef& p : params()) std::fill(p.grad->begin(), p.grad->end(), 0.0f);
 }
 
 void FluxModel::save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata) {
   SafeTensorsWriter w;
   w.metadata = metadata;
   w.metadata["graft.axes_dim"] = nlohmann::json({cfg.axes_dim[0], cfg.axes_dim[1], cfg.axes_dim[2]}).dump();
-  for (FluxParam& p : params()) w.add(p.name, dtype, p.shape, p.value->data());
+  for (ParamRef& p : params()) w.add(p.name, dtype, p.shape, p.value->data());
   w.write(path);
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
 #include "lora.h"
 #include "safetensors.h"
 
@@ -53,13 +54,6 @@ struct FluxSingleWeights {
   std::vector<float> dq_scale, dk_scale;
 };
 
-// A trainable tensor of the model, by its BFL name, for full training (`network: {type: full}`).
-struct FluxParam {
-  std::string name;
-  std::vector<int64_t> shape;
-  std::vector<float>* value;
-  std::vector<float>* grad;
-};
 
 struct FluxModel {
   FluxConfig cfg;
@@ -79,7 +73,7 @@ struct FluxModel {
   bool full_grads() const { return !img_in.dW.empty(); }
   void zero_full_grads();
   // Every tensor the checkpoint holds, with its gradient (valid after enable_full_grads).
-  std::vector<FluxParam> params();
+  std::vector<ParamRef> params();
   // Writes the model by its BFL names (fp32 or bf16 ...), with the RoPE axes in the metadata.
   void save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata);
 };

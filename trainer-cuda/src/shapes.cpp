@@ -1,5 +1,6 @@
 #include "shapes.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "rng.h"
@@ -105,24 +106,16 @@ std::vector<float> draw(const Scene& s, int size) {
   const Colour& fg = palette()[s.colour];
   const Colour& bg = palette()[s.background];
   const float r = s.large ? 0.24f : 0.13f;
-  const int SS = 4;
+  std::vector<float> cover((size_t)size * size, 0.0f);
+  for (int i = 0; i < s.count; ++i) {  // shapes sit in separate cells: the union is the max
+    std::vector<float> m = shape_mask(s.shape, s.cx[i], s.cy[i], r, size);
+    for (size_t p = 0; p < m.size(); ++p) cover[p] = std::max(cover[p], m[p]);
+  }
   std::vector<float> img((size_t)3 * size * size);
-  for (int py = 0; py < size; ++py)
-    for (int px = 0; px < size; ++px) {
-      int hits = 0;
-      for (int sy = 0; sy < SS; ++sy)
-        for (int sx = 0; sx < SS; ++sx) {
-          float x = (px + (sx + 0.5f) / SS) / size, y = (py + (sy + 0.5f) / SS) / size;
-          for (int i = 0; i < s.count; ++i)
-            if (inside(s.shape, (x - s.cx[i]) / r, (y - s.cy[i]) / r)) {
-              ++hits;
-              break;
-            }
-        }
-      float a = (float)hits / (SS * SS);
-      const float col[3] = {fg.r * a + bg.r * (1 - a), fg.g * a + bg.g * (1 - a), fg.b * a + bg.b * (1 - a)};
-      for (int c = 0; c < 3; ++c) img[((size_t)c * size + py) * size + px] = col[c] * 2.0f - 1.0f;
-    }
+  const float f[3] = {fg.r, fg.g, fg.b}, b[3] = {bg.r, bg.g, bg.b};
+  for (int c = 0; c < 3; ++c)
+    for (size_t p = 0; p < cover.size(); ++p)
+      img[(size_t)c * cover.size() + p] = (f[c] * cover[p] + b[c] * (1 - cover[p])) * 2.0f - 1.0f;
   return img;
 }
 

@@ -27,8 +27,8 @@ std::vector<int> tokenize_bytes(const std::string& text, int max_len) {
 
 // ---------------------------------------------------------------- weights
 
-std::vector<TeParam> TextEncoder::params() {
-  std::vector<TeParam> p;
+std::vector<ParamRef> TextEncoder::params() {
+  std::vector<ParamRef> p;
   const int64_t D = cfg.dim;
   auto lin = [&](TeLinear& l) {
     p.push_back({l.name + ".weight", {l.out, l.in}, &l.W, &l.dW});
@@ -88,7 +88,7 @@ TextEncoder TextEncoder::random(const TextEncoderConfig& c, uint64_t seed) {
   check_config(c, "text encoder");
   TextEncoder te = skeleton(c);
   Rng rng(seed, 0x7E, 0);
-  for (TeParam& p : te.params()) {
+  for (ParamRef& p : te.params()) {
     p.value->resize(numel(p.shape));
     const bool scale = p.name.find(".scale") != std::string::npos;
     const bool bias = p.name.size() > 5 && p.name.compare(p.name.size() - 5, 5, ".bias") == 0;
@@ -120,7 +120,7 @@ TextEncoder TextEncoder::load(const std::string& path) {
   c.heads = it != f.metadata.end() ? std::atoi(it->second.c_str()) : std::max(1, c.dim / 32);
   check_config(c, path);
   TextEncoder te = skeleton(c);
-  for (TeParam& p : te.params()) *p.value = f.read_f32(p.name, p.shape);
+  for (ParamRef& p : te.params()) *p.value = f.read_f32(p.name, p.shape);
   return te;
 }
 
@@ -128,16 +128,16 @@ void TextEncoder::save(const std::string& path, DType dtype, const std::map<std:
   SafeTensorsWriter w;
   w.metadata = metadata;
   w.metadata["graft.heads"] = std::to_string(cfg.heads);
-  for (TeParam& p : params()) w.add(p.name, dtype, p.shape, p.value->data());
+  for (ParamRef& p : params()) w.add(p.name, dtype, p.shape, p.value->data());
   w.write(path);
 }
 
 void TextEncoder::enable_grads() {
-  for (TeParam& p : params()) p.grad->assign(p.value->size(), 0.0f);
+  for (ParamRef& p : params()) p.grad->assign(p.value->size(), 0.0f);
 }
 
 void TextEncoder::zero_grads() {
-  for (TeParam& p : params()) std::fill(p.grad->begin(), p.grad->end(), 0.0f);
+  for (ParamRef& p : params()) std::fill(p.grad->begin(), p.grad->end(), 0.0f);
 }
 
 // ---------------------------------------------------------------- forward / backward

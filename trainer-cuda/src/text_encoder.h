@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common.h"
 #include "safetensors.h"
 
 namespace graft {
@@ -40,13 +41,6 @@ struct TeLayer {
   TeLinear qkv, out, mlp0, mlp2;
 };
 
-struct TeParam {
-  std::string name;
-  std::vector<int64_t> shape;
-  std::vector<float>* value;
-  std::vector<float>* grad;
-};
-
 // Tensor names: token_embedding.weight, position_embedding.weight, layers.N.{norm1,norm2}.scale,
 // layers.N.attn.{qkv,out}.{weight,bias}, layers.N.mlp.{0,2}.{weight,bias}, final_norm.scale,
 // context_proj.{weight,bias}, pooled_proj.{weight,bias}. Heads come from metadata "graft.heads".
@@ -61,7 +55,7 @@ struct TextEncoder {
   static TextEncoder load(const std::string& path);
   static TextEncoder random(const TextEncoderConfig& cfg, uint64_t seed);
   void save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata);
-  std::vector<TeParam> params();
+  std::vector<ParamRef> params();
   void enable_grads();  // sizes (zeroed) gradients for every tensor
   void zero_grads();
 };

@@ -172,7 +172,7 @@ TEST(flux_full_and_input_gradients_match_finite_differences) {
     if (err > worst) worst = err, worst_name = name;
   };
   int n = 0;
-  for (FluxParam& p : m.params()) {
+  for (ParamRef& p : m.params()) {
     CHECK(p.grad->size() == p.value->size());
     size_t size = p.value->size();
     for (size_t k : {(size_t)0, size / 3, size - 1}) {

@@ -51,7 +51,7 @@ TEST(text_tokenize_bytes) {
 TEST(text_encoder_gradients_match_finite_differences) {
   TextEncoder te = TextEncoder::random(micro_te(), 1);
   Rng rng(2);
-  for (TeParam& p : te.params())  // non-trivial norms and biases, so their gradients are tested too
+  for (ParamRef& p : te.params())  // non-trivial norms and biases, so their gradients are tested too
     for (float& v : *p.value) v += 0.1f * rng.normal();
   te.enable_grads();
   TextEncoderRunner r(&te);
@@ -72,7 +72,7 @@ TEST(text_encoder_gradients_match_finite_differences) {
   double worst = 0.0;
   std::string worst_name;
   int n = 0;
-  for (TeParam& p : te.params()) {
+  for (ParamRef& p : te.params()) {
     size_t size = p.value->size();
     // For the embeddings, entries of tokens that occur (rows of 'r' and of position 0).
     std::vector<size_t> idx = {0, size / 2, size - 1};
