@@ -170,4 +170,19 @@ describe('queue daemon', () => {
     expect(rm.status).toBe(2); // no terminal to ask: needs --yes
     expect(rm.stderr).toContain('--yes');
   });
+
+  it('leaves on its own when its home is deleted or it has been idle, so no daemon outlives what it served', async () => {
+    const other = lab('graft-daemon-gone-');
+    try {
+      const a = await ensureDaemon(other.home, other.env);
+      const { rmSync } = await import('node:fs');
+      rmSync(other.home, { recursive: true, force: true });
+      await until('daemon gone with its home', () => !isAlive(Number(a.pid), null), 10_000);
+      const idle = lab('graft-daemon-idle-');
+      try {
+        const b = await ensureDaemon(idle.home, { ...idle.env, GRAFT_DAEMON_IDLE_S: '1' });
+        await until('idle daemon gone', () => !isAlive(Number(b.pid), null), 10_000);
+      } finally { idle.cleanup(); }
+    } finally { other.cleanup(); }
+  });
 });

@@ -143,7 +143,16 @@ export class Daemon {
     try { appendFileSync(join(dir, 'log.txt'), text); } catch { /* job folder gone */ }
   }
 
+  private lastBusy = Date.now();
+
   private tick(): void {
+    // A home that was deleted (a test's temp folder, a user's rm -rf) has nothing left to serve.
+    if (!existsSync(this.home)) { void this.shutdown(false); return; }
+    // Started on demand, so it also leaves when idle: no job queued or running for a while.
+    const idleS = Number(this.env.GRAFT_DAEMON_IDLE_S ?? 600);
+    const busy = this.runs.size > 0 || this.store.listJobs().some((j) => j.state === 'queued' || j.state === 'running' || j.state === 'stopping');
+    if (busy) this.lastBusy = Date.now();
+    else if (idleS > 0 && Date.now() - this.lastBusy > idleS * 1000) { this.log(`idle for ${idleS} s`); void this.shutdown(false); return; }
     for (const run of this.runs.values()) {
       if (!run.pty && !isAlive(run.pid, run.pidStart)) {
         this.runs.delete(run.id);
@@ -301,6 +310,7 @@ export class Daemon {
   }
 
   private serve(c: Socket): void {
+    this.lastBusy = Date.now();
     let buf = '';
     c.setEncoding('utf8');
     c.on('error', () => {});
@@ -333,9 +343,9 @@ export class Daemon {
     if (this.timer) clearInterval(this.timer);
     this.server?.close();
     try { unlinkSync(socketPath(this.home)); } catch { /* gone */ }
-    this.store.db.prepare('DELETE FROM daemon WHERE id = 1 AND pid = ?').run(process.pid);
+    try { this.store.db.prepare('DELETE FROM daemon WHERE id = 1 AND pid = ?').run(process.pid); } catch { /* home gone */ }
     this.log(`daemon ${process.pid} stopped`);
-    this.store.close();
+    try { this.store.close(); } catch { /* home gone */ }
     process.exit(0);
   }
 }
