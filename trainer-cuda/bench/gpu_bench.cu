@@ -131,9 +131,9 @@ void bench_gemms() {
 // ---- 2. attention --------------------------------------------------------------------------------------
 void bench_attention() {
   std::printf("\n== flash attention, B=1, %d heads x %d, bf16: forward v2 (mma.sync, registers) and v1 (WMMA, "
-              "shared memory); backward WMMA ==\n", HEADS, HD);
-  std::printf("%6s %10s %9s %13s %9s %14s %9s\n", "L", "fwd ms", "TFLOP/s", "fwd v1 ms", "TFLOP/s", "fwd+bwd ms",
-              "TFLOP/s");
+              "shared memory); backward v2 (mma.sync, registers) and v1 (WMMA) ==\n", HEADS, HD);
+  std::printf("%6s %9s %8s %10s %8s %12s %8s %9s %13s %9s\n", "L", "fwd ms", "TFLOP/s", "fwd v1 ms", "TFLOP/s",
+              "fwd+bwd ms", "TFLOP/s", "bwd ms", "fwd+bwd v1bwd", "bwd v1 ms");
   for (auto& tk : TOKENS) {
     int L = tk[0] + tk[1];
     Arena a;
@@ -145,14 +145,18 @@ void bench_attention() {
     float fwd1 = median_ms([&] { gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD); });
     gpu::attention_set_forward_version(2);
     float fwd = median_ms([&] { gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD); });
-    float fb = median_ms([&] {
+    auto fwd_bwd = [&] {
       gpu::attention_forward(o, lse, q, k, v, 1, L, HEADS, HD);
       gpu::attention_backward(dq, dk, dv, g, o, lse, q, k, v, 1, L, HEADS, HD);
-    });
+    };
+    gpu::attention_set_backward_version(1);
+    float fb1 = median_ms(fwd_bwd);
+    gpu::attention_set_backward_version(2);
+    float fb = median_ms(fwd_bwd);
     double f_fwd = 4.0 * L * (double)L * HD * HEADS;  // QK^T and PV
     // fwd+bwd counted as FlashAttention reports it: 2.5x the forward (the backward's 5 products)
-    std::printf("%6d %10.3f %9.1f %13.3f %9.1f %14.3f %9.1f\n", L, fwd, f_fwd / (fwd * 1e9), fwd1,
-                f_fwd / (fwd1 * 1e9), fb, 3.5 * f_fwd / (fb * 1e9));
+    std::printf("%6d %9.3f %8.1f %10.3f %8.1f %12.3f %8.1f %9.3f %13.3f %9.3f\n", L, fwd, f_fwd / (fwd * 1e9), fwd1,
+                f_fwd / (fwd1 * 1e9), fb, 3.5 * f_fwd / (fb * 1e9), fb - fwd, fb1, fb1 - fwd);
     g_ours["attn_fwd:" + std::to_string(L)] = fwd;
     g_ours["attn_fwdbwd:" + std::to_string(L)] = fb;
   }
@@ -650,14 +654,15 @@ void compare_with_torch(const std::string& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool with_torch = true, blocks = true;
+  bool with_torch = true, blocks = true, attention = false;
   int n_double = 19, n_single = 38;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
     else if (!std::strcmp(argv[i], "--step-only")) blocks = false;
+    else if (!std::strcmp(argv[i], "--attention")) attention = true;  // section 2 also with --step-only
     else if (!std::strcmp(argv[i], "--depth") && i + 1 < argc) std::sscanf(argv[++i], "%d,%d", &n_double, &n_single);
     else {
-      std::printf("usage: graft-gpu-bench [--no-torch] [--step-only] [--depth DOUBLE,SINGLE]\n");
+      std::printf("usage: graft-gpu-bench [--no-torch] [--step-only] [--attention] [--depth DOUBLE,SINGLE]\n");
       return 2;
     }
   }
@@ -688,6 +693,7 @@ int main(int argc, char** argv) {
       std::printf("(VRAM: device memory in use during the block, minus what was in use at start; every activation "
                   "of one block kept, no checkpointing)\n");
     }
+    if (!blocks && attention) bench_attention();
     scratch_release_all();
     bench_flux_step(n_double, n_single);
     scratch_release_all();

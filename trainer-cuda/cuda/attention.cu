@@ -3,7 +3,9 @@
 // accumulation. The first version uses WMMA (mma.sync through nvcuda::wmma, 16x16x16 bf16) with
 // scores and the output accumulator staged in shared memory, which keeps the softmax bookkeeping in
 // plain per-thread code. Version 2 of the forward (attention_mma.cuh, the default) keeps scores and
-// the output in registers on mma.sync through inline PTX; wgmma/TMA (Hopper) are later versions.
+// the output in registers on mma.sync through inline PTX; so does version 2 of the backward
+// (attention_bwd_mma.cuh, the default), whose WMMA version 1 below stages P, dS and dP in shared
+// memory. wgmma/TMA (Hopper) are later versions.
 //
 // Layout: q, k, v, out, dq, dk, dv are [B, L, H, D] (row (b, l), head h at ((b*L + l)*H + h)*D).
 // The forward keeps lse[b, h, l] = log2(sum_j exp2(s_ij)) with s = (q.k) * log2(e) / sqrt(D), which
@@ -12,6 +14,7 @@
 
 #include <cmath>
 
+#include "attention_bwd_mma.cuh"
 #include "attention_mma.cuh"
 #include "kernels_common.cuh"
 #include "ops_gpu.h"
@@ -376,6 +379,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 }
 
 int g_forward_version = 2;
+int g_backward_version = 2;
 
 template <int D>
 void launch_forward_v2(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
@@ -421,6 +425,39 @@ void launch_backward(float* dq_acc, bf16* dk, bf16* dv, const bf16* dout, const 
   cudaCheckLaunch();
 }
 
+// Version 2 of the backward needs more shared memory than a block gets on some GPUs (155 KB at
+// D = 128); there the WMMA version runs instead.
+template <int D>
+bool backward_v2_fits() {
+  static int optin = -1;
+  if (optin < 0) {
+    int dev = 0;
+    cudaCheck(cudaGetDevice(&dev));
+    cudaCheck(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  }
+  return fa2::backward_smem_bytes<D>() <= (size_t)optin;
+}
+
+template <int D>
+void launch_backward_v2(float* dq_acc, bf16* dk, bf16* dv, const bf16* dout, const float* lse, const float* delta,
+                        const bf16* q, const bf16* k, const bf16* v, int B, int L, int H, cudaStream_t stream) {
+  if (!backward_v2_fits<D>()) {
+    launch_backward<D>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream);
+    return;
+  }
+  const size_t smem = fa2::backward_smem_bytes<D>();
+  static bool configured = false;
+  if (!configured) {
+    cudaCheck(cudaFuncSetAttribute(fa2::backward_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    configured = true;
+  }
+  dim3 grid(ceil_div(L, fa2::BWD_BN), B * H);
+  const float scale = 1.0f / sqrtf((float)D);
+  fa2::backward_kernel<D><<<grid, fa2::BWD_THREADS, smem, stream>>>(dq_acc, dk, dv, dout, lse, delta, q, k, v, L, H,
+                                                                     scale, scale * LOG2E);
+  cudaCheckLaunch();
+}
+
 void check_attention_args(const char* op, int D, const void* q, const void* k, const void* v) {
   if (D != 32 && D != 64 && D != 128)
     fail(std::string(op) + ": head dim " + std::to_string(D) + " is not supported (32, 64 or 128)");
@@ -454,6 +491,11 @@ void attention_set_forward_version(int version) {
   g_forward_version = version;
 }
 
+void attention_set_backward_version(int version) {
+  if (version != 1 && version != 2) fail("attention backward version " + std::to_string(version) + " (1 or 2)");
+  g_backward_version = version;
+}
+
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* out, const float* lse,
                         const bf16* q, const bf16* k, const bf16* v, int B, int L, int H, int D, cudaStream_t stream) {
   if (!dq && !dk && !dv) return;
@@ -468,10 +510,18 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf
   if (dq_acc) cudaCheck(cudaMemsetAsync(dq_acc, 0, n * sizeof(float), stream));
   attention_delta_kernel<<<ceil_div((long)rows, 8), 256, 0, stream>>>(delta, dout, out, B, L, H, D);
   cudaCheckLaunch();
-  switch (D) {
-    case 32: launch_backward<32>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
-    case 64: launch_backward<64>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
-    default: launch_backward<128>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
+  if (g_backward_version == 2) {
+    switch (D) {
+      case 32: launch_backward_v2<32>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
+      case 64: launch_backward_v2<64>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
+      default: launch_backward_v2<128>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
+    }
+  } else {
+    switch (D) {
+      case 32: launch_backward<32>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
+      case 64: launch_backward<64>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
+      default: launch_backward<128>(dq_acc, dk, dv, dout, lse, delta, q, k, v, B, L, H, stream); break;
+    }
   }
   if (dq) add_f32_into_bf16(dq, dq_acc, (long)n, stream);
 }

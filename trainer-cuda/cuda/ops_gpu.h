@@ -54,8 +54,9 @@ void rope_backward(bf16* dinp, const bf16* dout, const float* cos_sin, int B, in
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
                        int D, cudaStream_t stream = 0);
 // Forward kernel: 2 = register-resident mma.sync (default), 1 = WMMA through shared memory (kept
-// as the simple reference version; both are checked by the parity tests).
+// as the simple reference version; both are checked by the parity tests). Backward likewise.
 void attention_set_forward_version(int version);
+void attention_set_backward_version(int version);
 void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* out, const float* lse,
                         const bf16* q, const bf16* k, const bf16* v, int B, int L, int H, int D,
                         cudaStream_t stream = 0);

@@ -214,9 +214,16 @@ void test_rope(int B, int L, int H) {
   check("backward dinp (+=)", download(ggx), plus(gx0, gx), TOL_ELEM);
 }
 
-void test_attention(int B, int L, int H, int D, int forward_version = 2) {
+// forward/backward_version: 2 = register-resident mma.sync kernels (the defaults), 1 = WMMA.
+void test_attention(int B, int L, int H, int D, int forward_version = 2, int backward_version = 2) {
   gpu::attention_set_forward_version(forward_version);
-  struct Restore { ~Restore() { gpu::attention_set_forward_version(2); } } restore;
+  gpu::attention_set_backward_version(backward_version);
+  struct Restore {
+    ~Restore() {
+      gpu::attention_set_forward_version(2);
+      gpu::attention_set_backward_version(2);
+    }
+  } restore;
   auto q = rnd((size_t)B * L * H * D, 51), k = rnd(q.size(), 52), v = rnd(q.size(), 53), dy = rnd(q.size(), 54);
   std::vector<float> out(q.size()), probs((size_t)B * H * L * L);
   attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), B, L, H, D);
@@ -449,6 +456,11 @@ int main(int argc, char** argv) {
       {"attention v1 (WMMA fwd) B2 L200 H3 D64", [] { test_attention(2, 200, 3, 64, 1); }},
       {"attention v1 (WMMA fwd) B1 L130 H2 D128", [] { test_attention(1, 130, 2, 128, 1); }},
       {"attention B1 L1100 H2 D128 (many tiles)", [] { test_attention(1, 1100, 2, 128); }},
+      {"attention B1 L300 H2 D32 (3 key tiles)", [] { test_attention(1, 300, 2, 32); }},
+      {"attention v1 (WMMA bwd) B2 L200 H3 D64", [] { test_attention(2, 200, 3, 64, 2, 1); }},
+      {"attention v1 (WMMA bwd) B1 L130 H2 D128", [] { test_attention(1, 130, 2, 128, 2, 1); }},
+      {"attention v1 (WMMA bwd) B2 L33 H1 D32", [] { test_attention(2, 33, 1, 32, 2, 1); }},
+      {"attention v1 (WMMA bwd) B1 L1100 H2 D128 (many tiles)", [] { test_attention(1, 1100, 2, 128, 2, 1); }},
       {"gelu (tanh) n=10007", [] { test_activation(true, 10007); }},
       {"silu n=10007", [] { test_activation(false, 10007); }},
       {"modulate + gate_residual B2 L70 C96", [] { test_modulate_and_gate(2, 70, 96); }},
