@@ -5,7 +5,7 @@ APT_PACKAGES := libopenblas-dev nlohmann-json3-dev libstb-dev python3-torch pyth
 # Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
 SYSPY := /usr/bin/python3
 
-.PHONY: all deps apt npm trainer test test-trainer test-ts tui demo bench gpu-check clean
+.PHONY: all deps apt npm ts trainer test test-trainer test-ts tui demo demo-model bench gpu-check clean
 
 all: trainer
 
@@ -34,25 +34,36 @@ test-trainer: trainer
 	$(SYSPY) trainer-cuda/tests/test_vae_torch.py
 
 # The TypeScript is compiled first: tsc type-checks everything, and the tmux end-to-end test runs the built dist/.
-test-ts: npm trainer
-	npx tsc -p tsconfig.json
+test-ts: ts trainer
 	npx vitest run
 
 # Open the TUI (graft with no arguments). GRAFT_HOME picks the home folder (default ~/.graft).
-tui: npm
-	npx tsc -p tsconfig.json
+tui: ts
 	node dist/src/cli.js
 
 test: test-trainer test-ts
 
-demo: trainer
-	@rm -rf output/demo-tiny
-	$(TRAINER) make-tiny output/demo-tiny --seed 1
-	$(TRAINER) train output/demo-tiny
-	@echo "outputs: $$(pwd)/output/demo-tiny (metrics.jsonl, checkpoints, state/)"
+# The demo: a LoRA that teaches the built-in demo model a shape it has never seen (trigger "zxq"),
+# queued to the daemon and watched in the TUI's Job monitor. Detach with q; `graft watch demo_zxq`
+# (node dist/src/cli.js watch demo_zxq) comes back to it.
+DEMO_MODEL := presets/graft-tiny
+DEMO_JOB := output/demo_zxq
+demo: trainer ts
+	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 30 minutes on 2 cores)"; exit 1; }
+	@node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes >/dev/null 2>&1 || true
+	@rm -rf $(DEMO_JOB)
+	$(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB)
+	node dist/src/cli.js queue add $(DEMO_JOB)
+	node dist/src/cli.js watch $(DEMO_JOB)
+	@echo "outputs: $$(pwd)/$(DEMO_JOB) (samples/, demo_zxq.safetensors); measure the LoRA with: $(TRAINER) demo-eval $(DEMO_MODEL) $(DEMO_JOB)/demo_zxq.safetensors"
 
-# The CPU step of the tiny model; on a machine with a GPU and the CUDA build, also graft-gpu-bench (the
-# FLUX.1-dev step at 512 and 1024 px with PyTorch ratios; make gpu-check builds it without OpenBLAS).
+# Reproduces the shipped demo model weights (settings recorded in $(DEMO_MODEL)/model.json).
+demo-model: trainer
+	$(TRAINER) demo-model $(DEMO_MODEL) --ae-steps 800 --dit-steps 3000 --batch 8
+
+ts: npm
+	npx tsc -p tsconfig.json
+
 bench: trainer
 	$(TRAINER) bench
 	@if [ -x trainer-cuda/build/graft-gpu-bench ] && nvidia-smi -L >/dev/null 2>&1; then \

@@ -209,7 +209,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
           {wide && thumb?.key === thumbKey ? <Text>{thumb.text}</Text> : null}
           <Text wrap="truncate-end">{fitPath(sample.file, w)}</Text>
         </>
-      ) : <Text dimColor wrap="wrap">no samples yet (the trainer does not write samples yet)</Text>}
+      ) : <Text dimColor wrap="wrap">no samples yet (they appear every sample_every steps, if the job samples)</Text>}
     </Box>
   );
 
@@ -241,7 +241,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
         </>
       )}
       <Box height={1 + ckLines}>{ckBox(width, ckLines)}</Box>
-      {wide ? null : <Text dimColor wrap="truncate-end">{view.samples.length ? `samples: ${view.samples.length} (widen the terminal to see them)` : 'samples: no samples yet (the trainer does not write samples yet)'}</Text>}
+      {wide ? null : <Text dimColor wrap="truncate-end">{view.samples.length ? `samples: ${view.samples.length} (widen the terminal to see them)` : 'samples: no samples yet (they appear every sample_every steps, if the job samples)'}</Text>}
       <Text bold wrap="truncate-end">{`Log `}<Text dimColor>{`${join2(dir, 'log.txt')}${scroll ? `  (scrolled up ${scroll} lines; d scrolls down)` : ''}`}</Text></Text>
       <Box flexDirection="column" height={logRows}>
         {visibleLog.length === 0 ? <Text dimColor>{job.state === 'queued' ? 'waiting in the queue' : 'no log yet'}</Text> : null}

@@ -7,13 +7,14 @@ import { validateJob } from './config/validate.js';
 import { jobWarnings } from './config/warnings.js';
 import { graftHome, packageRoot } from './paths.js';
 import { familyFor, loadPresets } from './presets.js';
-import { COMMANDS_USAGE, runCommandLine } from './commands.js';
+import { COMMANDS_USAGE, findJob, runCommandLine } from './commands.js';
 import { Store } from './queue/store.js';
 import { getAt } from './util/objpath.js';
 
 const USAGE = `usage:
   graft                      open the TUI
   graft <config.yaml>        open the TUI with this job in New Job
+  graft watch <job>          open the TUI on the Job monitor of a queued or running job
   graft validate <config>    check a job config; exit 1 on errors
   graft --version | --help
 ${COMMANDS_USAGE}
@@ -43,7 +44,7 @@ function validateCommand(file: string | undefined): number {
   return errors.length === 0 ? 0 : 1;
 }
 
-async function tui(file: string | undefined): Promise<number> {
+async function tui(file: string | undefined, watch?: string): Promise<number> {
   if (!process.stdin.isTTY || !process.stdout.isTTY) {
     process.stderr.write('graft: the TUI needs a terminal (run it in a terminal, tmux or ssh -t); see graft --help\n');
     return 2;
@@ -61,6 +62,16 @@ async function tui(file: string | undefined): Promise<number> {
   // Ink, React and the screens load only for the TUI, so validate and --help answer quickly.
   const [{ render }, { App }] = await Promise.all([import('ink'), import('../screens/App.js')]);
   const store = new Store(graftHome());
+  let initialJob: number | undefined;
+  if (watch !== undefined) {
+    try {
+      initialJob = findJob(store, watch).id;
+    } catch (err) {
+      store.close();
+      process.stderr.write(`graft: ${(err as Error).message}\n`);
+      return 1;
+    }
+  }
   // The alternate screen keeps the user's scrollback clean; it is left again however graft exits.
   process.stdout.write('\x1b[?1049h\x1b[H');
   const leave = () => process.stdout.write('\x1b[?1049l');
@@ -74,7 +85,7 @@ async function tui(file: string | undefined): Promise<number> {
     const { ensureDaemon, request } = await import('./daemon/client.js');
     const home = graftHome();
     const daemon = { ensure: () => ensureDaemon(home), send: (req: Parameters<typeof request>[1]) => request(home, req) };
-    const app = render(<App store={store} presets={presets} initial={initial} daemon={daemon} />, { exitOnCtrlC: true });
+    const app = render(<App store={store} presets={presets} initial={initial} daemon={daemon} initialJob={initialJob} initialScreen={initialJob !== undefined ? 'job' : undefined} />, { exitOnCtrlC: true });
     await app.waitUntilExit();
   } finally {
     store.close();
@@ -91,6 +102,10 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'validate') return validateCommand(arg);
   const done = await runCommandLine(argv);
   if (done !== undefined) return done;
+  if (cmd === 'watch') {
+    if (!arg) { process.stderr.write(`graft watch: which job? (an id, a name or a job folder; see graft queue ls)\n`); return 2; }
+    return tui(undefined, arg);
+  }
   if (cmd !== undefined && cmd.startsWith('-')) { process.stderr.write(`graft: unknown option ${cmd}\n${USAGE}\n`); return 2; }
   return tui(cmd);
 }

@@ -60,7 +60,7 @@ describe('New Job screen', () => {
     await press(r, KEY.tab); // MODEL: Model Architecture
     expect(lastFrame()).toContain('FLUX.1 (dev / schnell)');
     await press(r, KEY.enter);
-    expect(lastFrame()).toContain('Model Architecture (1/27');
+    expect(lastFrame()).toContain('Model Architecture (1/28');
     expect(lastFrame()).toContain('trainer support: in progress');
     // Pick "Wan 2.2 T2V 14B" from the list.
     const { presets } = env;
