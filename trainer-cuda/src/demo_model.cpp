@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -159,7 +161,7 @@ void train_autoencoder(VaeModel& ae, const std::vector<Scene>& scenes, const Dem
 }
 
 // Latents of every picture in the transformer's space, after fixing scale/shift from their statistics.
-std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene>& scenes, int S) {
+std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene>& scenes, int S, bool fix_scale) {
   VaeRunner r(&ae);
   std::vector<std::vector<float>> lat;
   std::vector<float> mean, logvar;
@@ -172,8 +174,10 @@ std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene
     lat.push_back(mean);
   }
   const double mu = sum / n, sd = std::sqrt(std::max(1e-12, sq / n - mu * mu));
-  ae.cfg.shift_factor = (float)mu;
-  ae.cfg.scale_factor = (float)(1.0 / sd);
+  if (fix_scale) {
+    ae.cfg.shift_factor = (float)mu;
+    ae.cfg.scale_factor = (float)(1.0 / sd);
+  }
   for (auto& l : lat) vae_latent_to_dit(ae.cfg, l.data(), (long)l.size());
   return lat;
 }
@@ -262,28 +266,52 @@ void train_demo_model(const DemoModelOptions& o) {
   std::printf("demo model: %d pictures of %dx%d, seed %llu -> %s\n", o.pictures, o.image_size, o.image_size,
               (unsigned long long)o.seed, o.out_dir.c_str());
 
-  VaeModel ae = VaeModel::create(demo_vae_config());
-  vae_init_random(ae, o.seed);
-  train_autoencoder(ae, scenes, o);
-  double ae_seconds = seconds_since(t0);
-  std::vector<std::vector<float>> latents = encode_all(ae, scenes, o.image_size);
-  ae.save(o.out_dir + "/ae.safetensors", DType::F32);
-
+  VaeModel ae;
+  double ae_seconds = 0;
+  std::vector<std::vector<float>> latents;
   TextEncoderConfig tc;
-  TextEncoder te = TextEncoder::random(tc, o.seed + 1);
-  FluxConfig fc = demo_flux_config(tc.context_dim, tc.vec_dim);
-  write_random_flux(o.out_dir + "/transformer.safetensors", fc, o.seed + 2);  // the layout; weights set below
-  FluxModel dit = FluxModel::load(o.out_dir + "/transformer.safetensors");
-  init_for_training(dit, o.seed + 2);
-  const int h = o.image_size / demo_vae_config().downscale();
+  TextEncoder te;
+  FluxModel dit;
+  if (o.resume) {  // more transformer steps on a model trained before; the autoencoder stays as it is
+    ae = VaeModel::load(o.out_dir + "/ae.safetensors");
+    latents = encode_all(ae, scenes, o.image_size, /*fix_scale=*/false);
+    te = TextEncoder::load(o.out_dir + "/text_encoder.safetensors");
+    tc = te.cfg;
+    dit = FluxModel::load(o.out_dir + "/transformer.safetensors");
+  } else {
+    ae = VaeModel::create(demo_vae_config());
+    vae_init_random(ae, o.seed);
+    train_autoencoder(ae, scenes, o);
+    ae_seconds = seconds_since(t0);
+    latents = encode_all(ae, scenes, o.image_size, /*fix_scale=*/true);
+    ae.save(o.out_dir + "/ae.safetensors", DType::F32);
+    te = TextEncoder::random(tc, o.seed + 1);
+    FluxConfig fc = demo_flux_config(tc.context_dim, tc.vec_dim);
+    write_random_flux(o.out_dir + "/transformer.safetensors", fc, o.seed + 2);  // the layout; weights set below
+    dit = FluxModel::load(o.out_dir + "/transformer.safetensors");
+    init_for_training(dit, o.seed + 2);
+  }
+  const int h = o.image_size / ae.cfg.downscale();
   auto t1 = clock_type::now();
-  DitResult r = train_transformer(dit, te, scenes, latents, demo_vae_config().z_channels, h, o);
+  DitResult r = train_transformer(dit, te, scenes, latents, ae.cfg.z_channels, h, o);
   double dit_seconds = seconds_since(t1);
 
   nlohmann::json info = {{"pictures", o.pictures}, {"seed", o.seed},
-                         {"autoencoder", {{"steps", o.ae_steps}, {"batch", o.ae_batch}, {"lr", o.ae_lr}, {"seconds", std::round(ae_seconds)}}},
                          {"transformer", {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr},
                                           {"final_loss", r.final_loss}, {"seconds", std::round(dit_seconds)}}}};
+  if (!o.resume)
+    info["autoencoder"] = {{"steps", o.ae_steps}, {"batch", o.ae_batch}, {"lr", o.ae_lr}, {"seconds", std::round(ae_seconds)}};
+  // model.json keeps every training run of this model, oldest first.
+  nlohmann::json runs = nlohmann::json::array();
+  if (o.resume) {
+    std::ifstream f(o.out_dir + "/model.json");
+    std::stringstream buf;
+    buf << f.rdbuf();
+    nlohmann::json old = nlohmann::json::parse(buf.str(), nullptr, false);
+    if (!old.is_discarded() && old.contains("training"))
+      runs = old["training"].is_array() ? old["training"] : nlohmann::json::array({old["training"]});
+  }
+  runs.push_back(info);
   std::map<std::string, std::string> md = {{"software", "graft " GRAFT_VERSION}, {"training", info.dump()}};
   dit.save(o.out_dir + "/transformer.safetensors", DType::F32, md);
   te.save(o.out_dir + "/text_encoder.safetensors", DType::F32, md);
@@ -291,7 +319,7 @@ void train_demo_model(const DemoModelOptions& o) {
                           {"text_max_len", tc.max_len},
                           {"image_size", o.image_size},
                           {"sample", {{"steps", 20}, {"cfg_scale", 4.0}, {"shift", 1.0}}},
-                          {"training", info}};
+                          {"training", runs}};
   std::string text = model.dump(2) + "\n";
   write_file_atomic(o.out_dir + "/model.json", text.data(), text.size());
   std::printf("demo model written to %s in %.0f s (autoencoder %.0f s, transformer %.0f s)\n", o.out_dir.c_str(),

@@ -21,6 +21,7 @@ struct DemoModelOptions {
   float dit_lr = 5e-4f;
   float caption_dropout = 0.1f;  // empty captions, so classifier-free guidance has an unconditional
   int log_every = 50;
+  bool resume = false;  // keep out_dir's autoencoder, text encoder and transformer; train the latter two on
 };
 
 void train_demo_model(const DemoModelOptions& opt);

@@ -64,4 +64,13 @@ std::vector<float> contact_sheet(const std::vector<std::vector<float>>& pics, in
   return sheet;
 }
 
+std::vector<float> upscale_nearest(const std::vector<float>& rgb, int W, int H, int k) {
+  std::vector<float> out((size_t)3 * W * k * H * k);
+  for (int c = 0; c < 3; ++c)
+    for (int y = 0; y < H * k; ++y)
+      for (int x = 0; x < W * k; ++x)
+        out[((size_t)c * H * k + y) * W * k + x] = rgb[((size_t)c * H + y / k) * W + x / k];
+  return out;
+}
+
 }  // namespace graft

@@ -13,4 +13,7 @@ std::vector<float> png_read(const std::string& path, int* W, int* H);
 std::vector<float> contact_sheet(const std::vector<std::vector<float>>& pictures, int W, int H, int cols, int* out_w,
                                  int* out_h);
 
+// Each pixel repeated k x k times (for looking at small pictures).
+std::vector<float> upscale_nearest(const std::vector<float>& rgb, int W, int H, int k);
+
 }  // namespace graft

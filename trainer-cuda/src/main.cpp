@@ -38,7 +38,7 @@ static const char* kUsage =
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job (a new shape, trigger zxq)\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
-    "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]]\n"
+    "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]] [--scale N]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
     "  --version\n";
 
@@ -173,6 +173,10 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.log_every = 2;
     } else if (a[i] == "--seed" && i + 1 < a.size()) {
       o.seed = std::stoull(a[++i]);
+    } else if (a[i] == "--resume") {
+      o.resume = true;
+    } else if (a[i] == "--lr" && i + 1 < a.size()) {
+      o.dit_lr = std::stof(a[++i]);
     } else if (a[i] == "--pictures" && i + 1 < a.size()) {
       o.pictures = std::stoi(a[++i]);
     } else if (a[i] == "--ae-steps" && i + 1 < a.size()) {
@@ -228,7 +232,7 @@ static int cmd_sample(const std::vector<std::string>& a) {
   SampleParams sp = pipe.defaults;
   std::vector<std::string> prompts;
   std::string out, lora_arg;
-  int size = pipe.image_size;
+  int size = pipe.image_size, scale_up = 1;  // --scale: nearest-neighbour enlargement, to look at 32 px pictures
   for (size_t i = 2; i < a.size(); ++i) {
     auto next = [&]() -> std::string {
       if (i + 1 >= a.size()) fail("sample: " + a[i] + " needs a value");
@@ -241,6 +245,7 @@ static int cmd_sample(const std::vector<std::string>& a) {
     else if (a[i] == "--cfg") sp.cfg_scale = std::stof(next());
     else if (a[i] == "--seed") sp.seed = std::stoull(next());
     else if (a[i] == "--lora") lora_arg = next();
+    else if (a[i] == "--scale") scale_up = std::stoi(next());
     else fail("sample: unknown argument '" + a[i] + "'");
   }
   if (out.empty()) fail("sample: --out <file.png> is required");
@@ -258,13 +263,10 @@ static int cmd_sample(const std::vector<std::string>& a) {
   }
   std::vector<std::vector<float>> pics;
   for (const std::string& p : prompts) pics.push_back(pipe.generate(p, size, sp, lora_arg.empty() ? nullptr : &lora));
-  if (pics.size() == 1) {
-    png_write(out, pics[0].data(), size, size);
-  } else {
-    int w = 0, h = 0;
-    std::vector<float> sheet = contact_sheet(pics, size, size, std::min<int>(5, (int)pics.size()), &w, &h);
-    png_write(out, sheet.data(), w, h);
-  }
+  int w = size, h = size;
+  std::vector<float> img = pics.size() == 1 ? pics[0] : contact_sheet(pics, size, size, std::min<int>(5, (int)pics.size()), &w, &h);
+  if (scale_up > 1) img = upscale_nearest(img, w, h, scale_up), w *= scale_up, h *= scale_up;
+  png_write(out, img.data(), w, h);
   std::printf("wrote %s (%zu prompt%s, %d steps, cfg %g, seed %llu)\n", out.c_str(), prompts.size(),
               prompts.size() > 1 ? "s" : "", sp.steps, sp.cfg_scale, (unsigned long long)sp.seed);
   return 0;
