@@ -60,6 +60,7 @@ demo: trainer ts
 # Reproduces the shipped demo model weights (settings recorded in $(DEMO_MODEL)/model.json).
 demo-model: trainer
 	$(TRAINER) demo-model $(DEMO_MODEL) --ae-steps 800 --dit-steps 3000 --batch 8
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 3500 --batch 8 --lr 3e-4
 
 ts: npm
 	npx tsc -p tsconfig.json
