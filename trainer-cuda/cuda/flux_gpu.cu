@@ -241,22 +241,8 @@ struct FluxGpu : FluxBackend {
     if (mb > peak_mb) peak_mb = mb;
   }
 
-  // The same attachment as FluxRunner's constructor: each adapter on the base layer it names.
-  void attach_adapters() {
-    for (FluxLinear* lin : model->linears()) lin->adapters.clear();
-    if (!lora) return;
-    auto lins = model->linears();
-    for (size_t i = 0; i < lora->adapters.size(); ++i) {
-      const LoraTarget& t = lora->adapters[i].target;
-      FluxLinear* found = nullptr;
-      for (FluxLinear* lin : lins)
-        if (lin->name == t.base) found = lin;
-      if (!found) fail("LoRA module '" + t.module + "' targets layer '" + t.base + "', which this model does not have");
-      if (found->in != t.in || t.row_offset + t.rows > found->out)
-        fail("LoRA module '" + t.module + "' does not fit layer '" + t.base + "'");
-      found->adapters.push_back((int)i);
-    }
-  }
+  // Each adapter on the base layer it names, as FluxRunner does.
+  void attach_adapters() { flux_attach_lora(*model, lora); }
 
   // ---------------------------------------------------------------- weights
 

@@ -259,10 +259,10 @@ struct FluxActivations {
   std::vector<vec> lora_h;  // per adapter: A x of its last forward
 };
 
-FluxRunner::FluxRunner(FluxModel* m, LoraSet* l) : model(m), lora(l), acts(new FluxActivations) {
-  for (FluxLinear* lin : m->linears()) lin->adapters.clear();
+void flux_attach_lora(FluxModel& m, LoraSet* lora) {
+  std::vector<FluxLinear*> lins = m.linears();
+  for (FluxLinear* lin : lins) lin->adapters.clear();
   if (!lora) return;
-  auto lins = m->linears();
   for (size_t i = 0; i < lora->adapters.size(); ++i) {
     const LoraTarget& t = lora->adapters[i].target;
     FluxLinear* found = nullptr;
@@ -273,7 +273,11 @@ FluxRunner::FluxRunner(FluxModel* m, LoraSet* l) : model(m), lora(l), acts(new F
       fail("LoRA module '" + t.module + "' does not fit layer '" + t.base + "'");
     found->adapters.push_back((int)i);
   }
-  acts->lora_h.resize(lora->adapters.size());
+}
+
+FluxRunner::FluxRunner(FluxModel* m, LoraSet* l) : model(m), lora(l), acts(new FluxActivations) {
+  flux_attach_lora(*m, l);
+  if (l) acts->lora_h.resize(l->adapters.size());
 }
 
 FluxRunner::~FluxRunner() { delete acts; }

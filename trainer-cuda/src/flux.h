@@ -83,6 +83,10 @@ struct FluxModel {
 // benchmark at FLUX.1-dev size, where a host copy of the weights alone would take 48 GB.
 FluxModel flux_model_shapes(const FluxConfig& cfg);
 
+// Attaches each adapter of `lora` (may be null: none) to the base layer it names; throws Error when
+// a module targets a layer the model lacks or does not fit it.
+void flux_attach_lora(FluxModel& model, LoraSet* lora);
+
 // The layers the reference toolkit trains for FLUX.1, named as diffusers names them (the LoRA file's
 // layout): attention q/k/v/out and MLPs of both streams, single-block linear1 (split into
 // to_q/to_k/to_v/proj_mlp) and linear2 (proj_out); the modulation layers only when asked.
