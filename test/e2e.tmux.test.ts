@@ -156,7 +156,10 @@ describe('graft in tmux', () => {
 
   it('Ctrl+C quits cleanly even in the middle of an edit', async () => {
     await start(80, 24, 'Jobs:');
-    await keys('2', 'Enter');
+    await keys('2');
+    await waitFor('Training Name');
+    await sleep(500); // as at start: the new screen's key handler attaches a moment after its first frame
+    await keys('Enter');
     await type('half-typed');
     await keys('C-c');
     const after = await waitFor('graft exited with 0');
