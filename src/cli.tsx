@@ -59,6 +59,11 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
       return 1;
     }
   }
+  // Ink stops drawing frames when it sees a CI flag (is-in-ci reads CI and CONTINUOUS_INTEGRATION when
+  // Ink is first imported). The TUI runs only on a terminal, checked above, so a box or a shell that
+  // exports CI=true must still get a live screen: drop the flags before Ink loads.
+  delete process.env.CI;
+  delete process.env.CONTINUOUS_INTEGRATION;
   // Ink, React and the screens load only for the TUI, so validate and --help answer quickly.
   const [{ render }, { App }] = await Promise.all([import('ink'), import('../screens/App.js')]);
   const store = new Store(graftHome());
