@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -184,8 +185,33 @@ std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene
 
 struct DitResult { double final_loss; };
 
+// An exponential moving average of weights (decay min(d, (1+n)/(10+n))): sampling from the average of
+// the last ~1/(1-d) steps gives cleaner pictures than the last step's noisy weights.
+struct WeightEma {
+  std::vector<std::vector<float>*> live;
+  std::vector<std::vector<float>> avg;
+  float decay = 0.999f;
+  long n = 0;
+  void add(std::vector<float>* v) { live.push_back(v); avg.push_back(*v); }
+  void update() {
+    const float d = std::min(decay, (1.0f + n) / (10.0f + n));
+    ++n;
+    for (size_t t = 0; t < live.size(); ++t) {
+      const std::vector<float>& w = *live[t];
+      std::vector<float>& a = avg[t];
+      for (size_t i = 0; i < a.size(); ++i) a[i] = d * a[i] + (1.0f - d) * w[i];
+    }
+  }
+  void swap() {  // live <-> average, to save the average and go on training the live weights
+    for (size_t t = 0; t < live.size(); ++t) live[t]->swap(avg[t]);
+  }
+};
+
+// save(step) writes the model folder's text encoder and transformer, with the averaged weights in
+// place, every save_every steps, so a run stopped early keeps its progress.
 DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<Scene>& scenes,
-                            const std::vector<std::vector<float>>& latents, int C, int h, const DemoModelOptions& o) {
+                            const std::vector<std::vector<float>>& latents, int C, int h, const DemoModelOptions& o,
+                            const std::function<void(int)>& save) {
   const int B = o.dit_batch, L = te.cfg.max_len, gh = h / 2, Li = gh * gh, P = C * 4;
   const size_t lat = (size_t)C * h * h;
   dit.enable_full_grads();
@@ -193,6 +219,17 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   MultiAdam opt;
   for (ParamRef& p : dit.params()) opt.add(p.value, p.grad, 0.0f);
   for (ParamRef& p : te.params()) opt.add(p.value, p.grad, 0.0f);
+  WeightEma ema_w;
+  ema_w.decay = o.ema_decay;
+  if (o.ema_decay > 0) {
+    for (ParamRef& p : dit.params()) ema_w.add(p.value);
+    for (ParamRef& p : te.params()) ema_w.add(p.value);
+  }
+  auto checkpoint = [&](int step) {
+    if (o.ema_decay > 0) ema_w.swap();
+    save(step);
+    if (o.ema_decay > 0) ema_w.swap();
+  };
   FluxRunner runner(&dit, nullptr);
   TextEncoderRunner ter(&te);
   FluxInputs in;
@@ -239,13 +276,16 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
     ter.backward(dinputs.txt, dinputs.y);
     opt.clip(1.0f);
     opt.step(lr_at("cosine", o.dit_lr, step, o.dit_steps, 200));
+    if (o.ema_decay > 0) ema_w.update();
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
     if (step % o.log_every == 0 || step == o.dit_steps) {
       std::printf("transformer step %d/%d  loss %.4f (smoothed %.4f)  %.2f s/step\n", step, o.dit_steps, loss, ema,
                   seconds_since(t0) / step);
       std::fflush(stdout);
     }
+    if (o.save_every > 0 && step % o.save_every == 0 && step < o.dit_steps) checkpoint(step);
   }
+  if (o.ema_decay > 0) ema_w.swap();  // leave the averaged weights in the model: the caller saves them
   return {ema};
 }
 
@@ -293,11 +333,20 @@ void train_demo_model(const DemoModelOptions& o) {
   }
   const int h = o.image_size / ae.cfg.downscale();
   auto t1 = clock_type::now();
-  DitResult r = train_transformer(dit, te, scenes, latents, ae.cfg.z_channels, h, o);
+  auto save = [&](int step) {
+    nlohmann::json partial = {{"pictures", o.pictures}, {"seed", o.seed}, {"resume", o.resume},
+                              {"transformer", {{"steps_done", step}, {"steps", o.dit_steps}, {"lr", o.dit_lr}}}};
+    std::map<std::string, std::string> md = {{"software", "graft " GRAFT_VERSION}, {"training_in_progress", partial.dump()}};
+    dit.save(o.out_dir + "/transformer.safetensors", DType::F32, md);
+    te.save(o.out_dir + "/text_encoder.safetensors", DType::F32, md);
+    std::printf("saved the transformer and text encoder at step %d (averaged weights)\n", step);
+    std::fflush(stdout);
+  };
+  DitResult r = train_transformer(dit, te, scenes, latents, ae.cfg.z_channels, h, o, save);
   double dit_seconds = seconds_since(t1);
 
   nlohmann::json info = {{"pictures", o.pictures}, {"seed", o.seed},
-                         {"transformer", {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr},
+                         {"transformer", {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr}, {"ema_decay", o.ema_decay},
                                           {"final_loss", r.final_loss}, {"seconds", std::round(dit_seconds)}}}};
   if (!o.resume)
     info["autoencoder"] = {{"steps", o.ae_steps}, {"batch", o.ae_batch}, {"lr", o.ae_lr}, {"seconds", std::round(ae_seconds)}};

@@ -20,6 +20,8 @@ struct DemoModelOptions {
   int dit_batch = 16;
   float dit_lr = 5e-4f;
   float caption_dropout = 0.1f;  // empty captions, so classifier-free guidance has an unconditional
+  float ema_decay = 0.999f;      // the saved transformer and text encoder are this average of weights (0: off)
+  int save_every = 500;          // transformer steps between saves of the model folder
   int log_every = 50;
   bool resume = false;  // keep out_dir's autoencoder, text encoder and transformer; train the latter two on
 };
