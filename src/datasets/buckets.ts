@@ -44,3 +44,35 @@ export function bucketHistogram(images: readonly Size[], resolutions: readonly n
   }
   return [...counts.values()].sort((a, b) => b.width * b.height - a.width * a.height || b.width - a.width);
 }
+
+/**
+ * Every bucket an image trains in when a dataset lists several resolutions: one per listed resolution the
+ * image can be downscaled to (900x900 with 512, 768, 1024 -> 512x512 and 768x768, never upscaled to 1024),
+ * or its own size rounded down when it is smaller than all of them. Equal buckets are listed once.
+ */
+export function bucketsFor(image: Size, resolutions: readonly number[], divisibility: number): Size[] {
+  const area = image.width * image.height;
+  const fitting = [...new Set(resolutions)].sort((a, b) => a - b).filter((r) => r * r <= area);
+  const buckets = fitting.length > 0
+    ? fitting.map((r) => fit(image.width, image.height, r, divisibility))
+    : [bucketFor(image, resolutions, divisibility)];
+  return buckets.filter((b, i) => buckets.findIndex((o) => o.width === b.width && o.height === b.height) === i);
+}
+
+export interface Crop {
+  left: number;
+  top: number;
+  width: number;
+  height: number;
+}
+
+/**
+ * The centred region of the image that, scaled to the bucket, covers it exactly: the image is scaled so that
+ * both sides reach the bucket, and what sticks out on the longer side is cut evenly from both ends.
+ */
+export function centreCrop(image: Size, bucket: Size): Crop {
+  const scale = Math.max(bucket.width / image.width, bucket.height / image.height);
+  const width = Math.min(image.width, Math.round(bucket.width / scale));
+  const height = Math.min(image.height, Math.round(bucket.height / scale));
+  return { left: Math.floor((image.width - width) / 2), top: Math.floor((image.height - height) / 2), width, height };
+}
