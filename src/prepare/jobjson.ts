@@ -1,0 +1,180 @@
+// job.json (format graft-job/2, trainer-cuda/JOB_JSON.md): the resolved job the trainer reads. Everything is
+// filled in here: defaults, absolute paths, and every caption variant as token ids.
+import { isPlainObject } from '../util/objpath.js';
+import type { ModelFiles } from './model.js';
+import { at, type Settings } from './settings.js';
+
+export const JOB_FORMAT = 'graft-job/2';
+
+export interface JobItem {
+  image: string;
+  key: string;
+  width: number;
+  height: number;
+  flip_x: boolean;
+  flip_y: boolean;
+  repeats: number;
+  source: string;
+  caption: string;
+  tokens: number[];
+  dropout_tokens: number[];
+  dop_tokens?: number[];
+}
+
+export interface JobDataset {
+  folder: string;
+  weight: number;
+  is_reg: boolean;
+  caption_dropout_rate: number;
+  items: JobItem[];
+}
+
+export interface SamplePrompt {
+  prompt: string;
+  tokens: number[];
+  width: number;
+  height: number;
+  seed: number;
+  lora_scale: number;
+}
+
+type Obj = Record<string, unknown>;
+const num = (v: unknown, d: number): number => (typeof v === 'number' && Number.isFinite(v) ? v : d);
+const bool = (v: unknown, d = false): boolean => (typeof v === 'boolean' ? v : d);
+const str = (v: unknown, d: string): string => (typeof v === 'string' && v !== '' ? v : d);
+
+const SAVE_DTYPES: Record<string, string> = { bfloat16: 'bf16', float16: 'fp16', float32: 'fp32' };
+
+/** A sampling switch the reference keeps in train: (skip_first_sample, ...), also accepted under sample:. */
+function samplingFlag(s: Settings, user: Obj, key: string): boolean {
+  const inSample = at(user, 'sample', key);
+  return typeof inSample === 'boolean' ? inSample : bool(at(s.process, 'train', key));
+}
+
+/** The sample prompts as written: samples: [{prompt, ...}] or prompts: [text], the user's before the template's. */
+export function samplePromptsOf(s: Settings, user: Obj): Obj[] {
+  const pick = (sample: unknown): Obj[] | undefined => {
+    if (!isPlainObject(sample)) return undefined;
+    if (Array.isArray(sample.samples) && sample.samples.length > 0) return sample.samples.filter(isPlainObject);
+    if (Array.isArray(sample.prompts) && sample.prompts.length > 0) return sample.prompts.map((p) => ({ prompt: String(p) }));
+    return undefined;
+  };
+  return pick(user.sample) ?? pick(s.process.sample) ?? [];
+}
+
+export interface JobJsonInput {
+  settings: Settings;
+  /** The process entry exactly as the user wrote it. */
+  user: Obj;
+  name: string;
+  jobDir: string;
+  model: ModelFiles;
+  maxLen: number;
+  emptyTokens: number[];
+  datasets: JobDataset[];
+  prompts: SamplePrompt[];
+}
+
+export function buildJobJson(i: JobJsonInput): Obj {
+  const p = i.settings.process;
+  const t = (k: string) => at(p, 'train', k);
+  const sm = (k: string) => at(p, 'sample', k);
+  const linear = num(at(p, 'network', 'linear'), 16);
+  const dtype = str(at(p, 'save', 'dtype'), 'bf16');
+  const dop = bool(t('diff_output_preservation'));
+  return {
+    format: JOB_FORMAT,
+    name: i.name,
+    output_dir: i.jobDir,
+    device: str(p.device, 'cpu'),
+    trigger_word: typeof p.trigger_word === 'string' ? p.trigger_word : '',
+    model: {
+      arch: i.model.arch,
+      name_or_path: i.model.name_or_path,
+      transformer: i.model.transformer,
+      text_encoder: i.model.text_encoder,
+      ae: i.model.ae,
+      tokenizer: i.model.tokenizer,
+    },
+    network: { type: str(at(p, 'network', 'type'), 'lora'), linear, linear_alpha: num(at(p, 'network', 'linear_alpha'), linear) },
+    train: {
+      steps: num(t('steps'), 3000),
+      batch_size: num(t('batch_size'), 1),
+      gradient_accumulation: num(t('gradient_accumulation') ?? t('gradient_accumulation_steps'), 1),
+      lr: num(t('lr'), 1e-4),
+      lr_scheduler: str(t('lr_scheduler'), 'constant'),
+      lr_warmup_steps: num(t('lr_warmup_steps'), 0),
+      optimizer: str(t('optimizer'), 'adamw'),
+      optimizer_params: isPlainObject(t('optimizer_params')) ? t('optimizer_params') : {},
+      max_grad_norm: num(t('max_grad_norm'), 1.0),
+      timestep_type: str(t('timestep_type'), 'sigmoid'),
+      seed: num(t('seed'), 42),
+      cache_latents: i.settings.datasets.every((d) => d.cache_latents_to_disk === true || d.cache_latents === true),
+      cache_text_embeddings: bool(t('cache_text_embeddings')),
+      unload_text_encoder: bool(t('unload_text_encoder')),
+      gradient_checkpointing: bool(t('gradient_checkpointing'), true),
+      ...(dop ? {
+        diff_output_preservation: true,
+        diff_output_preservation_multiplier: num(t('diff_output_preservation_multiplier'), 1.0),
+        diff_output_preservation_class: str(t('diff_output_preservation_class'), 'person'),
+      } : {}),
+    },
+    save: {
+      dtype: SAVE_DTYPES[dtype] ?? dtype,
+      save_every: num(at(p, 'save', 'save_every'), 250),
+      max_step_saves_to_keep: num(at(p, 'save', 'max_step_saves_to_keep'), 4),
+    },
+    cache_dir: `${i.jobDir}/cache`,
+    text: { max_len: i.maxLen, empty_tokens: i.emptyTokens },
+    datasets: i.datasets,
+    sample: {
+      sample_every: num(sm('sample_every'), 250),
+      width: num(sm('width'), 1024),
+      height: num(sm('height'), 1024),
+      seed: num(sm('seed'), 42),
+      walk_seed: bool(sm('walk_seed')),
+      guidance_scale: num(sm('guidance_scale'), 4),
+      sample_steps: num(sm('sample_steps'), 20),
+      skip_first_sample: samplingFlag(i.settings, i.user, 'skip_first_sample'),
+      force_first_sample: samplingFlag(i.settings, i.user, 'force_first_sample'),
+      disable_sampling: samplingFlag(i.settings, i.user, 'disable_sampling'),
+      prompts: i.prompts,
+    },
+    config: i.user,
+  };
+}
+
+/** Every sample prompt resolved: [trigger] replaced, size, seed (walk_seed: base + index) and LoRA scale. */
+export function resolveSamplePrompts(s: Settings, user: Obj, trigger: string, replace: (text: string, trigger: string) => string, encode: (text: string) => number[]): SamplePrompt[] {
+  const sm = (k: string) => at(s.process, 'sample', k);
+  const base = num(sm('seed'), 42);
+  const walk = bool(sm('walk_seed'));
+  return samplePromptsOf(s, user).map((e, idx) => {
+    const prompt = replace(String(e.prompt ?? ''), trigger);
+    return {
+      prompt,
+      tokens: encode(prompt),
+      width: num(e.width, num(sm('width'), 1024)),
+      height: num(e.height, num(sm('height'), 1024)),
+      seed: num(e.seed, walk ? base + idx : base),
+      lora_scale: num(e.network_multiplier, 1.0),
+    };
+  });
+}
+
+/** JSON with two-space indents, lists of numbers (token ids) on one line: readable, and a tenth of the size. */
+export function formatJobJson(value: unknown, indent = ''): string {
+  if (Array.isArray(value)) {
+    if (value.every((v) => typeof v === 'number')) return `[${value.join(', ')}]`;
+    if (value.length === 0) return '[]';
+    const inner = `${indent}  `;
+    return `[\n${value.map((v) => inner + formatJobJson(v, inner)).join(',\n')}\n${indent}]`;
+  }
+  if (isPlainObject(value)) {
+    const entries = Object.entries(value).filter(([, v]) => v !== undefined);
+    if (entries.length === 0) return '{}';
+    const inner = `${indent}  `;
+    return `{\n${entries.map(([k, v]) => `${inner}${JSON.stringify(k)}: ${formatJobJson(v, inner)}`).join(',\n')}\n${indent}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
