@@ -1,4 +1,4 @@
-// The CLI for scripts and SSH one-liners: graft run, graft queue ..., graft daemon ..., graft logs.
+// The CLI for scripts and SSH one-liners: graft prepare, graft run, graft queue ..., graft daemon ..., graft logs.
 // Queue changes go through the daemon (started on demand); listings read the database directly.
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
@@ -9,13 +9,15 @@ import { runDaemon } from './daemon/daemon.js';
 import { trainerPath } from './daemon/stages.js';
 import { formatDuration, progressOf, readMetrics } from './monitor/metrics.js';
 import { graftHome } from './paths.js';
+import { PrepareError } from './prepare/errors.js';
 import { jobDirOf, outputPaths, QueueError, resolveJob } from './queue/queue.js';
 import { Store, type JobRow } from './queue/store.js';
 
 const out = (s: string) => process.stdout.write(`${s}\n`);
 const err = (s: string) => process.stderr.write(`graft: ${s}\n`);
 
-export const COMMANDS_USAGE = `  graft run <job-dir|config.yaml>   train in the foreground, without the queue; exit 0 only on success
+export const COMMANDS_USAGE = `  graft prepare <config.yaml|job-dir>  scan the datasets, write prepared/ (bucketed PNGs) and job.json; reuses earlier work
+  graft run <job-dir|config.yaml>   prepare (when there is a config.yaml), then train in the foreground; exit 0 only on success
   graft queue add <job-dir|config.yaml> [--gpu N]
   graft queue ls                    every job: state, GPU, progress, last error
   graft queue stop <job> [--force]  save a checkpoint and stop (--force: stop at once); a queued job leaves the queue
@@ -203,7 +205,21 @@ async function logsCommand(args: string[]): Promise<number> {
   }
 }
 
-/** graft run: the trainer in the foreground on a prepared job folder; its exit code is ours. */
+/** graft prepare: config.yaml -> prepared/ and job.json, with progress lines and a summary. */
+async function prepareCommand(args: string[]): Promise<number> {
+  const target = args[0];
+  if (!target) { err('usage: graft prepare <config.yaml|job-dir>'); return 2; }
+  await prepare(target, { log: out });
+  return 0;
+}
+
+/** Preparation loads sharp and the tokenizer: only for the commands that prepare, so the others start fast. */
+async function prepare(...args: Parameters<typeof import('./prepare/prepare.js').prepareJob>) {
+  const { prepareJob } = await import('./prepare/prepare.js');
+  return prepareJob(...args);
+}
+
+/** graft run: preparation when the job has a config.yaml, then the trainer in the foreground; its exit code is ours. */
 async function runCommand(args: string[]): Promise<number> {
   const target = args[0];
   if (!target) { err('usage: graft run <job-dir|config.yaml>'); return 2; }
@@ -213,6 +229,8 @@ async function runCommand(args: string[]): Promise<number> {
   if (queued) { err(`${job.jobDir} is job ${queued.id} in the queue (${queued.state}); stop it there first (graft queue stop ${queued.id}) so it never runs twice`); return 1; }
   const trainer = trainerPath();
   if (!existsSync(trainer)) { err(`the trainer is not built: ${trainer} is missing (run make trainer, or set GRAFT_TRAINER)`); return 1; }
+  // A config.yaml in the job folder is prepared there; one kept elsewhere is copied in first.
+  if (/\.ya?ml$/i.test(job.configPath)) await prepare(job.configPath === join(job.jobDir, 'config.yaml') ? job.jobDir : job.configPath, { log: out, home });
   // The trainer gets its own process group: Ctrl+C reaches graft only, which passes on exactly one SIGINT
   // per press (first: save and stop; second: stop at once).
   const child = spawn(trainer, ['train', job.jobDir], { stdio: 'inherit', detached: true, cwd: job.jobDir });
@@ -245,12 +263,13 @@ async function runCommand(args: string[]): Promise<number> {
 export async function runCommandLine(argv: string[]): Promise<number | undefined> {
   const [cmd, ...rest] = argv;
   try {
+    if (cmd === 'prepare') return await prepareCommand(rest);
     if (cmd === 'run') return await runCommand(rest);
     if (cmd === 'queue') return await queueCommand(rest);
     if (cmd === 'daemon') return await daemonCommand(rest);
     if (cmd === 'logs') return await logsCommand(rest);
   } catch (e) {
-    if (e instanceof QueueError || e instanceof DaemonError) { err((e as Error).message); return 1; }
+    if (e instanceof QueueError || e instanceof DaemonError || e instanceof PrepareError) { err((e as Error).message); return 1; }
     throw e;
   }
   return undefined;

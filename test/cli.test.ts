@@ -1,9 +1,9 @@
 // The built command line outside the TUI: validate, help, and a clear refusal without a terminal.
 import { spawnSync } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { tempDir } from './helpers/dataset.js';
+import { tempDir, tinyJobYaml, writeImage } from './helpers/dataset.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'src', 'cli.js');
 const dir = tempDir('graft-cli-');
@@ -30,6 +30,30 @@ describe('graft (built)', () => {
     const r = run();
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('the TUI needs a terminal');
+  });
+
+  it('prepare prints progress and a summary, and refuses bad input in one line', async () => {
+    const data = join(dir, 'data');
+    mkdirSync(data);
+    await writeImage(join(data, 'a.png'), { width: 48, height: 32 });
+    writeFileSync(join(data, 'a.txt'), 'a red and blue thing');
+    await writeImage(join(data, 'b.jpg'), { width: 32, height: 48, format: 'jpeg' });
+    const file = join(dir, 'tiny.yaml');
+    writeFileSync(file, tinyJobYaml({ name: 'clijob', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: data, flip_x: true }], trigger: 'zxq' }));
+    const r = run('prepare', file);
+    expect(r.status, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines[0]).toBe(`dataset 1/1: ${data} (resolutions 32, divisibility 8)`);
+    expect(lines).toContain(`dataset ${data}: 2 images -> 4 items; buckets 32x24 x2, 24x32 x2; captions 1 from .txt`);
+    expect(lines).toContain('  1 image without a caption: trained on the trigger word "zxq" alone');
+    expect(r.stdout).toMatch(/prepared 2\/2 images \(2 PNGs written, 0 reused\)/);
+    expect(r.stdout).toMatch(/prepared 2 images into 4 items in [\d.]+ s: 2 PNGs written, 0 reused, 0 stale removed/);
+    expect(existsSync(join(dir, 'out', 'clijob', 'job.json'))).toBe(true);
+    expect(run('prepare', join(dir, 'out', 'clijob')).stdout).toContain('0 PNGs written, 2 reused');
+
+    const missing = run('prepare', join(dir, 'nope.yaml'));
+    expect([missing.status, missing.stderr]).toEqual([1, `graft: no such file or folder: ${join(dir, 'nope.yaml')}\n`]);
+    expect(run('prepare').status).toBe(2);
   });
 
   it('--help names GRAFT_HOME', () => {

@@ -1,14 +1,15 @@
 // The queue daemon against the real trainer (tiny model): jobs on one slot run in order, stop saves and
 // resume continues, a daemon killed with SIGKILL loses nothing and runs nothing twice, failures keep their
-// last error line. The daemon is the built dist/ (a separate, detached process), in a temporary GRAFT_HOME.
+// last error line, a config.yaml is prepared before it trains. The daemon is the built dist/ (a separate, detached process), in a temporary GRAFT_HOME.
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDaemon, ping, request } from '../src/daemon/client.js';
 import { isAlive } from '../src/daemon/proc.js';
 import { socketPath } from '../src/daemon/socket.js';
 import { CLI, lab, requireBuilt, until, type Lab } from './helpers/daemon.js';
+import { tempDir, tinyJobYaml, writeImage } from './helpers/dataset.js';
 
 let L: Lab;
 beforeAll(() => { requireBuilt(); L = lab(); });
@@ -132,18 +133,54 @@ describe('queue daemon', () => {
     expect(L.job(id).last_error).toContain('train.batch_size must be an integer');
   });
 
-  it('refuses a config.yaml without job.json, saying preparation is not built yet', async () => {
-    const dir = L.tinyJob(10);
-    writeFileSync(join(dir, 'config.yaml'), 'job: extension\nconfig:\n  name: x\n');
-    const { rmSync } = await import('node:fs');
-    rmSync(join(dir, 'job.json'));
-    const r = await send({ op: 'add', target: join(dir, 'config.yaml') });
-    expect(r.ok).toBe(false);
-    expect(r.error).toContain('preparing a job from config.yaml');
-    expect(r.error).toContain('not built yet');
-    const cli = graft('run', join(dir, 'config.yaml'));
-    expect(cli.status).toBe(1);
-    expect(cli.stderr).toContain('not built yet');
+  it('a config.yaml of a tiny dataset runs as two stages: prepare writes job.json, then the trainer trains on it', async () => {
+    const root = tempDir('graft-daemon-prep-');
+    try {
+      const data = join(root, 'data');
+      mkdirSync(data);
+      for (let i = 0; i < 4; i++) {
+        await writeImage(join(data, `${i}.png`), { width: 40, height: 32, left: [60 * i, 20, 20] });
+        writeFileSync(join(data, `${i}.txt`), `a picture ${i}`);
+      }
+      const config = join(root, 'my_job.yaml');
+      writeFileSync(config, tinyJobYaml({ name: 'prep', trainingFolder: join(root, 'out'), datasets: [{ folder_path: data }], trigger: 'zxq', train: { steps: 2 } }));
+      const r = await send({ op: 'add', target: config });
+      expect(r.ok, r.error).toBe(true);
+      const id = (r.job as { id: number }).id;
+      const dir = join(root, 'out', 'prep');
+      expect(L.job(id).job_dir).toBe(dir);
+      await until('job.json written by the prepare stage', () => existsSync(join(dir, 'job.json')), 60_000);
+      await until('the run ended', () => ['finished', 'failed'].includes(L.job(id).state), 120_000);
+      const log = readFileSync(join(dir, 'log.txt'), 'utf8');
+      expect(log).toMatch(/stage prepare, .*cli\.js prepare /);
+      expect(log).toContain('prepared 4 images into 4 items');
+      expect(log).toContain('=== graft: prepare ended (exit code 0)');
+      expect(log).toMatch(/stage train, .*graft-trainer train /);
+      const job = JSON.parse(readFileSync(join(dir, 'job.json'), 'utf8'));
+      expect(job.datasets[0].items).toHaveLength(4);
+      expect(readFileSync(join(dir, 'config.yaml'), 'utf8')).toContain(`# graft: copied from ${config}`);
+      expect(L.job(id).state, L.job(id).last_error ?? '').toBe('finished');
+      expect(existsSync(join(dir, 'prep.safetensors'))).toBe(true);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a config.yaml that does not validate, and a folder that is not a job folder, in one line', async () => {
+    const root = tempDir('graft-daemon-bad-');
+    try {
+      const bad = join(root, 'bad.yaml');
+      writeFileSync(bad, 'job: extension\nconfig:\n  name: x\n');
+      const r = await send({ op: 'add', target: bad });
+      expect(r.ok).toBe(false);
+      expect(r.error).toContain(`${bad}: config.process: must be a list with one trainer process`);
+      const cli = graft('run', bad);
+      expect(cli.status).toBe(1);
+      expect(cli.stderr).toContain('config.process: must be a list with one trainer process');
+      expect((await send({ op: 'add', target: root })).error).toBe(`${root} has neither config.yaml nor job.json: not a job folder`);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it('graft run trains in the foreground and exits 0 only on success; queue commands work from the CLI', () => {

@@ -1,54 +1,71 @@
 // The queue's rules: which job may move to which state, order within each GPU's queue, and what a job
-// folder must hold to be queued. The daemon applies these (it is the only writer of run states); the
-// same functions are unit-tested without a daemon.
-import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+// folder must hold to be queued (a config.yaml, prepared when it runs, or a prepared job.json). The daemon
+// applies these (it is the only writer of run states); the same functions are unit-tested without a daemon.
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { load } from 'js-yaml';
-import { jobFolder } from '../config/jobfile.js';
-import type { JobDoc } from '../config/document.js';
+import { parseJobYaml, procPath, type JobDoc } from '../config/document.js';
+import { validateJob } from '../config/validate.js';
+import { adoptConfig, jobDirForConfig } from '../prepare/jobdir.js';
+import { loadPresets } from '../presets.js';
+import { getAt } from '../util/objpath.js';
 import type { JobRow, JobState, Store } from './store.js';
 
 export class QueueError extends Error {}
 
-/** Said wherever a config.yaml without a job.json is queued or run: the prepare stage is not built yet. */
-export function prepareNotBuilt(jobDir: string): string {
-  return `${join(jobDir, 'job.json')} does not exist: preparing a job from config.yaml (datasets -> prepared/, cache/ and job.json) is not built yet. ` +
-    'For now graft runs prepared job folders (a folder with job.json), for example one written by `graft-trainer make-tiny <dir>`: graft queue add <dir>';
-}
-
 export interface ResolvedJob {
   jobDir: string;
-  /** config.yaml when the folder has one, else job.json: the row's unique key. */
+  /** The config.yaml given (or the folder's), else job.json: the row's unique key. */
   configPath: string;
   name: string;
-  /** GPU index from job.json's device (cuda:N), when it names one. */
+  /** GPU index from the device (cuda:N), when it names one. */
   gpu?: number;
 }
 
-/** What `queue add` / `run` accept: a job folder with job.json, or a config.yaml whose job folder has one. */
+const gpuOf = (device: unknown): number | undefined => {
+  const m = typeof device === 'string' ? /^cuda:(\d+)$/.exec(device) : null;
+  return m ? Number(m[1]) : undefined;
+};
+
+/** A config that is to be prepared: it must parse and validate now, not fail later in the queue. */
+function readConfig(file: string): JobDoc {
+  let doc: JobDoc;
+  try {
+    doc = parseJobYaml(readFileSync(file, 'utf8'), file);
+  } catch (err) {
+    throw new QueueError((err as Error).message);
+  }
+  const errors = validateJob(doc, loadPresets()).filter((e) => e.level === 'error');
+  if (errors.length > 0) throw new QueueError(`${file}: ${errors[0]!.message}${errors.length > 1 ? ` (and ${errors.length - 1} more: graft validate ${file})` : ''}`);
+  return doc;
+}
+
+/**
+ * What `queue add` / `run` accept: a job folder (with config.yaml, prepared when it runs, or a prepared
+ * job.json), a job.json, or a config.yaml anywhere (its job folder is <training_folder>/<name>).
+ */
 export function resolveJob(target: string, home: string): ResolvedJob {
   const full = resolve(target);
   if (!existsSync(full)) throw new QueueError(`no such file or folder: ${full}`);
   let jobDir: string;
+  let config: string | undefined;
   if (statSync(full).isDirectory()) {
     jobDir = full;
+    if (existsSync(join(full, 'config.yaml'))) config = join(full, 'config.yaml');
   } else if (basename(full) === 'job.json') {
     jobDir = dirname(full);
   } else if (/\.ya?ml$/i.test(full)) {
-    jobDir = dirname(full);
-    if (!existsSync(join(jobDir, 'job.json'))) {
-      try {
-        jobDir = jobFolder(load(readFileSync(full, 'utf8')) as JobDoc, home);
-      } catch { /* keep the config's own folder */ }
-    }
+    config = full;
+    jobDir = '';
   } else {
-    throw new QueueError(`${full}: expected a job folder (with job.json) or a config.yaml`);
+    throw new QueueError(`${full}: expected a job folder (with config.yaml or job.json) or a config.yaml`);
+  }
+  if (config) {
+    const doc = readConfig(config);
+    if (jobDir === '') jobDir = jobDirForConfig(config, doc, home);
+    return { jobDir, configPath: config, name: String(getAt(doc, ['config', 'name'])), gpu: gpuOf(getAt(doc, procPath('device'))) };
   }
   const jobJson = join(jobDir, 'job.json');
-  if (!existsSync(jobJson)) {
-    if (existsSync(join(jobDir, 'config.yaml')) || /\.ya?ml$/i.test(full)) throw new QueueError(prepareNotBuilt(jobDir));
-    throw new QueueError(`${jobDir} has no job.json: not a job folder`);
-  }
+  if (!existsSync(jobJson)) throw new QueueError(`${jobDir} has neither config.yaml nor job.json: not a job folder`);
   let job: { name?: unknown; device?: unknown };
   try {
     job = JSON.parse(readFileSync(jobJson, 'utf8')) as typeof job;
@@ -56,9 +73,18 @@ export function resolveJob(target: string, home: string): ResolvedJob {
     throw new QueueError(`${jobJson} is not valid JSON: ${(err as Error).message}`);
   }
   const name = typeof job.name === 'string' && job.name !== '' ? job.name : basename(jobDir);
-  const m = typeof job.device === 'string' ? /^cuda:(\d+)$/.exec(job.device) : null;
-  const configPath = existsSync(join(jobDir, 'config.yaml')) ? join(jobDir, 'config.yaml') : jobJson;
-  return { jobDir, configPath, name, gpu: m ? Number(m[1]) : undefined };
+  return { jobDir, configPath: jobJson, name, gpu: gpuOf(job.device) };
+}
+
+/** A config kept outside its job folder is copied in, where the prepare stage reads it. */
+function adoptInto(r: ResolvedJob): void {
+  if (!/\.ya?ml$/i.test(r.configPath) || r.configPath === join(r.jobDir, 'config.yaml')) return;
+  try {
+    mkdirSync(r.jobDir, { recursive: true });
+    adoptConfig(r.configPath, readConfig(r.configPath), r.jobDir);
+  } catch (err) {
+    throw err instanceof QueueError ? err : new QueueError((err as Error).message);
+  }
 }
 
 export const ACTIVE: JobState[] = ['running', 'stopping'];
@@ -90,6 +116,7 @@ export class Queue {
 
   /** Queue a job folder (or put its draft / stopped / failed row back in the queue, at the end). */
   add(r: ResolvedJob, gpu?: number): JobRow {
+    adoptInto(r);
     return this.db.transaction(() => {
       const existing = (this.db.prepare('SELECT * FROM jobs WHERE job_dir = ? OR config_path = ?').get(r.jobDir, r.configPath)) as JobRow | undefined;
       const g = gpu ?? existing?.gpu ?? r.gpu ?? 0;
