@@ -5,7 +5,7 @@ APT_PACKAGES := libopenblas-dev nlohmann-json3-dev libstb-dev python3-torch pyth
 # Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
 SYSPY := /usr/bin/python3
 
-.PHONY: all deps apt npm ts trainer test test-trainer test-ts tui demo demo-model bench gpu-check clean
+.PHONY: all deps apt npm ts trainer test test-trainer test-ts tui demo demo-model bench bench-prepare gpu-check clean
 
 all: trainer
 
@@ -70,6 +70,14 @@ bench: trainer
 	@if [ -x trainer-cuda/build/graft-gpu-bench ] && nvidia-smi -L >/dev/null 2>&1; then \
 	  trainer-cuda/build/graft-gpu-bench; \
 	else echo "no usable GPU or no CUDA build here: the GPU benchmark is skipped (make gpu-check runs it on a GPU)"; fi
+	$(MAKE) bench-prepare
+
+# Preparation (graft prepare) of 1,000 pictures of 1024x1024 at resolutions [1024, 512]: a first run and a
+# second, cached one. The pictures are generated once into /tmp/graft-bench-prepare (600 MB of JPEGs, kept;
+# the 4 GB of prepared PNGs are removed after); BENCH_PREPARE_ARGS=--images N changes the count.
+BENCH_PREPARE_ARGS ?=
+bench-prepare: ts
+	node dist/test/bench/prepare.bench.js $(BENCH_PREPARE_ARGS)
 
 # Builds the CUDA backend and runs, on the GPU of this machine: every parity test (each CUDA op
 # against the CPU reference, a LoRA step's gradients, and the whole FLUX step of the CUDA backend

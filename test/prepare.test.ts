@@ -97,14 +97,19 @@ describe('graft prepare', () => {
     expect(job.config.datasets[0].num_repeats).toBe(3); // the process entry as written
   });
 
-  it('writes 8-bit RGB PNGs at exactly the bucket size: one per listed resolution, alpha on white, grey expanded', async () => {
+  it('writes 8-bit RGB PNGs at exactly the bucket size: one per listed resolution, alpha on white, grey, 16-bit and CMYK converted', async () => {
     await writeImage(join(data, 'big.png'), { width: 96, height: 64 });
     await writeImage(join(data, 'alpha.png'), { width: 40, height: 40, left: [0, 0, 0, 0], right: [0, 0, 0, 0] });
     await writeImage(join(data, 'grey.png'), { width: 40, height: 40, grey: true });
+    await sharp(join(data, 'grey.png')).toColourspace('rgb16').png().toFile(join(data, 'deep.png'));
+    await sharp(join(data, 'big.png')).toColourspace('cmyk').jpeg().toFile(join(data, 'cmyk.jpg'));
+    expect((await sharp(join(data, 'cmyk.jpg')).metadata()).space).toBe('cmyk');
+    expect((await sharp(join(data, 'deep.png')).metadata()).depth).toBe('ushort');
     const { job } = await run(config({ datasets: [{ folder_path: data, resolution: [32, 64], default_caption: 'x' }] }));
     const items = job.datasets[0].items;
     const big = items.filter((it: any) => it.source.endsWith('big.png')).map((it: any) => `${it.width}x${it.height}`);
     expect(big).toEqual(['32x24', '72x48']); // 96x64 at 32 and at 64 (never upscaled)
+    expect(items).toHaveLength(7);
     expect(items.filter((it: any) => it.source.endsWith('alpha.png')).map((it: any) => `${it.width}x${it.height}`)).toEqual(['32x32']);
     for (const it of items) {
       const meta = await sharp(join(jobDir(), it.image)).metadata();

@@ -145,7 +145,7 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
     log(`dataset ${di + 1}/${settings.datasets.length}: ${collected[di]!.folder} (resolutions ${resolutions.join(', ')}, divisibility ${divisibility})`);
     pixels.push(await prepareDatasetPixels(collected[di]!, {
       resolutions, divisibility, preparedDir, manifest,
-      pngCompression: opts.pngCompression ?? 3,
+      pngCompression: opts.pngCompression ?? 1,
       concurrency: opts.concurrency ?? Math.max(2, availableParallelism()),
       onImage: (done, total, written, reused) => {
         const now = Date.now();
