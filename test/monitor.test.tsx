@@ -126,14 +126,15 @@ describe('Training Queue and Dashboard', () => {
     r.unmount();
   });
 
-  it('says plainly that a draft (config.yaml without job.json) cannot be prepared yet', async () => {
+  it('a draft (config.yaml without job.json) resolves to its job folder, prepared when it runs', async () => {
     const { newJobDoc, procPath } = await import('../src/config/document.js');
     const { saveJob } = await import('../src/config/jobfile.js');
     const { setAt } = await import('../src/util/objpath.js');
     const saved = saveJob(setAt(newJobDoc(env.presets[0]!, 'output', 'draft_one'), procPath('datasets', 0, 'folder_path'), '/data/q'), env.presets, env.store);
-    const { resolveJob, QueueError } = await import('../src/queue/queue.js');
-    expect(() => resolveJob(saved.configPath, env.home)).toThrow(QueueError);
-    expect(() => resolveJob(saved.configPath, env.home)).toThrow(/preparing a job from config.yaml .* is not built yet/);
+    const { resolveJob } = await import('../src/queue/queue.js');
+    const { dirname } = await import('node:path');
+    expect(resolveJob(saved.configPath, env.home)).toEqual({ jobDir: dirname(saved.configPath), configPath: saved.configPath, name: 'draft_one', gpu: 0 });
+    expect(resolveJob(dirname(saved.configPath), env.home).configPath).toBe(saved.configPath);
   });
 });
 
