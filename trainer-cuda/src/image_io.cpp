@@ -49,6 +49,24 @@ std::vector<float> png_read(const std::string& path, int* W, int* H) {
   return rgb;
 }
 
+bool image_size(const std::string& path, int* W, int* H, std::string* why) {
+  int n = 0;
+  if (stbi_info(path.c_str(), W, H, &n)) return true;
+  if (why) *why = stbi_failure_reason() ? stbi_failure_reason() : "unknown format";
+  return false;
+}
+
+void mirror_image(float* px, int C, int W, int H, bool flip_x, bool flip_y) {
+  for (int c = 0; c < C; ++c) {
+    float* plane = px + (size_t)c * H * W;
+    if (flip_x)
+      for (int y = 0; y < H; ++y) std::reverse(plane + (size_t)y * W, plane + (size_t)(y + 1) * W);
+    if (flip_y)
+      for (int y = 0; y < H / 2; ++y)
+        std::swap_ranges(plane + (size_t)y * W, plane + (size_t)(y + 1) * W, plane + (size_t)(H - 1 - y) * W);
+  }
+}
+
 std::vector<float> contact_sheet(const std::vector<std::vector<float>>& pics, int W, int H, int cols, int* ow, int* oh) {
   const int n = (int)pics.size(), rows = (n + cols - 1) / cols;
   *ow = cols * (W + 1) + 1;

@@ -28,12 +28,19 @@ Pipeline Pipeline::load(const std::string& dir) {
   p.transformer = FluxModel::load(dir + "/transformer.safetensors");
   p.text_encoder = TextEncoder::load(dir + "/text_encoder.safetensors");
   p.ae = VaeModel::load(dir + "/ae.safetensors");
-  const FluxConfig& c = p.transformer.cfg;
-  if (p.text_encoder.cfg.context_dim != c.context_dim || p.text_encoder.cfg.vec_dim != c.vec_dim)
-    fail(dir + ": the text encoder's outputs do not match the transformer's txt_in/vector_in widths");
-  if (p.ae.cfg.z_channels * 4 != c.in_channels)
-    fail(dir + ": the autoencoder's latent channels do not match the transformer's img_in width");
+  check_model_parts(p.transformer.cfg, p.text_encoder.cfg, p.ae.cfg, dir);
   return p;
+}
+
+void check_model_parts(const FluxConfig& c, const TextEncoderConfig& te, const VaeConfig& ae, const std::string& where) {
+  if (te.context_dim != c.context_dim || te.vec_dim != c.vec_dim)
+    fail(where + ": the text encoder's outputs (" + std::to_string(te.context_dim) + ", pooled " +
+         std::to_string(te.vec_dim) + ") do not match the transformer's txt_in/vector_in widths (" +
+         std::to_string(c.context_dim) + ", " + std::to_string(c.vec_dim) + ")");
+  if (ae.z_channels * 4 != c.in_channels)
+    fail(where + ": the autoencoder's " + std::to_string(ae.z_channels) +
+         " latent channels do not match the transformer's img_in width " + std::to_string(c.in_channels) +
+         " (channels x 2 x 2)");
 }
 
 TextCond Pipeline::encode_text(const std::string& prompt) {

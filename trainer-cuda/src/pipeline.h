@@ -17,6 +17,11 @@
 
 namespace graft {
 
+// The text encoder's outputs fit the transformer's txt_in / vector_in and the autoencoder's latent
+// channels its img_in; throws Error naming `where` (a model folder or job file) otherwise.
+void check_model_parts(const FluxConfig& transformer, const TextEncoderConfig& te, const VaeConfig& ae,
+                       const std::string& where);
+
 struct Pipeline {
   std::string dir;
   FluxModel transformer;

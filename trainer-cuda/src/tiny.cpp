@@ -11,6 +11,8 @@
 #include "common.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "text_encoder.h"
+#include "vae.h"
 
 namespace graft {
 
@@ -161,6 +163,32 @@ void make_tiny(const std::string& dir, uint64_t seed) {
   };
   std::string text = job.dump(2) + "\n";
   write_file_atomic(dir + "/job.json", text.data(), text.size());
+}
+
+void make_tiny_pipeline(const std::string& dir, uint64_t seed) {
+  FluxConfig c = tiny_flux_config();
+  mkdirs(dir);
+  write_random_flux(dir + "/transformer.safetensors", c, seed);
+  TextEncoderConfig tc;
+  tc.dim = 32;
+  tc.heads = 2;
+  tc.layers = 1;
+  tc.mlp = 64;
+  tc.max_len = 16;
+  tc.context_dim = c.context_dim;
+  tc.vec_dim = c.vec_dim;
+  TextEncoder::random(tc, seed + 1).save(dir + "/text_encoder.safetensors", DType::F32, {});
+  VaeConfig vc;
+  vc.ch = 8;
+  vc.ch_mult = {1, 2};
+  vc.num_res_blocks = 1;
+  vc.z_channels = c.in_channels / 4;
+  vc.groups = 4;
+  write_random_vae(dir + "/ae.safetensors", vc, seed + 2);
+  nlohmann::json model = {{"text_max_len", tc.max_len}, {"image_size", 16},
+                          {"sample", {{"steps", 4}, {"cfg_scale", 1.0}, {"shift", 1.0}}}};
+  std::string text = model.dump(2) + "\n";
+  write_file_atomic(dir + "/model.json", text.data(), text.size());
 }
 
 }  // namespace graft

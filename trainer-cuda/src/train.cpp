@@ -10,14 +10,17 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
+#include "cache.h"
 #include "common.h"
 #include "flux_backend.h"
 #include "lora.h"
 #include "metrics.h"
 #include "ops.h"
 #include "optim.h"
+#include "pipeline.h"
 #include "rng.h"
 #include "train_samples.h"
 
@@ -58,10 +61,10 @@ static void install_signals() {
 
 // ---------------------------------------------------------------- batches
 
-TrainBatch make_batch(const TrainData& data, const std::vector<int>& idx, const FluxConfig& cfg, const Job& job,
-                      uint64_t g) {
-  const TrainSample& s0 = data.samples[idx[0]];
-  const int B = (int)idx.size(), C = s0.C, H = s0.H, W = s0.W, Lt = s0.L_txt;
+TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const FluxConfig& cfg, const Job& job, uint64_t g) {
+  const std::vector<int>& idx = pick.samples;
+  const Latent& l0 = data.latents[data.samples[idx[0]].latent];
+  const int B = (int)idx.size(), C = l0.C, H = l0.H, W = l0.W, Lt = data.texts[pick.texts[0]].L;
   const int gh = H / 2, gw = W / 2, Li = gh * gw, P = C * 4;
   const size_t lat = (size_t)C * H * W;
   TrainBatch tb;
@@ -75,7 +78,7 @@ TrainBatch make_batch(const TrainData& data, const std::vector<int>& idx, const 
   for (int b = 0; b < B; ++b) {
     float t = job.timestep_type == "linear" ? rng.uniform() : 1.0f / (1.0f + std::exp(-rng.normal()));
     in.timesteps[b] = t;
-    const float* x0 = data.samples[idx[b]].latent.data();
+    const float* x0 = data.latents[data.samples[idx[b]].latent].z.data();
     for (size_t i = 0; i < lat; ++i) {
       float noise = rng.normal();
       xt[b * lat + i] = (1.0f - t) * x0[i] + t * noise;
@@ -92,9 +95,10 @@ TrainBatch make_batch(const TrainData& data, const std::vector<int>& idx, const 
   in.txt.resize((size_t)B * Lt * cfg.context_dim);
   in.y.resize((size_t)B * cfg.vec_dim);
   for (int b = 0; b < B; ++b) {
-    const TrainSample& s = data.samples[idx[b]];
-    std::copy(s.txt.begin(), s.txt.end(), in.txt.begin() + (size_t)b * Lt * cfg.context_dim);
-    std::copy(s.y.begin(), s.y.end(), in.y.begin() + (size_t)b * cfg.vec_dim);
+    const TextEmbedding& t = data.texts[pick.texts[b]];
+    if (t.L != Lt) fail("internal: a batch mixes text lengths " + std::to_string(Lt) + " and " + std::to_string(t.L));
+    std::copy(t.txt.begin(), t.txt.end(), in.txt.begin() + (size_t)b * Lt * cfg.context_dim);
+    std::copy(t.y.begin(), t.y.end(), in.y.begin() + (size_t)b * cfg.vec_dim);
   }
   in.guidance.assign(B, job.guidance);
   return tb;
@@ -233,9 +237,20 @@ static std::string duration_str(double s) {
 // ---------------------------------------------------------------- the loop
 
 int train_run(const std::string& dir) {
+  // Everything that can be wrong with the job is found here, before anything is written.
   Job job = job_load(dir);
   FluxModel model = FluxModel::load(job.transformer);
-  TrainData data = data_load(job, model.cfg);
+  // The text encoder and autoencoder encode the datasets and serve sampling.
+  std::unique_ptr<TextEncoder> te;
+  std::unique_ptr<VaeModel> ae;
+  if (!job.datasets.empty() || job.sample.enabled) {
+    te = std::make_unique<TextEncoder>(TextEncoder::load(job.text_encoder));
+    ae = std::make_unique<VaeModel>(VaeModel::load(job.ae));
+    check_model_parts(model.cfg, te->cfg, ae->cfg, job.file);
+    job_check_models(job, te->cfg, ae->cfg);
+  }
+  TrainData data;
+  if (job.datasets.empty()) data = data_load(job, model.cfg);
   LoraSet lora = lora_create(flux_lora_targets(model.cfg, job.train_modulation), job.rank, job.alpha, job.seed);
   AdamW opt;
   opt.beta1 = job.beta1;
@@ -253,6 +268,10 @@ int train_run(const std::string& dir) {
     return 0;
   }
 
+  // The CUDA backend recomputes block activations in backward with GRAFT_GRAD_CHECKPOINT=1 (else it
+  // turns checkpointing on by itself only when the step would not fit); the CPU backend has no
+  // recompute path.
+  if (job.gradient_checkpointing && !std::getenv("GRAFT_GRAD_CHECKPOINT")) setenv("GRAFT_GRAD_CHECKPOINT", "1", 1);
   std::unique_ptr<FluxBackend> backend = make_backend(job.device, &model, &lora, job.file);
   backend->params_updated();
   Metrics metrics;
@@ -260,22 +279,47 @@ int train_run(const std::string& dir) {
   g_metrics_fd = metrics.fd;
   install_signals();
   const FluxConfig& c = model.cfg;
-  const int nb = data.batches_per_epoch(job.batch_size);
   const bool resumed = st.step > 0;
   std::printf("graft-trainer %s: %s '%s' on %s from step %d of %d\n", GRAFT_VERSION,
               resumed ? "resuming" : "training", job.name.c_str(), backend->name().c_str(), st.step, job.steps);
   std::printf("  model %s: hidden %d, %d heads, %d double + %d single blocks\n", job.transformer.c_str(), c.hidden,
               c.heads, c.n_double, c.n_single);
-  std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets\n", job.rank,
-              job.alpha, lora.adapters.size(), lora.params.size(), data.samples.size(), data.buckets.size());
+  if (job.gradient_checkpointing && backend->name().rfind("cpu", 0) == 0)
+    std::printf("  note: train.gradient_checkpointing has no effect on the CPU backend (no recompute path: it "
+                "keeps every activation)\n");
   std::fflush(stdout);
   metrics.event({{"event", "start"}, {"step", st.step}, {"steps", job.steps}, {"name", job.name},
                  {"resumed", resumed}, {"device", backend->name()}, {"threads", omp_get_max_threads()},
-                 {"lora_params", lora.params.size()}, {"items", data.samples.size()},
+                 {"lora_params", lora.params.size()}, {"items", job_item_count(job)},
+                 {"datasets", std::max<size_t>(1, job.datasets.size())},
                  {"batch_size", job.batch_size}, {"gradient_accumulation", job.grad_accum}, {"pid", (int)getpid()}});
 
+  // Encoding (or reading the cache) and the sample prompts: failures from here on end the run in
+  // metrics.jsonl too.
   std::unique_ptr<TrainSampler> sampler;
-  if (job.sample.enabled) sampler = std::make_unique<TrainSampler>(job);
+  try {
+    if (!job.datasets.empty()) data = data_encode(job, *ae, *te, metrics);
+    if (job.sample.enabled) sampler = std::make_unique<TrainSampler>(job, *te, ae.get());
+  } catch (const Error& e) {
+    metrics.event({{"event", "error"}, {"step", st.step}, {"message", e.what()}});
+    metrics.event({{"event", "end"}, {"status", "failed"}, {"step", st.step}});
+    metrics.close();
+    g_metrics_fd = -1;
+    throw;
+  }
+  // Every caption and sample prompt is encoded by now: the text encoder has nothing left to do.
+  if (te && (job.unload_text_encoder || (!job.datasets.empty() && job.cache_text_embeddings))) {
+    te.reset();
+    std::printf("  text encoder unloaded (train.%s): captions and sample prompts are encoded\n",
+                job.unload_text_encoder ? "unload_text_encoder" : "cache_text_embeddings");
+  }
+  if (!sampler) ae.reset();
+  const int nb = data.batches_per_epoch(job.batch_size);
+  std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets of %zu dataset%s\n",
+              job.rank, job.alpha, lora.adapters.size(), lora.params.size(), data.samples.size(),
+              data.bucket_count(), data.datasets.size(), data.datasets.size() == 1 ? "" : "s");
+  std::fflush(stdout);
+
   auto sample = [&](int step) {
     auto ts = std::chrono::steady_clock::now();
     std::vector<std::string> files = sampler->run(*backend, lora, c, step);
@@ -294,7 +338,7 @@ int train_run(const std::string& dir) {
     double loss_sum = 0.0;
     for (int micro = 0; micro < job.grad_accum; ++micro) {
       const uint64_t g = (uint64_t)(step - 1) * job.grad_accum + micro;
-      TrainBatch tb = make_batch(data, data.batch(job.seed, g, job.batch_size), c, job, g);
+      TrainBatch tb = make_batch(data, data.batch(job.seed, g, job.batch_size), c, job, g);  // a pure function of g
       backend->forward(tb.in, out);
       const long n = (long)out.size();
       loss_sum += mse_forward(out.data(), tb.target.data(), n);

@@ -9,24 +9,25 @@
 
 namespace graft {
 
-TrainSampler::TrainSampler(const Job& j) : job(&j), te(TextEncoder::load(j.text_encoder)), ae(VaeModel::load(j.ae)) {
+TrainSampler::TrainSampler(const Job& j, TextEncoder& te, VaeModel* vae) : job(&j), ae(vae) {
   TextEncoderRunner r(&te);
-  auto encode = [&](const std::string& text) {
+  auto encode = [&](const std::vector<int>& ids) {
     TextCond t;
-    t.L = te.cfg.max_len;
-    r.forward(tokenize_bytes(text, t.L), 1, t.L, t.txt, t.y);
+    t.L = (int)ids.size();
+    r.forward(ids, 1, t.L, t.txt, t.y);
     return t;
   };
-  for (const JobSamplePrompt& p : j.sample.prompts) conds.push_back(encode(p.prompt));
-  uncond = encode("");
+  const int L = te.cfg.max_len;
+  for (const JobSamplePrompt& p : j.sample.prompts) conds.push_back(encode(p.tokens.empty() ? tokenize_bytes(p.prompt, L) : p.tokens));
+  uncond = encode(j.empty_tokens.empty() ? tokenize_bytes("", L) : j.empty_tokens);
 }
 
 std::vector<std::string> TrainSampler::run(FluxBackend& model, LoraSet& lora, const FluxConfig& cfg, int step) {
   const JobSample& s = job->sample;
   const std::string dir = job->output_dir + "/samples";
   if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) fail(dir + ": cannot create the samples folder");
-  const int f = ae.cfg.downscale() * 2;  // latent pixels per image pixel, times the 2x2 patch
-  VaeRunner vr(&ae);
+  const int f = ae->cfg.downscale() * 2;  // latent pixels per image pixel, times the 2x2 patch
+  VaeRunner vr(ae);
   std::vector<std::string> files;
   for (size_t i = 0; i < s.prompts.size(); ++i) {
     const JobSamplePrompt& p = s.prompts[i];
@@ -42,11 +43,11 @@ std::vector<std::string> TrainSampler::run(FluxBackend& model, LoraSet& lora, co
     std::vector<float> scales;
     for (LoraAdapter& a : lora.adapters) scales.push_back(a.scale), a.scale *= p.lora_scale;
     model.params_updated();
-    const int C = ae.cfg.z_channels, h = H / ae.cfg.downscale(), w = W / ae.cfg.downscale();
+    const int C = ae->cfg.z_channels, h = H / ae->cfg.downscale(), w = W / ae->cfg.downscale();
     std::vector<float> z = sample_latent(model, cfg, C, h, w, conds[i], &uncond, sp);
     for (size_t k = 0; k < scales.size(); ++k) lora.adapters[k].scale = scales[k];
     model.params_updated();
-    vae_latent_from_dit(ae.cfg, z.data(), (long)z.size());
+    vae_latent_from_dit(ae->cfg, z.data(), (long)z.size());
     std::vector<float> img;
     vr.decode(z.data(), 1, h, w, img);
     char name[64];

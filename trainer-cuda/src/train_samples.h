@@ -14,12 +14,13 @@ namespace graft {
 
 struct TrainSampler {
   const Job* job;
-  TextEncoder te;
-  VaeModel ae;
+  VaeModel* ae;                 // the job's autoencoder (not owned)
   std::vector<TextCond> conds;  // one per prompt, encoded once
   TextCond uncond;              // the empty prompt, for classifier-free guidance
 
-  explicit TrainSampler(const Job& job);  // loads the text encoder and autoencoder; throws Error
+  // Encodes every prompt now (the job's tokens, else tokenize_bytes of the text) and the empty prompt
+  // (text.empty_tokens, else tokenize_bytes("")), so the text encoder is not needed afterwards.
+  TrainSampler(const Job& job, TextEncoder& te, VaeModel* ae);
   // Returns the files written.
   std::vector<std::string> run(FluxBackend& model, LoraSet& lora, const FluxConfig& cfg, int step);
 };

@@ -314,6 +314,8 @@ TEST(job_errors_name_the_field) {
   write_text(dir + "/job.json", "{\"name\": \"x\", \"model\": {\"transformer\": \"m\"}, \"train\": {\"optimizer\": \"sgd\"}}");
   CHECK_THROWS(job_load(dir), "one of adamw, adamw8bit");
   write_text(dir + "/job.json", "{\"name\": \"x\", \"model\": {\"transformer\": \"m\"}}");
+  CHECK_THROWS(job_load(dir), "no training data: needs datasets");
+  write_text(dir + "/job.json", "{\"name\": \"x\", \"model\": {\"transformer\": \"m\"}, \"items\": []}");
   CHECK_THROWS(job_load(dir), "items must be a non-empty list");
   write_text(dir + "/job.json", "{\"model\": {\"transformer\": \"m\"}}");
   CHECK_THROWS(job_load(dir), "name is missing");
