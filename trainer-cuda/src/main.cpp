@@ -22,6 +22,7 @@
 #include "ops.h"
 #include "rng.h"
 #include "safetensors.h"
+#include "text_encoder.h"
 #include "tiny.h"
 #include "train.h"
 
@@ -40,6 +41,7 @@ static const char* kUsage =
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
     "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]] [--scale N]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
+    "  tokenize <text> [--max-len N]                     the demo text encoder's byte-level token ids, as JSON\n"
     "  --version\n";
 
 static void need_args(const std::vector<std::string>& a, size_t n, const char* cmd) {
@@ -272,6 +274,26 @@ static int cmd_sample(const std::vector<std::string>& a) {
   return 0;
 }
 
+// [bos] UTF-8 bytes [eos] (tokenize_bytes), padded or truncated to --max-len when given: the
+// TypeScript side checks its tokenizer.json against this.
+static int cmd_tokenize(const std::vector<std::string>& a) {
+  need_args(a, 2, "tokenize");
+  int max_len = -1;
+  for (size_t i = 2; i < a.size(); ++i) {
+    if (a[i] == "--max-len" && i + 1 < a.size()) {
+      const std::string& v = a[++i];
+      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 7 || std::stoi(v) < 2)
+        fail("tokenize: --max-len must be an integer >= 2, got '" + v + "'");
+      max_len = std::stoi(v);
+    } else {
+      fail("tokenize: unknown argument '" + a[i] + "'");
+    }
+  }
+  std::vector<int> ids = tokenize_bytes(a[1], max_len > 0 ? max_len : (int)a[1].size() + 2);
+  std::printf("%s\n", nlohmann::json(ids).dump().c_str());
+  return 0;
+}
+
 int main(int argc, char** argv) {
   // Idle OpenMP threads spin by default; on a box where anything else runs (the TUI, a second job,
   // a compiler) that spinning made steps 5-6x slower here. libgomp reads the policy when it loads,
@@ -302,6 +324,7 @@ int main(int argc, char** argv) {
     if (a[0] == "sample") return cmd_sample(a);
     if (a[0] == "demo-job") return cmd_demo_job(a);
     if (a[0] == "demo-eval") return cmd_demo_eval(a);
+    if (a[0] == "tokenize") return cmd_tokenize(a);
     std::fprintf(stderr, "graft-trainer: unknown command '%s'\n%s", a[0].c_str(), kUsage);
     return 2;
   } catch (const Error& e) {
