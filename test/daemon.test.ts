@@ -161,6 +161,14 @@ describe('queue daemon', () => {
       expect(readFileSync(join(dir, 'config.yaml'), 'utf8')).toContain(`# graft: copied from ${config}`);
       expect(L.job(id).state, L.job(id).last_error ?? '').toBe('finished');
       expect(existsSync(join(dir, 'prep.safetensors'))).toBe(true);
+
+      // graft run does the same in the foreground: prepare (everything reused), then train.
+      const other = join(root, 'other.yaml');
+      writeFileSync(other, readFileSync(config, 'utf8').replace('"name": "prep"', '"name": "prep_run"'));
+      const fg = graft('run', other);
+      expect(fg.status, fg.stderr).toBe(0);
+      expect(fg.stdout).toContain('prepared 4 images into 4 items');
+      expect(fg.stdout).toContain(`graft: finished prep_run: ${join(root, 'out', 'prep_run')}`);
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

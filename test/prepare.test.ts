@@ -188,6 +188,9 @@ describe('graft prepare', () => {
     };
     await fails(config({ datasets: [{ folder_path: join(root, 'nope') }] }), `dataset folder not found: ${join(root, 'nope')}`);
     await fails(config(), `no images found in ${data}`);
+    writeFileSync(join(data, 'clip.mp4'), 'video');
+    await fails(config(), `no images found in ${data}: it holds 1 video, and video datasets are not prepared yet`);
+    rmSync(join(data, 'clip.mp4'));
 
     await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
     writeFileSync(join(data, 'metadata.jsonl'), '{"file_name": "a.png", "text": "ok"}\n\n{"file_name": "b.png", "text": broken}\n');

@@ -34,6 +34,7 @@ export async function collectDataset(folder: string, captionExt: CaptionExt): Pr
     if (err instanceof ScanError) throw new PrepareError(err.message);
     throw err;
   }
+  if (scan.images === 0) throw new PrepareError(`no images found in ${folder}: it holds ${scan.videos} video${scan.videos === 1 ? '' : 's'}, and video datasets are not prepared yet`);
   const present = new Set(await readdir(folder));
   const metadata = await readMetadata(folder, present);
   const images: CollectedImage[] = [];
