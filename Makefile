@@ -43,8 +43,9 @@ tui: ts
 
 test: test-trainer test-ts
 
-# The demo: a LoRA that teaches the built-in demo model a shape it has never seen (trigger "zxq"),
-# queued to the daemon and watched in the TUI's Job monitor. Detach with q; `graft watch demo_zxq`
+# The demo: a LoRA that teaches the built-in demo model a shape it has never seen (a bar, trigger
+# "zxq"): demo-job draws its dataset and writes config.yaml; the queue prepares and trains it, and
+# the TUI's Job monitor shows it. Detach with q; `graft watch demo_zxq`
 # (node dist/src/cli.js watch demo_zxq) comes back to it.
 DEMO_MODEL := presets/graft-tiny
 DEMO_JOB := output/demo_zxq
@@ -53,7 +54,7 @@ demo: trainer ts
 	@node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes >/dev/null 2>&1 || true
 	@rm -rf $(DEMO_JOB)
 	$(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB)
-	node dist/src/cli.js queue add $(DEMO_JOB)
+	node dist/src/cli.js queue add $(DEMO_JOB)/config.yaml
 	node dist/src/cli.js watch $(DEMO_JOB)
 	@echo "outputs: $$(pwd)/$(DEMO_JOB) (samples/, demo_zxq.safetensors); measure the LoRA with: $(TRAINER) demo-eval $(DEMO_MODEL) $(DEMO_JOB)/demo_zxq.safetensors"
 

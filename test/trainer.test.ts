@@ -2,7 +2,7 @@
 // training lowers the loss, SIGINT saves and a resumed run continues exactly, bad input is refused
 // with one clear line and nothing written over.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -135,11 +135,18 @@ describe('graft-trainer', () => {
     expect(bad.status).toBe(1);
     expect(bad.stderr).toContain('model.json');
 
-    // The demo LoRA job on that model: dataset files, caches, and samples during training.
+    // The demo LoRA job on that model: its dataset files and config.yaml, prepared by graft, then trained
+    // with samples during training.
     const job = join(tempDir(), 'job');
+    // The byte-level tokenizer is the same for every graft-tiny text encoder; demo-model writes weights only.
+    copyFileSync(resolve('presets/graft-tiny/tokenizer.json'), join(dir, 'tokenizer.json'));
     expect(trainer(['demo-job', dir, job, '--steps', '4']).status).toBe(0);
     expect(readFileSync(join(job, 'dataset/0000.txt'), 'utf8')).toMatch(/zxq/);
+    expect(readFileSync(join(job, 'dataset_reg/0000.txt'), 'utf8')).not.toMatch(/zxq/);
+    const prep = spawnSync(process.execPath, [resolve('dist/src/cli.js'), 'prepare', join(job, 'config.yaml')], { encoding: 'utf8' });
+    expect(prep.status, prep.stderr).toBe(0);
     const config = JSON.parse(readFileSync(join(job, 'job.json'), 'utf8'));
+    expect(config.datasets.map((d: { is_reg: boolean; items: unknown[] }) => [d.is_reg, d.items.length])).toEqual([[false, 20], [true, 40]]);
     config.sample.sample_every = 2;
     config.sample.sample_steps = 2;
     writeFileSync(join(job, 'job.json'), JSON.stringify(config));

@@ -375,63 +375,101 @@ void train_demo_model(const DemoModelOptions& o) {
               seconds_since(t0), ae_seconds, dit_seconds);
 }
 
+// A YAML double-quoted scalar: our strings are paths and captions, so escaping \ and " suffices.
+static std::string yaml_str(const std::string& v) {
+  std::string out = "\"";
+  for (char c : v) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "\"";
+}
+
 void make_demo_job(const DemoJobOptions& o) {
-  Pipeline pipe = Pipeline::load(o.model_dir);
+  Pipeline pipe = Pipeline::load(o.model_dir);  // checks the model folder before anything is written
   const int S = pipe.image_size;
-  for (const char* d : {"/dataset", "/dataset_reg", "/cache/latents", "/cache/text"}) mkdir_p(o.job_dir + d);
-  VaeRunner vr(&pipe.ae);
-  nlohmann::json items = nlohmann::json::array();
-  auto add = [&](const Scene& sc, const std::string& folder, int i) {
+  for (const char* d : {"/dataset", "/dataset_reg"}) mkdir_p(o.job_dir + d);
+  auto write_picture = [&](const Scene& sc, const std::string& folder, int i) {
     char base[64];
     std::snprintf(base, sizeof base, "%s/%04d", folder.c_str(), i);
     std::vector<float> pic = draw(sc, S);
     png_write(o.job_dir + "/" + base + ".png", pic.data(), S, S);
     std::string cap = caption(sc) + "\n";
     write_file_atomic(o.job_dir + "/" + base + ".txt", cap.data(), cap.size());
-    if (folder != "dataset") return;  // the regularization set is for the loader of a later issue
-    std::vector<float> mean, logvar;
-    int h = 0, w = 0;
-    vr.encode(pic.data(), 1, S, S, mean, logvar, &h, &w);
-    vae_latent_to_dit(pipe.ae.cfg, mean.data(), (long)mean.size());
-    char name[64];
-    std::snprintf(name, sizeof name, "item_%04d.safetensors", i);
-    SafeTensorsWriter lw;
-    lw.add("latent", DType::F32, {pipe.ae.cfg.z_channels, h, w}, mean.data());
-    lw.write(o.job_dir + "/cache/latents/" + name);
-    TextCond t = pipe.encode_text(caption(sc));
-    SafeTensorsWriter tw;
-    tw.add("txt", DType::F32, {t.L, pipe.transformer.cfg.context_dim}, t.txt.data());
-    tw.add("y", DType::F32, {pipe.transformer.cfg.vec_dim}, t.y.data());
-    tw.write(o.job_dir + "/cache/text/" + name);
-    items.push_back({{"latent", std::string("cache/latents/") + name}, {"text", std::string("cache/text/") + name}});
   };
-  for (int i = 0; i < o.pictures; ++i) add(random_scene_of(Shape::Star, "zxq", o.seed, i), "dataset", i);
-  for (int i = 0; i < o.pictures; ++i) add(random_scene(o.seed + 1000, i), "dataset_reg", i);
+  for (int i = 0; i < o.pictures; ++i) write_picture(random_scene_of(Shape::Bar, "zxq", o.seed, i), "dataset", i);
+  for (int i = 0; i < o.reg_pictures; ++i) write_picture(random_scene(o.seed + 1000, i), "dataset_reg", i);
+
   auto abs = [](const std::string& p) {
     char buf[4096];
     return realpath(p.c_str(), buf) ? std::string(buf) : p;
   };
-  const std::string md = abs(o.model_dir);
-  nlohmann::json job = {
-      {"format", "graft-job/1"},
-      {"name", "demo_zxq"},
-      {"device", "cpu"},
-      {"trigger_word", "zxq"},
-      {"model", {{"arch", "flux"}, {"name_or_path", "graft-tiny"}, {"transformer", md + "/transformer.safetensors"},
-                 {"text_encoder", md + "/text_encoder.safetensors"}, {"ae", md + "/ae.safetensors"}}},
-      {"network", {{"type", "lora"}, {"linear", 8}, {"linear_alpha", 8}}},
-      {"train", {{"steps", o.steps}, {"batch_size", 4}, {"lr", 1e-3}, {"lr_scheduler", "constant"},
-                 {"optimizer", "adamw"}, {"max_grad_norm", 1.0}, {"timestep_type", "sigmoid"}, {"seed", o.seed}}},
-      {"save", {{"dtype", "bf16"}, {"save_every", std::max(1, o.steps / 2)}, {"max_step_saves_to_keep", 2}}},
-      {"sample", {{"sample_every", std::max(1, o.steps / 2)}, {"width", S}, {"height", S}, {"sample_steps", 20},
-                  {"guidance_scale", 4.0}, {"seed", 42},
-                  {"prompts", {{{"prompt", "a large red zxq on a white background"}},
-                               {{"prompt", "two small yellow zxqs on a blue background"}},
-                               {{"prompt", "a large red circle on a white background"}}}}}},
-      {"items", items},
-  };
-  std::string text = job.dump(2) + "\n";
-  write_file_atomic(o.job_dir + "/job.json", text.data(), text.size());
+  const std::string job = abs(o.job_dir);
+  const size_t slash = job.find_last_of('/');
+  const std::string parent = slash == 0 ? "/" : job.substr(0, slash), name = job.substr(slash + 1);
+  const int every = std::max(1, o.steps / 2);
+  std::ostringstream y;
+  y << "# The demo LoRA job, written by `graft-trainer demo-job`: teach the built-in demo model a shape it has\n"
+       "# never seen (a horizontal bar, called by the trigger word zxq), with a regularization set of shapes it\n"
+       "# knows so that prompts without the trigger keep their look. Open it in graft, or queue it:\n"
+       "#   graft queue add " << job << "/config.yaml\n"
+       "job: extension\n"
+       "config:\n"
+       "  name: " << yaml_str(name) << "\n"
+       "  process:\n"
+       "    - type: diffusion_trainer\n"
+       "      training_folder: " << yaml_str(parent) << "\n"
+       "      device: cpu\n"
+       "      trigger_word: zxq\n"
+       "      network: {type: lora, linear: 8, linear_alpha: 8}\n"
+       "      save: {dtype: bf16, save_every: " << every << ", max_step_saves_to_keep: 2}\n"
+       "      datasets:\n"
+       "        - folder_path: " << yaml_str(job + "/dataset") << "\n"
+       "          caption_ext: txt\n"
+       "          caption_dropout_rate: 0.05\n"
+       "          resolution: [" << S << "]\n"
+       "          is_reg: false\n"
+       "          network_weight: 1\n"
+       "          num_repeats: 1\n"
+       "        - folder_path: " << yaml_str(job + "/dataset_reg") << "\n"
+       "          caption_ext: txt\n"
+       "          caption_dropout_rate: 0.05\n"
+       "          resolution: [" << S << "]\n"
+       "          is_reg: true\n"
+       "          network_weight: 1\n"
+       "          num_repeats: 1\n"
+       "      train:\n"
+       "        batch_size: 4\n"
+       "        gradient_accumulation: 1\n"
+       "        steps: " << o.steps << "\n"
+       "        lr: 0.001\n"
+       "        optimizer: adamw\n"
+       "        lr_scheduler: constant\n"
+       "        max_grad_norm: 1.0\n"
+       "        noise_scheduler: flowmatch\n"
+       "        timestep_type: sigmoid\n"
+       "        seed: " << o.seed << "\n"
+       "      model:\n"
+       "        arch: graft_tiny\n"
+       "        name_or_path: " << yaml_str(abs(o.model_dir)) << "\n"
+       "        quantize: false\n"
+       "        quantize_te: false\n"
+       "      sample:\n"
+       "        sampler: flowmatch\n"
+       "        sample_every: " << every << "\n"
+       "        width: " << S << "\n"
+       "        height: " << S << "\n"
+       "        seed: 42\n"
+       "        walk_seed: false\n"
+       "        guidance_scale: 4\n"
+       "        sample_steps: 20\n"
+       "        samples:\n"
+       "          - prompt: \"a large red [trigger] on a white background\"\n"
+       "          - prompt: \"two small yellow [trigger]s on a blue background\"\n"
+       "          - prompt: \"a large red circle on a white background\"\n"
+       "meta: {name: \"[name]\", version: \"1.0\"}\n";
+  const std::string text = y.str();
+  write_file_atomic(o.job_dir + "/config.yaml", text.data(), text.size());
 }
 
 DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, int seeds, int steps) {
@@ -457,12 +495,12 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
       std::string leak = "a large " + colour + " circle on " + bg_phrase + " background";
       std::vector<float> a0 = pipe.generate(act, S, sp, nullptr), a1 = pipe.generate(act, S, sp, &lora);
       std::vector<float> l0 = pipe.generate(leak, S, sp, nullptr), l1 = pipe.generate(leak, S, sp, &lora);
-      e.star_base += shape_iou(a0, S, cb[0], cb[1], Shape::Star);
-      e.star_lora += shape_iou(a1, S, cb[0], cb[1], Shape::Star);
+      e.concept_base += shape_iou_any_colour(a0, S, Shape::Bar);
+      e.concept_lora += shape_iou_any_colour(a1, S, Shape::Bar);
       double ob = 0, ol = 0;
       for (Shape sh : {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross}) {
-        ob = std::max(ob, shape_iou(a0, S, cb[0], cb[1], sh));
-        ol = std::max(ol, shape_iou(a1, S, cb[0], cb[1], sh));
+        ob = std::max(ob, shape_iou_any_colour(a0, S, sh));
+        ol = std::max(ol, shape_iou_any_colour(a1, S, sh));
       }
       e.other_base += ob;
       e.other_lora += ol;
@@ -470,7 +508,7 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
       e.leak_change += mad(l0, l1);
       ++e.samples;
     }
-  for (double* v : {&e.star_base, &e.star_lora, &e.other_base, &e.other_lora, &e.activation_change, &e.leak_change})
+  for (double* v : {&e.concept_base, &e.concept_lora, &e.other_base, &e.other_lora, &e.activation_change, &e.leak_change})
     *v /= e.samples;
   return e;
 }

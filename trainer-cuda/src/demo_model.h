@@ -28,26 +28,33 @@ struct DemoModelOptions {
 
 void train_demo_model(const DemoModelOptions& opt);
 
-// The demo LoRA job: ~20 captioned pictures of a shape the base model has never seen (a star, called
-// by the trigger word "zxq"), plus a regularization set of known shapes, as image + caption files
-// under <job>/dataset and <job>/dataset_reg; their latents and text embeddings (encoded with the
-// model's own autoencoder and text encoder) under <job>/cache; and job.json (rank-8 LoRA, samples
-// of an activation prompt with the trigger and a leak prompt without it).
+// The demo LoRA job, as a user would set it up: ~20 captioned pictures of a shape the base model has
+// never seen (a horizontal bar, called by the trigger word "zxq") under <job>/dataset, a
+// regularization set of shapes it knows under <job>/dataset_reg (image + caption .txt files), and
+// <job>/config.yaml in the reference layout (rank-8 LoRA; samples of activation prompts with the
+// trigger and a leak prompt without it). `graft queue add <job>/config.yaml` prepares and trains it.
+//
+// The concept is a bar rather than a finer shape such as the star because the tiny model draws
+// coarse forms: a LoRA teaches it a long flat shape in minutes, while star points stay below what it
+// renders (measured with demo_eval; see the README's demo section).
 struct DemoJobOptions {
   std::string model_dir, job_dir;
   int pictures = 20;
-  int steps = 300;
+  int reg_pictures = 40;
+  int steps = 600;
   uint64_t seed = 7;
 };
 void make_demo_job(const DemoJobOptions& opt);
 
 // What the demo LoRA did, measured on sampled pictures (same seeds with and without the LoRA):
 // - concept: for prompts with the trigger ("a large red zxq on a white background"), the mean
-//   shape_iou with the star, and with the closest base shape, without and with the LoRA;
+//   shape_iou_any_colour with the bar, and with the closest base shape, without and with the LoRA
+//   (colour-blind on purpose: the tiny model sometimes swaps shape and background colours, and the
+//   question here is the form it draws);
 // - change: mean absolute pixel change (in [0, 1] units) that the LoRA causes on those prompts,
 //   and on the same prompts naming a known shape instead of the trigger (the leak: should stay small).
 struct DemoEval {
-  double star_base = 0, star_lora = 0, other_base = 0, other_lora = 0;
+  double concept_base = 0, concept_lora = 0, other_base = 0, other_lora = 0;
   double activation_change = 0, leak_change = 0;
   int samples = 0;
 };

@@ -37,7 +37,7 @@ static const char* kUsage =
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
     "                                                    train the built-in demo model from scratch\n"
-    "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job (a new shape, trigger zxq)\n"
+    "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
     "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]] [--scale N]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
@@ -205,7 +205,8 @@ static int cmd_demo_job(const std::vector<std::string>& a) {
     else fail("demo-job: unknown argument '" + a[i] + "'");
   }
   make_demo_job(o);
-  std::printf("wrote the demo LoRA job to %s (train it with: graft-trainer train %s)\n", o.job_dir.c_str(), o.job_dir.c_str());
+  std::printf("wrote the demo LoRA job to %s: dataset/, dataset_reg/ and config.yaml (queue it with: graft queue add %s/config.yaml)\n",
+              o.job_dir.c_str(), o.job_dir.c_str());
   return 0;
 }
 
@@ -218,10 +219,10 @@ static int cmd_demo_eval(const std::vector<std::string>& a) {
     else fail("demo-eval: unknown argument '" + a[i] + "'");
   }
   DemoEval e = demo_eval(a[1], a[2], seeds, steps);
-  std::printf("demo-eval over %d samples: star IoU %.3f -> %.3f (closest base shape %.3f -> %.3f); "
+  std::printf("demo-eval over %d samples: bar (zxq) IoU %.3f -> %.3f (closest base shape %.3f -> %.3f); "
               "pixel change with the trigger %.4f, without it (leak) %.4f\n",
-              e.samples, e.star_base, e.star_lora, e.other_base, e.other_lora, e.activation_change, e.leak_change);
-  nlohmann::json j = {{"samples", e.samples}, {"star_iou_base", e.star_base}, {"star_iou_lora", e.star_lora},
+              e.samples, e.concept_base, e.concept_lora, e.other_base, e.other_lora, e.activation_change, e.leak_change);
+  nlohmann::json j = {{"samples", e.samples}, {"concept_iou_base", e.concept_base}, {"concept_iou_lora", e.concept_lora},
                       {"other_iou_base", e.other_base}, {"other_iou_lora", e.other_lora},
                       {"activation_change", e.activation_change}, {"leak_change", e.leak_change}};
   std::printf("%s\n", j.dump().c_str());

@@ -15,6 +15,7 @@ const char* shape_name(Shape s) {
     case Shape::Diamond: return "diamond";
     case Shape::Cross: return "cross";
     case Shape::Star: return "star";
+    case Shape::Bar: return "bar";
   }
   return "?";
 }
@@ -91,6 +92,7 @@ static bool inside(Shape shape, float x, float y) {
     case Shape::Triangle: return y >= -1.0f && y <= 0.8f && std::fabs(x) <= (y + 1.0f) * 0.55f;  // apex up
     case Shape::Diamond: return std::fabs(x) + std::fabs(y) <= 1.0f;
     case Shape::Cross: return (std::fabs(x) <= 0.3f && std::fabs(y) <= 1.0f) || (std::fabs(y) <= 0.3f && std::fabs(x) <= 1.0f);
+    case Shape::Bar: return std::fabs(x) <= 1.0f && std::fabs(y) <= 0.4f;
     case Shape::Star: {
       // A five-pointed star: radius alternating between 1 and 0.45 around the centre.
       float r = std::sqrt(x * x + y * y), a = std::atan2(x, -y);
@@ -135,20 +137,13 @@ std::vector<float> shape_mask(Shape shape, float cx, float cy, float r, int size
   return m;
 }
 
-double shape_iou(const std::vector<float>& rgb, int size, int colour, int background, Shape shape) {
-  const Colour& fg = palette()[colour];
-  const Colour& bg = palette()[background];
+// IoU of a 0/1 mask with `shape` placed at the mask's centroid and sized to its area.
+static double mask_iou(const std::vector<float>& mask, int size, Shape shape) {
   const size_t n = (size_t)size * size;
-  std::vector<float> mask(n);
   double area = 0, sx = 0, sy = 0;
   for (int y = 0; y < size; ++y)
     for (int x = 0; x < size; ++x) {
-      float c[3];
-      for (int k = 0; k < 3; ++k) c[k] = (rgb[(size_t)k * n + (size_t)y * size + x] + 1.0f) * 0.5f;
-      float df = (c[0] - fg.r) * (c[0] - fg.r) + (c[1] - fg.g) * (c[1] - fg.g) + (c[2] - fg.b) * (c[2] - fg.b);
-      float db = (c[0] - bg.r) * (c[0] - bg.r) + (c[1] - bg.g) * (c[1] - bg.g) + (c[2] - bg.b) * (c[2] - bg.b);
-      float m = df < db ? 1.0f : 0.0f;
-      mask[(size_t)y * size + x] = m;
+      float m = mask[(size_t)y * size + x];
       area += m, sx += m * (x + 0.5), sy += m * (y + 0.5);
     }
   if (area < 1) return 0.0;
@@ -162,6 +157,49 @@ double shape_iou(const std::vector<float>& rgb, int size, int colour, int backgr
   double inter = 0, uni = 0;
   for (size_t i = 0; i < n; ++i) inter += std::min(mask[i], t[i]), uni += std::max(mask[i], t[i]);
   return uni > 0 ? inter / uni : 0.0;
+}
+
+static void rgb01(const std::vector<float>& rgb, size_t n, size_t p, float c[3]) {
+  for (int k = 0; k < 3; ++k) c[k] = (rgb[(size_t)k * n + p] + 1.0f) * 0.5f;
+}
+
+static float dist2(const float a[3], float r, float g, float b) {
+  return (a[0] - r) * (a[0] - r) + (a[1] - g) * (a[1] - g) + (a[2] - b) * (a[2] - b);
+}
+
+double shape_iou(const std::vector<float>& rgb, int size, int colour, int background, Shape shape) {
+  const Colour& fg = palette()[colour];
+  const Colour& bg = palette()[background];
+  const size_t n = (size_t)size * size;
+  std::vector<float> mask(n);
+  for (size_t p = 0; p < n; ++p) {
+    float c[3];
+    rgb01(rgb, n, p, c);
+    mask[p] = dist2(c, fg.r, fg.g, fg.b) < dist2(c, bg.r, bg.g, bg.b) ? 1.0f : 0.0f;
+  }
+  return mask_iou(mask, size, shape);
+}
+
+double shape_iou_any_colour(const std::vector<float>& rgb, int size, Shape shape) {
+  const size_t n = (size_t)size * size;
+  float bg[3] = {0, 0, 0};
+  int border = 0;
+  for (int y = 0; y < size; ++y)
+    for (int x = 0; x < size; ++x) {
+      if (x != 0 && y != 0 && x != size - 1 && y != size - 1) continue;
+      float c[3];
+      rgb01(rgb, n, (size_t)y * size + x, c);
+      for (int k = 0; k < 3; ++k) bg[k] += c[k];
+      ++border;
+    }
+  for (float& v : bg) v /= border;
+  std::vector<float> mask(n);
+  for (size_t p = 0; p < n; ++p) {
+    float c[3];
+    rgb01(rgb, n, p, c);
+    mask[p] = dist2(c, bg[0], bg[1], bg[2]) > kForegroundDist * kForegroundDist ? 1.0f : 0.0f;
+  }
+  return mask_iou(mask, size, shape);
 }
 
 }  // namespace graft

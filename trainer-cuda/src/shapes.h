@@ -8,7 +8,7 @@
 
 namespace graft {
 
-enum class Shape { Circle, Square, Triangle, Diamond, Cross, Star };
+enum class Shape { Circle, Square, Triangle, Diamond, Cross, Star, Bar };
 const char* shape_name(Shape s);  // "circle", ...
 
 struct Colour {
@@ -27,10 +27,10 @@ struct Scene {
   std::string word;     // the word the caption uses for the shape (a trigger word for new concepts)
 };
 
-// A random scene of one of the base shapes (circle .. cross); the star is kept out, as the
-// concept the base model has never seen.
+// A random scene of one of the base shapes (circle .. cross); the star and the bar are kept out,
+// as concepts the base model has never seen (the demo LoRA teaches it the bar).
 Scene random_scene(uint64_t seed, uint64_t index);
-// Same, with the given shape, named in captions by `word` (e.g. Star named "zxq").
+// Same, with the given shape, named in captions by `word` (e.g. Bar named "zxq").
 Scene random_scene_of(Shape shape, const std::string& word, uint64_t seed, uint64_t index);
 
 // "two small red circles on a blue background"; "a large green zxq on a white background".
@@ -47,5 +47,11 @@ std::vector<float> shape_mask(Shape shape, float cx, float cy, float r, int size
 // `background` form a mask; the shape, placed at the mask's centroid and sized to its area, is
 // compared with it by intersection over union (1 = the same pixels).
 double shape_iou(const std::vector<float>& rgb, int size, int colour, int background, Shape shape);
+
+// The same without knowing the colours: the background is the mean colour of the picture's border,
+// and the shape's mask is every pixel farther than kForegroundDist from it (RGB in [0, 1]). Measures
+// the form a model drew even when it got the colours wrong.
+constexpr float kForegroundDist = 0.3f;
+double shape_iou_any_colour(const std::vector<float>& rgb, int size, Shape shape);
 
 }  // namespace graft

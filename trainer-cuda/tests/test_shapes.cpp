@@ -86,3 +86,30 @@ TEST(shape_iou_recognises_shapes) {
   CHECK(as_star > as_circle + 0.15 && c_as_circle > c_as_star + 0.15);
   CHECK(shape_iou(std::vector<float>(3 * 32 * 32, 1.0f), 32, 0, 4, Shape::Star) == 0.0);  // all white: no red shape
 }
+
+TEST(shape_iou_any_colour_measures_the_form_whatever_the_colours) {
+  // demo_eval's measure: a bar in any colour pair scores near 1 as a bar and clearly lower as a circle,
+  // a circle the other way round, and the colour-blind score is close to the colour-aware one.
+  Scene s = random_scene_of(Shape::Bar, "zxq", 1, 0);
+  s.count = 1;
+  s.large = true;
+  s.cx[0] = 0.5f;
+  s.cy[0] = 0.45f;
+  for (int colour : {0, 2, 5})
+    for (int background : {4, 3, 1}) {
+      if (colour == background) continue;
+      s.colour = colour;
+      s.background = background;
+      s.shape = Shape::Bar;
+      std::vector<float> bar = draw(s, 32);
+      s.shape = Shape::Circle;
+      std::vector<float> circle = draw(s, 32);
+      const double bb = shape_iou_any_colour(bar, 32, Shape::Bar), bc = shape_iou_any_colour(bar, 32, Shape::Circle);
+      const double cc = shape_iou_any_colour(circle, 32, Shape::Circle), cb = shape_iou_any_colour(circle, 32, Shape::Bar);
+      CHECK(bb > 0.85 && cc > 0.85);
+      CHECK(bb > bc + 0.2 && cc > cb + 0.2);
+      // Edge pixels count as shape once they differ from the background by kForegroundDist, not by half.
+      CHECK_NEAR(bb, shape_iou(bar, 32, colour, background, Shape::Bar), 0.12);
+    }
+  CHECK(shape_iou_any_colour(std::vector<float>(3 * 32 * 32, 0.3f), 32, Shape::Bar) == 0.0);  // a plain picture: no shape
+}
