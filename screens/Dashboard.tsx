@@ -56,7 +56,7 @@ export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, a
       </Box>
       <Text dimColor wrap="truncate-end">{`   id  ${'state'.padEnd(9)} gpu  ${'name'.padEnd(nameW)}  progress`}</Text>
       <Box flexDirection="column" height={rows}>
-        {shown.length === 0 ? <Text dimColor wrap="wrap">{'  No jobs in the queue. Queue a prepared job folder with `graft queue add <dir>` or press a in the Training Queue (3); set one up in New Job (2).'}</Text> : null}
+        {shown.length === 0 ? <Text dimColor wrap="wrap">{'  No jobs in the queue. Queue a config.yaml with `graft queue add <config.yaml>` or press a in the Training Queue (3); set one up in New Job (2).'}</Text> : null}
         {shown.slice(start, start + rows).map((j, k) => {
           const p = jobProgress(j);
           const prog = p.steps ? `[${bar(p.fraction, barW)}] ${p.step}/${p.steps}${j.state === 'running' ? ` ETA ${formatDuration(p.etaS)}` : ''}` : '';

@@ -16,7 +16,7 @@ export const QUEUE_KEYS: Hint[] = [
   ['↑↓ j/k', 'choose a job'], ['Enter', 'open the job monitor (a draft: New Job)'], ['s', 'queue the job (start when its GPU is free)'],
   ['x', 'stop: save a checkpoint, then stop'], ['X', 'force stop at once (asks)'], ['r', 'resume a stopped/failed job (next in line)'],
   ['R', 'requeue at the end'], ['K J', 'move up / down in its queue'], ['T', 'move to the top'], ['d', 'delete (asks; outputs only when told)'],
-  ['a', 'add a prepared job folder (with job.json)'], ['e', 'open the config in New Job'], ['Esc', 'back'],
+  ['a', 'add a job: its config.yaml or job folder'], ['e', 'open the config in New Job'], ['Esc', 'back'],
 ];
 
 const ORDER: Record<string, number> = { running: 0, stopping: 0, queued: 1, draft: 2, stopped: 3, failed: 4, finished: 5 };
@@ -115,7 +115,7 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
       <Text bold color="cyan" wrap="truncate-end">TRAINING QUEUE <Text dimColor>{`(${jobs.length} job${jobs.length === 1 ? '' : 's'}; each GPU runs its own queue in order, one job at a time)`}</Text></Text>
       <Text dimColor wrap="truncate-end">{`    #   id  ${'state'.padEnd(9)} gpu  ${'name'.padEnd(nameW)}  progress      folder`}</Text>
       <Box flexDirection="column" height={rows}>
-        {jobs.length === 0 ? <Text dimColor wrap="wrap">No jobs yet. a adds a prepared job folder (with job.json); New Job (2) saves drafts.</Text> : null}
+        {jobs.length === 0 ? <Text dimColor wrap="wrap">No jobs yet. a adds a job by its config.yaml or job folder; New Job (2) saves drafts.</Text> : null}
         {lines.slice(start, start + rows).map((l, k) => {
           if (l.kind === 'title') return <Text key={`t${k}`} bold wrap="truncate-end">{l.text}</Text>;
           const j = l.job;

@@ -201,7 +201,9 @@ describe('queue daemon', () => {
     expect(fail.status).toBe(1);
     expect(fail.stderr).toContain('train.lr');
 
-    const queued = L.tinyJob(400);
+    // Far more steps than the test needs: a short job could finish (under load, while the CLI calls
+    // below start) before it is stopped, and stopping a finished job is rightly refused.
+    const queued = L.tinyJob(1_000_000, 1_000_000);
     expect(graft('queue', 'add', queued).status).toBe(0);
     const ls = graft('queue', 'ls');
     expect(ls.stdout).toMatch(new RegExp(`(running|queued)\\s+0\\s+\\d+.*${queued.replace(/[/]/g, '\\/')}`));

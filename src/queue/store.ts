@@ -19,7 +19,7 @@ export interface JobRow {
   updated_at: string;
   /** The job folder (holds job.json, metrics.jsonl, log.txt, checkpoints); NULL for drafts made before migration 2. */
   job_dir: string | null;
-  /** The stage that runs or ran last: 'train' today ('prepare' slots in before it later). */
+  /** The stage that runs or ran last: 'prepare' (config.yaml -> job.json) or 'train'. */
   stage: string | null;
   /** The trainer's process id and start time (clock ticks since boot, /proc/<pid>/stat) while it runs. */
   pid: number | null;
