@@ -182,9 +182,11 @@ std::vector<float> load_prepared_image(const JobImage& im) {
   return px;
 }
 
-TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& metrics, CacheStats* stats_out) {
+TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& metrics, CacheStats* stats_out,
+                      const volatile sig_atomic_t* stop) {
   const auto t0 = clock_type::now();
   CacheStats st;
+  auto stopping = [&]() { return st.stopped = st.stopped || (stop && *stop); };
   const VaeConfig& ac = ae.cfg;
   const TextEncoderConfig& tc = te.cfg;
   const int f = ac.downscale();
@@ -240,7 +242,7 @@ TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& me
       const int H = size.first, W = size.second;
       const int per = std::max(1, std::min(16, (1 << 18) / (H * W)));
       const size_t plane = (size_t)3 * H * W;
-      for (size_t start = 0; start < list.size(); start += per) {
+      for (size_t start = 0; start < list.size() && !stopping(); start += per) {
         const int B = (int)std::min<size_t>(per, list.size() - start);
         img.resize((size_t)B * plane);
         for (int b = 0; b < B; ++b) {
@@ -297,7 +299,7 @@ TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& me
     const int L = tc.max_len, per = 32;
     std::vector<int> ids;
     std::vector<float> ctx, pooled;
-    for (size_t start = 0; start < text_todo.size(); start += per) {
+    for (size_t start = 0; start < text_todo.size() && !stopping(); start += per) {
       const int B = (int)std::min<size_t>(per, text_todo.size() - start);
       ids.clear();
       for (int b = 0; b < B; ++b) {
@@ -318,22 +320,26 @@ TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& me
     }
   }
 
-  // ---- samples and datasets
-  size_t k = 0;
-  data.datasets.resize(job.datasets.size());
-  for (size_t d = 0; d < job.datasets.size(); ++d) {
-    const JobDataset& ds = job.datasets[d];
-    data.datasets[d].weight = ds.weight;
-    data.datasets[d].dropout_rate = ds.caption_dropout_rate;
-    data.datasets[d].is_reg = ds.is_reg;
-    for (const JobImage& im : ds.items) {
-      TrainSample s;
-      s.latent = item_latent[k++];
-      s.text = text_of.at(im.tokens);
-      s.dropout_text = text_of.at(im.dropout_tokens);
-      s.repeats = im.repeats;
-      data.samples.push_back(s);
-      data.add_to_dataset((int)d, (int)data.samples.size() - 1);
+  // ---- samples and datasets (none when stopped: the caller stops too)
+  if (stopping()) {
+    data = TrainData();
+  } else {
+    size_t k = 0;
+    data.datasets.resize(job.datasets.size());
+    for (size_t d = 0; d < job.datasets.size(); ++d) {
+      const JobDataset& ds = job.datasets[d];
+      data.datasets[d].weight = ds.weight;
+      data.datasets[d].dropout_rate = ds.caption_dropout_rate;
+      data.datasets[d].is_reg = ds.is_reg;
+      for (const JobImage& im : ds.items) {
+        TrainSample s;
+        s.latent = item_latent[k++];
+        s.text = text_of.at(im.tokens);
+        s.dropout_text = text_of.at(im.dropout_tokens);
+        s.repeats = im.repeats;
+        data.samples.push_back(s);
+        data.add_to_dataset((int)d, (int)data.samples.size() - 1);
+      }
     }
   }
 
@@ -342,13 +348,15 @@ TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& me
   if (st.latents_encoded)
     std::snprintf(per_picture, sizeof per_picture, ", %.4f s per picture in the autoencoder",
                   st.encode_seconds / st.latents_encoded);
-  std::printf("cache %s: latents %d encoded, %d reused; text %d encoded, %d reused (%.1f s%s)\n",
+  std::printf("cache %s: latents %d encoded, %d reused; text %d encoded, %d reused (%.1f s%s)%s\n",
               job.cache_latents || job.cache_text_embeddings ? job.cache_dir.c_str() : "(memory only)",
-              st.latents_encoded, st.latents_reused, st.text_encoded, st.text_reused, st.seconds, per_picture);
+              st.latents_encoded, st.latents_reused, st.text_encoded, st.text_reused, st.seconds, per_picture,
+              st.stopped ? ": stopped (SIGINT)" : "");
   std::fflush(stdout);
   metrics.event({{"event", "cache"}, {"latents_encoded", st.latents_encoded}, {"latents_reused", st.latents_reused},
                  {"text_encoded", st.text_encoded}, {"text_reused", st.text_reused},
-                 {"seconds", std::round(st.seconds * 1000.0) / 1000.0}, {"cache_dir", job.cache_dir}});
+                 {"seconds", std::round(st.seconds * 1000.0) / 1000.0}, {"cache_dir", job.cache_dir},
+                 {"stopped", st.stopped}});
   if (stats_out) *stats_out = st;
   return data;
 }

@@ -11,6 +11,7 @@
 // A cache file that does not parse, or whose key, checksum, dtype or shape is wrong, is reported (a
 // `warning` event naming it) and encoded again. Every file is written atomically.
 #pragma once
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ struct CacheStats {
   int text_encoded = 0, text_reused = 0;
   double seconds = 0.0;
   double encode_seconds = 0.0;  // of that, time in the autoencoder (per image: / latents_encoded)
+  bool stopped = false;         // interrupted (SIGINT) before everything was encoded
 };
 
 std::string latent_cache_key(const std::string& item_key, bool flip_x, bool flip_y, const std::string& ae_sha256);
@@ -48,7 +50,10 @@ std::vector<float> load_prepared_image(const JobImage& im);
 
 // Encodes (or reuses from cache_dir) every picture and token list of the job's datasets and returns
 // them as training data: one TrainDataset per job dataset. Prints progress on stdout; writes
-// `warning` events for bad cache files and one `cache` event with the counts into `metrics`.
-TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& metrics, CacheStats* stats = nullptr);
+// `warning` events for bad cache files and one `cache` event with the counts into `metrics`. When
+// *stop becomes non-zero (SIGINT) it returns after the current batch, with stats->stopped set and
+// no usable data; what was written to the cache stays.
+TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& metrics, CacheStats* stats = nullptr,
+                      const volatile sig_atomic_t* stop = nullptr);
 
 }  // namespace graft

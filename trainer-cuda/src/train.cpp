@@ -298,8 +298,8 @@ int train_run(const std::string& dir) {
   // metrics.jsonl too.
   std::unique_ptr<TrainSampler> sampler;
   try {
-    if (!job.datasets.empty()) data = data_encode(job, *ae, *te, metrics);
-    if (job.sample.enabled) sampler = std::make_unique<TrainSampler>(job, *te, ae.get());
+    if (!job.datasets.empty()) data = data_encode(job, *ae, *te, metrics, nullptr, &g_stop_requested);
+    if (job.sample.enabled && !g_stop_requested) sampler = std::make_unique<TrainSampler>(job, *te, ae.get());
   } catch (const Error& e) {
     metrics.event({{"event", "error"}, {"step", st.step}, {"message", e.what()}});
     metrics.event({{"event", "end"}, {"status", "failed"}, {"step", st.step}});
@@ -307,13 +307,20 @@ int train_run(const std::string& dir) {
     g_metrics_fd = -1;
     throw;
   }
+  if (!sampler) ae.reset();
+  if (g_stop_requested) {  // SIGINT while encoding: what was cached stays cached, no step was trained
+    metrics.event({{"event", "end"}, {"status", "stopped"}, {"step", st.step}});
+    metrics.close();
+    g_metrics_fd = -1;
+    std::printf("stopped before step %d (the caches written so far are kept)\n", st.step + 1);
+    return 130;
+  }
   // Every caption and sample prompt is encoded by now: the text encoder has nothing left to do.
   if (te && (job.unload_text_encoder || (!job.datasets.empty() && job.cache_text_embeddings))) {
     te.reset();
     std::printf("  text encoder unloaded (train.%s): captions and sample prompts are encoded\n",
                 job.unload_text_encoder ? "unload_text_encoder" : "cache_text_embeddings");
   }
-  if (!sampler) ae.reset();
   const int nb = data.batches_per_epoch(job.batch_size);
   std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets of %zu dataset%s\n",
               job.rank, job.alpha, lora.adapters.size(), lora.params.size(), data.samples.size(),

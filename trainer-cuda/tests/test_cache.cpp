@@ -297,6 +297,28 @@ TEST(cache_disabled_keeps_everything_in_memory) {
   CHECK(count_files(dir + "/cache/latents") == (size_t)kLatents && access((dir + "/cache/text").c_str(), F_OK) != 0);
 }
 
+// SIGINT while encoding: data_encode returns after the current batch with nothing to train on; what
+// it cached stays, and the next run encodes the rest.
+TEST(cache_stops_when_asked) {
+  TempDir tmp;
+  const std::string& dir = tmp.path;
+  write_json(dir + "/job.json", v2_job(dir));
+  Job job = job_load(dir);
+  TextEncoder te = TextEncoder::load(job.text_encoder);
+  VaeModel ae = VaeModel::load(job.ae);
+  Metrics m;
+  m.open(dir + "/metrics.jsonl");
+  volatile sig_atomic_t stop = 1;
+  CacheStats st;
+  TrainData d = data_encode(job, ae, te, m, &st, &stop);
+  m.close();
+  CHECK(st.stopped && st.latents_encoded == 0 && st.text_encoded == 0 && d.samples.empty() && d.datasets.empty());
+  std::vector<json> cache = events_of(read_events(dir + "/metrics.jsonl"), "cache");
+  CHECK(cache.size() == 1 && cache[0]["stopped"] == true);
+  Encoded a = encode(dir);
+  CHECK(!a.stats.stopped && a.stats.latents_encoded == kLatents && a.data.samples.size() == 10);
+}
+
 // Caption dropout trains non-regularization items on the trigger alone and regularization items on
 // the empty prompt (their dropout_tokens); other slots on their captions.
 TEST(cache_dropout_uses_the_items_dropout_tokens) {
