@@ -389,16 +389,26 @@ void make_demo_job(const DemoJobOptions& o) {
   Pipeline pipe = Pipeline::load(o.model_dir);  // checks the model folder before anything is written
   const int S = pipe.image_size;
   for (const char* d : {"/dataset", "/dataset_reg"}) mkdir_p(o.job_dir + d);
-  auto write_picture = [&](const Scene& sc, const std::string& folder, int i) {
+  auto write_picture = [&](const std::vector<float>& pic, const std::string& cap, const std::string& folder, int i) {
     char base[64];
     std::snprintf(base, sizeof base, "%s/%04d", folder.c_str(), i);
-    std::vector<float> pic = draw(sc, S);
     png_write(o.job_dir + "/" + base + ".png", pic.data(), S, S);
-    std::string cap = caption(sc) + "\n";
-    write_file_atomic(o.job_dir + "/" + base + ".txt", cap.data(), cap.size());
+    const std::string line = cap + "\n";
+    write_file_atomic(o.job_dir + "/" + base + ".txt", line.data(), line.size());
   };
-  for (int i = 0; i < o.pictures; ++i) write_picture(random_scene_of(Shape::Bar, "zxq", o.seed, i), "dataset", i);
-  for (int i = 0; i < o.reg_pictures; ++i) write_picture(random_scene(o.seed + 1000, i), "dataset_reg", i);
+  for (int i = 0; i < o.pictures; ++i) {
+    Scene sc = random_scene_of(Shape::Bar, "zxq", o.seed, i);
+    write_picture(draw(sc, S), caption(sc), "dataset", i);
+  }
+  // Prior preservation as DreamBooth does it: the regularization pictures are the base model's own
+  // pictures of captions it knows, so training on them holds those prompts where the base model has
+  // them. (Drawn pictures of known shapes would instead teach it to draw them differently: a leak.)
+  SampleParams sp = pipe.defaults;
+  for (int i = 0; i < o.reg_pictures; ++i) {
+    const std::string cap = caption(random_scene(o.seed + 1000, i));
+    sp.seed = o.seed * 1000 + i;
+    write_picture(pipe.generate(cap, S, sp, nullptr), cap, "dataset_reg", i);
+  }
 
   auto abs = [](const std::string& p) {
     char buf[4096];
@@ -411,7 +421,8 @@ void make_demo_job(const DemoJobOptions& o) {
   std::ostringstream y;
   y << "# The demo LoRA job, written by `graft-trainer demo-job`: teach the built-in demo model a shape it has\n"
        "# never seen (a horizontal bar, called by the trigger word zxq), with a regularization set of shapes it\n"
-       "# knows so that prompts without the trigger keep their look. Open it in graft, or queue it:\n"
+       "# knows so that prompts without the trigger keep their look (drawn a third as often as the bars).\n"
+       "# Open it in graft, or queue it:\n"
        "#   graft queue add " << job << "/config.yaml\n"
        "job: extension\n"
        "config:\n"
@@ -429,7 +440,7 @@ void make_demo_job(const DemoJobOptions& o) {
        "          caption_dropout_rate: 0.05\n"
        "          resolution: [" << S << "]\n"
        "          is_reg: false\n"
-       "          network_weight: 1\n"
+       "          network_weight: 3\n"
        "          num_repeats: 1\n"
        "        - folder_path: " << yaml_str(job + "/dataset_reg") << "\n"
        "          caption_ext: txt\n"
@@ -506,9 +517,12 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
       e.other_lora += ol;
       e.activation_change += mad(a0, a1);
       e.leak_change += mad(l0, l1);
+      SampleParams other = sp;
+      other.seed = sp.seed + 500;
+      e.seed_change += mad(l0, pipe.generate(leak, S, other, nullptr));
       ++e.samples;
     }
-  for (double* v : {&e.concept_base, &e.concept_lora, &e.other_base, &e.other_lora, &e.activation_change, &e.leak_change})
+  for (double* v : {&e.concept_base, &e.concept_lora, &e.other_base, &e.other_lora, &e.activation_change, &e.leak_change, &e.seed_change})
     *v /= e.samples;
   return e;
 }

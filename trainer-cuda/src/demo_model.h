@@ -30,7 +30,8 @@ void train_demo_model(const DemoModelOptions& opt);
 
 // The demo LoRA job, as a user would set it up: ~20 captioned pictures of a shape the base model has
 // never seen (a horizontal bar, called by the trigger word "zxq") under <job>/dataset, a
-// regularization set of shapes it knows under <job>/dataset_reg (image + caption .txt files), and
+// regularization set under <job>/dataset_reg (the base model's own pictures of captions it knows),
+// each an image + caption .txt file, and
 // <job>/config.yaml in the reference layout (rank-8 LoRA; samples of activation prompts with the
 // trigger and a leak prompt without it). `graft queue add <job>/config.yaml` prepares and trains it.
 //
@@ -52,10 +53,12 @@ void make_demo_job(const DemoJobOptions& opt);
 //   (colour-blind on purpose: the tiny model sometimes swaps shape and background colours, and the
 //   question here is the form it draws);
 // - change: mean absolute pixel change (in [0, 1] units) that the LoRA causes on those prompts,
-//   and on the same prompts naming a known shape instead of the trigger (the leak: should stay small).
+//   and on the same prompts naming a known shape instead of the trigger (the leak: should stay small);
+//   for scale, the change another seed makes to the base model's picture of those prompts (what "not
+//   the same picture" looks like).
 struct DemoEval {
   double concept_base = 0, concept_lora = 0, other_base = 0, other_lora = 0;
-  double activation_change = 0, leak_change = 0;
+  double activation_change = 0, leak_change = 0, seed_change = 0;
   int samples = 0;
 };
 DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, int seeds, int steps);

@@ -220,11 +220,13 @@ static int cmd_demo_eval(const std::vector<std::string>& a) {
   }
   DemoEval e = demo_eval(a[1], a[2], seeds, steps);
   std::printf("demo-eval over %d samples: bar (zxq) IoU %.3f -> %.3f (closest base shape %.3f -> %.3f); "
-              "pixel change with the trigger %.4f, without it (leak) %.4f\n",
-              e.samples, e.concept_base, e.concept_lora, e.other_base, e.other_lora, e.activation_change, e.leak_change);
+              "pixel change with the trigger %.4f, without it (leak) %.4f (another seed: %.4f)\n",
+              e.samples, e.concept_base, e.concept_lora, e.other_base, e.other_lora, e.activation_change, e.leak_change,
+              e.seed_change);
   nlohmann::json j = {{"samples", e.samples}, {"concept_iou_base", e.concept_base}, {"concept_iou_lora", e.concept_lora},
                       {"other_iou_base", e.other_base}, {"other_iou_lora", e.other_lora},
-                      {"activation_change", e.activation_change}, {"leak_change", e.leak_change}};
+                      {"activation_change", e.activation_change}, {"leak_change", e.leak_change},
+                      {"seed_change", e.seed_change}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

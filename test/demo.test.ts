@@ -1,0 +1,55 @@
+// The demo LoRA on the shipped demo model (presets/graft-tiny), shortened: the job `make demo` runs
+// (demo-job: bar pictures with the trigger zxq plus a regularization set; graft prepare; the trainer),
+// with fewer steps. Measured by `graft-trainer demo-eval`, with and without the LoRA at the same seeds:
+// - concept: the bar-likeness of what prompts with the trigger draw (IoU of the drawn form with a bar of
+//   the same centroid and area, colour-blind) must rise clearly;
+// - leak: the mean pixel change the LoRA causes on the same prompts naming a known shape (no trigger)
+//   must stay well below the change another seed makes to the base model's picture of them.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, expect, it } from 'vitest';
+
+const TRAINER = process.env.GRAFT_TRAINER ?? resolve('trainer-cuda/build/graft-trainer');
+const CLI = resolve('dist/src/cli.js');
+const MODEL = resolve('presets/graft-tiny');
+const STEPS = 300;
+const root = mkdtempSync(join(tmpdir(), 'graft-demo-'));
+afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+function run(file: string, args: string[]): string {
+  const r = spawnSync(file, args, { encoding: 'utf8', timeout: 600_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
+  expect(r.status, `${file} ${args.join(' ')}\n${r.stderr}`).toBe(0);
+  return r.stdout;
+}
+
+interface DemoEval {
+  samples: number;
+  concept_iou_base: number;
+  concept_iou_lora: number;
+  other_iou_base: number;
+  other_iou_lora: number;
+  activation_change: number;
+  leak_change: number;
+  seed_change: number;
+}
+
+it('the shortened demo LoRA draws bars for zxq and leaves prompts without it nearly unchanged', () => {
+  const job = join(root, 'demo_zxq');
+  run(TRAINER, ['demo-job', MODEL, job, '--steps', String(STEPS)]);
+  run(process.execPath, [CLI, 'prepare', join(job, 'config.yaml')]);
+  const config = JSON.parse(readFileSync(join(job, 'job.json'), 'utf8'));
+  config.sample.disable_sampling = true; // demo-eval samples below, at fixed seeds with and without the LoRA
+  writeFileSync(join(job, 'job.json'), JSON.stringify(config));
+  run(TRAINER, ['train', job]);
+  const out = run(TRAINER, ['demo-eval', MODEL, join(job, 'demo_zxq.safetensors'), '--seeds', '2', '--steps', '12']);
+  const e = JSON.parse(out.trim().split('\n').at(-1)!) as DemoEval;
+  console.log(out.trim().split('\n')[0]);
+  expect(e.samples).toBe(6);
+  // Thresholds: the gains measured on the full 600-step run, halved for a run half as long at 2 seeds.
+  expect(e.concept_iou_lora - e.concept_iou_base).toBeGreaterThan(0.03);
+  expect(e.concept_iou_lora).toBeGreaterThan(e.other_iou_lora - 0.2);
+  // The leak is measured against what another seed changes in the base model's own picture.
+  expect(e.leak_change).toBeLessThan(0.7 * e.seed_change);
+}, 900_000);
