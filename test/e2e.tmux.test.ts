@@ -1,75 +1,31 @@
 // End to end: the real `graft` (built to dist/) in a real terminal (tmux), driven by keys like a user.
-import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { load } from 'js-yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Store } from '../src/queue/store.js';
+import { CLI, requireDist, sleep } from './helpers/daemon.js';
 import { makeDataset, tempDir } from './helpers/dataset.js';
+import { tmuxDriver } from './helpers/tmux.js';
 
-const ROOT = join(import.meta.dirname, '..');
-const CLI = join(ROOT, 'dist', 'src', 'cli.js');
 const SOCKET = `graft-e2e-${process.pid}`;
 const SESSION = 'e2e';
 
-function tmux(...args: string[]): string {
-  return execFileSync('tmux', ['-L', SOCKET, ...args], { encoding: 'utf8' });
-}
-const screen = () => tmux('capture-pane', '-p', '-t', SESSION);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitScreen(ok: (s: string) => boolean, what: string, timeoutMs = 15_000): Promise<string> {
-  const start = Date.now();
-  for (;;) {
-    const s = screen();
-    if (ok(s)) return s;
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${what}; screen:\n${s}`);
-    await sleep(100);
-  }
-}
-const waitFor = (text: string | RegExp, timeoutMs?: number) =>
-  waitScreen((s) => (typeof text === 'string' ? s.includes(text) : text.test(s)), String(text), timeoutMs);
-
-/** Press keys one at a time (tmux key names: Tab, Down, Enter, Escape, C-u), letting the UI redraw in between. */
-async function keys(...names: string[]): Promise<void> {
-  for (const k of names) {
-    const before = screen();
-    tmux('send-keys', '-t', SESSION, k);
-    const start = Date.now();
-    while (screen() === before && Date.now() - start < 1500) await sleep(20);
-    await sleep(30);
-  }
-}
+const { tmux, screen, waitScreen, waitFor, keys, open, close } = tmuxDriver(SOCKET, SESSION, 15_000);
 async function type(text: string): Promise<void> {
   tmux('send-keys', '-t', SESSION, '-l', text);
   await waitFor(text.slice(-12));
 }
 
-function newestSource(dir: string): number {
-  let newest = 0;
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    newest = Math.max(newest, e.isDirectory() ? newestSource(p) : /\.tsx?$/.test(e.name) ? statSync(p).mtimeMs : 0);
-  }
-  return newest;
-}
-
 /** Start graft in a fresh session of the given size; the shell line after it reports how graft exited. */
-async function start(columns: number, rows: number, ready: string): Promise<void> {
-  try { tmux('kill-session', '-t', SESSION); } catch { /* no session yet */ }
-  tmux('new-session', '-d', '-s', SESSION, '-x', String(columns), '-y', String(rows),
-    `GRAFT_HOME=${home} node ${CLI}; echo "graft exited with $?"; sleep 60`);
-  await waitFor(ready);
-  await sleep(500); // the first frame is drawn a moment before raw-mode input is attached
-}
+const start = (columns: number, rows: number, ready: string) =>
+  open(`GRAFT_HOME=${home} node ${CLI}; echo "graft exited with $?"; sleep 60`, columns, rows, ready);
 
 let home: string;
 let data: string;
 
 beforeAll(() => {
-  if (!existsSync(CLI) || statSync(CLI).mtimeMs < Math.max(newestSource(join(ROOT, 'src')), newestSource(join(ROOT, 'screens')))) {
-    throw new Error('dist/ is missing or older than src/ and screens/: build first (make test-ts runs `npx tsc -p tsconfig.json`)');
-  }
+  requireDist();
   home = tempDir('graft-e2e-home-');
   data = tempDir('graft-e2e-data-');
   makeDataset(join(data, 'shapes'), {
@@ -82,9 +38,7 @@ beforeAll(() => {
 });
 
 afterAll(() => {
-  try { tmux('kill-server'); } catch { /* already gone */ }
-  const socket = join(`/tmp/tmux-${process.getuid?.() ?? 0}`, SOCKET);
-  rmSync(socket, { force: true });
+  close();
   rmSync(home, { recursive: true, force: true });
   rmSync(data, { recursive: true, force: true });
 });

@@ -1,52 +1,24 @@
 // End to end: the built graft in tmux with the real daemon and trainer. Queue a tiny job from the Training
 // Queue, quit the TUI, reopen it: the job is still running, then finished, with its loss chart and checkpoints.
 import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, lab, requireBuilt, sleep, type Lab } from './helpers/daemon.js';
+import { CLI, lab, requireBuilt, type Lab } from './helpers/daemon.js';
+import { tmuxDriver } from './helpers/tmux.js';
 
 const SOCKET = `graft-queue-e2e-${process.pid}`;
 const SESSION = 'q';
 let L: Lab;
 
-function tmux(...args: string[]): string {
-  return execFileSync('tmux', ['-L', SOCKET, ...args], { encoding: 'utf8' });
-}
-const screen = () => tmux('capture-pane', '-p', '-t', SESSION);
+const { tmux, waitFor, keys, open: openSession, close } = tmuxDriver(SOCKET, SESSION, 30_000);
 
-async function waitFor(text: string | RegExp, timeoutMs = 30_000): Promise<string> {
-  const start = Date.now();
-  for (;;) {
-    const s = screen();
-    if (typeof text === 'string' ? s.includes(text) : text.test(s)) return s;
-    if (Date.now() - start > timeoutMs) throw new Error(`timed out waiting for ${String(text)}; screen:\n${s}`);
-    await sleep(100);
-  }
-}
-
-async function keys(...names: string[]): Promise<void> {
-  for (const k of names) {
-    const before = screen();
-    tmux('send-keys', '-t', SESSION, k);
-    const start = Date.now();
-    while (screen() === before && Date.now() - start < 1500) await sleep(20);
-    await sleep(30);
-  }
-}
-
-async function open(ready: string): Promise<void> {
-  try { tmux('kill-session', '-t', SESSION); } catch { /* none yet */ }
-  const env = `GRAFT_HOME=${L.home} GRAFT_TRAINER=${L.env.GRAFT_TRAINER} GRAFT_CLI=${CLI} OMP_NUM_THREADS=1`;
-  tmux('new-session', '-d', '-s', SESSION, '-x', '80', '-y', '24', `${env} node ${CLI}; echo "graft exited with $?"; sleep 60`);
-  await waitFor(ready);
-  await sleep(500); // raw-mode input attaches a moment after the first frame
-}
+const open = (ready: string) => openSession(
+  `GRAFT_HOME=${L.home} GRAFT_TRAINER=${L.env.GRAFT_TRAINER} GRAFT_CLI=${CLI} OMP_NUM_THREADS=1 node ${CLI}; echo "graft exited with $?"; sleep 60`,
+  80, 24, ready);
 
 beforeAll(() => { requireBuilt(); L = lab('graft-queue-e2e-'); });
 afterAll(() => {
-  try { tmux('kill-server'); } catch { /* already gone */ }
-  rmSync(join(`/tmp/tmux-${process.getuid?.() ?? 0}`, SOCKET), { force: true });
+  close();
   L?.cleanup();
 });
 

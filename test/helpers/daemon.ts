@@ -24,6 +24,11 @@ function newestSource(dir: string): number {
 /** The daemon runs from dist/ (it is a separate process): fail clearly when it is missing or stale, or the trainer is not built. */
 export function requireBuilt(): void {
   if (!existsSync(TRAINER)) throw new Error(`${TRAINER} is missing: build the trainer first (make trainer), or set GRAFT_TRAINER`);
+  requireDist();
+}
+
+/** The TUI and CLI run from dist/: fail clearly when it is missing or older than the sources. */
+export function requireDist(): void {
   if (!existsSync(CLI) || statSync(CLI).mtimeMs < Math.max(newestSource(join(ROOT, 'src')), newestSource(join(ROOT, 'screens')))) {
     throw new Error('dist/ is missing or older than src/ and screens/: build first (make test-ts runs `npx tsc -p tsconfig.json`)');
   }
