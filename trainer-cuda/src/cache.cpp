@@ -31,15 +31,6 @@ bool file_exists(const std::string& p) {
   return stat(p.c_str(), &st) == 0;
 }
 
-void make_dirs(const std::string& path) {
-  std::string cur;
-  for (size_t i = 0; i <= path.size(); ++i) {
-    if ((i == path.size() || path[i] == '/') && !cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-      fail(cur + ": cannot create the cache folder: " + std::strerror(errno));
-    if (i < path.size()) cur += path[i];
-  }
-}
-
 // SHA-256 of the tensors' bytes as stored (F32, little-endian), one after the other.
 std::string checksum(std::initializer_list<const std::vector<float>*> parts) {
   Sha256 h;

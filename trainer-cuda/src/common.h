@@ -34,4 +34,7 @@ inline int64_t numel(const std::vector<int64_t>& shape) {
 
 std::string shape_str(const std::vector<int64_t>& shape);
 
+// mkdir -p: every missing folder of `path`; fails naming the folder that cannot be made.
+void make_dirs(const std::string& path);
+
 }  // namespace graft

@@ -289,18 +289,10 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   return {ema};
 }
 
-void mkdir_p(const std::string& p) {
-  std::string cur;
-  for (size_t i = 0; i <= p.size(); ++i) {
-    if ((i == p.size() || p[i] == '/') && !cur.empty()) mkdir(cur.c_str(), 0755);
-    if (i < p.size()) cur += p[i];
-  }
-}
-
 }  // namespace
 
 void train_demo_model(const DemoModelOptions& o) {
-  mkdir_p(o.out_dir);
+  make_dirs(o.out_dir);
   auto t0 = clock_type::now();
   std::vector<Scene> scenes = make_scenes(o);
   std::printf("demo model: %d pictures of %dx%d, seed %llu -> %s\n", o.pictures, o.image_size, o.image_size,
@@ -388,7 +380,7 @@ static std::string yaml_str(const std::string& v) {
 void make_demo_job(const DemoJobOptions& o) {
   Pipeline pipe = Pipeline::load(o.model_dir);  // checks the model folder before anything is written
   const int S = pipe.image_size;
-  for (const char* d : {"/dataset", "/dataset_reg"}) mkdir_p(o.job_dir + d);
+  for (const char* d : {"/dataset", "/dataset_reg"}) make_dirs(o.job_dir + d);
   auto write_picture = [&](const std::vector<float>& pic, const std::string& cap, const std::string& folder, int i) {
     char base[64];
     std::snprintf(base, sizeof base, "%s/%04d", folder.c_str(), i);

@@ -58,17 +58,6 @@ struct RandomWriter {
   }
 };
 
-void mkdirs(const std::string& path) {
-  std::string cur;
-  for (size_t i = 0; i <= path.size(); ++i) {
-    if (i == path.size() || path[i] == '/') {
-      if (!cur.empty() && mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-        fail(cur + ": cannot create folder: " + std::strerror(errno));
-    }
-    if (i < path.size()) cur += path[i];
-  }
-}
-
 }  // namespace
 
 void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t seed) {
@@ -115,9 +104,9 @@ void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t se
 
 void make_tiny(const std::string& dir, uint64_t seed) {
   FluxConfig c = tiny_flux_config();
-  mkdirs(dir + "/model");
-  mkdirs(dir + "/cache/latents");
-  mkdirs(dir + "/cache/text");
+  make_dirs(dir + "/model");
+  make_dirs(dir + "/cache/latents");
+  make_dirs(dir + "/cache/text");
   write_random_flux(dir + "/model/transformer.safetensors", c, seed);
 
   // A fixed small dataset: smooth latents (a few waves per channel, as real latents are smooth)
@@ -167,7 +156,7 @@ void make_tiny(const std::string& dir, uint64_t seed) {
 
 void make_tiny_pipeline(const std::string& dir, uint64_t seed) {
   FluxConfig c = tiny_flux_config();
-  mkdirs(dir);
+  make_dirs(dir);
   write_random_flux(dir + "/transformer.safetensors", c, seed);
   TextEncoderConfig tc;
   tc.dim = 32;

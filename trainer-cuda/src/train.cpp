@@ -50,6 +50,13 @@ static void on_signal(int sig) {
   _exit(130);
 }
 
+// The run's last event; the signal handler stops writing to the closed file.
+static void end_run(Metrics& metrics, const char* status, int step) {
+  metrics.event({{"event", "end"}, {"status", status}, {"step", step}});
+  metrics.close();
+  g_metrics_fd = -1;
+}
+
 static void install_signals() {
   struct sigaction sa;
   std::memset(&sa, 0, sizeof sa);
@@ -302,16 +309,12 @@ int train_run(const std::string& dir) {
     if (job.sample.enabled && !g_stop_requested) sampler = std::make_unique<TrainSampler>(job, *te, ae.get());
   } catch (const Error& e) {
     metrics.event({{"event", "error"}, {"step", st.step}, {"message", e.what()}});
-    metrics.event({{"event", "end"}, {"status", "failed"}, {"step", st.step}});
-    metrics.close();
-    g_metrics_fd = -1;
+    end_run(metrics, "failed", st.step);
     throw;
   }
   if (!sampler) ae.reset();
   if (g_stop_requested) {  // SIGINT while encoding: what was cached stays cached, no step was trained
-    metrics.event({{"event", "end"}, {"status", "stopped"}, {"step", st.step}});
-    metrics.close();
-    g_metrics_fd = -1;
+    end_run(metrics, "stopped", st.step);
     std::printf("stopped before step %d (the caches written so far are kept)\n", st.step + 1);
     return 130;
   }
@@ -359,8 +362,7 @@ int train_run(const std::string& dir) {
                         ": stopped; the last checkpoint is kept. Try a lower learning rate (train.lr = " +
                         std::to_string(job.lr) + ")";
       metrics.event({{"event", "error"}, {"step", step}, {"message", msg}});
-      metrics.event({{"event", "end"}, {"status", "failed"}, {"step", st.step}});
-      metrics.close();
+      end_run(metrics, "failed", st.step);
       std::fprintf(stderr, "\nerror: %s\n", msg.c_str());
       return 1;
     }
@@ -386,8 +388,7 @@ int train_run(const std::string& dir) {
       std::string path = step_file(job, step);
       save_checkpoint(job, st, path, epoch, metrics);
       rotate(job);
-      metrics.event({{"event", "end"}, {"status", "stopped"}, {"step", step}});
-      metrics.close();
+      end_run(metrics, "stopped", step);
       std::printf("\nstopped at step %d: saved %s and the state to resume from\n", step, path.c_str());
       return 130;
     }
@@ -399,9 +400,7 @@ int train_run(const std::string& dir) {
   }
   std::string final_path = job.output_dir + "/" + job.name + ".safetensors";
   save_checkpoint(job, st, final_path, (int)((uint64_t)st.step * job.grad_accum / (uint64_t)nb), metrics);
-  metrics.event({{"event", "end"}, {"status", "finished"}, {"step", st.step}});
-  metrics.close();
-  g_metrics_fd = -1;
+  end_run(metrics, "finished", st.step);
   std::printf("%sfinished: %s\n", tty ? "\n" : "", final_path.c_str());
   return 0;
 }
