@@ -3,11 +3,13 @@
 // As in ops.cpp: sums over many values are accumulated in double, and every parallel loop gives
 // each output element to one thread that sums in a fixed order, so results do not depend on the
 // thread count (sgemm is deterministic for a given OpenBLAS thread count). Convolutions are
-// im2col + sgemm per image; the loops around sgemm stay serial because OpenBLAS threads itself.
+// im2col + sgemm over as many whole images as fit the column buffer; the loops around sgemm stay
+// serial because OpenBLAS threads itself.
 #include "ops_image.h"
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -50,72 +52,145 @@ static bool is_pointwise(const Conv2dShape& s) {
          s.pad_right == 0;
 }
 
-// col[k, p - p0] for k = (ic*KH + kh)*KW + kw and output positions p in [p0, p1) of one image;
-// zero where the kernel reads padding. One thread per input channel (its KH*KW rows).
-static void im2col(float* col, const float* img, const Conv2dShape& s, int p0, int p1) {
-  const int OW = s.out_w(), n = p1 - p0;
-#pragma omp parallel for schedule(static) if ((long)s.IC * s.KH * s.KW * n >= PARALLEL_MIN_WORK)
-  for (int ic = 0; ic < s.IC; ic++) {
-    const float* plane = img + (size_t)ic * s.H * s.W;
-    for (int kh = 0; kh < s.KH; kh++)
-      for (int kw = 0; kw < s.KW; kw++) {
-        float* row = col + ((size_t)(ic * s.KH + kh) * s.KW + kw) * n;
-        for (int p = p0; p < p1; p++) {
-          int iy = (p / OW) * s.stride - s.pad_top + kh;
-          int ix = (p % OW) * s.stride - s.pad_left + kw;
-          row[p - p0] = (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W) ? plane[(size_t)iy * s.W + ix] : 0.0f;
-        }
-      }
+// How one sgemm covers the batch: `images` whole images side by side in the column matrix when they
+// fit the column buffer (small layers, such as the demo autoencoder's, then make one large sgemm
+// instead of B small ones, which OpenBLAS threads badly), else one image at a time in slices of
+// `positions` output positions.
+struct ConvTiling {
+  int images, positions;
+};
+static ConvTiling conv_tiling(const Conv2dShape& s) {
+  const long K = (long)s.IC * s.KH * s.KW, P = (long)s.out_h() * s.out_w();
+  if (K * P <= IM2COL_MAX_FLOATS) {
+    long nb = IM2COL_MAX_FLOATS / (K * P);
+    return {(int)(nb < s.B ? nb : (s.B > 0 ? s.B : 1)), (int)P};
   }
-}
-
-// The adjoint of im2col: img[ic, iy, ix] += col[k, p - p0] over every (k, p) that read it.
-// One thread per input channel, so every image element has one writer.
-static void col2im_add(float* img, const float* col, const Conv2dShape& s, int p0, int p1) {
-  const int OW = s.out_w(), n = p1 - p0;
-#pragma omp parallel for schedule(static) if ((long)s.IC * s.KH * s.KW * n >= PARALLEL_MIN_WORK)
-  for (int ic = 0; ic < s.IC; ic++) {
-    float* plane = img + (size_t)ic * s.H * s.W;
-    for (int kh = 0; kh < s.KH; kh++)
-      for (int kw = 0; kw < s.KW; kw++) {
-        const float* row = col + ((size_t)(ic * s.KH + kh) * s.KW + kw) * n;
-        for (int p = p0; p < p1; p++) {
-          int iy = (p / OW) * s.stride - s.pad_top + kh;
-          int ix = (p % OW) * s.stride - s.pad_left + kw;
-          if (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W) plane[(size_t)iy * s.W + ix] += row[p - p0];
-        }
-      }
-  }
-}
-
-// Output positions per slice so that the column buffer stays under IM2COL_MAX_FLOATS.
-static int slice_positions(const Conv2dShape& s) {
-  long K = (long)s.IC * s.KH * s.KW, P = (long)s.out_h() * s.out_w();
   long n = IM2COL_MAX_FLOATS / K;
-  if (n < 1) n = 1;
-  return (int)(n < P ? n : P);
+  return {1, (int)(n < 1 ? 1 : n)};
+}
+
+// The output columns [ox0, ox1) of one output row whose input column ix = ox*stride - pad_left + kw
+// lies inside the image; the others read padding.
+static void valid_columns(const Conv2dShape& s, int kw, int* ox0, int* ox1) {
+  const int lo = s.pad_left - kw, hi = s.W - 1 + s.pad_left - kw;  // ox*stride must lie in [lo, hi]
+  const int a = lo <= 0 ? 0 : (lo + s.stride - 1) / s.stride, b = hi < 0 ? -1 : hi / s.stride;
+  *ox0 = a, *ox1 = b + 1 > a ? b + 1 : a;
+}
+
+// col[k, j*n + p - p0] for k = (ic*KH + kh)*KW + kw, image j of the nb images at img (each
+// IC*H*W floats) and output positions p in [p0, p1), n = p1 - p0; zero where the kernel reads
+// padding. One thread per (image, input channel): its KH*KW rows, filled an output row at a time.
+static void im2col(float* col, const float* img, int nb, const Conv2dShape& s, int p0, int p1) {
+  const int OW = s.out_w(), n = p1 - p0;
+  const long ld = (long)nb * n;
+#pragma omp parallel for collapse(2) schedule(static) if ((long)nb * s.IC * s.KH * s.KW * n >= PARALLEL_MIN_WORK)
+  for (int j = 0; j < nb; j++)
+    for (int ic = 0; ic < s.IC; ic++) {
+      const float* plane = img + ((size_t)j * s.IC + ic) * s.H * s.W;
+      for (int kh = 0; kh < s.KH; kh++)
+        for (int kw = 0; kw < s.KW; kw++) {
+          float* row = col + ((size_t)(ic * s.KH + kh) * s.KW + kw) * ld + (size_t)j * n - p0;
+          int v0, v1;
+          valid_columns(s, kw, &v0, &v1);
+          for (int oy = p0 / OW; oy * OW < p1; oy++) {
+            const int a = std::max(p0 - oy * OW, 0), b = std::min(p1 - oy * OW, OW);  // this row's slice
+            float* dst = row + (size_t)oy * OW;
+            const int iy = oy * s.stride - s.pad_top + kh;
+            const int c0 = iy >= 0 && iy < s.H ? std::clamp(v0, a, b) : b, c1 = std::clamp(v1, c0, b);
+            const float* src = plane + (size_t)iy * s.W - s.pad_left + kw;
+            for (int ox = a; ox < c0; ox++) dst[ox] = 0.0f;
+            for (int ox = c0; ox < c1; ox++) dst[ox] = src[ox * s.stride];
+            for (int ox = c1; ox < b; ox++) dst[ox] = 0.0f;
+          }
+        }
+    }
+}
+
+// The adjoint of im2col: img[j, ic, iy, ix] += col[k, j*n + p - p0] over every (k, p) that read
+// it. One thread per (image, input channel), so every image element has one writer.
+static void col2im_add(float* img, const float* col, int nb, const Conv2dShape& s, int p0, int p1) {
+  const int OW = s.out_w(), n = p1 - p0;
+  const long ld = (long)nb * n;
+#pragma omp parallel for collapse(2) schedule(static) if ((long)nb * s.IC * s.KH * s.KW * n >= PARALLEL_MIN_WORK)
+  for (int j = 0; j < nb; j++)
+    for (int ic = 0; ic < s.IC; ic++) {
+      float* plane = img + ((size_t)j * s.IC + ic) * s.H * s.W;
+      for (int kh = 0; kh < s.KH; kh++)
+        for (int kw = 0; kw < s.KW; kw++) {
+          const float* row = col + ((size_t)(ic * s.KH + kh) * s.KW + kw) * ld + (size_t)j * n - p0;
+          int v0, v1;
+          valid_columns(s, kw, &v0, &v1);
+          for (int oy = p0 / OW; oy * OW < p1; oy++) {
+            const int iy = oy * s.stride - s.pad_top + kh;
+            if (iy < 0 || iy >= s.H) continue;
+            const int a = std::max(p0 - oy * OW, 0), b = std::min(p1 - oy * OW, OW);
+            const int c0 = std::clamp(v0, a, b), c1 = std::clamp(v1, c0, b);
+            const float* from = row + (size_t)oy * OW;
+            float* dst = plane + (size_t)iy * s.W - s.pad_left + kw;
+            for (int ox = c0; ox < c1; ox++) dst[ox * s.stride] += from[ox];
+          }
+        }
+    }
+}
+
+// Scratch for column matrices, kept between calls: allocating (and zeroing) tens of MB per conv
+// costs more than the conv itself at the demo autoencoder's size. Every user overwrites what it reads.
+static float* scratch(int which, size_t n) {
+  thread_local std::vector<float> buf[3];
+  if (buf[which].size() < n) buf[which].resize(n);
+  return buf[which].data();
+}
+
+// Between [nb, C, P] (nb images) and the [C, nb*P] matrix of their columns side by side.
+static void images_to_columns(float* cols, const float* imgs, int nb, int C, int P) {
+#pragma omp parallel for collapse(2) schedule(static) if ((long)nb * C * P >= PARALLEL_MIN_WORK)
+  for (int c = 0; c < C; c++)
+    for (int j = 0; j < nb; j++)
+      std::memcpy(cols + ((size_t)c * nb + j) * P, imgs + ((size_t)j * C + c) * P, sizeof(float) * P);
+}
+static void columns_to_images(float* imgs, const float* cols, int nb, int C, int P) {
+#pragma omp parallel for collapse(2) schedule(static) if ((long)nb * C * P >= PARALLEL_MIN_WORK)
+  for (int j = 0; j < nb; j++)
+    for (int c = 0; c < C; c++)
+      std::memcpy(imgs + ((size_t)j * C + c) * P, cols + ((size_t)c * nb + j) * P, sizeof(float) * P);
 }
 
 void conv2d_forward(float* out, const float* inp, const float* W, const float* bias, const Conv2dShape& s) {
   check_conv("conv2d_forward", s);
   const int P = s.out_h() * s.out_w(), K = s.IC * s.KH * s.KW;
-  const bool pointwise = is_pointwise(s);
-  const int slice = slice_positions(s);
-  std::vector<float> col(pointwise ? 0 : (size_t)K * slice);
-  for (int b = 0; b < s.B; b++) {
-    const float* img = inp + (size_t)b * s.IC * s.H * s.W;
-    float* o = out + (size_t)b * s.OC * P;
+  const ConvTiling t = conv_tiling(s);
+  const bool direct = t.images == 1 && is_pointwise(s);
+  float* col = direct ? nullptr : scratch(0, (size_t)K * t.images * t.positions);
+  float* res = t.images > 1 ? scratch(1, (size_t)s.OC * t.images * P) : nullptr;
+  for (int b0 = 0; b0 < s.B; b0 += t.images) {
+    const int nb = b0 + t.images <= s.B ? t.images : s.B - b0;
+    const float* img = inp + (size_t)b0 * s.IC * s.H * s.W;
+    float* o = out + (size_t)b0 * s.OC * P;
+    if (nb > 1) {
+      // res[OC, nb*P] = W[OC, K] @ col[K, nb*P], then into the images with the bias.
+      im2col(col, img, nb, s, 0, P);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.OC, nb * P, K, 1.0f, W, K, col, nb * P, 0.0f, res,
+                  nb * P);
+      columns_to_images(o, res, nb, s.OC, P);
+      if (bias)
+        for (int j = 0; j < nb; j++)
+          for (int oc = 0; oc < s.OC; oc++) {
+            float* r = o + ((size_t)j * s.OC + oc) * P;
+            for (int p = 0; p < P; p++) r[p] += bias[oc];
+          }
+      continue;
+    }
     for (int oc = 0; oc < s.OC; oc++) {
       float v = bias ? bias[oc] : 0.0f;
       for (int p = 0; p < P; p++) o[(size_t)oc * P + p] = v;
     }
-    for (int p0 = 0; p0 < P; p0 += slice) {
-      int p1 = p0 + slice < P ? p0 + slice : P, n = p1 - p0;
+    for (int p0 = 0; p0 < P; p0 += t.positions) {
+      int p1 = p0 + t.positions < P ? p0 + t.positions : P, n = p1 - p0;
       const float* c = img + p0;
       int ldc = P;
-      if (!pointwise) {
-        im2col(col.data(), img, s, p0, p1);
-        c = col.data(), ldc = n;
+      if (!direct) {
+        im2col(col, img, 1, s, p0, p1);
+        c = col, ldc = n;
       }
       // out[:, p0:p1] += W[OC, K] @ col[K, n]
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.OC, n, K, 1.0f, W, K, c, ldc, 1.0f, o + p0, P);
@@ -140,33 +215,42 @@ void conv2d_backward(float* dinp, float* dW, float* dbias, const float* dout, co
     }
   }
   if (!dinp && !dW) return;
-  const bool pointwise = is_pointwise(s);
-  const int slice = slice_positions(s);
-  std::vector<float> col(pointwise || !dW ? 0 : (size_t)K * slice);
-  std::vector<float> dcol(pointwise || !dinp ? 0 : (size_t)K * slice);
-  for (int b = 0; b < s.B; b++) {
-    const float* img = inp + (size_t)b * s.IC * s.H * s.W;
-    const float* d = dout + (size_t)b * s.OC * P;
+  const ConvTiling t = conv_tiling(s);
+  const bool direct = t.images == 1 && is_pointwise(s);
+  const size_t cols = (size_t)K * t.images * t.positions;
+  float* col = direct || !dW ? nullptr : scratch(0, cols);
+  float* dcol = direct || !dinp ? nullptr : scratch(2, cols);
+  float* dres = t.images > 1 ? scratch(1, (size_t)s.OC * t.images * P) : nullptr;
+  for (int b0 = 0; b0 < s.B; b0 += t.images) {
+    const int nb = b0 + t.images <= s.B ? t.images : s.B - b0;
+    const float* img = inp + (size_t)b0 * s.IC * s.H * s.W;
+    const float* d = dout + (size_t)b0 * s.OC * P;
+    float* di = dinp ? dinp + (size_t)b0 * s.IC * s.H * s.W : nullptr;
+    int ldd = P;
+    if (nb > 1) {  // dout of the nb images as one [OC, nb*P] matrix
+      images_to_columns(dres, d, nb, s.OC, P);
+      d = dres, ldd = nb * P;
+    }
+    const int slice = nb > 1 ? P : t.positions;
     for (int p0 = 0; p0 < P; p0 += slice) {
-      int p1 = p0 + slice < P ? p0 + slice : P, n = p1 - p0;
+      int p1 = p0 + slice < P ? p0 + slice : P, n = nb * (p1 - p0);
       if (dW) {
         const float* c = img + p0;
         int ldc = P;
-        if (!pointwise) {
-          im2col(col.data(), img, s, p0, p1);
-          c = col.data(), ldc = n;
+        if (!direct) {
+          im2col(col, img, nb, s, p0, p1);
+          c = col, ldc = n;
         }
-        // dW[OC, K] += dout[:, p0:p1] @ col[K, n]^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.OC, K, n, 1.0f, d + p0, P, c, ldc, 1.0f, dW, K);
+        // dW[OC, K] += dout[:, cols] @ col[K, cols]^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.OC, K, n, 1.0f, d + p0, ldd, c, ldc, 1.0f, dW, K);
       }
-      if (dinp) {
-        float* di = dinp + (size_t)b * s.IC * s.H * s.W;
-        // dcol[K, n] = W[OC, K]^T @ dout[:, p0:p1]; for a pointwise conv dcol is dinp's own slice.
-        if (pointwise) {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, n, s.OC, 1.0f, W, K, d + p0, P, 1.0f, di + p0, P);
+      if (di) {
+        // dcol[K, cols] = W[OC, K]^T @ dout[:, cols]; for a direct pointwise conv dcol is dinp's own slice.
+        if (direct) {
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, n, s.OC, 1.0f, W, K, d + p0, ldd, 1.0f, di + p0, P);
         } else {
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, n, s.OC, 1.0f, W, K, d + p0, P, 0.0f, dcol.data(), n);
-          col2im_add(di, dcol.data(), s, p0, p1);
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, n, s.OC, 1.0f, W, K, d + p0, ldd, 0.0f, dcol, n);
+          col2im_add(di, dcol, nb, s, p0, p1);
         }
       }
     }

@@ -130,12 +130,10 @@ TEST(ops_image_conv2d_gradients) {
   check_conv_gradients("conv2d asymmetric", odd, 130);
 }
 
-TEST(ops_image_conv2d_large_image_in_slices) {
-  // 64 channels x 3x3 x 180^2 positions needs more column buffer than one slice holds (2^24
-  // floats), so this runs the sliced path; forward, dinp and dW against direct loops.
-  Conv2dShape s = conv2d_shape(1, 64, 180, 180, 2, 3, 1);
-  CHECK((long)s.IC * 9 * s.out_h() * s.out_w() > (1L << 24));
-  Buf inp = random_buf((size_t)s.IC * s.H * s.W, 7), W = random_buf((size_t)s.OC * s.IC * 9, 8);
+// Forward, dinp and dW of a conv too large for the finite-difference checks, against direct loops
+// in double (backward of L = sum(out * w): dW[oc, k] = sum_p w[oc, p] col[k, p]; dinp by the adjoint).
+static void check_conv_against_direct_loops(const Conv2dShape& s) {
+  Buf inp = random_buf((size_t)s.B * s.IC * s.H * s.W, 7), W = random_buf((size_t)s.OC * s.IC * s.KH * s.KW, 8);
   Buf out = nan_buf(conv_out_size(s));
   conv2d_forward(out.data(), inp.data(), W.data(), nullptr, s);
   std::vector<double> want = conv_direct(inp, W, nullptr, s);
@@ -143,25 +141,26 @@ TEST(ops_image_conv2d_large_image_in_slices) {
   for (size_t i = 0; i < out.size(); i++) err = std::max(err, std::fabs(out[i] - want[i]));
   CHECK_NEAR(err, 0.0, 1e-4);
 
-  // Backward of L = sum(out * w): dW[oc, k] = sum_p w[oc, p] col[k, p]; dinp by the adjoint loop.
   Buf w = random_buf(out.size(), 9), dinp(inp.size(), 0.0f), dW(W.size(), 0.0f);
   conv2d_backward(dinp.data(), dW.data(), nullptr, w.data(), inp.data(), W.data(), s);
   std::vector<double> dinp_ref(inp.size(), 0.0), dW_ref(W.size(), 0.0);
   const int OH = s.out_h(), OW = s.out_w();
-  for (int oc = 0; oc < s.OC; oc++)
-    for (int oy = 0; oy < OH; oy++)
-      for (int ox = 0; ox < OW; ox++) {
-        double d = w[((size_t)oc * OH + oy) * OW + ox];
-        for (int ic = 0; ic < s.IC; ic++)
-          for (int kh = 0; kh < 3; kh++)
-            for (int kw = 0; kw < 3; kw++) {
-              int iy = oy - 1 + kh, ix = ox - 1 + kw;
-              if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) continue;
-              size_t xi = ((size_t)ic * s.H + iy) * s.W + ix, wi = (((size_t)oc * s.IC + ic) * 3 + kh) * 3 + kw;
-              dinp_ref[xi] += d * W[wi];
-              dW_ref[wi] += d * inp[xi];
-            }
-      }
+  for (int b = 0; b < s.B; b++)
+    for (int oc = 0; oc < s.OC; oc++)
+      for (int oy = 0; oy < OH; oy++)
+        for (int ox = 0; ox < OW; ox++) {
+          double d = w[(((size_t)b * s.OC + oc) * OH + oy) * OW + ox];
+          for (int ic = 0; ic < s.IC; ic++)
+            for (int kh = 0; kh < s.KH; kh++)
+              for (int kw = 0; kw < s.KW; kw++) {
+                int iy = oy * s.stride - s.pad_top + kh, ix = ox * s.stride - s.pad_left + kw;
+                if (iy < 0 || iy >= s.H || ix < 0 || ix >= s.W) continue;
+                size_t xi = (((size_t)b * s.IC + ic) * s.H + iy) * s.W + ix;
+                size_t wi = (((size_t)oc * s.IC + ic) * s.KH + kh) * s.KW + kw;
+                dinp_ref[xi] += d * W[wi];
+                dW_ref[wi] += d * inp[xi];
+              }
+        }
   double err_x = 0.0, err_w = 0.0, scale_w = 0.0;
   for (size_t i = 0; i < dinp.size(); i++) err_x = std::max(err_x, std::fabs(dinp[i] - dinp_ref[i]));
   for (size_t i = 0; i < dW.size(); i++) {
@@ -170,6 +169,25 @@ TEST(ops_image_conv2d_large_image_in_slices) {
   }
   CHECK_NEAR(err_x, 0.0, 1e-4);
   CHECK_NEAR(err_w / scale_w, 0.0, 1e-5);
+}
+
+TEST(ops_image_conv2d_large_image_in_slices) {
+  // 64 channels x 3x3 x 180^2 positions needs more column buffer than one slice holds (2^24
+  // floats), so this runs the sliced path, with slices that end mid-row.
+  Conv2dShape s = conv2d_shape(1, 64, 180, 180, 2, 3, 1);
+  CHECK((long)s.IC * 9 * s.out_h() * s.out_w() > (1L << 24));
+  check_conv_against_direct_loops(s);
+}
+
+TEST(ops_image_conv2d_batch_in_image_groups) {
+  // Small images go side by side into one column matrix, as many as fit 2^24 floats: here 7 of
+  // 576 x 64^2, so 9 images make a group of 7 and a remainder of 2. Also the strided downsample.
+  Conv2dShape s = conv2d_shape(9, 64, 64, 64, 3, 3, 1);
+  CHECK((1L << 24) / (576L * 64 * 64) == 7);
+  check_conv_against_direct_loops(s);
+  Conv2dShape down = conv2d_shape(5, 8, 9, 7, 3, 3, 0, 2);
+  down.pad_bottom = down.pad_right = 1;
+  check_conv_against_direct_loops(down);
 }
 
 TEST(ops_image_conv2d_rejects_bad_geometry) {
