@@ -135,6 +135,27 @@ describe('graft-trainer', () => {
     expect(bad.status).toBe(1);
     expect(bad.stderr).toContain('model.json');
 
+    // Fine-tuning the decoder alone changes every decoder weight and leaves the encoder (and so the
+    // transformer's latent space) bit for bit as it was; model.json records the run.
+    const aeBefore = tensorBytes(join(dir, 'ae.safetensors'));
+    const tuned = trainer(['demo-model', dir, '--quick', '--resume', '--decoder-steps', '3', '--dit-steps', '0']);
+    expect(tuned.status, tuned.stderr).toBe(0);
+    expect(tuned.stdout).toMatch(/decoder step 3\/3/);
+    expect(tuned.stdout).not.toMatch(/transformer step/);
+    const aeAfter = tensorBytes(join(dir, 'ae.safetensors'));
+    expect([...aeAfter.keys()].sort()).toEqual([...aeBefore.keys()].sort());
+    for (const [name, bytes] of aeBefore) {
+      if (name.startsWith('encoder.')) expect(aeAfter.get(name)!.equals(bytes), name).toBe(true);
+      else if (name.startsWith('decoder.')) expect(aeAfter.get(name)!.equals(bytes), name).toBe(false);
+    }
+    const runs = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8')).training;
+    expect(runs.length).toBe(2);
+    expect(runs[1].decoder.steps).toBe(3);
+    expect(runs[1].transformer).toBeUndefined();
+    const noResume = trainer(['demo-model', dir, '--decoder-steps', '3']);
+    expect(noResume.status).toBe(1);
+    expect(noResume.stderr).toContain('--resume');
+
     // The demo LoRA job on that model: its dataset files and config.yaml, prepared by graft, then trained
     // with samples during training.
     const job = join(tempDir(), 'job');
@@ -213,6 +234,17 @@ function readSafetensorsHeader(path: string): Record<string, any> {
   const buf = readFileSync(path);
   const n = Number(buf.readBigUInt64LE(0));
   return JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+}
+
+/** Every tensor's raw bytes by name. */
+function tensorBytes(path: string): Map<string, Buffer> {
+  const buf = readFileSync(path);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+  const out = new Map<string, Buffer>();
+  for (const [key, info] of Object.entries<any>(header))
+    if (key !== '__metadata__') out.set(key, buf.subarray(8 + n + info.data_offsets[0], 8 + n + info.data_offsets[1]));
+  return out;
 }
 
 /** Rewrites a safetensors file without one tensor (header and data), as a partial download might. */

@@ -161,6 +161,48 @@ void train_autoencoder(VaeModel& ae, const std::vector<Scene>& scenes, const Dem
   }
 }
 
+// The decoder alone learns to draw the frozen encoder's latent samples back into the pictures. The
+// encoder gets no gradient, so Adam (no weight decay) leaves its weights, the latent statistics and
+// the transformer's latent space exactly as they were. Returns the smoothed reconstruction loss.
+double train_decoder(VaeModel& ae, const std::vector<Scene>& scenes, const DemoModelOptions& o) {
+  const int S = o.image_size, B = o.ae_batch;
+  const size_t img = (size_t)3 * S * S;
+  VaeRunner r(&ae);
+  AdamW opt;
+  std::vector<float> x(B * img), mean, logvar, z, recon, noise, drecon;
+  double ema = 0.0;
+  auto t0 = clock_type::now();
+  for (int step = 1; step <= o.decoder_steps; ++step) {
+    Rng rng(o.seed, 0xDEC, step);
+    for (int b = 0; b < B; ++b) {
+      std::vector<float> pic = draw(scenes[rng.next() % scenes.size()], S);
+      std::copy(pic.begin(), pic.end(), x.begin() + b * img);
+    }
+    ae.zero_grad();
+    int h = 0, w = 0;
+    r.encode(x.data(), B, S, S, mean, logvar, &h, &w);
+    noise.resize(mean.size());
+    for (float& v : noise) v = rng.normal();
+    z.resize(mean.size());
+    gaussian_sample_forward(z.data(), mean.data(), logvar.data(), noise.data(), (long)z.size());
+    r.decode(z.data(), B, h, w, recon);
+    const float rec = mse_forward(recon.data(), x.data(), (long)recon.size());
+    drecon.assign(recon.size(), 0.0f);
+    mse_backward(drecon.data(), recon.data(), x.data(), (long)recon.size(), 1.0f);
+    r.decode_backward(drecon.data(), nullptr);
+    clip_grad_norm(ae.grads.data(), ae.grads.size(), 1.0f);
+    opt.step(ae.params.data(), ae.grads.data(), ae.params.size(),
+             lr_at("cosine", o.decoder_lr, step, o.decoder_steps, 100));
+    ema = step == 1 ? rec : 0.98 * ema + 0.02 * rec;
+    if (step % o.log_every == 0 || step == o.decoder_steps) {
+      std::printf("decoder step %d/%d  reconstruction %.5f (smoothed %.5f)  %.2f s/step\n", step, o.decoder_steps, rec,
+                  ema, seconds_since(t0) / step);
+      std::fflush(stdout);
+    }
+  }
+  return ema;
+}
+
 // Latents of every picture in the transformer's space, after fixing scale/shift from their statistics.
 std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene>& scenes, int S, bool fix_scale) {
   VaeRunner r(&ae);
@@ -299,13 +341,18 @@ void train_demo_model(const DemoModelOptions& o) {
               (unsigned long long)o.seed, o.out_dir.c_str());
 
   VaeModel ae;
-  double ae_seconds = 0;
+  double ae_seconds = 0, decoder_loss = 0;
   std::vector<std::vector<float>> latents;
   TextEncoderConfig tc;
   TextEncoder te;
   FluxModel dit;
   if (o.resume) {  // more transformer steps on a model trained before; the autoencoder stays as it is
     ae = VaeModel::load(o.out_dir + "/ae.safetensors");
+    if (o.decoder_steps > 0) {
+      decoder_loss = train_decoder(ae, scenes, o);
+      ae_seconds = seconds_since(t0);
+      ae.save(o.out_dir + "/ae.safetensors", DType::F32);
+    }
     latents = encode_all(ae, scenes, o.image_size, /*fix_scale=*/false);
     te = TextEncoder::load(o.out_dir + "/text_encoder.safetensors");
     tc = te.cfg;
@@ -337,11 +384,15 @@ void train_demo_model(const DemoModelOptions& o) {
   DitResult r = train_transformer(dit, te, scenes, latents, ae.cfg.z_channels, h, o, save);
   double dit_seconds = seconds_since(t1);
 
-  nlohmann::json info = {{"pictures", o.pictures}, {"seed", o.seed},
-                         {"transformer", {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr}, {"ema_decay", o.ema_decay},
-                                          {"final_loss", r.final_loss}, {"seconds", std::round(dit_seconds)}}}};
+  nlohmann::json info = {{"pictures", o.pictures}, {"seed", o.seed}};
+  if (o.dit_steps > 0)
+    info["transformer"] = {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr}, {"ema_decay", o.ema_decay},
+                           {"final_loss", r.final_loss}, {"seconds", std::round(dit_seconds)}};
   if (!o.resume)
     info["autoencoder"] = {{"steps", o.ae_steps}, {"batch", o.ae_batch}, {"lr", o.ae_lr}, {"seconds", std::round(ae_seconds)}};
+  else if (o.decoder_steps > 0)
+    info["decoder"] = {{"steps", o.decoder_steps}, {"batch", o.ae_batch}, {"lr", o.decoder_lr},
+                       {"final_reconstruction", decoder_loss}, {"seconds", std::round(ae_seconds)}};
   // model.json keeps every training run of this model, oldest first.
   nlohmann::json runs = nlohmann::json::array();
   if (o.resume) {

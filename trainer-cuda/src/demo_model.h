@@ -16,6 +16,10 @@ struct DemoModelOptions {
   int ae_batch = 16;
   float ae_lr = 1e-3f;
   float ae_kl_weight = 1e-3f;
+  // Steps that train the autoencoder's decoder alone, on the frozen encoder's latents: sharper
+  // pictures while the latent space, and so a transformer trained on it, stays as it is.
+  int decoder_steps = 0;
+  float decoder_lr = 5e-4f;
   int dit_steps = 4000;
   int dit_batch = 16;
   float dit_lr = 5e-4f;

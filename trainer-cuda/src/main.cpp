@@ -36,7 +36,7 @@ static const char* kUsage =
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
-    "             [--resume] [--lr X] [--ema-decay X]\n"
+    "             [--resume] [--decoder-steps N] [--lr X] [--ema-decay X]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
@@ -184,6 +184,8 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.pictures = std::stoi(a[++i]);
     } else if (a[i] == "--ae-steps" && i + 1 < a.size()) {
       o.ae_steps = std::stoi(a[++i]);
+    } else if (a[i] == "--decoder-steps" && i + 1 < a.size()) {
+      o.decoder_steps = std::stoi(a[++i]);
     } else if (a[i] == "--dit-steps" && i + 1 < a.size()) {
       o.dit_steps = std::stoi(a[++i]);
     } else if (a[i] == "--batch" && i + 1 < a.size()) {
@@ -194,6 +196,8 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       fail("demo-model: unknown argument '" + a[i] + "'");
     }
   }
+  if (o.decoder_steps > 0 && !o.resume)
+    fail("demo-model: --decoder-steps fine-tunes the decoder of a model trained before; add --resume");
   train_demo_model(o);
   return 0;
 }
