@@ -152,6 +152,13 @@ describe('graft-trainer', () => {
     expect(runs.length).toBe(2);
     expect(runs[1].decoder.steps).toBe(3);
     expect(runs[1].transformer).toBeUndefined();
+    // The base-model measure runs on any model folder; what it reads back is checked in test_shapes.cpp.
+    const evald = trainer(['demo-model-eval', dir, '--seeds', '1', '--steps', '2']);
+    expect(evald.status, evald.stderr).toBe(0);
+    const measured = JSON.parse(evald.stdout.trim().split('\n').pop()!);
+    expect(measured.samples).toBe(20);
+    for (const v of [measured.shape, measured.colour, measured.background, ...Object.values<number>(measured.per_shape)])
+      expect(v >= 0 && v <= 1, JSON.stringify(measured)).toBe(true);
     const noResume = trainer(['demo-model', dir, '--decoder-steps', '3']);
     expect(noResume.status).toBe(1);
     expect(noResume.stderr).toContain('--resume');

@@ -570,4 +570,32 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
   return e;
 }
 
+BaseEval base_eval(const std::string& model_dir, int seeds, int steps) {
+  Pipeline pipe = Pipeline::load(model_dir);
+  const int S = pipe.image_size;
+  // (colour, background) pairs of the palette: red/white, blue/yellow, green/black, orange/purple.
+  const int combos[4][2] = {{0, 4}, {2, 3}, {1, 5}, {7, 6}};
+  const Shape shapes[5] = {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross};
+  SampleParams sp = pipe.defaults;
+  sp.steps = steps;
+  BaseEval e;
+  for (int seed = 0; seed < seeds; ++seed)
+    for (const auto& cb : combos)
+      for (int k = 0; k < 5; ++k) {
+        Scene sc;
+        sc.shape = shapes[k], sc.word = shape_name(shapes[k]), sc.colour = cb[0], sc.background = cb[1];
+        sc.large = true, sc.count = 1;
+        sp.seed = 2000 + seed;
+        PictureReading r = read_picture(pipe.generate(caption(sc), S, sp, nullptr), S);
+        e.shape += r.shape == sc.shape;
+        e.per_shape[k] += r.shape == sc.shape;
+        e.colour += r.colour == sc.colour;
+        e.background += r.background == sc.background;
+        ++e.samples;
+      }
+  e.shape /= e.samples, e.colour /= e.samples, e.background /= e.samples;
+  for (double& v : e.per_shape) v /= e.samples / 5;
+  return e;
+}
+
 }  // namespace graft

@@ -67,4 +67,15 @@ struct DemoEval {
 };
 DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, int seeds, int steps);
 
+// How well the base model draws its own world: pictures of "a large <colour> <shape> on a <colour>
+// background" for every base shape, four colour pairs and `seeds` seeds, read back by read_picture.
+// The share of pictures whose shape, colour and background are the ones asked (chance for the
+// shape: 1 in 5), and per shape the share read as that shape.
+struct BaseEval {
+  double shape = 0, colour = 0, background = 0;
+  double per_shape[5] = {0, 0, 0, 0, 0};  // circle, square, triangle, diamond, cross
+  int samples = 0;
+};
+BaseEval base_eval(const std::string& model_dir, int seeds, int steps);
+
 }  // namespace graft

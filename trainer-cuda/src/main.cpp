@@ -40,6 +40,7 @@ static const char* kUsage =
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
+    "  demo-model-eval <model-dir> [--seeds N]           measure the base model: shapes, colours, backgrounds drawn as asked\n"
     "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]] [--scale N]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
     "  tokenize <text> [--max-len N]                     the demo text encoder's byte-level token ids, as JSON\n"
@@ -238,6 +239,27 @@ static int cmd_demo_eval(const std::vector<std::string>& a) {
   return 0;
 }
 
+static int cmd_demo_model_eval(const std::vector<std::string>& a) {
+  need_args(a, 2, "demo-model-eval");
+  int seeds = 4, steps = 20;
+  for (size_t i = 2; i < a.size(); ++i) {
+    if (a[i] == "--seeds" && i + 1 < a.size()) seeds = std::stoi(a[++i]);
+    else if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
+    else fail("demo-model-eval: unknown argument '" + a[i] + "'");
+  }
+  BaseEval e = base_eval(a[1], seeds, steps);
+  std::printf("demo-model-eval over %d pictures of one large shape: shape right %.0f%% (chance 20%%), colour right "
+              "%.0f%%, background right %.0f%%; shape right by shape: circle %.0f%%, square %.0f%%, triangle %.0f%%, "
+              "diamond %.0f%%, cross %.0f%%\n",
+              e.samples, 100 * e.shape, 100 * e.colour, 100 * e.background, 100 * e.per_shape[0], 100 * e.per_shape[1],
+              100 * e.per_shape[2], 100 * e.per_shape[3], 100 * e.per_shape[4]);
+  nlohmann::json j = {{"samples", e.samples}, {"shape", e.shape}, {"colour", e.colour}, {"background", e.background},
+                      {"per_shape", {{"circle", e.per_shape[0]}, {"square", e.per_shape[1]}, {"triangle", e.per_shape[2]},
+                                     {"diamond", e.per_shape[3]}, {"cross", e.per_shape[4]}}}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
 static int cmd_sample(const std::vector<std::string>& a) {
   need_args(a, 2, "sample");
   Pipeline pipe = Pipeline::load(a[1]);
@@ -334,6 +356,7 @@ int main(int argc, char** argv) {
     if (a[0] == "sample") return cmd_sample(a);
     if (a[0] == "demo-job") return cmd_demo_job(a);
     if (a[0] == "demo-eval") return cmd_demo_eval(a);
+    if (a[0] == "demo-model-eval") return cmd_demo_model_eval(a);
     if (a[0] == "tokenize") return cmd_tokenize(a);
     std::fprintf(stderr, "graft-trainer: unknown command '%s'\n%s", a[0].c_str(), kUsage);
     return 2;

@@ -147,13 +147,21 @@ static double mask_iou(const std::vector<float>& mask, int size, Shape shape) {
       area += m, sx += m * (x + 0.5), sy += m * (y + 0.5);
     }
   if (area < 1) return 0.0;
-  // The unit shape's area in picture units, measured once at high resolution.
+  // The unit shape's area and centroid in picture units, measured at high resolution. The centroid
+  // is not the centre for every shape (a triangle's lies below it), so the template is placed by
+  // centroid, as the mask is.
   std::vector<float> unit = shape_mask(shape, 0.5f, 0.5f, 0.25f, 128);
-  double unit_area = 0;
-  for (float v : unit) unit_area += v;
+  double unit_area = 0, ux = 0, uy = 0;
+  for (int y = 0; y < 128; ++y)
+    for (int x = 0; x < 128; ++x) {
+      float v = unit[(size_t)y * 128 + x];
+      unit_area += v, ux += v * (x + 0.5), uy += v * (y + 0.5);
+    }
+  const double off_x = (ux / unit_area / 128.0 - 0.5) / 0.25, off_y = (uy / unit_area / 128.0 - 0.5) / 0.25;
   unit_area /= 128.0 * 128.0 * 0.25 * 0.25;  // area of the shape at r = 1
   const double r = std::sqrt(area / ((double)n * unit_area));
-  std::vector<float> t = shape_mask(shape, (float)(sx / area / size), (float)(sy / area / size), (float)r, size);
+  std::vector<float> t = shape_mask(shape, (float)(sx / area / size - r * off_x), (float)(sy / area / size - r * off_y),
+                                    (float)r, size);
   double inter = 0, uni = 0;
   for (size_t i = 0; i < n; ++i) inter += std::min(mask[i], t[i]), uni += std::max(mask[i], t[i]);
   return uni > 0 ? inter / uni : 0.0;
@@ -180,9 +188,11 @@ double shape_iou(const std::vector<float>& rgb, int size, int colour, int backgr
   return mask_iou(mask, size, shape);
 }
 
-double shape_iou_any_colour(const std::vector<float>& rgb, int size, Shape shape) {
+// The background is the mean colour of the picture's border; the foreground mask is every pixel
+// farther than kForegroundDist from it.
+static std::vector<float> foreground_mask(const std::vector<float>& rgb, int size, float bg[3]) {
   const size_t n = (size_t)size * size;
-  float bg[3] = {0, 0, 0};
+  bg[0] = bg[1] = bg[2] = 0.0f;
   int border = 0;
   for (int y = 0; y < size; ++y)
     for (int x = 0; x < size; ++x) {
@@ -192,14 +202,54 @@ double shape_iou_any_colour(const std::vector<float>& rgb, int size, Shape shape
       for (int k = 0; k < 3; ++k) bg[k] += c[k];
       ++border;
     }
-  for (float& v : bg) v /= border;
+  for (int k = 0; k < 3; ++k) bg[k] /= border;
   std::vector<float> mask(n);
   for (size_t p = 0; p < n; ++p) {
     float c[3];
     rgb01(rgb, n, p, c);
     mask[p] = dist2(c, bg[0], bg[1], bg[2]) > kForegroundDist * kForegroundDist ? 1.0f : 0.0f;
   }
-  return mask_iou(mask, size, shape);
+  return mask;
+}
+
+double shape_iou_any_colour(const std::vector<float>& rgb, int size, Shape shape) {
+  float bg[3];
+  return mask_iou(foreground_mask(rgb, size, bg), size, shape);
+}
+
+static int nearest_colour(const float c[3]) {
+  int best = 0;
+  for (size_t i = 1; i < palette().size(); ++i) {
+    const Colour& p = palette()[i];
+    if (dist2(c, p.r, p.g, p.b) < dist2(c, palette()[best].r, palette()[best].g, palette()[best].b)) best = (int)i;
+  }
+  return best;
+}
+
+PictureReading read_picture(const std::vector<float>& rgb, int size) {
+  const size_t n = (size_t)size * size;
+  float bg[3];
+  std::vector<float> mask = foreground_mask(rgb, size, bg);
+  PictureReading r;
+  r.background = nearest_colour(bg);
+  double best = -1.0;
+  for (Shape sh : {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross}) {
+    const double iou = mask_iou(mask, size, sh);
+    if (iou > best) best = iou, r.shape = sh;
+  }
+  float fg[3] = {0, 0, 0};
+  double count = 0;
+  for (size_t p = 0; p < n; ++p) {
+    if (mask[p] == 0.0f) continue;
+    float c[3];
+    rgb01(rgb, n, p, c);
+    for (int k = 0; k < 3; ++k) fg[k] += c[k];
+    ++count;
+  }
+  if (count == 0) return r;  // nothing drawn: colour stays -1
+  for (float& v : fg) v = (float)(v / count);
+  r.colour = nearest_colour(fg);
+  return r;
 }
 
 }  // namespace graft

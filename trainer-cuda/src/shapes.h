@@ -54,4 +54,13 @@ double shape_iou(const std::vector<float>& rgb, int size, int colour, int backgr
 constexpr float kForegroundDist = 0.3f;
 double shape_iou_any_colour(const std::vector<float>& rgb, int size, Shape shape);
 
+// What a picture of one shape shows, read back to measure a model: the base shape (circle .. cross)
+// with the highest shape_iou_any_colour, and the palette colours nearest to the mean of the
+// foreground's pixels (-1 when nothing stands out) and of the border.
+struct PictureReading {
+  Shape shape = Shape::Circle;
+  int colour = -1, background = -1;
+};
+PictureReading read_picture(const std::vector<float>& rgb, int size);
+
 }  // namespace graft
