@@ -116,16 +116,22 @@ void init_for_training(FluxModel& m, uint64_t seed) {
   }
 }
 
-void train_autoencoder(VaeModel& ae, const std::vector<Scene>& scenes, const DemoModelOptions& o) {
-  const int S = o.image_size, B = o.ae_batch;
+// Trains the autoencoder on posterior samples of random pictures (MSE + KL), or with decoder_only the
+// decoder alone (MSE): then the encoder gets no gradient, so Adam (no weight decay) leaves its
+// weights, the latent statistics and the transformer's latent space exactly as they were. Returns the
+// smoothed reconstruction loss.
+double train_autoencoder(VaeModel& ae, const std::vector<Scene>& scenes, const DemoModelOptions& o, bool decoder_only) {
+  const int S = o.image_size, B = o.ae_batch, steps = decoder_only ? o.decoder_steps : o.ae_steps;
+  const float base_lr = decoder_only ? o.decoder_lr : o.ae_lr;
+  const char* what = decoder_only ? "decoder" : "autoencoder";
   const size_t img = (size_t)3 * S * S;
   VaeRunner r(&ae);
   AdamW opt;
   std::vector<float> x(B * img), mean, logvar, z, recon, noise, dz, dmean, dlogvar, drecon;
   double ema = 0.0;
   auto t0 = clock_type::now();
-  for (int step = 1; step <= o.ae_steps; ++step) {
-    Rng rng(o.seed, 0xAE, step);
+  for (int step = 1; step <= steps; ++step) {
+    Rng rng(o.seed, decoder_only ? 0xDEC : 0xAE, step);
     for (int b = 0; b < B; ++b) {
       std::vector<float> pic = draw(scenes[rng.next() % scenes.size()], S);
       std::copy(pic.begin(), pic.end(), x.begin() + b * img);
@@ -143,60 +149,23 @@ void train_autoencoder(VaeModel& ae, const std::vector<Scene>& scenes, const Dem
     const float kl = gaussian_kl_forward(mean.data(), logvar.data(), nz);
     drecon.assign(recon.size(), 0.0f);
     mse_backward(drecon.data(), recon.data(), x.data(), (long)recon.size(), 1.0f);
-    dz.assign(nz, 0.0f);
-    r.decode_backward(drecon.data(), dz.data());
-    dmean.assign(nz, 0.0f);
-    dlogvar.assign(nz, 0.0f);
-    gaussian_sample_backward(dmean.data(), dlogvar.data(), dz.data(), logvar.data(), noise.data(), nz);
-    gaussian_kl_backward(dmean.data(), dlogvar.data(), mean.data(), logvar.data(), nz, o.ae_kl_weight);
-    r.encode_backward(dmean.data(), dlogvar.data(), nullptr);
-    clip_grad_norm(ae.grads.data(), ae.grads.size(), 1.0f);
-    opt.step(ae.params.data(), ae.grads.data(), ae.params.size(), lr_at("cosine", o.ae_lr, step, o.ae_steps, 100));
-    ema = step == 1 ? rec : 0.98 * ema + 0.02 * rec;
-    if (step % o.log_every == 0 || step == o.ae_steps) {
-      std::printf("autoencoder step %d/%d  reconstruction %.5f (smoothed %.5f)  kl %.4f  %.2f s/step\n", step,
-                  o.ae_steps, rec, ema, kl, seconds_since(t0) / step);
-      std::fflush(stdout);
+    if (decoder_only) {
+      r.decode_backward(drecon.data(), nullptr);
+    } else {
+      dz.assign(nz, 0.0f);
+      r.decode_backward(drecon.data(), dz.data());
+      dmean.assign(nz, 0.0f);
+      dlogvar.assign(nz, 0.0f);
+      gaussian_sample_backward(dmean.data(), dlogvar.data(), dz.data(), logvar.data(), noise.data(), nz);
+      gaussian_kl_backward(dmean.data(), dlogvar.data(), mean.data(), logvar.data(), nz, o.ae_kl_weight);
+      r.encode_backward(dmean.data(), dlogvar.data(), nullptr);
     }
-  }
-}
-
-// The decoder alone learns to draw the frozen encoder's latent samples back into the pictures. The
-// encoder gets no gradient, so Adam (no weight decay) leaves its weights, the latent statistics and
-// the transformer's latent space exactly as they were. Returns the smoothed reconstruction loss.
-double train_decoder(VaeModel& ae, const std::vector<Scene>& scenes, const DemoModelOptions& o) {
-  const int S = o.image_size, B = o.ae_batch;
-  const size_t img = (size_t)3 * S * S;
-  VaeRunner r(&ae);
-  AdamW opt;
-  std::vector<float> x(B * img), mean, logvar, z, recon, noise, drecon;
-  double ema = 0.0;
-  auto t0 = clock_type::now();
-  for (int step = 1; step <= o.decoder_steps; ++step) {
-    Rng rng(o.seed, 0xDEC, step);
-    for (int b = 0; b < B; ++b) {
-      std::vector<float> pic = draw(scenes[rng.next() % scenes.size()], S);
-      std::copy(pic.begin(), pic.end(), x.begin() + b * img);
-    }
-    ae.zero_grad();
-    int h = 0, w = 0;
-    r.encode(x.data(), B, S, S, mean, logvar, &h, &w);
-    noise.resize(mean.size());
-    for (float& v : noise) v = rng.normal();
-    z.resize(mean.size());
-    gaussian_sample_forward(z.data(), mean.data(), logvar.data(), noise.data(), (long)z.size());
-    r.decode(z.data(), B, h, w, recon);
-    const float rec = mse_forward(recon.data(), x.data(), (long)recon.size());
-    drecon.assign(recon.size(), 0.0f);
-    mse_backward(drecon.data(), recon.data(), x.data(), (long)recon.size(), 1.0f);
-    r.decode_backward(drecon.data(), nullptr);
     clip_grad_norm(ae.grads.data(), ae.grads.size(), 1.0f);
-    opt.step(ae.params.data(), ae.grads.data(), ae.params.size(),
-             lr_at("cosine", o.decoder_lr, step, o.decoder_steps, 100));
+    opt.step(ae.params.data(), ae.grads.data(), ae.params.size(), lr_at("cosine", base_lr, step, steps, 100));
     ema = step == 1 ? rec : 0.98 * ema + 0.02 * rec;
-    if (step % o.log_every == 0 || step == o.decoder_steps) {
-      std::printf("decoder step %d/%d  reconstruction %.5f (smoothed %.5f)  %.2f s/step\n", step, o.decoder_steps, rec,
-                  ema, seconds_since(t0) / step);
+    if (step % o.log_every == 0 || step == steps) {
+      std::printf("%s step %d/%d  reconstruction %.5f (smoothed %.5f)  kl %.4f  %.2f s/step\n", what, step, steps, rec,
+                  ema, kl, seconds_since(t0) / step);
       std::fflush(stdout);
     }
   }
@@ -349,7 +318,7 @@ void train_demo_model(const DemoModelOptions& o) {
   if (o.resume) {  // more transformer steps on a model trained before; the autoencoder stays as it is
     ae = VaeModel::load(o.out_dir + "/ae.safetensors");
     if (o.decoder_steps > 0) {
-      decoder_loss = train_decoder(ae, scenes, o);
+      decoder_loss = train_autoencoder(ae, scenes, o, /*decoder_only=*/true);
       ae_seconds = seconds_since(t0);
       ae.save(o.out_dir + "/ae.safetensors", DType::F32);
     }
@@ -360,7 +329,7 @@ void train_demo_model(const DemoModelOptions& o) {
   } else {
     ae = VaeModel::create(demo_vae_config());
     vae_init_random(ae, o.seed);
-    train_autoencoder(ae, scenes, o);
+    train_autoencoder(ae, scenes, o, /*decoder_only=*/false);
     ae_seconds = seconds_since(t0);
     latents = encode_all(ae, scenes, o.image_size, /*fix_scale=*/true);
     ae.save(o.out_dir + "/ae.safetensors", DType::F32);
