@@ -315,7 +315,7 @@ void train_demo_model(const DemoModelOptions& o) {
   TextEncoderConfig tc;
   TextEncoder te;
   FluxModel dit;
-  if (o.resume) {  // more transformer steps on a model trained before; the autoencoder stays as it is
+  if (o.resume) {  // more steps on a model trained before; the encoder, and so the latent space, stays as it is
     ae = VaeModel::load(o.out_dir + "/ae.safetensors");
     if (o.decoder_steps > 0) {
       decoder_loss = train_autoencoder(ae, scenes, o, /*decoder_only=*/true);

@@ -247,6 +247,7 @@ static int cmd_demo_model_eval(const std::vector<std::string>& a) {
     else if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
     else fail("demo-model-eval: unknown argument '" + a[i] + "'");
   }
+  if (seeds < 1 || steps < 1) fail("demo-model-eval: --seeds and --steps must be at least 1");
   BaseEval e = base_eval(a[1], seeds, steps);
   std::printf("demo-model-eval over %d pictures of one large shape: shape right %.0f%% (chance 20%%), colour right "
               "%.0f%%, background right %.0f%%; shape right by shape: circle %.0f%%, square %.0f%%, triangle %.0f%%, "
