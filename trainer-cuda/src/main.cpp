@@ -218,14 +218,22 @@ static int cmd_demo_job(const std::vector<std::string>& a) {
   return 0;
 }
 
+// --seeds N and --steps N of the two measuring commands, from a[first] on; both at least 1.
+static void eval_options(const std::vector<std::string>& a, size_t first, const std::string& cmd, int* seeds,
+                         int* steps) {
+  *seeds = 4, *steps = 20;
+  for (size_t i = first; i < a.size(); ++i) {
+    if (a[i] == "--seeds" && i + 1 < a.size()) *seeds = std::stoi(a[++i]);
+    else if (a[i] == "--steps" && i + 1 < a.size()) *steps = std::stoi(a[++i]);
+    else fail(cmd + ": unknown argument '" + a[i] + "'");
+  }
+  if (*seeds < 1 || *steps < 1) fail(cmd + ": --seeds and --steps must be at least 1");
+}
+
 static int cmd_demo_eval(const std::vector<std::string>& a) {
   need_args(a, 3, "demo-eval");
-  int seeds = 4, steps = 20;
-  for (size_t i = 3; i < a.size(); ++i) {
-    if (a[i] == "--seeds" && i + 1 < a.size()) seeds = std::stoi(a[++i]);
-    else if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
-    else fail("demo-eval: unknown argument '" + a[i] + "'");
-  }
+  int seeds, steps;
+  eval_options(a, 3, "demo-eval", &seeds, &steps);
   DemoEval e = demo_eval(a[1], a[2], seeds, steps);
   std::printf("demo-eval over %d samples: bar (zxq) IoU %.3f -> %.3f (closest base shape %.3f -> %.3f); "
               "pixel change with the trigger %.4f, without it (leak) %.4f (another seed: %.4f)\n",
@@ -241,13 +249,8 @@ static int cmd_demo_eval(const std::vector<std::string>& a) {
 
 static int cmd_demo_model_eval(const std::vector<std::string>& a) {
   need_args(a, 2, "demo-model-eval");
-  int seeds = 4, steps = 20;
-  for (size_t i = 2; i < a.size(); ++i) {
-    if (a[i] == "--seeds" && i + 1 < a.size()) seeds = std::stoi(a[++i]);
-    else if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
-    else fail("demo-model-eval: unknown argument '" + a[i] + "'");
-  }
-  if (seeds < 1 || steps < 1) fail("demo-model-eval: --seeds and --steps must be at least 1");
+  int seeds, steps;
+  eval_options(a, 2, "demo-model-eval", &seeds, &steps);
   BaseEval e = base_eval(a[1], seeds, steps);
   std::printf("demo-model-eval over %d pictures of one large shape: shape right %.0f%% (chance 20%%), colour right "
               "%.0f%%, background right %.0f%%; shape right by shape: circle %.0f%%, square %.0f%%, triangle %.0f%%, "
