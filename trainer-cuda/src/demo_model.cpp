@@ -218,6 +218,65 @@ struct WeightEma {
   }
 };
 
+}  // namespace
+
+ShapeContrast::ShapeContrast(FluxModel* dit, TextEncoder* te, float weight, float margin, int B, int L, int gh, int P)
+    : runner(dit, nullptr), ter(te), weight(weight), margin(margin), B(B), L(L), gh(gh), P(P) {}
+
+float ShapeContrast::step(const std::vector<Scene>& scenes, const std::vector<int>& pick, const FluxInputs& batch,
+                          const std::vector<float>& true_out, const std::vector<float>& target, std::vector<float>& dtrue,
+                          Rng& rng) {
+  rows.clear();
+  if (weight <= 0) return 0.0f;
+  for (int b = 0; b < B; ++b)
+    if (pick[b] >= 0 && batch.timesteps[b] >= min_t) rows.push_back(b);
+  const int A = (int)rows.size(), n = gh * gh * P;
+  if (A == 0) return 0.0f;
+  in.B = A, in.L_img = gh * gh, in.L_txt = L;
+  in.img_ids.resize((size_t)A * in.L_img * 3);
+  flux_img_ids(in.img_ids.data(), A, gh, gh);
+  in.txt_ids.assign((size_t)A * L * 3, 0.0f);
+  in.timesteps.resize(A);
+  in.img.resize((size_t)A * n);
+  ids.clear();
+  for (int a = 0; a < A; ++a) {
+    const int b = rows[a];
+    Scene wrong = scenes[pick[b]];
+    wrong.shape = (Shape)(((int)wrong.shape + 1 + (int)(rng.next() % 4)) % 5);  // another base shape
+    wrong.word = shape_name(wrong.shape);
+    std::vector<int> t = tokenize_bytes(caption(wrong), L);
+    ids.insert(ids.end(), t.begin(), t.end());
+    in.timesteps[a] = batch.timesteps[b];
+    std::copy_n(batch.img.begin() + (size_t)b * n, n, in.img.begin() + (size_t)a * n);
+  }
+  ter.forward(ids, A, L, in.txt, in.y);
+  runner.forward(in, out);
+  dout.assign(out.size(), 0.0f);
+  double gap_sum = 0.0;
+  const float g = weight / B;  // the flow loss is a mean over the batch; so is this term
+  for (int a = 0; a < A; ++a) {
+    const size_t tb = (size_t)rows[a] * n, wa = (size_t)a * n;
+    const float l_true = mse_forward(true_out.data() + tb, target.data() + tb, n);
+    const float l_wrong = mse_forward(out.data() + wa, target.data() + tb, n);
+    gap_sum += l_wrong - l_true;
+    if (l_wrong - l_true >= margin) continue;
+    for (int i = 0; i < n; ++i) {
+      dtrue[tb + i] += g * 2.0f * (true_out[tb + i] - target[tb + i]) / n;
+      dout[wa + i] = -g * 2.0f * (out[wa + i] - target[tb + i]) / n;
+    }
+  }
+  return (float)(gap_sum / A);
+}
+
+void ShapeContrast::backward() {
+  if (rows.empty()) return;
+  FluxInputGrads d;
+  runner.backward(dout, &d);
+  ter.backward(d.txt, d.y);
+}
+
+namespace {
+
 // save(step) writes the model folder's text encoder and transformer, with the averaged weights in
 // place, every save_every steps, so a run stopped early keeps its progress.
 DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<Scene>& scenes,
@@ -251,8 +310,9 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   flux_img_ids(in.img_ids.data(), B, gh, gh);
   in.txt_ids.assign((size_t)B * L * 3, 0.0f);
   std::vector<float> xt(B * lat), vel(B * lat), target, out, dout;
-  std::vector<int> ids;
-  double ema = 0.0;
+  std::vector<int> ids, pick(B);
+  ShapeContrast contrast(&dit, &te, o.shape_contrast, o.contrast_margin, B, L, gh, P);
+  double ema = 0.0, gap_ema = 0.0;
   auto t0 = clock_type::now();
   for (int step = 1; step <= o.dit_steps; ++step) {
     Rng rng(o.seed, 0xD17, step);
@@ -260,7 +320,9 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
     in.timesteps.resize(B);
     for (int b = 0; b < B; ++b) {
       size_t k = rng.next() % scenes.size();
-      std::string text = rng.uniform() < o.caption_dropout ? "" : caption(scenes[k]);
+      const bool dropped = rng.uniform() < o.caption_dropout;
+      pick[b] = dropped ? -1 : (int)k;
+      std::string text = dropped ? "" : caption(scenes[k]);
       std::vector<int> t = tokenize_bytes(text, L);
       ids.insert(ids.end(), t.begin(), t.end());
       float tt = 1.0f / (1.0f + std::exp(-rng.normal()));  // sigmoid timesteps: most steps mid-noise
@@ -282,16 +344,20 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
     const float loss = mse_forward(out.data(), target.data(), (long)out.size());
     dout.assign(out.size(), 0.0f);
     mse_backward(dout.data(), out.data(), target.data(), (long)out.size(), 1.0f);
+    const float gap = contrast.step(scenes, pick, in, out, target, dout, rng);
     FluxInputGrads dinputs;
     runner.backward(dout, &dinputs);
     ter.backward(dinputs.txt, dinputs.y);
+    contrast.backward();
     opt.clip(1.0f);
     opt.step(lr_at("cosine", o.dit_lr, step, o.dit_steps, 200));
     if (o.ema_decay > 0) ema_w.update();
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
+    gap_ema = step == 1 ? gap : 0.98 * gap_ema + 0.02 * gap;
     if (step % o.log_every == 0 || step == o.dit_steps) {
-      std::printf("transformer step %d/%d  loss %.4f (smoothed %.4f)  %.2f s/step\n", step, o.dit_steps, loss, ema,
-                  seconds_since(t0) / step);
+      std::printf("transformer step %d/%d  loss %.4f (smoothed %.4f)", step, o.dit_steps, loss, ema);
+      if (o.shape_contrast > 0) std::printf("  wrong-shape gap %.4f (smoothed %.4f)", gap, gap_ema);
+      std::printf("  %.2f s/step\n", seconds_since(t0) / step);
       std::fflush(stdout);
     }
     if (o.save_every > 0 && step % o.save_every == 0 && step < o.dit_steps) checkpoint(step);

@@ -4,6 +4,12 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "flux.h"
+#include "rng.h"
+#include "shapes.h"
+#include "text_encoder.h"
 
 namespace graft {
 
@@ -24,10 +30,38 @@ struct DemoModelOptions {
   int dit_batch = 16;
   float dit_lr = 5e-4f;
   float caption_dropout = 0.1f;  // empty captions, so classifier-free guidance has an unconditional
+  float shape_contrast = 0.0f;    // weight of the shape-word contrast term (see train_transformer; 0: off)
+  float contrast_margin = 0.02f;  // the loss gap it asks for between a wrong and the true shape word
   float ema_decay = 0.999f;      // the saved transformer and text encoder are this average of weights (0: off)
   int save_every = 500;          // transformer steps between saves of the model folder
   int log_every = 50;
   bool resume = false;  // keep out_dir's autoencoder, text encoder and transformer; train the latter two on
+};
+
+// The flow loss alone left the shape word all but unused: under a caption naming another shape the
+// model's loss rose by 0.005, under another colour by 0.5, and it drew every lone shape as the same
+// blob. This term of the transformer's training asks that the same noisy latents, captioned with
+// another base shape's word, be predicted worse than under the true caption by at least `margin`,
+// per picture: weight / B * max(0, margin - (loss_wrong - loss_true)). Only pictures at high noise
+// (t >= min_t), where the latents barely show an outline, so the word must make the gap rather than
+// a mismatch between word and latents.
+struct ShapeContrast {
+  FluxRunner runner;  // the wrong captions' pass, with its own activations
+  TextEncoderRunner ter;
+  float weight, margin, min_t = 0.6f;
+  int B, L, gh, P;  // batch, text tokens, patch grid side, values per patch
+  FluxInputs in;
+  std::vector<int> ids, rows;  // rows: the batch row of each contrast row
+  std::vector<float> out, dout;
+
+  ShapeContrast(FluxModel* dit, TextEncoder* te, float weight, float margin, int B, int L, int gh, int P);
+  // After the batch's forward: pick[b] is row b's scene (-1: empty caption). Runs the wrong captions,
+  // adds the term's gradient for the true predictions to dtrue, and returns the mean gap
+  // loss_wrong - loss_true over the contrast rows (0 when there are none).
+  float step(const std::vector<Scene>& scenes, const std::vector<int>& pick, const FluxInputs& batch,
+             const std::vector<float>& true_out, const std::vector<float>& target, std::vector<float>& dtrue, Rng& rng);
+  // Accumulates the wrong captions' gradients into the transformer and the text encoder.
+  void backward();
 };
 
 void train_demo_model(const DemoModelOptions& opt);

@@ -36,7 +36,7 @@ static const char* kUsage =
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
-    "             [--resume] [--decoder-steps N] [--lr X] [--ema-decay X]\n"
+    "             [--resume] [--decoder-steps N] [--lr X] [--ema-decay X] [--shape-contrast X] [--contrast-margin X]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
@@ -193,6 +193,10 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.ae_batch = o.dit_batch = std::stoi(a[++i]);
     } else if (a[i] == "--ema-decay" && i + 1 < a.size()) {
       o.ema_decay = std::stof(a[++i]);
+    } else if (a[i] == "--shape-contrast" && i + 1 < a.size()) {
+      o.shape_contrast = std::stof(a[++i]);
+    } else if (a[i] == "--contrast-margin" && i + 1 < a.size()) {
+      o.contrast_margin = std::stof(a[++i]);
     } else {
       fail("demo-model: unknown argument '" + a[i] + "'");
     }

@@ -31,20 +31,17 @@ const std::vector<Colour>& palette() {
 
 static Scene place(Scene s, Rng& rng) {
   const float r = s.large ? 0.24f : 0.13f;
-  // Up to three shapes in distinct cells of a jittered grid (2x2 for large, 3x3 for small).
+  // One to three shapes in distinct cells of a jittered grid (2x2 for large, 3x3 for small). A single
+  // shape sits in a cell too: anywhere in the picture, the tiny transformer learnt where a lone shape
+  // goes but not its outline (it drew blobs), while shapes in cells came out as asked.
   const int n = s.large ? 2 : 3;
   const float cell = 1.0f / n;
   int cells[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
   for (int i = n * n - 1; i > 0; --i) std::swap(cells[i], cells[rng.next() % (uint64_t)(i + 1)]);
   for (int i = 0; i < s.count; ++i) {
-    if (s.count == 1) {
-      s.cx[i] = 0.5f + (rng.uniform() - 0.5f) * (0.9f - 2 * r);
-      s.cy[i] = 0.5f + (rng.uniform() - 0.5f) * (0.9f - 2 * r);
-    } else {
-      int c = cells[i];
-      s.cx[i] = std::fmin(1 - r, std::fmax(r, (c % n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
-      s.cy[i] = std::fmin(1 - r, std::fmax(r, (c / n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
-    }
+    int c = cells[i];
+    s.cx[i] = std::fmin(1 - r, std::fmax(r, (c % n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
+    s.cy[i] = std::fmin(1 - r, std::fmax(r, (c / n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
   }
   return s;
 }

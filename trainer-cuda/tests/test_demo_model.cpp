@@ -1,0 +1,153 @@
+// The demo model's shape-word contrast term (demo_model.h): which pictures it takes, and its
+// gradient, through text encoder and transformer, against finite differences of the whole objective.
+#include <stdlib.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+
+#include "demo_model.h"
+#include "ops.h"
+#include "test.h"
+#include "tiny.h"
+
+using namespace graft;
+
+namespace {
+
+// Four pictures: two at high noise (taken), one at low noise and one with an empty caption (left out).
+struct ContrastFixture {
+  TextEncoder te;
+  FluxModel dit;
+  std::vector<Scene> scenes = {random_scene(1, 0), random_scene(1, 1), random_scene(1, 2)};
+  std::vector<int> pick = {0, 1, 2, -1};
+  std::vector<int> ids;
+  FluxInputs in;
+  std::vector<float> target;
+  static constexpr int B = 4, L = 48, gh = 2, P = 16;
+
+  explicit ContrastFixture(const std::string& dir) {
+    TextEncoderConfig tc;
+    tc.dim = 8, tc.heads = 2, tc.layers = 1, tc.mlp = 16, tc.max_len = L, tc.context_dim = 8, tc.vec_dim = 4;
+    te = TextEncoder::random(tc, 5);
+    FluxConfig c;
+    c.in_channels = c.out_channels = P;
+    c.hidden = 16, c.heads = 2, c.head_dim = 8, c.mlp_hidden = 32, c.context_dim = 8, c.vec_dim = 4;
+    c.n_double = 1, c.n_single = 1, c.guidance_embed = false;
+    c.axes_dim[0] = 2, c.axes_dim[1] = 2, c.axes_dim[2] = 4;
+    write_random_flux(dir + "/m.safetensors", c, 41);
+    dit = FluxModel::load(dir + "/m.safetensors");
+    Rng rng(42);
+    // Non-zero modulation and output weights (a training run's starting point has them at zero), so
+    // every weight has a gradient.
+    for (ParamRef& p : dit.params())
+      for (float& v : *p.value) v += 0.05f * rng.normal();
+    for (int b = 0; b < B; ++b) {
+      std::vector<int> t = tokenize_bytes(pick[b] < 0 ? "" : caption(scenes[pick[b]]), L);
+      ids.insert(ids.end(), t.begin(), t.end());
+    }
+    in.B = B, in.L_img = gh * gh, in.L_txt = L;
+    in.img.resize((size_t)B * gh * gh * P);
+    for (float& v : in.img) v = rng.normal();
+    in.img_ids.resize((size_t)B * gh * gh * 3);
+    flux_img_ids(in.img_ids.data(), B, gh, gh);
+    in.txt_ids.assign((size_t)B * L * 3, 0.0f);
+    in.timesteps = {0.7f, 0.9f, 0.3f, 0.95f};
+    target.resize(in.img.size());
+    for (float& v : target) v = rng.normal();
+  }
+};
+
+}  // namespace
+
+TEST(shape_contrast_gradients_match_finite_differences) {
+  char tmpl[] = "/tmp/graft-contrast-XXXXXX";
+  CHECK(mkdtemp(tmpl) != nullptr);
+  ContrastFixture f(tmpl);
+  // A margin no gap reaches keeps the hinge open for both pictures, so the objective is smooth:
+  // J = flow loss + weight / B * sum over taken pictures of (margin - gap).
+  const float weight = 0.7f, margin = 100.0f;
+  TextEncoderRunner ter(&f.te);
+  FluxRunner runner(&f.dit, nullptr);
+  ShapeContrast contrast(&f.dit, &f.te, weight, margin, f.B, f.L, f.gh, f.P);
+  std::vector<float> out, dout;
+  auto objective = [&](std::vector<float>& dtrue) {
+    ter.forward(f.ids, f.B, f.L, f.in.txt, f.in.y);
+    runner.forward(f.in, out);
+    const double flow = mse_forward(out.data(), f.target.data(), (long)out.size());
+    dtrue.assign(out.size(), 0.0f);
+    mse_backward(dtrue.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
+    Rng rng(9);  // the same wrong words at every evaluation
+    const double gap = contrast.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng);
+    return flow + weight / f.B * contrast.rows.size() * (margin - gap);
+  };
+  f.dit.enable_full_grads();
+  f.te.enable_grads();
+  f.dit.zero_full_grads();
+  f.te.zero_grads();
+  objective(dout);
+  CHECK((contrast.rows == std::vector<int>{0, 1}));  // low noise and the empty caption are left out
+  FluxInputGrads d;
+  runner.backward(dout, &d);
+  ter.backward(d.txt, d.y);
+  contrast.backward();
+
+  const float eps = 1e-2f;
+  double worst = 0.0;
+  std::string worst_name;
+  int n = 0;
+  std::vector<float> scratch;
+  auto check = [&](const std::string& name, float& x, double analytic) {
+    const float saved = x;
+    x = saved + eps;
+    const double jp = objective(scratch);
+    x = saved - eps;
+    const double jm = objective(scratch);
+    x = saved;
+    const double fd = (jp - jm) / (2 * eps);
+    const double err = std::fabs(fd - analytic) / std::max(1e-3, std::fabs(fd) + std::fabs(analytic));
+    if (err > worst) worst = err, worst_name = name + " fd " + std::to_string(fd) + " analytic " + std::to_string(analytic);
+    ++n;
+  };
+  for (ParamRef& p : f.dit.params()) {
+    const size_t size = p.value->size();
+    for (size_t k : {(size_t)0, size / 3, size - 1}) check(p.name, (*p.value)[k], (*p.grad)[k]);
+  }
+  for (ParamRef& p : f.te.params()) {
+    const size_t size = p.value->size();
+    std::vector<size_t> idx = {0, size / 2, size - 1};
+    // The rows of bytes that the shape words differ in, which only the contrast pass sees in part.
+    if (p.name == "token_embedding.weight")
+      idx = {(size_t)(kTokByte0 + 'c') * f.te.cfg.dim, (size_t)(kTokByte0 + 'q') * f.te.cfg.dim + 3,
+             (size_t)(kTokByte0 + 'd') * f.te.cfg.dim + 1};
+    for (size_t k : idx) check(p.name, (*p.value)[k], (*p.grad)[k]);
+  }
+  std::printf("      %d weights, worst relative error %.2e (%s)\n", n, worst, worst_name.c_str());
+  CHECK(worst < 2e-2);
+}
+
+TEST(shape_contrast_is_silent_once_the_gap_is_made) {
+  char tmpl[] = "/tmp/graft-contrast-XXXXXX";
+  CHECK(mkdtemp(tmpl) != nullptr);
+  ContrastFixture f(tmpl);
+  TextEncoderRunner ter(&f.te);
+  FluxRunner runner(&f.dit, nullptr);
+  std::vector<float> out;
+  ter.forward(f.ids, f.B, f.L, f.in.txt, f.in.y);
+  runner.forward(f.in, out);
+  std::vector<float> plain(out.size(), 0.0f);
+  mse_backward(plain.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
+  // A margin below any gap: the term adds nothing to the gradient of the true captions, and the
+  // wrong captions' pass gets none.
+  ShapeContrast met(&f.dit, &f.te, 1.0f, -100.0f, f.B, f.L, f.gh, f.P);
+  std::vector<float> dtrue = plain;
+  Rng rng(9);
+  met.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng);
+  CHECK(dtrue == plain);
+  double wrong = 0.0;
+  for (float v : met.dout) wrong += std::fabs(v);
+  CHECK(wrong == 0.0);
+  // Weight 0 (the option's default): no pass at all.
+  ShapeContrast off(&f.dit, &f.te, 0.0f, 0.02f, f.B, f.L, f.gh, f.P);
+  CHECK(off.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng) == 0.0f && off.rows.empty());
+}
