@@ -152,6 +152,13 @@ describe('graft-trainer', () => {
     expect(runs.length).toBe(2);
     expect(runs[1].decoder.steps).toBe(3);
     expect(runs[1].transformer).toBeUndefined();
+    // More transformer steps with the shape-word contrast: the log shows the gap, model.json the settings.
+    const contrast = trainer(['demo-model', dir, '--quick', '--resume', '--shape-contrast', '0.5', '--contrast-margin', '0.03']);
+    expect(contrast.status, contrast.stderr).toBe(0);
+    expect(contrast.stdout).toMatch(/transformer step 4\/4 .*wrong-shape gap -?\d/);
+    const last = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8')).training.at(-1).transformer;
+    expect([last.shape_contrast, last.contrast_margin]).toEqual([0.5, expect.closeTo(0.03, 6)]);
+    expect(typeof last.final_wrong_shape_gap).toBe('number');
     // The base-model measure runs on any model folder; what it reads back is checked in test_shapes.cpp.
     const evald = trainer(['demo-model-eval', dir, '--seeds', '1', '--steps', '2']);
     expect(evald.status, evald.stderr).toBe(0);
