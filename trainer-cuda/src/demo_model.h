@@ -30,7 +30,7 @@ struct DemoModelOptions {
   int dit_batch = 16;
   float dit_lr = 5e-4f;
   float caption_dropout = 0.1f;  // empty captions, so classifier-free guidance has an unconditional
-  float shape_contrast = 0.0f;    // weight of the shape-word contrast term (see train_transformer; 0: off)
+  float shape_contrast = 0.0f;    // weight of the shape-word contrast term (ShapeContrast below; 0: off)
   float contrast_margin = 0.02f;  // the loss gap it asks for between a wrong and the true shape word
   float ema_decay = 0.999f;      // the saved transformer and text encoder are this average of weights (0: off)
   int save_every = 500;          // transformer steps between saves of the model folder
