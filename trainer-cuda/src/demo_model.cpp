@@ -242,7 +242,7 @@ float ShapeContrast::step(const std::vector<Scene>& scenes, const std::vector<in
   for (int a = 0; a < A; ++a) {
     const int b = rows[a];
     Scene wrong = scenes[pick[b]];
-    wrong.shape = (Shape)(((int)wrong.shape + 1 + (int)(rng.next() % 4)) % 5);  // another base shape
+    wrong.shape = kBaseShapeList[((int)wrong.shape + 1 + rng.next() % (kBaseShapes - 1)) % kBaseShapes];  // another
     wrong.word = shape_name(wrong.shape);
     std::vector<int> t = tokenize_bytes(caption(wrong), L);
     ids.insert(ids.end(), t.begin(), t.end());
@@ -594,7 +594,7 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
       e.concept_base += shape_iou_any_colour(a0, S, Shape::Bar);
       e.concept_lora += shape_iou_any_colour(a1, S, Shape::Bar);
       double ob = 0, ol = 0;
-      for (Shape sh : {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross}) {
+      for (Shape sh : kBaseShapeList) {
         ob = std::max(ob, shape_iou_any_colour(a0, S, sh));
         ol = std::max(ol, shape_iou_any_colour(a1, S, sh));
       }
@@ -617,15 +617,14 @@ BaseEval base_eval(const std::string& model_dir, int seeds, int steps) {
   const int S = pipe.image_size;
   // (colour, background) pairs of the palette: red/white, blue/yellow, green/black, orange/purple.
   const int combos[4][2] = {{0, 4}, {2, 3}, {1, 5}, {7, 6}};
-  const Shape shapes[5] = {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross};
   SampleParams sp = pipe.defaults;
   sp.steps = steps;
   BaseEval e;
   for (int seed = 0; seed < seeds; ++seed)
     for (const auto& cb : combos)
-      for (int k = 0; k < 5; ++k) {
+      for (int k = 0; k < kBaseShapes; ++k) {
         Scene sc;
-        sc.shape = shapes[k], sc.word = shape_name(shapes[k]), sc.colour = cb[0], sc.background = cb[1];
+        sc.shape = kBaseShapeList[k], sc.word = shape_name(sc.shape), sc.colour = cb[0], sc.background = cb[1];
         sc.large = true, sc.count = 1;
         sp.seed = 2000 + seed;
         PictureReading r = read_picture(pipe.generate(caption(sc), S, sp, nullptr), S);
@@ -636,7 +635,7 @@ BaseEval base_eval(const std::string& model_dir, int seeds, int steps) {
         ++e.samples;
       }
   e.shape /= e.samples, e.colour /= e.samples, e.background /= e.samples;
-  for (double& v : e.per_shape) v /= e.samples / 5;
+  for (double& v : e.per_shape) v /= e.samples / kBaseShapes;
   return e;
 }
 

@@ -107,7 +107,7 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
 // shape: 1 in 5), and per shape the share read as that shape.
 struct BaseEval {
   double shape = 0, colour = 0, background = 0;
-  double per_shape[5] = {0, 0, 0, 0, 0};  // circle, square, triangle, diamond, cross
+  double per_shape[kBaseShapes] = {};  // in kBaseShapeList order: circle, square, triangle, diamond, cross
   int samples = 0;
 };
 BaseEval base_eval(const std::string& model_dir, int seeds, int steps);

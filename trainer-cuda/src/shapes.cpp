@@ -61,7 +61,7 @@ static Scene random_with(Shape shape, const std::string& word, Rng& rng) {
 
 Scene random_scene(uint64_t seed, uint64_t index) {
   Rng rng(seed, 0x5CE, index);
-  Shape shape = (Shape)(rng.next() % 5);
+  Shape shape = kBaseShapeList[rng.next() % kBaseShapes];
   return random_with(shape, shape_name(shape), rng);
 }
 
@@ -230,7 +230,7 @@ PictureReading read_picture(const std::vector<float>& rgb, int size) {
   PictureReading r;
   r.background = nearest_colour(bg);
   double best = -1.0;
-  for (Shape sh : {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross}) {
+  for (Shape sh : kBaseShapeList) {
     const double iou = mask_iou(mask, size, sh);
     if (iou > best) best = iou, r.shape = sh;
   }

@@ -9,6 +9,10 @@
 namespace graft {
 
 enum class Shape { Circle, Square, Triangle, Diamond, Cross, Star, Bar };
+// The shapes the base model learns, in enum order; the star and the bar are kept out as new concepts.
+constexpr int kBaseShapes = 5;
+constexpr Shape kBaseShapeList[kBaseShapes] = {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond,
+                                               Shape::Cross};
 const char* shape_name(Shape s);  // "circle", ...
 
 struct Colour {

@@ -117,12 +117,11 @@ TEST(shape_iou_any_colour_measures_the_form_whatever_the_colours) {
 TEST(read_picture_names_shape_and_colours_of_true_drawings) {
   // The base-model measure reads drawn pictures back: every base shape, large and small, in several
   // colour pairs and places, must read as itself with its colour and background.
-  const Shape shapes[] = {Shape::Circle, Shape::Square, Shape::Triangle, Shape::Diamond, Shape::Cross};
   int right = 0, total = 0;
   for (int i = 0; i < 40; ++i) {
     Scene s = random_scene(5, i);
     s.count = 1;
-    s.shape = shapes[i % 5];
+    s.shape = kBaseShapeList[i % kBaseShapes];
     s.large = i % 2 == 0;
     PictureReading r = read_picture(draw(s, 32), 32);
     CHECK(r.colour == s.colour);
