@@ -187,7 +187,7 @@ export function Monitor({ job, active, width, height, act, system }: Props) {
         </Text>
       ))}
       <Text dimColor wrap="truncate-end">{`${' '.repeat(labelW)}step ${firstStep}`.padEnd(labelW + chartW - String(last?.step ?? 0).length - 5)}{`step ${last?.step ?? 0}`}</Text>
-      <Text wrap="truncate-end">{`lr ${last ? formatValue(last.lr) : '-'} · ${prog.sPerStep !== null ? `${prog.sPerStep.toFixed(3)} s/step` : '- s/step'} · grad norm ${last?.grad_norm !== undefined ? formatValue(last.grad_norm) : '-'} · epoch ${last?.epoch ?? '-'}${last?.vram_mb ? ` · VRAM ${Math.round(last.vram_mb)} MB` : ''}${last?.rss_mb ? ` · RSS ${Math.round(last.rss_mb)} MB` : ''}`}</Text>
+      <Text wrap="truncate-end">{`lr ${last ? formatValue(last.lr) : '-'} · ${prog.sPerStep !== null ? `${prog.sPerStep.toFixed(3)} s/step` : '- s/step'} · grad norm ${last?.grad_norm !== undefined ? formatValue(last.grad_norm) : '-'}${last?.preservation_loss !== undefined ? ` · preservation ${formatValue(last.preservation_loss)}` : ''} · epoch ${last?.epoch ?? '-'}${last?.vram_mb ? ` · VRAM ${Math.round(last.vram_mb)} MB` : ''}${last?.rss_mb ? ` · RSS ${Math.round(last.rss_mb)} MB` : ''}`}</Text>
     </Box>
   );
 

@@ -17,12 +17,12 @@ afterEach(() => env.cleanup());
 
 const noGpu = { gpus: null, gpuError: 'nvidia-smi not found', cpuPct: 42, cores: 2, memUsedMb: 2048, memTotalMb: 8192 };
 
-function jobFolder(name: string, steps: number, done: number, end?: string): string {
+function jobFolder(name: string, steps: number, done: number, end?: string, extra: object = {}): string {
   const dir = join(env.home, 'jobs', name);
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'job.json'), JSON.stringify({ name: 'tiny' }));
   const ev: object[] = [{ event: 'start', step: 0, steps, device: 'cpu (2 threads)' }];
-  for (let s = 1; s <= done; s++) ev.push({ event: 'step', step: s, steps, loss: 3 * Math.exp(-s / 10) + 0.5, lr: 5e-3, s_per_step: 0.25, grad_norm: 0.4, epoch: s });
+  for (let s = 1; s <= done; s++) ev.push({ event: 'step', step: s, steps, loss: 3 * Math.exp(-s / 10) + 0.5, lr: 5e-3, s_per_step: 0.25, grad_norm: 0.4, epoch: s, ...extra });
   if (done >= 10) ev.push({ event: 'checkpoint', step: 10, file: join(dir, 'tiny_000000010.safetensors'), bytes: 443056 });
   if (end) ev.push({ event: 'end', status: end, step: done });
   writeFileSync(join(dir, 'metrics.jsonl'), `${ev.map((e) => JSON.stringify(e)).join('\n')}\n`);
@@ -79,8 +79,8 @@ describe('Job monitor', () => {
     r.unmount();
   });
 
-  it('uses the wide layout at 160x48 with the GPU panel from nvidia-smi', async () => {
-    const dir = jobFolder('b', 40, 40, 'finished');
+  it('uses the wide layout at 160x48 with the GPU panel from nvidia-smi (and the DOP drift of a job that reports it)', async () => {
+    const dir = jobFolder('b', 40, 40, 'finished', { preservation_loss: 0.0123 });
     const job = queueJob(dir);
     env.store.db.prepare("UPDATE jobs SET state = 'finished', exit_code = 0 WHERE id = ?").run(job.id);
     const gpu = { gpus: [{ index: 0, name: 'NVIDIA H200', memUsedMb: 17850, memTotalMb: 143771, utilPct: 97, tempC: 61, powerW: 512, powerLimitW: 700 }], cpuPct: 10, cores: 16, memUsedMb: 1e4, memTotalMb: 1.3e5 };
@@ -92,6 +92,7 @@ describe('Job monitor', () => {
     expect(f).toMatch(/VRAM \[█+.*\] 17\.4\/140 GiB/);
     expect(f).toContain('util 97% · 61°C · 512/700 W');
     expect(f).toContain('Samples (0)');
+    expect(f).toContain('grad norm 0.400 · preservation 0.012 · epoch 40');
     expect(f.split('\n').length).toBeLessThanOrEqual(48);
     r.unmount();
   });

@@ -237,6 +237,24 @@ describe('graft prepare', () => {
     expect(unload.job.train.unload_text_encoder).toBe(true);
     const dop = await run(config({ train: { diff_output_preservation: true, diff_output_preservation_class: 'man' } }));
     expect(dop.job.datasets[0].items[0]).toMatchObject({ caption: 'zxq wearing a hat', dop_tokens: ids('man wearing a hat') });
+    expect(dop.job.train).toMatchObject({ diff_output_preservation: true, diff_output_preservation_multiplier: 1, diff_output_preservation_class: 'man' });
+  });
+
+  it('passes EMA, differential guidance and blank prompt preservation to the trainer only when they are on', async () => {
+    await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
+    writeFileSync(join(data, 'a.txt'), 'zxq');
+    const on = await run(config({ train: {
+      ema_config: { use_ema: true, ema_decay: 0.95 }, do_differential_guidance: true, differential_guidance_scale: 2,
+      blank_prompt_preservation: true, blank_prompt_preservation_multiplier: 0.5,
+    } }));
+    expect(on.job.train).toMatchObject({
+      ema_config: { use_ema: true, ema_decay: 0.95 }, do_differential_guidance: true, differential_guidance_scale: 2,
+      blank_prompt_preservation: true, blank_prompt_preservation_multiplier: 0.5,
+    });
+    const off = await run(config({ train: { ema_config: { use_ema: false, ema_decay: 0.95 }, do_differential_guidance: false } }));
+    for (const key of ['ema_config', 'do_differential_guidance', 'blank_prompt_preservation', 'diff_output_preservation']) {
+      expect(off.job.train).not.toHaveProperty(key);
+    }
   });
 
   it('copies a config kept elsewhere into its job folder, updates that copy, and never overwrites a config the user put there', async () => {

@@ -122,7 +122,7 @@ export const ProcessSchema = z.looseObject({
     blank_prompt_preservation: bool().optional(),
     blank_prompt_preservation_multiplier: numIn(0, 100).optional(),
     do_differential_guidance: bool().optional(),
-    differential_guidance_scale: numIn(0, 100).optional(),
+    differential_guidance_scale: numIn(0, 100, { minExclusive: true }).optional(),
     switch_boundary_every: intIn(1, 100000).optional(),
     bypass_guidance_embedding: bool().optional(),
     skip_first_sample: bool().optional(),

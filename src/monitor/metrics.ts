@@ -9,6 +9,8 @@ export interface StepPoint {
   lr: number;
   s_per_step: number;
   grad_norm?: number;
+  /** DOP / blank prompt preservation: the adapter's drift from the base model on the preservation prompt. */
+  preservation_loss?: number;
   epoch?: number;
   vram_mb?: number;
   rss_mb?: number;
@@ -57,7 +59,7 @@ export function applyEvent(m: JobMetrics, e: Record<string, unknown>): void {
       if (step === undefined) break;
       const p: StepPoint = {
         step, steps: num(e.steps) ?? m.steps ?? 0, loss: num(e.loss) ?? NaN, lr: num(e.lr) ?? NaN, s_per_step: num(e.s_per_step) ?? NaN,
-        grad_norm: num(e.grad_norm), epoch: num(e.epoch), vram_mb: num(e.vram_mb), rss_mb: num(e.rss_mb), time: num(e.time),
+        grad_norm: num(e.grad_norm), preservation_loss: num(e.preservation_loss), epoch: num(e.epoch), vram_mb: num(e.vram_mb), rss_mb: num(e.rss_mb), time: num(e.time),
       };
       while (m.points.length && m.points[m.points.length - 1]!.step >= step) m.points.pop();
       m.points.push(p);

@@ -82,6 +82,8 @@ export function buildJobJson(i: JobJsonInput): Obj {
   const linear = num(at(p, 'network', 'linear'), 16);
   const dtype = str(at(p, 'save', 'dtype'), 'bf16');
   const dop = bool(t('diff_output_preservation'));
+  const bpp = bool(t('blank_prompt_preservation'));
+  const ema = at(p, 'train', 'ema_config');
   return {
     format: JOB_FORMAT,
     name: i.name,
@@ -113,6 +115,12 @@ export function buildJobJson(i: JobJsonInput): Obj {
       cache_text_embeddings: bool(t('cache_text_embeddings')),
       unload_text_encoder: bool(t('unload_text_encoder')),
       gradient_checkpointing: bool(t('gradient_checkpointing'), true),
+      ...(isPlainObject(ema) && ema.use_ema === true ? { ema_config: { use_ema: true, ema_decay: num(ema.ema_decay, 0.99) } } : {}),
+      ...(bool(t('do_differential_guidance')) ? {
+        do_differential_guidance: true,
+        differential_guidance_scale: num(t('differential_guidance_scale'), 3.0),
+      } : {}),
+      ...(bpp ? { blank_prompt_preservation: true, blank_prompt_preservation_multiplier: num(t('blank_prompt_preservation_multiplier'), 1.0) } : {}),
       ...(dop ? {
         diff_output_preservation: true,
         diff_output_preservation_multiplier: num(t('diff_output_preservation_multiplier'), 1.0),

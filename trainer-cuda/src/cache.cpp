@@ -259,7 +259,8 @@ TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& me
     }
   }
 
-  // ---- text: every distinct token list once (the empty prompt, captions, dropout captions).
+  // ---- text: every distinct token list once (the empty prompt, captions, dropout captions, DOP's
+  // class captions).
   std::map<std::vector<int>, int> text_of;
   std::vector<const std::vector<int>*> lists;
   auto add_list = [&](const std::vector<int>& ids) {
@@ -267,7 +268,10 @@ TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& me
   };
   add_list(job.empty_tokens);
   for (const JobDataset& ds : job.datasets)
-    for (const JobImage& im : ds.items) add_list(im.tokens), add_list(im.dropout_tokens);
+    for (const JobImage& im : ds.items) {
+      add_list(im.tokens), add_list(im.dropout_tokens);
+      if (job.dop) add_list(im.dop_tokens);
+    }
   data.texts.resize(lists.size());
   struct TextTodo { int text; std::string key, path; };
   std::vector<TextTodo> text_todo;
@@ -327,6 +331,8 @@ TrainData data_encode(const Job& job, VaeModel& ae, TextEncoder& te, Metrics& me
         s.latent = item_latent[k++];
         s.text = text_of.at(im.tokens);
         s.dropout_text = text_of.at(im.dropout_tokens);
+        if (job.dop) s.preserve_text = text_of.at(im.dop_tokens);
+        if (job.blank_prompt_preservation) s.preserve_text = text_of.at(job.empty_tokens);
         s.repeats = im.repeats;
         data.samples.push_back(s);
         data.add_to_dataset((int)d, (int)data.samples.size() - 1);

@@ -35,6 +35,7 @@ struct TrainSample {
   int latent = -1;        // index into TrainData::latents
   int text = -1;          // index into TrainData::texts: the caption
   int dropout_text = -1;  // what caption dropout trains on instead
+  int preserve_text = -1;  // DOP's class caption or BPP's empty prompt (-1: no preservation)
   int repeats = 1;        // times per epoch of its dataset
 };
 

@@ -196,28 +196,6 @@ std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene
 
 struct DitResult { double final_loss, final_gap; };
 
-// An exponential moving average of weights (decay min(d, (1+n)/(10+n))): sampling from the average of
-// the last ~1/(1-d) steps gives cleaner pictures than the last step's noisy weights.
-struct WeightEma {
-  std::vector<std::vector<float>*> live;
-  std::vector<std::vector<float>> avg;
-  float decay = 0.999f;
-  long n = 0;
-  void add(std::vector<float>* v) { live.push_back(v); avg.push_back(*v); }
-  void update() {
-    const float d = std::min(decay, (1.0f + n) / (10.0f + n));
-    ++n;
-    for (size_t t = 0; t < live.size(); ++t) {
-      const std::vector<float>& w = *live[t];
-      std::vector<float>& a = avg[t];
-      for (size_t i = 0; i < a.size(); ++i) a[i] = d * a[i] + (1.0f - d) * w[i];
-    }
-  }
-  void swap() {  // live <-> average, to save the average and go on training the live weights
-    for (size_t t = 0; t < live.size(); ++t) live[t]->swap(avg[t]);
-  }
-};
-
 }  // namespace
 
 ShapeContrast::ShapeContrast(FluxModel* dit, TextEncoder* te, float weight, float margin, int B, int L, int gh, int P)

@@ -2,6 +2,7 @@
 // reference (FluxRunner, flux.h) and the CUDA backend (cuda/flux_gpu.cu) implement it, so the loop,
 // the optimizer, saving and resume are written once.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,10 @@ struct FluxBackend {
   // Peak device memory in MiB so far (0 on the CPU), for the step events.
   virtual double peak_memory_mb() const { return 0.0; }
 };
+
+// Runs fn with every adapter's scale multiplied by m (0: the base model alone), then puts the scales
+// back; the backend sees both changes.
+void with_lora_scale(FluxBackend& backend, LoraSet& lora, float m, const std::function<void()>& fn);
 
 std::unique_ptr<FluxBackend> make_cpu_backend(FluxModel* model, LoraSet* lora);
 

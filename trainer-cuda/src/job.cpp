@@ -179,6 +179,10 @@ void load_datasets(Job& job, const Fields& f, const json& list) {
       im.repeats = f.integer(ip + ".repeats", 1, 1, 100000);
       im.tokens = f.tokens(ip + ".tokens", job.text_max_len, true);
       im.dropout_tokens = f.tokens(ip + ".dropout_tokens", job.text_max_len, true);
+      if (job.dop && !f.find(ip + ".dop_tokens"))
+        fail(file + ": " + ip + ".dop_tokens is missing but train.diff_output_preservation is true (the caption "
+                    "with the trigger replaced by the preservation class); prepare the job again");
+      if (job.dop) im.dop_tokens = f.tokens(ip + ".dop_tokens", job.text_max_len, true);
       const std::string from = im.source.empty() ? "" : " (source " + im.source + ")";
       if (!is_file(im.image))
         fail(file + ": " + ip + ".image: " + im.image + " does not exist" + from + "; prepare the job again");
@@ -275,6 +279,19 @@ Job job_load(const std::string& dir_in) {
   job.cache_latents = f.boolean("train.cache_latents", true);
   job.cache_text_embeddings = f.boolean("train.cache_text_embeddings", true);
   job.unload_text_encoder = f.boolean("train.unload_text_encoder", false);
+  job.use_ema = f.boolean("train.ema_config.use_ema", false);
+  const double decay = f.number("train.ema_config.ema_decay", 0.99, 0.0, 1.0);
+  if (decay >= 1.0) f.bad("train.ema_config.ema_decay", "a number in [0, 1)", json(decay));
+  job.ema_decay = (float)decay;
+  job.differential_guidance = f.boolean("train.do_differential_guidance", false);
+  job.differential_guidance_scale = (float)f.number("train.differential_guidance_scale", 3.0, 1e-6, 100.0);
+  job.dop = f.boolean("train.diff_output_preservation", false);
+  job.dop_multiplier = (float)f.number("train.diff_output_preservation_multiplier", 1.0, 0.0, 1e6);
+  job.blank_prompt_preservation = f.boolean("train.blank_prompt_preservation", false);
+  job.bpp_multiplier = (float)f.number("train.blank_prompt_preservation_multiplier", 1.0, 0.0, 1e6);
+  if (job.dop && job.blank_prompt_preservation)
+    fail(job.file + ": train.diff_output_preservation and train.blank_prompt_preservation are both true; use "
+                    "one of them (both hold the adapter to the base model, on different prompts)");
 
   std::string dt = f.str("save.dtype", "bf16", {"bf16", "fp16", "fp32", "float16", "float32"});
   job.save_dtype = dt == "bf16" ? DType::BF16 : (dt == "fp16" || dt == "float16") ? DType::F16 : DType::F32;
@@ -306,6 +323,9 @@ Job job_load(const std::string& dir_in) {
       f.bad(p, "an object {\"latent\": path, \"text\": path}", it);
     job.items.push_back({absolute(dir, it["latent"].get<std::string>()), absolute(dir, it["text"].get<std::string>())});
   }
+  if (items && (job.dop || job.blank_prompt_preservation))
+    fail(job.file + ": train." + (job.dop ? "diff_output_preservation" : "blank_prompt_preservation") +
+         " needs datasets (prepared pictures, whose prompts the trainer encodes); this job has pre-encoded items");
   if (const json* c = f.find("config")) job.config_json = c->dump();
 
   if (f.find("sample")) {
@@ -364,6 +384,7 @@ void job_check_models(const Job& job, const TextEncoderConfig& te, const VaeConf
                std::to_string(v) + (im.source.empty() ? "" : " (source " + im.source + ")"));
       check_vocab(job, ip + ".tokens", im.tokens, te.vocab);
       check_vocab(job, ip + ".dropout_tokens", im.dropout_tokens, te.vocab);
+      check_vocab(job, ip + ".dop_tokens", im.dop_tokens, te.vocab);
     }
   for (size_t i = 0; i < job.sample.prompts.size(); ++i) {
     const JobSamplePrompt& p = job.sample.prompts[i];

@@ -26,6 +26,7 @@ struct JobImage {
   std::string caption;         // for messages
   std::vector<int> tokens;          // the caption, text.max_len ids
   std::vector<int> dropout_tokens;  // what caption dropout trains on instead
+  std::vector<int> dop_tokens;      // the caption with the trigger replaced by the DOP class (DOP only)
 };
 
 // One dataset of prepared pictures (job.json `datasets[d]`).
@@ -97,6 +98,15 @@ struct Job {
   bool cache_latents = true;            // keep encoded latents in cache_dir (false: memory only)
   bool cache_text_embeddings = true;    // the same for text embeddings
   bool unload_text_encoder = false;     // free the text encoder once everything is encoded
+  // SPEC section 5, ADVANCED: each is described where train.cpp applies it.
+  bool use_ema = false;
+  float ema_decay = 0.99f;
+  bool differential_guidance = false;
+  float differential_guidance_scale = 3.0f;
+  bool dop = false;                // differential output preservation (needs every item's dop_tokens)
+  float dop_multiplier = 1.0f;
+  bool blank_prompt_preservation = false;
+  float bpp_multiplier = 1.0f;
 
   DType save_dtype = DType::BF16;
   int save_every = 250;

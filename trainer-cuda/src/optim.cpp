@@ -1,5 +1,6 @@
 #include "optim.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace graft {
@@ -20,6 +21,20 @@ void AdamW::step(float* p, const float* g, size_t n, float lr) {
     p[i] *= decay;
     p[i] -= step_size * m[i] / (std::sqrt(v[i]) / bc2_sqrt + eps);
   }
+}
+
+void WeightEma::update() {
+  const float d = std::min(decay, (1.0f + n) / (10.0f + n));
+  ++n;
+  for (size_t t = 0; t < live.size(); ++t) {
+    const std::vector<float>& w = *live[t];
+    std::vector<float>& a = avg[t];
+    for (size_t i = 0; i < a.size(); ++i) a[i] = d * a[i] + (1.0f - d) * w[i];
+  }
+}
+
+void WeightEma::swap() {
+  for (size_t t = 0; t < live.size(); ++t) live[t]->swap(avg[t]);
 }
 
 float clip_grad_norm(float* g, size_t n, float max_norm) {

@@ -14,6 +14,20 @@ struct AdamW {
   void step(float* params, const float* grads, size_t n, float lr);
 };
 
+// An exponential moving average of weight buffers, decay min(decay, (1 + n) / (10 + n)) at update n
+// (counted from 0): early updates move it quickly, so it does not hold the starting weights for
+// ~1/(1-decay) steps. Sampling or saving the average of the last ~1/(1-decay) steps gives cleaner
+// pictures than the last step's noisy weights.
+struct WeightEma {
+  std::vector<std::vector<float>*> live;
+  std::vector<std::vector<float>> avg;
+  float decay = 0.999f;
+  long n = 0;  // updates done
+  void add(std::vector<float>* v) { live.push_back(v); avg.push_back(*v); }
+  void update();
+  void swap();  // live <-> average: save or sample the average, then swap back and train on
+};
+
 // L2 norm of all gradients; when max_norm > 0 and the norm exceeds it, scales them down to
 // max_norm (as torch's clip_grad_norm_). Returns the norm before clipping.
 float clip_grad_norm(float* grads, size_t n, float max_norm);

@@ -68,6 +68,22 @@ static void install_signals() {
 
 // ---------------------------------------------------------------- batches
 
+// The batch's text conditioning: each slot's caption (or its dropout caption), or with `preservation`
+// its DOP / blank-prompt preservation prompt.
+static void set_texts(FluxInputs& in, const TrainData& data, const BatchPick& pick, const FluxConfig& cfg, bool preservation) {
+  const int B = (int)pick.samples.size(), Lt = in.L_txt;
+  in.txt.resize((size_t)B * Lt * cfg.context_dim);
+  in.y.resize((size_t)B * cfg.vec_dim);
+  for (int b = 0; b < B; ++b) {
+    const int ti = preservation ? data.samples[pick.samples[b]].preserve_text : pick.texts[b];
+    if (ti < 0) fail("internal: no preservation text for a training item");
+    const TextEmbedding& t = data.texts[ti];
+    if (t.L != Lt) fail("internal: a batch mixes text lengths " + std::to_string(Lt) + " and " + std::to_string(t.L));
+    std::copy(t.txt.begin(), t.txt.end(), in.txt.begin() + (size_t)b * Lt * cfg.context_dim);
+    std::copy(t.y.begin(), t.y.end(), in.y.begin() + (size_t)b * cfg.vec_dim);
+  }
+}
+
 TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const FluxConfig& cfg, const Job& job, uint64_t g) {
   const std::vector<int>& idx = pick.samples;
   const Latent& l0 = data.latents[data.samples[idx[0]].latent];
@@ -99,14 +115,7 @@ TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const FluxCo
   in.img_ids.resize((size_t)B * Li * 3);
   flux_img_ids(in.img_ids.data(), B, gh, gw);
   in.txt_ids.assign((size_t)B * Lt * 3, 0.0f);
-  in.txt.resize((size_t)B * Lt * cfg.context_dim);
-  in.y.resize((size_t)B * cfg.vec_dim);
-  for (int b = 0; b < B; ++b) {
-    const TextEmbedding& t = data.texts[pick.texts[b]];
-    if (t.L != Lt) fail("internal: a batch mixes text lengths " + std::to_string(Lt) + " and " + std::to_string(t.L));
-    std::copy(t.txt.begin(), t.txt.end(), in.txt.begin() + (size_t)b * Lt * cfg.context_dim);
-    std::copy(t.y.begin(), t.y.end(), in.y.begin() + (size_t)b * cfg.vec_dim);
-  }
+  set_texts(in, data, pick, cfg, false);
   in.guidance.assign(B, job.guidance);
   return tb;
 }
@@ -163,6 +172,7 @@ struct TrainState {
   int step = 0;
   LoraSet* lora = nullptr;
   AdamW* opt = nullptr;
+  WeightEma* ema = nullptr;  // train.ema_config.use_ema: the average of lora->params
 };
 
 static std::string state_path(const Job& job) { return job.output_dir + "/state/state.safetensors"; }
@@ -179,6 +189,10 @@ static void state_save(const Job& job, const TrainState& st) {
   w.add("lora", DType::F32, {n}, st.lora->params.data());
   w.add("adam_m", DType::F32, {n}, st.opt->m.data());
   w.add("adam_v", DType::F32, {n}, st.opt->v.data());
+  if (st.ema) {
+    w.metadata["ema_updates"] = std::to_string(st.ema->n);
+    w.add("ema", DType::F32, {n}, st.ema->avg[0].data());
+  }
   w.write(state_path(job));
 }
 
@@ -204,11 +218,24 @@ static int state_load(const Job& job, TrainState& st) {
   st.opt->m = f.read_f32("adam_m", {n});
   st.opt->v = f.read_f32("adam_v", {n});
   st.opt->t = need("adam_t");
+  if (st.ema) {
+    st.ema->avg[0] = st.lora->params;
+    st.ema->n = 0;
+    if (f.has("ema")) {
+      st.ema->avg[0] = f.read_f32("ema", {n});
+      st.ema->n = need("ema_updates");
+    } else {
+      std::printf("  note: %s has no EMA weights (saved with train.ema_config.use_ema off); the average starts "
+                  "from the resumed weights\n", f.path.c_str());
+    }
+  }
   return (int)need("step");
 }
 
 static void save_checkpoint(const Job& job, const TrainState& st, const std::string& path, int epoch, Metrics& metrics) {
+  if (st.ema) st.ema->swap();  // the LoRA file holds the average; the state keeps both
   lora_save(*st.lora, path, job.save_dtype, lora_metadata(job, st.step, epoch));
+  if (st.ema) st.ema->swap();
   state_save(job, st);
   struct stat sb;
   long size = stat(path.c_str(), &sb) == 0 ? (long)sb.st_size : 0;
@@ -266,7 +293,12 @@ int train_run(const std::string& dir) {
   opt.weight_decay = job.weight_decay;
   opt.m.assign(lora.params.size(), 0.0f);
   opt.v.assign(lora.params.size(), 0.0f);
-  TrainState st{0, &lora, &opt};
+  WeightEma ema;
+  if (job.use_ema) {
+    ema.decay = job.ema_decay;
+    ema.add(&lora.params);
+  }
+  TrainState st{0, &lora, &opt, job.use_ema ? &ema : nullptr};
   make_dir(job.output_dir);
   st.step = state_load(job, st);
   if (st.step >= job.steps) {
@@ -328,33 +360,62 @@ int train_run(const std::string& dir) {
   std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets of %zu dataset%s\n",
               job.rank, job.alpha, lora.adapters.size(), lora.params.size(), data.samples.size(),
               data.bucket_count(), data.datasets.size(), data.datasets.size() == 1 ? "" : "s");
+  std::string advanced;
+  char buf[128];
+  if (job.use_ema) std::snprintf(buf, sizeof buf, "; EMA decay %g", job.ema_decay), advanced += buf;
+  if (job.differential_guidance)
+    std::snprintf(buf, sizeof buf, "; differential guidance scale %g", job.differential_guidance_scale), advanced += buf;
+  if (job.dop) std::snprintf(buf, sizeof buf, "; DOP multiplier %g", job.dop_multiplier), advanced += buf;
+  if (job.blank_prompt_preservation)
+    std::snprintf(buf, sizeof buf, "; blank prompt preservation multiplier %g", job.bpp_multiplier), advanced += buf;
+  if (!advanced.empty()) std::printf("  advanced: %s\n", advanced.c_str() + 2);
   std::fflush(stdout);
 
   auto sample = [&](int step) {
     auto ts = std::chrono::steady_clock::now();
+    if (st.ema) st.ema->swap(), backend->params_updated();  // samples show the averaged adapter
     std::vector<std::string> files = sampler->run(*backend, lora, c, step);
+    if (st.ema) st.ema->swap(), backend->params_updated();
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     metrics.event({{"event", "sample"}, {"step", step}, {"files", files}, {"seconds", secs}});
   };
   if (sampler && job.sample.first && !resumed) sample(0);
 
   const bool tty = isatty(1);
-  std::vector<float> out, dout;
+  std::vector<float> out, dout, prior;
+  // Differential guidance: the target pred + s (target - pred), pred held constant, has the gradient
+  // 2 s (pred - target) / n: the flow loss's, s times. The loss reported stays the flow loss.
+  const float dg = job.differential_guidance ? job.differential_guidance_scale : 1.0f;
+  const float preserve = job.dop ? job.dop_multiplier : job.blank_prompt_preservation ? job.bpp_multiplier : 0.0f;
   double ema_s = 0.0;
   while (st.step < job.steps) {
     auto t0 = std::chrono::steady_clock::now();
     const int step = st.step + 1;
     lora.zero_grad();
-    double loss_sum = 0.0;
+    double loss_sum = 0.0, preserve_sum = 0.0;
     for (int micro = 0; micro < job.grad_accum; ++micro) {
       const uint64_t g = (uint64_t)(step - 1) * job.grad_accum + micro;
-      TrainBatch tb = make_batch(data, data.batch(job.seed, g, job.batch_size), c, job, g);  // a pure function of g
+      const BatchPick pick = data.batch(job.seed, g, job.batch_size);
+      TrainBatch tb = make_batch(data, pick, c, job, g);  // a pure function of g
       backend->forward(tb.in, out);
       const long n = (long)out.size();
       loss_sum += mse_forward(out.data(), tb.target.data(), n);
       dout.assign(n, 0.0f);
-      mse_backward(dout.data(), out.data(), tb.target.data(), n, 1.0f / job.grad_accum);
+      mse_backward(dout.data(), out.data(), tb.target.data(), n, dg / job.grad_accum);
       backend->backward(dout);
+      if (preserve > 0) {
+        // DOP / Blank Prompt Preservation: at the batch's own noisy latents and timesteps, the
+        // adapter's prediction for the preservation prompt (the caption with the trigger replaced by
+        // the class, or the empty prompt) is pulled toward the base model's, so what the adapter
+        // learns stays with the trigger.
+        set_texts(tb.in, data, pick, c, true);
+        with_lora_scale(*backend, lora, 0.0f, [&] { backend->forward(tb.in, prior); });
+        backend->forward(tb.in, out);
+        preserve_sum += mse_forward(out.data(), prior.data(), n);
+        dout.assign(n, 0.0f);
+        mse_backward(dout.data(), out.data(), prior.data(), n, preserve / job.grad_accum);
+        backend->backward(dout);
+      }
     }
     const double loss = loss_sum / job.grad_accum;
     if (!std::isfinite(loss)) {
@@ -369,15 +430,18 @@ int train_run(const std::string& dir) {
     const float grad_norm = clip_grad_norm(lora.grads.data(), lora.grads.size(), job.max_grad_norm);
     const float lr = lr_at(job.lr_scheduler, job.lr, step, job.steps, job.warmup_steps);
     opt.step(lora.params.data(), lora.grads.data(), lora.params.size(), lr);
+    if (st.ema) st.ema->update();
     backend->params_updated();
     st.step = step;
 
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ema_s = ema_s == 0.0 ? secs : 0.9 * ema_s + 0.1 * secs;
     const int epoch = (int)((uint64_t)step * job.grad_accum / (uint64_t)nb);
-    metrics.event({{"event", "step"}, {"step", step}, {"steps", job.steps}, {"loss", loss}, {"lr", lr},
-                   {"grad_norm", grad_norm}, {"s_per_step", secs}, {"epoch", epoch}, {"rss_mb", std::round(rss_mb())},
-                   {"vram_mb", std::round(backend->peak_memory_mb())}});
+    json ev = {{"event", "step"}, {"step", step}, {"steps", job.steps}, {"loss", loss}, {"lr", lr},
+               {"grad_norm", grad_norm}, {"s_per_step", secs}, {"epoch", epoch}, {"rss_mb", std::round(rss_mb())},
+               {"vram_mb", std::round(backend->peak_memory_mb())}};
+    if (preserve > 0) ev["preservation_loss"] = preserve_sum / job.grad_accum;
+    metrics.event(ev);
     if (tty || step % 10 == 0 || step == job.steps) {
       std::printf("%sstep %d/%d  loss %.4f  lr %.1e  %.3f s/step  eta %s%s", tty ? "\r" : "", step, job.steps, loss,
                   lr, ema_s, duration_str(ema_s * (job.steps - step)).c_str(), tty ? "\033[K" : "\n");

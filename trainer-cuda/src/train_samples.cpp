@@ -39,14 +39,9 @@ std::vector<std::string> TrainSampler::run(FluxBackend& model, LoraSet& lora, co
     sp.guidance = s.guidance;
     sp.shift = s.shift;
     sp.seed = p.seed >= 0 ? (uint64_t)p.seed : s.seed + (s.walk_seed ? i : 0);
-    // The prompt's LoRA scale, for this sample only.
-    std::vector<float> scales;
-    for (LoraAdapter& a : lora.adapters) scales.push_back(a.scale), a.scale *= p.lora_scale;
-    model.params_updated();
     const int C = ae->cfg.z_channels, h = H / ae->cfg.downscale(), w = W / ae->cfg.downscale();
-    std::vector<float> z = sample_latent(model, cfg, C, h, w, conds[i], &uncond, sp);
-    for (size_t k = 0; k < scales.size(); ++k) lora.adapters[k].scale = scales[k];
-    model.params_updated();
+    std::vector<float> z;
+    with_lora_scale(model, lora, p.lora_scale, [&] { z = sample_latent(model, cfg, C, h, w, conds[i], &uncond, sp); });
     vae_latent_from_dit(ae->cfg, z.data(), (long)z.size());
     std::vector<float> img;
     vr.decode(z.data(), 1, h, w, img);

@@ -90,6 +90,20 @@ inline std::vector<nlohmann::json> read_events(const std::string& path) {
   return out;
 }
 
+inline std::vector<nlohmann::json> events_of(const std::vector<nlohmann::json>& ev, const std::string& kind) {
+  std::vector<nlohmann::json> out;
+  for (const nlohmann::json& e : ev)
+    if (e["event"] == kind) out.push_back(e);
+  return out;
+}
+
+inline std::string read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
 // <dir>/prepared/<name>.png for item i, and its job.json entry.
 inline nlohmann::json prepared_item(const std::string& dir, const std::string& name, int W, int H, int seed,
                                     const std::string& caption, const std::vector<int>& dropout_tokens,

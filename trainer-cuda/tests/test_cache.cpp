@@ -45,13 +45,6 @@ Encoded encode(const std::string& dir) {
   return e;
 }
 
-std::vector<json> events_of(const std::vector<json>& ev, const std::string& kind) {
-  std::vector<json> out;
-  for (const json& e : ev)
-    if (e["event"] == kind) out.push_back(e);
-  return out;
-}
-
 size_t count_files(const std::string& dir) {
   size_t n = 0;
   if (FILE* p = popen(("ls '" + dir + "' 2>/dev/null | grep -c safetensors$").c_str(), "r")) {
@@ -59,13 +52,6 @@ size_t count_files(const std::string& dir) {
     pclose(p);
   }
   return n;
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
 }
 
 std::string latent_file(const std::string& dir, const json& item) {

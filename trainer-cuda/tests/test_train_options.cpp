@@ -1,0 +1,182 @@
+// The ADVANCED training options of SPEC section 5 on the tiny random pipeline: EMA of the adapter,
+// differential guidance, and differential output / blank prompt preservation.
+#include <unistd.h>
+
+#include <cmath>
+#include <string>
+
+#include "flux.h"
+#include "job_fixture.h"
+#include "lora.h"
+#include "optim.h"
+#include "safetensors.h"
+#include "train.h"
+
+using namespace graft;
+using namespace graft_test;
+using nlohmann::json;
+
+namespace {
+
+std::vector<json> steps_of(const std::string& dir) { return events_of(read_events(dir + "/metrics.jsonl"), "step"); }
+
+// The LoRA file read back in the trainer's parameter layout (the fixture's alpha = rank: scale 1, so
+// the file's B is the trained B).
+std::vector<float> saved_params(const std::string& file) {
+  FluxModel m = FluxModel::load(tiny_model_dir() + "/transformer.safetensors");
+  return lora_load(file, flux_lora_targets(m.cfg, false)).params;
+}
+
+std::vector<float> state_tensor(const std::string& dir, const std::string& name) {
+  SafeTensorsFile f = SafeTensorsFile::open(dir + "/state/state.safetensors");
+  return f.read_f32(name, {f.info(name).shape[0]});
+}
+
+// v2_job with every item's DOP caption: the trigger replaced by "person".
+json dop_job(const std::string& dir) {
+  json j = v2_job(dir);
+  for (json& ds : j["datasets"])
+    for (json& it : ds["items"]) {
+      std::string cap = it["caption"];
+      if (cap.rfind("zxq", 0) == 0) cap = "person" + cap.substr(3);
+      it["dop_tokens"] = toks(cap);
+    }
+  return j;
+}
+
+double mean_last(const std::vector<json>& steps, const char* key, int k) {
+  double s = 0;
+  for (size_t i = steps.size() - k; i < steps.size(); ++i) s += steps[i][key].get<double>();
+  return s / k;
+}
+
+}  // namespace
+
+TEST(weight_ema_warms_up_then_averages) {
+  std::vector<float> w = {1.0f};
+  WeightEma ema;
+  ema.decay = 0.5f;
+  ema.add(&w);
+  w[0] = 2.0f;
+  ema.update();  // n = 0: decay min(0.5, 1/10) = 0.1
+  CHECK_NEAR(ema.avg[0][0], 0.1 * 1.0 + 0.9 * 2.0, 1e-6);
+  w[0] = 3.0f;
+  ema.update();  // n = 1: decay 2/11
+  CHECK_NEAR(ema.avg[0][0], 2.0 / 11 * 1.9 + 9.0 / 11 * 3.0, 1e-5);
+  ema.n = 9;  // (1 + 9) / (10 + 9) > 0.5: the decay is capped
+  ema.avg[0][0] = 1.0f, w[0] = 0.0f;
+  ema.update();
+  CHECK_NEAR(ema.avg[0][0], 0.5, 1e-6);
+  CHECK(ema.n == 10);
+  ema.swap();
+  CHECK(w[0] == 0.5f && ema.avg[0][0] == 0.0f);
+}
+
+// With use_ema the LoRA file holds the average and the state both weights; without it, the file holds
+// the trained weights (which checks the comparison itself). The same job resumed after every step
+// ends with the uninterrupted run's file, bit for bit, and that file is the EMA of the weights each
+// step left, computed here by hand from their starting value.
+TEST(ema_saves_the_average_and_resumes_exactly) {
+  TempDir plain, ta, tb;
+  json jp = v2_job(plain.path);
+  write_json(plain.path + "/job.json", jp);
+  CHECK(train_run(plain.path) == 0);
+  CHECK(saved_params(plain.path + "/v2.safetensors") == state_tensor(plain.path, "lora"));
+
+  const int steps = 6;
+  const double decay = 0.9;
+  json ja = v2_job(ta.path);
+  ja["cache_dir"] = plain.path + "/cache";
+  ja["train"]["steps"] = steps;
+  ja["train"]["ema_config"] = {{"use_ema", true}, {"ema_decay", decay}};
+  write_json(ta.path + "/job.json", ja);
+  CHECK(train_run(ta.path) == 0);
+  const std::vector<float> saved = saved_params(ta.path + "/v2.safetensors");
+  CHECK(saved == state_tensor(ta.path, "ema"));
+
+  json jb = v2_job(tb.path);
+  jb["cache_dir"] = plain.path + "/cache";
+  jb["train"] = ja["train"];
+  FluxModel m = FluxModel::load(tiny_model_dir() + "/transformer.safetensors");
+  std::vector<double> avg;
+  for (float v : lora_create(flux_lora_targets(m.cfg, false), 4, 4.0f, 11).params) avg.push_back(v);
+  for (int n = 0; n < steps; ++n) {
+    jb["train"]["steps"] = n + 1;
+    write_json(tb.path + "/job.json", jb);
+    CHECK(train_run(tb.path) == 0);
+    const std::vector<float> live = state_tensor(tb.path, "lora");
+    const double d = std::min(decay, (1.0 + n) / (10.0 + n));
+    for (size_t i = 0; i < avg.size(); ++i) avg[i] = d * avg[i] + (1 - d) * live[i];
+  }
+  CHECK(read_bytes(tb.path + "/v2.safetensors") == read_bytes(ta.path + "/v2.safetensors"));
+  double err = 0, moved = 0;
+  const std::vector<float> live = state_tensor(ta.path, "lora");
+  for (size_t i = 0; i < avg.size(); ++i) {
+    err = std::max(err, std::fabs(avg[i] - saved[i]));
+    moved = std::max(moved, (double)std::fabs(live[i] - saved[i]));
+  }
+  CHECK(err < 1e-6);
+  CHECK(moved > 1e-4);  // the average trails the weights
+}
+
+// The target pred + s (target - pred) gives s times the flow loss's gradient: at step 1 (same weights,
+// same batch) the gradient norm is s times the plain run's and the reported loss is the same.
+TEST(differential_guidance_scales_the_gradient) {
+  TempDir ta, tb;
+  json ja = v2_job(ta.path);
+  ja["train"]["steps"] = 1;
+  write_json(ta.path + "/job.json", ja);
+  CHECK(train_run(ta.path) == 0);
+  json jb = v2_job(tb.path);
+  jb["cache_dir"] = ta.path + "/cache";
+  jb["train"] = ja["train"];
+  jb["train"]["do_differential_guidance"] = true;
+  jb["train"]["differential_guidance_scale"] = 3.0;
+  write_json(tb.path + "/job.json", jb);
+  CHECK(train_run(tb.path) == 0);
+  const json a = steps_of(ta.path).at(0), b = steps_of(tb.path).at(0);
+  CHECK(a["loss"] == b["loss"]);
+  CHECK_NEAR(b["grad_norm"].get<double>() / a["grad_norm"].get<double>(), 3.0, 1e-4);
+}
+
+// DOP and blank prompt preservation: the adapter's drift from the base model on the preservation
+// prompt is reported each step (0 at step 1: the adapter starts as the base model), and a strong
+// multiplier keeps it well below a negligible one's.
+TEST(preservation_holds_the_adapter_to_the_base_model) {
+  for (const char* option : {"diff_output_preservation", "blank_prompt_preservation"}) {
+    double drift[2];
+    const double multipliers[2] = {1e-6, 30.0};
+    for (int k = 0; k < 2; ++k) {
+      TempDir t;
+      json j = dop_job(t.path);
+      j["train"]["steps"] = 12;
+      j["train"]["lr"] = 1e-2;
+      j["train"][option] = true;
+      j["train"][std::string(option) + "_multiplier"] = multipliers[k];
+      write_json(t.path + "/job.json", j);
+      CHECK(train_run(t.path) == 0);
+      std::vector<json> steps = steps_of(t.path);
+      CHECK(steps.size() == 12 && steps[0]["preservation_loss"] == 0.0);
+      drift[k] = mean_last(steps, "preservation_loss", 4);
+    }
+    std::printf("    %s: drift %.3g with a negligible multiplier, %.3g with 30\n", option, drift[0], drift[1]);
+    CHECK(drift[0] > 0 && drift[1] < 0.5 * drift[0]);
+  }
+}
+
+TEST(preservation_errors_name_the_field) {
+  TempDir t;
+  json j = v2_job(t.path);
+  j["train"]["diff_output_preservation"] = true;
+  write_json(t.path + "/job.json", j);
+  CHECK_THROWS(job_load(t.path), "datasets[0].items[0].dop_tokens is missing");
+  j = dop_job(t.path);
+  j["train"]["diff_output_preservation"] = true;
+  j["train"]["blank_prompt_preservation"] = true;
+  write_json(t.path + "/job.json", j);
+  CHECK_THROWS(job_load(t.path), "train.diff_output_preservation and train.blank_prompt_preservation are both true");
+  j = v2_job(t.path);
+  j["train"]["ema_config"] = {{"use_ema", true}, {"ema_decay", 1.0}};
+  write_json(t.path + "/job.json", j);
+  CHECK_THROWS(job_load(t.path), "train.ema_config.ema_decay must be a number in [0, 1)");
+}
