@@ -240,18 +240,20 @@ describe('graft prepare', () => {
     expect(dop.job.train).toMatchObject({ diff_output_preservation: true, diff_output_preservation_multiplier: 1, diff_output_preservation_class: 'man' });
   });
 
-  it('passes EMA, differential guidance and blank prompt preservation to the trainer only when they are on', async () => {
+  it('passes EMA, differential guidance, blank prompt preservation and the timestep rule to the trainer', async () => {
     await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
     writeFileSync(join(data, 'a.txt'), 'zxq');
     const on = await run(config({ train: {
       ema_config: { use_ema: true, ema_decay: 0.95 }, do_differential_guidance: true, differential_guidance_scale: 2,
-      blank_prompt_preservation: true, blank_prompt_preservation_multiplier: 0.5,
+      blank_prompt_preservation: true, blank_prompt_preservation_multiplier: 0.5, timestep_type: 'weighted', content_or_style: 'content',
     } }));
     expect(on.job.train).toMatchObject({
+      timestep_type: 'weighted', content_or_style: 'content',
       ema_config: { use_ema: true, ema_decay: 0.95 }, do_differential_guidance: true, differential_guidance_scale: 2,
       blank_prompt_preservation: true, blank_prompt_preservation_multiplier: 0.5,
     });
     const off = await run(config({ train: { ema_config: { use_ema: false, ema_decay: 0.95 }, do_differential_guidance: false } }));
+    expect(off.job.train.content_or_style).toBe('balanced');
     for (const key of ['ema_config', 'do_differential_guidance', 'blank_prompt_preservation', 'diff_output_preservation']) {
       expect(off.job.train).not.toHaveProperty(key);
     }

@@ -288,7 +288,7 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   f.push(pathField('training', 'Weight Decay', 'Pull adapter weights toward zero each step (optimizer_params.weight_decay).', 'float', ['train', 'optimizer_params', 'weight_decay']));
   f.push(pathField('training', 'LR Scheduler', 'How the learning rate changes over the run.', 'select', ['train', 'lr_scheduler'], { options: opts(LR_SCHEDULERS) }));
   if (panels?.timestep_type ?? true) {
-    f.push(pathField('training', 'Timestep Type', 'Linear: uniform; Sigmoid: mid timesteps; Weighted: uniform with a mid-favouring loss weight; Shift: by resolution.', 'select', ['train', 'timestep_type'], { options: withCurrent(opts(TIMESTEP_TYPES), effective(doc, 'train', 'timestep_type')) }));
+    f.push(pathField('training', 'Timestep Type', 'Linear: uniform; Sigmoid: mid timesteps; Weighted: uniform with a mid-favouring loss weight; Shift: by resolution; LogNorm Blend: mostly mid-high noise.', 'select', ['train', 'timestep_type'], { options: withCurrent(opts(TIMESTEP_TYPES), effective(doc, 'train', 'timestep_type')) }));
   }
   f.push(pathField('training', 'Timestep Bias', 'Balanced; High Noise favours structure (t near 1); Low Noise favours detail (t near 0).', 'select', ['train', 'content_or_style'], { options: opts(['balanced', 'content', 'style'], { balanced: 'Balanced', content: 'High Noise', style: 'Low Noise' }) }));
   f.push(pathField('training', 'Use EMA', 'Keep a smoothed copy of the adapter; samples and saves use it.', 'bool', ['train', 'ema_config', 'use_ema']));

@@ -110,6 +110,7 @@ export function buildJobJson(i: JobJsonInput): Obj {
       optimizer_params: isPlainObject(t('optimizer_params')) ? t('optimizer_params') : {},
       max_grad_norm: num(t('max_grad_norm'), 1.0),
       timestep_type: str(t('timestep_type'), 'sigmoid'),
+      content_or_style: str(t('content_or_style'), 'balanced'),
       seed: num(t('seed'), 42),
       cache_latents: i.settings.datasets.every((d) => d.cache_latents_to_disk === true || d.cache_latents === true),
       cache_text_embeddings: bool(t('cache_text_embeddings')),

@@ -272,7 +272,8 @@ Job job_load(const std::string& dir_in) {
   }
   job.eps = (float)f.number("train.optimizer_params.eps", 1e-8, 0.0, 1.0);
   job.max_grad_norm = (float)f.number("train.max_grad_norm", 1.0, 0.0, 1e9);
-  job.timestep_type = f.str("train.timestep_type", "sigmoid", {"linear", "sigmoid"});
+  job.timesteps.type = f.str("train.timestep_type", "sigmoid", {"linear", "sigmoid", "weighted", "shift", "lognorm_blend"});
+  job.timesteps.bias = f.str("train.content_or_style", "balanced", {"balanced", "content", "style"});
   job.seed = (uint64_t)f.number("train.seed", 42, 0, 9007199254740992.0);
   job.guidance = (float)f.number("train.guidance", 1.0, 0.0, 100.0);
   job.gradient_checkpointing = f.boolean("train.gradient_checkpointing", false);

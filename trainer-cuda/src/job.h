@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "safetensors.h"
+#include "timesteps.h"
 
 namespace graft {
 
@@ -91,7 +92,7 @@ struct Job {
   float weight_decay = 1e-4f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float max_grad_norm = 1.0f;
-  std::string timestep_type = "sigmoid";
+  TimestepRule timesteps;  // train.timestep_type and train.content_or_style
   uint64_t seed = 42;
   float guidance = 1.0f;
   bool gradient_checkpointing = false;  // CUDA backend: recompute block activations in backward

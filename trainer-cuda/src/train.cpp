@@ -97,10 +97,12 @@ TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const FluxCo
   in.L_txt = Lt;
   std::vector<float> xt((size_t)B * lat), vel((size_t)B * lat);
   in.timesteps.resize(B);
+  tb.weight.resize(B);
   Rng rng(job.seed, kStreamStep, g);
   for (int b = 0; b < B; ++b) {
-    float t = job.timestep_type == "linear" ? rng.uniform() : 1.0f / (1.0f + std::exp(-rng.normal()));
+    const float t = timestep_draw(job.timesteps, Li, rng);
     in.timesteps[b] = t;
+    tb.weight[b] = timestep_weight(job.timesteps, t);
     const float* x0 = data.latents[data.samples[idx[b]].latent].z.data();
     for (size_t i = 0; i < lat; ++i) {
       float noise = rng.normal();
@@ -384,7 +386,8 @@ int train_run(const std::string& dir) {
   const bool tty = isatty(1);
   std::vector<float> out, dout, prior;
   // Differential guidance: the target pred + s (target - pred), pred held constant, has the gradient
-  // 2 s (pred - target) / n: the flow loss's, s times. The loss reported stays the flow loss.
+  // 2 s (pred - target) / n: the flow loss's, s times. The loss reported stays the plain flow loss
+  // (without this factor or the weighted timesteps' weights), comparable across settings.
   const float dg = job.differential_guidance ? job.differential_guidance_scale : 1.0f;
   const float preserve = job.dop ? job.dop_multiplier : job.blank_prompt_preservation ? job.bpp_multiplier : 0.0f;
   double ema_s = 0.0;
@@ -402,6 +405,10 @@ int train_run(const std::string& dir) {
       loss_sum += mse_forward(out.data(), tb.target.data(), n);
       dout.assign(n, 0.0f);
       mse_backward(dout.data(), out.data(), tb.target.data(), n, dg / job.grad_accum);
+      const long per = n / tb.in.B;  // timestep_type weighted: each picture's share of the loss scaled
+      for (int b = 0; b < tb.in.B; ++b)
+        if (tb.weight[b] != 1.0f)
+          for (long i = 0; i < per; ++i) dout[b * per + i] *= tb.weight[b];
       backend->backward(dout);
       if (preserve > 0) {
         // DOP / Blank Prompt Preservation: at the batch's own noisy latents and timesteps, the

@@ -14,6 +14,7 @@ namespace graft {
 struct TrainBatch {
   FluxInputs in;
   std::vector<float> target;  // patchified (noise - x0), [B, L_img, in_channels]
+  std::vector<float> weight;  // per picture: its timestep's loss weight (1 unless timestep_type weighted)
 };
 
 // x_t = (1 - t) x0 + t noise, target noise - x0; t and noise drawn from the stream keyed by
