@@ -61,7 +61,7 @@ const TYPE_CASES: [string, (d: JobDoc) => JobDoc, string][] = [
   ['timestep bias', set(P('train', 'content_or_style'), 'both'), 'config.process[0].train.content_or_style: must be one of: balanced, content, style (got "both")'],
   ['ema decay below 1', set(P('train', 'ema_config', 'ema_decay'), 1), 'config.process[0].train.ema_config.ema_decay: must be a number greater than 0 and below 1 (got 1)'],
   ['dop multiplier', set(P('train', 'diff_output_preservation_multiplier'), -1), 'config.process[0].train.diff_output_preservation_multiplier: must be a number at least 0 and at most 100 (got -1)'],
-  ['guidance scale', set(P('train', 'differential_guidance_scale'), -1), 'config.process[0].train.differential_guidance_scale: must be a number at least 0 and at most 100 (got -1)'],
+  ['guidance scale', set(P('train', 'differential_guidance_scale'), -1), 'config.process[0].train.differential_guidance_scale: must be a number greater than 0 and at most 100 (got -1)'],
   ['switch every', set(P('train', 'switch_boundary_every'), 0), 'config.process[0].train.switch_boundary_every: must be a whole number from 1 to 100000 (got 0)'],
   ['train dtype', set(P('train', 'dtype'), 'int4'), 'config.process[0].train.dtype: must be one of: bf16, fp16, fp32, float16, float32, bfloat16 (got "int4")'],
   ['booleans', set(P('train', 'gradient_checkpointing'), 'on'), 'config.process[0].train.gradient_checkpointing: must be true or false (got "on")'],
@@ -134,7 +134,23 @@ describe('warnings', () => {
 
   it('trainer support is said plainly', () => {
     expect(warnings(base(presetById('qwen_image', presets)!))).toContainEqual(['trainer-support', "Qwen-Image: trainer support: not yet. graft's trainer cannot run this family yet; the config can be saved and used with the reference toolkit."]);
-    expect(warnings(base())).toEqual([['trainer-support', "FLUX.1 (dev / schnell): trainer support: in progress (the first family graft's trainer runs)."]]);
+    const quantizeOff = set(P('model', 'quantize_te'), false)(set(P('model', 'quantize'), false)(base()));
+    expect(warnings(quantizeOff)).toEqual([['trainer-support', "FLUX.1 (dev / schnell): trainer support: in progress (the first family graft's trainer runs)."]]);
+  });
+  it('what the trainer does not do yet is said at its field', () => {
+    const notBuilt = (doc: ReturnType<typeof base>) => warnings(doc).filter(([r]) => r === 'not-built').map(([, m]) => m);
+    expect(notBuilt(base())).toEqual([
+      "Quantize Transformer: not built yet. graft's trainer keeps every base weight unquantized on the device; this setting has no effect there.",
+      "Quantize Text Encoder: not built yet. graft's trainer keeps every base weight unquantized on the device; this setting has no effect there.",
+    ]);
+    const off = set(P('model', 'quantize_te'), false)(set(P('model', 'quantize'), false)(base()));
+    expect(notBuilt(off)).toEqual([]);
+    expect(notBuilt(set(P('train', 'optimizer'), 'adamw8bit')(off))).toEqual([]);
+    expect(notBuilt(set(P('train', 'optimizer'), 'prodigy')(off))).toEqual(["Optimizer prodigy: not built yet. graft's trainer has AdamW (adamw, adamw8bit) only; the trainer refuses this job at start."]);
+    expect(notBuilt(set(P('network', 'type'), 'lokr')(off))).toEqual(["LoKr: not built yet. graft's trainer trains LoRA only; the trainer refuses this job at start."]);
+    expect(notBuilt(set(P('model', 'layer_offloading'), true)(off))[0]).toMatch(/^Layer Offloading: not built yet/);
+    // A family the trainer cannot run at all says so once, not field by field.
+    expect(notBuilt(set(P('network', 'type'), 'lokr')(base(presetById('qwen_image', presets)!)))).toEqual([]);
   });
   it('Save Every differs from Sample Every', () => {
     expect(warnings(set(P('save', 'save_every'), 500)(base()))).toContainEqual(['save-every-vs-sample-every', 'Save Every (500) differs from Sample Every (250): some checkpoints will have no samples to judge them by.']);
