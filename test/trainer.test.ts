@@ -5,6 +5,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { dump, load } from 'js-yaml';
 import { afterAll, describe, expect, it } from 'vitest';
 
 const TRAINER = process.env.GRAFT_TRAINER ?? resolve('trainer-cuda/build/graft-trainer');
@@ -178,6 +179,13 @@ describe('graft-trainer', () => {
     expect(trainer(['demo-job', dir, job, '--steps', '4']).status).toBe(0);
     expect(readFileSync(join(job, 'dataset/0000.txt'), 'utf8')).toMatch(/zxq/);
     expect(readFileSync(join(job, 'dataset_reg/0000.txt'), 'utf8')).not.toMatch(/zxq/);
+    // The ADVANCED and timestep options as the TUI writes them reach the trainer through preparation.
+    const yaml = load(readFileSync(join(job, 'config.yaml'), 'utf8')) as any;
+    Object.assign(yaml.config.process[0].train, {
+      ema_config: { use_ema: true, ema_decay: 0.9 }, do_differential_guidance: true, differential_guidance_scale: 2,
+      diff_output_preservation: true, diff_output_preservation_class: 'square', timestep_type: 'weighted', content_or_style: 'content',
+    });
+    writeFileSync(join(job, 'config.yaml'), dump(yaml));
     const prep = spawnSync(process.execPath, [resolve('dist/src/cli.js'), 'prepare', join(job, 'config.yaml')], { encoding: 'utf8' });
     expect(prep.status, prep.stderr).toBe(0);
     const config = JSON.parse(readFileSync(join(job, 'job.json'), 'utf8'));
@@ -187,6 +195,9 @@ describe('graft-trainer', () => {
     writeFileSync(join(job, 'job.json'), JSON.stringify(config));
     const run = trainer(['train', job]);
     expect(run.status, run.stderr).toBe(0);
+    expect(run.stdout).toContain('advanced: EMA decay 0.9; differential guidance scale 2; DOP multiplier 1');
+    const steps = events(job).filter((e) => e.event === 'step') as any[];
+    expect(steps.map((e) => e.preservation_loss > 0)).toEqual([false, true, true, true]); // 0 while the adapter is the base model
     const samples = events(job).filter((e) => e.event === 'sample') as any[];
     expect(samples.map((e) => e.step)).toEqual([0, 2, 4]);
     expect(samples[2].files).toEqual([0, 1, 2].map((i) => join(job, `samples/000000004_${i}.png`)));
