@@ -61,10 +61,12 @@ it('the shipped demo model draws the shapes, colours and backgrounds its prompts
   // is far above chance (20%), where the model was before lone shapes sat in grid cells and the
   // shape-word contrast.
   const out = run(TRAINER, ['demo-model-eval', MODEL, '--seeds', '1']);
-  const e = JSON.parse(out.trim().split('\n').at(-1)!) as { samples: number; shape: number; colour: number; background: number };
+  const e = JSON.parse(out.trim().split('\n').at(-1)!) as { samples: number; shape: number; colour: number; background: number; autoencoder: { large: number } };
   console.log(out.trim().split('\n')[0]);
   expect(e.samples).toBe(20);
   expect(e.shape).toBeGreaterThanOrEqual(0.5);
   expect(e.colour).toBeGreaterThanOrEqual(0.85);
   expect(e.background).toBeGreaterThanOrEqual(0.9);
+  // The autoencoder gives every large outline back (small ones it rounds off: about half, the known limit).
+  expect(e.autoencoder.large).toBeGreaterThanOrEqual(0.95);
 }, 300_000);

@@ -165,7 +165,7 @@ describe('graft-trainer', () => {
     expect(evald.status, evald.stderr).toBe(0);
     const measured = JSON.parse(evald.stdout.trim().split('\n').pop()!);
     expect(measured.samples).toBe(20);
-    for (const v of [measured.shape, measured.colour, measured.background, ...Object.values<number>(measured.per_shape)])
+    for (const v of [measured.shape, measured.colour, measured.background, ...Object.values<number>(measured.per_shape), measured.autoencoder.small, measured.autoencoder.large])
       expect(v >= 0 && v <= 1, JSON.stringify(measured)).toBe(true);
     const noResume = trainer(['demo-model', dir, '--decoder-steps', '3']);
     expect(noResume.status).toBe(1);

@@ -614,6 +614,25 @@ BaseEval base_eval(const std::string& model_dir, int seeds, int steps) {
       }
   e.shape /= e.samples, e.colour /= e.samples, e.background /= e.samples;
   for (double& v : e.per_shape) v /= e.samples / kBaseShapes;
+
+  VaeRunner vr(&pipe.ae);
+  std::vector<float> mean, logvar, back;
+  int n[2] = {0, 0};
+  for (int seed = 0; seed < seeds; ++seed)
+    for (const auto& cb : combos)
+      for (int k = 0; k < kBaseShapes; ++k)
+        for (int large = 0; large < 2; ++large) {
+          Scene sc;  // placed as training pictures are: the first cell of a scene of this size
+          for (uint64_t i = 0;; ++i)
+            if ((sc = random_scene_of(kBaseShapeList[k], "", 3000 + seed, i)).large == (bool)large) break;
+          sc.colour = cb[0], sc.background = cb[1], sc.count = 1;
+          int h = 0, w = 0;
+          vr.encode(draw(sc, S).data(), 1, S, S, mean, logvar, &h, &w);
+          vr.decode(mean.data(), 1, h, w, back);
+          (large ? e.autoencoder_large : e.autoencoder_small) += read_picture(back, S).shape == sc.shape;
+          ++n[large];
+        }
+  e.autoencoder_small /= n[0], e.autoencoder_large /= n[1];
   return e;
 }
 

@@ -105,10 +105,13 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
 // background" for every base shape, four colour pairs and `seeds` seeds, read back by read_picture.
 // The share of pictures whose shape, colour and background are the ones asked (chance for the
 // shape: 1 in 5), and per shape the share read as that shape.
+// The ceiling: drawn pictures of one shape, small and large, passed once through the autoencoder and
+// read back the same way. What the autoencoder cannot give back, the transformer cannot draw.
 struct BaseEval {
   double shape = 0, colour = 0, background = 0;
   double per_shape[kBaseShapes] = {};  // in kBaseShapeList order: circle, square, triangle, diamond, cross
   int samples = 0;
+  double autoencoder_small = 0, autoencoder_large = 0;  // shape read back right after the round trip
 };
 BaseEval base_eval(const std::string& model_dir, int seeds, int steps);
 
