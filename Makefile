@@ -69,6 +69,7 @@ demo-model: trainer
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 1000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 7000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 5000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --decoder-steps 1500 --dit-steps 0
 	$(TRAINER) demo-model-eval $(DEMO_MODEL)
 
 ts: npm
