@@ -18,21 +18,6 @@ struct CpuBackend : FluxBackend {
 
 }  // namespace
 
-void with_lora_scale(FluxBackend& backend, LoraSet& lora, float m, const std::function<void()>& fn) {
-  std::vector<float> scales;
-  for (LoraAdapter& a : lora.adapters) scales.push_back(a.scale), a.scale *= m;
-  backend.params_updated();
-  try {
-    fn();
-  } catch (...) {
-    for (size_t k = 0; k < scales.size(); ++k) lora.adapters[k].scale = scales[k];
-    backend.params_updated();
-    throw;
-  }
-  for (size_t k = 0; k < scales.size(); ++k) lora.adapters[k].scale = scales[k];
-  backend.params_updated();
-}
-
 std::unique_ptr<FluxBackend> make_cpu_backend(FluxModel* m, LoraSet* l) { return std::make_unique<CpuBackend>(m, l); }
 
 #ifndef GRAFT_CUDA

@@ -2,7 +2,6 @@
 // reference (FluxRunner, flux.h) and the CUDA backend (cuda/flux_gpu.cu) implement it, so the loop,
 // the optimizer, saving and resume are written once.
 #pragma once
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,14 +19,11 @@ struct FluxBackend {
   // Accumulates the LoRA gradients into lora->grads (host) for dL/dout (host).
   virtual void backward(const std::vector<float>& dout) = 0;
   // lora->params changed on the host (optimizer step, resume): make the device's copy current.
+  // Adapter scales (lora->adapters[i].scale) need no call: every forward reads them from the host.
   virtual void params_updated() = 0;
   // Peak device memory in MiB so far (0 on the CPU), for the step events.
   virtual double peak_memory_mb() const { return 0.0; }
 };
-
-// Runs fn with every adapter's scale multiplied by m (0: the base model alone), then puts the scales
-// back; the backend sees both changes.
-void with_lora_scale(FluxBackend& backend, LoraSet& lora, float m, const std::function<void()>& fn);
 
 std::unique_ptr<FluxBackend> make_cpu_backend(FluxModel* model, LoraSet* lora);
 

@@ -115,4 +115,19 @@ LoraSet lora_load(const std::string& path, const std::vector<LoraTarget>& target
   return set;
 }
 
+void with_lora_scale(LoraSet& lora, float m, const std::function<void()>& fn) {
+  std::vector<float> scales;
+  for (LoraAdapter& a : lora.adapters) scales.push_back(a.scale), a.scale *= m;
+  auto restore = [&] {
+    for (size_t k = 0; k < scales.size(); ++k) lora.adapters[k].scale = scales[k];
+  };
+  try {
+    fn();
+  } catch (...) {
+    restore();
+    throw;
+  }
+  restore();
+}
+
 }  // namespace graft

@@ -5,6 +5,7 @@
 // to_v). That makes the saved file exactly the diffusers/PEFT layout other tools load.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -53,6 +54,10 @@ LoraSet lora_create(const std::vector<LoraTarget>& targets, int rank, float alph
 // carry no alpha). Atomic write.
 void lora_save(const LoraSet& set, const std::string& path, DType dtype,
                const std::map<std::string, std::string>& metadata);
+
+// Runs fn with every adapter's scale multiplied by m (0: the base model alone), then puts the scales
+// back, also when fn throws.
+void with_lora_scale(LoraSet& lora, float m, const std::function<void()>& fn);
 
 // Reads a LoRA file in that layout (optional "<module>.alpha" scalars honoured) against the
 // targets a model offers; `strength` multiplies every adapter's scale. Throws Error naming the

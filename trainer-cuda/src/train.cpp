@@ -416,7 +416,7 @@ int train_run(const std::string& dir) {
         // the class, or the empty prompt) is pulled toward the base model's, so what the adapter
         // learns stays with the trigger.
         set_texts(tb.in, data, pick, c, true);
-        with_lora_scale(*backend, lora, 0.0f, [&] { backend->forward(tb.in, prior); });
+        with_lora_scale(lora, 0.0f, [&] { backend->forward(tb.in, prior); });
         backend->forward(tb.in, out);
         preserve_sum += mse_forward(out.data(), prior.data(), n);
         dout.assign(n, 0.0f);

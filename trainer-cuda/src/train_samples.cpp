@@ -41,7 +41,7 @@ std::vector<std::string> TrainSampler::run(FluxBackend& model, LoraSet& lora, co
     sp.seed = p.seed >= 0 ? (uint64_t)p.seed : s.seed + (s.walk_seed ? i : 0);
     const int C = ae->cfg.z_channels, h = H / ae->cfg.downscale(), w = W / ae->cfg.downscale();
     std::vector<float> z;
-    with_lora_scale(model, lora, p.lora_scale, [&] { z = sample_latent(model, cfg, C, h, w, conds[i], &uncond, sp); });
+    with_lora_scale(lora, p.lora_scale, [&] { z = sample_latent(model, cfg, C, h, w, conds[i], &uncond, sp); });
     vae_latent_from_dit(ae->cfg, z.data(), (long)z.size());
     std::vector<float> img;
     vr.decode(z.data(), 1, h, w, img);
