@@ -220,16 +220,14 @@ static int state_load(const Job& job, TrainState& st) {
   st.opt->m = f.read_f32("adam_m", {n});
   st.opt->v = f.read_f32("adam_v", {n});
   st.opt->t = need("adam_t");
-  if (st.ema) {
+  if (st.ema && f.has("ema")) {
+    st.ema->avg[0] = f.read_f32("ema", {n});
+    st.ema->n = need("ema_updates");
+  } else if (st.ema) {
     st.ema->avg[0] = st.lora->params;
     st.ema->n = 0;
-    if (f.has("ema")) {
-      st.ema->avg[0] = f.read_f32("ema", {n});
-      st.ema->n = need("ema_updates");
-    } else {
-      std::printf("  note: %s has no EMA weights (saved with train.ema_config.use_ema off); the average starts "
-                  "from the resumed weights\n", f.path.c_str());
-    }
+    std::printf("  note: %s has no EMA weights (saved with train.ema_config.use_ema off); the average starts "
+                "from the resumed weights\n", f.path.c_str());
   }
   return (int)need("step");
 }
