@@ -29,19 +29,24 @@ const std::vector<Colour>& palette() {
   return p;
 }
 
+// Half-size of a shape in picture units.
+static float half_size(const Scene& s) { return s.large ? 0.22f : 0.13f; }
+
 static Scene place(Scene s, Rng& rng) {
-  const float r = s.large ? 0.24f : 0.13f;
+  const float r = half_size(s);
   // One to three shapes in distinct cells of a jittered grid (2x2 for large, 3x3 for small). A single
   // shape sits in a cell too: anywhere in the picture, the tiny transformer learnt where a lone shape
-  // goes but not its outline (it drew blobs), while shapes in cells came out as asked.
+  // goes but not its outline (it drew blobs), while shapes in cells came out as asked. Two large
+  // shapes keep at least a pixel apart at 32x32 (with half-size 0.24 and this jitter at 0.05, one
+  // picture of "two large ..." in six showed one merged shape).
   const int n = s.large ? 2 : 3;
-  const float cell = 1.0f / n;
+  const float cell = 1.0f / n, jitter = s.large ? 0.02f : 0.05f;
   int cells[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
   for (int i = n * n - 1; i > 0; --i) std::swap(cells[i], cells[rng.next() % (uint64_t)(i + 1)]);
   for (int i = 0; i < s.count; ++i) {
     int c = cells[i];
-    s.cx[i] = std::fmin(1 - r, std::fmax(r, (c % n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
-    s.cy[i] = std::fmin(1 - r, std::fmax(r, (c / n + 0.5f) * cell + (rng.uniform() - 0.5f) * 0.05f));
+    s.cx[i] = std::fmin(1 - r, std::fmax(r, (c % n + 0.5f) * cell + (rng.uniform() - 0.5f) * jitter));
+    s.cy[i] = std::fmin(1 - r, std::fmax(r, (c / n + 0.5f) * cell + (rng.uniform() - 0.5f) * jitter));
   }
   return s;
 }
@@ -104,7 +109,7 @@ static bool inside(Shape shape, float x, float y) {
 std::vector<float> draw(const Scene& s, int size) {
   const Colour& fg = palette()[s.colour];
   const Colour& bg = palette()[s.background];
-  const float r = s.large ? 0.24f : 0.13f;
+  const float r = half_size(s);
   std::vector<float> cover((size_t)size * size, 0.0f);
   for (int i = 0; i < s.count; ++i) {  // shapes sit in separate cells: the union is the max
     std::vector<float> m = shape_mask(s.shape, s.cx[i], s.cy[i], r, size);
@@ -223,12 +228,38 @@ static int nearest_colour(const float c[3]) {
   return best;
 }
 
+// The mask's 4-connected parts of at least min_pixels pixels.
+static int count_parts(const std::vector<float>& mask, int size, int min_pixels) {
+  std::vector<int> seen(mask.size(), 0), stack;
+  int parts = 0;
+  for (size_t start = 0; start < mask.size(); ++start) {
+    if (mask[start] == 0.0f || seen[start]) continue;
+    int pixels = 0;
+    stack.assign(1, (int)start);
+    seen[start] = 1;
+    while (!stack.empty()) {
+      const int p = stack.back(), x = p % size, y = p / size;
+      stack.pop_back();
+      ++pixels;
+      const int next[4][2] = {{x - 1, y}, {x + 1, y}, {x, y - 1}, {x, y + 1}};
+      for (const auto& q : next) {
+        if (q[0] < 0 || q[1] < 0 || q[0] >= size || q[1] >= size) continue;
+        const int k = q[1] * size + q[0];
+        if (mask[k] != 0.0f && !seen[k]) seen[k] = 1, stack.push_back(k);
+      }
+    }
+    parts += pixels >= min_pixels;
+  }
+  return parts;
+}
+
 PictureReading read_picture(const std::vector<float>& rgb, int size) {
   const size_t n = (size_t)size * size;
   float bg[3];
   std::vector<float> mask = foreground_mask(rgb, size, bg);
   PictureReading r;
   r.background = nearest_colour(bg);
+  r.count = count_parts(mask, size, kMinShapePixels);
   double best = -1.0;
   for (Shape sh : kBaseShapeList) {
     const double iou = mask_iou(mask, size, sh);

@@ -60,10 +60,14 @@ double shape_iou_any_colour(const std::vector<float>& rgb, int size, Shape shape
 
 // What a picture of one shape shows, read back to measure a model: the base shape (circle .. cross)
 // with the highest shape_iou_any_colour, and the palette colours nearest to the mean of the
-// foreground's pixels (-1 when nothing stands out) and of the border.
+// foreground's pixels (-1 when nothing stands out) and of the border; and how many shapes it shows:
+// the foreground's 4-connected parts of at least kMinShapePixels pixels (a small triangle, the
+// smallest shape drawn, covers about 30 at 32x32; specks of a few pixels are not shapes).
+constexpr int kMinShapePixels = 6;
 struct PictureReading {
   Shape shape = Shape::Circle;
   int colour = -1, background = -1;
+  int count = 0;
 };
 PictureReading read_picture(const std::vector<float>& rgb, int size);
 

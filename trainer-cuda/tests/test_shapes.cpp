@@ -94,7 +94,7 @@ TEST(shape_iou_any_colour_measures_the_form_whatever_the_colours) {
   s.count = 1;
   s.large = true;
   s.cx[0] = 0.5f;
-  s.cy[0] = 0.45f;
+  s.cy[0] = 0.5f;
   for (int colour : {0, 2, 5})
     for (int background : {4, 3, 1}) {
       if (colour == background) continue;
@@ -106,7 +106,7 @@ TEST(shape_iou_any_colour_measures_the_form_whatever_the_colours) {
       std::vector<float> circle = draw(s, 32);
       const double bb = shape_iou_any_colour(bar, 32, Shape::Bar), bc = shape_iou_any_colour(bar, 32, Shape::Circle);
       const double cc = shape_iou_any_colour(circle, 32, Shape::Circle), cb = shape_iou_any_colour(circle, 32, Shape::Bar);
-      CHECK(bb > 0.85 && cc > 0.85);
+      CHECK(bb > 0.8 && cc > 0.85);  // a large bar is 6 pixels tall: its edge rows weigh more than a circle's
       CHECK(bb > bc + 0.2 && cc > cb + 0.2);
       // Edge pixels count as shape once they differ from the background by kForegroundDist, not by half.
       CHECK_NEAR(bb, shape_iou(bar, 32, colour, background, Shape::Bar), 0.12);
@@ -133,4 +133,32 @@ TEST(read_picture_names_shape_and_colours_of_true_drawings) {
   CHECK(right >= total - 2);  // a small shape is a few pixels: at most two may be ambiguous
   PictureReading plain = read_picture(std::vector<float>(3 * 32 * 32, 0.3f), 32);
   CHECK(plain.colour == -1);
+}
+
+TEST(read_picture_counts_the_shapes_of_true_drawings) {
+  // Training pictures as drawn: one to three shapes in grid cells, every shape and size. Large
+  // triangles in neighbouring cells can touch at their base corners and read as one; anything more
+  // than that rare case would make the base model's count measure wrong, not the model.
+  int by_count[4] = {}, wrong = 0;
+  for (int i = 0; i < 300; ++i) {
+    const Scene s = random_scene(6, i);
+    const PictureReading r = read_picture(draw(s, 32), 32);
+    if (r.count != s.count) std::printf("      %s: read %d\n", caption(s).c_str(), r.count);
+    wrong += r.count != s.count;
+    ++by_count[s.count];
+  }
+  CHECK(wrong <= 3);
+  CHECK(by_count[1] > 0 && by_count[2] > 0 && by_count[3] > 0);
+  CHECK(read_picture(std::vector<float>(3 * 32 * 32, 0.3f), 32).count == 0);
+  // Specks below kMinShapePixels are not shapes.
+  Scene s = random_scene(6, 0);
+  s.count = 1;
+  std::vector<float> pic = draw(s, 32);
+  const Colour& fg = palette()[s.colour];
+  const float c[3] = {fg.r, fg.g, fg.b};
+  const int corner = s.cx[0] < 0.5f ? 30 : 0;  // a 2x2 speck in the corner away from the shape
+  for (int k = 0; k < 3; ++k)
+    for (int y = 14; y < 16; ++y)
+      for (int x = corner; x < corner + 2; ++x) pic[(size_t)k * 1024 + y * 32 + x] = c[k] * 2 - 1;
+  CHECK(read_picture(pic, 32).count == 1);
 }
