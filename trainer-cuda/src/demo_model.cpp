@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -194,17 +195,33 @@ std::vector<std::vector<float>> encode_all(VaeModel& ae, const std::vector<Scene
   return lat;
 }
 
-struct DitResult { double final_loss, final_gap; };
+struct DitResult { double final_loss, final_shape_gap, final_count_gap; };
 
 }  // namespace
 
-ShapeContrast::ShapeContrast(FluxModel* dit, TextEncoder* te, float weight, float margin, int B, int L, int gh, int P)
-    : runner(dit, nullptr), ter(te), weight(weight), margin(margin), B(B), L(L), gh(gh), P(P) {}
+Scene with_wrong_word(const Scene& s, bool count, Rng& rng) {
+  Scene w = s;
+  if (count) {
+    const int counts = s.large ? 2 : 3;  // as random_scene draws them
+    w.count = 1 + (s.count + (int)(rng.next() % (counts - 1))) % counts;
+  } else {
+    w.shape = kBaseShapeList[((int)s.shape + 1 + rng.next() % (kBaseShapes - 1)) % kBaseShapes];
+    w.word = shape_name(w.shape);
+  }
+  return w;
+}
 
-float ShapeContrast::step(const std::vector<Scene>& scenes, const std::vector<int>& pick, const FluxInputs& batch,
-                          const std::vector<float>& true_out, const std::vector<float>& target, std::vector<float>& dtrue,
-                          Rng& rng) {
+WordContrast::WordContrast(FluxModel* dit, TextEncoder* te, float weight, float margin, float count_share, int B, int L,
+                           int gh, int P)
+    : runner(dit, nullptr), ter(te), weight(weight), margin(margin), count_share(count_share), B(B), L(L), gh(gh), P(P) {}
+
+float WordContrast::step(const std::vector<Scene>& scenes, const std::vector<int>& pick, const FluxInputs& batch,
+                         const std::vector<float>& true_out, const std::vector<float>& target, std::vector<float>& dtrue,
+                         Rng& rng) {
   rows.clear();
+  count_rows.clear();
+  wrong_captions.clear();
+  gap_shape = gap_count = 0;
   if (weight <= 0) return 0.0f;
   for (int b = 0; b < B; ++b)
     if (pick[b] >= 0 && batch.timesteps[b] >= min_t) rows.push_back(b);
@@ -219,10 +236,10 @@ float ShapeContrast::step(const std::vector<Scene>& scenes, const std::vector<in
   ids.clear();
   for (int a = 0; a < A; ++a) {
     const int b = rows[a];
-    Scene wrong = scenes[pick[b]];
-    wrong.shape = kBaseShapeList[((int)wrong.shape + 1 + rng.next() % (kBaseShapes - 1)) % kBaseShapes];  // another
-    wrong.word = shape_name(wrong.shape);
-    std::vector<int> t = tokenize_bytes(caption(wrong), L);
+    const bool count = count_share > 0 && rng.uniform() < count_share;
+    count_rows.push_back(count);
+    wrong_captions.push_back(caption(with_wrong_word(scenes[pick[b]], count, rng)));
+    std::vector<int> t = tokenize_bytes(wrong_captions.back(), L);
     ids.insert(ids.end(), t.begin(), t.end());
     in.timesteps[a] = batch.timesteps[b];
     std::copy_n(batch.img.begin() + (size_t)b * n, n, in.img.begin() + (size_t)a * n);
@@ -231,22 +248,27 @@ float ShapeContrast::step(const std::vector<Scene>& scenes, const std::vector<in
   runner.forward(in, out);
   dout.assign(out.size(), 0.0f);
   double gap_sum = 0.0;
+  int n_count = 0;
   const float g = weight / B;  // the flow loss is a mean over the batch; so is this term
   for (int a = 0; a < A; ++a) {
     const size_t tb = (size_t)rows[a] * n, wa = (size_t)a * n;
     const float l_true = mse_forward(true_out.data() + tb, target.data() + tb, n);
     const float l_wrong = mse_forward(out.data() + wa, target.data() + tb, n);
     gap_sum += l_wrong - l_true;
+    (count_rows[a] ? gap_count : gap_shape) += l_wrong - l_true;
+    n_count += count_rows[a];
     if (l_wrong - l_true >= margin) continue;
     for (int i = 0; i < n; ++i) {
       dtrue[tb + i] += g * 2.0f * (true_out[tb + i] - target[tb + i]) / n;
       dout[wa + i] = -g * 2.0f * (out[wa + i] - target[tb + i]) / n;
     }
   }
+  if (n_count > 0) gap_count /= n_count;
+  if (A - n_count > 0) gap_shape /= A - n_count;
   return (float)(gap_sum / A);
 }
 
-void ShapeContrast::backward() {
+void WordContrast::backward() {
   if (rows.empty()) return;
   FluxInputGrads d;
   runner.backward(dout, &d);
@@ -289,8 +311,9 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   in.txt_ids.assign((size_t)B * L * 3, 0.0f);
   std::vector<float> xt(B * lat), vel(B * lat), target, out, dout;
   std::vector<int> ids, pick(B);
-  ShapeContrast contrast(&dit, &te, o.shape_contrast, o.contrast_margin, B, L, gh, P);
-  double ema = 0.0, gap_ema = 0.0;
+  WordContrast contrast(&dit, &te, o.shape_contrast, o.contrast_margin, o.count_contrast, B, L, gh, P);
+  double ema = 0.0, shape_gap = 0.0, count_gap = 0.0;  // smoothed
+  bool shape_seen = false, count_seen = false;
   auto t0 = clock_type::now();
   for (int step = 1; step <= o.dit_steps; ++step) {
     Rng rng(o.seed, 0xD17, step);
@@ -322,7 +345,7 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
     const float loss = mse_forward(out.data(), target.data(), (long)out.size());
     dout.assign(out.size(), 0.0f);
     mse_backward(dout.data(), out.data(), target.data(), (long)out.size(), 1.0f);
-    const float gap = contrast.step(scenes, pick, in, out, target, dout, rng);
+    contrast.step(scenes, pick, in, out, target, dout, rng);
     FluxInputGrads dinputs;
     runner.backward(dout, &dinputs);
     ter.backward(dinputs.txt, dinputs.y);
@@ -331,17 +354,21 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
     opt.step(lr_at("cosine", o.dit_lr, step, o.dit_steps, 200));
     if (o.ema_decay > 0) ema_w.update();
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
-    gap_ema = step == 1 ? gap : 0.98 * gap_ema + 0.02 * gap;
+    auto smooth = [](double& avg, bool& seen, double v) { avg = seen ? 0.98 * avg + 0.02 * v : v, seen = true; };
+    const int n_count = (int)std::count(contrast.count_rows.begin(), contrast.count_rows.end(), true);
+    if (n_count > 0) smooth(count_gap, count_seen, contrast.gap_count);
+    if ((int)contrast.rows.size() > n_count) smooth(shape_gap, shape_seen, contrast.gap_shape);
     if (step % o.log_every == 0 || step == o.dit_steps) {
       std::printf("transformer step %d/%d  loss %.4f (smoothed %.4f)", step, o.dit_steps, loss, ema);
-      if (o.shape_contrast > 0) std::printf("  wrong-shape gap %.4f (smoothed %.4f)", gap, gap_ema);
-      std::printf("  %.2f s/step\n", seconds_since(t0) / step);
+      if (o.shape_contrast > 0) std::printf("  wrong-shape gap %.4f", shape_gap);
+      if (o.shape_contrast > 0 && o.count_contrast > 0) std::printf("  wrong-count gap %.4f", count_gap);
+      std::printf("  (smoothed)  %.2f s/step\n", seconds_since(t0) / step);
       std::fflush(stdout);
     }
     if (o.save_every > 0 && step % o.save_every == 0 && step < o.dit_steps) checkpoint(step);
   }
   if (o.ema_decay > 0) ema_w.swap();  // leave the averaged weights in the model: the caller saves them
-  return {ema, gap_ema};
+  return {ema, shape_gap, count_gap};
 }
 
 }  // namespace
@@ -404,7 +431,11 @@ void train_demo_model(const DemoModelOptions& o) {
   if (o.dit_steps > 0 && o.shape_contrast > 0) {
     info["transformer"]["shape_contrast"] = o.shape_contrast;
     info["transformer"]["contrast_margin"] = o.contrast_margin;
-    info["transformer"]["final_wrong_shape_gap"] = r.final_gap;
+    info["transformer"]["final_wrong_shape_gap"] = r.final_shape_gap;
+    if (o.count_contrast > 0) {
+      info["transformer"]["count_contrast"] = o.count_contrast;
+      info["transformer"]["final_wrong_count_gap"] = r.final_count_gap;
+    }
   }
   if (!o.resume)
     info["autoencoder"] = {{"steps", o.ae_steps}, {"batch", o.ae_batch}, {"lr", o.ae_lr}, {"seconds", std::round(ae_seconds)}};
@@ -633,6 +664,26 @@ BaseEval base_eval(const std::string& model_dir, int seeds, int steps) {
           ++n[large];
         }
   e.autoencoder_small /= n[0], e.autoencoder_large /= n[1];
+
+  for (int seed = 0; seed < seeds; ++seed)
+    for (int k = 0; k < kBaseShapes; ++k)
+      for (int c = 0; c < kCountCases; ++c) {
+        Scene sc;  // placed as training pictures are
+        for (uint64_t i = 0;; ++i) {
+          sc = random_scene_of(kBaseShapeList[k], shape_name(kBaseShapeList[k]), 4000 + seed, i);
+          if (sc.large == kCountCaseList[c].large && sc.count == kCountCaseList[c].count) break;
+        }
+        const auto& cb = combos[(seed + k + c) % 4];
+        sc.colour = cb[0], sc.background = cb[1];
+        sp.seed = 5000 + seed;
+        const int read = read_picture(pipe.generate(caption(sc), S, sp, nullptr), S).count;
+        e.count += read == sc.count;
+        e.per_count[c] += read == sc.count;
+        e.count_drawn += read_picture(draw(sc, S), S).count == sc.count;
+        ++e.count_samples;
+      }
+  e.count /= e.count_samples, e.count_drawn /= e.count_samples;
+  for (double& v : e.per_count) v /= e.count_samples / kCountCases;
   return e;
 }
 

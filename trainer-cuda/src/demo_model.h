@@ -30,8 +30,9 @@ struct DemoModelOptions {
   int dit_batch = 16;
   float dit_lr = 5e-4f;
   float caption_dropout = 0.1f;  // empty captions, so classifier-free guidance has an unconditional
-  float shape_contrast = 0.0f;    // weight of the shape-word contrast term (ShapeContrast below; 0: off)
-  float contrast_margin = 0.02f;  // the loss gap it asks for between a wrong and the true shape word
+  float shape_contrast = 0.0f;    // weight of the word contrast term (WordContrast below; 0: off)
+  float contrast_margin = 0.02f;  // the loss gap it asks for between a wrong and the true word
+  float count_contrast = 0.0f;    // share of its pictures whose wrong caption changes the count, not the shape
   float ema_decay = 0.999f;      // the saved transformer and text encoder are this average of weights (0: off)
   int save_every = 500;          // transformer steps between saves of the model folder
   int log_every = 50;
@@ -41,20 +42,25 @@ struct DemoModelOptions {
 // The flow loss alone left the shape word all but unused: under a caption naming another shape the
 // model's loss rose by 0.005, under another colour by 0.5, and it drew every lone shape as the same
 // blob. This term of the transformer's training asks that the same noisy latents, captioned with
-// another base shape's word, be predicted worse than under the true caption by at least `margin`,
-// per picture: weight / B * max(0, margin - (loss_wrong - loss_true)). Only pictures at high noise
-// (t >= min_t), where the latents barely show an outline, so the word must make the gap rather than
-// a mismatch between word and latents.
-struct ShapeContrast {
+// another base shape's word (or, for a share of the pictures, another count: "two large red circles"
+// for one), be predicted worse than under the true caption by at least `margin`, per picture:
+// weight / B * max(0, margin - (loss_wrong - loss_true)). Only pictures at high noise (t >= min_t),
+// where the latents barely show an outline or how many there are, so the word must make the gap
+// rather than a mismatch between word and latents.
+struct WordContrast {
   FluxRunner runner;  // the wrong captions' pass, with its own activations
   TextEncoderRunner ter;
-  float weight, margin, min_t = 0.6f;
+  float weight, margin, count_share, min_t = 0.6f;
   int B, L, gh, P;  // batch, text tokens, patch grid side, values per patch
   FluxInputs in;
   std::vector<int> ids, rows;  // rows: the batch row of each contrast row
+  std::vector<bool> count_rows;  // whether contrast row a changed the count word (else the shape word)
+  std::vector<std::string> wrong_captions;
+  double gap_shape = 0, gap_count = 0;  // the last step's mean gap per kind (0 when it had no such row)
   std::vector<float> out, dout;
 
-  ShapeContrast(FluxModel* dit, TextEncoder* te, float weight, float margin, int B, int L, int gh, int P);
+  WordContrast(FluxModel* dit, TextEncoder* te, float weight, float margin, float count_share, int B, int L, int gh,
+               int P);
   // After the batch's forward: pick[b] is row b's scene (-1: empty caption). Runs the wrong captions,
   // adds the term's gradient for the true predictions to dtrue, and returns the mean gap
   // loss_wrong - loss_true over the contrast rows (0 when there are none).
@@ -63,6 +69,10 @@ struct ShapeContrast {
   // Accumulates the wrong captions' gradients into the transformer and the text encoder.
   void backward();
 };
+
+// The scene a wrong caption describes: another base shape, or (count = true) another count that
+// pictures of its size have (one or two large shapes, one to three small ones).
+Scene with_wrong_word(const Scene& s, bool count, Rng& rng);
 
 void train_demo_model(const DemoModelOptions& opt);
 
@@ -107,11 +117,20 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
 // shape: 1 in 5), and per shape the share read as that shape.
 // The ceiling: drawn pictures of one shape, small and large, passed once through the autoencoder and
 // read back the same way. What the autoencoder cannot give back, the transformer cannot draw.
+// Counts: pictures of "a / two large ..." and "a / two / three small ..." (every base shape, rotating
+// colour pairs, `seeds` seeds), whose shapes read_picture counts; per asked (size, count) in
+// kCountCases order, and the same read from the true drawings of those captions (the measure's own
+// ceiling: shapes that touch read as one).
+constexpr int kCountCases = 5;
+constexpr struct { bool large; int count; } kCountCaseList[kCountCases] = {{true, 1}, {true, 2}, {false, 1}, {false, 2}, {false, 3}};
 struct BaseEval {
   double shape = 0, colour = 0, background = 0;
   double per_shape[kBaseShapes] = {};  // in kBaseShapeList order: circle, square, triangle, diamond, cross
   int samples = 0;
   double autoencoder_small = 0, autoencoder_large = 0;  // shape read back right after the round trip
+  double count = 0, count_drawn = 0;
+  double per_count[kCountCases] = {};
+  int count_samples = 0;
 };
 BaseEval base_eval(const std::string& model_dir, int seeds, int steps);
 

@@ -36,7 +36,7 @@ static const char* kUsage =
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
-    "             [--resume] [--decoder-steps N] [--lr X] [--ema-decay X] [--shape-contrast X] [--contrast-margin X]\n"
+    "             [--resume] [--decoder-steps N] [--lr X] [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
@@ -197,6 +197,8 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.shape_contrast = std::stof(a[++i]);
     } else if (a[i] == "--contrast-margin" && i + 1 < a.size()) {
       o.contrast_margin = std::stof(a[++i]);
+    } else if (a[i] == "--count-contrast" && i + 1 < a.size()) {
+      o.count_contrast = std::stof(a[++i]);
     } else {
       fail("demo-model: unknown argument '" + a[i] + "'");
     }
@@ -267,6 +269,13 @@ static int cmd_demo_model_eval(const std::vector<std::string>& a) {
                       {"per_shape", {{"circle", e.per_shape[0]}, {"square", e.per_shape[1]}, {"triangle", e.per_shape[2]},
                                      {"diamond", e.per_shape[3]}, {"cross", e.per_shape[4]}}},
                       {"autoencoder", {{"small", e.autoencoder_small}, {"large", e.autoencoder_large}}}};
+  std::printf("counts over %d pictures: right %.0f%% (the same captions drawn: %.0f%%); a large %.0f%%, two large "
+              "%.0f%%, a small %.0f%%, two small %.0f%%, three small %.0f%%\n",
+              e.count_samples, 100 * e.count, 100 * e.count_drawn, 100 * e.per_count[0], 100 * e.per_count[1],
+              100 * e.per_count[2], 100 * e.per_count[3], 100 * e.per_count[4]);
+  j["counts"] = {{"samples", e.count_samples}, {"right", e.count}, {"drawn", e.count_drawn},
+                 {"a_large", e.per_count[0]}, {"two_large", e.per_count[1]}, {"a_small", e.per_count[2]},
+                 {"two_small", e.per_count[3]}, {"three_small", e.per_count[4]}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

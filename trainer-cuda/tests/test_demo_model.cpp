@@ -1,4 +1,4 @@
-// The demo model's shape-word contrast term (demo_model.h): which pictures it takes, and its
+// The demo model's word contrast term (demo_model.h): which pictures it takes, and its
 // gradient, through text encoder and transformer, against finite differences of the whole objective.
 #include <stdlib.h>
 
@@ -60,7 +60,7 @@ struct ContrastFixture {
 
 }  // namespace
 
-TEST(shape_contrast_gradients_match_finite_differences) {
+TEST(word_contrast_gradients_match_finite_differences) {
   char tmpl[] = "/tmp/graft-contrast-XXXXXX";
   CHECK(mkdtemp(tmpl) != nullptr);
   ContrastFixture f(tmpl);
@@ -69,7 +69,7 @@ TEST(shape_contrast_gradients_match_finite_differences) {
   const float weight = 0.7f, margin = 100.0f;
   TextEncoderRunner ter(&f.te);
   FluxRunner runner(&f.dit, nullptr);
-  ShapeContrast contrast(&f.dit, &f.te, weight, margin, f.B, f.L, f.gh, f.P);
+  WordContrast contrast(&f.dit, &f.te, weight, margin, /*count_share=*/0.5f, f.B, f.L, f.gh, f.P);
   std::vector<float> out, dout;
   auto objective = [&](std::vector<float>& dtrue) {
     ter.forward(f.ids, f.B, f.L, f.in.txt, f.in.y);
@@ -126,7 +126,7 @@ TEST(shape_contrast_gradients_match_finite_differences) {
   CHECK(worst < 2e-2);
 }
 
-TEST(shape_contrast_is_silent_once_the_gap_is_made) {
+TEST(word_contrast_is_silent_once_the_gap_is_made) {
   char tmpl[] = "/tmp/graft-contrast-XXXXXX";
   CHECK(mkdtemp(tmpl) != nullptr);
   ContrastFixture f(tmpl);
@@ -139,7 +139,7 @@ TEST(shape_contrast_is_silent_once_the_gap_is_made) {
   mse_backward(plain.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
   // A margin below any gap: the term adds nothing to the gradient of the true captions, and the
   // wrong captions' pass gets none.
-  ShapeContrast met(&f.dit, &f.te, 1.0f, -100.0f, f.B, f.L, f.gh, f.P);
+  WordContrast met(&f.dit, &f.te, 1.0f, -100.0f, 0.5f, f.B, f.L, f.gh, f.P);
   std::vector<float> dtrue = plain;
   Rng rng(9);
   met.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng);
@@ -148,6 +148,41 @@ TEST(shape_contrast_is_silent_once_the_gap_is_made) {
   for (float v : met.dout) wrong += std::fabs(v);
   CHECK(wrong == 0.0);
   // Weight 0 (the option's default): no pass at all.
-  ShapeContrast off(&f.dit, &f.te, 0.0f, 0.02f, f.B, f.L, f.gh, f.P);
+  WordContrast off(&f.dit, &f.te, 0.0f, 0.02f, 0.5f, f.B, f.L, f.gh, f.P);
   CHECK(off.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng) == 0.0f && off.rows.empty());
+}
+
+TEST(wrong_words_change_the_shape_or_the_count_alone) {
+  Rng rng(3);
+  int seen_counts[2][4] = {};  // [large][count] of the wrong captions
+  for (uint64_t i = 0; i < 400; ++i) {
+    const Scene s = random_scene(1, i);
+    const Scene shape = with_wrong_word(s, false, rng), count = with_wrong_word(s, true, rng);
+    CHECK(shape.shape != s.shape && shape.word == shape_name(shape.shape) && shape.count == s.count);
+    CHECK(count.count != s.count && count.shape == s.shape && count.word == s.word);
+    CHECK(count.count >= 1 && count.count <= (s.large ? 2 : 3));  // never a count the training pictures lack
+    ++seen_counts[s.large][count.count];
+  }
+  CHECK(seen_counts[1][3] == 0 && seen_counts[1][1] > 0 && seen_counts[1][2] > 0);
+  CHECK(seen_counts[0][1] > 0 && seen_counts[0][2] > 0 && seen_counts[0][3] > 0);
+
+  // Through the term: with count_share 1 every wrong caption names the true shape with another count.
+  char tmpl[] = "/tmp/graft-contrast-XXXXXX";
+  CHECK(mkdtemp(tmpl) != nullptr);
+  ContrastFixture f(tmpl);
+  TextEncoderRunner ter(&f.te);
+  FluxRunner runner(&f.dit, nullptr);
+  std::vector<float> out;
+  ter.forward(f.ids, f.B, f.L, f.in.txt, f.in.y);
+  runner.forward(f.in, out);
+  std::vector<float> dtrue(out.size(), 0.0f);
+  WordContrast counts(&f.dit, &f.te, 1.0f, 0.02f, 1.0f, f.B, f.L, f.gh, f.P);
+  counts.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng);
+  CHECK(counts.wrong_captions.size() == 2);
+  for (size_t a = 0; a < counts.rows.size(); ++a) {
+    const Scene& s = f.scenes[f.pick[counts.rows[a]]];
+    CHECK(counts.count_rows[a]);
+    CHECK(counts.wrong_captions[a] != caption(s));
+    CHECK(counts.wrong_captions[a].find(std::string(shape_name(s.shape))) != std::string::npos);
+  }
 }
