@@ -50,7 +50,7 @@ test: test-trainer test-ts
 DEMO_MODEL := presets/graft-tiny
 DEMO_JOB := output/demo_zxq
 demo: trainer ts
-	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 4 hours on 2 cores)"; exit 1; }
+	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 5 hours on 2 cores)"; exit 1; }
 	@node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes >/dev/null 2>&1 || true
 	@rm -rf $(DEMO_JOB)
 	$(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB)
@@ -70,6 +70,7 @@ demo-model: trainer
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 7000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 5000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --decoder-steps 1500 --dit-steps 0
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 7000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05 --count-contrast 0.5
 	$(TRAINER) demo-model-eval $(DEMO_MODEL)
 
 ts: npm

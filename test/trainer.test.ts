@@ -153,19 +153,22 @@ describe('graft-trainer', () => {
     expect(runs.length).toBe(2);
     expect(runs[1].decoder.steps).toBe(3);
     expect(runs[1].transformer).toBeUndefined();
-    // More transformer steps with the shape-word contrast: the log shows the gap, model.json the settings.
-    const contrast = trainer(['demo-model', dir, '--quick', '--resume', '--shape-contrast', '0.5', '--contrast-margin', '0.03']);
+    // More transformer steps with the word contrast (shape and count words): the log shows the gaps,
+    // model.json the settings.
+    const contrast = trainer(['demo-model', dir, '--quick', '--resume', '--shape-contrast', '0.5', '--contrast-margin', '0.03', '--count-contrast', '0.5']);
     expect(contrast.status, contrast.stderr).toBe(0);
-    expect(contrast.stdout).toMatch(/transformer step 4\/4 .*wrong-shape gap -?\d/);
+    expect(contrast.stdout).toMatch(/transformer step 4\/4 .*wrong-shape gap -?\d.* wrong-count gap -?\d/);
     const last = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8')).training.at(-1).transformer;
-    expect([last.shape_contrast, last.contrast_margin]).toEqual([0.5, expect.closeTo(0.03, 6)]);
+    expect([last.shape_contrast, last.contrast_margin, last.count_contrast]).toEqual([0.5, expect.closeTo(0.03, 6), 0.5]);
     expect(typeof last.final_wrong_shape_gap).toBe('number');
+    expect(typeof last.final_wrong_count_gap).toBe('number');
     // The base-model measure runs on any model folder; what it reads back is checked in test_shapes.cpp.
     const evald = trainer(['demo-model-eval', dir, '--seeds', '1', '--steps', '2']);
     expect(evald.status, evald.stderr).toBe(0);
     const measured = JSON.parse(evald.stdout.trim().split('\n').pop()!);
     expect(measured.samples).toBe(20);
-    for (const v of [measured.shape, measured.colour, measured.background, ...Object.values<number>(measured.per_shape), measured.autoencoder.small, measured.autoencoder.large])
+    expect(measured.counts.samples).toBe(25);
+    for (const v of [measured.shape, measured.colour, measured.background, ...Object.values<number>(measured.per_shape), measured.autoencoder.small, measured.autoencoder.large, measured.counts.right, measured.counts.drawn])
       expect(v >= 0 && v <= 1, JSON.stringify(measured)).toBe(true);
     const noResume = trainer(['demo-model', dir, '--decoder-steps', '3']);
     expect(noResume.status).toBe(1);
