@@ -47,20 +47,20 @@ it('the shortened demo LoRA draws bars for zxq and leaves prompts without it nea
   const e = JSON.parse(out.trim().split('\n').at(-1)!) as DemoEval;
   console.log(out.trim().split('\n')[0]);
   expect(e.samples).toBe(6);
-  // Thresholds: the gains measured on the full 600-step run, halved for a run half as long at 2 seeds.
-  expect(e.concept_iou_lora - e.concept_iou_base).toBeGreaterThan(0.03);
+  // Thresholds: the gain measured on the full 600-step run (+0.16 over 24 samples; this run +0.16 over
+  // 6), halved for a run half as long at 2 seeds.
+  expect(e.concept_iou_lora - e.concept_iou_base).toBeGreaterThan(0.08);
   expect(e.concept_iou_lora).toBeGreaterThan(e.other_iou_lora - 0.2);
   // The leak is measured against what another seed changes in the base model's own picture.
   expect(e.leak_change).toBeLessThan(0.7 * e.seed_change);
 }, 900_000);
 
 it('the shipped demo model draws the shapes, colours and backgrounds its prompts ask for', () => {
-  // demo-model-eval reads back 20 pictures of one large shape (5 shapes x 4 colour pairs, one seed).
-  // `make demo-model` measured 84% of shapes, 100% of colours and 100% of backgrounds over 80 pictures
-  // (95%, 100%, 100% on this seed); the thresholds leave room for a few pictures, and the shape one
-  // is far above chance (20%), where the model was before lone shapes sat in grid cells and the
-  // shape-word contrast.
-  const out = run(TRAINER, ['demo-model-eval', MODEL, '--seeds', '1']);
+  // demo-model-eval reads back 40 pictures of one large shape (5 shapes x 4 colour pairs, two seeds).
+  // The shipped model draws 94% of shapes, 100% of colours and 100% of backgrounds over 80 pictures
+  // (95%, 100%, 100% on these seeds); the model before the count-word contrast drew 78% of shapes
+  // (77.5% here, below the threshold), and chance is 20%.
+  const out = run(TRAINER, ['demo-model-eval', MODEL, '--seeds', '2']);
   const e = JSON.parse(out.trim().split('\n').at(-1)!) as {
     samples: number;
     shape: number;
@@ -70,16 +70,16 @@ it('the shipped demo model draws the shapes, colours and backgrounds its prompts
     counts: { samples: number; right: number; drawn: number };
   };
   console.log(out.trim().split('\n').slice(0, 2).join('\n'));
-  expect(e.samples).toBe(20);
-  expect(e.shape).toBeGreaterThanOrEqual(0.5);
+  expect(e.samples).toBe(40);
+  expect(e.shape).toBeGreaterThanOrEqual(0.85);
   expect(e.colour).toBeGreaterThanOrEqual(0.85);
   expect(e.background).toBeGreaterThanOrEqual(0.9);
   // The autoencoder gives every large outline back (small ones it rounds off: about half, the known limit).
   expect(e.autoencoder.large).toBeGreaterThanOrEqual(0.95);
-  // Counts (25 pictures: a / two large, a / two / three small): the measure reads every true drawing of
-  // those captions right, and the model 16 of its own (64%; 62% over 100 pictures). The model before the
-  // count-word contrast read 12 (48%), below this threshold.
-  expect(e.counts.samples).toBe(25);
+  // Counts (50 pictures: a / two large, a / two / three small): the measure reads every true drawing of
+  // those captions right, and the model 37 of its own (74%; 72% over 100 pictures). The model before
+  // the count-word contrast read 33 (66%), below this threshold.
+  expect(e.counts.samples).toBe(50);
   expect(e.counts.drawn).toBeGreaterThanOrEqual(0.96);
-  expect(e.counts.right).toBeGreaterThanOrEqual(0.52);
+  expect(e.counts.right).toBeGreaterThanOrEqual(0.68);
 }, 300_000);

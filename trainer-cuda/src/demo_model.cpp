@@ -459,7 +459,9 @@ void train_demo_model(const DemoModelOptions& o) {
   nlohmann::json model = {{"name", "graft-tiny"},
                           {"text_max_len", tc.max_len},
                           {"image_size", o.image_size},
-                          {"sample", {{"steps", 20}, {"cfg_scale", 4.0}, {"shift", 1.0}}},
+                          // Guidance 2: at 4 the shipped model drew 84% of shapes and 62% of counts as
+                          // asked, at 2 94% and 72% (demo-model-eval --seeds 4).
+                          {"sample", {{"steps", 20}, {"cfg_scale", 2.0}, {"shift", 1.0}}},
                           {"training", runs}};
   std::string text = model.dump(2) + "\n";
   write_file_atomic(o.out_dir + "/model.json", text.data(), text.size());
@@ -545,8 +547,8 @@ void make_demo_job(const DemoJobOptions& o) {
        "        batch_size: 4\n"
        "        gradient_accumulation: 1\n"
        "        steps: " << o.steps << "\n"
-       "        # 2e-3: on the model whose shape words the contrast made strong, 1e-3 moved bar-likeness\n"
-       "        # +0.055 in 600 steps and 2e-3 +0.095 (24 samples; leak 0.05 and 0.09 of another seed's 0.17).\n"
+       "        # 2e-3: 600 steps at 1e-3 moved bar-likeness +0.12, at 2e-3 +0.16 (24 samples; the pixel\n"
+       "        # change on prompts without the trigger 0.05 and 0.07, next to another seed's 0.17).\n"
        "        lr: 0.002\n"
        "        optimizer: adamw\n"
        "        lr_scheduler: constant\n"
@@ -568,7 +570,7 @@ void make_demo_job(const DemoJobOptions& o) {
        "        height: " << S << "\n"
        "        seed: 42\n"
        "        walk_seed: false\n"
-       "        guidance_scale: 4\n"
+       "        guidance_scale: 2\n"
        "        sample_steps: 20\n"
        "        samples:\n"
        "          - prompt: \"a large red [trigger] on a white background\"\n"
