@@ -2,7 +2,6 @@
 
 #include <sys/stat.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -222,6 +221,7 @@ float WordContrast::step(const std::vector<Scene>& scenes, const std::vector<int
   count_rows.clear();
   wrong_captions.clear();
   gap_shape = gap_count = 0;
+  n_count = 0;
   if (weight <= 0) return 0.0f;
   for (int b = 0; b < B; ++b)
     if (pick[b] >= 0 && batch.timesteps[b] >= min_t) rows.push_back(b);
@@ -248,7 +248,6 @@ float WordContrast::step(const std::vector<Scene>& scenes, const std::vector<int
   runner.forward(in, out);
   dout.assign(out.size(), 0.0f);
   double gap_sum = 0.0;
-  int n_count = 0;
   const float g = weight / B;  // the flow loss is a mean over the batch; so is this term
   for (int a = 0; a < A; ++a) {
     const size_t tb = (size_t)rows[a] * n, wa = (size_t)a * n;
@@ -355,9 +354,8 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
     if (o.ema_decay > 0) ema_w.update();
     ema = step == 1 ? loss : 0.98 * ema + 0.02 * loss;
     auto smooth = [](double& avg, bool& seen, double v) { avg = seen ? 0.98 * avg + 0.02 * v : v, seen = true; };
-    const int n_count = (int)std::count(contrast.count_rows.begin(), contrast.count_rows.end(), true);
-    if (n_count > 0) smooth(count_gap, count_seen, contrast.gap_count);
-    if ((int)contrast.rows.size() > n_count) smooth(shape_gap, shape_seen, contrast.gap_shape);
+    if (contrast.n_count > 0) smooth(count_gap, count_seen, contrast.gap_count);
+    if ((int)contrast.rows.size() > contrast.n_count) smooth(shape_gap, shape_seen, contrast.gap_shape);
     if (step % o.log_every == 0 || step == o.dit_steps) {
       std::printf("transformer step %d/%d  loss %.4f (smoothed %.4f)", step, o.dit_steps, loss, ema);
       if (o.shape_contrast > 0) std::printf("  wrong-shape gap %.4f", shape_gap);

@@ -55,6 +55,7 @@ struct WordContrast {
   FluxInputs in;
   std::vector<int> ids, rows;  // rows: the batch row of each contrast row
   std::vector<bool> count_rows;  // whether contrast row a changed the count word (else the shape word)
+  int n_count = 0;               // how many did
   std::vector<std::string> wrong_captions;
   double gap_shape = 0, gap_count = 0;  // the last step's mean gap per kind (0 when it had no such row)
   std::vector<float> out, dout;

@@ -56,6 +56,16 @@ struct ContrastFixture {
     target.resize(in.img.size());
     for (float& v : target) v = rng.normal();
   }
+
+  // The true captions' predictions.
+  std::vector<float> forward() {
+    TextEncoderRunner ter(&te);
+    FluxRunner runner(&dit, nullptr);
+    std::vector<float> out;
+    ter.forward(ids, B, L, in.txt, in.y);
+    runner.forward(in, out);
+    return out;
+  }
 };
 
 }  // namespace
@@ -130,11 +140,7 @@ TEST(word_contrast_is_silent_once_the_gap_is_made) {
   char tmpl[] = "/tmp/graft-contrast-XXXXXX";
   CHECK(mkdtemp(tmpl) != nullptr);
   ContrastFixture f(tmpl);
-  TextEncoderRunner ter(&f.te);
-  FluxRunner runner(&f.dit, nullptr);
-  std::vector<float> out;
-  ter.forward(f.ids, f.B, f.L, f.in.txt, f.in.y);
-  runner.forward(f.in, out);
+  const std::vector<float> out = f.forward();
   std::vector<float> plain(out.size(), 0.0f);
   mse_backward(plain.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
   // A margin below any gap: the term adds nothing to the gradient of the true captions, and the
@@ -170,15 +176,11 @@ TEST(wrong_words_change_the_shape_or_the_count_alone) {
   char tmpl[] = "/tmp/graft-contrast-XXXXXX";
   CHECK(mkdtemp(tmpl) != nullptr);
   ContrastFixture f(tmpl);
-  TextEncoderRunner ter(&f.te);
-  FluxRunner runner(&f.dit, nullptr);
-  std::vector<float> out;
-  ter.forward(f.ids, f.B, f.L, f.in.txt, f.in.y);
-  runner.forward(f.in, out);
+  const std::vector<float> out = f.forward();
   std::vector<float> dtrue(out.size(), 0.0f);
   WordContrast counts(&f.dit, &f.te, 1.0f, 0.02f, 1.0f, f.B, f.L, f.gh, f.P);
   counts.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng);
-  CHECK(counts.wrong_captions.size() == 2);
+  CHECK(counts.wrong_captions.size() == 2 && counts.n_count == 2);
   for (size_t a = 0; a < counts.rows.size(); ++a) {
     const Scene& s = f.scenes[f.pick[counts.rows[a]]];
     CHECK(counts.count_rows[a]);
