@@ -67,15 +67,19 @@ it('the shipped demo model draws the shapes, colours and backgrounds its prompts
     colour: number;
     background: number;
     autoencoder: { large: number };
+    small: { shape: number };
     counts: { samples: number; right: number; drawn: number };
   };
-  console.log(out.trim().split('\n').slice(0, 2).join('\n'));
+  console.log(out.trim().split('\n').slice(0, 3).join('\n'));
   expect(e.samples).toBe(40);
   expect(e.shape).toBeGreaterThanOrEqual(0.85);
   expect(e.colour).toBeGreaterThanOrEqual(0.85);
   expect(e.background).toBeGreaterThanOrEqual(0.9);
   // The autoencoder gives every large outline back (small ones it rounds off: about half, the known limit).
   expect(e.autoencoder.large).toBeGreaterThanOrEqual(0.95);
+  // Small shapes are the model's weak spot: 40% drawn as asked on these seeds (38% over 80 pictures),
+  // against 20% for a model that draws every small shape as the same blob.
+  expect(e.small.shape).toBeGreaterThanOrEqual(0.3);
   // Counts (50 pictures: a / two large, a / two / three small): the measure reads every true drawing of
   // those captions right, and the model 37 of its own (74%; 72% over 100 pictures). The model before
   // the count-word contrast read 33 (66%), below this threshold.

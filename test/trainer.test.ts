@@ -168,7 +168,8 @@ describe('graft-trainer', () => {
     const measured = JSON.parse(evald.stdout.trim().split('\n').pop()!);
     expect(measured.samples).toBe(20);
     expect(measured.counts.samples).toBe(25);
-    for (const v of [measured.shape, measured.colour, measured.background, ...Object.values<number>(measured.per_shape), measured.autoencoder.small, measured.autoencoder.large, measured.counts.right, measured.counts.drawn])
+    expect(Object.keys(measured.small.per_shape).sort()).toEqual(['circle', 'cross', 'diamond', 'square', 'triangle']);
+    for (const v of [measured.shape, measured.colour, measured.background, ...Object.values<number>(measured.per_shape), measured.autoencoder.small, measured.autoencoder.large, measured.small.shape, ...Object.values<number>(measured.small.per_shape), measured.counts.right, measured.counts.drawn])
       expect(v >= 0 && v <= 1, JSON.stringify(measured)).toBe(true);
     const noResume = trainer(['demo-model', dir, '--decoder-steps', '3']);
     expect(noResume.status).toBe(1);

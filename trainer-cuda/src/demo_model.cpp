@@ -644,9 +644,14 @@ BaseEval base_eval(const std::string& model_dir, int seeds, int steps) {
         e.colour += r.colour == sc.colour;
         e.background += r.background == sc.background;
         ++e.samples;
+        sc.large = false;
+        const bool small_right = read_picture(pipe.generate(caption(sc), S, sp, nullptr), S).shape == sc.shape;
+        e.small_shape += small_right;
+        e.per_small_shape[k] += small_right;
       }
-  e.shape /= e.samples, e.colour /= e.samples, e.background /= e.samples;
+  e.shape /= e.samples, e.colour /= e.samples, e.background /= e.samples, e.small_shape /= e.samples;
   for (double& v : e.per_shape) v /= e.samples / kBaseShapes;
+  for (double& v : e.per_small_shape) v /= e.samples / kBaseShapes;
 
   VaeRunner vr(&pipe.ae);
   std::vector<float> mean, logvar, back;

@@ -115,7 +115,8 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
 // How well the base model draws its own world: pictures of "a large <colour> <shape> on a <colour>
 // background" for every base shape, four colour pairs and `seeds` seeds, read back by read_picture.
 // The share of pictures whose shape, colour and background are the ones asked (chance for the
-// shape: 1 in 5), and per shape the share read as that shape.
+// shape: 1 in 5), and per shape the share read as that shape. The same captions with "a small"
+// give the share of small shapes drawn as asked (`small_shape`).
 // The ceiling: drawn pictures of one shape, small and large, passed once through the autoencoder and
 // read back the same way. What the autoencoder cannot give back, the transformer cannot draw.
 // Counts: pictures of "a / two large ..." and "a / two / three small ..." (every base shape, rotating
@@ -128,6 +129,8 @@ struct BaseEval {
   double shape = 0, colour = 0, background = 0;
   double per_shape[kBaseShapes] = {};  // in kBaseShapeList order: circle, square, triangle, diamond, cross
   int samples = 0;
+  double small_shape = 0;
+  double per_small_shape[kBaseShapes] = {};
   double autoencoder_small = 0, autoencoder_large = 0;  // shape read back right after the round trip
   double count = 0, count_drawn = 0;
   double per_count[kCountCases] = {};
