@@ -75,7 +75,7 @@ it('the shipped demo model draws the shapes, colours and backgrounds its prompts
   expect(e.shape).toBeGreaterThanOrEqual(0.85);
   expect(e.colour).toBeGreaterThanOrEqual(0.85);
   expect(e.background).toBeGreaterThanOrEqual(0.9);
-  // The autoencoder gives every large outline back (small ones it rounds off: about half, the known limit).
+  // The autoencoder gives every large outline back (small ones it rounds off: about 60% come back right).
   expect(e.autoencoder.large).toBeGreaterThanOrEqual(0.95);
   // Small shapes are the model's weak spot: 40% drawn as asked on these seeds (38% over 80 pictures),
   // against 20% for a model that draws every small shape as the same blob.

@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -258,24 +259,27 @@ static int cmd_demo_model_eval(const std::vector<std::string>& a) {
   int seeds, steps;
   eval_options(a, 2, "demo-model-eval", &seeds, &steps);
   BaseEval e = base_eval(a[1], seeds, steps);
+  // Per base shape, as JSON and as "circle 75%, square 12%, ...".
   auto by_shape = [](const double* v) {
     nlohmann::json o;
     for (int k = 0; k < kBaseShapes; ++k) o[shape_name(kBaseShapeList[k])] = v[k];
     return o;
   };
+  auto by_shape_text = [](const double* v) {
+    std::string t;
+    for (int k = 0; k < kBaseShapes; ++k)
+      t += (k ? ", " : "") + std::string(shape_name(kBaseShapeList[k])) + " " + std::to_string((int)std::lround(100 * v[k])) + "%";
+    return t;
+  };
   std::printf("demo-model-eval over %d pictures of one large shape: shape right %.0f%% (chance 20%%), colour right "
-              "%.0f%%, background right %.0f%%; shape right by shape: circle %.0f%%, square %.0f%%, triangle %.0f%%, "
-              "diamond %.0f%%, cross %.0f%%; the autoencoder's ceiling (drawn shapes read back after one round trip): "
-              "small %.0f%%, large %.0f%%\n",
-              e.samples, 100 * e.shape, 100 * e.colour, 100 * e.background, 100 * e.per_shape[0], 100 * e.per_shape[1],
-              100 * e.per_shape[2], 100 * e.per_shape[3], 100 * e.per_shape[4], 100 * e.autoencoder_small,
-              100 * e.autoencoder_large);
+              "%.0f%%, background right %.0f%%; shape right by shape: %s; the autoencoder's ceiling (drawn shapes read "
+              "back after one round trip): small %.0f%%, large %.0f%%\n",
+              e.samples, 100 * e.shape, 100 * e.colour, 100 * e.background, by_shape_text(e.per_shape).c_str(),
+              100 * e.autoencoder_small, 100 * e.autoencoder_large);
   nlohmann::json j = {{"samples", e.samples}, {"shape", e.shape}, {"colour", e.colour}, {"background", e.background},
                       {"per_shape", by_shape(e.per_shape)},
                       {"autoencoder", {{"small", e.autoencoder_small}, {"large", e.autoencoder_large}}}};
-  std::printf("small shapes: right %.0f%% (circle %.0f%%, square %.0f%%, triangle %.0f%%, diamond %.0f%%, cross %.0f%%)\n",
-              100 * e.small_shape, 100 * e.per_small_shape[0], 100 * e.per_small_shape[1], 100 * e.per_small_shape[2],
-              100 * e.per_small_shape[3], 100 * e.per_small_shape[4]);
+  std::printf("small shapes: right %.0f%% (%s)\n", 100 * e.small_shape, by_shape_text(e.per_small_shape).c_str());
   j["small"] = {{"shape", e.small_shape}, {"per_shape", by_shape(e.per_small_shape)}};
   std::printf("counts over %d pictures: right %.0f%% (the same captions drawn: %.0f%%); a large %.0f%%, two large "
               "%.0f%%, a small %.0f%%, two small %.0f%%, three small %.0f%%\n",
