@@ -174,6 +174,31 @@ describe('graft-trainer', () => {
     const noResume = trainer(['demo-model', dir, '--decoder-steps', '3']);
     expect(noResume.status).toBe(1);
     expect(noResume.stderr).toContain('--resume');
+    expect(made.stdout).toContain('latents 16x16: 64 image tokens of 4x4 pixels');
+
+    // The shipped recipe's last stage: a factor-2 autoencoder takes over the text encoder and transformer
+    // of a model trained on a factor-4 one; model.json keeps that model's runs.
+    const coarse = join(tempDir(), 'coarse');
+    const made4 = trainer(['demo-model', coarse, '--quick', '--latent-factor', '4']);
+    expect(made4.status, made4.stderr).toBe(0);
+    expect(made4.stdout).toContain('latents 8x8: 16 image tokens of 8x8 pixels');
+    const fine = join(tempDir(), 'fine');
+    expect(trainer(['demo-model', fine, '--quick', '--dit-steps', '0']).status).toBe(0);
+    const noFrom = trainer(['demo-model', fine, '--quick', '--transformer-from', coarse]);
+    expect(noFrom.status).toBe(1);
+    expect(noFrom.stderr).toContain('add --resume');
+    const carried = trainer(['demo-model', fine, '--quick', '--resume', '--transformer-from', coarse]);
+    expect(carried.status, carried.stderr).toBe(0);
+    expect(carried.stdout).toContain('latents 16x16');
+    const coarseRuns = JSON.parse(readFileSync(join(coarse, 'model.json'), 'utf8')).training;
+    const fineRuns = JSON.parse(readFileSync(join(fine, 'model.json'), 'utf8')).training;
+    expect(fineRuns.length).toBe(2);
+    expect(fineRuns[0].autoencoder.steps).toBe(4);
+    expect(fineRuns[1].transformer_from).toEqual({ dir: coarse, training: coarseRuns });
+    const before = tensorBytes(join(coarse, 'transformer.safetensors'));
+    const after = tensorBytes(join(fine, 'transformer.safetensors'));
+    expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
+    expect(after.get('img_in.weight')!.equals(before.get('img_in.weight')!)).toBe(false);
 
     // The demo LoRA job on that model: its dataset files and config.yaml, prepared by graft, then trained
     // with samples during training.

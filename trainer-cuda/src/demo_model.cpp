@@ -69,10 +69,10 @@ std::vector<Scene> make_scenes(const DemoModelOptions& o) {
   return s;
 }
 
-VaeConfig demo_vae_config() {
+VaeConfig demo_vae_config(int latent_factor) {
   VaeConfig c;
   c.ch = 32;
-  c.ch_mult = {1, 2, 2};  // 32 px -> 8 px latents
+  c.ch_mult = latent_factor == 4 ? std::vector<int>{1, 2, 2} : std::vector<int>{1, 2};  // one halving per level after the first
   c.num_res_blocks = 1;
   c.z_channels = 4;
   c.groups = 8;
@@ -369,6 +369,16 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   return {ema, shape_gap, count_gap};
 }
 
+// The training runs a model folder's model.json records, oldest first (none when it has no model.json).
+nlohmann::json training_runs(const std::string& dir) {
+  std::ifstream f(dir + "/model.json");
+  std::stringstream buf;
+  buf << f.rdbuf();
+  nlohmann::json old = nlohmann::json::parse(buf.str(), nullptr, false);
+  if (old.is_discarded() || !old.contains("training")) return nlohmann::json::array();
+  return old["training"].is_array() ? old["training"] : nlohmann::json::array({old["training"]});
+}
+
 }  // namespace
 
 void train_demo_model(const DemoModelOptions& o) {
@@ -392,11 +402,16 @@ void train_demo_model(const DemoModelOptions& o) {
       ae.save(o.out_dir + "/ae.safetensors", DType::F32);
     }
     latents = encode_all(ae, scenes, o.image_size, /*fix_scale=*/false);
-    te = TextEncoder::load(o.out_dir + "/text_encoder.safetensors");
+    const std::string from = o.transformer_from.empty() ? o.out_dir : o.transformer_from;
+    te = TextEncoder::load(from + "/text_encoder.safetensors");
     tc = te.cfg;
-    dit = FluxModel::load(o.out_dir + "/transformer.safetensors");
+    dit = FluxModel::load(from + "/transformer.safetensors");
+    if (dit.cfg.in_channels != ae.cfg.z_channels * 4)
+      fail(from + "/transformer.safetensors: it takes " + std::to_string(dit.cfg.in_channels) +
+           " values per image token, the autoencoder in " + o.out_dir + " gives " +
+           std::to_string(ae.cfg.z_channels * 4) + " (z_channels x 2 x 2); pick a model with as many latent channels");
   } else {
-    ae = VaeModel::create(demo_vae_config());
+    ae = VaeModel::create(demo_vae_config(o.latent_factor));
     vae_init_random(ae, o.seed);
     train_autoencoder(ae, scenes, o, /*decoder_only=*/false);
     ae_seconds = seconds_since(t0);
@@ -409,6 +424,7 @@ void train_demo_model(const DemoModelOptions& o) {
     init_for_training(dit, o.seed + 2);
   }
   const int h = o.image_size / ae.cfg.downscale();
+  std::printf("latents %dx%d: %d image tokens of %dx%d pixels\n", h, h, h * h / 4, 2 * ae.cfg.downscale(), 2 * ae.cfg.downscale());
   auto t1 = clock_type::now();
   auto save = [&](int step) {
     nlohmann::json partial = {{"pictures", o.pictures}, {"seed", o.seed}, {"resume", o.resume},
@@ -440,16 +456,10 @@ void train_demo_model(const DemoModelOptions& o) {
   else if (o.decoder_steps > 0)
     info["decoder"] = {{"steps", o.decoder_steps}, {"batch", o.ae_batch}, {"lr", o.decoder_lr},
                        {"final_reconstruction", decoder_loss}, {"seconds", std::round(ae_seconds)}};
+  if (o.resume && !o.transformer_from.empty())
+    info["transformer_from"] = {{"dir", o.transformer_from}, {"training", training_runs(o.transformer_from)}};
   // model.json keeps every training run of this model, oldest first.
-  nlohmann::json runs = nlohmann::json::array();
-  if (o.resume) {
-    std::ifstream f(o.out_dir + "/model.json");
-    std::stringstream buf;
-    buf << f.rdbuf();
-    nlohmann::json old = nlohmann::json::parse(buf.str(), nullptr, false);
-    if (!old.is_discarded() && old.contains("training"))
-      runs = old["training"].is_array() ? old["training"] : nlohmann::json::array({old["training"]});
-  }
+  nlohmann::json runs = o.resume ? training_runs(o.out_dir) : nlohmann::json::array();
   runs.push_back(info);
   std::map<std::string, std::string> md = {{"software", "graft " GRAFT_VERSION}, {"training", info.dump()}};
   dit.save(o.out_dir + "/transformer.safetensors", DType::F32, md);

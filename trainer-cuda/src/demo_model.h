@@ -18,6 +18,9 @@ struct DemoModelOptions {
   uint64_t seed = 1;
   int pictures = 4000;       // distinct training pictures (drawn deterministically from the seed)
   int image_size = 32;
+  // Pixels per latent pixel: 2 (32 px -> 16x16 latents, 64 image tokens) draws small shapes that 4
+  // (8x8 latents, 16 tokens, one token per 8x8 pixels) left as round blobs.
+  int latent_factor = 2;
   int ae_steps = 1500;
   int ae_batch = 16;
   float ae_lr = 1e-3f;
@@ -37,6 +40,9 @@ struct DemoModelOptions {
   int save_every = 500;          // transformer steps between saves of the model folder
   int log_every = 50;
   bool resume = false;  // keep out_dir's autoencoder, text encoder and transformer; train the latter two on
+  // With resume: the text encoder and transformer come from this model folder instead, one trained on
+  // another autoencoder; what it learnt of captions carries over, its image input and output relearn.
+  std::string transformer_from;
 };
 
 // The flow loss alone left the shape word all but unused: under a caption naming another shape the

@@ -37,7 +37,8 @@ static const char* kUsage =
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
-    "             [--resume] [--decoder-steps N] [--lr X] [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X]\n"
+    "             [--latent-factor 2|4] [--resume [--transformer-from <model-dir>]] [--decoder-steps N] [--lr X]\n"
+    "             [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
@@ -180,6 +181,12 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.seed = std::stoull(a[++i]);
     } else if (a[i] == "--resume") {
       o.resume = true;
+    } else if (a[i] == "--latent-factor" && i + 1 < a.size()) {
+      o.latent_factor = std::stoi(a[++i]);
+      if (o.latent_factor != 2 && o.latent_factor != 4)
+        fail("demo-model: --latent-factor " + a[i] + ": the demo autoencoder scales by 2 or 4");
+    } else if (a[i] == "--transformer-from" && i + 1 < a.size()) {
+      o.transformer_from = a[++i];
     } else if (a[i] == "--lr" && i + 1 < a.size()) {
       o.dit_lr = std::stof(a[++i]);
     } else if (a[i] == "--pictures" && i + 1 < a.size()) {
@@ -204,6 +211,9 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       fail("demo-model: unknown argument '" + a[i] + "'");
     }
   }
+  if (!o.transformer_from.empty() && !o.resume)
+    fail("demo-model: --transformer-from takes the transformer of another model onto the autoencoder of " + o.out_dir +
+         "; add --resume (first train that autoencoder: demo-model " + o.out_dir + " --dit-steps 0)");
   if (o.decoder_steps > 0 && !o.resume)
     fail("demo-model: --decoder-steps fine-tunes the decoder of a model trained before; add --resume");
   train_demo_model(o);
