@@ -187,14 +187,18 @@ describe('graft-trainer', () => {
     const noFrom = trainer(['demo-model', fine, '--quick', '--transformer-from', coarse]);
     expect(noFrom.status).toBe(1);
     expect(noFrom.stderr).toContain('add --resume');
-    const carried = trainer(['demo-model', fine, '--quick', '--resume', '--transformer-from', coarse]);
+    // --stop-at ends the run where a stopped run would have, and model.json says so.
+    const carried = trainer(['demo-model', fine, '--quick', '--resume', '--transformer-from', coarse, '--dit-steps', '6', '--stop-at', '4']);
     expect(carried.status, carried.stderr).toBe(0);
     expect(carried.stdout).toContain('latents 16x16');
+    expect(carried.stdout).toMatch(/transformer step 4\/6/);
+    expect(carried.stdout).not.toMatch(/transformer step [56]\/6/);
     const coarseRuns = JSON.parse(readFileSync(join(coarse, 'model.json'), 'utf8')).training;
     const fineRuns = JSON.parse(readFileSync(join(fine, 'model.json'), 'utf8')).training;
     expect(fineRuns.length).toBe(2);
     expect(fineRuns[0].autoencoder.steps).toBe(4);
     expect(fineRuns[1].transformer_from).toEqual({ dir: coarse, training: coarseRuns });
+    expect([fineRuns[1].transformer.steps, fineRuns[1].transformer.stopped_at]).toEqual([6, 4]);
     const before = tensorBytes(join(coarse, 'transformer.safetensors'));
     const after = tensorBytes(join(fine, 'transformer.safetensors'));
     expect([...after.keys()].sort()).toEqual([...before.keys()].sort());

@@ -314,7 +314,8 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   double ema = 0.0, shape_gap = 0.0, count_gap = 0.0;  // smoothed
   bool shape_seen = false, count_seen = false;
   auto t0 = clock_type::now();
-  for (int step = 1; step <= o.dit_steps; ++step) {
+  const int last = o.stop_at > 0 ? std::min(o.stop_at, o.dit_steps) : o.dit_steps;
+  for (int step = 1; step <= last; ++step) {
     Rng rng(o.seed, 0xD17, step);
     ids.clear();
     in.timesteps.resize(B);
@@ -356,14 +357,14 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
     auto smooth = [](double& avg, bool& seen, double v) { avg = seen ? 0.98 * avg + 0.02 * v : v, seen = true; };
     if (contrast.n_count > 0) smooth(count_gap, count_seen, contrast.gap_count);
     if ((int)contrast.rows.size() > contrast.n_count) smooth(shape_gap, shape_seen, contrast.gap_shape);
-    if (step % o.log_every == 0 || step == o.dit_steps) {
+    if (step % o.log_every == 0 || step == last) {
       std::printf("transformer step %d/%d  loss %.4f (smoothed %.4f)", step, o.dit_steps, loss, ema);
       if (o.shape_contrast > 0) std::printf("  wrong-shape gap %.4f", shape_gap);
       if (o.shape_contrast > 0 && o.count_contrast > 0) std::printf("  wrong-count gap %.4f", count_gap);
       std::printf("  (smoothed)  %.2f s/step\n", seconds_since(t0) / step);
       std::fflush(stdout);
     }
-    if (o.save_every > 0 && step % o.save_every == 0 && step < o.dit_steps) checkpoint(step);
+    if (o.save_every > 0 && step % o.save_every == 0 && step < last) checkpoint(step);
   }
   if (o.ema_decay > 0) ema_w.swap();  // leave the averaged weights in the model: the caller saves them
   return {ema, shape_gap, count_gap};
@@ -442,6 +443,7 @@ void train_demo_model(const DemoModelOptions& o) {
   if (o.dit_steps > 0)
     info["transformer"] = {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr}, {"ema_decay", o.ema_decay},
                            {"final_loss", r.final_loss}, {"seconds", std::round(dit_seconds)}};
+  if (o.dit_steps > 0 && o.stop_at > 0 && o.stop_at < o.dit_steps) info["transformer"]["stopped_at"] = o.stop_at;
   if (o.dit_steps > 0 && o.shape_contrast > 0) {
     info["transformer"]["shape_contrast"] = o.shape_contrast;
     info["transformer"]["contrast_margin"] = o.contrast_margin;

@@ -37,6 +37,9 @@ struct DemoModelOptions {
   float contrast_margin = 0.02f;  // the loss gap it asks for between a wrong and the true word
   float count_contrast = 0.0f;    // share of its pictures whose wrong caption changes the count, not the shape
   float ema_decay = 0.999f;      // the saved transformer and text encoder are this average of weights (0: off)
+  // End the transformer run after this many of its dit_steps (0: all of them), as a run stopped there
+  // would: the learning-rate schedule stays that of dit_steps. A recipe can so name a stopped run.
+  int stop_at = 0;
   int save_every = 500;          // transformer steps between saves of the model folder
   int log_every = 50;
   bool resume = false;  // keep out_dir's autoencoder, text encoder and transformer; train the latter two on

@@ -37,7 +37,7 @@ static const char* kUsage =
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
     "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
-    "             [--latent-factor 2|4] [--resume [--transformer-from <model-dir>]] [--decoder-steps N] [--lr X]\n"
+    "             [--latent-factor 2|4] [--resume [--transformer-from <model-dir>]] [--decoder-steps N] [--lr X] [--stop-at N]\n"
     "             [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
@@ -199,6 +199,9 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.dit_steps = std::stoi(a[++i]);
     } else if (a[i] == "--batch" && i + 1 < a.size()) {
       o.ae_batch = o.dit_batch = std::stoi(a[++i]);
+    } else if (a[i] == "--stop-at" && i + 1 < a.size()) {
+      o.stop_at = std::stoi(a[++i]);
+      if (o.stop_at < 1) fail("demo-model: --stop-at " + a[i] + ": give the step (1 or more) to stop the run at");
     } else if (a[i] == "--ema-decay" && i + 1 < a.size()) {
       o.ema_decay = std::stof(a[++i]);
     } else if (a[i] == "--shape-contrast" && i + 1 < a.size()) {
