@@ -60,7 +60,7 @@ demo: trainer ts
 
 # Reproduces the shipped demo model weights (settings recorded in $(DEMO_MODEL)/model.json).
 demo-model: trainer
-	$(TRAINER) demo-model $(DEMO_MODEL) --ae-steps 800 --dit-steps 3000 --batch 8 --ema-decay 0
+	$(TRAINER) demo-model $(DEMO_MODEL) --latent-factor 4 --ae-steps 800 --dit-steps 3000 --batch 8 --ema-decay 0
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 3500 --batch 8 --lr 3e-4 --ema-decay 0
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 8000 --batch 8 --lr 3e-4 --ema-decay 0.999
 	$(TRAINER) demo-model $(DEMO_MODEL) --resume --decoder-steps 3000 --dit-steps 0
