@@ -10,6 +10,7 @@
 
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -253,121 +254,73 @@ void rope_backward(float* dinp, const float* dout, const float* cos_sin, int B, 
 
 static inline size_t bthd(int b, int l, int h, int L, int H, int D) { return (((size_t)b * L + l) * H + h) * D; }
 
+// Attention runs as sgemm calls per (batch, head): q, k and v of one head are strided row blocks of
+// [B, L, H, D] (leading dimension H*D). The plain loops this replaced, with double accumulators, took
+// 45% of a demo LoRA step at 112 tokens; with sgemm the step is 1.7x faster. The sgemm calls go one
+// after another, each free to use OpenBLAS's own threads; the row-wise softmax work runs on OpenMP's.
+
+// Row-wise softmax of n rows of length L, in place, made stable by subtracting the row max.
+static void softmax_rows(float* p, long n, int L) {
+#pragma omp parallel for schedule(static) if (n * L >= PARALLEL_MIN_WORK)
+  for (long r = 0; r < n; r++) {
+    float* row = p + r * L;
+    float maxval = -INFINITY;
+    for (int j = 0; j < L; j++) maxval = std::max(maxval, row[j]);
+    double sum = 0.0;
+    for (int j = 0; j < L; j++) {
+      row[j] = std::exp(row[j] - maxval);
+      sum += row[j];
+    }
+    const float inv_sum = (float)(1.0 / sum);
+    for (int j = 0; j < L; j++) row[j] *= inv_sum;
+  }
+}
+
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
                        int B, int L, int H, int D) {
   const float scale = 1.0f / std::sqrt((float)D);
-  long work = (long)B * H * L * L * D;
-#pragma omp parallel if (work >= PARALLEL_MIN_WORK)
-  {
-    std::vector<double> acc(D);
-#pragma omp for collapse(3) schedule(static)
-    for (int b = 0; b < B; b++)
-      for (int h = 0; h < H; h++)
-        for (int i = 0; i < L; i++) {
-          const float* qi = q + bthd(b, i, h, L, H, D);
-          float* p = probs + (((size_t)b * H + h) * L + i) * L;
-          // scores, then a softmax made stable by subtracting the row max
-          float maxval = -INFINITY;
-          for (int j = 0; j < L; j++) {
-            const float* kj = k + bthd(b, j, h, L, H, D);
-            float s = 0.0f;
-            for (int d = 0; d < D; d++) s += qi[d] * kj[d];
-            p[j] = s * scale;
-            if (p[j] > maxval) maxval = p[j];
-          }
-          double sum = 0.0;
-          for (int j = 0; j < L; j++) {
-            p[j] = std::exp(p[j] - maxval);
-            sum += p[j];
-          }
-          float inv_sum = (float)(1.0 / sum);
-          for (int j = 0; j < L; j++) p[j] *= inv_sum;
-          // out_i = sum_j p_ij v_j
-          for (int d = 0; d < D; d++) acc[d] = 0.0;
-          for (int j = 0; j < L; j++) {
-            const float* vj = v + bthd(b, j, h, L, H, D);
-            for (int d = 0; d < D; d++) acc[d] += (double)p[j] * vj[d];
-          }
-          float* oi = out + bthd(b, i, h, L, H, D);
-          for (int d = 0; d < D; d++) oi[d] = (float)acc[d];
-        }
-  }
+  const int HD = H * D;
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      const size_t off = bthd(b, 0, h, L, H, D);
+      float* p = probs + ((size_t)b * H + h) * L * L;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, D, scale, q + off, HD, k + off, HD, 0.0f, p, L);
+    }
+  softmax_rows(probs, (long)B * H * L, L);
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      const size_t off = bthd(b, 0, h, L, H, D);
+      const float* p = probs + ((size_t)b * H + h) * L * L;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, L, 1.0f, p, L, v + off, HD, 0.0f, out + off, HD);
+    }
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs,
                         const float* q, const float* k, const float* v, int B, int L, int H, int D) {
   if (!dq && !dk && !dv) return;
   const float scale = 1.0f / std::sqrt((float)D);
-  long work = (long)B * H * L * L * D;
-  // With dp_ij = dout_i . v_j, the softmax backward gives ds_ij = p_ij * (dp_ij - delta_i) where
-  // delta_i = sum_j p_ij dp_ij. Then dq_i = scale * sum_j ds_ij k_j, dk_j = scale * sum_i ds_ij q_i,
-  // dv_j = sum_i p_ij dout_i. dq sums along a row of probs and dk/dv along a column, so to give
-  // every output to one thread the work is two passes: rows (delta and dq), then columns (dk, dv),
-  // recomputing dp_ij rather than storing a second [B,H,L,L] buffer.
-  std::vector<float> delta((size_t)B * H * L);
-#pragma omp parallel if (work >= PARALLEL_MIN_WORK)
-  {
-    std::vector<float> dp(L);
-    std::vector<double> acc(D);
-#pragma omp for collapse(3) schedule(static)
-    for (int b = 0; b < B; b++)
-      for (int h = 0; h < H; h++)
-        for (int i = 0; i < L; i++) {
-          const float* p = probs + (((size_t)b * H + h) * L + i) * L;
-          const float* doi = dout + bthd(b, i, h, L, H, D);
-          double dl = 0.0;
-          for (int j = 0; j < L; j++) {
-            const float* vj = v + bthd(b, j, h, L, H, D);
-            float s = 0.0f;
-            for (int d = 0; d < D; d++) s += doi[d] * vj[d];
-            dp[j] = s;
-            dl += (double)p[j] * s;
-          }
-          delta[((size_t)b * H + h) * L + i] = (float)dl;
-          if (!dq) continue;
-          for (int d = 0; d < D; d++) acc[d] = 0.0;
-          for (int j = 0; j < L; j++) {
-            const float* kj = k + bthd(b, j, h, L, H, D);
-            double ds = (double)p[j] * (dp[j] - dl);
-            for (int d = 0; d < D; d++) acc[d] += ds * kj[d];
-          }
-          float* dqi = dq + bthd(b, i, h, L, H, D);
-          for (int d = 0; d < D; d++) dqi[d] += (float)(scale * acc[d]);
-        }
-  }
-  if (!dk && !dv) return;
-#pragma omp parallel if (work >= PARALLEL_MIN_WORK)
-  {
-    std::vector<double> acc_k(D), acc_v(D);
-#pragma omp for collapse(3) schedule(static)
-    for (int b = 0; b < B; b++)
-      for (int h = 0; h < H; h++)
-        for (int j = 0; j < L; j++) {
-          const float* vj = v + bthd(b, j, h, L, H, D);
-          for (int d = 0; d < D; d++) acc_k[d] = acc_v[d] = 0.0;
-          for (int i = 0; i < L; i++) {
-            double pij = probs[(((size_t)b * H + h) * L + i) * L + j];
-            const float* doi = dout + bthd(b, i, h, L, H, D);
-            if (dv)
-              for (int d = 0; d < D; d++) acc_v[d] += pij * doi[d];
-            if (dk) {
-              const float* qi = q + bthd(b, i, h, L, H, D);
-              float s = 0.0f;
-              for (int d = 0; d < D; d++) s += doi[d] * vj[d];
-              double ds = pij * (s - delta[((size_t)b * H + h) * L + i]);
-              for (int d = 0; d < D; d++) acc_k[d] += ds * qi[d];
-            }
-          }
-          if (dk) {
-            float* dkj = dk + bthd(b, j, h, L, H, D);
-            for (int d = 0; d < D; d++) dkj[d] += (float)(scale * acc_k[d]);
-          }
-          if (dv) {
-            float* dvj = dv + bthd(b, j, h, L, H, D);
-            for (int d = 0; d < D; d++) dvj[d] += (float)acc_v[d];
-          }
-        }
-  }
+  const int HD = H * D;
+  // With dP = dO V^T, the softmax backward gives dS_ij = P_ij (dP_ij - delta_i), delta_i = sum_j P_ij dP_ij.
+  // Then dQ += scale dS K, dK += scale dS^T Q, dV += P^T dO.
+  std::vector<float> ds((size_t)L * L);
+  for (int b = 0; b < B; b++)
+    for (int h = 0; h < H; h++) {
+      const size_t off = bthd(b, 0, h, L, H, D);
+      const float* p = probs + ((size_t)b * H + h) * L * L;
+      if (dv) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, D, L, 1.0f, p, L, dout + off, HD, 1.0f, dv + off, HD);
+      if (!dq && !dk) continue;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, D, 1.0f, dout + off, HD, v + off, HD, 0.0f, ds.data(), L);
+#pragma omp parallel for schedule(static) if ((long)L * L >= PARALLEL_MIN_WORK)
+      for (int i = 0; i < L; i++) {
+        const float* pi = p + (size_t)i * L;
+        float* dsi = ds.data() + (size_t)i * L;
+        double delta = 0.0;
+        for (int j = 0; j < L; j++) delta += (double)pi[j] * dsi[j];
+        for (int j = 0; j < L; j++) dsi[j] = pi[j] * (dsi[j] - (float)delta);
+      }
+      if (dq) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, L, D, L, scale, ds.data(), L, k + off, HD, 1.0f, dq + off, HD);
+      if (dk) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, D, L, scale, ds.data(), L, q + off, HD, 1.0f, dk + off, HD);
+    }
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -376,11 +329,15 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 static const float GELU_SCALE = 0.7978845608028654f;  // sqrt(2 / pi)
 static const float GELU_CUBIC = 0.044715f;
 
+// tanh through one expf: glibc's tanhf (by way of expm1f) took 15% of a demo LoRA step. Near u = 0 the
+// subtraction loses relative precision, but GELU uses 1 + tanh, whose absolute error stays ~1e-7.
+static inline float gelu_tanh(float u) { return 1.0f - 2.0f / (std::exp(2.0f * u) + 1.0f); }
+
 void gelu_forward(float* out, const float* inp, int n) {
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
   for (int i = 0; i < n; i++) {
     float x = inp[i];
-    out[i] = 0.5f * x * (1.0f + std::tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)));
+    out[i] = 0.5f * x * (1.0f + gelu_tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x)));
   }
 }
 
@@ -389,7 +346,7 @@ void gelu_backward(float* dinp, const float* dout, const float* inp, int n) {
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
   for (int i = 0; i < n; i++) {
     float x = inp[i];
-    float t = std::tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x));
+    float t = gelu_tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x));
     float du_dx = GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * x * x);
     float grad = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du_dx;
     dinp[i] += grad * dout[i];
