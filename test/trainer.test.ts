@@ -52,6 +52,16 @@ describe('graft-trainer', () => {
     expect(r.stdout).toMatch(/^graft-trainer \d+\.\d+\.\d+/);
   });
 
+  it('benchmarks a LoRA step of the tiny model and of the demo model at both latent sizes', () => {
+    const r = trainer(['bench', '--steps', '1']);
+    expect(r.status, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines.length).toBe(3);
+    expect(lines[0]).toMatch(/^bench cpu tiny-flux .* [\d.]+ ms\/step/);
+    expect(lines[1]).toMatch(/^bench cpu demo model \(hidden 128, 2\+4 blocks, batch 4, 16 img \+ 48 txt tokens.* [\d.]+ ms\/step/);
+    expect(lines[2]).toMatch(/64 img \+ 48 txt tokens.* [\d.]+ ms\/step/);
+  });
+
   it('trains a LoRA on the tiny model: the loss falls, checkpoints rotate, the LoRA file has diffusers names', () => {
     const dir = tinyJob();
     const r = trainer(['train', dir]);

@@ -79,6 +79,8 @@ VaeConfig demo_vae_config(int latent_factor) {
   return c;
 }
 
+}  // namespace
+
 FluxConfig demo_flux_config(int context_dim, int vec_dim) {
   FluxConfig c;
   c.in_channels = 16;  // 4 latent channels x 2 x 2
@@ -97,6 +99,8 @@ FluxConfig demo_flux_config(int context_dim, int vec_dim) {
   c.axes_dim[2] = 14;
   return c;
 }
+
+namespace {
 
 // DiT initialisation (adaLN-Zero): every block starts as the identity and the output at zero, so
 // early training is stable; other weights N(0, 1/fan_in), biases 0, norm scales 1.

@@ -84,6 +84,8 @@ struct WordContrast {
 // pictures of its size have (one or two large shapes, one to three small ones).
 Scene with_wrong_word(const Scene& s, bool count, Rng& rng);
 
+// The demo model's transformer and autoencoder shapes.
+FluxConfig demo_flux_config(int context_dim, int vec_dim);
 void train_demo_model(const DemoModelOptions& opt);
 
 // The demo LoRA job, as a user would set it up: ~20 captioned pictures of a shape the base model has

@@ -118,34 +118,26 @@ static int cmd_make_tiny(const std::vector<std::string>& a) {
 
 // CPU ms per training step (forward + backward + AdamW) of the tiny model at batch 2, 16 image
 // tokens + 8 text tokens: the baseline later backends are measured against.
-static int cmd_bench(const std::vector<std::string>& a) {
-  int steps = 50;
-  for (size_t i = 1; i < a.size(); ++i) {
-    if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
-    else fail("bench: unknown argument '" + a[i] + "'");
-  }
-  char tmpl[] = "/tmp/graft-bench-XXXXXX";
-  if (!mkdtemp(tmpl)) fail("bench: cannot create a temporary folder");
-  std::string dir = tmpl;
-  make_tiny(dir, 1);
-  FluxModel model = FluxModel::load(dir + "/model/transformer.safetensors");
+// ms per LoRA training step (forward + backward, rank 8) of model on random inputs: batch B, a side x
+// side grid of image tokens and L_txt text tokens.
+static double bench_lora_step(FluxModel& model, int B, int side, int L_txt, int steps) {
   LoraSet lora = lora_create(flux_lora_targets(model.cfg, false), 8, 8, 1);
   FluxRunner runner(&model, &lora);
   const FluxConfig& c = model.cfg;
   FluxInputs in;
-  in.B = 2;
-  in.L_img = 16;
-  in.L_txt = 8;
+  in.B = B;
+  in.L_img = side * side;
+  in.L_txt = L_txt;
   Rng rng(1);
   auto fill = [&](std::vector<float>& v, size_t n) { v.resize(n); for (float& x : v) x = rng.normal(); };
   fill(in.img, (size_t)in.B * in.L_img * c.in_channels);
   fill(in.txt, (size_t)in.B * in.L_txt * c.context_dim);
   fill(in.y, (size_t)in.B * c.vec_dim);
   in.img_ids.resize((size_t)in.B * in.L_img * 3);
-  flux_img_ids(in.img_ids.data(), in.B, 4, 4);
+  flux_img_ids(in.img_ids.data(), in.B, side, side);
   in.txt_ids.assign((size_t)in.B * in.L_txt * 3, 0.0f);
-  in.timesteps = {0.3f, 0.7f};
-  in.guidance = {1.0f, 1.0f};
+  for (int b = 0; b < B; ++b) in.timesteps.push_back(0.3f + 0.4f * b / std::max(1, B - 1));
+  in.guidance.assign(B, 1.0f);
   std::vector<float> out, dout;
   auto run = [&]() {
     lora.zero_grad();
@@ -156,10 +148,36 @@ static int cmd_bench(const std::vector<std::string>& a) {
   for (int i = 0; i < 5; ++i) run();
   auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < steps; ++i) run();
-  double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
-  std::printf("bench cpu tiny-flux (hidden %d, %d+%d blocks, batch %d, %d img + %d txt tokens, LoRA rank 8): "
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
+}
+
+static int cmd_bench(const std::vector<std::string>& a) {
+  int steps = 50;
+  for (size_t i = 1; i < a.size(); ++i) {
+    if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
+    else fail("bench: unknown argument '" + a[i] + "'");
+  }
+  char tmpl[] = "/tmp/graft-bench-XXXXXX";
+  if (!mkdtemp(tmpl)) fail("bench: cannot create a temporary folder");
+  std::string dir = tmpl;
+  make_tiny(dir, 1);
+  FluxModel tiny = FluxModel::load(dir + "/model/transformer.safetensors");
+  double ms = bench_lora_step(tiny, 2, 4, 8, steps);
+  std::printf("bench cpu tiny-flux (hidden %d, %d+%d blocks, batch 2, 16 img + 8 txt tokens, LoRA rank 8): "
               "%.2f ms/step over %d steps, %d threads\n",
-              c.hidden, c.n_double, c.n_single, in.B, in.L_img, in.L_txt, ms, steps, omp_get_max_threads());
+              tiny.cfg.hidden, tiny.cfg.n_double, tiny.cfg.n_single, ms, steps, omp_get_max_threads());
+  // The demo LoRA job's step (batch 4, 48 text tokens) on the demo model's transformer, with the image
+  // tokens of a factor-4 autoencoder (8x8 latents) and of a factor-2 one (16x16).
+  TextEncoderConfig tc;
+  write_random_flux(dir + "/demo.safetensors", demo_flux_config(tc.context_dim, tc.vec_dim), 1);
+  FluxModel demo = FluxModel::load(dir + "/demo.safetensors");
+  for (int side : {4, 8}) {
+    ms = bench_lora_step(demo, 4, side, tc.max_len, steps);
+    std::printf("bench cpu demo model (hidden %d, %d+%d blocks, batch 4, %d img + %d txt tokens, LoRA rank 8): "
+                "%.2f ms/step over %d steps, %d threads\n",
+                demo.cfg.hidden, demo.cfg.n_double, demo.cfg.n_single, side * side, tc.max_len, ms, steps,
+                omp_get_max_threads());
+  }
   std::string cleanup = "rm -rf '" + dir + "'";
   if (std::system(cleanup.c_str()) != 0) std::fprintf(stderr, "bench: could not remove %s\n", dir.c_str());
   return 0;
