@@ -50,7 +50,7 @@ test: test-trainer test-ts
 DEMO_MODEL := presets/graft-tiny
 DEMO_JOB := output/demo_zxq
 demo: trainer ts
-	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 5 hours on 2 cores)"; exit 1; }
+	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 2.5 hours on 2 cores)"; exit 1; }
 	@node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes >/dev/null 2>&1 || true
 	@rm -rf $(DEMO_JOB)
 	$(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB)
