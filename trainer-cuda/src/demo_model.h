@@ -84,7 +84,7 @@ struct WordContrast {
 // pictures of its size have (one or two large shapes, one to three small ones).
 Scene with_wrong_word(const Scene& s, bool count, Rng& rng);
 
-// The demo model's transformer and autoencoder shapes.
+// The demo model's transformer: the FLUX layout at hidden 128, 2 double + 4 single blocks.
 FluxConfig demo_flux_config(int context_dim, int vec_dim);
 void train_demo_model(const DemoModelOptions& opt);
 
