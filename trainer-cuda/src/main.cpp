@@ -35,7 +35,7 @@ static const char* kUsage =
     "  forward <ckpt> <inputs> <outputs> [--lora F]      one FLUX forward; writes `out`\n"
     "  lora-grad <ckpt> <inputs> <lora> <outputs>        loss = mean((out-target)^2); writes out, loss, grad.<key>\n"
     "  make-tiny <dir> [--seed N]                        tiny random FLUX checkpoint + synthetic job\n"
-    "  bench [--steps N]                                 CPU ms per training step of the tiny model\n"
+    "  bench [--steps N]                                 CPU ms per LoRA step: tiny model, demo model (16 and 64 image tokens)\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
     "             [--latent-factor 2|4] [--resume [--transformer-from <model-dir>]] [--decoder-steps N] [--lr X] [--stop-at N]\n"
     "             [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X]\n"
@@ -116,8 +116,6 @@ static int cmd_make_tiny(const std::vector<std::string>& a) {
   return 0;
 }
 
-// CPU ms per training step (forward + backward + AdamW) of the tiny model at batch 2, 16 image
-// tokens + 8 text tokens: the baseline later backends are measured against.
 // ms per LoRA training step (forward + backward, rank 8) of model on random inputs: batch B, a side x
 // side grid of image tokens and L_txt text tokens.
 static double bench_lora_step(FluxModel& model, int B, int side, int L_txt, int steps) {
