@@ -163,13 +163,16 @@ describe('graft-trainer', () => {
     expect(runs.length).toBe(2);
     expect(runs[1].decoder.steps).toBe(3);
     expect(runs[1].transformer).toBeUndefined();
-    // More transformer steps with the word contrast (shape and count words): the log shows the gaps,
-    // model.json the settings.
-    const contrast = trainer(['demo-model', dir, '--quick', '--resume', '--shape-contrast', '0.5', '--contrast-margin', '0.03', '--count-contrast', '0.5']);
+    // More transformer steps with the word contrast (shape and count words) and made-up shape words:
+    // the log shows the gaps, model.json the settings.
+    const contrast = trainer(['demo-model', dir, '--quick', '--resume', '--shape-contrast', '0.5', '--contrast-margin', '0.03', '--count-contrast', '0.5', '--novel-words', '0.25']);
     expect(contrast.status, contrast.stderr).toBe(0);
     expect(contrast.stdout).toMatch(/transformer step 4\/4 .*wrong-shape gap -?\d.* wrong-count gap -?\d/);
     const last = JSON.parse(readFileSync(join(dir, 'model.json'), 'utf8')).training.at(-1).transformer;
-    expect([last.shape_contrast, last.contrast_margin, last.count_contrast]).toEqual([0.5, expect.closeTo(0.03, 6), 0.5]);
+    expect([last.shape_contrast, last.contrast_margin, last.count_contrast, last.novel_words]).toEqual([0.5, expect.closeTo(0.03, 6), 0.5, 0.25]);
+    const badShare = trainer(['demo-model', dir, '--quick', '--resume', '--novel-words', '1.5']);
+    expect(badShare.status).toBe(1);
+    expect(badShare.stderr).toContain('--novel-words 1.5');
     expect(typeof last.final_wrong_shape_gap).toBe('number');
     expect(typeof last.final_wrong_count_gap).toBe('number');
     // The base-model measure runs on any model folder; what it reads back is checked in test_shapes.cpp.

@@ -321,6 +321,7 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
   const int last = o.stop_at > 0 ? std::min(o.stop_at, o.dit_steps) : o.dit_steps;
   for (int step = 1; step <= last; ++step) {
     Rng rng(o.seed, 0xD17, step);
+    Rng words(o.seed, 0x30D5, step);  // a stream of its own: without novel words every other draw stays as it was
     ids.clear();
     in.timesteps.resize(B);
     for (int b = 0; b < B; ++b) {
@@ -328,6 +329,12 @@ DitResult train_transformer(FluxModel& dit, TextEncoder& te, const std::vector<S
       const bool dropped = rng.uniform() < o.caption_dropout;
       pick[b] = dropped ? -1 : (int)k;
       std::string text = dropped ? "" : caption(scenes[k]);
+      if (!dropped && o.novel_words > 0 && words.uniform() < o.novel_words) {
+        Scene named = scenes[k];
+        named.word = made_up_word(words);
+        text = caption(named);
+        pick[b] = -1;  // the word contrast has no true word to set a wrong one against
+      }
       std::vector<int> t = tokenize_bytes(text, L);
       ids.insert(ids.end(), t.begin(), t.end());
       float tt = 1.0f / (1.0f + std::exp(-rng.normal()));  // sigmoid timesteps: most steps mid-noise
@@ -448,6 +455,7 @@ void train_demo_model(const DemoModelOptions& o) {
     info["transformer"] = {{"steps", o.dit_steps}, {"batch", o.dit_batch}, {"lr", o.dit_lr}, {"ema_decay", o.ema_decay},
                            {"final_loss", r.final_loss}, {"seconds", std::round(dit_seconds)}};
   if (o.dit_steps > 0 && o.stop_at > 0 && o.stop_at < o.dit_steps) info["transformer"]["stopped_at"] = o.stop_at;
+  if (o.dit_steps > 0 && o.novel_words > 0) info["transformer"]["novel_words"] = o.novel_words;
   if (o.dit_steps > 0 && o.shape_contrast > 0) {
     info["transformer"]["shape_contrast"] = o.shape_contrast;
     info["transformer"]["contrast_margin"] = o.contrast_margin;
@@ -618,6 +626,12 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
       std::string leak = "a large " + colour + " circle on " + bg_phrase + " background";
       std::vector<float> a0 = pipe.generate(act, S, sp, nullptr), a1 = pipe.generate(act, S, sp, &lora);
       std::vector<float> l0 = pipe.generate(leak, S, sp, nullptr), l1 = pipe.generate(leak, S, sp, &lora);
+      auto colours_right = [&](const std::vector<float>& pic) {
+        PictureReading r = read_picture(pic, S);
+        return r.colour == cb[0] && r.background == cb[1] ? 1.0 : 0.0;
+      };
+      e.colours_base += colours_right(a0);
+      e.colours_lora += colours_right(a1);
       e.concept_base += shape_iou_any_colour(a0, S, Shape::Bar);
       e.concept_lora += shape_iou_any_colour(a1, S, Shape::Bar);
       double ob = 0, ol = 0;
@@ -634,7 +648,8 @@ DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, i
       e.seed_change += mad(l0, pipe.generate(leak, S, other, nullptr));
       ++e.samples;
     }
-  for (double* v : {&e.concept_base, &e.concept_lora, &e.other_base, &e.other_lora, &e.activation_change, &e.leak_change, &e.seed_change})
+  for (double* v : {&e.concept_base, &e.concept_lora, &e.other_base, &e.other_lora, &e.activation_change, &e.leak_change,
+                    &e.seed_change, &e.colours_base, &e.colours_lora})
     *v /= e.samples;
   return e;
 }

@@ -36,6 +36,9 @@ struct DemoModelOptions {
   float shape_contrast = 0.0f;    // weight of the word contrast term (WordContrast below; 0: off)
   float contrast_margin = 0.02f;  // the loss gap it asks for between a wrong and the true word
   float count_contrast = 0.0f;    // share of its pictures whose wrong caption changes the count, not the shape
+  // Share of captions whose shape word is a made-up one (made_up_word): the model learns to draw the
+  // colours, size and count of a caption whose shape it does not know, as a new trigger word asks.
+  float novel_words = 0.0f;
   float ema_decay = 0.999f;      // the saved transformer and text encoder are this average of weights (0: off)
   // End the transformer run after this many of its dit_steps (0: all of them), as a run stopped there
   // would: the learning-rate schedule stays that of dit_steps. A recipe can so name a stopped run.
@@ -115,10 +118,14 @@ void make_demo_job(const DemoJobOptions& opt);
 // - change: mean absolute pixel change (in [0, 1] units) that the LoRA causes on those prompts,
 //   and on the same prompts naming a known shape instead of the trigger (the leak: should stay small);
 //   for scale, the change another seed makes to the base model's picture of those prompts (what "not
-//   the same picture" looks like).
+//   the same picture" looks like);
+// - colours: the share of those trigger pictures whose shape colour and background (read_picture)
+//   are the ones the prompt names, without and with the LoRA: a LoRA that teaches a form should
+//   leave the prompt's colours to the base model.
 struct DemoEval {
   double concept_base = 0, concept_lora = 0, other_base = 0, other_lora = 0;
   double activation_change = 0, leak_change = 0, seed_change = 0;
+  double colours_base = 0, colours_lora = 0;
   int samples = 0;
 };
 DemoEval demo_eval(const std::string& model_dir, const std::string& lora_path, int seeds, int steps);

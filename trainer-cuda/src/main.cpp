@@ -38,7 +38,7 @@ static const char* kUsage =
     "  bench [--steps N]                                 CPU ms per LoRA step: tiny model, demo model (16 and 64 image tokens)\n"
     "  demo-model <dir> [--quick] [--seed N] [--pictures N] [--ae-steps N] [--dit-steps N] [--batch N]\n"
     "             [--latent-factor 2|4] [--resume [--transformer-from <model-dir>]] [--decoder-steps N] [--lr X] [--stop-at N]\n"
-    "             [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X]\n"
+    "             [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X] [--novel-words X]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
     "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
@@ -226,6 +226,10 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.contrast_margin = std::stof(a[++i]);
     } else if (a[i] == "--count-contrast" && i + 1 < a.size()) {
       o.count_contrast = std::stof(a[++i]);
+    } else if (a[i] == "--novel-words" && i + 1 < a.size()) {
+      o.novel_words = std::stof(a[++i]);
+      if (!(o.novel_words >= 0 && o.novel_words <= 1))
+        fail("demo-model: --novel-words " + a[i] + ": give the share of captions (0 to 1) that name the shape by a made-up word");
     } else {
       fail("demo-model: unknown argument '" + a[i] + "'");
     }
@@ -272,13 +276,13 @@ static int cmd_demo_eval(const std::vector<std::string>& a) {
   eval_options(a, 3, "demo-eval", &seeds, &steps);
   DemoEval e = demo_eval(a[1], a[2], seeds, steps);
   std::printf("demo-eval over %d samples: bar (zxq) IoU %.3f -> %.3f (closest base shape %.3f -> %.3f); "
-              "pixel change with the trigger %.4f, without it (leak) %.4f (another seed: %.4f)\n",
-              e.samples, e.concept_base, e.concept_lora, e.other_base, e.other_lora, e.activation_change, e.leak_change,
-              e.seed_change);
+              "colours as asked %.0f%% -> %.0f%%; pixel change with the trigger %.4f, without it (leak) %.4f (another seed: %.4f)\n",
+              e.samples, e.concept_base, e.concept_lora, e.other_base, e.other_lora, 100 * e.colours_base,
+              100 * e.colours_lora, e.activation_change, e.leak_change, e.seed_change);
   nlohmann::json j = {{"samples", e.samples}, {"concept_iou_base", e.concept_base}, {"concept_iou_lora", e.concept_lora},
                       {"other_iou_base", e.other_base}, {"other_iou_lora", e.other_lora},
                       {"activation_change", e.activation_change}, {"leak_change", e.leak_change},
-                      {"seed_change", e.seed_change}};
+                      {"seed_change", e.seed_change}, {"colours_base", e.colours_base}, {"colours_lora", e.colours_lora}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

@@ -86,6 +86,18 @@ std::string caption(const Scene& s) {
          noun + " on " + article(palette()[s.background].name) + " background";
 }
 
+std::string made_up_word(Rng& rng) {
+  for (;;) {
+    std::string w(3 + rng.next() % 3, 'a');
+    for (char& c : w) c = (char)('a' + rng.next() % 26);
+    bool taken = w == "zxq" || w == "a" || w == "two" || w == "three" || w == "large" || w == "small" || w == "star" ||
+                 w == "bar" || w == "on" || w == "an";
+    for (Shape sh : kBaseShapeList) taken |= w == shape_name(sh);
+    for (const Colour& c : palette()) taken |= w == c.name;
+    if (!taken) return w;
+  }
+}
+
 // Inside test in coordinates relative to the shape's centre, scaled so the shape spans [-1, 1].
 static bool inside(Shape shape, float x, float y) {
   switch (shape) {

@@ -8,6 +8,8 @@
 
 namespace graft {
 
+struct Rng;
+
 enum class Shape { Circle, Square, Triangle, Diamond, Cross, Star, Bar };
 // The shapes the base model learns, in enum order; the star and the bar are kept out as new concepts.
 constexpr int kBaseShapes = 5;
@@ -39,6 +41,11 @@ Scene random_scene_of(Shape shape, const std::string& word, uint64_t seed, uint6
 
 // "two small red circles on a blue background"; "a large green zxq on a white background".
 std::string caption(const Scene& s);
+
+// A word of 3 to 5 lowercase letters that no caption uses: not a shape, colour, count or size word,
+// nor "zxq", the demo LoRA's trigger. Captions that name the shape by such a word teach the base
+// model what a user's new trigger word will ask of it: draw the colours and count the caption names.
+std::string made_up_word(Rng& rng);
 
 // Rasterised with 4x4 supersampling: [3, size, size] in [-1, 1].
 std::vector<float> draw(const Scene& s, int size);

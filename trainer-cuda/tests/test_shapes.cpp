@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "image_io.h"
+#include "rng.h"
 #include "shapes.h"
 #include "test.h"
 
@@ -49,6 +50,38 @@ TEST(shapes_are_deterministic_and_varied) {
   for (int k = 0; k < 5; ++k) CHECK(shapes[k] > 20);
   Scene z = random_scene_of(Shape::Star, "zxq", 3, 0);
   CHECK(caption(z).find("zxq") != std::string::npos);
+}
+
+TEST(shapes_made_up_words_are_new_to_captions) {
+  // The caption vocabulary: every word a caption of the demo world can hold.
+  std::vector<std::string> vocab = {"a", "an", "two", "three", "large", "small", "on", "background", "zxq", "star", "bar"};
+  for (Shape sh : kBaseShapeList) vocab.push_back(shape_name(sh));
+  for (const Colour& c : palette()) vocab.push_back(c.name);
+  int lengths[6] = {0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < 3000; ++i) {
+    Rng a(5, 1, i), b(5, 1, i);
+    const std::string w = made_up_word(a);
+    CHECK(w == made_up_word(b));
+    CHECK(w.size() >= 3 && w.size() <= 5);
+    for (char c : w) CHECK(c >= 'a' && c <= 'z');
+    for (const std::string& v : vocab) CHECK(w != v);
+    lengths[w.size()]++;
+  }
+  for (int n = 3; n <= 5; ++n) CHECK(lengths[n] > 800);
+  // A draw that collides is drawn again: find a stream whose first draw (the same letters
+  // made_up_word draws first) is a caption word, and check that made_up_word gives another.
+  int redraws = 0;
+  for (uint64_t i = 0; i < 200000 && redraws == 0; ++i) {
+    Rng r(9, 2, i);
+    std::string w(3 + r.next() % 3, 'a');
+    for (char& c : w) c = (char)('a' + r.next() % 26);
+    if (w == "red" || w == "zxq" || w == "two") {
+      Rng again(9, 2, i);
+      CHECK(made_up_word(again) != w);
+      ++redraws;
+    }
+  }
+  CHECK(redraws == 1);
 }
 
 TEST(png_round_trip_and_errors) {
