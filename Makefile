@@ -50,7 +50,7 @@ test: test-trainer test-ts
 DEMO_MODEL := presets/graft-tiny
 DEMO_JOB := output/demo_zxq
 demo: trainer ts
-	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 2.5 hours on 2 cores)"; exit 1; }
+	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 6 hours on 2 cores)"; exit 1; }
 	@node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes >/dev/null 2>&1 || true
 	@rm -rf $(DEMO_JOB)
 	$(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB)
@@ -58,19 +58,31 @@ demo: trainer ts
 	node dist/src/cli.js watch $(DEMO_JOB)
 	@echo "outputs: $$(pwd)/$(DEMO_JOB) (samples/, demo_zxq.safetensors); measure the LoRA with: $(TRAINER) demo-eval $(DEMO_MODEL) $(DEMO_JOB)/demo_zxq.safetensors"
 
-# Reproduces the shipped demo model weights (settings recorded in $(DEMO_MODEL)/model.json).
+# Reproduces the shipped demo model weights (settings recorded in $(DEMO_MODEL)/model.json). First a model
+# on a factor-4 autoencoder (8x8 latents, 16 image tokens: fast to train, but small shapes come out as
+# blobs) in $(DEMO_MODEL_F4); then the shipped factor-2 autoencoder (16x16 latents, 64 tokens), whose
+# text encoder and transformer start from that model's. Two of the factor-2 runs were stopped at a save
+# (--stop-at names where); the last also names 10% of shapes by made-up words (--novel-words).
+DEMO_MODEL_F4 := output/demo-model-f4
+CONTRAST_RUN := --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05 --count-contrast 0.5
 demo-model: trainer
-	$(TRAINER) demo-model $(DEMO_MODEL) --latent-factor 4 --ae-steps 800 --dit-steps 3000 --batch 8 --ema-decay 0
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 3500 --batch 8 --lr 3e-4 --ema-decay 0
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 8000 --batch 8 --lr 3e-4 --ema-decay 0.999
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --decoder-steps 3000 --dit-steps 0
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 10000 --batch 8 --lr 3e-4 --ema-decay 0.999
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 2000 --batch 8 --lr 3e-4 --ema-decay 0.999
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 1000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 7000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 5000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --decoder-steps 1500 --dit-steps 0
-	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 7000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05 --count-contrast 0.5
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --latent-factor 4 --ae-steps 800 --dit-steps 3000 --batch 8 --ema-decay 0
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 3500 --batch 8 --lr 3e-4 --ema-decay 0
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 8000 --batch 8 --lr 3e-4 --ema-decay 0.999
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --decoder-steps 3000 --dit-steps 0
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 10000 --batch 8 --lr 3e-4 --ema-decay 0.999
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 2000 --batch 8 --lr 3e-4 --ema-decay 0.999
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 1000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 7000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 5000 --batch 8 --lr 3e-4 --ema-decay 0.999 --shape-contrast 1 --contrast-margin 0.05
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --decoder-steps 1500 --dit-steps 0
+	$(TRAINER) demo-model $(DEMO_MODEL_F4) --resume --dit-steps 7000 $(CONTRAST_RUN)
+	$(TRAINER) demo-model $(DEMO_MODEL) --ae-steps 1500 --batch 8 --dit-steps 0
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --transformer-from $(DEMO_MODEL_F4) --dit-steps 7000 --stop-at 2000 $(CONTRAST_RUN)
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 11000 $(CONTRAST_RUN)
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 10000 $(CONTRAST_RUN)
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 20000 --stop-at 2500 $(CONTRAST_RUN)
+	$(TRAINER) demo-model $(DEMO_MODEL) --resume --dit-steps 22000 $(CONTRAST_RUN) --novel-words 0.1
 	$(TRAINER) demo-model-eval $(DEMO_MODEL)
 
 ts: npm

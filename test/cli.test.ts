@@ -43,8 +43,8 @@ describe('graft (built)', () => {
     const r = run('prepare', file);
     expect(r.status, r.stderr).toBe(0);
     const lines = r.stdout.trim().split('\n');
-    expect(lines[0]).toBe(`dataset 1/1: ${data} (resolutions 32, divisibility 8)`);
-    expect(lines).toContain(`dataset ${data}: 2 images -> 4 items; buckets 32x24 x2, 24x32 x2; captions 1 from .txt`);
+    expect(lines[0]).toBe(`dataset 1/1: ${data} (resolutions 32, divisibility 4)`);
+    expect(lines).toContain(`dataset ${data}: 2 images -> 4 items; buckets 36x24 x2, 24x36 x2; captions 1 from .txt`);
     expect(lines).toContain('  1 image without a caption: trained on the trigger word "zxq" alone');
     expect(r.stdout).toMatch(/prepared 2\/2 images \(2 PNGs written, 0 reused\)/);
     expect(r.stdout).toMatch(/prepared 2 images into 4 items in [\d.]+ s: 2 PNGs written, 0 reused, 0 stale removed/);

@@ -33,6 +33,8 @@ interface DemoEval {
   activation_change: number;
   leak_change: number;
   seed_change: number;
+  colours_base: number;
+  colours_lora: number;
 }
 
 it('the shortened demo LoRA draws bars for zxq and leaves prompts without it nearly unchanged', () => {
@@ -47,42 +49,50 @@ it('the shortened demo LoRA draws bars for zxq and leaves prompts without it nea
   const e = JSON.parse(out.trim().split('\n').at(-1)!) as DemoEval;
   console.log(out.trim().split('\n')[0]);
   expect(e.samples).toBe(6);
-  // Thresholds: the gain measured on the full 600-step run (+0.16 over 24 samples; this run +0.16 over
+  // Thresholds: the gain measured on the full 600-step run (+0.18 over 24 samples; this run +0.21 over
   // 6), halved for a run half as long at 2 seeds.
   expect(e.concept_iou_lora - e.concept_iou_base).toBeGreaterThan(0.08);
   expect(e.concept_iou_lora).toBeGreaterThan(e.other_iou_lora - 0.2);
   // The leak is measured against what another seed changes in the base model's own picture.
   expect(e.leak_change).toBeLessThan(0.7 * e.seed_change);
+  // The base model keeps the colours a caption names for a shape word it does not know (trained with
+  // made-up shape words): 4 of these 6 zxq pictures, 75% over 24. The LoRA loses some (50% here, 54%
+  // over 24): it learns the colour pairs of its twenty pictures along with the bar; more than a third
+  // lost would be a LoRA that draws its training pictures whatever the prompt says.
+  expect(e.colours_base).toBeGreaterThanOrEqual(0.5);
+  expect(e.colours_lora).toBeGreaterThan(e.colours_base - 0.34);
 }, 900_000);
 
 it('the shipped demo model draws the shapes, colours and backgrounds its prompts ask for', () => {
   // demo-model-eval reads back 40 pictures of one large shape (5 shapes x 4 colour pairs, two seeds).
-  // The shipped model draws 94% of shapes, 100% of colours and 100% of backgrounds over 80 pictures
-  // (95%, 100%, 100% on these seeds); the model before the count-word contrast drew 78% of shapes
-  // (77.5% here, below the threshold), and chance is 20%.
+  // The shipped model draws 92% of shapes, 100% of colours and 100% of backgrounds over 80 pictures
+  // (100%, 100%, 100% on these seeds); the factor-4 model before it 95% here, the one before its
+  // count-word contrast 77.5%, below the threshold; chance is 20%.
   const out = run(TRAINER, ['demo-model-eval', MODEL, '--seeds', '2']);
   const e = JSON.parse(out.trim().split('\n').at(-1)!) as {
     samples: number;
     shape: number;
     colour: number;
     background: number;
-    autoencoder: { large: number };
+    autoencoder: { large: number; small: number };
     small: { shape: number };
     counts: { samples: number; right: number; drawn: number };
   };
   console.log(out.trim().split('\n').slice(0, 3).join('\n'));
   expect(e.samples).toBe(40);
-  expect(e.shape).toBeGreaterThanOrEqual(0.85);
+  expect(e.shape).toBeGreaterThanOrEqual(0.9);
   expect(e.colour).toBeGreaterThanOrEqual(0.85);
   expect(e.background).toBeGreaterThanOrEqual(0.9);
-  // The autoencoder gives every large outline back (small ones it rounds off: about 60% come back right).
+  // The autoencoder gives every large outline back, and 75% of small ones here (76% over 80; the
+  // factor-4 autoencoder gave back 61%: it rounded small shapes off).
   expect(e.autoencoder.large).toBeGreaterThanOrEqual(0.95);
-  // Small shapes are the model's weak spot: 40% drawn as asked on these seeds (38% over 80 pictures),
-  // against 20% for a model that draws every small shape as the same blob.
-  expect(e.small.shape).toBeGreaterThanOrEqual(0.3);
+  expect(e.autoencoder.small).toBeGreaterThanOrEqual(0.7);
+  // Small shapes: 52% drawn as asked on these seeds (56% over 80 pictures); the factor-4 model drew
+  // 40% here, and one that draws every small shape as the same blob scores 20%.
+  expect(e.small.shape).toBeGreaterThanOrEqual(0.45);
   // Counts (50 pictures: a / two large, a / two / three small): the measure reads every true drawing of
-  // those captions right, and the model 37 of its own (74%; 72% over 100 pictures). The model before
-  // the count-word contrast read 33 (66%), below this threshold.
+  // those captions right, and the model 36 of its own (72%; 69% over 100 pictures). The factor-4 model
+  // before its count-word contrast read 33 (66%), below this threshold.
   expect(e.counts.samples).toBe(50);
   expect(e.counts.drawn).toBeGreaterThanOrEqual(0.96);
   expect(e.counts.right).toBeGreaterThanOrEqual(0.68);

@@ -84,9 +84,9 @@ describe('graft prepare', () => {
     expect(job.network).toEqual({ type: 'lora', linear: 4, linear_alpha: 4 });
     const ds = job.datasets[0];
     expect(ds).toMatchObject({ folder: data, weight: 2, is_reg: false, caption_dropout_rate: 0.1 });
-    // One bucket (64x32 at 32 px -> 40x16: area <= 32^2, sides multiples of 8), four flip variants.
+    // One bucket (64x32 at 32 px -> 44x20: area <= 32^2, sides multiples of 4), four flip variants.
     expect(ds.items.map((it: any) => [it.width, it.height, it.flip_x, it.flip_y, it.repeats])).toEqual([
-      [40, 16, false, false, 3], [40, 16, true, false, 3], [40, 16, false, true, 3], [40, 16, true, true, 3],
+      [44, 20, false, false, 3], [44, 20, true, false, 3], [44, 20, false, true, 3], [44, 20, true, true, 3],
     ]);
     expect(new Set(ds.items.map((it: any) => it.image)).size).toBe(1); // the trainer flips: one PNG
     expect(job.sample).toMatchObject({ skip_first_sample: true, walk_seed: true, seed: 10 });
@@ -108,7 +108,7 @@ describe('graft prepare', () => {
     const { job } = await run(config({ datasets: [{ folder_path: data, resolution: [32, 64], default_caption: 'x' }] }));
     const items = job.datasets[0].items;
     const big = items.filter((it: any) => it.source.endsWith('big.png')).map((it: any) => `${it.width}x${it.height}`);
-    expect(big).toEqual(['32x24', '72x48']); // 96x64 at 32 and at 64 (never upscaled)
+    expect(big).toEqual(['36x24', '76x52']); // 96x64 at 32 and at 64 (never upscaled)
     expect(items).toHaveLength(7);
     expect(items.filter((it: any) => it.source.endsWith('alpha.png')).map((it: any) => `${it.width}x${it.height}`)).toEqual(['32x32']);
     for (const it of items) {
@@ -126,7 +126,7 @@ describe('graft prepare', () => {
     await writeImage(join(data, 'turned.jpg'), { width: 64, height: 32, format: 'jpeg', orientation: 6 });
     const { job } = await run(config({ datasets: [{ folder_path: data, default_caption: 'x' }] }));
     const it = job.datasets[0].items[0];
-    expect([it.width, it.height]).toEqual([16, 40]);
+    expect([it.width, it.height]).toEqual([20, 44]);
     const { data: px, info } = await sharp(join(jobDir(), it.image)).raw().toBuffer({ resolveWithObject: true });
     const at = (x: number, y: number) => [...px.subarray((y * info.width + x) * 3, (y * info.width + x) * 3 + 3)];
     expect(at(8, 4)[0]).toBeGreaterThan(150); // top: red
@@ -166,16 +166,16 @@ describe('graft prepare', () => {
     writeFileSync(join(data, 'garbage.jpg'), 'not an image at all');
     const png = readFileSync(join(data, 'good.png'));
     writeFileSync(join(data, 'cut.png'), png.subarray(0, 60)); // header intact, pixels cut off
-    await writeImage(join(data, 'tiny.png'), { width: 6, height: 40 });
+    await writeImage(join(data, 'tiny.png'), { width: 3, height: 40 });
     const { summary, job, lines } = await run(config({ datasets: [{ folder_path: data, default_caption: 'x' }] }));
     expect(job.datasets[0].items.map((it: any) => it.source.split('/').pop())).toEqual(['good.png']);
     const skipped = summary.datasets[0]!.skipped;
     expect(skipped.map((s) => s.file)).toEqual(['cut.png', 'garbage.jpg', 'tiny.png']);
     expect(skipped[0]!.reason).toMatch(/^cannot decode/);
     expect(skipped[1]!.reason).toContain('not a readable image');
-    expect(skipped[2]!.reason).toBe("6x40 px is smaller than this model's 8 px minimum side");
+    expect(skipped[2]!.reason).toBe("3x40 px is smaller than this model's 4 px minimum side");
     expect(lines).toContain('  3 files skipped:');
-    expect(lines).toContain("    tiny.png: 6x40 px is smaller than this model's 8 px minimum side");
+    expect(lines).toContain("    tiny.png: 3x40 px is smaller than this model's 4 px minimum side");
   });
 
   it('says what is wrong, in one line, and leaves no job.json', async () => {
