@@ -264,6 +264,15 @@ describe('graft-trainer', () => {
       expect(existsSync(dir)).toBe(false);
     });
 
+    it('an option whose value is not a number', () => {
+      const dir = join(tempDir(), 'model');
+      expectOneLineError(trainer(['demo-model', dir, '--dit-steps', '5x']), "demo-model: --dit-steps '5x': expected a number");
+      expectOneLineError(trainer(['demo-model', dir, '--seed', '-3']), "--seed '-3'");
+      expect(existsSync(dir)).toBe(false);
+      expectOneLineError(trainer(['sample', 'presets/graft-tiny', '--out', join(dir, 'x.png'), '--lora', 'a.safetensors:big']), "the scale 'big'");
+      expectOneLineError(trainer(['demo-model-eval', 'presets/graft-tiny', '--seeds', 'x']), "demo-model-eval: --seeds 'x'");
+    });
+
     it('a malformed job.json', () => {
       const dir = tinyJob();
       writeFileSync(join(dir, 'job.json'), '{"name": "tiny", "train": {"lr": ');

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -50,6 +51,29 @@ static const char* kUsage =
 
 static void need_args(const std::vector<std::string>& a, size_t n, const char* cmd) {
   if (a.size() < n) fail(std::string(cmd) + ": missing arguments\n" + kUsage);
+}
+
+// v as a number of type T, all of it; otherwise an error that names `what` (command and option) and v.
+template <class T>
+static T parse_number(const std::string& v, const std::string& what) {
+  size_t used = 0;
+  T out{};
+  try {
+    if constexpr (std::is_same_v<T, float>) out = std::stof(v, &used);
+    else if constexpr (std::is_same_v<T, int>) out = std::stoi(v, &used);
+    else out = (T)std::stoull(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const bool negative = !std::is_same_v<T, float> && !std::is_same_v<T, int> && v.find('-') != std::string::npos;
+  if (used == 0 || used != v.size() || negative) fail(what + " '" + v + "': expected a number");
+  return out;
+}
+
+// The value of option a[i - 1] of `cmd`, as a number.
+template <class T>
+static T number_arg(const std::vector<std::string>& a, size_t i, const char* cmd) {
+  return parse_number<T>(a[i], std::string(cmd) + ": " + a[i - 1]);
 }
 
 static int cmd_forward(const std::vector<std::string>& a) {
@@ -108,7 +132,7 @@ static int cmd_make_tiny(const std::vector<std::string>& a) {
   need_args(a, 2, "make-tiny");
   uint64_t seed = 1;
   for (size_t i = 2; i < a.size(); ++i) {
-    if (a[i] == "--seed" && i + 1 < a.size()) seed = std::stoull(a[++i]);
+    if (a[i] == "--seed" && i + 1 < a.size()) seed = number_arg<uint64_t>(a, ++i, "make-tiny");
     else fail("make-tiny: unknown argument '" + a[i] + "'");
   }
   make_tiny(a[1], seed);
@@ -152,7 +176,7 @@ static double bench_lora_step(FluxModel& model, int B, int side, int L_txt, int 
 static int cmd_bench(const std::vector<std::string>& a) {
   int steps = 50;
   for (size_t i = 1; i < a.size(); ++i) {
-    if (a[i] == "--steps" && i + 1 < a.size()) steps = std::stoi(a[++i]);
+    if (a[i] == "--steps" && i + 1 < a.size()) steps = number_arg<int>(a, ++i, "bench");
     else fail("bench: unknown argument '" + a[i] + "'");
   }
   char tmpl[] = "/tmp/graft-bench-XXXXXX";
@@ -194,40 +218,40 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.dit_batch = 4;
       o.log_every = 2;
     } else if (a[i] == "--seed" && i + 1 < a.size()) {
-      o.seed = std::stoull(a[++i]);
+      o.seed = number_arg<uint64_t>(a, ++i, "demo-model");
     } else if (a[i] == "--resume") {
       o.resume = true;
     } else if (a[i] == "--latent-factor" && i + 1 < a.size()) {
-      o.latent_factor = std::stoi(a[++i]);
+      o.latent_factor = number_arg<int>(a, ++i, "demo-model");
       if (o.latent_factor != 2 && o.latent_factor != 4)
         fail("demo-model: --latent-factor " + a[i] + ": the demo autoencoder scales by 2 or 4");
     } else if (a[i] == "--transformer-from" && i + 1 < a.size()) {
       o.transformer_from = a[++i];
     } else if (a[i] == "--lr" && i + 1 < a.size()) {
-      o.dit_lr = std::stof(a[++i]);
+      o.dit_lr = number_arg<float>(a, ++i, "demo-model");
     } else if (a[i] == "--pictures" && i + 1 < a.size()) {
-      o.pictures = std::stoi(a[++i]);
+      o.pictures = number_arg<int>(a, ++i, "demo-model");
     } else if (a[i] == "--ae-steps" && i + 1 < a.size()) {
-      o.ae_steps = std::stoi(a[++i]);
+      o.ae_steps = number_arg<int>(a, ++i, "demo-model");
     } else if (a[i] == "--decoder-steps" && i + 1 < a.size()) {
-      o.decoder_steps = std::stoi(a[++i]);
+      o.decoder_steps = number_arg<int>(a, ++i, "demo-model");
     } else if (a[i] == "--dit-steps" && i + 1 < a.size()) {
-      o.dit_steps = std::stoi(a[++i]);
+      o.dit_steps = number_arg<int>(a, ++i, "demo-model");
     } else if (a[i] == "--batch" && i + 1 < a.size()) {
-      o.ae_batch = o.dit_batch = std::stoi(a[++i]);
+      o.ae_batch = o.dit_batch = number_arg<int>(a, ++i, "demo-model");
     } else if (a[i] == "--stop-at" && i + 1 < a.size()) {
-      o.stop_at = std::stoi(a[++i]);
+      o.stop_at = number_arg<int>(a, ++i, "demo-model");
       if (o.stop_at < 1) fail("demo-model: --stop-at " + a[i] + ": give the step (1 or more) to stop the run at");
     } else if (a[i] == "--ema-decay" && i + 1 < a.size()) {
-      o.ema_decay = std::stof(a[++i]);
+      o.ema_decay = number_arg<float>(a, ++i, "demo-model");
     } else if (a[i] == "--shape-contrast" && i + 1 < a.size()) {
-      o.shape_contrast = std::stof(a[++i]);
+      o.shape_contrast = number_arg<float>(a, ++i, "demo-model");
     } else if (a[i] == "--contrast-margin" && i + 1 < a.size()) {
-      o.contrast_margin = std::stof(a[++i]);
+      o.contrast_margin = number_arg<float>(a, ++i, "demo-model");
     } else if (a[i] == "--count-contrast" && i + 1 < a.size()) {
-      o.count_contrast = std::stof(a[++i]);
+      o.count_contrast = number_arg<float>(a, ++i, "demo-model");
     } else if (a[i] == "--novel-words" && i + 1 < a.size()) {
-      o.novel_words = std::stof(a[++i]);
+      o.novel_words = number_arg<float>(a, ++i, "demo-model");
       if (!(o.novel_words >= 0 && o.novel_words <= 1))
         fail("demo-model: --novel-words " + a[i] + ": give the share of captions (0 to 1) that name the shape by a made-up word");
     } else {
@@ -249,7 +273,7 @@ static int cmd_demo_job(const std::vector<std::string>& a) {
   o.model_dir = a[1];
   o.job_dir = a[2];
   for (size_t i = 3; i < a.size(); ++i) {
-    if (a[i] == "--steps" && i + 1 < a.size()) o.steps = std::stoi(a[++i]);
+    if (a[i] == "--steps" && i + 1 < a.size()) o.steps = number_arg<int>(a, ++i, "demo-job");
     else fail("demo-job: unknown argument '" + a[i] + "'");
   }
   make_demo_job(o);
@@ -263,8 +287,8 @@ static void eval_options(const std::vector<std::string>& a, size_t first, const 
                          int* steps) {
   *seeds = 4, *steps = 20;
   for (size_t i = first; i < a.size(); ++i) {
-    if (a[i] == "--seeds" && i + 1 < a.size()) *seeds = std::stoi(a[++i]);
-    else if (a[i] == "--steps" && i + 1 < a.size()) *steps = std::stoi(a[++i]);
+    if (a[i] == "--seeds" && i + 1 < a.size()) *seeds = parse_number<int>(a[++i], cmd + ": --seeds");
+    else if (a[i] == "--steps" && i + 1 < a.size()) *steps = parse_number<int>(a[++i], cmd + ": --steps");
     else fail(cmd + ": unknown argument '" + a[i] + "'");
   }
   if (*seeds < 1 || *steps < 1) fail(cmd + ": --seeds and --steps must be at least 1");
@@ -339,12 +363,12 @@ static int cmd_sample(const std::vector<std::string>& a) {
     };
     if (a[i] == "--prompt") prompts.push_back(next());
     else if (a[i] == "--out") out = next();
-    else if (a[i] == "--size") size = std::stoi(next());
-    else if (a[i] == "--steps") sp.steps = std::stoi(next());
-    else if (a[i] == "--cfg") sp.cfg_scale = std::stof(next());
-    else if (a[i] == "--seed") sp.seed = std::stoull(next());
+    else if (a[i] == "--size") size = parse_number<int>(next(), "sample: --size");
+    else if (a[i] == "--steps") sp.steps = parse_number<int>(next(), "sample: --steps");
+    else if (a[i] == "--cfg") sp.cfg_scale = parse_number<float>(next(), "sample: --cfg");
+    else if (a[i] == "--seed") sp.seed = parse_number<uint64_t>(next(), "sample: --seed");
     else if (a[i] == "--lora") lora_arg = next();
-    else if (a[i] == "--scale") scale_up = std::stoi(next());
+    else if (a[i] == "--scale") scale_up = parse_number<int>(next(), "sample: --scale");
     else fail("sample: unknown argument '" + a[i] + "'");
   }
   if (out.empty()) fail("sample: --out <file.png> is required");
@@ -356,7 +380,7 @@ static int cmd_sample(const std::vector<std::string>& a) {
     size_t colon = lora_arg.rfind(':');
     if (colon != std::string::npos && colon > 0) {
       path = lora_arg.substr(0, colon);
-      scale = std::stof(lora_arg.substr(colon + 1));
+      scale = parse_number<float>(lora_arg.substr(colon + 1), "sample: --lora " + lora_arg + ": the scale");
     }
     lora = lora_load(path, flux_lora_targets(pipe.transformer.cfg, true), scale);
   }
