@@ -42,7 +42,7 @@ static const char* kUsage =
     "             [--ema-decay X] [--shape-contrast X] [--contrast-margin X] [--count-contrast X] [--novel-words X]\n"
     "                                                    train the built-in demo model from scratch\n"
     "  demo-job <model-dir> <job-dir> [--steps N]        the demo LoRA job: dataset, regularization set, config.yaml\n"
-    "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak\n"
+    "  demo-eval <model-dir> <lora> [--seeds N]          measure the demo LoRA: concept learnt, leak, colours kept\n"
     "  demo-model-eval <model-dir> [--seeds N]           measure the base model: shapes, colours, backgrounds drawn as asked\n"
     "  sample <model-dir> --out F.png [--prompt P]... [--size N] [--steps N] [--cfg X] [--seed N] [--lora F[:scale]] [--scale N]\n"
     "                                                    images for prompts (several prompts: a contact sheet)\n"
