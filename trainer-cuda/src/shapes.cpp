@@ -90,9 +90,9 @@ std::string made_up_word(Rng& rng) {
   for (;;) {
     std::string w(3 + rng.next() % 3, 'a');
     for (char& c : w) c = (char)('a' + rng.next() % 26);
-    bool taken = w == "zxq" || w == "a" || w == "two" || w == "three" || w == "large" || w == "small" || w == "star" ||
-                 w == "bar" || w == "on" || w == "an";
-    for (Shape sh : kBaseShapeList) taken |= w == shape_name(sh);
+    // The caption words of 3 to 5 letters that no loop below covers (shorter and longer ones cannot come up).
+    bool taken = w == "zxq" || w == "two" || w == "three" || w == "large" || w == "small";
+    for (int sh = 0; sh <= (int)Shape::Bar; ++sh) taken |= w == shape_name((Shape)sh);
     for (const Colour& c : palette()) taken |= w == c.name;
     if (!taken) return w;
   }
