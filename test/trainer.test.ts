@@ -225,6 +225,20 @@ describe('graft-trainer', () => {
     expect(trainer(['demo-job', dir, job, '--steps', '4']).status).toBe(0);
     expect(readFileSync(join(job, 'dataset/0000.txt'), 'utf8')).toMatch(/zxq/);
     expect(readFileSync(join(job, 'dataset_reg/0000.txt'), 'utf8')).not.toMatch(/zxq/);
+    // Its colour pairs: every colour of the palette two or three times as the bar's colour and as the
+    // background, none of the pairs demo-eval asks for, and no pair twice.
+    const pairs = Array.from({ length: 20 }, (_, i) => {
+      const caption = readFileSync(join(job, `dataset/${String(i).padStart(4, '0')}.txt`), 'utf8');
+      const m = caption.match(/^(?:a|two|three) (?:large|small) (\w+) zxqs? on an? (\w+) background\n$/);
+      expect(m, caption).not.toBeNull();
+      return [m![1], m![2]];
+    });
+    const tally = (words: string[]) => [...new Set(words)].map((w) => words.filter((x) => x === w).length).sort();
+    expect(tally(pairs.map((p) => p[0]))).toEqual([2, 2, 2, 2, 3, 3, 3, 3]);
+    expect(tally(pairs.map((p) => p[1]))).toEqual([2, 2, 2, 2, 3, 3, 3, 3]);
+    const joined = pairs.map((p) => p.join('/'));
+    expect(new Set(joined).size).toBe(20);
+    for (const asked of ['red/white', 'blue/yellow', 'green/black']) expect(joined).not.toContain(asked);
     // The ADVANCED and timestep options as the TUI writes them reach the trainer through preparation.
     const yaml = load(readFileSync(join(job, 'config.yaml'), 'utf8')) as any;
     Object.assign(yaml.config.process[0].train, {
