@@ -287,6 +287,23 @@ describe('graft-trainer', () => {
       expectOneLineError(trainer(['demo-model-eval', 'presets/graft-tiny', '--seeds', 'x']), "demo-model-eval: --seeds 'x'");
     });
 
+    it('an option whose number is out of range', () => {
+      const dir = join(tempDir(), 'model');
+      expectOneLineError(trainer(['demo-model', dir, '--batch', '0']), 'demo-model: --batch 0: must be at least 1');
+      expectOneLineError(trainer(['demo-model', dir, '--dit-steps', '-1']), '--dit-steps -1: must be at least 0');
+      expectOneLineError(trainer(['demo-model', dir, '--lr', '0']), '--lr 0: the learning rate must be above 0');
+      expectOneLineError(trainer(['demo-model', dir, '--ema-decay', '1']), '--ema-decay 1');
+      expect(existsSync(dir)).toBe(false);
+      expectOneLineError(trainer(['demo-job', 'presets/graft-tiny', dir, '--steps', '0']), 'demo-job: --steps 0: must be at least 1');
+      expect(existsSync(dir)).toBe(false);
+      // The picture side the demo model takes: a multiple of its autoencoder's factor 2 times 2x2 patches.
+      const png = join(dir, 'x.png');
+      expectOneLineError(trainer(['sample', 'presets/graft-tiny', '--out', png, '--size', '30']), 'sample: --size 30', 'a multiple of 4');
+      expectOneLineError(trainer(['sample', 'presets/graft-tiny', '--out', png, '--size', '0']), 'sample: --size 0');
+      expectOneLineError(trainer(['sample', 'presets/graft-tiny', '--out', png, '--scale', '0']), 'sample: --scale 0');
+      expect(existsSync(png)).toBe(false);
+    });
+
     it('a malformed job.json', () => {
       const dir = tinyJob();
       writeFileSync(join(dir, 'job.json'), '{"name": "tiny", "train": {"lr": ');

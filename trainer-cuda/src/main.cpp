@@ -76,6 +76,13 @@ static T number_arg(const std::vector<std::string>& a, size_t i, const char* cmd
   return parse_number<T>(a[i], std::string(cmd) + ": " + a[i - 1]);
 }
 
+// The value of option a[i - 1] of `cmd`, a whole number of at least `min` (steps, pictures, a batch).
+static int count_arg(const std::vector<std::string>& a, size_t i, const char* cmd, int min) {
+  const int v = number_arg<int>(a, i, cmd);
+  if (v < min) fail(std::string(cmd) + ": " + a[i - 1] + " " + a[i] + ": must be at least " + std::to_string(min));
+  return v;
+}
+
 static int cmd_forward(const std::vector<std::string>& a) {
   need_args(a, 4, "forward");
   std::string lora_path;
@@ -229,21 +236,24 @@ static int cmd_demo_model(const std::vector<std::string>& a) {
       o.transformer_from = a[++i];
     } else if (a[i] == "--lr" && i + 1 < a.size()) {
       o.dit_lr = number_arg<float>(a, ++i, "demo-model");
+      if (!(o.dit_lr > 0)) fail("demo-model: --lr " + a[i] + ": the learning rate must be above 0");
     } else if (a[i] == "--pictures" && i + 1 < a.size()) {
-      o.pictures = number_arg<int>(a, ++i, "demo-model");
+      o.pictures = count_arg(a, ++i, "demo-model", 1);
     } else if (a[i] == "--ae-steps" && i + 1 < a.size()) {
-      o.ae_steps = number_arg<int>(a, ++i, "demo-model");
+      o.ae_steps = count_arg(a, ++i, "demo-model", 0);
     } else if (a[i] == "--decoder-steps" && i + 1 < a.size()) {
-      o.decoder_steps = number_arg<int>(a, ++i, "demo-model");
+      o.decoder_steps = count_arg(a, ++i, "demo-model", 0);
     } else if (a[i] == "--dit-steps" && i + 1 < a.size()) {
-      o.dit_steps = number_arg<int>(a, ++i, "demo-model");
+      o.dit_steps = count_arg(a, ++i, "demo-model", 0);
     } else if (a[i] == "--batch" && i + 1 < a.size()) {
-      o.ae_batch = o.dit_batch = number_arg<int>(a, ++i, "demo-model");
+      o.ae_batch = o.dit_batch = count_arg(a, ++i, "demo-model", 1);
     } else if (a[i] == "--stop-at" && i + 1 < a.size()) {
       o.stop_at = number_arg<int>(a, ++i, "demo-model");
       if (o.stop_at < 1) fail("demo-model: --stop-at " + a[i] + ": give the step (1 or more) to stop the run at");
     } else if (a[i] == "--ema-decay" && i + 1 < a.size()) {
       o.ema_decay = number_arg<float>(a, ++i, "demo-model");
+      if (!(o.ema_decay >= 0 && o.ema_decay < 1))
+        fail("demo-model: --ema-decay " + a[i] + ": give the averaging decay, from 0 (no average) to below 1");
     } else if (a[i] == "--shape-contrast" && i + 1 < a.size()) {
       o.shape_contrast = number_arg<float>(a, ++i, "demo-model");
     } else if (a[i] == "--contrast-margin" && i + 1 < a.size()) {
@@ -273,7 +283,7 @@ static int cmd_demo_job(const std::vector<std::string>& a) {
   o.model_dir = a[1];
   o.job_dir = a[2];
   for (size_t i = 3; i < a.size(); ++i) {
-    if (a[i] == "--steps" && i + 1 < a.size()) o.steps = number_arg<int>(a, ++i, "demo-job");
+    if (a[i] == "--steps" && i + 1 < a.size()) o.steps = count_arg(a, ++i, "demo-job", 1);
     else fail("demo-job: unknown argument '" + a[i] + "'");
   }
   make_demo_job(o);
@@ -372,6 +382,11 @@ static int cmd_sample(const std::vector<std::string>& a) {
     else fail("sample: unknown argument '" + a[i] + "'");
   }
   if (out.empty()) fail("sample: --out <file.png> is required");
+  const int multiple = 2 * pipe.ae.cfg.downscale();  // the autoencoder's factor times the transformer's 2x2 patches
+  if (size < multiple || size % multiple)
+    fail("sample: --size " + std::to_string(size) + ": give the picture's side in pixels, a multiple of " +
+         std::to_string(multiple) + " for " + a[1]);
+  if (scale_up < 1) fail("sample: --scale " + std::to_string(scale_up) + ": give the enlargement, 1 or more");
   if (prompts.empty()) prompts.push_back("");
   LoraSet lora;
   if (!lora_arg.empty()) {
