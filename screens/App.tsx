@@ -6,6 +6,7 @@ import type { Loaded } from '../src/config/jobfile.js';
 import { probeGpus, type Gpu } from '../src/gpu.js';
 import { useDatasets } from '../src/hooks/useDatasets.js';
 import { useJobForm } from '../src/hooks/useJobForm.js';
+import { useKeyState } from '../src/hooks/useKeyState.js';
 import { useTerminalSize, type TermSize } from '../src/hooks/useTerminalSize.js';
 import type { Preset } from '../src/presets.js';
 import { useQueue, type DaemonClient } from '../src/hooks/useQueue.js';
@@ -49,7 +50,7 @@ export function App(props: AppProps) {
   const { exit } = useApp();
   const size = useTerminalSize(props.size);
   const [screen, setScreen] = useState<ScreenId>(props.initialScreen ?? (props.initial ? 'new' : 'dashboard'));
-  const [capture, setCapture] = useState(false);
+  const [, setCapture, capturing] = useKeyState(false);
   const [help, setHelp] = useState(false);
   const [gpus, setGpus] = useState<Gpu[] | undefined>(props.gpus);
   const queue = useQueue(store, props.daemon);
@@ -78,7 +79,7 @@ export function App(props: AppProps) {
 
   useInput((input, key) => {
     if (help) { setHelp(false); return; }
-    if (capture) return;
+    if (capturing()) return;
     if (input === '?') { setHelp(true); return; }
     const target = SCREENS.find((s) => s.key === input);
     if (target) { go(target.id); return; }

@@ -1,13 +1,14 @@
 // The New Job screen: panels on the left, the fields of every panel in one list, the YAML preview on the right
 // (or behind `p` on narrow terminals). Keys only; state lives in useJobForm.
 import { Box, Text, useInput } from 'ink';
-import { useEffect, useMemo, useState } from 'react';
+import { useMemo, useState } from 'react';
 import { dumpJobYaml } from '../src/config/document.js';
 import {
   addDataset, addPrompt, displayValue, duplicateDataset, parseInput, duplicatePrompt, editText, issuesFor, PANELS,
   removeDataset, removePrompt, type Field, type Option,
 } from '../src/config/fields.js';
 import type { JobForm } from '../src/hooks/useJobForm.js';
+import { useKeyState } from '../src/hooks/useKeyState.js';
 import { completePath } from '../src/util/complete.js';
 import { SelectList } from './components/SelectList.js';
 import { MessageLine, StatusBar, type Hint } from './components/StatusBar.js';
@@ -53,16 +54,25 @@ export interface NewJobProps {
 
 export function NewJob({ form, active, width, height, setCapture }: NewJobProps) {
   const { fields, errors, warnings, doc } = form;
-  const [focus, setFocus] = useState(0);
+  // Focus and overlay are key states: a key that comes before the previous one is drawn still sees
+  // where that key moved the focus and whether it opened an input (useKeyState).
+  const [focus, setFocus, focusNow] = useKeyState(0);
   const [multiCursor, setMultiCursor] = useState(0);
-  const [overlay, setOverlay] = useState<Overlay | undefined>();
+  const [overlay, setOverlayState, overlayNow] = useKeyState<Overlay | undefined>(undefined);
   const [showPreview, setShowPreview] = useState(true);
   const [confirmNew, setConfirmNew] = useState(false);
   const [scroll, setScroll] = useState(0);
 
-  useEffect(() => { setCapture(overlay !== undefined); }, [overlay, setCapture]);
+  // The frame's screen keys stop the moment an input or picker opens, not a render later.
+  const setOverlay = (next: Overlay | undefined | ((o: Overlay | undefined) => Overlay | undefined)) => {
+    setCapture(setOverlayState(next) !== undefined);
+  };
   const index = Math.min(focus, fields.length - 1);
   const field = fields[index]!;
+  const now = () => {
+    const i = Math.min(focusNow(), fields.length - 1);
+    return { index: i, field: fields[i]! };
+  };
   const allIssues = useMemo(() => [...errors, ...warnings], [errors, warnings]);
   const yamlLines = useMemo(() => dumpJobYaml(doc).split('\n'), [doc]);
 
@@ -77,13 +87,14 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   const moveTo = (i: number) => { setFocus(Math.max(0, Math.min(fields.length - 1, i))); setMultiCursor(0); };
   const jumpPanel = (dir: 1 | -1) => {
     const starts = panelStarts.filter((s) => s >= 0).sort((a, b) => a - b);
-    const cur = fields[index]!.panel;
+    const cur = now().field.panel;
     const curStart = fields.findIndex((f) => f.panel === cur);
     const pos = starts.indexOf(curStart);
     moveTo(starts[(pos + dir + starts.length) % starts.length]!);
   };
 
   const blockAction = (action: 'add' | 'dup' | 'remove') => {
+    const { field } = now();
     const b = field.block;
     if (field.panel === 'datasets') {
       const i = b?.index ?? 0;
@@ -104,6 +115,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   };
 
   const cycle = (dir: 1 | -1) => {
+    const { field } = now();
     if (field.kind === 'bool') return form.setField(field, !(field.get(doc) === true));
     if (field.kind === 'select' && field.options && field.options.length > 0) {
       const cur = field.options.findIndex((o) => o.value === field.get(doc));
@@ -115,6 +127,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   };
 
   const toggleMulti = () => {
+    const { field } = now();
     const opt = field.options?.[multiCursor];
     if (!opt) return;
     const cur = (field.get(doc) as unknown[]).filter((x): x is number => typeof x === 'number');
@@ -124,6 +137,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   };
 
   const activate = () => {
+    const { field } = now();
     switch (field.kind) {
       case 'bool': return form.setField(field, !(field.get(doc) === true));
       case 'multi': return toggleMulti();
@@ -139,15 +153,17 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   };
 
   useInput((input, key) => {
-    if (overlay?.kind === 'issues' || overlay?.kind === 'preview') {
-      if (key.escape || input === 'q' || (overlay.kind === 'issues' && input === 'i') || (overlay.kind === 'preview' && input === 'p')) setOverlay(undefined);
+    const { index, field } = now();
+    const open = overlayNow();
+    if (open?.kind === 'issues' || open?.kind === 'preview') {
+      if (key.escape || input === 'q' || (open.kind === 'issues' && input === 'i') || (open.kind === 'preview' && input === 'p')) setOverlay(undefined);
       if (key.upArrow || input === 'k') setScroll((s) => Math.max(0, s - 1));
       if (key.downArrow || input === 'j') setScroll((s) => s + 1);
       if (key.pageUp) setScroll((s) => Math.max(0, s - mainH));
       if (key.pageDown) setScroll((s) => s + mainH);
       return;
     }
-    if (overlay) return; // the input or picker has the keys
+    if (open) return; // the input or picker has the keys
     if (form.message) form.setMessage(undefined); // a message answers the previous key only
     if (input !== 'n') setConfirmNew(false);
     if (key.upArrow || input === 'k') return moveTo(index - 1);
@@ -211,7 +227,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
           key={editing.field.id}
           initial={editing.text}
           width={valueW}
-          onChange={(text) => setOverlay({ ...editing, text })}
+          onChange={(text) => setOverlay((o) => (o?.kind === 'edit' ? { ...o, text } : o))}
           onSubmit={(text) => { form.setField(f, parseInput(f, text)); setOverlay(undefined); }}
           onCancel={() => setOverlay(undefined)}
           onComplete={f.kind === 'folder' ? (v) => completePath(v, true) : undefined}
@@ -330,7 +346,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
           <TextInput
             initial={overlay.text}
             width={width - 12}
-            onChange={(text) => setOverlay({ ...overlay, text })}
+            onChange={(text) => setOverlay((o) => (o?.kind === 'load' ? { ...o, text } : o))}
             onSubmit={(text) => { if (form.load(text)) { moveTo(0); setOverlay(undefined); } }}
             onCancel={() => setOverlay(undefined)}
             onComplete={(v) => completePath(v, false)}

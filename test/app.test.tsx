@@ -111,4 +111,30 @@ describe('text input', () => {
     expect(r.lastFrame()).toContain('new job (unsaved)');
     r.unmount();
   });
+
+  it('keys that arrive faster than the screen redraws are all kept, in order', async () => {
+    // Each key reaches the handlers in its own turn, as packets do, but before React has drawn the key
+    // before it: a burst over ssh, or a loaded machine. None may start from the text before the last key.
+    const burst = async (keys: string[]) => {
+      for (const k of keys) {
+        r.stdin.write(k);
+        await Promise.resolve();
+      }
+      await settle();
+    };
+    const r = await app({ initialScreen: 'new' });
+    await press(r, KEY.enter, KEY.ctrlU);
+    await burst([...'fast_name', KEY.left, KEY.left, KEY.backspace, 'X']);
+    await press(r, KEY.enter);
+    expect(r.lastFrame()).toMatch(/Training Name\s+fast_nXme/);
+    // Moves: three panels on and one field down is TARGET's Linear Rank, however fast they come.
+    await burst([KEY.tab, KEY.tab, KEY.tab, KEY.down]);
+    expect(r.lastFrame()).toContain('Linear Rank: Rank of the adapter');
+    // The Enter that accepts an input is the input's alone, and the key after it is the form's again.
+    await press(r, KEY.enter, KEY.ctrlU);
+    await burst(['1', '6', KEY.enter, KEY.down]);
+    expect(r.lastFrame()).toMatch(/Linear Rank\s+16\s/);
+    expect(r.lastFrame()).toContain('Data Type: ');
+    r.unmount();
+  });
 });

@@ -1,6 +1,6 @@
 // A one-line text input: arrows, Home/End, Backspace/Delete, Ctrl+U clears, Tab completes, Enter accepts, Esc cancels.
 import { Text, useInput } from 'ink';
-import { useState } from 'react';
+import { useKeyState } from '../../src/hooks/useKeyState.js';
 
 export interface TextInputProps {
   initial: string;
@@ -15,16 +15,17 @@ export interface TextInputProps {
 }
 
 export function TextInput(props: TextInputProps) {
-  const [value, setValue] = useState(props.initial);
-  const [cursor, setCursor] = useState(props.initial.length);
-
+  // Each key starts from the text the key before it left, drawn or not (useKeyState).
+  const [text, setText, latest] = useKeyState({ value: props.initial, cursor: props.initial.length });
+  const set = (value: string, cursor: number) => setText({ value, cursor: Math.max(0, Math.min(value.length, cursor)) });
+  const setCursor = (c: number) => set(latest().value, c);
   const update = (v: string, c: number) => {
-    setValue(v);
-    setCursor(Math.max(0, Math.min(v.length, c)));
+    set(v, c);
     props.onChange?.(v);
   };
 
   useInput((input, key) => {
+    const { value, cursor } = latest();
     if (key.return) return props.onSubmit(value);
     if (key.escape) return props.onCancel();
     if (key.tab && props.onComplete) {
@@ -67,6 +68,7 @@ export function TextInput(props: TextInputProps) {
   }, { isActive: props.isActive ?? true });
 
   // Keep the cursor visible inside the given width.
+  const { value, cursor } = text;
   const w = Math.max(4, props.width);
   const start = Math.max(0, cursor - w + 1);
   const shown = value.slice(start, start + w);
