@@ -49,16 +49,17 @@ it('the shortened demo LoRA draws bars for zxq and leaves prompts without it nea
   const e = JSON.parse(out.trim().split('\n').at(-1)!) as DemoEval;
   console.log(out.trim().split('\n')[0]);
   expect(e.samples).toBe(6);
-  // Thresholds: the gain measured on the full 600-step run (+0.18 over 24 samples; this run +0.30 over
+  // Thresholds: the gain measured on the full 600-step run (+0.17 over 24 samples; this run +0.22 over
   // 6), halved for a run half as long at 2 seeds.
   expect(e.concept_iou_lora - e.concept_iou_base).toBeGreaterThan(0.08);
   expect(e.concept_iou_lora).toBeGreaterThan(e.other_iou_lora - 0.2);
-  // The leak is measured against what another seed changes in the base model's own picture.
-  expect(e.leak_change).toBeLessThan(0.7 * e.seed_change);
+  // The leak is measured against what another seed changes in the base model's own picture: 0.03 of
+  // it here, 0.14 over 24 samples of the full run (without DOP 0.12 here and 0.27 there).
+  expect(e.leak_change).toBeLessThan(0.35 * e.seed_change);
   // The base model keeps the colours a caption names for a shape word it does not know (trained with
-  // made-up shape words): 4 of these 6 zxq pictures, 75% over 24. The LoRA keeps all 4 here (67% over
-  // 24). With colour pairs drawn at random for its twenty pictures it learnt them with the bar and
-  // kept 3 (54% over 24); at most one lost here.
+  // made-up shape words): 4 of these 6 zxq pictures, 75% over 24. The LoRA keeps 3 here (67% over
+  // 24). With colour pairs drawn at random for its twenty pictures it learnt them with the bar (54%
+  // over 24, without DOP); at most one lost here.
   expect(e.colours_base).toBeGreaterThanOrEqual(0.5);
   expect(e.colours_lora).toBeGreaterThan(e.colours_base - 0.2);
 }, 900_000);
