@@ -51,12 +51,17 @@ DEMO_MODEL := presets/graft-tiny
 DEMO_JOB := output/demo_zxq
 demo: trainer ts
 	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 6 hours on 2 cores)"; exit 1; }
-	@node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes >/dev/null 2>&1 || true
-	@rm -rf $(DEMO_JOB)
-	$(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB)
-	node dist/src/cli.js queue add $(DEMO_JOB)/config.yaml
-	node dist/src/cli.js watch $(DEMO_JOB)
-	@echo "outputs: $$(pwd)/$(DEMO_JOB) (samples/, demo_zxq.safetensors); measure the LoRA with: $(TRAINER) demo-eval $(DEMO_MODEL) $(DEMO_JOB)/demo_zxq.safetensors"
+	@# A demo job still in the queue is not deleted under its trainer: make demo opens its monitor instead.
+	@if node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes 2>&1 | grep -q 'stop it first'; then \
+	  echo "the demo job is still training: opening its monitor (to start it over: node dist/src/cli.js queue stop demo_zxq, then make demo)"; \
+	  node dist/src/cli.js watch $(DEMO_JOB); \
+	else \
+	  rm -rf $(DEMO_JOB) && \
+	  $(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB) && \
+	  node dist/src/cli.js queue add $(DEMO_JOB)/config.yaml && \
+	  node dist/src/cli.js watch $(DEMO_JOB) && \
+	  echo "outputs: $$(pwd)/$(DEMO_JOB) (samples/, demo_zxq.safetensors); measure the LoRA with: $(TRAINER) demo-eval $(DEMO_MODEL) $(DEMO_JOB)/demo_zxq.safetensors"; \
+	fi
 
 # Reproduces the shipped demo model weights (settings recorded in $(DEMO_MODEL)/model.json). First a model
 # on a factor-4 autoencoder (8x8 latents, 16 image tokens: fast to train, but small shapes come out as

@@ -1,6 +1,7 @@
 // The Job monitor, Dashboard and Training Queue rendered with ink-testing-library from a job folder written
 // by hand (metrics.jsonl, LoRA files, log.txt), with a stub daemon that records the requests it gets.
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { render } from 'ink-testing-library';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -8,6 +9,7 @@ import { App } from '../screens/App.js';
 import type { Request } from '../src/daemon/socket.js';
 import { chartText, lineChart } from '../src/monitor/chart.js';
 import { readMetrics, smooth } from '../src/monitor/metrics.js';
+import { cpuBusyPct } from '../src/monitor/system.js';
 import { Queue as Rules } from '../src/queue/queue.js';
 import { flat, KEY, press, settle, testEnv, waitFor, type Env } from './helpers/ink.js';
 
@@ -170,6 +172,18 @@ describe('queue rules, metrics and chart', () => {
     expect(lines).toHaveLength(4);
     expect(lines.every((l) => l.length === 20)).toBe(true);
     expect(lines[0]![0]).not.toBe('\u2800'); // the first (highest) loss is at the top left
+  });
+
+  it('CPU load is the busy share of all cores between two readings of their times', () => {
+    const core = (user: number, sys: number, idle: number) => ({ model: 'x', speed: 1, times: { user, nice: 0, sys, idle, irq: 0 } });
+    // Core 0 busy 60 of 100 ms, core 1 busy 20 of 100 ms: 40% of the machine.
+    expect(cpuBusyPct([core(100, 50, 1000), core(10, 0, 500)], [core(150, 60, 1040), core(30, 0, 580)])).toBeCloseTo(40, 10);
+    expect(cpuBusyPct([core(1, 1, 1)], [core(1, 1, 1)])).toBeNull(); // no time passed
+    // The live reading lies in [0, 100] and counts this machine's cores.
+    const now = cpus();
+    const later = now.map((c) => ({ ...c, times: { ...c.times, idle: c.times.idle + 10 } }));
+    expect(cpuBusyPct(now, later)).toBe(0);
+    expect(now.length).toBeGreaterThan(0);
   });
 });
 

@@ -1,6 +1,8 @@
 // Live machine stats for the GPU panel: nvidia-smi queried directly (VRAM, utilization, temperature,
-// power), and CPU / RAM through systeminformation, which the panel shows when there is no GPU.
+// power), CPU load from the kernel's per-core times (os.cpus), and RAM through systeminformation; the
+// panel shows CPU and RAM when there is no GPU.
 import { execFile } from 'node:child_process';
+import { cpus, type CpuInfo } from 'node:os';
 
 export interface GpuStats {
   index: number;
@@ -46,17 +48,38 @@ export function queryGpus(): Promise<{ gpus: GpuStats[] | null; error?: string }
   });
 }
 
-let si: Promise<typeof import('systeminformation')> | undefined;
+/** Busy share (0-100) of all cores between two os.cpus() readings; null when no time passed. */
+export function cpuBusyPct(before: CpuInfo[], after: CpuInfo[]): number | null {
+  let busy = 0, total = 0;
+  after.forEach((c, i) => {
+    const b = before[i];
+    if (!b) return;
+    const t = (x: CpuInfo['times']) => x.user + x.nice + x.sys + x.idle + x.irq;
+    const dt = t(c.times) - t(b.times);
+    total += dt;
+    busy += dt - (c.times.idle - b.times.idle);
+  });
+  return total > 0 ? (100 * busy) / total : null;
+}
 
+let si: Promise<typeof import('systeminformation')> | undefined;
+let lastCpus: CpuInfo[] | undefined;
+
+// systeminformation's currentLoad runs `cat /proc/stat | grep cpu` through a synchronous shell on
+// Linux: once a second that blocked the TUI and took a tenth of its CPU time. os.cpus() reads the
+// same counters without a process.
 export async function querySystem(): Promise<SystemStats> {
   si ??= import('systeminformation');
   const [g, mod] = await Promise.all([queryGpus(), si]);
-  const [load, mem] = await Promise.all([mod.currentLoad().catch(() => null), mod.mem().catch(() => null)]);
+  const mem = await mod.mem().catch(() => null);
+  const now = cpus();
+  const cpuPct = lastCpus ? cpuBusyPct(lastCpus, now) : null;
+  lastCpus = now;
   return {
     gpus: g.gpus,
     gpuError: g.error,
-    cpuPct: load ? load.currentLoad : null,
-    cores: load ? load.cpus.length : null,
+    cpuPct,
+    cores: now.length || null,
     memUsedMb: mem ? (mem.total - mem.available) / 2 ** 20 : null,
     memTotalMb: mem ? mem.total / 2 ** 20 : null,
   };
