@@ -64,8 +64,12 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
   // exports CI=true must still get a live screen: drop the flags before Ink loads.
   delete process.env.CI;
   delete process.env.CONTINUOUS_INTEGRATION;
+  // React's development build checks every element: a Job monitor watching a training job took a
+  // quarter of a core with it, on a box whose cores train. The build is chosen when React first loads,
+  // so this file has no JSX (which would import react/jsx-runtime before any line here runs).
+  process.env.NODE_ENV ??= 'production';
   // Ink, React and the screens load only for the TUI, so validate and --help answer quickly.
-  const [{ render }, { App }] = await Promise.all([import('ink'), import('../screens/App.js')]);
+  const [{ render }, { App }, { createElement }] = await Promise.all([import('ink'), import('../screens/App.js'), import('react')]);
   const store = new Store(graftHome());
   let initialJob: number | undefined;
   if (watch !== undefined) {
@@ -90,7 +94,7 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
     const { ensureDaemon, request } = await import('./daemon/client.js');
     const home = graftHome();
     const daemon = { ensure: () => ensureDaemon(home), send: (req: Parameters<typeof request>[1]) => request(home, req) };
-    const app = render(<App store={store} presets={presets} initial={initial} daemon={daemon} initialJob={initialJob} initialScreen={initialJob !== undefined ? 'job' : undefined} />, { exitOnCtrlC: true });
+    const app = render(createElement(App, { store, presets, initial, daemon, initialJob, initialScreen: initialJob !== undefined ? 'job' : undefined }), { exitOnCtrlC: true });
     await app.waitUntilExit();
   } finally {
     store.close();
