@@ -513,14 +513,14 @@ void make_demo_job(const DemoJobOptions& o) {
     write_file_atomic(o.job_dir + "/" + base + ".txt", line.data(), line.size());
   };
   // Colours in rounds of the palette: each round gives every colour once as the shape's colour, on the
-  // colour 2, 3, then 5 places on in the palette. With colour pairs drawn at random, 20 pictures
+  // colour 2, 3, 5 (then 6, 7) places on in the palette. With colour pairs drawn at random, 20 pictures
   // repeat some colours and miss others (the only red bar was on blue), and the LoRA learnt those
   // pairs with the shape: "a red zxq on white" came out red on blue. Offsets 1 and 4 stay out, so the
   // pairs demo_eval asks for (red/white, blue/yellow, green/black) are ones the LoRA never saw.
   const int nc = (int)palette().size();
+  const int offsets[] = {2, 3, 5, 6, 7};
   for (int i = 0; i < o.pictures; ++i) {
     Scene sc = random_scene_of(Shape::Bar, "zxq", o.seed, i);
-    static const int offsets[] = {2, 3, 5, 6, 7};
     sc.colour = i % nc;
     sc.background = (sc.colour + offsets[(i / nc) % 5]) % nc;
     write_picture(draw(sc, S), caption(sc), "dataset", i);
