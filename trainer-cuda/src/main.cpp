@@ -297,11 +297,10 @@ static void eval_options(const std::vector<std::string>& a, size_t first, const 
                          int* steps) {
   *seeds = 4, *steps = 20;
   for (size_t i = first; i < a.size(); ++i) {
-    if (a[i] == "--seeds" && i + 1 < a.size()) *seeds = parse_number<int>(a[++i], cmd + ": --seeds");
-    else if (a[i] == "--steps" && i + 1 < a.size()) *steps = parse_number<int>(a[++i], cmd + ": --steps");
+    if (a[i] == "--seeds" && i + 1 < a.size()) *seeds = count_arg(a, ++i, cmd.c_str(), 1);
+    else if (a[i] == "--steps" && i + 1 < a.size()) *steps = count_arg(a, ++i, cmd.c_str(), 1);
     else fail(cmd + ": unknown argument '" + a[i] + "'");
   }
-  if (*seeds < 1 || *steps < 1) fail(cmd + ": --seeds and --steps must be at least 1");
 }
 
 static int cmd_demo_eval(const std::vector<std::string>& a) {
