@@ -14,11 +14,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "image_io.h"
-#include "rng.h"
+#include "core/image_io.h"
+#include "core/rng.h"
 #include "test.h"
-#include "text_encoder.h"
-#include "tiny.h"
+#include "demo/text_encoder.h"
+#include "demo/tiny.h"
 
 namespace graft_test {
 

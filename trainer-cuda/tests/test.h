@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "common.h"  // graft::Error, which CHECK_THROWS expects
+#include "core/common.h"  // graft::Error, which CHECK_THROWS expects
 
 namespace graft_test {
 

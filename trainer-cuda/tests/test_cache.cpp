@@ -7,14 +7,14 @@
 #include <fstream>
 #include <set>
 
-#include "cache.h"
-#include "data.h"
-#include "image_io.h"
-#include "job.h"
+#include "train/cache.h"
+#include "train/data.h"
+#include "core/image_io.h"
+#include "train/job.h"
 #include "job_fixture.h"
-#include "metrics.h"
-#include "sha256.h"
-#include "train.h"
+#include "train/metrics.h"
+#include "core/sha256.h"
+#include "train/train.h"
 
 using namespace graft;
 using namespace graft_test;

@@ -6,11 +6,11 @@
 #include <map>
 #include <set>
 
-#include "data.h"
-#include "job.h"
+#include "train/data.h"
+#include "train/job.h"
 #include "job_fixture.h"
-#include "text_encoder.h"
-#include "vae.h"
+#include "demo/text_encoder.h"
+#include "models/flux_vae.h"
 
 using namespace graft;
 using namespace graft_test;

@@ -6,10 +6,10 @@
 #include <cstdio>
 #include <string>
 
-#include "demo_model.h"
-#include "ops.h"
+#include "demo/demo_model.h"
+#include "ops/cpu_ops.h"
 #include "test.h"
-#include "tiny.h"
+#include "demo/tiny.h"
 
 using namespace graft;
 

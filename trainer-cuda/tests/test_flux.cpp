@@ -8,14 +8,14 @@
 #include <fstream>
 #include <string>
 
-#include "flux.h"
-#include "job.h"
-#include "lora.h"
-#include "ops.h"
-#include "optim.h"
-#include "rng.h"
+#include "models/flux.h"
+#include "train/job.h"
+#include "train/lora.h"
+#include "ops/cpu_ops.h"
+#include "train/optim.h"
+#include "core/rng.h"
 #include "test.h"
-#include "tiny.h"
+#include "demo/tiny.h"
 
 using namespace graft;
 

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
+#include "core/common.h"
 #include "gradcheck.h"
-#include "ops.h"
+#include "ops/cpu_ops.h"
 #include "test.h"
 
 using namespace graft;

@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
+#include "core/common.h"
 #include "gradcheck.h"
-#include "ops_image.h"
+#include "ops/cpu_image_ops.h"
 #include "test.h"
 
 using namespace graft;

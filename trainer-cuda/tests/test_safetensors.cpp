@@ -9,8 +9,8 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
-#include "common.h"
-#include "safetensors.h"
+#include "core/common.h"
+#include "core/safetensors.h"
 #include "test.h"
 
 using namespace graft;

@@ -1,9 +1,9 @@
 // FlowMatch Euler sampling: the schedule, and the sampler driven by an exact velocity field.
 #include <cmath>
 
-#include "ops.h"
-#include "rng.h"
-#include "sampler.h"
+#include "ops/cpu_ops.h"
+#include "core/rng.h"
+#include "train/sampler.h"
 #include "test.h"
 
 using namespace graft;

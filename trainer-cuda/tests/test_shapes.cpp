@@ -4,16 +4,16 @@
 #include <cmath>
 #include <cstdio>
 
-#include "image_io.h"
-#include "rng.h"
-#include "shapes.h"
+#include "core/image_io.h"
+#include "core/rng.h"
+#include "demo/shapes.h"
 #include "test.h"
 
 using namespace graft;
 
 TEST(shapes_caption_says_what_is_drawn) {
   Scene s = random_scene(7, 0);
-  s.shape = Shape::Circle;
+  s.shape = Figure::Circle;
   s.word = "circle";
   s.colour = 0;      // red
   s.background = 2;  // blue
@@ -42,20 +42,20 @@ TEST(shapes_are_deterministic_and_varied) {
     Scene a = random_scene(3, i), b = random_scene(3, i);
     CHECK(caption(a) == caption(b) && draw(a, 16) == draw(b, 16));
     CHECK(a.colour != a.background);
-    CHECK(a.shape != Shape::Star);  // the star is kept for the new concept
+    CHECK(a.shape != Figure::Star);  // the star is kept for the new concept
     counts[a.count]++;
     shapes[(int)a.shape]++;
   }
   for (int c = 1; c <= 3; ++c) CHECK(counts[c] > 20);
   for (int k = 0; k < 5; ++k) CHECK(shapes[k] > 20);
-  Scene z = random_scene_of(Shape::Star, "zxq", 3, 0);
+  Scene z = random_scene_of(Figure::Star, "zxq", 3, 0);
   CHECK(caption(z).find("zxq") != std::string::npos);
 }
 
 TEST(shapes_made_up_words_are_new_to_captions) {
   // The caption vocabulary: every word a caption of the demo world can hold.
   std::vector<std::string> vocab = {"a", "an", "two", "three", "large", "small", "on", "background", "zxq", "star", "bar"};
-  for (Shape sh : kBaseShapeList) vocab.push_back(shape_name(sh));
+  for (Figure sh : kBaseShapeList) vocab.push_back(shape_name(sh));
   for (const Colour& c : palette()) vocab.push_back(c.name);
   int lengths[6] = {0, 0, 0, 0, 0, 0};
   for (int i = 0; i < 3000; ++i) {
@@ -99,7 +99,7 @@ TEST(png_round_trip_and_errors) {
 
 TEST(shape_iou_recognises_shapes) {
   // A drawn large star scores near 1 as a star and clearly lower as any base shape; same for a circle.
-  Scene s = random_scene_of(Shape::Star, "zxq", 1, 0);
+  Scene s = random_scene_of(Figure::Star, "zxq", 1, 0);
   s.count = 1;
   s.large = true;
   s.colour = 0;
@@ -107,23 +107,23 @@ TEST(shape_iou_recognises_shapes) {
   s.cx[0] = 0.45f;
   s.cy[0] = 0.55f;
   std::vector<float> star = draw(s, 32);
-  double as_star = shape_iou(star, 32, 0, 4, Shape::Star);
-  double as_circle = shape_iou(star, 32, 0, 4, Shape::Circle);
-  s.shape = Shape::Circle;
+  double as_star = shape_iou(star, 32, 0, 4, Figure::Star);
+  double as_circle = shape_iou(star, 32, 0, 4, Figure::Circle);
+  s.shape = Figure::Circle;
   std::vector<float> circle = draw(s, 32);
-  double c_as_circle = shape_iou(circle, 32, 0, 4, Shape::Circle);
-  double c_as_star = shape_iou(circle, 32, 0, 4, Shape::Star);
+  double c_as_circle = shape_iou(circle, 32, 0, 4, Figure::Circle);
+  double c_as_star = shape_iou(circle, 32, 0, 4, Figure::Star);
   std::printf("      star: as star %.2f, as circle %.2f; circle: as circle %.2f, as star %.2f\n", as_star, as_circle,
               c_as_circle, c_as_star);
   CHECK(as_star > 0.85 && c_as_circle > 0.85);
   CHECK(as_star > as_circle + 0.15 && c_as_circle > c_as_star + 0.15);
-  CHECK(shape_iou(std::vector<float>(3 * 32 * 32, 1.0f), 32, 0, 4, Shape::Star) == 0.0);  // all white: no red shape
+  CHECK(shape_iou(std::vector<float>(3 * 32 * 32, 1.0f), 32, 0, 4, Figure::Star) == 0.0);  // all white: no red shape
 }
 
 TEST(shape_iou_any_colour_measures_the_form_whatever_the_colours) {
   // demo_eval's measure: a bar in any colour pair scores near 1 as a bar and clearly lower as a circle,
   // a circle the other way round, and the colour-blind score is close to the colour-aware one.
-  Scene s = random_scene_of(Shape::Bar, "zxq", 1, 0);
+  Scene s = random_scene_of(Figure::Bar, "zxq", 1, 0);
   s.count = 1;
   s.large = true;
   s.cx[0] = 0.5f;
@@ -133,18 +133,18 @@ TEST(shape_iou_any_colour_measures_the_form_whatever_the_colours) {
       if (colour == background) continue;
       s.colour = colour;
       s.background = background;
-      s.shape = Shape::Bar;
+      s.shape = Figure::Bar;
       std::vector<float> bar = draw(s, 32);
-      s.shape = Shape::Circle;
+      s.shape = Figure::Circle;
       std::vector<float> circle = draw(s, 32);
-      const double bb = shape_iou_any_colour(bar, 32, Shape::Bar), bc = shape_iou_any_colour(bar, 32, Shape::Circle);
-      const double cc = shape_iou_any_colour(circle, 32, Shape::Circle), cb = shape_iou_any_colour(circle, 32, Shape::Bar);
+      const double bb = shape_iou_any_colour(bar, 32, Figure::Bar), bc = shape_iou_any_colour(bar, 32, Figure::Circle);
+      const double cc = shape_iou_any_colour(circle, 32, Figure::Circle), cb = shape_iou_any_colour(circle, 32, Figure::Bar);
       CHECK(bb > 0.8 && cc > 0.85);  // a large bar is 6 pixels tall: its edge rows weigh more than a circle's
       CHECK(bb > bc + 0.2 && cc > cb + 0.2);
       // Edge pixels count as shape once they differ from the background by kForegroundDist, not by half.
-      CHECK_NEAR(bb, shape_iou(bar, 32, colour, background, Shape::Bar), 0.12);
+      CHECK_NEAR(bb, shape_iou(bar, 32, colour, background, Figure::Bar), 0.12);
     }
-  CHECK(shape_iou_any_colour(std::vector<float>(3 * 32 * 32, 0.3f), 32, Shape::Bar) == 0.0);  // a plain picture: no shape
+  CHECK(shape_iou_any_colour(std::vector<float>(3 * 32 * 32, 0.3f), 32, Figure::Bar) == 0.0);  // a plain picture: no shape
 }
 
 TEST(read_picture_names_shape_and_colours_of_true_drawings) {

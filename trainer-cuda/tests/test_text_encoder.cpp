@@ -4,10 +4,10 @@
 #include <cmath>
 #include <cstdio>
 
-#include "ops.h"
-#include "rng.h"
+#include "ops/cpu_ops.h"
+#include "core/rng.h"
 #include "test.h"
-#include "text_encoder.h"
+#include "demo/text_encoder.h"
 
 using namespace graft;
 

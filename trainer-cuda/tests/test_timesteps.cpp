@@ -2,12 +2,12 @@
 // worked out by hand, and "weighted" scales the loss as described.
 #include <cmath>
 
-#include "cache.h"
+#include "train/cache.h"
 #include "job_fixture.h"
-#include "metrics.h"
+#include "train/metrics.h"
 #include "test.h"
-#include "timesteps.h"
-#include "train.h"
+#include "train/timesteps.h"
+#include "train/train.h"
 
 using namespace graft;
 using namespace graft_test;

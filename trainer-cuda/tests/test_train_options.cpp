@@ -5,12 +5,12 @@
 #include <cmath>
 #include <string>
 
-#include "flux.h"
+#include "models/flux.h"
 #include "job_fixture.h"
-#include "lora.h"
-#include "optim.h"
-#include "safetensors.h"
-#include "train.h"
+#include "train/lora.h"
+#include "train/optim.h"
+#include "core/safetensors.h"
+#include "train/train.h"
 
 using namespace graft;
 using namespace graft_test;

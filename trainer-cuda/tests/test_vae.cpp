@@ -7,11 +7,11 @@
 #include <unistd.h>
 #include <vector>
 
-#include "common.h"
+#include "core/common.h"
 #include "gradcheck.h"
-#include "safetensors.h"
+#include "core/safetensors.h"
 #include "test.h"
-#include "vae.h"
+#include "models/flux_vae.h"
 
 using namespace graft;
 using namespace graft_test;

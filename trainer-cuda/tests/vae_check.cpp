@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "common.h"
-#include "ops.h"
-#include "safetensors.h"
-#include "vae.h"
+#include "core/common.h"
+#include "ops/cpu_ops.h"
+#include "core/safetensors.h"
+#include "models/flux_vae.h"
 
 using namespace graft;
 

@@ -1,0 +1,41 @@
+#include "models/module.h"
+
+#include "core/autograd.h"
+#include "core/common.h"
+
+namespace graft {
+
+Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, bool optional_bias) : name(n), in(i), out(o) {
+  W = w.get(n + ".weight", {o, i});
+  has_bias = !optional_bias || w.has(n + ".bias");
+  if (has_bias) b = w.get(n + ".bias", {o});
+}
+
+Tensor Linear::operator()(const Tensor& x) const {
+  if (adapters.empty()) return linear(x, W, b);
+  std::vector<LoraRef> refs;
+  refs.reserve(adapters.size());
+  for (const AttachedAdapter& a : adapters) refs.push_back({a.A, a.B, a.row_offset, a.rows, *a.scale});
+  return linear(x, W, b, refs);
+}
+
+void Linear::collect(std::vector<NamedParam>& out) {
+  out.push_back({name + ".weight", &W});
+  if (has_bias) out.push_back({name + ".bias", &b});
+}
+
+void make_trainable(std::vector<NamedParam>& params) {
+  for (NamedParam& p : params) {
+    Tensor t = to_dtype(*p.t, DType::F32);
+    if (t.storage == p.t->storage) t = clone(t);  // never train in place of the mapped file
+    make_leaf(t, zeros(t.shape, DType::F32, t.device(), "a parameter gradient"));
+    *p.t = t;
+  }
+}
+
+void zero_grads(const std::vector<NamedParam>& params) {
+  for (const NamedParam& p : params)
+    if (p.t->meta && p.t->meta->grad.defined()) zero_(p.t->meta->grad);
+}
+
+}  // namespace graft

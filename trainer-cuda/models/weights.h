@@ -1,0 +1,81 @@
+// Where a model's weights come from. A model asks for its tensors by canonical dotted names (for
+// FLUX: BFL's, e.g. "double_blocks.3.img_attn.qkv.weight"); a Layout says how a checkpoint stores
+// each one (another name, several tensors to concatenate, halves swapped), and the WeightLoader
+// reads them through it from a memory-mapped Checkpoint onto the model's device, one tensor at a
+// time, in the checkpoint's own dtype. What is missing or misshapen is one line naming the file,
+// the stored tensor and the layout it was read as.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "core/safetensors.h"
+#include "core/tensor.h"
+
+namespace graft {
+
+// One safetensors file, or a folder of shards listed by a "*.safetensors.index.json" (diffusers,
+// transformers), or a folder holding a single .safetensors file, read as one set of tensors.
+struct Checkpoint {
+  std::string path;  // as the user gave it
+  std::vector<SafeTensorsFile> files;
+
+  static Checkpoint open(const std::string& path);
+  bool has(const std::string& name) const;
+  const TensorInfo& info(const std::string& name) const;  // throws naming the path
+  const SafeTensorsFile& file_of(const std::string& name) const;
+  Tensor tensor(const std::string& name) const;  // a read-only view into the mapping
+  std::vector<std::string> names() const;
+  // The first file's metadata (shards repeat it, when they carry any).
+  const std::map<std::string, std::string>& metadata() const { return files.at(0).metadata; }
+
+ private:
+  std::unordered_map<std::string, std::pair<int, int>> index_;  // name -> (file, tensor)
+};
+
+// How one canonical tensor is stored.
+struct Stored {
+  std::vector<std::string> parts;  // stored names, concatenated along dim 0 in order
+  bool swap_halves = false;        // dim 0's two halves exchanged (diffusers' (scale, shift) order)
+};
+
+// A checkpoint layout: its name for messages and the map from canonical to stored names.
+struct Layout {
+  std::string name;
+  std::function<Stored(const std::string& canonical)> map;
+};
+Layout identity_layout(const std::string& name, const std::string& prefix = "");
+
+// Reads a model's weights. With `ckpt` null it makes random ones instead, on the device, from
+// `seed` (benchmarks at real sizes, where no checkpoint exists): uniform with std 1/sqrt(fan_in)
+// for weights (times 0.2 for adaLN modulation layers, as make-tiny's checkpoints), near 1 for norm
+// scales, small for biases.
+struct WeightLoader {
+  const Checkpoint* ckpt = nullptr;
+  Layout layout;
+  Device device;
+  uint64_t seed = 1;
+  // Without a checkpoint: hand out shapes only (undefined tensors with their shape), to list a
+  // model's tensors at any size without memory.
+  bool shapes_only = false;
+  // Every tensor handed out, in order, by canonical name: what a model's params() lists.
+  std::vector<std::pair<std::string, Tensor>> loaded;
+
+  WeightLoader(const Checkpoint* ckpt, Layout layout, Device device, uint64_t seed = 1);
+  bool has(const std::string& name) const;
+  Shape shape(const std::string& name) const;  // throws when missing
+  int64_t dim(const std::string& name, int d) const;
+  // The tensor, checked against `expect`. On the CPU a tensor stored as one part stays a view into
+  // the mapping; on CUDA it is copied to the device (bf16 for 16- and 32-bit floats) and its pages
+  // released from host memory.
+  Tensor get(const std::string& name, const Shape& expect);
+  // Where a canonical name is stored, for messages: "'x_embedder.weight' (img_in.weight in the diffusers layout)".
+  std::string where(const std::string& name) const;
+};
+
+}  // namespace graft

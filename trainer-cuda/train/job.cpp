@@ -1,0 +1,406 @@
+#include "train/job.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <climits>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/common.h"
+#include "core/image_io.h"
+#include "demo/text_encoder.h"
+#include "models/flux_vae.h"
+
+namespace graft {
+
+using json = nlohmann::json;
+
+namespace {
+
+// Typed access to dotted fields of job.json with one-line errors that name the field.
+struct Fields {
+  const json& root;
+  std::string file;
+
+  // path: "train.lr", "datasets[0].items[3].width" (or "datasets.0.items.3.width").
+  const json* find(const std::string& path_in) const {
+    std::string path = path_in;
+    for (char& ch : path)
+      if (ch == '[') ch = '.';
+    path.erase(std::remove(path.begin(), path.end(), ']'), path.end());
+    const json* j = &root;
+    std::stringstream ss(path);
+    std::string key;
+    while (std::getline(ss, key, '.')) {
+      if (j->is_array() && !key.empty() && key.find_first_not_of("0123456789") == std::string::npos) {
+        size_t i = std::stoul(key);
+        if (i >= j->size()) return nullptr;
+        j = &(*j)[i];
+        continue;
+      }
+      if (!j->is_object()) return nullptr;
+      auto it = j->find(key);
+      if (it == j->end() || it->is_null()) return nullptr;
+      j = &*it;
+    }
+    return j;
+  }
+  [[noreturn]] void bad(const std::string& path, const std::string& want, const json& got) const {
+    fail(file + ": " + path + " must be " + want + ", got " + got.dump());
+  }
+  double number(const std::string& path, double def, double lo, double hi, bool required = false) const {
+    const json* j = find(path);
+    if (!j) {
+      if (required) fail(file + ": " + path + " is missing");
+      return def;
+    }
+    std::ostringstream want;
+    want << "a number in [" << lo << ", " << hi << "]";
+    if (!j->is_number()) bad(path, want.str(), *j);
+    double v = j->get<double>();
+    if (!(v >= lo && v <= hi)) bad(path, want.str(), *j);
+    return v;
+  }
+  int integer(const std::string& path, int def, int lo, int hi, bool required = false) const {
+    const json* j = find(path);
+    if (!j) {
+      if (required) fail(file + ": " + path + " is missing");
+      return def;
+    }
+    std::string want = "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+    if (!j->is_number_integer()) bad(path, want, *j);
+    long long v = j->get<long long>();
+    if (v < lo || v > hi) bad(path, want, *j);
+    return (int)v;
+  }
+  bool boolean(const std::string& path, bool def) const {
+    const json* j = find(path);
+    if (!j) return def;
+    if (!j->is_boolean()) bad(path, "true or false", *j);
+    return j->get<bool>();
+  }
+  std::string str(const std::string& path, const std::string& def, const std::vector<std::string>& allowed = {},
+                  bool required = false) const {
+    const json* j = find(path);
+    if (!j) {
+      if (required) fail(file + ": " + path + " is missing");
+      return def;
+    }
+    if (!j->is_string()) bad(path, "a string", *j);
+    std::string v = j->get<std::string>();
+    if (!allowed.empty()) {
+      for (const auto& a : allowed)
+        if (a == v) return v;
+      std::string list;
+      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
+      bad(path, "one of " + list, *j);
+    }
+    return v;
+  }
+
+  // A list of exactly `len` token ids (integers >= 0).
+  std::vector<int> tokens(const std::string& path, int len, bool required) const {
+    const json* j = find(path);
+    if (!j) {
+      if (required) fail(file + ": " + path + " is missing (a list of " + std::to_string(len) + " token ids)");
+      return {};
+    }
+    const std::string want = "a list of " + std::to_string(len) + " token ids (text.max_len)";
+    if (!j->is_array()) bad(path, want, *j);
+    if ((int)j->size() != len)
+      fail(file + ": " + path + " must be " + want + ", got " + std::to_string(j->size()) + " ids");
+    std::vector<int> ids;
+    for (size_t i = 0; i < j->size(); ++i) {
+      const json& v = (*j)[i];
+      if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > INT_MAX)
+        bad(path + "[" + std::to_string(i) + "]", "a token id (an integer >= 0)", v);
+      ids.push_back((int)v.get<long long>());
+    }
+    return ids;
+  }
+};
+
+std::string absolute(const std::string& base, const std::string& p) {
+  if (p.empty() || p[0] == '/') return p;
+  return base + "/" + p;
+}
+
+bool is_dir(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_file(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string at(const std::string& base, size_t i) { return base + "[" + std::to_string(i) + "]"; }
+
+// job.json `datasets`: prepared pictures and their token ids.
+void load_datasets(Job& job, const Fields& f, const json& list) {
+  const std::string& file = job.file;
+  if (!list.is_array() || list.empty())
+    f.bad("datasets", "a non-empty list of {folder, weight, is_reg, caption_dropout_rate, items}", list);
+  if (job.text_encoder.empty()) fail(file + ": model.text_encoder is missing (datasets need the model's text encoder)");
+  if (job.ae.empty()) fail(file + ": model.ae is missing (datasets need the model's autoencoder)");
+  if (!f.find("text")) fail(file + ": text is missing ({max_len, empty_tokens}: datasets need it)");
+  job.text_max_len = f.integer("text.max_len", 0, 2, 65536, true);
+  job.empty_tokens = f.tokens("text.empty_tokens", job.text_max_len, true);
+  for (size_t d = 0; d < list.size(); ++d) {
+    const std::string dp = at("datasets", d);
+    if (!list[d].is_object()) f.bad(dp, "an object {folder, weight, is_reg, caption_dropout_rate, items}", list[d]);
+    JobDataset ds;
+    ds.folder = f.str(dp + ".folder", "");
+    ds.weight = f.number(dp + ".weight", 1.0, 1e-9, 1e9);
+    ds.is_reg = f.boolean(dp + ".is_reg", false);
+    ds.caption_dropout_rate = (float)f.number(dp + ".caption_dropout_rate", 0.0, 0.0, 1.0);
+    const json* items = f.find(dp + ".items");
+    if (!items || !items->is_array() || items->empty())
+      fail(file + ": " + dp + ".items must be a non-empty list of prepared pictures" +
+           (ds.folder.empty() ? "" : " (dataset " + ds.folder + ")") + "; prepare the job again");
+    for (size_t i = 0; i < items->size(); ++i) {
+      const std::string ip = dp + at(".items", i);
+      if (!(*items)[i].is_object()) f.bad(ip, "an object {image, key, width, height, tokens, ...}", (*items)[i]);
+      JobImage im;
+      im.source = f.str(ip + ".source", "");
+      im.caption = f.str(ip + ".caption", "");
+      im.image = absolute(job.dir, f.str(ip + ".image", "", {}, true));
+      im.key = f.str(ip + ".key", "", {}, true);
+      if (im.key.empty()) f.bad(ip + ".key", "a non-empty string (the identity of the pixels)", json(im.key));
+      im.width = f.integer(ip + ".width", 0, 8, 16384, true);
+      im.height = f.integer(ip + ".height", 0, 8, 16384, true);
+      im.flip_x = f.boolean(ip + ".flip_x", false);
+      im.flip_y = f.boolean(ip + ".flip_y", false);
+      im.repeats = f.integer(ip + ".repeats", 1, 1, 100000);
+      im.tokens = f.tokens(ip + ".tokens", job.text_max_len, true);
+      im.dropout_tokens = f.tokens(ip + ".dropout_tokens", job.text_max_len, true);
+      if (job.dop && !f.find(ip + ".dop_tokens"))
+        fail(file + ": " + ip + ".dop_tokens is missing but train.diff_output_preservation is true (the caption "
+                    "with the trigger replaced by the preservation class); prepare the job again");
+      if (job.dop) im.dop_tokens = f.tokens(ip + ".dop_tokens", job.text_max_len, true);
+      const std::string from = im.source.empty() ? "" : " (source " + im.source + ")";
+      if (!is_file(im.image))
+        fail(file + ": " + ip + ".image: " + im.image + " does not exist" + from + "; prepare the job again");
+      int w = 0, h = 0;
+      std::string why;
+      if (!image_size(im.image, &w, &h, &why))
+        fail(file + ": " + ip + ".image: " + im.image + " is not a readable PNG (" + why + ")" + from +
+             "; prepare the job again");
+      if (w != im.width || h != im.height)
+        fail(file + ": " + ip + ": " + im.image + " is " + std::to_string(w) + "x" + std::to_string(h) +
+             " pixels but width x height is " + std::to_string(im.width) + "x" + std::to_string(im.height) + from +
+             "; prepare the job again");
+      ds.items.push_back(std::move(im));
+    }
+    job.datasets.push_back(std::move(ds));
+  }
+}
+
+// The checks of one token list against the text encoder's vocabulary.
+void check_vocab(const Job& job, const std::string& path, const std::vector<int>& ids, int vocab) {
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] >= vocab)
+      fail(job.file + ": " + at(path, i) + " must be a token id below " + std::to_string(vocab) +
+           " (the vocabulary of the text encoder " + job.text_encoder + "), got " + std::to_string(ids[i]) +
+           "; prepare the job again with this model's tokenizer");
+}
+
+}  // namespace
+
+Job job_load(const std::string& dir_in) {
+  std::string dir = dir_in;
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  if (!is_dir(dir)) fail(dir + ": job folder not found (create it with the graft TUI, or `graft-trainer make-tiny " + dir + "`)");
+  if (dir[0] != '/') {
+    char cwd[PATH_MAX];
+    if (getcwd(cwd, sizeof cwd)) dir = std::string(cwd) + "/" + dir;
+  }
+  Job job;
+  job.dir = dir;
+  job.file = dir + "/job.json";
+  std::ifstream in(job.file);
+  if (!in) fail(job.file + ": cannot read the job file (missing? prepare the job first)");
+  std::stringstream buf;
+  buf << in.rdbuf();
+  json root;
+  try {
+    root = json::parse(buf.str());
+  } catch (const json::parse_error& e) {
+    fail(job.file + ": not valid JSON (near byte " + std::to_string(e.byte) + "); fix or re-create the job");
+  }
+  if (!root.is_object()) fail(job.file + ": must hold a JSON object");
+  Fields f{root, job.file};
+
+  job.name = f.str("name", "", {}, true);
+  if (job.name.empty() || job.name.find('/') != std::string::npos)
+    fail(job.file + ": name must be a non-empty file name without '/', got \"" + job.name + "\"");
+  job.output_dir = absolute(dir, f.str("output_dir", dir));
+  job.device = f.str("device", "cpu");
+  job.trigger_word = f.str("trigger_word", "");
+
+  job.arch = f.str("model.arch", "flux", {"flux"});
+  job.transformer = absolute(dir, f.str("model.transformer", "", {}, true));
+  job.base_model = f.str("model.name_or_path", job.transformer);
+  job.text_encoder = absolute(dir, f.str("model.text_encoder", ""));
+  job.ae = absolute(dir, f.str("model.ae", ""));
+
+  job.network_type = f.str("network.type", "lora", {"lora"});
+  job.rank = f.integer("network.linear", 16, 1, 1024);
+  job.alpha = (float)f.number("network.linear_alpha", job.rank, 1e-6, 1e6);
+  job.train_modulation = f.boolean("network.train_modulation", false);
+
+  job.steps = f.integer("train.steps", 1000, 1, 100000000);
+  job.batch_size = f.integer("train.batch_size", 1, 1, 4096);
+  job.grad_accum = f.integer("train.gradient_accumulation", 1, 1, 4096);
+  job.lr = (float)f.number("train.lr", 1e-4, 1e-12, 10.0);
+  job.lr_scheduler = f.str("train.lr_scheduler", "constant", {"constant", "constant_with_warmup", "linear", "cosine"});
+  job.warmup_steps = f.integer("train.lr_warmup_steps", 0, 0, 100000000);
+  job.optimizer = f.str("train.optimizer", "adamw", {"adamw", "adamw8bit"});
+  job.weight_decay = (float)f.number("train.optimizer_params.weight_decay", 1e-4, 0.0, 10.0);
+  if (const json* b = f.find("train.optimizer_params.betas")) {
+    if (!b->is_array() || b->size() != 2 || !(*b)[0].is_number() || !(*b)[1].is_number())
+      f.bad("train.optimizer_params.betas", "two numbers in [0, 1)", *b);
+    job.beta1 = (*b)[0].get<float>();
+    job.beta2 = (*b)[1].get<float>();
+    if (!(job.beta1 >= 0 && job.beta1 < 1 && job.beta2 >= 0 && job.beta2 < 1))
+      f.bad("train.optimizer_params.betas", "two numbers in [0, 1)", *b);
+  }
+  job.eps = (float)f.number("train.optimizer_params.eps", 1e-8, 0.0, 1.0);
+  job.max_grad_norm = (float)f.number("train.max_grad_norm", 1.0, 0.0, 1e9);
+  job.timesteps.type = f.str("train.timestep_type", "sigmoid", {"linear", "sigmoid", "weighted", "shift", "lognorm_blend"});
+  job.timesteps.bias = f.str("train.content_or_style", "balanced", {"balanced", "content", "style"});
+  job.seed = (uint64_t)f.number("train.seed", 42, 0, 9007199254740992.0);
+  job.guidance = (float)f.number("train.guidance", 1.0, 0.0, 100.0);
+  job.gradient_checkpointing = f.boolean("train.gradient_checkpointing", false);
+  job.cache_latents = f.boolean("train.cache_latents", true);
+  job.cache_text_embeddings = f.boolean("train.cache_text_embeddings", true);
+  job.unload_text_encoder = f.boolean("train.unload_text_encoder", false);
+  job.use_ema = f.boolean("train.ema_config.use_ema", false);
+  const double decay = f.number("train.ema_config.ema_decay", 0.99, 0.0, 1.0);
+  if (decay >= 1.0) f.bad("train.ema_config.ema_decay", "a number in [0, 1)", json(decay));
+  job.ema_decay = (float)decay;
+  job.differential_guidance = f.boolean("train.do_differential_guidance", false);
+  job.differential_guidance_scale = (float)f.number("train.differential_guidance_scale", 3.0, 1e-6, 100.0);
+  job.dop = f.boolean("train.diff_output_preservation", false);
+  job.dop_multiplier = (float)f.number("train.diff_output_preservation_multiplier", 1.0, 0.0, 1e6);
+  job.blank_prompt_preservation = f.boolean("train.blank_prompt_preservation", false);
+  job.bpp_multiplier = (float)f.number("train.blank_prompt_preservation_multiplier", 1.0, 0.0, 1e6);
+  if (job.dop && job.blank_prompt_preservation)
+    fail(job.file + ": train.diff_output_preservation and train.blank_prompt_preservation are both true; use "
+                    "one of them (both hold the adapter to the base model, on different prompts)");
+
+  std::string dt = f.str("save.dtype", "bf16", {"bf16", "fp16", "fp32", "float16", "float32"});
+  job.save_dtype = dt == "bf16" ? DType::BF16 : (dt == "fp16" || dt == "float16") ? DType::F16 : DType::F32;
+  job.save_every = f.integer("save.save_every", 250, 1, 100000000);
+  job.max_step_saves_to_keep = f.integer("save.max_step_saves_to_keep", 4, 0, 100000);
+
+  f.str("format", "graft-job/2", {"graft-job/1", "graft-job/2"});
+  job.cache_dir = absolute(dir, f.str("cache_dir", dir + "/cache"));
+  if (f.find("text") && !f.find("datasets")) {  // optional with items: the sampler's empty prompt
+    job.text_max_len = f.integer("text.max_len", 0, 2, 65536, true);
+    job.empty_tokens = f.tokens("text.empty_tokens", job.text_max_len, false);
+  }
+  const json* datasets = f.find("datasets");
+  const json* items = f.find("items");
+  if (datasets && items)
+    fail(job.file + ": has both datasets and items; a job has exactly one of them (datasets: prepared pictures, "
+                    "items: pre-encoded latents and texts)");
+  if (datasets) load_datasets(job, f, *datasets);
+  if (!datasets && !items)
+    fail(job.file + ": no training data: needs datasets (prepared pictures; run preparation first) or items "
+                    "(pre-encoded latents and texts)");
+  if (items && (!items->is_array() || items->empty()))
+    fail(job.file + ": items must be a non-empty list of {latent, text} (no prepared data: run preparation first)");
+  for (size_t i = 0; items && i < items->size(); ++i) {
+    const json& it = (*items)[i];
+    std::string p = "items[" + std::to_string(i) + "]";
+    if (!it.is_object() || !it.contains("latent") || !it["latent"].is_string() || !it.contains("text") ||
+        !it["text"].is_string())
+      f.bad(p, "an object {\"latent\": path, \"text\": path}", it);
+    job.items.push_back({absolute(dir, it["latent"].get<std::string>()), absolute(dir, it["text"].get<std::string>())});
+  }
+  if (items && (job.dop || job.blank_prompt_preservation))
+    fail(job.file + ": train." + (job.dop ? "diff_output_preservation" : "blank_prompt_preservation") +
+         " needs datasets (prepared pictures, whose prompts the trainer encodes); this job has pre-encoded items");
+  if (const json* c = f.find("config")) job.config_json = c->dump();
+
+  if (f.find("sample")) {
+    JobSample& s = job.sample;
+    s.enabled = !f.boolean("sample.disable_sampling", false);
+    s.every = f.integer("sample.sample_every", 250, 1, 100000000);
+    s.first = !f.boolean("sample.skip_first_sample", false) || f.boolean("sample.force_first_sample", false);
+    s.width = f.integer("sample.width", 32, 8, 16384);
+    s.height = f.integer("sample.height", 32, 8, 16384);
+    s.steps = f.integer("sample.sample_steps", 20, 1, 1000);
+    s.cfg_scale = (float)f.number("sample.guidance_scale", 4.0, 0.0, 100.0);
+    s.shift = (float)f.number("sample.shift", 1.0, 0.01, 100.0);
+    s.seed = (uint64_t)f.number("sample.seed", 42, 0, 9007199254740992.0);
+    s.walk_seed = f.boolean("sample.walk_seed", false);
+    const json* ps = f.find("sample.prompts");
+    if (!ps || !ps->is_array()) f.bad("sample.prompts", "a list of {prompt, width?, height?, seed?, lora_scale?}", ps ? *ps : json());
+    for (size_t i = 0; i < ps->size(); ++i) {
+      std::string p = at("sample.prompts", i);
+      const json& e = (*ps)[i];
+      if (!e.is_object() || !e.contains("prompt") || !e["prompt"].is_string())
+        f.bad(p, "an object with a string prompt", e);
+      JobSamplePrompt sp;
+      sp.prompt = e["prompt"].get<std::string>();
+      if (const json* t = f.find(p + ".tokens")) {
+        if (!t->is_array() || t->empty()) f.bad(p + ".tokens", "a non-empty list of token ids", *t);
+        sp.tokens = f.tokens(p + ".tokens", job.text_max_len ? job.text_max_len : (int)t->size(), true);
+      }
+      sp.width = f.integer(p + ".width", s.width, 8, 16384);
+      sp.height = f.integer(p + ".height", s.height, 8, 16384);
+      sp.seed = (int64_t)f.number(p + ".seed", -1, -1, 9007199254740992.0);
+      sp.lora_scale = (float)f.number(p + ".lora_scale", 1.0, -100.0, 100.0);
+      s.prompts.push_back(sp);
+    }
+    if (s.enabled && !s.prompts.empty() && (job.text_encoder.empty() || job.ae.empty()))
+      fail(job.file + ": sampling needs model.text_encoder and model.ae (or set sample.disable_sampling)");
+    if (s.prompts.empty()) s.enabled = false;
+  }
+  return job;
+}
+
+void job_check_models(const Job& job, const TextEncoderConfig& te, const VaeConfig& ae) {
+  const std::string& file = job.file;
+  if (job.text_max_len && job.text_max_len != te.max_len)
+    fail(file + ": text.max_len is " + std::to_string(job.text_max_len) + " but the text encoder " + job.text_encoder +
+         " takes " + std::to_string(te.max_len) + " tokens; prepare the job again with this model's tokenizer");
+  check_vocab(job, "text.empty_tokens", job.empty_tokens, te.vocab);
+  const int factor = ae.downscale() * 2;  // image pixels per latent pixel, times the 2x2 patch
+  for (size_t d = 0; d < job.datasets.size(); ++d)
+    for (size_t i = 0; i < job.datasets[d].items.size(); ++i) {
+      const JobImage& im = job.datasets[d].items[i];
+      const std::string ip = at("datasets", d) + at(".items", i);
+      for (auto [name, v] : {std::make_pair("width", im.width), std::make_pair("height", im.height)})
+        if (v % factor)
+          fail(file + ": " + ip + "." + name + " must be a multiple of " + std::to_string(factor) +
+               " (the autoencoder's factor " + std::to_string(ae.downscale()) + " x the 2x2 patch), got " +
+               std::to_string(v) + (im.source.empty() ? "" : " (source " + im.source + ")"));
+      check_vocab(job, ip + ".tokens", im.tokens, te.vocab);
+      check_vocab(job, ip + ".dropout_tokens", im.dropout_tokens, te.vocab);
+      check_vocab(job, ip + ".dop_tokens", im.dop_tokens, te.vocab);
+    }
+  for (size_t i = 0; i < job.sample.prompts.size(); ++i) {
+    const JobSamplePrompt& p = job.sample.prompts[i];
+    if (p.tokens.empty()) continue;
+    if ((int)p.tokens.size() != te.max_len)
+      fail(file + ": " + at("sample.prompts", i) + ".tokens has " + std::to_string(p.tokens.size()) +
+           " ids but the text encoder " + job.text_encoder + " takes " + std::to_string(te.max_len));
+    check_vocab(job, at("sample.prompts", i) + ".tokens", p.tokens, te.vocab);
+  }
+}
+
+size_t job_item_count(const Job& job) {
+  size_t n = job.items.size();
+  for (const JobDataset& d : job.datasets) n += d.items.size();
+  return n;
+}
+
+}  // namespace graft

@@ -1,0 +1,51 @@
+// AdamW over fp32 parameter tensors (one flat LoRA buffer, or every tensor of a model for full
+// training), global gradient-norm clipping, weight averages and learning-rate schedules. States live
+// on the parameters' device and every update is one fused pass there (ops/update_ops.h).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace graft {
+
+struct AdamW {
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  long t = 0;    // updates done (for bias correction)
+  Tensor m, v;   // first and second moments, like the parameters (zeros on the first step)
+
+  // One update as torch.optim.AdamW: p *= 1 - lr*wd; p -= lr * m_hat / (sqrt(v_hat) + eps).
+  void step(const Tensor& params, const Tensor& grads, float lr);
+};
+
+// AdamW over several tensors: one state per tensor, one step count.
+struct MultiAdam {
+  std::vector<Tensor> params, grads;
+  std::vector<AdamW> opts;
+  void add(const Tensor& param, const Tensor& grad, float weight_decay);
+  float clip(float max_norm);  // the global gradient norm before clipping
+  void step(float lr);
+};
+
+// An exponential moving average of weight tensors, decay min(decay, (1 + n) / (10 + n)) at update n
+// (counted from 0): early updates move it quickly, so it does not hold the starting weights for
+// ~1/(1-decay) steps. Sampling or saving the average of the last ~1/(1-decay) steps gives cleaner
+// pictures than the last step's noisy weights.
+struct WeightEma {
+  std::vector<Tensor> live, avg;
+  float decay = 0.999f;
+  long n = 0;  // updates done
+  void add(const Tensor& weights) { live.push_back(weights); avg.push_back(clone(weights)); }
+  void update();
+  void swap();  // live <-> average in place: save or sample the average, then swap back and train on
+};
+
+// L2 norm of all gradients together (summed in double, in order); when max_norm > 0 and the norm
+// exceeds it, scales them down to max_norm (as torch's clip_grad_norm_). Returns the norm before.
+float clip_grad_norm(const std::vector<Tensor>& grads, float max_norm);
+
+// Learning rate for update number `step` (1-based) of `total`.
+// constant | constant_with_warmup | linear | cosine; linear/cosine warm up too when warmup > 0.
+float lr_at(const std::string& schedule, float base_lr, int step, int total, int warmup);
+
+}  // namespace graft

@@ -1,0 +1,76 @@
+#include "train/sampler.h"
+
+#include <algorithm>
+
+#include "core/common.h"
+#include "core/autograd.h"
+#include "ops/cpu_ops.h"
+#include "core/rng.h"
+
+namespace graft {
+
+std::vector<float> flow_timesteps(int steps, float shift) {
+  if (steps < 1) fail("sample steps must be at least 1, got " + std::to_string(steps));
+  if (!(shift > 0.0f)) fail("sample time shift must be > 0, got " + std::to_string(shift));
+  std::vector<float> t(steps + 1);
+  for (int i = 0; i <= steps; ++i) {
+    float u = 1.0f - (float)i / steps;
+    t[i] = shift * u / (1.0f + (shift - 1.0f) * u);
+  }
+  return t;
+}
+
+std::vector<float> sample_latent(const FluxTransformer& model, int C, int H, int W, const TextCond& cond,
+                                 const TextCond* uncond, const SampleParams& p) {
+  const FluxConfig& cfg = model.cfg;
+  NoGrad no_grad;
+  if (C * 4 != cfg.in_channels) fail("sampler: latent channels do not match the transformer");
+  if (H % 2 || W % 2) fail("sampler: latent sides must be even");
+  const bool guided = p.cfg_scale != 1.0f;
+  if (guided && (!uncond || uncond->L != cond.L)) fail("sampler: classifier-free guidance needs an unconditional prompt of the same length");
+  const int B = guided ? 2 : 1, gh = H / 2, gw = W / 2, Li = gh * gw, P = C * 4;
+  const size_t n = (size_t)C * H * W;
+
+  std::vector<float> x(n);
+  Rng rng(p.seed, 0x5A3, 0);
+  for (float& v : x) v = rng.normal();
+
+  FluxInputs in;
+  in.B = B;
+  in.L_img = Li;
+  in.L_txt = cond.L;
+  in.img_ids.resize((size_t)B * Li * 3);
+  flux_img_ids(in.img_ids.data(), B, gh, gw);
+  in.txt_ids.assign((size_t)B * cond.L * 3, 0.0f);
+  in.txt = cond.txt;
+  in.y = cond.y;
+  if (guided) {
+    in.txt.insert(in.txt.end(), uncond->txt.begin(), uncond->txt.end());
+    in.y.insert(in.y.end(), uncond->y.begin(), uncond->y.end());
+  }
+  // What stays the same over the steps goes to the model's device once.
+  const Device dev = model.device;
+  const DType dt = compute_dtype(dev);
+  const Tensor pe = model.rope_for(in);
+  const Tensor txt = from_vector(in.txt, {B, cond.L, cfg.context_dim}, dev, dt);
+  const Tensor y = from_vector(in.y, {B, cfg.vec_dim}, dev, dt);
+  const Tensor guidance = cfg.guidance_embed ? from_vector(std::vector<float>(B, p.guidance), {B}, dev) : Tensor();
+
+  const std::vector<float> ts = flow_timesteps(p.steps, p.shift);
+  std::vector<float> out, v(n), tokens((size_t)Li * P), img((size_t)B * Li * P);
+  for (int i = 0; i < p.steps; ++i) {
+    cpu::patchify_forward(tokens.data(), x.data(), 1, C, H, W, 2);
+    for (int b = 0; b < B; ++b) std::copy(tokens.begin(), tokens.end(), img.begin() + (size_t)b * Li * P);
+    const Tensor t = from_vector(std::vector<float>(B, ts[i]), {B}, dev);
+    out = to_floats(model.forward(from_vector(img, {B, Li, P}, dev, dt), txt, y, t, guidance, pe));
+    if (guided)  // uncond + scale * (cond - uncond), on the tokens
+      for (size_t j = 0; j < tokens.size(); ++j) out[j] = out[tokens.size() + j] + p.cfg_scale * (out[j] - out[tokens.size() + j]);
+    std::fill(v.begin(), v.end(), 0.0f);
+    cpu::unpatchify_forward(v.data(), out.data(), 1, C, H, W, 2);
+    const float step = ts[i + 1] - ts[i];  // negative: t runs from 1 to 0
+    for (size_t j = 0; j < n; ++j) x[j] += step * v[j];
+  }
+  return x;
+}
+
+}  // namespace graft

@@ -1,0 +1,49 @@
+#include "train/train_samples.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdio>
+
+#include "core/common.h"
+#include "core/image_io.h"
+#include "train/pipeline.h"
+
+namespace graft {
+
+TrainSampler::TrainSampler(const Job& j, const TextEncoder& te, const FluxVae* vae) : job(&j), ae(vae) {
+  const int L = te.cfg.max_len;
+  for (const JobSamplePrompt& p : j.sample.prompts)
+    conds.push_back(encode_prompt(te, p.tokens.empty() ? tokenize_bytes(p.prompt, L) : p.tokens));
+  uncond = encode_prompt(te, j.empty_tokens.empty() ? tokenize_bytes("", L) : j.empty_tokens);
+}
+
+std::vector<std::string> TrainSampler::run(const FluxTransformer& model, LoraSet& lora, int step) {
+  const JobSample& s = job->sample;
+  const std::string dir = job->output_dir + "/samples";
+  if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) fail(dir + ": cannot create the samples folder");
+  const int f = ae->cfg.downscale() * 2;  // latent pixels per image pixel, times the 2x2 patch
+  std::vector<std::string> files;
+  for (size_t i = 0; i < s.prompts.size(); ++i) {
+    const JobSamplePrompt& p = s.prompts[i];
+    const int W = p.width / f * f, H = p.height / f * f;
+    if (W <= 0 || H <= 0) fail(job->file + ": sample size must be at least " + std::to_string(f) + " pixels");
+    SampleParams sp;
+    sp.steps = s.steps;
+    sp.cfg_scale = s.cfg_scale;
+    sp.guidance = s.guidance;
+    sp.shift = s.shift;
+    sp.seed = p.seed >= 0 ? (uint64_t)p.seed : s.seed + (s.walk_seed ? i : 0);
+    const int C = ae->cfg.z_channels, h = H / ae->cfg.downscale(), w = W / ae->cfg.downscale();
+    std::vector<float> z;
+    with_lora_scale(lora, p.lora_scale, [&] { z = sample_latent(model, C, h, w, conds[i], &uncond, sp); });
+    std::vector<float> img = decode_latent(*ae, z, h, w);
+    char name[64];
+    std::snprintf(name, sizeof name, "/%09d_%zu.png", step, i);
+    png_write(dir + name, img.data(), W, H);
+    files.push_back(dir + name);
+  }
+  return files;
+}
+
+}  // namespace graft
