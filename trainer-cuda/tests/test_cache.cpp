@@ -14,6 +14,8 @@
 #include "job_fixture.h"
 #include "train/metrics.h"
 #include "core/sha256.h"
+#include "core/autograd.h"
+#include "train/pipeline.h"
 #include "train/train.h"
 
 using namespace graft;
@@ -32,7 +34,7 @@ struct Encoded {
 Encoded encode(const std::string& dir) {
   Job job = job_load(dir);
   TextEncoder te = TextEncoder::load(job.text_encoder);
-  VaeModel ae = VaeModel::load(job.ae);
+  FluxVae ae = FluxVae::load(job.ae);
   job_check_models(job, te.cfg, ae.cfg);
   const std::string mp = dir + "/metrics.jsonl";
   unlink(mp.c_str());
@@ -79,10 +81,11 @@ bool same_latents(const TrainData& a, const TrainData& b, float tol = 0.0f) {
 
 TextEmbedding encode_tokens(const std::vector<int>& ids) {
   TextEncoder te = TextEncoder::load(tiny_model_dir() + "/text_encoder.safetensors");
-  TextEncoderRunner r(&te);
+  TextCond c = encode_prompt(te, ids);
   TextEmbedding t;
-  t.L = (int)ids.size();
-  r.forward(ids, 1, t.L, t.txt, t.y);
+  t.L = c.L;
+  t.txt = c.txt;
+  t.y = c.y;
   return t;
 }
 
@@ -243,18 +246,20 @@ TEST(cache_flip_changes_key_and_mirrors_pixels) {
   // The cached latent of the flipped item is the encoding of the mirrored picture, and differs from
   // the unflipped one's.
   Encoded a = encode(dir);
-  VaeModel ae = VaeModel::load(job.ae);
-  VaeRunner vr(&ae);
+  FluxVae ae = FluxVae::load(job.ae);
+  NoGrad no_grad;
+  auto encode_one = [&](const std::vector<float>& px) {
+    std::vector<float> mean = to_floats(ae.encode(from_vector(px, {1, 3, 16, 16}, Device::cpu())).mean);
+    vae_latent_to_dit(ae.cfg, mean.data(), (long)mean.size());
+    return mean;
+  };
   JobImage plain = job.datasets[0].items[1];
   plain.flip_x = false;
-  std::vector<float> px = load_prepared_image(plain), mean, logvar;
-  vr.encode(px.data(), 1, 16, 16, mean, logvar);
-  vae_latent_to_dit(ae.cfg, mean.data(), (long)mean.size());
+  std::vector<float> px = load_prepared_image(plain), mean = encode_one(px);
   const std::vector<float>& flipped_latent = a.data.latents[a.data.samples[1].latent].z;
   CHECK(flipped_latent != mean);
   mirror_image(px.data(), 3, 16, 16, true, false);
-  vr.encode(px.data(), 1, 16, 16, mean, logvar);
-  vae_latent_to_dit(ae.cfg, mean.data(), (long)mean.size());
+  mean = encode_one(px);
   CHECK(flipped_latent.size() == mean.size());
   for (size_t i = 0; i < mean.size(); ++i) CHECK_NEAR(flipped_latent[i], mean[i], 1e-5);  // batched vs single encode
   j["datasets"][0]["items"][1]["flip_x"] = false;
@@ -291,7 +296,7 @@ TEST(cache_stops_when_asked) {
   write_json(dir + "/job.json", v2_job(dir));
   Job job = job_load(dir);
   TextEncoder te = TextEncoder::load(job.text_encoder);
-  VaeModel ae = VaeModel::load(job.ae);
+  FluxVae ae = FluxVae::load(job.ae);
   Metrics m;
   m.open(dir + "/metrics.jsonl");
   volatile sig_atomic_t stop = 1;

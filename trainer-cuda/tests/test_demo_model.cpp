@@ -8,6 +8,7 @@
 
 #include "demo/demo_model.h"
 #include "ops/cpu_ops.h"
+#include "core/autograd.h"
 #include "test.h"
 #include "demo/tiny.h"
 
@@ -18,12 +19,14 @@ namespace {
 // Four pictures: two at high noise (taken), one at low noise and one with an empty caption (left out).
 struct ContrastFixture {
   TextEncoder te;
-  FluxModel dit;
+  FluxTransformer dit;
+  std::vector<NamedParam> dit_params, te_params;
   std::vector<Scene> scenes = {random_scene(1, 0), random_scene(1, 1), random_scene(1, 2)};
   std::vector<int> pick = {0, 1, 2, -1};
   std::vector<int> ids;
   FluxInputs in;
   std::vector<float> target;
+  Tensor pe;
   static constexpr int B = 4, L = 48, gh = 2, P = 16;
 
   explicit ContrastFixture(const std::string& dir) {
@@ -36,12 +39,16 @@ struct ContrastFixture {
     c.n_double = 1, c.n_single = 1, c.guidance_embed = false;
     c.axes_dim[0] = 2, c.axes_dim[1] = 2, c.axes_dim[2] = 4;
     write_random_flux(dir + "/m.safetensors", c, 41);
-    dit = FluxModel::load(dir + "/m.safetensors");
+    dit = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
+    dit_params = dit.params();
+    te_params = te.params();
+    make_trainable(dit_params);
+    make_trainable(te_params);
     Rng rng(42);
     // Non-zero modulation and output weights (a training run's starting point has them at zero), so
     // every weight has a gradient.
-    for (ParamRef& p : dit.params())
-      for (float& v : *p.value) v += 0.05f * rng.normal();
+    for (NamedParam& p : dit_params)
+      for (int64_t i = 0; i < p.t->numel(); ++i) p.t->data<float>()[i] += 0.05f * rng.normal();
     for (int b = 0; b < B; ++b) {
       std::vector<int> t = tokenize_bytes(pick[b] < 0 ? "" : caption(scenes[pick[b]]), L);
       ids.insert(ids.end(), t.begin(), t.end());
@@ -55,16 +62,18 @@ struct ContrastFixture {
     in.timesteps = {0.7f, 0.9f, 0.3f, 0.95f};
     target.resize(in.img.size());
     for (float& v : target) v = rng.normal();
+    pe = dit.rope_for(in);
   }
 
-  // The true captions' predictions.
+  // The true captions' predictions, through the text encoder and the transformer.
+  Tensor forward_tensor() {
+    TextEncoder::Output o = te.forward(ids, B, L);
+    return dit.forward(from_vector(in.img, {B, in.L_img, P}, Device::cpu()), o.context, o.pooled,
+                       from_vector(in.timesteps, {B}, Device::cpu()), Tensor(), pe);
+  }
   std::vector<float> forward() {
-    TextEncoderRunner ter(&te);
-    FluxRunner runner(&dit, nullptr);
-    std::vector<float> out;
-    ter.forward(ids, B, L, in.txt, in.y);
-    runner.forward(in, out);
-    return out;
+    NoGrad no_grad;
+    return to_floats(forward_tensor());
   }
 };
 
@@ -77,29 +86,22 @@ TEST(word_contrast_gradients_match_finite_differences) {
   // A margin no gap reaches keeps the hinge open for both pictures, so the objective is smooth:
   // J = flow loss + weight / B * sum over taken pictures of (margin - gap).
   const float weight = 0.7f, margin = 100.0f;
-  TextEncoderRunner ter(&f.te);
-  FluxRunner runner(&f.dit, nullptr);
   WordContrast contrast(&f.dit, &f.te, weight, margin, /*count_share=*/0.5f, f.B, f.L, f.gh, f.P);
-  std::vector<float> out, dout;
+  Tensor out_t;
   auto objective = [&](std::vector<float>& dtrue) {
-    ter.forward(f.ids, f.B, f.L, f.in.txt, f.in.y);
-    runner.forward(f.in, out);
-    const double flow = mse_forward(out.data(), f.target.data(), (long)out.size());
+    out_t = f.forward_tensor();
+    const std::vector<float> out = to_floats(out_t);
+    const double flow = cpu::mse_forward(out.data(), f.target.data(), (long)out.size());
     dtrue.assign(out.size(), 0.0f);
-    mse_backward(dtrue.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
+    cpu::mse_backward(dtrue.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
     Rng rng(9);  // the same wrong words at every evaluation
     const double gap = contrast.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng);
     return flow + weight / f.B * contrast.rows.size() * (margin - gap);
   };
-  f.dit.enable_full_grads();
-  f.te.enable_grads();
-  f.dit.zero_full_grads();
-  f.te.zero_grads();
+  std::vector<float> dout;
   objective(dout);
   CHECK((contrast.rows == std::vector<int>{0, 1}));  // low noise and the empty caption are left out
-  FluxInputGrads d;
-  runner.backward(dout, &d);
-  ter.backward(d.txt, d.y);
+  backward(out_t, from_vector(dout, out_t.shape, Device::cpu()));
   contrast.backward();
 
   const float eps = 1e-2f;
@@ -108,6 +110,7 @@ TEST(word_contrast_gradients_match_finite_differences) {
   int n = 0;
   std::vector<float> scratch;
   auto check = [&](const std::string& name, float& x, double analytic) {
+    NoGrad no_grad;
     const float saved = x;
     x = saved + eps;
     const double jp = objective(scratch);
@@ -119,18 +122,20 @@ TEST(word_contrast_gradients_match_finite_differences) {
     if (err > worst) worst = err, worst_name = name + " fd " + std::to_string(fd) + " analytic " + std::to_string(analytic);
     ++n;
   };
-  for (ParamRef& p : f.dit.params()) {
-    const size_t size = p.value->size();
-    for (size_t k : {(size_t)0, size / 3, size - 1}) check(p.name, (*p.value)[k], (*p.grad)[k]);
+  auto value = [](NamedParam& p, size_t k) -> float& { return p.t->data<float>()[k]; };
+  auto grad = [](NamedParam& p, size_t k) { return (double)p.t->meta->grad.data<float>()[k]; };
+  for (NamedParam& p : f.dit_params) {
+    const size_t size = (size_t)p.t->numel();
+    for (size_t k : {(size_t)0, size / 3, size - 1}) check(p.name, value(p, k), grad(p, k));
   }
-  for (ParamRef& p : f.te.params()) {
-    const size_t size = p.value->size();
+  for (NamedParam& p : f.te_params) {
+    const size_t size = (size_t)p.t->numel();
     std::vector<size_t> idx = {0, size / 2, size - 1};
     // The rows of bytes that the shape words differ in, which only the contrast pass sees in part.
     if (p.name == "token_embedding.weight")
       idx = {(size_t)(kTokByte0 + 'c') * f.te.cfg.dim, (size_t)(kTokByte0 + 'q') * f.te.cfg.dim + 3,
              (size_t)(kTokByte0 + 'd') * f.te.cfg.dim + 1};
-    for (size_t k : idx) check(p.name, (*p.value)[k], (*p.grad)[k]);
+    for (size_t k : idx) check(p.name, value(p, k), grad(p, k));
   }
   std::printf("      %d weights, worst relative error %.2e (%s)\n", n, worst, worst_name.c_str());
   CHECK(worst < 2e-2);
@@ -142,12 +147,13 @@ TEST(word_contrast_is_silent_once_the_gap_is_made) {
   ContrastFixture f(tmpl);
   const std::vector<float> out = f.forward();
   std::vector<float> plain(out.size(), 0.0f);
-  mse_backward(plain.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
+  cpu::mse_backward(plain.data(), out.data(), f.target.data(), (long)out.size(), 1.0f);
   // A margin below any gap: the term adds nothing to the gradient of the true captions, and the
   // wrong captions' pass gets none.
   WordContrast met(&f.dit, &f.te, 1.0f, -100.0f, 0.5f, f.B, f.L, f.gh, f.P);
   std::vector<float> dtrue = plain;
   Rng rng(9);
+  NoGrad no_grad;
   met.step(f.scenes, f.pick, f.in, out, f.target, dtrue, rng);
   CHECK(dtrue == plain);
   double wrong = 0.0;

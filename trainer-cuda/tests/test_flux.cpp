@@ -14,6 +14,8 @@
 #include "ops/cpu_ops.h"
 #include "train/optim.h"
 #include "core/rng.h"
+#include "core/autograd.h"
+#include "ops/ops.h"
 #include "test.h"
 #include "demo/tiny.h"
 
@@ -77,15 +79,38 @@ FluxInputs random_inputs(const FluxConfig& c, int B, int gh, int gw, int Lt, uin
 // Random non-zero B so that every A gets a gradient too.
 void randomize_lora(LoraSet& set, uint64_t seed) {
   Rng rng(seed, 3);
-  for (float& p : set.params) p = 0.2f * rng.normal();
+  std::vector<float> p(set.size());
+  for (float& v : p) v = 0.2f * rng.normal();
+  set.set_params(p);
 }
 
-double loss_of(FluxRunner& r, const FluxInputs& in, const std::vector<float>& target) {
-  std::vector<float> out;
-  r.forward(in, out);
+std::vector<float> predict(const FluxTransformer& m, const FluxInputs& in) {
+  NoGrad no_grad;
+  return to_floats(m.forward(in));
+}
+
+double loss_of(const FluxTransformer& m, const FluxInputs& in, const std::vector<float>& target) {
+  std::vector<float> out = predict(m, in);
   double s = 0.0;
   for (size_t i = 0; i < out.size(); ++i) s += (double)(out[i] - target[i]) * (out[i] - target[i]);
   return s / out.size();
+}
+
+std::vector<float> random_target(size_t n, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<float> t(n);
+  for (float& v : t) v = rng.normal();
+  return t;
+}
+
+// The LoRA gradients of mean((out - target)^2), through the tape.
+std::vector<float> lora_gradients(const FluxTransformer& m, LoraSet& lora, const FluxInputs& in,
+                                  const std::vector<float>& target) {
+  lora.zero_grad();
+  Tensor out = m.forward(in);
+  const Tensor t = from_vector(target, out.shape, Device::cpu());
+  backward(out, mse_grad(out, t, 1.0f));
+  return to_floats(lora.grads);
 }
 
 }  // namespace
@@ -94,37 +119,29 @@ TEST(flux_lora_gradients_match_finite_differences) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 5);
-  FluxModel m = FluxModel::load(dir + "/m.safetensors");
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
   LoraSet lora = lora_create(flux_lora_targets(m.cfg, /*include_modulation=*/true), 2, 4.0f, 7);
   randomize_lora(lora, 8);
-  FluxRunner r(&m, &lora);
+  lora_attach(m.linears(), &lora);
   FluxInputs in = random_inputs(c, 2, 2, 3, 3, 9);
-  std::vector<float> out, target;
-  r.forward(in, out);
-  Rng rng(10);
-  target.resize(out.size());
-  for (float& t : target) t = rng.normal();
-  // Analytic gradient of mean squared error.
-  r.forward(in, out);
-  std::vector<float> dout(out.size(), 0.0f);
-  mse_backward(dout.data(), out.data(), target.data(), (long)out.size(), 1.0f);
-  lora.zero_grad();
-  r.backward(dout);
+  const std::vector<float> target = random_target(predict(m, in).size(), 10);
+  const std::vector<float> grads = lora_gradients(m, lora, in, target);
   // Central differences on a spread of parameters across every adapter (A and B halves).
   const float eps = 1e-2f;
   double worst = 0.0;
   int checked = 0;
+  float* params = lora.params.data<float>();
   for (size_t ai = 0; ai < lora.adapters.size(); ++ai) {
     const LoraAdapter& ad = lora.adapters[ai];
     size_t na = (size_t)ad.rank * ad.target.in, nb = (size_t)ad.target.rows * ad.rank;
     for (size_t k : {ad.a_off, ad.a_off + na / 2, ad.b_off, ad.b_off + nb - 1}) {
-      float saved = lora.params[k];
-      lora.params[k] = saved + eps;
-      double lp = loss_of(r, in, target);
-      lora.params[k] = saved - eps;
-      double lm = loss_of(r, in, target);
-      lora.params[k] = saved;
-      double fd = (lp - lm) / (2 * eps), an = lora.grads[k];
+      float saved = params[k];
+      params[k] = saved + eps;
+      double lp = loss_of(m, in, target);
+      params[k] = saved - eps;
+      double lm = loss_of(m, in, target);
+      params[k] = saved;
+      double fd = (lp - lm) / (2 * eps), an = grads[k];
       double err = std::fabs(fd - an) / std::max(1e-3, std::fabs(fd) + std::fabs(an));
       worst = std::max(worst, err);
       if (err > 2e-2) {
@@ -144,62 +161,162 @@ TEST(flux_full_and_input_gradients_match_finite_differences) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 31);
-  FluxModel m = FluxModel::load(dir + "/m.safetensors");
-  m.enable_full_grads();
-  FluxRunner r(&m, nullptr);
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
+  std::vector<NamedParam> params = m.params();
+  make_trainable(params);
   FluxInputs in = random_inputs(c, 2, 2, 2, 3, 32);
-  std::vector<float> out, target;
-  r.forward(in, out);
-  Rng rng(33);
-  target.resize(out.size());
-  for (float& t : target) t = rng.normal();
-  std::vector<float> dout(out.size(), 0.0f);
-  mse_backward(dout.data(), out.data(), target.data(), (long)out.size(), 1.0f);
-  FluxInputGrads dinputs;
-  r.backward(dout, &dinputs);
+  const Device cpu = Device::cpu();
+  Tensor txt = from_vector(in.txt, {in.B, in.L_txt, c.context_dim}, cpu), y = from_vector(in.y, {in.B, c.vec_dim}, cpu);
+  make_leaf(txt);
+  make_leaf(y);
+  auto run = [&] {
+    return m.forward(from_vector(in.img, {in.B, in.L_img, c.in_channels}, cpu), txt, y, from_vector(in.timesteps, {in.B}, cpu),
+                     from_vector(in.guidance, {in.B}, cpu), m.rope_for(in));
+  };
+  Tensor out = run();
+  const std::vector<float> target = random_target(out.numel(), 33);
+  const Tensor t = from_vector(target, out.shape, cpu);
+  backward(out, mse_grad(out, t, 1.0f));
+  auto loss = [&] {
+    NoGrad no_grad;
+    std::vector<float> o = to_floats(run());
+    double s = 0.0;
+    for (size_t i = 0; i < o.size(); ++i) s += (double)(o[i] - target[i]) * (o[i] - target[i]);
+    return s / o.size();
+  };
   const float eps = 1e-2f;
   double worst = 0.0;
   std::string worst_name;
   auto check = [&](const std::string& name, float& x, double analytic) {
     float saved = x;
     x = saved + eps;
-    double lp = loss_of(r, in, target);
+    double lp = loss();
     x = saved - eps;
-    double lm = loss_of(r, in, target);
+    double lm = loss();
     x = saved;
     double fd = (lp - lm) / (2 * eps);
     double err = std::fabs(fd - analytic) / std::max(1e-3, std::fabs(fd) + std::fabs(analytic));
     if (err > worst) worst = err, worst_name = name;
   };
   int n = 0;
-  for (ParamRef& p : m.params()) {
-    CHECK(p.grad->size() == p.value->size());
-    size_t size = p.value->size();
+  for (NamedParam& p : params) {
+    CHECK(p.t->meta && p.t->meta->grad.numel() == p.t->numel());
+    const size_t size = (size_t)p.t->numel();
     for (size_t k : {(size_t)0, size / 3, size - 1}) {
-      check(p.name, (*p.value)[k], (*p.grad)[k]);
+      check(p.name, p.t->data<float>()[k], p.t->meta->grad.data<float>()[k]);
       ++n;
     }
   }
-  for (size_t k : {(size_t)0, in.txt.size() / 2, in.txt.size() - 1}) check("input txt", in.txt[k], dinputs.txt[k]);
-  for (size_t k : {(size_t)0, in.y.size() - 1}) check("input y", in.y[k], dinputs.y[k]);
+  const size_t nt = (size_t)txt.numel();
+  for (size_t k : {(size_t)0, nt / 2, nt - 1}) check("input txt", txt.data<float>()[k], txt.meta->grad.data<float>()[k]);
+  for (size_t k : {(size_t)0, (size_t)y.numel() - 1}) check("input y", y.data<float>()[k], y.meta->grad.data<float>()[k]);
   std::printf("      %d weights of %zu tensors and the txt/y inputs, worst relative error %.2e (%s)\n", n,
-              m.params().size(), worst, worst_name.c_str());
+              params.size(), worst, worst_name.c_str());
   CHECK(worst < 2e-2);
+}
+
+// Gradient checkpointing recomputes each block in backward: the same LoRA gradients, bit for bit,
+// and the same weight gradients in full training.
+TEST(flux_checkpointing_gives_the_same_gradients) {
+  std::string dir = temp_dir();
+  FluxConfig c = micro_config();
+  c.n_double = 2, c.n_single = 2;
+  write_random_flux(dir + "/m.safetensors", c, 51);
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
+  LoraSet lora = lora_create(flux_lora_targets(m.cfg, true), 2, 2.0f, 52);
+  randomize_lora(lora, 53);
+  lora_attach(m.linears(), &lora);
+  FluxInputs in = random_inputs(c, 2, 2, 2, 3, 54);
+  const std::vector<float> target = random_target(predict(m, in).size(), 55);
+  m.checkpointing = false;
+  const std::vector<float> plain = lora_gradients(m, lora, in, target);
+  m.checkpointing = true;
+  const std::vector<float> recomputed = lora_gradients(m, lora, in, target);
+  CHECK(plain == recomputed);
+  double norm = 0.0;
+  for (float g : plain) norm += (double)g * g;
+  CHECK(norm > 0.0);
+
+  // Full training: every weight's gradient, the blocks' inputs included, through the recompute.
+  lora_attach(m.linears(), nullptr);
+  std::vector<NamedParam> params = m.params();
+  make_trainable(params);
+  auto weight_grads = [&] {
+    zero_grads(params);
+    Tensor out = m.forward(in);
+    backward(out, mse_grad(out, from_vector(target, out.shape, Device::cpu()), 1.0f));
+    std::vector<float> all;
+    for (NamedParam& p : params) {
+      std::vector<float> g = to_floats(p.t->meta->grad);
+      all.insert(all.end(), g.begin(), g.end());
+    }
+    return all;
+  };
+  m.checkpointing = false;
+  const std::vector<float> a = weight_grads();
+  m.checkpointing = true;
+  const std::vector<float> b = weight_grads();
+  CHECK(a.size() == b.size());
+  double worst = 0.0, scale = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, (double)std::fabs(a[i] - b[i])), scale = std::max(scale, (double)std::fabs(a[i]));
+  std::printf("      full training: max |difference| %.2e of gradients up to %.2e\n", worst, scale);
+  CHECK(worst <= 1e-6 * scale);  // the shared conditioning vector's gradient adds up in another order
+}
+
+// One random checkpoint written in the BFL layout, the diffusers layout (three shards, fused layers
+// split, the final modulation's halves swapped) and ComfyUI's: the same model from each.
+TEST(flux_layouts_load_the_same_model) {
+  std::string dir = temp_dir();
+  FluxConfig c = micro_config();
+  RandomFluxOptions bfl, diffusers, comfy;
+  diffusers.layout = "diffusers";
+  diffusers.shards = 3;
+  comfy.layout = "comfyui";
+  bfl.dtype = diffusers.dtype = comfy.dtype = DType::BF16;
+  write_random_flux(dir + "/bfl.safetensors", c, 61, bfl);
+  write_random_flux(dir + "/transformer", c, 61, diffusers);
+  write_random_flux(dir + "/comfy.safetensors", c, 61, comfy);
+  Checkpoint d = Checkpoint::open(dir + "/transformer");
+  CHECK(d.files.size() == 3 && d.has("transformer_blocks.0.attn.to_q.weight") && d.has("norm_out.linear.weight"));
+  CHECK(!d.has("double_blocks.0.img_attn.qkv.weight"));
+
+  FluxInputs in = random_inputs(c, 2, 2, 2, 3, 62);
+  std::vector<std::vector<float>> outs, grads;
+  for (const std::string& path : {dir + "/bfl.safetensors", dir + "/transformer", dir + "/comfy.safetensors"}) {
+    FluxTransformer m = FluxTransformer::load(path, Device::cpu());
+    CHECK(m.cfg.hidden == c.hidden && m.cfg.n_double == c.n_double && m.cfg.n_single == c.n_single && m.cfg.guidance_embed);
+    CHECK(m.cfg.axes_dim[1] == c.axes_dim[1]);
+    LoraSet lora = lora_create(flux_lora_targets(m.cfg, true), 2, 2.0f, 63);
+    randomize_lora(lora, 64);
+    lora_attach(m.linears(), &lora);
+    outs.push_back(predict(m, in));
+    grads.push_back(lora_gradients(m, lora, in, random_target(outs.back().size(), 65)));
+  }
+  CHECK(outs[0] == outs[1] && outs[0] == outs[2]);
+  CHECK(grads[0] == grads[1] && grads[0] == grads[2]);
+
+  // A shard that went missing: one line naming the folder, the stored tensor and the layout.
+  std::remove((dir + "/transformer/diffusion_pytorch_model-00003-of-00003.safetensors").c_str());
+  CHECK_THROWS(FluxTransformer::load(dir + "/transformer", Device::cpu()), "diffusion_pytorch_model-00003-of-00003.safetensors");
+  write_random_flux(dir + "/t2", c, 61, diffusers);
+  SafeTensorsFile shard = SafeTensorsFile::open(dir + "/t2/diffusion_pytorch_model-00001-of-00003.safetensors");
+  SafeTensorsWriter w;
+  w.metadata = shard.metadata;
+  for (const TensorInfo& t : shard.tensors)
+    if (t.name != "x_embedder.bias") w.add(t.name, DType::BF16, t.shape, shard.read_f32(t.name).data());
+  w.write(dir + "/t2/diffusion_pytorch_model-00001-of-00003.safetensors");
+  CHECK_THROWS(FluxTransformer::load(dir + "/t2", Device::cpu()), "'x_embedder.bias' (img_in.bias in the diffusers layout) is missing");
 }
 
 TEST(flux_model_save_round_trips) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 41);
-  FluxModel m = FluxModel::load(dir + "/m.safetensors");
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
   m.save(dir + "/again.safetensors", DType::F32, {{"note", "x"}});
-  FluxModel back = FluxModel::load(dir + "/again.safetensors");
+  FluxTransformer back = FluxTransformer::load(dir + "/again.safetensors", Device::cpu());
   FluxInputs in = random_inputs(c, 1, 2, 2, 2, 42);
-  std::vector<float> a, b;
-  FluxRunner ra(&m, nullptr), rb(&back, nullptr);
-  ra.forward(in, a);
-  rb.forward(in, b);
-  CHECK(a == b);
+  CHECK(predict(m, in) == predict(back, in));
   CHECK(SafeTensorsFile::open(dir + "/again.safetensors").tensors.size() ==
         SafeTensorsFile::open(dir + "/m.safetensors").tensors.size());
 }
@@ -208,16 +325,12 @@ TEST(flux_zero_lora_leaves_the_model_unchanged) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 11);
-  FluxModel m = FluxModel::load(dir + "/m.safetensors");
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
   FluxInputs in = random_inputs(c, 1, 3, 2, 4, 12);
-  std::vector<float> base, adapted;
-  {
-    FluxRunner r(&m, nullptr);
-    r.forward(in, base);
-  }
+  const std::vector<float> base = predict(m, in);
   LoraSet lora = lora_create(flux_lora_targets(m.cfg, false), 4, 4.0f, 13);  // B = 0
-  FluxRunner r(&m, &lora);
-  r.forward(in, adapted);
+  lora_attach(m.linears(), &lora);
+  const std::vector<float> adapted = predict(m, in);
   CHECK(base.size() == adapted.size());
   for (size_t i = 0; i < base.size(); ++i) CHECK_NEAR(base[i], adapted[i], 1e-6);
 }
@@ -226,16 +339,13 @@ TEST(flux_lora_file_reloads_to_the_same_predictions) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 21);
-  FluxModel m = FluxModel::load(dir + "/m.safetensors");
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
   auto targets = flux_lora_targets(m.cfg, false);
   LoraSet lora = lora_create(targets, 4, 8.0f, 22);  // alpha != rank: the scale is folded into B on save
   randomize_lora(lora, 23);
   FluxInputs in = random_inputs(c, 2, 2, 2, 3, 24);
-  std::vector<float> before, after;
-  {
-    FluxRunner r(&m, &lora);
-    r.forward(in, before);
-  }
+  lora_attach(m.linears(), &lora);
+  const std::vector<float> before = predict(m, in);
   lora_save(lora, dir + "/l.safetensors", DType::F32, {{"software", "graft"}});
   SafeTensorsFile f = SafeTensorsFile::open(dir + "/l.safetensors");
   CHECK(f.has("transformer.transformer_blocks.0.attn.to_q.lora_A.weight"));
@@ -246,8 +356,8 @@ TEST(flux_lora_file_reloads_to_the_same_predictions) {
   CHECK(f.metadata.at("software") == "graft");
   LoraSet back = lora_load(dir + "/l.safetensors", flux_lora_targets(m.cfg, true));
   CHECK(back.adapters.size() == lora.adapters.size());
-  FluxRunner r(&m, &back);
-  r.forward(in, after);
+  lora_attach(m.linears(), &back);
+  const std::vector<float> after = predict(m, in);
   for (size_t i = 0; i < before.size(); ++i) CHECK_NEAR(before[i], after[i], 1e-5 * (1 + std::fabs(before[i])));
 }
 
@@ -278,21 +388,26 @@ TEST(flux_load_names_the_missing_tensor) {
     w.add(t.name, DType::BF16, t.shape, v.data());
   }
   w.write(dir + "/broken.safetensors");
-  CHECK_THROWS(FluxModel::load(dir + "/broken.safetensors"), "single_blocks.0.linear2.bias");
-  CHECK_THROWS(FluxModel::load(dir + "/broken.safetensors"), "broken.safetensors");
-  // A file that is not a FLUX transformer at all.
+  CHECK_THROWS(FluxTransformer::load(dir + "/broken.safetensors", Device::cpu()), "single_blocks.0.linear2.bias");
+  CHECK_THROWS(FluxTransformer::load(dir + "/broken.safetensors", Device::cpu()), "broken.safetensors");
+  // A file that is not a FLUX transformer at all: read as the layout its names suggest, and the
+  // first tensor that layout lacks is named.
   SafeTensorsWriter x;
   float one = 1.0f;
   x.add("x_embedder.weight", DType::F32, {1}, &one);
   x.write(dir + "/diffusers.safetensors");
-  CHECK_THROWS(FluxModel::load(dir + "/diffusers.safetensors"), "diffusers layout");
+  CHECK_THROWS(FluxTransformer::load(dir + "/diffusers.safetensors", Device::cpu()), "in the diffusers layout) is missing");
+  x.entries.clear();
+  x.add("something.else", DType::F32, {1}, &one);
+  x.write(dir + "/other.safetensors");
+  CHECK_THROWS(FluxTransformer::load(dir + "/other.safetensors", Device::cpu()), "not a FLUX.1 transformer");
 }
 
 TEST(flux_config_is_read_from_shapes) {
   std::string dir = temp_dir();
   FluxConfig c = tiny_flux_config();
   write_random_flux(dir + "/m.safetensors", c, 3);
-  FluxModel m = FluxModel::load(dir + "/m.safetensors");
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
   CHECK(m.cfg.hidden == 64 && m.cfg.heads == 2 && m.cfg.head_dim == 32 && m.cfg.mlp_hidden == 256);
   CHECK(m.cfg.n_double == 2 && m.cfg.n_single == 2 && m.cfg.guidance_embed);
   CHECK(m.cfg.context_dim == 32 && m.cfg.vec_dim == 16 && m.cfg.in_channels == 16 && m.cfg.out_channels == 16);
@@ -328,12 +443,14 @@ TEST(adamw_matches_hand_computation) {
   opt.beta1 = 0.9f;
   opt.beta2 = 0.99f;
   opt.weight_decay = 0.5f;
-  float p = 1.0f, g1 = 0.5f, g2 = -1.0f;
-  opt.step(&p, &g1, 1, 0.1f);
+  Tensor pt = from_vector({1.0f}, {1}, Device::cpu()), g1 = from_vector({0.5f}, {1}, Device::cpu()),
+         g2 = from_vector({-1.0f}, {1}, Device::cpu());
+  const float& p = pt.data<float>()[0];
+  opt.step(pt, g1, 0.1f);
   double m = 0.05, v = 0.0025;
   double pe = 1.0 * (1 - 0.05) - 0.1 * (m / 0.1) / (std::sqrt(v / 0.01) + 1e-8);
   CHECK_NEAR(p, pe, 1e-6);
-  opt.step(&p, &g2, 1, 0.1f);
+  opt.step(pt, g2, 0.1f);
   m = 0.9 * m + 0.1 * -1.0;
   v = 0.99 * v + 0.01 * 1.0;
   pe = pe * (1 - 0.05) - 0.1 * (m / (1 - 0.81)) / (std::sqrt(v / (1 - 0.9801)) + 1e-8);
@@ -341,11 +458,11 @@ TEST(adamw_matches_hand_computation) {
 }
 
 TEST(grad_clipping_and_lr_schedules) {
-  float g[2] = {3.0f, 4.0f};
-  CHECK_NEAR(clip_grad_norm(g, 2, 1.0f), 5.0, 1e-6);
+  Tensor gt = from_vector({3.0f, 4.0f}, {2}, Device::cpu()), ht = from_vector({0.3f, 0.4f}, {2}, Device::cpu());
+  const float *g = gt.data<float>(), *h = ht.data<float>();
+  CHECK_NEAR(clip_grad_norm({gt}, 1.0f), 5.0, 1e-6);
   CHECK_NEAR(std::sqrt(g[0] * g[0] + g[1] * g[1]), 1.0, 1e-5);
-  float h[2] = {0.3f, 0.4f};
-  clip_grad_norm(h, 2, 1.0f);  // under the limit: untouched
+  clip_grad_norm({ht}, 1.0f);  // under the limit: untouched
   CHECK_NEAR(h[0], 0.3, 1e-7);
   CHECK_NEAR(lr_at("constant", 1e-3f, 7, 100, 10), 1e-3, 1e-9);
   CHECK_NEAR(lr_at("constant_with_warmup", 1e-3f, 5, 100, 10), 5e-4, 1e-9);

@@ -19,6 +19,7 @@
 #include "test.h"
 
 using namespace graft;
+using namespace graft::cpu;
 using namespace graft_test;
 
 namespace {

@@ -13,22 +13,22 @@ namespace {
 // The exact velocity for data that is a single point x0: v(x, t) = (x - x0) / t. The straight-line
 // ODE has a linear solution, so Euler integration lands on x0 for any number of steps. The
 // conditional prediction aims at x0, the unconditional one at -x0 (to check the guidance formula).
-struct PointMassModel : FluxBackend {
+struct PointMassModel {
   std::vector<float> x0_tokens;  // [L, P]
   int forwards = 0;
   bool still = false;  // v = 0: the sample stays at its starting noise
-  std::string name() const override { return "point-mass"; }
-  void forward(const FluxInputs& in, std::vector<float>& out) override {
-    ++forwards;
-    const size_t n = x0_tokens.size();
-    out.resize((size_t)in.B * n);
-    for (int b = 0; b < in.B; ++b) {
-      const float t = in.timesteps[b], sign = b == 0 ? 1.0f : -1.0f;
-      for (size_t j = 0; j < n; ++j) out[b * n + j] = still ? 0.0f : (in.img[b * n + j] - sign * x0_tokens[j]) / t;
-    }
+  VelocityFn velocity() {
+    return [this](const std::vector<float>& tokens, int B, float t) {
+      ++forwards;
+      const size_t n = x0_tokens.size();
+      std::vector<float> out((size_t)B * n);
+      for (int b = 0; b < B; ++b) {
+        const float sign = b == 0 ? 1.0f : -1.0f;
+        for (size_t j = 0; j < n; ++j) out[b * n + j] = still ? 0.0f : (tokens[j] - sign * x0_tokens[j]) / t;
+      }
+      return out;
+    };
   }
-  void backward(const std::vector<float>&) override {}
-  void params_updated() override {}
 };
 
 }  // namespace
@@ -47,35 +47,32 @@ TEST(sampler_timesteps_with_shift) {
 }
 
 TEST(sampler_lands_on_the_data_with_an_exact_velocity) {
-  FluxConfig cfg;
-  cfg.in_channels = 8;  // 2 latent channels
   const int C = 2, H = 4, W = 6;
   std::vector<float> x0(C * H * W);
   Rng rng(5);
   for (float& v : x0) v = rng.normal();
   PointMassModel model;
   model.x0_tokens.resize(x0.size());
-  patchify_forward(model.x0_tokens.data(), x0.data(), 1, C, H, W, 2);
-  TextCond cond{3, std::vector<float>(3 * 4, 0.0f), std::vector<float>(2, 0.0f)};
+  cpu::patchify_forward(model.x0_tokens.data(), x0.data(), 1, C, H, W, 2);
   SampleParams p;
   p.steps = 7;
   p.shift = 2.0f;
-  std::vector<float> x = sample_latent(model, cfg, C, H, W, cond, nullptr, p);
+  std::vector<float> x = flow_sample(model.velocity(), C, H, W, p);
   CHECK(model.forwards == 7);
   for (size_t i = 0; i < x.size(); ++i) CHECK_NEAR(x[i], x0[i], 1e-4);
   // Guidance: uncond aims at -x0, so uncond + 2 (cond - uncond) aims at 3 x0.
   p.cfg_scale = 2.0f;
-  x = sample_latent(model, cfg, C, H, W, cond, &cond, p);
+  x = flow_sample(model.velocity(), C, H, W, p);
   for (size_t i = 0; i < x.size(); ++i) CHECK_NEAR(x[i], 3 * x0[i], 1e-3);
   // Same seed, same start; another seed, another start (seen with v = 0, which keeps x at its noise).
   p.cfg_scale = 1.0f;
   model.still = true;
   p.steps = 1;
   p.seed = 1;
-  std::vector<float> a = sample_latent(model, cfg, C, H, W, cond, nullptr, p);
-  std::vector<float> b = sample_latent(model, cfg, C, H, W, cond, nullptr, p);
+  std::vector<float> a = flow_sample(model.velocity(), C, H, W, p);
+  std::vector<float> b = flow_sample(model.velocity(), C, H, W, p);
   p.seed = 2;
-  std::vector<float> c = sample_latent(model, cfg, C, H, W, cond, nullptr, p);
+  std::vector<float> c = flow_sample(model.velocity(), C, H, W, p);
   CHECK(a == b);
   CHECK(a != c);
 }

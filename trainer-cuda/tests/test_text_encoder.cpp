@@ -6,6 +6,7 @@
 
 #include "ops/cpu_ops.h"
 #include "core/rng.h"
+#include "core/autograd.h"
 #include "test.h"
 #include "demo/text_encoder.h"
 
@@ -26,10 +27,11 @@ TextEncoderConfig micro_te() {
 }
 
 // L = sum(context * wc) + sum(pooled * wp) for fixed random weights wc, wp.
-double te_loss(TextEncoderRunner& r, const std::vector<int>& ids, int B, int L, const std::vector<float>& wc,
+double te_loss(const TextEncoder& te, const std::vector<int>& ids, int B, int L, const std::vector<float>& wc,
                const std::vector<float>& wp) {
-  std::vector<float> ctx, pooled;
-  r.forward(ids, B, L, ctx, pooled);
+  NoGrad no_grad;
+  TextEncoder::Output o = te.forward(ids, B, L);
+  std::vector<float> ctx = to_floats(o.context), pooled = to_floats(o.pooled);
   double s = 0.0;
   for (size_t i = 0; i < ctx.size(); ++i) s += (double)ctx[i] * wc[i];
   for (size_t i = 0; i < pooled.size(); ++i) s += (double)pooled[i] * wp[i];
@@ -51,41 +53,39 @@ TEST(text_tokenize_bytes) {
 TEST(text_encoder_gradients_match_finite_differences) {
   TextEncoder te = TextEncoder::random(micro_te(), 1);
   Rng rng(2);
-  for (ParamRef& p : te.params())  // non-trivial norms and biases, so their gradients are tested too
-    for (float& v : *p.value) v += 0.1f * rng.normal();
-  te.enable_grads();
-  TextEncoderRunner r(&te);
+  std::vector<NamedParam> params = te.params();
+  make_trainable(params);
+  for (NamedParam& p : params)  // non-trivial norms and biases, so their gradients are tested too
+    for (int64_t i = 0; i < p.t->numel(); ++i) p.t->data<float>()[i] += 0.1f * rng.normal();
   const int B = 2, L = 5;
   std::vector<int> ids;
   for (const char* s : {"red", "zxq!"}) {
     std::vector<int> t = tokenize_bytes(s, L);
     ids.insert(ids.end(), t.begin(), t.end());
   }
-  std::vector<float> ctx, pooled;
-  r.forward(ids, B, L, ctx, pooled);
-  std::vector<float> wc(ctx.size()), wp(pooled.size());
+  TextEncoder::Output o = te.forward(ids, B, L);
+  std::vector<float> wc(o.context.numel()), wp(o.pooled.numel());
   for (float& v : wc) v = rng.normal();
   for (float& v : wp) v = rng.normal();
-  te.zero_grads();
-  r.backward(wc, wp);
+  backward({o.context, o.pooled}, {from_vector(wc, o.context.shape, Device::cpu()), from_vector(wp, o.pooled.shape, Device::cpu())});
   const float eps = 1e-2f;
   double worst = 0.0;
   std::string worst_name;
   int n = 0;
-  for (ParamRef& p : te.params()) {
-    size_t size = p.value->size();
+  for (NamedParam& p : params) {
+    size_t size = (size_t)p.t->numel();
     // For the embeddings, entries of tokens that occur (rows of 'r' and of position 0).
     std::vector<size_t> idx = {0, size / 2, size - 1};
     if (p.name == "token_embedding.weight") idx = {(size_t)(kTokByte0 + 'r') * te.cfg.dim, (size_t)kTokBos * te.cfg.dim + 1};
     for (size_t k : idx) {
-      float& x = (*p.value)[k];
+      float& x = p.t->data<float>()[k];
       float saved = x;
       x = saved + eps;
-      double lp = te_loss(r, ids, B, L, wc, wp);
+      double lp = te_loss(te, ids, B, L, wc, wp);
       x = saved - eps;
-      double lm = te_loss(r, ids, B, L, wc, wp);
+      double lm = te_loss(te, ids, B, L, wc, wp);
       x = saved;
-      double fd = (lp - lm) / (2 * eps), an = (*p.grad)[k];
+      double fd = (lp - lm) / (2 * eps), an = p.t->meta->grad.data<float>()[k];
       // Absolute floor for the fp32 noise of the difference quotient (about 2e-4 here): the key bias
       // has an exactly zero gradient (softmax ignores a shift shared by all keys).
       double err = std::fabs(fd - an) / (1e-3 + 1e-2 * std::fabs(fd));  // 1.0 = at tolerance
@@ -108,11 +108,9 @@ TEST(text_encoder_file_round_trip) {
   te.save(path, DType::F32, {});
   TextEncoder back = TextEncoder::load(path);
   CHECK(back.cfg.heads == 4 && back.cfg.layers == 2 && back.cfg.max_len == 6 && back.cfg.context_dim == 5);
-  TextEncoderRunner ra(&te), rb(&back);
   std::vector<int> ids = tokenize_bytes("blue", 6);
-  std::vector<float> ca, pa, cb, pb;
-  ra.forward(ids, 1, 6, ca, pa);
-  rb.forward(ids, 1, 6, cb, pb);
-  CHECK(ca == cb && pa == pb);
+  NoGrad no_grad;
+  TextEncoder::Output a = te.forward(ids, 1, 6), b = back.forward(ids, 1, 6);
+  CHECK(to_floats(a.context) == to_floats(b.context) && to_floats(a.pooled) == to_floats(b.pooled));
   CHECK_THROWS(TextEncoder::load(std::string(tmpl) + "/missing.safetensors"), "missing.safetensors");
 }

@@ -108,11 +108,11 @@ TEST(train_uses_the_timestep_rule) {
   Job job = job_load(tb.path);
   CHECK(job.timesteps.type == "weighted" && job.timesteps.bias == "balanced");
   TextEncoder te = TextEncoder::load(job.text_encoder);
-  VaeModel ae = VaeModel::load(job.ae);
+  FluxVae ae = FluxVae::load(job.ae);
   Metrics m;
   m.open(tb.path + "/encode.jsonl");
   TrainData data = data_encode(job, ae, te, m);
-  FluxModel model = FluxModel::load(job.transformer);
+  FluxTransformer model = FluxTransformer::load(job.transformer, Device::cpu());
   TrainBatch batch = make_batch(data, data.batch(job.seed, 0, 1), model.cfg, job, 0);
   const float w = batch.weight.at(0);
   CHECK(w == timestep_weight(job.timesteps, batch.in.timesteps[0]) && std::fabs(w - 1.0f) > 0.05f);

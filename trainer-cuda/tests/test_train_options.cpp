@@ -23,8 +23,8 @@ std::vector<json> steps_of(const std::string& dir) { return events_of(read_event
 // The LoRA file read back in the trainer's parameter layout (the fixture's alpha = rank: scale 1, so
 // the file's B is the trained B).
 std::vector<float> saved_params(const std::string& file) {
-  FluxModel m = FluxModel::load(tiny_model_dir() + "/transformer.safetensors");
-  return lora_load(file, flux_lora_targets(m.cfg, false)).params;
+  FluxTransformer m = FluxTransformer::load(tiny_model_dir() + "/transformer.safetensors", Device::cpu());
+  return lora_load(file, flux_lora_targets(m.cfg, false)).host_params();
 }
 
 std::vector<float> state_tensor(const std::string& dir, const std::string& name) {
@@ -53,23 +53,25 @@ double mean_last(const std::vector<json>& steps, const char* key, int k) {
 }  // namespace
 
 TEST(weight_ema_warms_up_then_averages) {
-  std::vector<float> w = {1.0f};
+  Tensor w = from_vector({1.0f}, {1}, Device::cpu());
+  float* live = w.data<float>();
   WeightEma ema;
   ema.decay = 0.5f;
-  ema.add(&w);
-  w[0] = 2.0f;
+  ema.add(w);
+  float* avg = ema.avg[0].data<float>();
+  live[0] = 2.0f;
   ema.update();  // n = 0: decay min(0.5, 1/10) = 0.1
-  CHECK_NEAR(ema.avg[0][0], 0.1 * 1.0 + 0.9 * 2.0, 1e-6);
-  w[0] = 3.0f;
+  CHECK_NEAR(avg[0], 0.1 * 1.0 + 0.9 * 2.0, 1e-6);
+  live[0] = 3.0f;
   ema.update();  // n = 1: decay 2/11
-  CHECK_NEAR(ema.avg[0][0], 2.0 / 11 * 1.9 + 9.0 / 11 * 3.0, 1e-5);
+  CHECK_NEAR(avg[0], 2.0 / 11 * 1.9 + 9.0 / 11 * 3.0, 1e-5);
   ema.n = 9;  // (1 + 9) / (10 + 9) > 0.5: the decay is capped
-  ema.avg[0][0] = 1.0f, w[0] = 0.0f;
+  avg[0] = 1.0f, live[0] = 0.0f;
   ema.update();
-  CHECK_NEAR(ema.avg[0][0], 0.5, 1e-6);
+  CHECK_NEAR(avg[0], 0.5, 1e-6);
   CHECK(ema.n == 10);
   ema.swap();
-  CHECK(w[0] == 0.5f && ema.avg[0][0] == 0.0f);
+  CHECK(live[0] == 0.5f && avg[0] == 0.0f);
 }
 
 // With use_ema the LoRA file holds the average and the state both weights; without it, the file holds
@@ -97,9 +99,9 @@ TEST(ema_saves_the_average_and_resumes_exactly) {
   json jb = v2_job(tb.path);
   jb["cache_dir"] = plain.path + "/cache";
   jb["train"] = ja["train"];
-  FluxModel m = FluxModel::load(tiny_model_dir() + "/transformer.safetensors");
+  FluxTransformer m = FluxTransformer::load(tiny_model_dir() + "/transformer.safetensors", Device::cpu());
   std::vector<double> avg;
-  for (float v : lora_create(flux_lora_targets(m.cfg, false), 4, 4.0f, 11).params) avg.push_back(v);
+  for (float v : lora_create(flux_lora_targets(m.cfg, false), 4, 4.0f, 11).host_params()) avg.push_back(v);
   for (int n = 0; n < steps; ++n) {
     jb["train"]["steps"] = n + 1;
     write_json(tb.path + "/job.json", jb);

@@ -14,7 +14,8 @@
 #include <vector>
 
 #include "core/common.h"
-#include "ops/cpu_ops.h"
+#include "core/autograd.h"
+#include "ops/ops.h"
 #include "core/safetensors.h"
 #include "models/flux_vae.h"
 
@@ -35,54 +36,50 @@ int run(int argc, char** argv) {
     return 2;
   }
   const std::string cmd = argv[1];
-  VaeModel m = VaeModel::load(argv[2]);
+  FluxVae m = FluxVae::load(argv[2]);
   const VaeConfig& c = m.cfg;
   SafeTensorsFile in = SafeTensorsFile::open(argv[3]);
-  VaeRunner r(&m);
   SafeTensorsWriter out;
+  const Device cpu = Device::cpu();
 
   if (cmd == "encode" || cmd == "grad") {
     const TensorInfo& t = input4d(in, "image", c.in_channels);
     const int B = (int)t.shape[0], H = (int)t.shape[2], W = (int)t.shape[3];
-    std::vector<float> img = in.read_f32("image"), mean, logvar;
-    int h = 0, w = 0;
-    r.encode(img.data(), B, H, W, mean, logvar, &h, &w);
-    const std::vector<int64_t> zshape = {B, c.z_channels, h, w};
+    Tensor img = from_vector(in.read_f32("image"), t.shape, cpu);
     if (cmd == "encode") {
-      std::vector<float> latent = mean;
+      NoGrad no_grad;
+      FluxVae::Moments mo = m.encode(img);
+      std::vector<float> mean = to_floats(mo.mean), logvar = to_floats(mo.logvar), latent = mean;
       vae_latent_to_dit(c, latent.data(), (long)latent.size());
-      out.add("mean", DType::F32, zshape, mean.data());
-      out.add("logvar", DType::F32, zshape, logvar.data());
-      out.add("latent", DType::F32, zshape, latent.data());
+      out.add("mean", DType::F32, mo.mean.shape, mean.data());
+      out.add("logvar", DType::F32, mo.mean.shape, logvar.data());
+      out.add("latent", DType::F32, mo.mean.shape, latent.data());
     } else {
       if (c.out_channels != c.in_channels) fail("grad: the reconstruction loss needs out_channels == in_channels");
-      std::vector<float> noise = in.read_f32("noise", zshape);
+      std::vector<NamedParam> params = m.params();
+      make_trainable(params);
+      make_leaf(img);
+      FluxVae::Moments mo = m.encode(img);
+      Tensor noise = from_vector(in.read_f32("noise", mo.mean.shape), mo.mean.shape, cpu);
       const float kl_weight = in.read_f32("kl_weight", {1})[0];
-      const long nz = (long)mean.size(), ni = (long)img.size();
-      std::vector<float> z(nz), recon;
-      gaussian_sample_forward(z.data(), mean.data(), logvar.data(), noise.data(), nz);
-      r.decode(z.data(), B, h, w, recon);
-      float loss = mse_forward(recon.data(), img.data(), ni) + kl_weight * gaussian_kl_forward(mean.data(), logvar.data(), nz);
-
-      m.zero_grad();
-      std::vector<float> drecon(ni, 0.0f), dz(nz, 0.0f), dmean(nz, 0.0f), dlogvar(nz, 0.0f), dimg(ni, 0.0f);
-      mse_backward(drecon.data(), recon.data(), img.data(), ni, 1.0f);
-      mse_backward(dimg.data(), img.data(), recon.data(), ni, 1.0f);  // the target is the input image too
-      r.decode_backward(drecon.data(), dz.data());
-      gaussian_sample_backward(dmean.data(), dlogvar.data(), dz.data(), logvar.data(), noise.data(), nz);
-      gaussian_kl_backward(dmean.data(), dlogvar.data(), mean.data(), logvar.data(), nz, kl_weight);
-      r.encode_backward(dmean.data(), dlogvar.data(), dimg.data());
-
+      Tensor recon = m.decode(gaussian_sample(mo.mean, mo.logvar, noise));
+      Tensor kl = gaussian_kl(mo.mean, mo.logvar);
+      const float loss = (float)(mse(recon, img) + kl_weight * item(kl));
+      backward({recon, kl}, {mse_grad(recon, img, 1.0f), from_vector({kl_weight}, {1}, cpu)});
+      // The image is the reconstruction's target too: that share of its gradient is added here.
+      std::vector<float> dimg = to_floats(img.meta->grad), direct = to_floats(mse_grad(img, recon.detach(), 1.0f));
+      for (size_t i = 0; i < dimg.size(); ++i) dimg[i] += direct[i];
+      const std::vector<float> rec = to_floats(recon);
       out.add("loss", DType::F32, {1}, &loss);
-      out.add("recon", DType::F32, {B, c.out_channels, H, W}, recon.data());
+      out.add("recon", DType::F32, {B, c.out_channels, H, W}, rec.data());
       out.add("grad.image", DType::F32, t.shape, dimg.data());
-      for (const VaeTensor& p : m.tensors) out.add("grad." + p.name, DType::F32, p.shape, m.grads.data() + p.offset);
+      for (NamedParam& p : params) out.add("grad." + p.name, DType::F32, p.t->shape, to_floats(p.t->meta->grad).data());
     }
   } else if (cmd == "decode") {
     const TensorInfo& t = input4d(in, "z", c.z_channels);
     const int B = (int)t.shape[0], h = (int)t.shape[2], w = (int)t.shape[3];
-    std::vector<float> z = in.read_f32("z"), img;
-    r.decode(z.data(), B, h, w, img);
+    NoGrad no_grad;
+    std::vector<float> img = to_floats(m.decode(from_vector(in.read_f32("z"), t.shape, cpu)));
     out.add("image", DType::F32, {B, c.out_channels, h * c.downscale(), w * c.downscale()}, img.data());
   } else {
     fail("unknown command '" + cmd + "' (encode, decode or grad)");

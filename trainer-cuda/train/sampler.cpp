@@ -20,6 +20,29 @@ std::vector<float> flow_timesteps(int steps, float shift) {
   return t;
 }
 
+std::vector<float> flow_sample(const VelocityFn& velocity, int C, int H, int W, const SampleParams& p) {
+  if (H % 2 || W % 2) fail("sampler: latent sides must be even");
+  const bool guided = p.cfg_scale != 1.0f;
+  const int B = guided ? 2 : 1, Li = (H / 2) * (W / 2), P = C * 4;
+  const size_t n = (size_t)C * H * W;
+  std::vector<float> x(n);
+  Rng rng(p.seed, 0x5A3, 0);
+  for (float& v : x) v = rng.normal();
+  const std::vector<float> ts = flow_timesteps(p.steps, p.shift);
+  std::vector<float> v(n), tokens((size_t)Li * P);
+  for (int i = 0; i < p.steps; ++i) {
+    cpu::patchify_forward(tokens.data(), x.data(), 1, C, H, W, 2);
+    std::vector<float> out = velocity(tokens, B, ts[i]);
+    if (guided)  // uncond + scale * (cond - uncond), on the tokens
+      for (size_t j = 0; j < tokens.size(); ++j) out[j] = out[tokens.size() + j] + p.cfg_scale * (out[j] - out[tokens.size() + j]);
+    std::fill(v.begin(), v.end(), 0.0f);
+    cpu::unpatchify_forward(v.data(), out.data(), 1, C, H, W, 2);
+    const float step = ts[i + 1] - ts[i];  // negative: t runs from 1 to 0
+    for (size_t j = 0; j < n; ++j) x[j] += step * v[j];
+  }
+  return x;
+}
+
 std::vector<float> sample_latent(const FluxTransformer& model, int C, int H, int W, const TextCond& cond,
                                  const TextCond* uncond, const SampleParams& p) {
   const FluxConfig& cfg = model.cfg;
@@ -29,12 +52,8 @@ std::vector<float> sample_latent(const FluxTransformer& model, int C, int H, int
   const bool guided = p.cfg_scale != 1.0f;
   if (guided && (!uncond || uncond->L != cond.L)) fail("sampler: classifier-free guidance needs an unconditional prompt of the same length");
   const int B = guided ? 2 : 1, gh = H / 2, gw = W / 2, Li = gh * gw, P = C * 4;
-  const size_t n = (size_t)C * H * W;
 
-  std::vector<float> x(n);
-  Rng rng(p.seed, 0x5A3, 0);
-  for (float& v : x) v = rng.normal();
-
+  // What stays the same over the steps goes to the model's device once.
   FluxInputs in;
   in.B = B;
   in.L_img = Li;
@@ -42,35 +61,23 @@ std::vector<float> sample_latent(const FluxTransformer& model, int C, int H, int
   in.img_ids.resize((size_t)B * Li * 3);
   flux_img_ids(in.img_ids.data(), B, gh, gw);
   in.txt_ids.assign((size_t)B * cond.L * 3, 0.0f);
-  in.txt = cond.txt;
-  in.y = cond.y;
+  std::vector<float> txt_host = cond.txt, y_host = cond.y;
   if (guided) {
-    in.txt.insert(in.txt.end(), uncond->txt.begin(), uncond->txt.end());
-    in.y.insert(in.y.end(), uncond->y.begin(), uncond->y.end());
+    txt_host.insert(txt_host.end(), uncond->txt.begin(), uncond->txt.end());
+    y_host.insert(y_host.end(), uncond->y.begin(), uncond->y.end());
   }
-  // What stays the same over the steps goes to the model's device once.
   const Device dev = model.device;
   const DType dt = compute_dtype(dev);
   const Tensor pe = model.rope_for(in);
-  const Tensor txt = from_vector(in.txt, {B, cond.L, cfg.context_dim}, dev, dt);
-  const Tensor y = from_vector(in.y, {B, cfg.vec_dim}, dev, dt);
+  const Tensor txt = from_vector(txt_host, {B, cond.L, cfg.context_dim}, dev, dt);
+  const Tensor y = from_vector(y_host, {B, cfg.vec_dim}, dev, dt);
   const Tensor guidance = cfg.guidance_embed ? from_vector(std::vector<float>(B, p.guidance), {B}, dev) : Tensor();
-
-  const std::vector<float> ts = flow_timesteps(p.steps, p.shift);
-  std::vector<float> out, v(n), tokens((size_t)Li * P), img((size_t)B * Li * P);
-  for (int i = 0; i < p.steps; ++i) {
-    cpu::patchify_forward(tokens.data(), x.data(), 1, C, H, W, 2);
-    for (int b = 0; b < B; ++b) std::copy(tokens.begin(), tokens.end(), img.begin() + (size_t)b * Li * P);
-    const Tensor t = from_vector(std::vector<float>(B, ts[i]), {B}, dev);
-    out = to_floats(model.forward(from_vector(img, {B, Li, P}, dev, dt), txt, y, t, guidance, pe));
-    if (guided)  // uncond + scale * (cond - uncond), on the tokens
-      for (size_t j = 0; j < tokens.size(); ++j) out[j] = out[tokens.size() + j] + p.cfg_scale * (out[j] - out[tokens.size() + j]);
-    std::fill(v.begin(), v.end(), 0.0f);
-    cpu::unpatchify_forward(v.data(), out.data(), 1, C, H, W, 2);
-    const float step = ts[i + 1] - ts[i];  // negative: t runs from 1 to 0
-    for (size_t j = 0; j < n; ++j) x[j] += step * v[j];
-  }
-  return x;
+  std::vector<float> img((size_t)B * Li * P);
+  return flow_sample([&](const std::vector<float>& tokens, int b_count, float t) {
+    for (int b = 0; b < b_count; ++b) std::copy(tokens.begin(), tokens.end(), img.begin() + (size_t)b * Li * P);
+    const Tensor ts = from_vector(std::vector<float>(b_count, t), {b_count}, dev);
+    return to_floats(model.forward(from_vector(img, {b_count, Li, P}, dev, dt), txt, y, ts, guidance, pe));
+  }, C, H, W, p);
 }
 
 }  // namespace graft

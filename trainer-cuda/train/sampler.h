@@ -3,6 +3,7 @@
 // (empty-prompt) prediction. Seed-reproducible.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "models/flux.h"
@@ -25,6 +26,14 @@ struct TextCond {
   int L = 0;
   std::vector<float> txt, y;
 };
+
+// The velocity a model predicts at time t for `B` copies of the patchified latent tokens [L_img, P]:
+// [B, L_img, P], the first for the prompt and, when B = 2, the second for the unconditional prompt.
+using VelocityFn = std::function<std::vector<float>(const std::vector<float>& tokens, int B, float t)>;
+
+// Euler steps along `velocity` from the seed's noise, with guidance uncond + cfg (cond - uncond) when
+// cfg_scale != 1: the latent [C, H, W].
+std::vector<float> flow_sample(const VelocityFn& velocity, int C, int H, int W, const SampleParams& p);
 
 // Returns the latent [C, H, W] (the transformer's latent space) for one prompt, the model run on its
 // own device without recording gradients. `uncond` is used when cfg_scale != 1.
