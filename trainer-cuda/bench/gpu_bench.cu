@@ -6,9 +6,10 @@
 //      linear layer except the modulation, frozen bf16 weights (random: values do not change the
 //      time): ms, model TFLOP/s, MFU against 989 TFLOP/s dense bf16 (H100/H200 SXM), peak VRAM;
 //      and the full-depth model (19 double + 38 single blocks) extrapolated from those.
-//   4. The whole FLUX.1-dev training step through the trainer's own CUDA backend (cuda/flux_gpu.cu:
-//      the FluxBackend graft-trainer uses), full depth, random weights made on the device: ms/step,
-//      model TFLOP/s, MFU, peak VRAM; PyTorch's same step (bench/torch_bench.py) for the ratio.
+//   4. The whole FLUX.1-dev training step through the trainer's engine (models/flux.h on cuda:0, the
+//      code graft-trainer runs), full depth, random weights made on the device: ms/step, model
+//      TFLOP/s, MFU, peak VRAM, with and without gradient checkpointing; PyTorch's same step
+//      (bench/torch_bench.py) for the ratio.
 // Token counts: 512 px = 1024 image + 512 text tokens, 1024 px = 4096 + 512. Batch 1.
 // Times: CUDA events around each repetition, 3 warm-ups, median of 10.
 #include <unistd.h>
@@ -22,14 +23,16 @@
 #include <string>
 #include <vector>
 
+#include "core/autograd.h"
+#include "core/cuda_runtime.h"
+#include "core/rng.h"
 #include "cublaslt.h"
 #include "cuda_common.h"
-#include "flux.h"
-#include "flux_backend.h"
-#include "flux_gpu.h"
-#include "lora.h"
+#include "models/flux.h"
+#include "ops/ops.h"
 #include "ops_gpu.h"
-#include "rng.h"
+#include "train/lora.h"
+#include "train/optim.h"
 
 using namespace graft;
 using namespace graft::gpu;
@@ -457,41 +460,19 @@ BlockResult bench_single(int L, size_t base_mem) {
 }
 
 // ---- 4. the whole training step through the trainer's CUDA backend ----------------------------------------
-FluxConfig flux_dev_config(int n_double, int n_single) {
-  FluxConfig c;
-  c.in_channels = 64;  // 16 latent channels x 2 x 2
-  c.out_channels = 64;
-  c.hidden = C;
-  c.heads = HEADS;
-  c.head_dim = HD;
-  c.mlp_hidden = MLP;
-  c.context_dim = 4096;  // T5-XXL
-  c.vec_dim = 768;       // CLIP-L pooled
-  c.n_double = n_double;
-  c.n_single = n_single;
-  c.guidance_embed = true;  // FLUX.1-dev
-  c.axes_dim[0] = 16;
-  c.axes_dim[1] = 56;
-  c.axes_dim[2] = 56;
-  return c;
-}
-
-// Model FLOPs of one step as the backend does it: every linear forward; the input gradient of
-// every linear the backward passes through (frozen weights: no weight gradients; modulation layers
-// and embedders need none); LoRA forward 2 N r (in + out) and backward 4 N r (in + out); attention
+// Model FLOPs of one step as the engine does it: every linear forward; the input gradient of every
+// linear the backward passes through (frozen weights: no weight gradients; modulation layers and
+// embedders need none); LoRA forward 2 N r (in + out) and backward 4 N r (in + out); attention
 // forward 4 B L^2 C and backward 8 B L^2 C (recomputation not counted). Elementwise work ignored.
-double flux_step_flops(const FluxModel& m, const LoraSet& lora, int B, int Li, int Lt) {
+double flux_step_flops(FluxTransformer& m, int B, int Li, int Lt) {
   const FluxConfig& c = m.cfg;
   const double L = Li + Lt, NI = (double)B * Li, NT = (double)B * Lt, NJ = (double)B * L;
   double f = 0;
-  auto lin = [&](const FluxLinear& l, double N, bool input_grad) {
+  auto lin = [&](const Linear& l, double N, bool input_grad) {
     f += (input_grad ? 4.0 : 2.0) * N * l.in * l.out;
-    for (int ai : l.adapters) {
-      const LoraAdapter& ad = lora.adapters[ai];
-      f += 6.0 * N * ad.rank * (ad.target.in + ad.target.rows);
-    }
+    for (const AttachedAdapter& ad : l.adapters) f += 6.0 * N * ad.A.size(0) * (l.in + ad.rows);
   };
-  for (const FluxLinear* l : {&m.time_in0, &m.time_in1, &m.vector_in0, &m.vector_in1, &m.final_mod}) lin(*l, B, false);
+  for (const Linear* l : {&m.time_in0, &m.time_in1, &m.vector_in0, &m.vector_in1, &m.final_mod}) lin(*l, B, false);
   if (c.guidance_embed) {
     lin(m.guidance_in0, B, false);
     lin(m.guidance_in1, B, false);
@@ -500,10 +481,10 @@ double flux_step_flops(const FluxModel& m, const LoraSet& lora, int B, int Li, i
   lin(m.txt_in, NT, false);
   lin(m.final_linear, NI, true);
   for (auto& d : m.doubles) {
-    for (const FluxStreamWeights* s : {&d.img, &d.txt}) {
+    for (const FluxTransformer::Stream* s : {&d.img, &d.txt}) {
       double N = s == &d.img ? NI : NT;
       lin(s->mod, B, false);
-      for (const FluxLinear* l : {&s->qkv, &s->proj, &s->mlp0, &s->mlp2}) lin(*l, N, true);
+      for (const Linear* l : {&s->qkv, &s->proj, &s->mlp0, &s->mlp2}) lin(*l, N, true);
     }
     f += 12.0 * B * L * L * c.hidden;
   }
@@ -539,62 +520,69 @@ FluxInputs random_flux_inputs(const FluxConfig& c, int gh, int gw, int Lt) {
 
 void bench_flux_step(int n_double, int n_single) {
   const bool full = n_double == 19 && n_single == 38;
-  std::printf("\n== the FLUX.1-dev training step through graft-trainer's CUDA backend: %d double + %d single blocks%s, "
+  std::printf("\n== the FLUX.1-dev training step through graft-trainer's engine on cuda:0: %d double + %d single blocks%s, "
               "LoRA rank %d (alpha %d) on the toolkit's targets, batch 1 ==\n",
               n_double, n_single, full ? " (full depth)" : " (reduced depth)", RANK, RANK);
-  std::printf("step = forward + backward + LoRA grads to the host + params back (the optimizer, on the host, not "
-              "counted); MFU vs %.0f TFLOP/s\n", PEAK_TFLOPS);
-  FluxConfig cfg = flux_dev_config(n_double, n_single);
-  FluxModel model = flux_model_shapes(cfg);
+  std::printf("step = inputs to the device, forward, backward, gradient clipping and the AdamW update on the device "
+              "(only the loss and the gradient norm come back); MFU vs %.0f TFLOP/s\n", PEAK_TFLOPS);
+  const Device dev = Device::cuda(0);
+  FluxConfig cfg = flux1_dev_config(n_double, n_single);
+  FluxTransformer model = FluxTransformer::random(cfg, dev, 1);
+  const double weights_mib = cuda::allocated_bytes() / 1048576.0;
   LoraSet lora = lora_create(flux_lora_targets(cfg, false), RANK, (float)RANK, 1);
-  Rng rng(3, 3);
-  for (size_t i = 0; i < lora.adapters.size(); i++) {  // non-zero B (the time does not depend on it)
-    const LoraAdapter& ad = lora.adapters[i];
-    float* Bm = lora.B((int)i);
-    for (size_t k = 0; k < (size_t)ad.target.rows * ad.rank; k++) Bm[k] = 0.01f * rng.normal();
+  {
+    Rng rng(3, 3);  // non-zero B (the time does not depend on it)
+    std::vector<float> p = lora.host_params();
+    for (const LoraAdapter& ad : lora.adapters)
+      for (size_t k = 0; k < (size_t)ad.target.rows * ad.rank; k++) p[ad.b_off + k] = 0.01f * rng.normal();
+    lora.set_params(p);
   }
-  size_t base = mem_used_now();
-  gpu::FluxGpuOptions opt;
-  opt.random_weights = true;
-  opt.checkpoint = 0;
-  std::unique_ptr<FluxBackend> be = gpu::make_flux_gpu(&model, &lora, 0, opt);
-  be->params_updated();
-  std::printf("%-7s %7s %10s %9s %7s %11s %11s %11s\n", "res", "tokens", "ms/step", "TFLOP/s", "MFU", "VRAM MiB",
-              "weights", "activations");
-  for (auto& tk : TOKENS) {
-    const int Li = tk[0], Lt = tk[1], grid = Li == 1024 ? 32 : 64;
-    FluxInputs in = random_flux_inputs(cfg, grid, grid, Lt);
-    std::vector<float> out, dout((size_t)Li * cfg.out_channels);
-    for (float& x : dout) x = 1e-3f * rng.normal();
-    auto step = [&] {
-      be->forward(in, out);
-      be->backward(dout);
-      be->params_updated();
-    };
-    for (int i = 0; i < 2; i++) step();
-    cudaCheck(cudaDeviceSynchronize());
-    std::vector<double> t;
-    for (int i = 0; i < 5; i++) {
-      auto t0 = std::chrono::steady_clock::now();
-      step();
-      cudaCheck(cudaDeviceSynchronize());
-      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  lora.to(dev);
+  lora_attach(model.linears(), &lora);
+  AdamW opt;
+  std::printf("%-7s %-13s %7s %10s %9s %7s %11s %11s\n", "res", "checkpointing", "tokens", "ms/step", "TFLOP/s", "MFU",
+              "VRAM MiB", "weights");
+  for (bool ckpt : {false, true})
+    for (auto& tk : TOKENS) {
+      const int Li = tk[0], Lt = tk[1], grid = Li == 1024 ? 32 : 64;
+      model.checkpointing = ckpt;
+      FluxInputs in = random_flux_inputs(cfg, grid, grid, Lt);
+      std::vector<float> target((size_t)Li * cfg.out_channels);
+      Rng rng(5, 5);
+      for (float& x : target) x = rng.normal();
+      auto step = [&] {
+        lora.zero_grad();
+        Tensor out = model.forward(in);
+        const Tensor t = from_vector(target, out.shape, dev, out.dtype);
+        backward(out, mse_grad(out, t, 1.0f));
+        clip_grad_norm({lora.grads}, 1.0f);
+        opt.step(lora.params, lora.grads, 1e-4f);
+      };
+      for (int i = 0; i < 2; i++) step();
+      cuda::synchronize();
+      cuda::reset_peak();
+      std::vector<double> t;
+      for (int i = 0; i < 5; i++) {
+        auto t0 = std::chrono::steady_clock::now();
+        step();
+        cuda::synchronize();
+        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(t.begin(), t.end());
+      const double ms = t[t.size() / 2];
+      const double flops = flux_step_flops(model, 1, Li, Lt);
+      const double tf = flops / (ms * 1e9);
+      const double vram = cuda::peak_bytes() / 1048576.0;
+      const int px = Li == 1024 ? 512 : 1024;
+      std::printf("%-7s %-13s %7d %10.1f %9.1f %6.1f%% %11.0f %11.0f\n", px == 512 ? "512px" : "1024px", ckpt ? "on" : "off",
+                  Li + Lt, ms, tf, 100.0 * tf / PEAK_TFLOPS, vram, weights_mib);
+      std::printf("=> FLUX step %d px%s: %.1f ms/step, %.1f TFLOP/s (%.2f PFLOP per step), MFU %.1f%%, peak VRAM %.0f MiB"
+                  "%s\n", px, ckpt ? " with gradient checkpointing" : "", ms, tf, flops / 1e15, 100.0 * tf / PEAK_TFLOPS,
+                  vram, full ? "" : " (reduced depth)");
+      if (!ckpt) g_ours["flux:" + std::to_string(Li + Lt)] = ms;
     }
-    std::sort(t.begin(), t.end());
-    double ms = t[t.size() / 2];
-    double flops = flux_step_flops(model, lora, 1, Li, Lt);
-    double tf = flops / (ms * 1e9);
-    gpu::FluxGpuMemory mem = gpu::flux_gpu_memory(*be);
-    double vram = (be->peak_memory_mb() * 1048576.0 - base) / 1048576.0;
-    std::printf("%-7s %7d %10.1f %9.1f %6.1f%% %11.0f %11.0f %11.0f\n", Li == 1024 ? "512px" : "1024px", Li + Lt, ms,
-                tf, 100.0 * tf / PEAK_TFLOPS, vram, mem.weights / 1048576.0, mem.activations / 1048576.0);
-    std::printf("=> FLUX step %d px: %.1f ms/step, %.1f TFLOP/s (%.2f PFLOP per step), MFU %.1f%%, peak VRAM %.0f MiB"
-                "%s\n", Li == 1024 ? 512 : 1024, ms, tf, flops / 1e15, 100.0 * tf / PEAK_TFLOPS, vram,
-                full ? "" : " (reduced depth)");
-    g_ours["flux:" + std::to_string(Li + Lt)] = ms;
-  }
-  std::printf("(VRAM: device memory in use at the end of the step minus what was in use before the backend; no "
-              "gradient checkpointing)\n");
+  std::printf("(VRAM: the most device memory the process held during the timed steps, the allocator's cache "
+              "included; weights %.0f MiB of it)\n", weights_mib);
 }
 
 // ---- PyTorch, same run -------------------------------------------------------------------------------------
@@ -669,7 +657,7 @@ int main(int argc, char** argv) {
   try {
     std::printf("graft-gpu-bench: FLUX.1-dev shapes (hidden %d, %d heads x %d, MLP %d), LoRA rank %d, batch 1\n", C,
                 HEADS, HD, MLP, RANK);
-    std::printf("device: %s\n", device_init().c_str());
+    std::printf("device: %s\n", cuda::init(0).c_str());
     std::printf("cuBLASLt: %s\n", cublaslt_init().c_str());
     size_t base_mem = mem_used_now();
     if (blocks) {

@@ -33,9 +33,9 @@ Tensor* GradContext::din(int i) {
 }
 
 void make_leaf(Tensor& t, const Tensor& grad) {
-  t.meta = new_meta(t, DType::F32);
+  t.meta = new_meta(t, t.dtype == DType::BF16 || t.dtype == DType::F16 ? t.dtype : DType::F32);
   if (grad.defined()) {
-    if (grad.numel() != t.numel() || grad.dtype != DType::F32 || grad.device() != t.device())
+    if (grad.numel() != t.numel() || grad.dtype != t.meta->grad_dtype || grad.device() != t.device())
       fail("internal: gradient buffer " + grad.str() + " for parameter " + t.str());
     t.meta->grad = grad.view(t.shape);
   }

@@ -67,8 +67,10 @@ struct NoGrad {
   NoGrad& operator=(const NoGrad&) = delete;
 };
 
-// Makes `t` a trainable leaf. Its gradient accumulates into `grad` when given (same element count,
-// fp32, on t's device: a view into an optimizer's flat buffer), else into a buffer made on first use.
+// Makes `t` a leaf whose gradient is wanted: a trainable parameter (fp32: its gradient is fp32 too)
+// or an input (bf16 on CUDA: its gradient keeps that dtype, as activations' do). The gradient
+// accumulates into `grad` when given (same element count and dtype, on t's device: a view into an
+// optimizer's flat buffer), else into a buffer made on first use.
 void make_leaf(Tensor& t, const Tensor& grad = Tensor());
 
 // True when an op over these inputs must be recorded.

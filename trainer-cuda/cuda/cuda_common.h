@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <string>
 
-#include "common.h"
+#include "core/common.h"
 
 namespace graft {
 namespace gpu {

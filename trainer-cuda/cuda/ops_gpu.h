@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_common.h"
+#include "ops/cpu_image_ops.h"  // Conv2dShape
 
 namespace graft {
 namespace gpu {
@@ -92,6 +93,57 @@ void unpatchify_backward(bf16* dinp, const bf16* dout, int B, int C, int H, int 
 void mse_forward(float* loss, const bf16* pred, const bf16* target, long n, cudaStream_t stream = 0);
 float mse_forward_host(const bf16* pred, const bf16* target, long n, cudaStream_t stream = 0);
 void mse_backward(bf16* dpred, const bf16* pred, const bf16* target, long n, float dloss, cudaStream_t stream = 0);
+
+// mse_backward over `count` values of a larger mean: dpred += scale * 2 (pred - target) / n_total.
+void mse_backward_scaled(bf16* dpred, const bf16* pred, const bf16* target, long count, long n_total, float scale);
+
+// ---- attention_math.cu: attention of any head size (the score matrix materialised) -------------
+// probs fp32 [B, H, L, L] kept for the backward, as the CPU reference keeps them.
+void attention_math_forward(bf16* out, float* probs, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
+                            int D);
+void attention_math_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* probs, const bf16* q,
+                             const bf16* k, const bf16* v, int B, int L, int H, int D);
+
+// ---- tensor_kernels.cu: what the tape's generic ops need -----------------------------------------
+void accumulate(bf16* acc, const bf16* x, long n);      // acc += x
+void accumulate_f32(float* acc, const float* x, long n);
+void add(bf16* out, const bf16* a, const bf16* b, long n);
+// `rows` rows of width_bytes, from src (pitch src_pitch bytes) to dst (pitch dst_pitch): narrow / cat.
+void copy_block(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, size_t width_bytes, size_t rows);
+// dst[r*dst_ld + c] += src[r*src_ld + c], c < cols: the gradients of narrow / cat.
+void add_block(bf16* dst, long dst_ld, const bf16* src, long src_ld, long rows, long cols);
+void add_block_f32(float* dst, long dst_ld, const float* src, long src_ld, long rows, long cols);
+// ids int32 [N] into table [V, C]; the backward scatter-adds into an fp32 table gradient.
+void embedding_forward(bf16* out, const int* ids, const bf16* table, int N, int V, int C);
+void embedding_backward(float* dtable, const bf16* dout, const int* ids, int N, int V, int C);
+void mean_tokens_forward(bf16* out, const bf16* x, int B, int L, int C);
+void mean_tokens_backward(bf16* dx, const bf16* dout, int B, int L, int C);
+// out[b, s, r] = in[b, r, s] (accumulate: +=), in [B, R, S]: channels <-> tokens.
+void transpose_inner(bf16* out, const bf16* in, int B, int R, int S, bool accumulate);
+void gaussian_sample_forward(bf16* z, const bf16* mean, const bf16* logvar, const bf16* noise, long n);
+void gaussian_sample_backward(bf16* dmean, bf16* dlogvar, const bf16* dz, const bf16* logvar, const bf16* noise, long n);
+void gaussian_kl_forward(float* out, const bf16* mean, const bf16* logvar, long n);  // out: one fp32 on the device
+void gaussian_kl_backward(bf16* dmean, bf16* dlogvar, const bf16* mean, const bf16* logvar, long n, float dkl);
+
+// ---- image.cu: the autoencoder's ops (NCHW), as ops/cpu_image_ops.h -------------------------------
+void conv2d_forward(bf16* out, const bf16* inp, const bf16* W, const bf16* bias, const Conv2dShape& s);
+void conv2d_backward(bf16* dinp, float* dW, float* dbias, const bf16* dout, const bf16* inp, const bf16* W,
+                     const Conv2dShape& s);
+void groupnorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, const bf16* gamma, const bf16* beta, int B,
+                       int C, int HW, int G);
+void groupnorm_backward(bf16* dinp, float* dgamma, float* dbeta, const bf16* dout, const bf16* inp, const float* mean,
+                        const float* rstd, const bf16* gamma, int B, int C, int HW, int G);
+void upsample_nearest2x_forward(bf16* out, const bf16* inp, int B, int C, int H, int W);
+void upsample_nearest2x_backward(bf16* dinp, const bf16* dout, int B, int C, int H, int W);
+
+// ---- update.cu: parameter updates (fp32), as ops/update_ops.h ------------------------------------
+void adamw_update(float* p, const float* g, float* m, float* v, long n, float beta1, float beta2, float eps, float decay,
+                  float step_size, float bc2_sqrt);
+double sum_squares(const float* x, long n);  // synchronises
+void scale(float* x, long n, float s);
+void lerp(float* avg, const float* x, long n, float d);
+void fill_uniform(bf16* p, long n, uint32_t seed, float bound, float offset);
+void fill_uniform_f32(float* p, long n, uint32_t seed, float bound, float offset);
 
 // Conversions used around the ops (weights in, results out).
 void f32_to_bf16(bf16* out, const float* inp, long n, cudaStream_t stream = 0);

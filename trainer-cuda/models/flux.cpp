@@ -81,6 +81,25 @@ Layout flux_layout(const Checkpoint& c) {
        "'model.diffusion_model.img_in.weight' (ComfyUI) or 'x_embedder.weight' (diffusers)");
 }
 
+FluxConfig flux1_dev_config(int n_double, int n_single) {
+  FluxConfig c;
+  c.in_channels = 64;  // 16 latent channels x 2 x 2
+  c.out_channels = 64;
+  c.hidden = 3072;
+  c.heads = 24;
+  c.head_dim = 128;
+  c.mlp_hidden = 12288;
+  c.context_dim = 4096;
+  c.vec_dim = 768;
+  c.n_double = n_double;
+  c.n_single = n_single;
+  c.guidance_embed = true;
+  c.axes_dim[0] = 16;
+  c.axes_dim[1] = 56;
+  c.axes_dim[2] = 56;
+  return c;
+}
+
 // ------------------------------------------------------------------------------------------------
 // Loading
 

@@ -33,6 +33,10 @@ struct FluxConfig {
   float theta = 10000.0f;
 };
 
+// FLUX.1-dev's shape (hidden 3072, 24 heads of 128, MLP 12288, T5-XXL context 4096, CLIP pooled 768,
+// guidance embedding) with `n_double` + `n_single` blocks (19 + 38 in the real model).
+FluxConfig flux1_dev_config(int n_double = 19, int n_single = 38);
+
 // Which of the known layouts a checkpoint is in, from its tensor names; throws naming the path and
 // the names it looked for when none fits.
 Layout flux_layout(const Checkpoint& ckpt);

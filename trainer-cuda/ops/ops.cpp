@@ -255,10 +255,16 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int H) {
   Tensor out = like(q, q.shape);
   // What the backward needs besides q, k, v: the probabilities on the CPU (the reference keeps the
   // L x L matrix), the log-sum-exp of each row on CUDA (flash attention recomputes the rest).
+  // Head sizes the flash kernels lack (the autoencoder's one head of C channels) take the
+  // materialised path on CUDA too.
+  const bool flash = q.is_cuda() && (D == 32 || D == 64 || D == 128);
   Tensor stats;
-  if (q.is_cuda()) {
+  if (flash) {
     stats = empty({B, H, L}, DType::F32, q.device());
     ON_CUDA(gpu::attention_forward(bf(out), fp(stats), bf(q), bf(k), bf(v), B, L, H, D));
+  } else if (q.is_cuda()) {
+    stats = empty({B, H, L, L}, DType::F32, q.device(), "attention probabilities");
+    ON_CUDA(gpu::attention_math_forward(bf(out), fp(stats), bf(q), bf(k), bf(v), B, L, H, D));
   } else {
     stats = empty({B, H, L, L}, DType::F32, q.device(), "attention probabilities");
     cpu::attention_forward(fp(out), fp(stats), fp(q), fp(k), fp(v), B, L, H, D);
@@ -266,9 +272,12 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int H) {
   const Tensor qs = q.detach(), ks = k.detach(), vs = v.detach(), os = out.detach();
   record("attention", {&q, &k, &v}, {&out}, [=](GradContext& g) {
     Tensor *dq = g.din(0), *dk = g.din(1), *dv = g.din(2);
-    if (qs.is_cuda())
+    if (flash)
       ON_CUDA(gpu::attention_backward(bf(dq), bf(dk), bf(dv), bf(g.dout()), bf(os), fp(stats), bf(qs), bf(ks), bf(vs), B,
                                       L, H, D));
+    else if (qs.is_cuda())
+      ON_CUDA(gpu::attention_math_backward(bf(dq), bf(dk), bf(dv), bf(g.dout()), fp(stats), bf(qs), bf(ks), bf(vs), B, L,
+                                           H, D));
     else
       cpu::attention_backward(fp(dq), fp(dk), fp(dv), fp(g.dout()), fp(stats), fp(qs), fp(ks), fp(vs), B, L, H, D);
   });

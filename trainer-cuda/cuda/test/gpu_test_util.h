@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "cuda_common.h"
-#include "rng.h"
+#include "core/rng.h"
 
 namespace graft {
 namespace gpu {

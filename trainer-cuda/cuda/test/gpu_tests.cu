@@ -1,4 +1,4 @@
-// GPU parity tests: every CUDA op, forward and backward, against the CPU reference (src/ops.cpp) on
+// GPU parity tests: every CUDA op, forward and backward, against the CPU reference (ops/cpu_ops.cpp) on
 // the same random inputs (rounded to bf16 first, so both sides see identical values), and a small
 // LoRA training step's adapter gradients against the CPU's.
 //
@@ -21,17 +21,20 @@
 
 #include "cublaslt.h"
 #include "gpu_test_util.h"
-#include "ops.h"
+#include "core/cuda_runtime.h"
+#include "core/tensor.h"
+#include "ops/cpu_ops.h"
 #include "ops_gpu.h"
 
 using namespace graft;
+using namespace graft::cpu;
 using namespace graft::gpu;
 
 static const double TOL_ELEM = 1e-2, TOL_GEMM = 1e-2, TOL_ATTN = 2e-2, TOL_ATTN_BWD = 3e-2, TOL_STEP = 5e-2;
 
 namespace graft {
 namespace gpu {
-bool flux_parity_test();  // flux_parity.cu
+bool engine_parity_test();  // engine_parity.cu
 }
 }  // namespace graft
 
@@ -192,7 +195,7 @@ void test_rope(int B, int L, int H) {
     ids[i * 3 + 2] = (float)((i % L) % 8 + i / L);
   }
   std::vector<float> table((size_t)B * L * D);
-  graft::rope_table(table.data(), ids.data(), B * L, axes, 3, 10000.0f);
+  cpu::rope_table(table.data(), ids.data(), B * L, axes, 3, 10000.0f);
   auto x = rnd((size_t)B * L * H * D, 41), dy = rnd(x.size(), 42);
   std::vector<float> y(x.size());
   rope_forward(y.data(), x.data(), table.data(), B, L, H, D);
@@ -248,11 +251,11 @@ void test_activation(bool gelu, long n) {
   std::vector<float> y(n);
   auto gx = zeros(n);
   if (gelu) {
-    graft::gelu_forward(y.data(), x.data(), (int)n);
-    graft::gelu_backward(gx.data(), dy.data(), x.data(), (int)n);
+    cpu::gelu_forward(y.data(), x.data(), (int)n);
+    cpu::gelu_backward(gx.data(), dy.data(), x.data(), (int)n);
   } else {
-    graft::silu_forward(y.data(), x.data(), (int)n);
-    graft::silu_backward(gx.data(), dy.data(), x.data(), (int)n);
+    cpu::silu_forward(y.data(), x.data(), (int)n);
+    cpu::silu_backward(gx.data(), dy.data(), x.data(), (int)n);
   }
   auto gx0 = grad_init(gx, 64);
   auto dx = upload_bf16(x), ddy = upload_bf16(dy), ggx = upload_bf16(gx0);
@@ -344,9 +347,9 @@ void test_patchify(int B, int C, int H, int W, int p) {
 
 void test_mse(long n) {
   auto pred = rnd(n, 101), target = rnd(n, 102);
-  float loss = graft::mse_forward(pred.data(), target.data(), n);
+  float loss = cpu::mse_forward(pred.data(), target.data(), n);
   auto g = zeros(n);
-  graft::mse_backward(g.data(), pred.data(), target.data(), n, 0.7f);
+  cpu::mse_backward(g.data(), pred.data(), target.data(), n, 0.7f);
   auto g0 = grad_init(g, 103);
   auto dp = upload_bf16(pred), dt = upload_bf16(target), dg = upload_bf16(g0);
   float gloss = gpu::mse_forward_host(dp, dt, n);
@@ -366,20 +369,20 @@ void test_lora_step() {
   auto A2 = random_vec((size_t)R * HID, 118, 0.06f), B2 = random_vec((size_t)OUT * R, 119, 0.05f);
   // CPU
   std::vector<float> z((size_t)N * HID), h1((size_t)N * R), a((size_t)N * HID), y((size_t)N * OUT), h2((size_t)N * R);
-  graft::linear_forward(z.data(), x.data(), W1.data(), b1.data(), N, IN, HID);
-  graft::lora_forward(z.data(), HID, h1.data(), x.data(), A1.data(), B1.data(), N, IN, HID, R, sc);
-  graft::gelu_forward(a.data(), z.data(), N * HID);
-  graft::linear_forward(y.data(), a.data(), W2.data(), nullptr, N, HID, OUT);
-  graft::lora_forward(y.data(), OUT, h2.data(), a.data(), A2.data(), B2.data(), N, HID, OUT, R, sc);
-  float loss = graft::mse_forward(y.data(), target.data(), (long)N * OUT);
+  cpu::linear_forward(z.data(), x.data(), W1.data(), b1.data(), N, IN, HID);
+  cpu::lora_forward(z.data(), HID, h1.data(), x.data(), A1.data(), B1.data(), N, IN, HID, R, sc);
+  cpu::gelu_forward(a.data(), z.data(), N * HID);
+  cpu::linear_forward(y.data(), a.data(), W2.data(), nullptr, N, HID, OUT);
+  cpu::lora_forward(y.data(), OUT, h2.data(), a.data(), A2.data(), B2.data(), N, HID, OUT, R, sc);
+  float loss = cpu::mse_forward(y.data(), target.data(), (long)N * OUT);
   auto dy = zeros(y.size()), da = zeros(a.size()), dz = zeros(z.size());
   auto dA1 = zeros(A1.size()), dB1 = zeros(B1.size()), dA2 = zeros(A2.size()), dB2 = zeros(B2.size());
-  graft::mse_backward(dy.data(), y.data(), target.data(), (long)N * OUT, 1.0f);
-  graft::lora_backward(da.data(), dA2.data(), dB2.data(), dy.data(), OUT, h2.data(), a.data(), A2.data(), B2.data(), N,
+  cpu::mse_backward(dy.data(), y.data(), target.data(), (long)N * OUT, 1.0f);
+  cpu::lora_backward(da.data(), dA2.data(), dB2.data(), dy.data(), OUT, h2.data(), a.data(), A2.data(), B2.data(), N,
                        HID, OUT, R, sc);
-  graft::linear_backward(da.data(), nullptr, nullptr, dy.data(), a.data(), W2.data(), N, HID, OUT);
-  graft::gelu_backward(dz.data(), da.data(), z.data(), N * HID);
-  graft::lora_backward(nullptr, dA1.data(), dB1.data(), dz.data(), HID, h1.data(), x.data(), A1.data(), B1.data(), N, IN,
+  cpu::linear_backward(da.data(), nullptr, nullptr, dy.data(), a.data(), W2.data(), N, HID, OUT);
+  cpu::gelu_backward(dz.data(), da.data(), z.data(), N * HID);
+  cpu::lora_backward(nullptr, dA1.data(), dB1.data(), dz.data(), HID, h1.data(), x.data(), A1.data(), B1.data(), N, IN,
                        HID, R, sc);
   // GPU
   auto gx = upload_bf16(x), gt = upload_bf16(target), gW1 = upload_bf16(W1), gb1 = upload_bf16(b1), gW2 = upload_bf16(W2);
@@ -422,9 +425,26 @@ void test_oom_message() {
     std::printf("  FAIL no error for a 1 PiB allocation\n");
     g_case_ok = false;
   }
-  // The runtime must still work after the failed allocation.
+  // The engine's caching allocator: the same kind of message, naming the tensor's use.
+  threw = false;
+  try {
+    empty({(int64_t)1 << 48}, DType::F32, Device::cuda(0), "a 1 PiB test tensor");
+  } catch (const Error& e) {
+    threw = true;
+    std::string m = e.what();
+    bool ok = m.find("out of GPU memory: asked for") != std::string::npos && m.find("1 PiB test tensor") != std::string::npos;
+    std::printf("  %-4s engine allocator: %s\n", ok ? "ok" : "FAIL", m.c_str());
+    if (!ok) g_case_ok = false;
+  }
+  if (!threw) {
+    std::printf("  FAIL no error for a 1 PiB tensor\n");
+    g_case_ok = false;
+  }
+  // The runtime must still work after the failed allocations.
   DevBuf<float> small(16);
   cudaCheck(cudaMemset(small.ptr, 0, 64));
+  Tensor t = zeros({16}, DType::F32, Device::cuda(0));
+  if (to_floats(t) != std::vector<float>(16, 0.0f)) g_case_ok = false;
 }
 
 }  // namespace
@@ -432,7 +452,7 @@ void test_oom_message() {
 int main(int argc, char** argv) {
   const char* filter = argc > 1 ? argv[1] : nullptr;
   try {
-    std::printf("device: %s\n", device_init().c_str());
+    std::printf("device: %s\n", cuda::init(0).c_str());
     std::printf("cuBLASLt: %s\n", cublaslt_init().c_str());
   } catch (const std::exception& e) {
     std::printf("gpu: cannot start: %s\ngpu: 0 passed, 1 failed\n", e.what());
@@ -471,8 +491,9 @@ int main(int argc, char** argv) {
       {"mse n=5000", [] { test_mse(5000); }},
       {"LoRA training step (2 layers) gradients", [] { test_lora_step(); }},
       {"out-of-memory message", [] { test_oom_message(); }},
-      {"FLUX step on the tiny model: CUDA backend vs CPU FluxRunner (output, every LoRA gradient)",
-       [] { if (!gpu::flux_parity_test()) g_case_ok = false; }},
+      {"the engine on cuda:0 vs the CPU: ops through the tape, FLUX (output, every LoRA gradient, checkpointing), "
+       "autoencoder, text encoder, optimizer",
+       [] { if (!gpu::engine_parity_test()) g_case_ok = false; }},
   };
   for (auto& c : cases) {
     if (filter && !std::strstr(c.name, filter)) continue;
