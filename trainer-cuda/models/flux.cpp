@@ -132,8 +132,7 @@ static void rope_axes(FluxConfig& c, const std::map<std::string, std::string>& m
 static FluxConfig flux_config_of(const WeightLoader& w, const Checkpoint& ckpt) {
   FluxConfig c;
   const std::string& path = ckpt.path;
-  if (!w.has("double_blocks.0.img_attn.qkv.weight"))
-    fail(path + ": tensor " + w.where("double_blocks.0.img_attn.qkv.weight") + " is missing: not a FLUX.1 transformer");
+  w.shape("double_blocks.0.img_attn.qkv.weight");  // throws naming the first stored part that is missing
   c.hidden = (int)w.dim("img_in.weight", 0);
   c.in_channels = (int)w.dim("img_in.weight", 1);
   c.context_dim = (int)w.dim("txt_in.weight", 1);

@@ -276,7 +276,7 @@ FluxVae FluxVae::load(const std::string& path, Device device) {
   auto dim0 = [&](const std::string& name, size_t rank) {
     Shape s = w.shape(name);
     if (s.size() != rank)
-      fail(path + ": tensor " + w.where(name) + " has shape " + shape_str(s) + ", expected " + std::to_string(rank) + " dimensions");
+      fail(w.problem(name, "has shape " + shape_str(s) + ", expected " + std::to_string(rank) + " dimensions"));
     return s[0];
   };
   c.ch = (int)dim0("encoder.conv_in.weight", 4);
@@ -286,16 +286,15 @@ FluxVae FluxVae::load(const std::string& path, Device device) {
     const std::string name = "encoder.down." + std::to_string(i) + ".block.0.conv1.weight";
     const int64_t out = dim0(name, 4);
     if (c.ch <= 0 || out % c.ch != 0)
-      fail(path + ": tensor " + w.where(name) + " has " + std::to_string(out) + " output channels, not a multiple of ch " +
-           std::to_string(c.ch));
+      fail(w.problem(name, "has " + std::to_string(out) + " output channels, not a multiple of ch " + std::to_string(c.ch)));
     c.ch_mult.push_back((int)(out / c.ch));
   }
   c.num_res_blocks = 0;
   while (w.has("encoder.down.0.block." + std::to_string(c.num_res_blocks) + ".conv1.weight")) ++c.num_res_blocks;
   const int64_t moments = dim0("encoder.conv_out.weight", 4);
   if (moments % 2)
-    fail(path + ": tensor " + w.where("encoder.conv_out.weight") + " has an odd number of outputs (" +
-         std::to_string(moments) + "); expected 2 * z_channels (mean and logvar)");
+    fail(w.problem("encoder.conv_out.weight", "has an odd number of outputs (" + std::to_string(moments) +
+                                                   "); expected 2 * z_channels (mean and logvar)"));
   c.z_channels = (int)(moments / 2);
   c.out_channels = (int)dim0("decoder.conv_out.weight", 4);
   const auto& md = ckpt.metadata();

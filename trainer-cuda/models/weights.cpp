@@ -125,12 +125,17 @@ Layout identity_layout(const std::string& name, const std::string& prefix) {
 WeightLoader::WeightLoader(const Checkpoint* c, Layout l, Device d, uint64_t s)
     : ckpt(c), layout(std::move(l)), device(d), seed(s) {}
 
-std::string WeightLoader::where(const std::string& name) const {
+std::string WeightLoader::problem(const std::string& name, const std::string& what, int part) const {
   Stored st = layout.map(name);
   std::string stored;
-  for (const std::string& p : st.parts) stored += (stored.empty() ? "'" : " + '") + p + "'";
-  if (stored.empty()) stored = "(nothing)";
-  return stored + " (" + name + " in the " + layout.name + " layout)";
+  if (part >= 0 && part < (int)st.parts.size()) stored = "'" + st.parts[part] + "'";
+  else
+    for (const std::string& p : st.parts) stored += (stored.empty() ? "'" : " + '") + p + "'";
+  if (stored.empty()) stored = "'" + name + "'";
+  std::string note = st.parts.size() == 1 && st.parts[0] == name ? layout.name + " layout"
+                     : part >= 0 && st.parts.size() > 1 ? "part " + std::to_string(part + 1) + " of " + std::to_string(st.parts.size()) + " of " + name + " in the " + layout.name + " layout"
+                                 : name + " in the " + layout.name + " layout";
+  return (ckpt ? ckpt->path : std::string("weights")) + ": tensor " + stored + " " + what + " (" + note + ")";
 }
 
 bool WeightLoader::has(const std::string& name) const {
@@ -147,26 +152,26 @@ Shape WeightLoader::shape(const std::string& name) const {
   Stored st = layout.map(name);
   Shape s;
   for (const std::string& p : st.parts) {
-    if (!ckpt->has(p)) fail(ckpt->path + ": tensor " + where(name) + " is missing");
+    if (!ckpt->has(p)) fail(problem(name, "is missing", (int)(&p - st.parts.data())));
     const TensorInfo& t = ckpt->info(p);
     if (s.empty()) {
       s = t.shape;
     } else {
       Shape a = s, b = t.shape;
-      if (a.size() != b.size() || a.empty()) fail(ckpt->path + ": the parts of " + where(name) + " do not stack");
+      if (a.size() != b.size() || a.empty()) fail(problem(name, "does not stack with the other parts", (int)(&p - st.parts.data())));
       a[0] = b[0] = 0;
-      if (a != b) fail(ckpt->path + ": the parts of " + where(name) + " do not stack: " + shape_str(t.shape));
+      if (a != b) fail(problem(name, "has shape " + shape_str(t.shape) + ", which does not stack with the other parts", (int)(&p - st.parts.data())));
       s[0] += t.shape[0];
     }
   }
-  if (s.empty()) fail(ckpt->path + ": tensor " + where(name) + " is missing");
+  if (s.empty()) fail(problem(name, "is missing"));
   return s;
 }
 
 int64_t WeightLoader::dim(const std::string& name, int d) const {
   Shape s = shape(name);
   if ((int)s.size() <= d)
-    fail(ckpt->path + ": tensor " + where(name) + " has shape " + shape_str(s) + ", expected more dimensions");
+    fail(problem(name, "has shape " + shape_str(s) + ", expected more dimensions"));
   return s[d];
 }
 
@@ -207,15 +212,15 @@ Tensor WeightLoader::get(const std::string& name, const Shape& expect) {
   Shape s = shape(name);
   if (s != expect && same_but_unit_dims(s, expect)) s = expect;  // a 1x1 conv stored as a linear, or back
   if (s != expect)
-    fail(ckpt->path + ": tensor " + where(name) + " has shape " + shape_str(s) + " but " + shape_str(expect) +
-         " was expected (a file from another model, or another size of it?)");
+    fail(problem(name, "has shape " + shape_str(s) + " but " + shape_str(expect) +
+                           " was expected (a file from another model, or another size of it?)"));
   Stored st = layout.map(name);
   DType dtype = ckpt->info(st.parts[0]).dtype;
   for (const std::string& p : st.parts)
     if (ckpt->info(p).dtype != dtype)
-      fail(ckpt->path + ": the parts of " + where(name) + " have different dtypes");
+      fail(problem(name, "is stored in parts of different dtypes"));
   if (!dtype_is_float(dtype))
-    fail(ckpt->path + ": tensor " + where(name) + " is " + dtype_name(dtype) + ", not a float dtype");
+    fail(problem(name, std::string("is ") + dtype_name(dtype) + ", not a float dtype"));
   // On CUDA, 16- and 32-bit floats are kept as bf16, the GPU kernels' storage; fp8 stays as stored.
   const bool on_gpu = device.is_cuda();
   const DType keep = on_gpu && dtype_size(dtype) >= 2 ? DType::BF16 : dtype;

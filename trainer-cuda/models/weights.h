@@ -74,8 +74,9 @@ struct WeightLoader {
   // the mapping; on CUDA it is copied to the device (bf16 for 16- and 32-bit floats) and its pages
   // released from host memory.
   Tensor get(const std::string& name, const Shape& expect);
-  // Where a canonical name is stored, for messages: "'x_embedder.weight' (img_in.weight in the diffusers layout)".
-  std::string where(const std::string& name) const;
+  // One line about a tensor: "<file>: tensor 'x_embedder.bias' is missing (img_in.bias in the
+  // diffusers layout)"; `part` names one part of a tensor stored in several.
+  std::string problem(const std::string& name, const std::string& what, int part = -1) const;
 };
 
 }  // namespace graft
