@@ -22,11 +22,13 @@ namespace graft {
 // every step; from malloc, each large one would be a fresh mmap and a page fault per 4 KB. Blocks
 // are kept by size class (quarter powers of two, at most 25% slack) up to a cap, so steady-state
 // steps reuse memory; blocks above kMaxBlock and frees past the cap go straight back to the system.
+// The caps are small on purpose: a large model on the CPU converts each bf16 weight to fp32 for its
+// one call (hundreds of MB), and caching those would hold several at once.
 
 namespace {
 
-const size_t kMaxBlock = (size_t)256 << 20;
-const size_t kMaxCached = (size_t)1 << 30;
+const size_t kMaxBlock = (size_t)32 << 20;
+const size_t kMaxCached = (size_t)256 << 20;
 
 size_t size_class(size_t bytes) {
   if (bytes <= 4096) return (bytes + 63) & ~(size_t)63;
@@ -47,6 +49,11 @@ HostCache& host_cache() {
 
 void* host_alloc(size_t bytes, const char* what) {
   size_t c = size_class(bytes);
+  if (c > kMaxBlock) {  // straight from the kernel, so freeing it gives it back (malloc may keep it)
+    void* p = mmap(nullptr, c, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) fail("out of host memory: asked for " + std::to_string(c >> 20) + " MiB for " + what);
+    return p;
+  }
   {
     HostCache& hc = host_cache();
     std::lock_guard<std::mutex> lock(hc.mu);
@@ -66,9 +73,13 @@ void* host_alloc(size_t bytes, const char* what) {
 
 void host_free(void* p, size_t bytes) {
   size_t c = size_class(bytes);
+  if (c > kMaxBlock) {
+    munmap(p, c);
+    return;
+  }
   HostCache& hc = host_cache();
   std::lock_guard<std::mutex> lock(hc.mu);
-  if (c > kMaxBlock || hc.cached + c > kMaxCached) {
+  if (hc.cached + c > kMaxCached) {
     std::free(p);
     return;
   }

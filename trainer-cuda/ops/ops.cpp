@@ -54,6 +54,9 @@ Tensor weight_for(const Tensor& w) {
   return out;
 }
 
+// A host weight the CPU kernels can read as it is: fp32, 4-byte aligned.
+bool host_f32(const Tensor& w) { return !w.is_cuda() && w.dtype == DType::F32 && ((uintptr_t)w.raw() & 3) == 0; }
+
 void check_activation(const char* op, const Tensor& t) {
   if (!t.defined()) fail(std::string("internal: ") + op + ": undefined input");
   if (t.dtype != compute_dtype(t.device()))
@@ -97,9 +100,15 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
   Shape oshape = x.shape;
   oshape.back() = OC;
   Tensor out = like(x, oshape);
-  const Tensor Wc = weight_for(W), bc = weight_for(b);
-  if (x.is_cuda()) ON_CUDA(gpu::linear_forward(bf(out), bf(x), bf(Wc), bc.defined() ? bf(bc) : nullptr, N, IC, OC));
-  else cpu::linear_forward(fp(out), fp(x), fp(Wc), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
+  const Tensor bc = weight_for(b);
+  if (x.is_cuda()) {
+    const Tensor Wc = weight_for(W);
+    ON_CUDA(gpu::linear_forward(bf(out), bf(x), bf(Wc), bc.defined() ? bf(bc) : nullptr, N, IC, OC));
+  } else if (host_f32(W)) {
+    cpu::linear_forward(fp(out), fp(x), fp(W), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
+  } else {
+    cpu::linear_forward_converted(fp(out), fp(x), W.raw(), W.dtype, bc.defined() ? fp(bc) : nullptr, N, IC, OC);
+  }
 
   // Adapters, each on its slice of the output; h = x A^T is what the backward needs.
   std::vector<LoraRef> used;
@@ -128,10 +137,13 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
     Tensor *dx = g.din(0), *dW = g.din(1), *db = g.din(2);
     check_weight_grad("linear", dW);
     check_weight_grad("linear", db);
-    if (dx || dW || db) {
+    if (xs.is_cuda() && (dx || dW || db)) {
       const Tensor Wc = weight_for(Ws);  // converted again rather than kept from the forward
-      if (xs.is_cuda()) ON_CUDA(gpu::linear_backward(bf(dx), fp(dW), fp(db), bf(dout), bf(xs), bf(Wc), N, IC, OC));
-      else cpu::linear_backward(fp(dx), fp(dW), fp(db), fp(dout), fp(xs), fp(Wc), N, IC, OC);
+      ON_CUDA(gpu::linear_backward(bf(dx), fp(dW), fp(db), bf(dout), bf(xs), bf(Wc), N, IC, OC));
+    } else if (host_f32(Ws) && (dx || dW || db)) {
+      cpu::linear_backward(fp(dx), fp(dW), fp(db), fp(dout), fp(xs), fp(Ws), N, IC, OC);
+    } else if (dx) {  // a weight in another dtype is frozen: only the input's gradient
+      cpu::linear_backward_converted(fp(dx), fp(dout), Ws.raw(), Ws.dtype, N, IC, OC);
     }
     for (size_t i = 0; i < used.size(); ++i) {
       const LoraRef& a = used[i];
