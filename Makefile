@@ -107,10 +107,11 @@ BENCH_PREPARE_ARGS ?=
 bench-prepare: ts
 	node dist/test/bench/prepare.bench.js $(BENCH_PREPARE_ARGS)
 
-# Builds the CUDA backend and runs, on the GPU of this machine: every parity test (each CUDA op
-# against the CPU reference, a LoRA step's gradients, and the whole FLUX step of the CUDA backend
-# against the CPU FluxRunner), the end-to-end training of the tiny job on cuda:0 against the CPU run,
-# and the benchmark (FLUX.1-dev step at full depth, with PyTorch ratios when python3 has a CUDA torch).
+# Builds the CUDA backend and runs, on the GPU of this machine: every parity test (each CUDA kernel
+# against the CPU reference; the engine's ops through the tape, the FLUX transformer with its LoRA
+# gradients, the autoencoder, the text encoder and the optimizer on cuda:0 against the same code on
+# the CPU), the end-to-end training of the tiny job on cuda:0 against the CPU run, and the benchmark
+# (the engine's FLUX.1-dev step at full depth, with PyTorch ratios when python3 has a CUDA torch).
 # Needs nvcc, g++ and make only: no apt, no cuBLAS headers, no OpenBLAS (BLAS=fallback); where
 # Debian's header-only packages are not installed (nlohmann/json.hpp, stb/stb_image.h) it adds
 # .gpu-deps/include when present (copies carried there by hand: see trainer-cuda/bench/NOTES.md).
@@ -138,7 +139,7 @@ gpu-check:
 	end=$$(date +%s); \
 	echo; echo "== gpu-check summary ($$(( end - start )) s: build $$(( built - start )), tests $$(( tested - built )), e2e $$(( trained - tested )), bench $$(( end - trained ))) =="; \
 	grep -E "^(device|cuBLASLt):" trainer-cuda/build/gpu-tests.log; \
-	grep -E "^  (ok|FAIL) +B[12]," trainer-cuda/build/gpu-tests.log; \
+	grep -E "^  (ok|FAIL) +(FLUX|autoencoder|text encoder|AdamW)" trainer-cuda/build/gpu-tests.log; \
 	grep -E "^gpu: " trainer-cuda/build/gpu-tests.log || echo "parity tests: no summary (crashed?)"; \
 	grep -E "^e2e: " trainer-cuda/build/gpu-e2e.log || echo "e2e: no summary (crashed?)"; \
 	grep -E "^=> " trainer-cuda/build/gpu-bench.log; \
