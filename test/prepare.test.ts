@@ -18,7 +18,7 @@ beforeEach(() => {
 });
 afterEach(() => rmSync(root, { recursive: true, force: true }));
 
-/** Byte-level ids of the demo tokenizer (the rule of trainer-cuda/src/text_encoder.cpp), padded to 48. */
+/** Byte-level ids of the demo tokenizer (the rule of trainer-cuda/demo/text_encoder.cpp), padded to 48. */
 const ids = (text: string) => {
   const out = [1, ...[...Buffer.from(text, 'utf8')].slice(0, 46).map((b) => b + 3), 2];
   while (out.length < 48) out.push(0);

@@ -1,5 +1,5 @@
 // The demo model's tokenizer.json, read through @huggingface/tokenizers, must give exactly the ids the
-// trainer's byte-level tokenizer gives (trainer-cuda/src/text_encoder.cpp tokenize_bytes). Checked against
+// trainer's byte-level tokenizer gives (trainer-cuda/demo/text_encoder.cpp tokenize_bytes). Checked against
 // the rule written out here (the spec) and against `graft-trainer tokenize` itself.
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';

@@ -1,5 +1,5 @@
 // The demo model's tokenizer (presets/graft-tiny/tokenizer.json) in the Hugging Face tokenizers format.
-// It reproduces the trainer's byte-level rule (trainer-cuda/src/text_encoder.cpp tokenize_bytes):
+// It reproduces the trainer's byte-level rule (trainer-cuda/demo/text_encoder.cpp tokenize_bytes):
 // 0 pad, 1 bos, 2 eos, 3 + b for each UTF-8 byte b; [bos] bytes [eos], truncated to max_len keeping eos, padded.
 // Expressed as ByteLevel pre-tokenization without regex split (one piece: every byte becomes its byte-char),
 // BPE over the 256 byte-chars with no merges (so each byte stays its own token), and a template adding bos/eos.

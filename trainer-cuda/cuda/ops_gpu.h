@@ -1,4 +1,4 @@
-// The engine's operations on the GPU: the same list, shapes and conventions as src/ops.h (row-major,
+// The engine's operations on the GPU: the same list, shapes and conventions as ops/cpu_ops.h (row-major,
 // shapes explicit, backward ACCUMULATES into every gradient it is given, nullptr gradients are
 // skipped, forward overwrites its outputs except the residual ops), with mixed-precision storage:
 //   bf16: activations, frozen base weights and biases, activation gradients, modulation vectors;

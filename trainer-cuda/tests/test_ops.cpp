@@ -1,4 +1,4 @@
-// Tests of the CPU ops (src/ops.h): every backward against central finite differences of its forward
+// Tests of the CPU ops (ops/cpu_ops.h): every backward against central finite differences of its forward
 // (gradcheck.h, which also checks the accumulate / nullptr conventions), forwards against small
 // hand-computed cases, and determinism across thread counts.
 //

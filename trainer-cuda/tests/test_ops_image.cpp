@@ -1,4 +1,4 @@
-// Tests of the image ops (src/ops_image.h): every backward against central finite differences of
+// Tests of the image ops (ops/cpu_image_ops.h): every backward against central finite differences of
 // its forward (gradcheck.h, which also checks the accumulate / nullptr conventions), forwards
 // against hand-computed cases and a direct-loop convolution.
 //

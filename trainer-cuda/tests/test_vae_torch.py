@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent check of the C++ FLUX autoencoder (src/vae.cpp): a PyTorch re-implementation of
+"""Independent check of the C++ FLUX autoencoder (models/flux_vae.cpp): a PyTorch re-implementation of
 BFL's flux/modules/autoencoder.py (Encoder, Decoder, ResnetBlock, AttnBlock, Downsample, Upsample,
 DiagonalGaussian, scale/shift factors) which the trainer's outputs and gradients must match.
 

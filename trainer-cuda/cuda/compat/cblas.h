@@ -1,5 +1,5 @@
 // A stand-in for <cblas.h>, used only when building the GPU test and bench binaries, so that the CPU
-// reference (src/ops.cpp) links on machines without OpenBLAS (the GPU machine has no apt). It
+// reference (ops/cpu_ops.cpp) links on machines without OpenBLAS (the GPU machine has no apt). It
 // declares the one routine ops.cpp calls; cblas_fallback.cpp implements it with plain loops, which
 // is fast enough for the small shapes of the parity tests.
 #pragma once
