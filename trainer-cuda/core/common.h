@@ -15,15 +15,6 @@ struct Error : std::runtime_error {
   explicit Error(const std::string& msg) : std::runtime_error(msg) {}
 };
 
-// A trainable tensor by its checkpoint name, with its gradient buffer: what full training,
-// optimizers and savers iterate over.
-struct ParamRef {
-  std::string name;
-  std::vector<int64_t> shape;
-  std::vector<float>* value;
-  std::vector<float>* grad;
-};
-
 [[noreturn]] inline void fail(const std::string& msg) { throw Error(msg); }
 
 inline int64_t numel(const std::vector<int64_t>& shape) {

@@ -89,12 +89,6 @@ void host_free(void* p, size_t bytes) {
 
 }  // namespace
 
-size_t host_cached_bytes() {
-  HostCache& hc = host_cache();
-  std::lock_guard<std::mutex> lock(hc.mu);
-  return hc.cached;
-}
-
 Storage::~Storage() {
   if (!data) return;
   if (kind == HOST) host_free(data, bytes);

@@ -42,7 +42,4 @@ struct MappedFile {
   ~MappedFile();
 };
 
-// Host allocator statistics, for the memory lines of benchmarks.
-size_t host_cached_bytes();
-
 }  // namespace graft
