@@ -69,7 +69,7 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
   // so this file has no JSX (which would import react/jsx-runtime before any line here runs).
   process.env.NODE_ENV ??= 'production';
   // Ink, React and the screens load only for the TUI, so validate and --help answer quickly.
-  const [{ render }, { App }, { createElement }] = await Promise.all([import('ink'), import('../screens/App.js'), import('react')]);
+  const [{ renderTui }, { App }, { createElement }] = await Promise.all([import('./tui/render.js'), import('../screens/App.js'), import('react')]);
   const store = new Store(graftHome());
   let initialJob: number | undefined;
   if (watch !== undefined) {
@@ -94,7 +94,7 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
     const { ensureDaemon, request } = await import('./daemon/client.js');
     const home = graftHome();
     const daemon = { ensure: () => ensureDaemon(home), send: (req: Parameters<typeof request>[1]) => request(home, req) };
-    const app = render(createElement(App, { store, presets, initial, daemon, initialJob, initialScreen: initialJob !== undefined ? 'job' : undefined }), { exitOnCtrlC: true });
+    const { app } = renderTui(createElement(App, { store, presets, initial, daemon, initialJob, initialScreen: initialJob !== undefined ? 'job' : undefined }), { stdin: process.stdin, stdout: process.stdout });
     await app.waitUntilExit();
   } finally {
     store.close();

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Bytes the TUI writes to its terminal: run a graft command in a tmux window of COLSxROWS under
+# script(1), which records every byte graft writes, and count what arrives in SECONDS seconds after
+# a warm-up. Also counts full-screen clears (ESC [2J), each of which repaints every cell.
+#   test/bench/redraw.sh COLS ROWS SECONDS -- graft args...   (GRAFT_HOME as for graft)
+set -euo pipefail
+cols=$1 rows=$2 secs=$3; shift 4
+root=$(cd "$(dirname "$0")/../.." && pwd)
+log=$(mktemp /tmp/graft-redraw-XXXXXX.log)
+sock=graft-redraw-$$
+cmd="script -q -f $log -c \"node $root/dist/src/cli.js $*\""
+tmux -L "$sock" new-session -d -s r -x "$cols" -y "$rows" "$cmd"
+trap 'tmux -L "$sock" kill-server 2>/dev/null || true; rm -f "$log"' EXIT
+sleep 4 # start-up, daemon connection and the first frames
+before=$(stat -c %s "$log"); clears0=$(grep -ao $'\e\[2J' "$log" | wc -l)
+sleep "$secs"
+after=$(stat -c %s "$log"); clears1=$(grep -ao $'\e\[2J' "$log" | wc -l)
+echo "${cols}x${rows}: $((after - before)) bytes in ${secs} s, $((clears1 - clears0)) full clears"
+tmux -L "$sock" capture-pane -p -t r > "${REDRAW_CAPTURE:-/dev/null}"

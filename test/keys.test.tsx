@@ -1,0 +1,114 @@
+// Keys that arrive in one read (an SSH link, key repeat, a paste) are applied one after another, each to
+// the screen the previous one left: every screen, through the real input path (one stdin write holding
+// several keys -> KeyFeed -> Ink -> the screens), read back from the terminal the TUI draws.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { App } from '../screens/App.js';
+import type { Request } from '../src/daemon/socket.js';
+import { splitKeys } from '../src/tui/keys.js';
+import { Queue as Rules } from '../src/queue/queue.js';
+import { KEY, testEnv, type Env } from './helpers/ink.js';
+import { startTui, type TuiHarness } from './helpers/tui.js';
+
+let env: Env;
+let t: TuiHarness | undefined;
+beforeEach(() => { env = testEnv(); });
+afterEach(() => { t?.unmount(); t = undefined; env.cleanup(); });
+
+const noGpu = { gpus: null, gpuError: 'nvidia-smi not found', cpuPct: 5, cores: 2, memUsedMb: 1024, memTotalMb: 8192 };
+
+function stub() {
+  const sent: Request[] = [];
+  return { sent, client: { ensure: async () => ({ ok: true, pid: 1, slots: ['cpu'] }), send: async (req: Request) => { sent.push(req); return { ok: true, message: `did ${req.op}` }; } } };
+}
+
+function jobDir(name: string): string {
+  const dir = join(env.home, 'jobs', name);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'job.json'), JSON.stringify({ name }));
+  writeFileSync(join(dir, 'metrics.jsonl'), `${JSON.stringify({ event: 'start', step: 0, steps: 10 })}\n`);
+  return dir;
+}
+
+async function app(props: Partial<Parameters<typeof App>[0]> = {}, columns = 100, rows = 30) {
+  t = await startTui(<App store={env.store} presets={env.presets} gpus={[]} system={noGpu} size={{ columns, rows }} {...props} />, columns, rows);
+  return t;
+}
+
+/** The row of a form field, label and value, as drawn. */
+const field = (s: string, label: string) => s.split('\n').find((l) => l.includes(` ${label} `)) ?? '';
+
+describe('splitting a read into keys', () => {
+  it('cuts text into characters and keeps escape sequences whole', () => {
+    expect(splitKeys(`jjj`).keys).toEqual(['j', 'j', 'j']);
+    expect(splitKeys(`${KEY.down}\rX`).keys).toEqual([KEY.down, '\r', 'X']);
+    expect(splitKeys(`${KEY.up}${KEY.up}${KEY.pageDown}\u001B[1;5C`).keys).toEqual([KEY.up, KEY.up, KEY.pageDown, '\u001B[1;5C']);
+    expect(splitKeys('\u001BOA\u001Bx\u001B\u001B[A').keys).toEqual(['\u001BOA', '\u001Bx', '\u001B\u001B[A']); // SS3 arrow, Alt+x, Alt+Up
+    expect(splitKeys('a\u{1F600}b').keys).toEqual(['a', '\u{1F600}', 'b']);
+    expect(splitKeys(`q${KEY.down.slice(0, 2)}`)).toEqual({ keys: ['q'], rest: '\u001B[' }); // the rest comes in the next read
+  });
+});
+
+describe('several keys in one read, on every screen', () => {
+  it('New Job: Down Enter text Enter edits the field the cursor shows; jjj moves three fields; Up Up comes back', async () => {
+    const h = await app({ initialScreen: 'new' });
+    await h.waitFor((s) => s.includes('Training Name'), 'New Job');
+    h.type(`${KEY.down}${KEY.enter}${KEY.ctrlU}7${KEY.enter}`);
+    let s = await h.waitFor((x) => /GPU ID\s+7\b/.test(x), 'GPU ID 7');
+    expect(field(s, 'Training Name')).toMatch(/my_lora_v1/);
+    h.type(`${KEY.down}${KEY.enter}zxq${KEY.enter}`); // a trigger word lands in Trigger Word
+    s = await h.waitFor((x) => /Trigger Word\s+zxq/.test(x), 'trigger word');
+    expect(field(s, 'GPU ID')).toMatch(/GPU ID\s+7\b/);
+    h.type('jjj');
+    s = await h.waitFor((x) => x.includes('Name or Path: '), 'the help line of the third field down');
+    h.type(`${KEY.up}${KEY.up}`);
+    await h.waitFor((x) => x.includes('Training Folder: '), 'two up');
+  });
+
+  it('the frame: a screen key and the keys after it reach the new screen', async () => {
+    const h = await app();
+    await h.waitFor((s) => s.includes('Jobs: 0'), 'Dashboard');
+    h.type(`2jj${KEY.enter}abc${KEY.enter}`);
+    await h.waitFor((s) => /Trigger Word\s+abc/.test(s), 'trigger word typed on New Job');
+    h.type('?x4');
+    await h.waitFor((s) => s.includes('DATASETS') && s.includes('press a to add'), 'help closed by x, then Datasets');
+  });
+
+  it('Dashboard and Training Queue: jj then a key act on the third job', async () => {
+    const rules = new Rules(env.store);
+    const ids = ['a', 'b', 'c'].map((n) => rules.add({ jobDir: jobDir(n), configPath: join(env.home, 'jobs', n, 'job.json'), name: n }).id);
+    const s = stub();
+    const h = await app({ daemon: s.client, initialScreen: 'queue' });
+    await h.waitFor((x) => x.includes('CPU slot'), 'the queue');
+    h.type('jjx');
+    await h.waitFor((x) => x.includes('did stop'), 'stop sent');
+    expect(s.sent).toEqual([{ op: 'stop', id: ids[2] }]);
+    h.type('1jj\r');
+    await h.waitFor((x) => x.includes(`job ${ids[2]} ·`) && x.includes('c  job'), 'the monitor of the third job');
+  });
+
+  it('Datasets: jjg marks the third dataset as regularization', async () => {
+    for (const n of ['one', 'two', 'three']) {
+      const folder = join(env.home, n);
+      mkdirSync(folder);
+      env.store.addDataset(n, folder);
+    }
+    const h = await app({ initialScreen: 'datasets' });
+    await h.waitFor((x) => x.includes('three'), 'the list');
+    h.type('jjg');
+    await h.waitFor((x) => x.includes('two: now a regularization dataset'), 'the third in name order is "two"');
+  });
+
+  it('Job monitor: l then x in one read switch the scale and send stop', async () => {
+    const rules = new Rules(env.store);
+    const job = rules.add({ jobDir: jobDir('m'), configPath: join(env.home, 'jobs', 'm', 'job.json'), name: 'm' });
+    env.store.db.prepare("UPDATE jobs SET state = 'running' WHERE id = ?").run(job.id);
+    const s = stub();
+    const h = await app({ daemon: s.client, initialScreen: 'job', initialJob: job.id });
+    await h.waitFor((x) => x.includes('(linear scale'), 'monitor');
+    h.type('lx');
+    await h.waitFor((x) => x.includes('(log scale') && x.includes('did stop'), 'both keys');
+    expect(s.sent).toEqual([{ op: 'stop', id: job.id }]);
+  });
+});
