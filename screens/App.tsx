@@ -109,6 +109,8 @@ export function App(props: AppProps) {
   });
 
   const overlaid = help || confirmQuit;
+  // No GPU: the daemon runs one CPU slot (or, before it answers, nvidia-smi found none).
+  const cpuOnly = queue.daemon.slots ? queue.daemon.slots[0] === 'cpu' : gpus !== undefined && gpus.length === 0;
   const width = size.columns;
   const bodyH = Math.max(6, size.rows - 1);
   const keys = screen === 'new' ? NEW_JOB_KEYS : screen === 'datasets' ? DATASETS_KEYS : screen === 'queue' ? QUEUE_KEYS : screen === 'job' ? MONITOR_KEYS : DASHBOARD_KEYS;
@@ -132,13 +134,14 @@ export function App(props: AppProps) {
       {help ? <Help title={title} keys={keys} width={width} height={bodyH} /> : null}
       {confirmQuit ? <QuitPrompt source={form.source} width={width} height={bodyH} /> : null}
       <Box display={overlaid ? 'none' : 'flex'} flexDirection="column" width={width} height={bodyH}>
-        <Dashboard jobs={jobs} datasets={ds.list.length} gpus={gpus} daemon={queue.daemon} home={store.home} width={width} height={bodyH} active={screen === 'dashboard' && !overlaid} onOpen={openJob} />
+        <Dashboard jobs={jobs} datasets={ds.list.length} gpus={gpus} daemon={queue.daemon} home={store.home} width={width} height={bodyH} active={screen === 'dashboard' && !overlaid} cpuOnly={cpuOnly} onOpen={openJob} />
         <NewJob form={form} active={screen === 'new' && !overlaid} width={width} height={bodyH} setCapture={setCapture} />
         <Queue
           jobs={jobs}
           daemon={queue.daemon}
           act={queue.act}
           active={screen === 'queue' && !overlaid}
+          cpuOnly={cpuOnly}
           width={width}
           height={bodyH}
           setCapture={setCapture}
@@ -150,7 +153,7 @@ export function App(props: AppProps) {
             } catch { /* load reports its own errors in the form */ }
           }}
         />
-        <Monitor job={monitored} active={screen === 'job' && !overlaid} width={width} height={bodyH} act={queue.act} system={props.system} />
+        <Monitor job={monitored} active={screen === 'job' && !overlaid} width={width} height={bodyH} act={queue.act} cpuOnly={cpuOnly} system={props.system} />
         <Datasets ds={ds} active={screen === 'datasets' && !overlaid} width={width} height={bodyH} setCapture={setCapture} />
       </Box>
     </Box>

@@ -20,6 +20,7 @@ interface Props {
   width: number;
   height: number;
   active: boolean;
+  cpuOnly: boolean;
   onOpen: (job: JobRow) => void;
 }
 
@@ -29,7 +30,7 @@ export function daemonText(d: DaemonStatus): string {
   return `daemon unavailable: ${d.error ?? 'unknown'}`;
 }
 
-export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, active, onOpen }: Props) {
+export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, active, cpuOnly, onOpen }: Props) {
   const [index, setIndex] = useState(0);
   const shown = jobs.filter((j) => j.state !== 'draft');
   const drafts = jobs.length - shown.length;
@@ -62,7 +63,7 @@ export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, a
           const prog = p.steps ? `[${bar(p.fraction, barW)}] ${p.step}/${p.steps}${j.state === 'running' ? ` ETA ${formatDuration(p.etaS)}` : ''}` : '';
           return (
             <Text key={j.id} inverse={start + k === i} wrap="truncate-end">
-              {`${String(j.id).padStart(5)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${String(j.gpu).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog}`}
+              {`${String(j.id).padStart(5)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${(cpuOnly ? 'cpu' : String(j.gpu)).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog}`}
             </Text>
           );
         })}

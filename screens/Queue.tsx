@@ -39,11 +39,12 @@ interface Props {
   onOpen: (job: JobRow) => void;
   onEdit: (job: JobRow) => void;
   setCapture: (on: boolean) => void;
+  cpuOnly: boolean;
 }
 
 type Mode = { kind: 'list' } | { kind: 'add' } | { kind: 'delete'; job: JobRow; outputs: number } | { kind: 'force'; job: JobRow };
 
-export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit, setCapture }: Props) {
+export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit, setCapture, cpuOnly }: Props) {
   // The selection follows the job (not the row), so it stays put while rows move and refresh.
   const [selId, setSelId] = useState<number | undefined>();
   const [mode, setMode] = useState<Mode>({ kind: 'list' });
@@ -124,7 +125,7 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
           const prog = p.steps ? `${p.step}/${p.steps}${j.state === 'running' ? ` ${formatDuration(p.etaS)}` : ''}` : '';
           return (
             <Text key={j.id} inverse={l.at === i} wrap="truncate-end">
-              {`  ${pos.padStart(3)} ${String(j.id).padStart(4)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${String(j.gpu).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog.padEnd(12)}  ${jobDirOf(j)}`}
+              {`  ${pos.padStart(3)} ${String(j.id).padStart(4)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${(cpuOnly ? 'cpu' : String(j.gpu)).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog.padEnd(12)}  ${jobDirOf(j)}`}
             </Text>
           );
         })}

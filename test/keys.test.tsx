@@ -106,9 +106,9 @@ describe('several keys in one read, on every screen', () => {
     env.store.db.prepare("UPDATE jobs SET state = 'running' WHERE id = ?").run(job.id);
     const s = stub();
     const h = await app({ daemon: s.client, initialScreen: 'job', initialJob: job.id });
-    await h.waitFor((x) => x.includes('(linear scale'), 'monitor');
+    await h.waitFor((x) => x.includes('loss linear (l)'), 'monitor');
     h.type('lx');
-    await h.waitFor((x) => x.includes('(log scale') && x.includes('did stop'), 'both keys');
+    await h.waitFor((x) => x.includes('loss log (l)') && x.includes('did stop'), 'both keys');
     expect(s.sent).toEqual([{ op: 'stop', id: job.id }]);
   });
 });

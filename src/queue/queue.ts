@@ -90,6 +90,11 @@ function adoptInto(r: ResolvedJob): void {
 export const ACTIVE: JobState[] = ['running', 'stopping'];
 const now = () => new Date().toISOString();
 
+/** Where a job runs, as the screens show it: its GPU, or "cpu" on a machine without GPUs (one CPU slot). */
+export function slotLabel(gpu: number, cpuOnly: boolean): string {
+  return cpuOnly ? 'cpu' : `gpu ${gpu}`;
+}
+
 /** The job folder of a row (rows from before migration 2 carry only config_path). */
 export function jobDirOf(job: JobRow): string {
   return job.job_dir ?? dirname(job.config_path);

@@ -3,9 +3,11 @@
 // The TUI fills the terminal, and Ink repaints a frame that fills the terminal by clearing the screen and
 // writing every line again (its log-update cannot move up past the top row). A Job monitor at 170x50 sent
 // 575 KB and 42 full clears in 10 s. This wrapper around stdout takes each such frame apart and writes only
-// the rows that differ from the previous frame, each at its absolute position; anything else Ink writes
+// what differs from the previous frame: in each changed row, the cells from the first change to the last, at
+// their absolute position; anything else Ink writes
 // (cursor visibility, synchronized-output brackets, its very first frame) passes through unchanged.
 import type { WriteStream } from 'node:tty';
+import { rowPatch } from './cells.js';
 
 const ESC = '\u001B[';
 /** ansi-escapes' clearTerminal: erase the screen and the scrollback, cursor home. Ink starts each full frame with it. */
@@ -25,6 +27,11 @@ export class ScreenWriter {
   readonly stats: FrameStats = { frames: 0, rows: 0 };
 
   constructor(private readonly out: { write: (s: string) => unknown }) {}
+
+  /** The rows of the last frame, as Ink drew them (with colour codes); undefined when unknown. */
+  screen(): readonly string[] | undefined {
+    return this.previous;
+  }
 
   /** Forget what is on the screen: the next frame is written whole (after a resize, or anything unknown). */
   invalidate(): void {
@@ -47,10 +54,12 @@ export class ScreenWriter {
       let s = '';
       lines.forEach((line, i) => {
         if (line === prev[i]) return;
-        // Erase the row first, then write it: an erase after a line that fills the last column would take
-        // that column's character with it (the cursor waits there to wrap).
-        s += `${ESC}${i + 1};1H${ESC}2K${line}`;
         this.stats.rows++;
+        // The changed cells of the row; the whole row when its cells cannot be told apart. Then the row is
+        // erased first and written: an erase after a row that fills the last column would take that
+        // column's character with it (the cursor waits there to wrap).
+        const patch = prev[i] === undefined ? undefined : rowPatch(prev[i]!, line, i + 1);
+        s += patch ?? `${ESC}${i + 1};1H${ESC}2K${line}`;
       });
       if (lines.length < prev.length) s += `${ESC}${lines.length + 1};1H${ESC}J`;
       // The cursor ends on the last row, as after a full frame: Ink's relative moves (eraseLines) count rows

@@ -10,10 +10,14 @@ log=$(mktemp /tmp/graft-redraw-XXXXXX.log)
 sock=graft-redraw-$$
 cmd="script -q -f $log -c \"node $root/dist/src/cli.js $*\""
 tmux -L "$sock" new-session -d -s r -x "$cols" -y "$rows" "$cmd"
-trap 'tmux -L "$sock" kill-server 2>/dev/null || true; rm -f "$log"' EXIT
+pane=$(tmux -L "$sock" list-panes -t r -F '#{pane_pid}')
+# script(1) outlives the tmux server: stop graft (its child) and script by pid.
+stop() { pkill -P "$pane" 2>/dev/null || true; kill "$pane" 2>/dev/null || true; tmux -L "$sock" kill-server 2>/dev/null || true; rm -f "$log"; }
+trap stop EXIT
+clears() { grep -ao $'\e\[2J' "$log" | wc -l || true; }
 sleep 4 # start-up, daemon connection and the first frames
-before=$(stat -c %s "$log"); clears0=$(grep -ao $'\e\[2J' "$log" | wc -l)
+before=$(stat -c %s "$log"); clears0=$(clears)
 sleep "$secs"
-after=$(stat -c %s "$log"); clears1=$(grep -ao $'\e\[2J' "$log" | wc -l)
+after=$(stat -c %s "$log"); clears1=$(clears)
 echo "${cols}x${rows}: $((after - before)) bytes in ${secs} s, $((clears1 - clears0)) full clears"
 tmux -L "$sock" capture-pane -p -t r > "${REDRAW_CAPTURE:-/dev/null}"

@@ -28,9 +28,11 @@ class FakeStdin extends EventEmitter {
 class FakeStdout extends EventEmitter {
   isTTY = true;
   bytes = 0;
+  clears = 0;
   constructor(readonly columns: number, readonly rows: number, private readonly screen: VirtualScreen) { super(); }
   write(data: string): boolean {
     this.bytes += Buffer.byteLength(data);
+    this.clears += data.split('\u001B[2J').length - 1;
     this.screen.write(data);
     return true;
   }
@@ -44,6 +46,8 @@ export interface TuiHarness {
   /** Wait until the screen has not changed for ms. */
   settled: (ms?: number) => Promise<string>;
   bytes: () => number;
+  /** Full-screen clears written so far. */
+  clears: () => number;
   tui: Tui;
   unmount: () => void;
 }
@@ -81,6 +85,7 @@ export async function startTui(element: ReactElement, columns: number, rows: num
     waitFor,
     settled,
     bytes: () => stdout.bytes,
+    clears: () => stdout.clears,
     tui,
     unmount: () => tui.app.unmount(),
   };
