@@ -11,6 +11,8 @@ import { useTerminalSize, type TermSize } from '../src/hooks/useTerminalSize.js'
 import type { Preset } from '../src/presets.js';
 import { useQueue, type DaemonClient } from '../src/hooks/useQueue.js';
 import type { SystemStats } from '../src/monitor/system.js';
+import { trains } from '../src/config/support.js';
+import { jobFamily } from '../src/queue/family.js';
 import type { JobRow, Store } from '../src/queue/store.js';
 import { Dashboard, DASHBOARD_KEYS } from './Dashboard.js';
 import { Monitor, MONITOR_KEYS } from './Monitor.js';
@@ -115,6 +117,8 @@ export function App(props: AppProps) {
   const bodyH = Math.max(6, size.rows - 1);
   const keys = screen === 'new' ? NEW_JOB_KEYS : screen === 'datasets' ? DATASETS_KEYS : screen === 'queue' ? QUEUE_KEYS : screen === 'job' ? MONITOR_KEYS : DASHBOARD_KEYS;
   const title = SCREENS.find((s) => s.id === screen)!.title;
+  // The family of the job this screen is about: New Job's, the monitored job's; none on the lists.
+  const family = screen === 'new' ? form.preset : screen === 'job' && monitored ? jobFamily(monitored, presets) : undefined;
 
   return (
     <Box flexDirection="column" width={width} height={size.rows}>
@@ -128,7 +132,7 @@ export function App(props: AppProps) {
             </Text>
           ))}
           <Text dimColor>│</Text>
-          {width >= 100 && form.preset ? <Text dimColor>{` ${form.preset.label} · trainer support: ${form.preset.trainer_support}`}</Text> : null}
+          {width >= 100 && family ? <Text dimColor>{` ${family.label} · ${trains(family) ? 'graft trains it' : 'not supported yet'}`}</Text> : null}
         </Text>
       </Box>
       {help ? <Help title={title} keys={keys} width={width} height={bodyH} /> : null}

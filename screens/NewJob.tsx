@@ -53,7 +53,7 @@ export interface NewJobProps {
 }
 
 export function NewJob({ form, active, width, height, setCapture }: NewJobProps) {
-  const { fields, errors, warnings, doc } = form;
+  const { fields, errors, unsupported, warnings, doc } = form;
   // Focus and overlay are key states: a key that comes before the previous one is drawn still sees
   // where that key moved the focus and whether it opened an input (useKeyState).
   const [focus, setFocus, focusNow] = useKeyState(0);
@@ -73,7 +73,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     const i = Math.min(focusNow(), fields.length - 1);
     return { index: i, field: fields[i]! };
   };
-  const allIssues = useMemo(() => [...errors, ...warnings], [errors, warnings]);
+  const allIssues = useMemo(() => [...errors, ...unsupported, ...warnings], [errors, unsupported, warnings]);
   const yamlLines = useMemo(() => dumpJobYaml(doc).split('\n'), [doc]);
 
   const wide = width >= 120;
@@ -276,7 +276,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
         const f = fields[r.fieldIndex!]!;
         const focused = r.fieldIndex === index;
         const fi = issuesFor(f, allIssues);
-        const mark = fi.some((x) => x.level === 'error') ? <Text color="red">✗</Text> : fi.length > 0 ? <Text color="yellow">!</Text> : <Text> </Text>;
+        const mark = fi.some((x) => x.level === 'error') ? <Text color="red">✗</Text> : fi.some((x) => x.level === 'unsupported') ? <Text color="magenta">⊘</Text> : fi.length > 0 ? <Text color="yellow">!</Text> : <Text> </Text>;
         return (
           <Box key={f.id} height={1}>
             <Text>{focused ? <Text color="cyan">{'>'}</Text> : ' '}{mark} </Text>
@@ -327,13 +327,14 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   } else if (overlay?.kind === 'issues') {
     const lines: { color: string; text: string }[] = [
       ...errors.map((e) => ({ color: 'red', text: `✗ ${e.message}` })),
+      ...unsupported.map((u) => ({ color: 'magenta', text: `⊘ ${u.message}` })),
       ...warnings.map((w) => ({ color: 'yellow', text: `! ${w.message}` })),
       ...form.ignored.map((k) => ({ color: 'gray', text: `ignored (kept on save): ${k}` })),
     ];
     if (lines.length === 0) lines.push({ color: 'green', text: 'no errors, no warnings' });
     main = (
       <Box flexDirection="column" width={width} height={mainH} borderStyle="single" borderColor="gray" paddingX={1}>
-        <Text bold>{errors.length} error{errors.length === 1 ? '' : 's'}, {warnings.length} warning{warnings.length === 1 ? '' : 's'} <Text dimColor>(↑↓ scroll, Esc close)</Text></Text>
+        <Text bold>{errors.length} error{errors.length === 1 ? '' : 's'}, {unsupported.length} not supported yet, {warnings.length} warning{warnings.length === 1 ? '' : 's'} <Text dimColor>(↑↓ scroll, Esc close)</Text></Text>
         {lines.slice(scroll, scroll + mainH - 3).map((l, i) => <Text key={i} color={l.color} wrap="wrap">{l.text}</Text>)}
       </Box>
     );
@@ -372,7 +373,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     ? `completions: ${editing.candidates.join('  ')}`
     : `${field.label}: ${field.help}`;
   const issueLines = liveIssues.slice(0, 2);
-  const summary = `issues ✗${errors.length} !${warnings.length}`;
+  const summary = `issues ✗${errors.length}${unsupported.length ? ` ⊘${unsupported.length}` : ''} !${warnings.length}`;
   const hints: Hint[] = overlay?.kind === 'edit'
     ? [['Enter', 'accept'], ['Esc', 'cancel'], ...(field.kind === 'folder' ? [['Tab', 'complete'] as Hint] : [])]
     : [['s', 'save'], ['o', 'load'], ['p', 'yaml'], ['i', summary], ['a/d/x', 'blocks'], ['?', 'help'], ['q', 'back']];
@@ -383,10 +384,16 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
       <Box height={1} width={width}><Text color="cyan" wrap="truncate-end">{help}</Text></Box>
       <Box height={2} width={width} overflow="hidden" flexDirection="column">
         {issueLines.length === 0 ? <Text> </Text> : issueLines.map((iss, k) => (
-          <Text key={k} color={iss.level === 'error' ? 'red' : 'yellow'} wrap="wrap">{`${iss.level === 'error' ? '✗' : '!'} ${iss.message}`}</Text>
+          <Text key={k} color={iss.level === 'error' ? 'red' : iss.level === 'unsupported' ? 'magenta' : 'yellow'} wrap="wrap">{`${iss.level === 'error' ? '✗' : iss.level === 'unsupported' ? '⊘' : '!'} ${iss.message}`}</Text>
         ))}
       </Box>
-      <MessageLine level={form.message?.level} text={form.message?.text ?? (form.source ? `editing ${form.source}${form.dirty ? ' (unsaved)' : ''}` : `new job${form.dirty ? ' (unsaved)' : ''}`)} width={width} />
+      <MessageLine
+        level={form.message?.level ?? (unsupported.length ? 'error' : undefined)}
+        text={form.message?.text ?? (unsupported.length
+          ? `⊘ ${unsupported[0]!.message.replace(/^not supported yet: /, 'graft cannot train this job yet: ')} (s saves it; the queue refuses it)`
+          : form.source ? `editing ${form.source}${form.dirty ? ' (unsaved)' : ''}` : `new job${form.dirty ? ' (unsaved)' : ''}`)}
+        width={width}
+      />
       <StatusBar hints={hints} width={width} />
     </Box>
   );

@@ -1,15 +1,13 @@
 #!/usr/bin/env node
 // graft: `graft` opens the TUI; `graft <config.yaml>` opens it on that job; `graft validate <config.yaml>` checks a file.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { loadJobFile, type Loaded } from './config/jobfile.js';
-import { validateJob } from './config/validate.js';
-import { jobWarnings } from './config/warnings.js';
+import { checkJob } from './config/check.js';
 import { graftHome, packageRoot } from './paths.js';
-import { familyFor, loadPresets } from './presets.js';
+import { loadPresets } from './presets.js';
 import { COMMANDS_USAGE, findJob, runCommandLine } from './commands.js';
 import { Store } from './queue/store.js';
-import { getAt } from './util/objpath.js';
 
 const USAGE = `usage:
   graft                      open the TUI
@@ -25,23 +23,30 @@ function version(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
 
-function validateCommand(file: string | undefined): number {
-  if (!file) { process.stderr.write(`${USAGE}\n`); return 2; }
+/** graft validate: 0 valid and trainable here, 1 invalid, 3 valid but not something graft can train yet. */
+function validateCommand(file: string): number {
   const presets = loadPresets();
   let loaded: Loaded;
   try {
     loaded = loadJobFile(file);
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n`);
+    process.stderr.write(`graft: ${(err as Error).message}\n`);
     return 1;
   }
-  const errors = validateJob(loaded.doc, presets);
-  const preset = familyFor(getAt(loaded.doc, ['config', 'process', 0, 'model']), presets);
-  for (const key of loaded.ignored) process.stdout.write(`ignored (kept on save): ${key}\n`);
-  for (const w of jobWarnings(loaded.doc, { preset })) process.stdout.write(`warning: ${w.message}\n`);
-  for (const e of errors) process.stdout.write(`error: ${e.message}\n`);
-  process.stdout.write(errors.length === 0 ? `${loaded.path}: ok (${preset?.label ?? 'unknown family'})\n` : `${loaded.path}: ${errors.length} error(s)\n`);
-  return errors.length === 0 ? 0 : 1;
+  const check = checkJob(loaded.doc, presets, { configDir: dirname(loaded.path) });
+  for (const key of check.ignored) process.stdout.write(`ignored (kept on save): ${key}\n`);
+  for (const w of check.warnings) process.stdout.write(`warning: ${w.message}\n`);
+  for (const u of check.unsupported) process.stdout.write(`${u.message}\n`);
+  for (const e of check.errors) process.stdout.write(`error: ${e.message}\n`);
+  const family = check.family;
+  if (check.errors.length > 0) { process.stdout.write(`${loaded.path}: ${check.errors.length} error(s)\n`); return 1; }
+  if (check.unsupported.length > 0) {
+    const n = check.unsupported.length;
+    process.stdout.write(`${loaded.path}: valid (${family}), but graft cannot train it yet (${n} reason${n === 1 ? '' : 's'} above)\n`);
+    return 3;
+  }
+  process.stdout.write(`${loaded.path}: ok (${family})\n`);
+  return 0;
 }
 
 async function tui(file: string | undefined, watch?: string): Promise<number> {
@@ -108,7 +113,7 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, arg] = argv;
   if (cmd === '--help' || cmd === '-h') { process.stdout.write(`${USAGE}\n`); return 0; }
   if (cmd === '--version' || cmd === '-v') { process.stdout.write(`graft ${version()}\n`); return 0; }
-  if (cmd === 'validate') return validateCommand(arg);
+  if (cmd === 'validate') { if (!arg) { process.stderr.write(`${USAGE}\n`); return 2; } return validateCommand(arg); }
   const done = await runCommandLine(argv);
   if (done !== undefined) return done;
   if (cmd === 'watch') {

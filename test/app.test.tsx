@@ -51,7 +51,8 @@ describe('frame', () => {
   });
 
   it('shows the GPU probe result and the VRAM warning for the selected GPU', async () => {
-    const r = await app({ gpus: [{ index: 0, name: 'RTX 4080', memoryMb: 16376 }] });
+    const flux = { path: '/tmp/flux.yaml', doc: newJobDoc(env.presets.find((p) => p.family === 'flux1')!, 'output'), ignored: [] };
+    const r = await app({ gpus: [{ index: 0, name: 'RTX 4080', memoryMb: 16376 }], initial: flux, initialScreen: 'dashboard' });
     expect(r.lastFrame()).toContain('GPUs: 0: RTX 4080 16 GB');
     await press(r, '2', 'i');
     expect(flat(r.lastFrame())).toContain('FLUX.1 (dev / schnell) needs about 24 GB (guide: 24 GB minimum, 48 GB+ comfortable); GPU 0 (RTX 4080) has 16 GB.');
@@ -65,7 +66,7 @@ describe('Training Queue', () => {
     const saved = saveJob(doc, env.presets, env.store);
     const r = await app({ initialScreen: 'queue' });
     expect(r.lastFrame()).toContain('TRAINING QUEUE');
-    expect(r.lastFrame()).toMatch(/1\s+draft\s+0\s+queued_one/);
+    expect(r.lastFrame()).toMatch(/1\s+draft\s+cpu\s+queued_one/); // no GPU on this (test) machine
     await press(r, KEY.enter);
     expect(r.lastFrame()).toMatch(/Training Name\s+queued_one/);
     expect(flat(r.lastFrame())).toContain(`loaded ${saved.configPath}`);

@@ -11,11 +11,31 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const run = (...args: string[]) => spawnSync('node', [CLI, ...args], { encoding: 'utf8', env: { ...process.env, GRAFT_HOME: join(dir, 'home') } });
 
 describe('graft (built)', () => {
-  it('validate accepts a reference config and lists the keys it ignores', () => {
+  it('validate accepts a reference config, lists the keys it ignores, and says up front that graft cannot train it yet (exit 3)', () => {
     const r = run('validate', join(import.meta.dirname, 'fixtures', 'flux_reference.yaml'));
-    expect(r.status).toBe(0);
+    expect(r.status).toBe(3);
     expect(r.stdout).toContain('ignored (kept on save): config.process[0].save.push_to_hub');
-    expect(r.stdout).toMatch(/flux_reference\.yaml: ok \(FLUX\.1 \(dev \/ schnell\)\)/);
+    expect(r.stdout).toContain("not supported yet: FLUX.1 (dev / schnell): graft's trainer cannot train this family yet (trainer support: in progress); today it trains graft-tiny (built-in demo, CPU).");
+    expect(r.stdout).toMatch(/flux_reference\.yaml: valid \(FLUX\.1 \(dev \/ schnell\)\), but graft cannot train it yet \(1 reason above\)/);
+  });
+
+  it('validate: a job graft trains is ok (exit 0); its dataset folder must exist and hold pictures (exit 1)', async () => {
+    const data = join(dir, 'valid-data');
+    mkdirSync(data);
+    await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
+    const file = join(dir, 'valid.yaml');
+    writeFileSync(file, tinyJobYaml({ name: 'validjob', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: data }], trigger: 'zxq' }));
+    const ok = run('validate', file);
+    expect([ok.status, ok.stdout.trim().split('\n').pop()]).toEqual([0, `${file}: ok (graft-tiny (built-in demo, CPU))`]);
+    writeFileSync(file, tinyJobYaml({ name: 'validjob', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: join(dir, 'nowhere') }], trigger: 'zxq' }));
+    const missing = run('validate', file);
+    expect(missing.status).toBe(1);
+    expect(missing.stdout).toContain(`error: config.process[0].datasets[0].folder_path: no such folder: ${join(dir, 'nowhere')}`);
+    const empty = join(dir, 'empty-data');
+    mkdirSync(empty);
+    writeFileSync(join(empty, 'notes.txt'), 'no pictures here');
+    writeFileSync(file, tinyJobYaml({ name: 'validjob', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: empty }], trigger: 'zxq' }));
+    expect(run('validate', file).stdout).toContain(`error: config.process[0].datasets[0].folder_path: no images in ${empty} (graft reads .jpg .jpeg .png .webp files)`);
   });
 
   it('validate fails with the path, value and what is allowed', () => {

@@ -4,6 +4,7 @@ import { familyFor, presetById, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject, setAt } from '../util/objpath.js';
 import { ALL_RESOLUTIONS, applyPreset, newDatasetBlock, procPath, type JobDoc } from './document.js';
 import { CAPTION_EXTS, LR_SCHEDULERS, OPTIMIZERS, SAMPLERS, TIMESTEP_TYPES } from './schema.js';
+import { trains } from './support.js';
 import { effective, type Issue } from './validate.js';
 import { gpuIndexOf } from './warnings.js';
 
@@ -212,7 +213,7 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   f.push({
     id: 'model.arch', panel: 'model', kind: 'select', label: 'Model Architecture', paths: [P('model', 'arch')],
     help: 'The model family; choosing one loads its preset (base model, sampler, schedule, quantization).',
-    options: ctx.presets.map((p) => ({ value: p.family, label: p.label, note: `${p.group}, trainer support: ${p.trainer_support}` })),
+    options: ctx.presets.map((p) => ({ value: p.family, label: p.label, note: `${p.group}, ${trains(p) ? 'trains here' : 'not supported yet'}` })),
     get: () => preset?.family ?? '',
     set: (d, v) => {
       const next = presetById(String(v), ctx.presets);

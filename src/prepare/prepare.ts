@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, readdirSync, statSync, unlinkSync } from 'node:f
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { procPath } from '../config/document.js';
 import { loadJobFile } from '../config/jobfile.js';
-import { validateJob } from '../config/validate.js';
+import { checkJob, refusal } from '../config/check.js';
 import { expandHome, graftHome } from '../paths.js';
 import { familyFor, loadPresets, type Preset } from '../presets.js';
 import type { Unreadable } from '../datasets/scan.js';
@@ -105,10 +105,9 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
   const { config: source, folder: namedFolder } = configOf(target);
   let loaded;
   try { loaded = loadJobFile(source); } catch (err) { throw new PrepareError((err as Error).message); }
-  const errors = validateJob(loaded.doc, presets).filter((e) => e.level === 'error');
-  if (errors.length > 0) {
-    throw new PrepareError(`${source}: ${errors[0]!.message}${errors.length > 1 ? ` (and ${errors.length - 1} more: graft validate ${source})` : ''}`);
-  }
+  // Dataset folders are not checked here: collectDataset says what is wrong with each, in more detail.
+  const why = refusal(source, checkJob(loaded.doc, presets));
+  if (why) throw new PrepareError(why);
   const doc = loaded.doc;
   const user = getAt(doc, procPath()) as Record<string, unknown>;
   const name = String(getAt(doc, ['config', 'name']));

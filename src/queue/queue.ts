@@ -4,7 +4,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseJobYaml, procPath, type JobDoc } from '../config/document.js';
-import { validateJob } from '../config/validate.js';
+import { checkJob, refusal } from '../config/check.js';
 import { adoptConfig, jobDirForConfig } from '../prepare/jobdir.js';
 import { loadPresets } from '../presets.js';
 import { getAt } from '../util/objpath.js';
@@ -26,7 +26,10 @@ const gpuOf = (device: unknown): number | undefined => {
   return m ? Number(m[1]) : undefined;
 };
 
-/** A config that is to be prepared: it must parse and validate now, not fail later in the queue. */
+/**
+ * A config that is to be prepared: it must be valid, ask only for what graft's trainer does, and name dataset
+ * folders that hold pictures, now rather than in a failed prepare stage.
+ */
 function readConfig(file: string): JobDoc {
   let doc: JobDoc;
   try {
@@ -34,8 +37,8 @@ function readConfig(file: string): JobDoc {
   } catch (err) {
     throw new QueueError((err as Error).message);
   }
-  const errors = validateJob(doc, loadPresets()).filter((e) => e.level === 'error');
-  if (errors.length > 0) throw new QueueError(`${file}: ${errors[0]!.message}${errors.length > 1 ? ` (and ${errors.length - 1} more: graft validate ${file})` : ''}`);
+  const why = refusal(file, checkJob(doc, loadPresets(), { configDir: dirname(file) }));
+  if (why) throw new QueueError(why);
   return doc;
 }
 
