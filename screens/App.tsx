@@ -158,7 +158,7 @@ export function App(props: AppProps) {
           }}
         />
         <Monitor job={monitored} active={screen === 'job' && !overlaid} width={width} height={bodyH} act={queue.act} cpuOnly={cpuOnly} system={props.system} />
-        <Datasets ds={ds} active={screen === 'datasets' && !overlaid} width={width} height={bodyH} setCapture={setCapture} />
+        <Datasets ds={ds} presets={presets} active={screen === 'datasets' && !overlaid} width={width} height={bodyH} setCapture={setCapture} />
       </Box>
     </Box>
   );

@@ -1,8 +1,7 @@
 // Everything graft has to say about a job config before it runs, in one place for `graft validate`, the
 // queue and preparation: errors (invalid), what graft cannot run yet, warnings, and the dataset folders.
-import { existsSync, readdirSync, statSync } from 'node:fs';
-import { extname, isAbsolute, resolve } from 'node:path';
-import { IMAGE_EXTS } from '../datasets/scan.js';
+import { isAbsolute, resolve } from 'node:path';
+import { folderProblem } from '../datasets/folder.js';
 import { expandHome } from '../paths.js';
 import { familyFor, referenceOnlyFamily, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject } from '../util/objpath.js';
@@ -37,11 +36,10 @@ export function datasetFolderIssues(doc: JobDoc, configDir: string): Issue[] {
     if (!isPlainObject(b) || typeof b.folder_path !== 'string' || b.folder_path.trim() === '') return;
     const path = formatPath(procPath('datasets', i, 'folder_path'));
     const folder = datasetFolder(b.folder_path, configDir);
-    const error = (message: string): Issue => ({ level: 'error', rule: 'dataset-folder', path, message: `${path}: ${message}` });
-    if (!existsSync(folder)) { out.push(error(`no such folder: ${folder}${isAbsolute(expandHome(b.folder_path)) ? '' : ` (relative to the config file's folder ${configDir})`}`)); return; }
-    if (!statSync(folder).isDirectory()) { out.push(error(`${folder} is a file, not a folder of images`)); return; }
-    const images = readdirSync(folder).filter((f) => IMAGE_EXTS.includes(extname(f).toLowerCase())).length;
-    if (images === 0) out.push(error(`no images in ${folder} (graft reads ${IMAGE_EXTS.join(' ')} files)`));
+    const problem = folderProblem(folder);
+    if (!problem) return;
+    const relative = !isAbsolute(expandHome(b.folder_path)) && problem.startsWith('no such folder') ? ` (relative to the config file's folder ${configDir})` : '';
+    out.push({ level: 'error', rule: 'dataset-folder', path, message: `${path}: ${problem}${relative}` });
   });
   return out;
 }
