@@ -1,23 +1,14 @@
 #!/usr/bin/env node
-// graft: `graft` opens the TUI; `graft <config.yaml>` opens it on that job; `graft validate <config.yaml>` checks a file.
+// graft: `graft` opens the TUI; `graft <config.yaml>` opens it on that job; the other commands are in cliSpec.ts.
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { loadJobFile, type Loaded } from './config/jobfile.js';
 import { checkJob } from './config/check.js';
 import { graftHome, packageRoot } from './paths.js';
 import { loadPresets } from './presets.js';
-import { COMMANDS_USAGE, findJob, runCommandLine } from './commands.js';
+import { findJob, runCommandLine } from './commands.js';
+import { parseCommandLine, UsageError } from './cliSpec.js';
 import { Store } from './queue/store.js';
-
-const USAGE = `usage:
-  graft                      open the TUI
-  graft <config.yaml>        open the TUI with this job in New Job
-  graft watch <job>          open the TUI on the Job monitor of a queued or running job
-  graft validate <config>    check a job config; exit 1 on errors
-  graft --version | --help
-${COMMANDS_USAGE}
-
-The graft home (queue database, named datasets, default job folders) is $GRAFT_HOME, default ~/.graft.`;
 
 function version(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
@@ -50,11 +41,6 @@ function validateCommand(file: string): number {
 }
 
 async function tui(file: string | undefined, watch?: string): Promise<number> {
-  if (!process.stdin.isTTY || !process.stdout.isTTY) {
-    process.stderr.write('graft: the TUI needs a terminal (run it in a terminal, tmux or ssh -t); see graft --help\n');
-    return 2;
-  }
-  const presets = loadPresets();
   let initial: Loaded | undefined;
   if (file) {
     try {
@@ -64,6 +50,11 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
       return 1;
     }
   }
+  if (!process.stdin.isTTY || !process.stdout.isTTY) {
+    process.stderr.write('graft: the TUI needs a terminal (run it in a terminal, tmux or ssh -t); graft --help lists the commands for scripts\n');
+    return 2;
+  }
+  const presets = loadPresets();
   // Ink stops drawing frames when it sees a CI flag (is-in-ci reads CI and CONTINUOUS_INTEGRATION when
   // Ink is first imported). The TUI runs only on a terminal, checked above, so a box or a shell that
   // exports CI=true must still get a live screen: drop the flags before Ink loads.
@@ -110,18 +101,21 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [cmd, arg] = argv;
-  if (cmd === '--help' || cmd === '-h') { process.stdout.write(`${USAGE}\n`); return 0; }
-  if (cmd === '--version' || cmd === '-v') { process.stdout.write(`graft ${version()}\n`); return 0; }
-  if (cmd === 'validate') { if (!arg) { process.stderr.write(`${USAGE}\n`); return 2; } return validateCommand(arg); }
-  const done = await runCommandLine(argv);
-  if (done !== undefined) return done;
-  if (cmd === 'watch') {
-    if (!arg) { process.stderr.write(`graft watch: which job? (an id, a name or a job folder; see graft queue ls)\n`); return 2; }
-    return tui(undefined, arg);
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-v')) { process.stdout.write(`graft ${version()}\n`); return 0; }
+  let p;
+  try {
+    p = parseCommandLine(argv);
+  } catch (err) {
+    if (err instanceof UsageError) { process.stderr.write(`graft: ${err.message}\n`); return 2; }
+    throw err;
   }
-  if (cmd !== undefined && cmd.startsWith('-')) { process.stderr.write(`graft: unknown option ${cmd}\n${USAGE}\n`); return 2; }
-  return tui(cmd);
+  if ('help' in p) { process.stdout.write(`${p.help}\n`); return 0; }
+  const [cmd] = p.spec.path;
+  if (cmd === 'validate') return validateCommand(p.positionals[0]!);
+  if (cmd === 'watch') return tui(undefined, p.positionals[0]);
+  if (cmd === undefined) return tui(p.positionals[0]);
+  const done = await runCommandLine(p);
+  return done ?? 2;
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {

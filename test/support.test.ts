@@ -91,3 +91,19 @@ describe('the queue refuses up front', () => {
     expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: config.process[0].datasets[0].folder_path: no such folder: ${join(dir, 'gone')}`);
   });
 });
+
+describe('extending a finished job', () => {
+  it('raises train.steps on its own line, keeping the comments and layout of the file', async () => {
+    const { withTrainStepsLine, writeTrainSteps, configuredSteps } = await import('../src/queue/extend.js');
+    const yaml = 'job: extension\nconfig:\n  name: x\n  process:\n    - type: sd_trainer\n      train:\n        # how long\n        steps: 300  # a short run\n        lr: 1e-3\n      sample:\n        sample_steps: 20\n';
+    expect(withTrainStepsLine(yaml, 900)).toBe(yaml.replace('steps: 300', 'steps: 900'));
+    const file = join(dir, 'extend.yaml');
+    writeFileSync(file, yaml);
+    expect(writeTrainSteps(file, 900)).toEqual({ kept: true });
+    expect(configuredSteps(file)).toBe(900);
+    // No steps line under train: the file is written whole (and says so).
+    writeFileSync(file, yaml.replace('        steps: 300  # a short run\n', ''));
+    expect(writeTrainSteps(file, 900)).toEqual({ kept: false });
+    expect(configuredSteps(file)).toBe(900);
+  });
+});

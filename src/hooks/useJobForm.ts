@@ -87,7 +87,9 @@ export function useJobForm(opts: JobFormOptions) {
         const saved = saveJob(doc, presets, store);
         setSource(saved.configPath);
         setDirty(false);
-        setMessage({ level: 'info', text: `saved ${saved.configPath} (draft #${saved.job.id} in the Training Queue)` });
+        setMessage({ level: 'info', text: saved.extendedFrom !== undefined
+          ? `saved ${saved.configPath}: job #${saved.job.id} trains on from step ${saved.extendedFrom} when resumed (r in the Training Queue or the Job monitor)`
+          : `saved ${saved.configPath} (draft #${saved.job.id} in the Training Queue)` });
         opts.onSaved?.();
         return true;
       } catch (err) {
