@@ -25,6 +25,7 @@ export const DATASETS_KEYS: Hint[] = [
   ['b', 'bucket resolutions of the histogram'],
   ['m', 'bucket divisibility 8 / 16 / 32'],
   ['x', 'forget the dataset (press twice; the folder is not touched)'],
+  ['PgUp PgDn', 'a page of files (file view)'],
   ['Esc', 'leave the file view; back'],
 ];
 

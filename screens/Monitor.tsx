@@ -3,7 +3,7 @@
 // whole screen with Enter), checkpoints with full paths, and the log.
 import { Box, Text, useInput } from 'ink';
 import { hostname } from 'node:os';
-import { useMemo, useState } from 'react';
+import { useEffect, useMemo, useState } from 'react';
 import type { Request } from '../src/daemon/socket.js';
 import { useJobMonitor, useSystemStats } from '../src/hooks/useJobMonitor.js';
 import { bar, formatValue } from '../src/monitor/chart.js';
@@ -62,6 +62,9 @@ export function Monitor({ job, active, width, height, act, cpuOnly, system }: Pr
   const [sampleIdx, setSampleIdx] = useState(-1);
   const [showSamples, setShowSamples] = useState(false);
   const [large, setLarge] = useState(false);
+
+  // An action's answer stays until the job's state moves on (then the state line says what happened).
+  useEffect(() => { setMessage(undefined); }, [job?.id, job?.state]);
 
   const m = view.metrics;
   const prog = progressOf(m);

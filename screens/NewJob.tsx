@@ -16,6 +16,8 @@ import { TextInput } from './components/TextInput.js';
 
 export const NEW_JOB_KEYS: Hint[] = [
   ['↑↓ j/k', 'move between fields'],
+  ['PgUp PgDn', 'a page of fields up / down'],
+  ['Home End', 'first / last field'],
   ['Tab S-Tab', 'next / previous panel'],
   ['Enter', 'edit, toggle or choose'],
   ['←→ h/l', 'change a choice, move in Resolutions'],

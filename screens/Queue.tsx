@@ -2,7 +2,7 @@
 // queue, stop, force stop, resume, requeue, reorder, delete (asks; outputs only when told), add a job folder.
 import { Box, Text, useInput } from 'ink';
 import { resolve } from 'node:path';
-import { useState } from 'react';
+import { useEffect, useState } from 'react';
 import type { Request } from '../src/daemon/socket.js';
 import { jobProgress, type DaemonStatus } from '../src/hooks/useQueue.js';
 import { formatDuration } from '../src/monitor/metrics.js';
@@ -57,6 +57,9 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
   const setIndex = (k: number) => setSelId(flatJobs[k]?.id);
 
   const run = (req: Request) => { void act(req).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text })); };
+  // What an action answered stays only until the job's state moves on: a "queued job 1" line must not
+  // stand next to the same job once it has failed (its reason is shown instead).
+  useEffect(() => { setMessage(undefined); }, [sel?.id, sel?.state]);
 
   useInput((input, key) => {
     if (mode.kind === 'delete') {
@@ -101,7 +104,10 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
     for (const j of g.jobs) lines.push({ kind: 'job', job: j, at: at++ }), n++;
     if (n === 0) lines.push({ kind: 'title', text: '  (empty)' });
   }
-  const rows = Math.max(1, height - 5);
+  // A failed job's reason in full, wrapped over up to three rows.
+  const reason = sel?.state === 'failed' && sel.last_error ? `job ${sel.id} failed: ${sel.last_error}` : undefined;
+  const reasonRows = mode.kind === 'list' && !message && reason ? Math.min(3, Math.ceil(reason.length / width)) : 1;
+  const rows = Math.max(1, height - 4 - reasonRows);
   const selLine = lines.findIndex((l) => l.kind === 'job' && l.at === i);
   const start = Math.max(0, Math.min(selLine - Math.floor(rows / 2), lines.length - rows));
   const nameW = Math.max(8, Math.min(28, Math.floor(width * 0.25)));
@@ -140,9 +146,11 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
             onCancel={() => { setMode({ kind: 'list' }); setCapture(false); }}
           />
         </Box>
+      ) : !prompt && !message && reason ? (
+        <Box height={reasonRows} width={width} overflow="hidden"><Text color="red" wrap="wrap">{reason}</Text></Box>
       ) : (
         <MessageLine
-          level={prompt ? 'warning' : message?.level ?? (sel?.state === 'failed' ? 'error' : 'info')}
+          level={prompt ? 'warning' : message?.level ?? 'info'}
           text={prompt ?? message?.text ?? (sel ? (sel.last_error ? `job ${sel.id}: ${sel.last_error}` : `job ${sel.id}: ${sel.config_path}`) : ' ')}
           width={width}
         />

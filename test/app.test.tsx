@@ -2,6 +2,12 @@ import { join } from 'node:path';
 import { render } from 'ink-testing-library';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { App } from '../screens/App.js';
+import { DASHBOARD_KEYS } from '../screens/Dashboard.js';
+import { DATASETS_KEYS } from '../screens/Datasets.js';
+import { GLOBAL_KEYS } from '../screens/Help.js';
+import { MONITOR_KEYS } from '../screens/Monitor.js';
+import { NEW_JOB_KEYS } from '../screens/NewJob.js';
+import { QUEUE_KEYS } from '../screens/Queue.js';
 import { newJobDoc, procPath } from '../src/config/document.js';
 import { saveJob } from '../src/config/jobfile.js';
 import { setAt } from '../src/util/objpath.js';
@@ -37,6 +43,26 @@ describe('frame', () => {
     expect(r.lastFrame()).toContain('Jobs: 0 (0 drafts)');
     await press(r, '3');
     expect(r.lastFrame()).toContain('No jobs yet');
+    r.unmount();
+  });
+
+  it('? lists every key of each screen and the keys that work everywhere, within the screen at 80x24', async () => {
+    const screens: [string, string, { key: string }[]][] = [
+      ['1', 'Dashboard', DASHBOARD_KEYS.map(([key]) => ({ key }))], ['2', 'New Job', NEW_JOB_KEYS.map(([key]) => ({ key }))],
+      ['3', 'Training Queue', QUEUE_KEYS.map(([key]) => ({ key }))], ['4', 'Datasets', DATASETS_KEYS.map(([key]) => ({ key }))],
+      ['5', 'Job', MONITOR_KEYS.map(([key]) => ({ key }))],
+    ];
+    const r = await app();
+    for (const [k, title, keys] of screens) {
+      await press(r, k, '?');
+      const f = r.lastFrame()!;
+      expect(f).toContain(`Keys: ${title}`);
+      for (const { key } of [...keys, ...GLOBAL_KEYS.map(([key]) => ({ key }))]) expect(f, `${title}: ${key}`).toContain(key);
+      expect(f.split('\n').length).toBeLessThanOrEqual(24);
+      await press(r, 'x'); // any key closes it
+    }
+    expect(NEW_JOB_KEYS.map(([k]) => k)).toContain('Home End');
+    expect(GLOBAL_KEYS[0]![0]).toBe('1 2 3 4 5');
     r.unmount();
   });
 

@@ -50,6 +50,52 @@ describe('splitting a read into keys', () => {
   });
 });
 
+describe('quitting', () => {
+  it('asks first when New Job has unsaved edits: any other key stays, y quits; without edits q quits at once', async () => {
+    const h = await app({ initialScreen: 'new' });
+    await h.waitFor((s) => s.includes('Training Name'), 'New Job');
+    h.type(`${KEY.enter}${KEY.ctrlU}edited${KEY.enter}`);
+    await h.waitFor((s) => s.includes('new job (unsaved)'), 'an unsaved edit');
+    h.type('\u0003'); // Ctrl+C
+    await h.waitFor((s) => s.includes('New Job has unsaved edits') && s.includes('y: quit without saving'), 'the question');
+    h.type('n');
+    await h.waitFor((s) => s.includes('Training Name') && !s.includes('unsaved edits.'), 'back in the form');
+    h.type('1q');
+    await h.waitFor((s) => s.includes('New Job has unsaved edits'), 'asked again from the Dashboard');
+    h.type('y');
+    await h.tui.app.waitUntilExit();
+    t = undefined;
+    const clean = await app();
+    clean.type('q');
+    await clean.tui.app.waitUntilExit();
+    t = undefined;
+  });
+});
+
+describe('a failed job at 80 columns', () => {
+  it('shows its whole reason on the Dashboard, the Queue and the monitor, and no stale answer of an earlier action', async () => {
+    const rules = new Rules(env.store);
+    const job = rules.add({ jobDir: jobDir('f'), configPath: join(env.home, 'jobs', 'f', 'job.json'), name: 'f' });
+    const reason = 'CUDA out of memory while sampling at step 120: lower the sample size and steps, then the resolution buckets, the rank, or turn on Low VRAM';
+    rules.finish(job.id, 'failed', 1, reason);
+    const s = stub();
+    const h = await app({ daemon: s.client }, 80, 24);
+    const flatScreen = (x: string) => x.replace(/\s+/g, ' ');
+    await h.waitFor((x) => flatScreen(x).includes(`job ${job.id} failed: ${reason}`), 'the reason on the Dashboard');
+    h.type('3');
+    await h.waitFor((x) => flatScreen(x).includes(`job ${job.id} failed: ${reason}`), 'the reason in the Queue');
+    h.type('r');
+    await h.waitFor((x) => x.includes('did resume'), 'the answer');
+    // The job runs and fails again: the answer to r goes, the new reason shows.
+    env.store.db.prepare("UPDATE jobs SET state = 'running' WHERE id = ?").run(job.id);
+    await h.waitFor((x) => !x.includes('did resume'), 'the answer gone once the state moved on');
+    rules.finish(job.id, 'failed', 1, 'the second run failed too');
+    await h.waitFor((x) => x.includes(`job ${job.id} failed: the second run failed too`), 'the new reason');
+    h.type(`${KEY.enter}`);
+    await h.waitFor((x) => flatScreen(x).includes('failed: the second run failed too'), 'the reason in the monitor');
+  });
+});
+
 describe('several keys in one read, on every screen', () => {
   it('New Job: Down Enter text Enter edits the field the cursor shows; jjj moves three fields; Up Up comes back', async () => {
     const h = await app({ initialScreen: 'new' });
