@@ -217,7 +217,9 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   const start = Math.max(0, Math.min(focusRow - Math.floor(mainH / 3), rows.length - mainH));
   const visibleRows = rows.slice(start, start + mainH);
   const labelW = Math.min(34, Math.max(14, Math.floor(formW * 0.42)));
-  const valueW = Math.max(8, formW - labelW - 4);
+  // The form's left padding (1), the cursor and mark with a space (3), the gap (1): a value one column
+  // wider wrapped its row, and the frame pushed the tab bar off the top (Name or Path of Wan 2.2 at 80x24).
+  const valueW = Math.max(8, formW - labelW - 5);
 
   const editing = overlay?.kind === 'edit' ? overlay : undefined;
   const liveIssues = editing ? issuesFor(editing.field, form.previewIssues(editing.field, editing.text)) : issuesFor(field, allIssues);

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { App } from '../screens/App.js';
 import type { Request } from '../src/daemon/socket.js';
+import { newJobDoc } from '../src/config/document.js';
 import { splitKeys } from '../src/tui/keys.js';
 import { Queue as Rules } from '../src/queue/queue.js';
 import { KEY, testEnv, type Env } from './helpers/ink.js';
@@ -47,6 +48,19 @@ describe('splitting a read into keys', () => {
     expect(splitKeys('\u001BOA\u001Bx\u001B\u001B[A').keys).toEqual(['\u001BOA', '\u001Bx', '\u001B\u001B[A']); // SS3 arrow, Alt+x, Alt+Up
     expect(splitKeys('a\u{1F600}b').keys).toEqual(['a', '\u{1F600}', 'b']);
     expect(splitKeys(`q${KEY.down.slice(0, 2)}`)).toEqual({ keys: ['q'], rest: '\u001B[' }); // the rest comes in the next read
+  });
+});
+
+describe('New Job at 80x24', () => {
+  it('never pushes the tab bar off the top, on any field of any family', async () => {
+    const flux = { path: '/tmp/flux.yaml', doc: newJobDoc(env.presets.find((p) => p.family === 'wan22_14b_t2v')!, 'output'), ignored: [] };
+    const h = await app({ initial: flux, initialScreen: 'new' }, 80, 24);
+    await h.waitFor((s) => s.includes('Training Name'), 'New Job');
+    for (let i = 0; i < 90; i++) {
+      h.type('j');
+      const s = await h.settled(60);
+      expect(s.split('\n')[0], `after ${i + 1} moves:\n${s}`).toMatch(/^ graft │ 1 Dashboard/);
+    }
   });
 });
 

@@ -59,7 +59,7 @@ describe('New Job screen', () => {
     const r = await app(env);
     const { lastFrame, unmount } = r;
     await press(r, KEY.tab); // MODEL: Model Architecture
-    expect(lastFrame()).toContain('graft-tiny (built-in demo, CPU)');
+    expect(lastFrame()).toContain('graft-tiny (built-in demo');
     await press(r, KEY.enter);
     const { presets } = env;
     const tiny = presets.findIndex((p) => p.family === 'graft_tiny');

@@ -25,14 +25,23 @@ export class VirtualScreen {
         i += m[0].length;
         continue;
       }
-      if (ch === '\n') { this.row = Math.min(this.rows - 1, this.row + 1); this.col = 0; i++; continue; }
+      if (ch === '\n') { this.newline(); i++; continue; }
       if (ch === '\r') { this.col = 0; i++; continue; }
       const cp = data.codePointAt(i)!;
       const s = String.fromCodePoint(cp);
-      if (this.col < this.columns) this.grid[this.row]![this.col] = s;
+      // A character past the last column wraps to the next row, as a terminal's auto-wrap does: a row
+      // wider than the terminal takes two, and pushes the frame up.
+      if (this.col >= this.columns) this.newline();
+      this.grid[this.row]![this.col] = s;
       this.col++;
       i += s.length;
     }
+  }
+
+  /** Next row; at the bottom row the screen scrolls up, so a frame taller than the terminal loses its top. */
+  private newline(): void {
+    if (this.row === this.rows - 1) { this.grid.shift(); this.grid.push(new Array<string>(this.columns).fill(' ')); } else this.row++;
+    this.col = 0;
   }
 
   private control(params: string, final: string): void {
