@@ -1,5 +1,16 @@
 // The New Job screen: panels on the left, the fields of every panel in one list, the YAML preview on the right
 // (or behind `p` on narrow terminals). Keys only; state lives in useJobForm.
+//
+// Why not ink-form (the design card names it; 2.0.2 read for this): its value is a flat object keyed by field
+// name, where this form edits a YAML document in place (nested paths, keys it does not know kept, dataset and
+// prompt blocks that are added and removed, so the fields change with the document); validation is
+// `required`, a regex and min/max per field, where this form needs rules across fields, warnings and "not
+// supported yet" at the field they concern; a field's help shows only once it is expanded, and sections are
+// tabs with one visible at a time. It moves focus with Ink's focus manager (Up/Down only; Tab is the focus
+// manager's), lays out at 100% without fixed-width cells (the 80x24 wrap this screen guards against), and
+// depends on ink-select-input 5, which needs an override to run on Ink 6. Its pickers have no path
+// completion, and there is no place for the YAML preview or the issues list. Wrapping all of that would be
+// a rewrite of it; the form here is fields.ts (the model) and this screen (rendering and keys).
 import { Box, Text, useInput } from 'ink';
 import { useMemo, useState } from 'react';
 import { dumpJobYaml } from '../src/config/document.js';
