@@ -7,6 +7,7 @@
 import { familyFor, referenceOnlyFamily, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject } from '../util/objpath.js';
 import { PROC, procPath, type JobDoc } from './document.js';
+import { at, resolveSettings } from '../prepare/settings.js';
 import { effective, otherProcessKind, type Issue } from './validate.js';
 
 /** What trainer-cuda reads from job.json (src/job.cpp): anything else is refused there. */
@@ -75,8 +76,13 @@ const ignored = (path: string, message: string): Issue => ({ level: 'warning', r
  * instead. (For a family it does not train, the job does not run at all, which unsupportedIssues says.)
  */
 export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
-  if (!trains(familyFor(getAt(doc, procPath('model')), presets))) return [];
+  const preset = familyFor(getAt(doc, procPath('model')), presets);
+  if (!trains(preset)) return [];
   const out: Issue[] = [];
+  // What the job will run with: the user's value, else the family's default, else graft's (as preparation does).
+  const proc = getAt(doc, PROC);
+  const settings = resolveSettings(isPlainObject(proc) ? proc : {}, preset).process;
+  const effective = (_doc: JobDoc, ...path: string[]) => at(settings, ...path);
   if (effective(doc, 'train', 'optimizer') === 'adamw8bit') {
     out.push(ignored(P('train', 'optimizer'), 'adamw8bit runs as plain AdamW (32-bit moments): the 8-bit optimizer state is not built'));
   }
@@ -92,7 +98,7 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
   if (device === 'cpu' && effective(doc, 'train', 'gradient_checkpointing') === true) {
     out.push(ignored(P('train', 'gradient_checkpointing'), 'gradient checkpointing on the CPU: the CPU backend keeps every activation (no recompute path)'));
   }
-  const dtype = getAt(doc, procPath('train', 'dtype'));
+  const dtype = effective(doc, 'train', 'dtype');
   const DTYPE: Record<string, string> = { float32: 'fp32', float16: 'fp16', bfloat16: 'bf16' };
   const computes = device === 'cpu' ? 'fp32' : 'bf16';
   if (typeof dtype === 'string' && (DTYPE[dtype] ?? dtype) !== computes) {

@@ -15,7 +15,7 @@ pane=$(tmux -L "$sock" list-panes -t r -F '#{pane_pid}')
 stop() { pkill -P "$pane" 2>/dev/null || true; kill "$pane" 2>/dev/null || true; tmux -L "$sock" kill-server 2>/dev/null || true; rm -f "$log"; }
 trap stop EXIT
 clears() { grep -ao $'\e\[2J' "$log" | wc -l || true; }
-sleep 4 # start-up, daemon connection and the first frames
+sleep 6 # start-up, daemon connection and the first frames (the first two are whole)
 before=$(stat -c %s "$log"); clears0=$(clears)
 sleep "$secs"
 after=$(stat -c %s "$log"); clears1=$(clears)
