@@ -3,9 +3,10 @@
 // whole screen with Enter), checkpoints with full paths, and the log.
 import { Box, Text, useInput } from 'ink';
 import { hostname } from 'node:os';
-import { useEffect, useMemo, useState } from 'react';
+import { useMemo, useState } from 'react';
 import type { Request } from '../src/daemon/socket.js';
 import { useJobMonitor, useSystemStats } from '../src/hooks/useJobMonitor.js';
+import { useStateChange } from '../src/hooks/useStateChange.js';
 import { bar, formatValue } from '../src/monitor/chart.js';
 import type { Sample } from '../src/monitor/files.js';
 import { formatBytes, formatDuration, progressOf, smooth } from '../src/monitor/metrics.js';
@@ -64,7 +65,7 @@ export function Monitor({ job, active, width, height, act, cpuOnly, system }: Pr
   const [large, setLarge] = useState(false);
 
   // An action's answer stays until the job's state moves on (then the state line says what happened).
-  useEffect(() => { setMessage(undefined); }, [job?.id, job?.state]);
+  useStateChange(job, () => setMessage(undefined));
 
   const m = view.metrics;
   const prog = progressOf(m);

@@ -2,7 +2,8 @@
 // queue, stop, force stop, resume, requeue, reorder, delete (asks; outputs only when told), add a job folder.
 import { Box, Text, useInput } from 'ink';
 import { resolve } from 'node:path';
-import { useEffect, useState } from 'react';
+import { useState } from 'react';
+import { useStateChange } from '../src/hooks/useStateChange.js';
 import type { Request } from '../src/daemon/socket.js';
 import { jobProgress, type DaemonStatus } from '../src/hooks/useQueue.js';
 import { formatDuration } from '../src/monitor/metrics.js';
@@ -59,7 +60,7 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
   const run = (req: Request) => { void act(req).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text })); };
   // What an action answered stays only until the job's state moves on: a "queued job 1" line must not
   // stand next to the same job once it has failed (its reason is shown instead).
-  useEffect(() => { setMessage(undefined); }, [sel?.id, sel?.state]);
+  useStateChange(sel, () => setMessage(undefined));
 
   useInput((input, key) => {
     if (mode.kind === 'delete') {
