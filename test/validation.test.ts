@@ -151,6 +151,11 @@ describe('warnings', () => {
   it('rank above 64', () => {
     expect(warnings(set(P('network', 'linear'), 128)(base()))).toContainEqual(['rank-above-64', 'Linear Rank 128 is above 64: larger files, more VRAM, and easier overfitting; 16-32 suits most subjects and styles.']);
   });
+  it('a GPU this machine does not have', () => {
+    expect(warnings(base(), { preset: flux, gpus: [] })).toContainEqual(['no-such-gpu', 'GPU 0: this machine has no GPU; the queue refuses cuda:0 here (set GPU ID to cpu)']);
+    expect(warnings(set(P('device'), 'cuda:3')(base()), { preset: flux, gpus: [{ index: 0, name: 'H200', memoryMb: 143771 }] })).toContainEqual(['no-such-gpu', 'GPU 3: not on this machine (it has GPU 0); the queue refuses it']);
+    expect(warnings(set(P('device'), 'cpu')(base()), { preset: flux, gpus: [] }).map(([r]) => r)).not.toContain('no-such-gpu');
+  });
   it('GPU below the family minimum', () => {
     expect(warnings(base(), { preset: flux, gpus: [{ index: 0, name: 'RTX 4080', memoryMb: 16376 }] })).toContainEqual(['vram-below-minimum', 'FLUX.1 (dev / schnell) needs about 24 GB (guide: 24 GB minimum, 48 GB+ comfortable); GPU 0 (RTX 4080) has 16 GB.']);
   });

@@ -202,9 +202,9 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   });
   f.push({
     id: 'device', panel: 'job', kind: 'int', label: 'GPU ID', paths: [P('device')],
-    help: 'Which GPU this job runs on (nvidia-smi index); each GPU has its own queue.',
-    get: (d) => gpuIndexOf(effective(d, 'device')),
-    set: (d, v) => setAt(d, procPath('device'), `cuda:${typeof v === 'number' ? v : String(v ?? '')}`),
+    help: 'Which GPU this job runs on (nvidia-smi index; each GPU has its own queue), or cpu.',
+    get: (d) => (effective(d, 'device') === 'cpu' ? 'cpu' : gpuIndexOf(effective(d, 'device'))),
+    set: (d, v) => setAt(d, procPath('device'), typeof v === 'string' && v.trim().toLowerCase() === 'cpu' ? 'cpu' : `cuda:${typeof v === 'number' ? v : String(v ?? '')}`),
   });
   f.push(pathField('job', 'Trigger Word', 'Prepended to every caption that lacks it; [trigger] in captions is replaced. Files on disk never change.', 'text', ['trigger_word'], { optional: true }));
   f.push(pathField('job', 'Training Folder', 'Where the job folder <folder>/<name>/ goes; a relative path is taken inside the graft home.', 'text', ['training_folder']));

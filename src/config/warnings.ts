@@ -89,6 +89,13 @@ export function jobWarnings(doc: JobDoc, ctx: WarningContext): Issue[] {
     out.push(warn('rank-above-64', P('network', 'linear'), `Linear Rank ${rank} is above 64: larger files, more VRAM, and easier overfitting; 16-32 suits most subjects and styles.`));
   }
 
+  const device = effective(doc, 'device');
+  if (ctx.gpus && typeof device === 'string' && /^cuda(:\d+)?$/.test(device) && !ctx.gpus.some((g) => g.index === gpuIndexOf(device))) {
+    out.push(warn('no-such-gpu', P('device'), ctx.gpus.length === 0
+      ? `GPU ${gpuIndexOf(device)}: this machine has no GPU; the queue refuses ${device} here (set GPU ID to cpu)`
+      : `GPU ${gpuIndexOf(device)}: not on this machine (it has GPU ${ctx.gpus.map((g) => g.index).join(', ')}); the queue refuses it`));
+  }
+
   if (preset && ctx.gpus) {
     const index = gpuIndexOf(effective(doc, 'device'));
     const gpu = ctx.gpus.find((g) => g.index === index);
