@@ -157,7 +157,7 @@ export function App(props: AppProps) {
             } catch { /* load reports its own errors in the form */ }
           }}
         />
-        <Monitor job={monitored} active={screen === 'job' && !overlaid} width={width} height={bodyH} act={queue.act} cpuOnly={cpuOnly} system={props.system} />
+        <Monitor job={monitored} active={screen === 'job' && !overlaid} width={width} height={bodyH} act={queue.act} cpuOnly={cpuOnly} setCapture={setCapture} system={props.system} />
         <Datasets ds={ds} presets={presets} active={screen === 'datasets' && !overlaid} width={width} height={bodyH} setCapture={setCapture} />
       </Box>
     </Box>

@@ -44,6 +44,8 @@ interface Props {
   act: (req: Request) => Promise<{ ok: boolean; text: string }>;
   /** The machine has no GPU: jobs run in the CPU slot. */
   cpuOnly: boolean;
+  /** Hold the frame's keys (Esc, q, 1-5) while the sample is open large: they are this view's. */
+  setCapture: (capturing: boolean) => void;
   system?: SystemStats;
 }
 
@@ -52,7 +54,7 @@ function pick(samples: Sample[], index: number): number {
   return index < 0 || index >= samples.length ? samples.length - 1 : index;
 }
 
-export function Monitor({ job, active, width, height, act, cpuOnly, system }: Props) {
+export function Monitor({ job, active, width, height, act, cpuOnly, setCapture, system }: Props) {
   const dir = job ? jobDirOf(job) : undefined;
   const view = useJobMonitor(active ? dir : undefined);
   const stats = useSystemStats(active, system);
@@ -62,7 +64,8 @@ export function Monitor({ job, active, width, height, act, cpuOnly, system }: Pr
   const [confirmForce, setConfirmForce] = useState(false);
   const [sampleIdx, setSampleIdx] = useState(-1);
   const [showSamples, setShowSamples] = useState(false);
-  const [large, setLarge] = useState(false);
+  const [large, setLargeState] = useState(false);
+  const setLarge = (on: boolean) => { setLargeState(on); setCapture(on); };
 
   // An action's answer stays until the job's state moves on (then the state line says what happened).
   useStateChange(job, () => setMessage(undefined));

@@ -9,6 +9,7 @@ import type { Request } from '../src/daemon/socket.js';
 import { newJobDoc } from '../src/config/document.js';
 import { splitKeys } from '../src/tui/keys.js';
 import { Queue as Rules } from '../src/queue/queue.js';
+import { writeImage } from './helpers/dataset.js';
 import { KEY, testEnv, type Env } from './helpers/ink.js';
 import { startTui, type TuiHarness } from './helpers/tui.js';
 
@@ -61,6 +62,44 @@ describe('New Job at 80x24', () => {
       const s = await h.settled(60);
       expect(s.split('\n')[0], `after ${i + 1} moves:\n${s}`).toMatch(/^ graft │ 1 Dashboard/);
     }
+  });
+});
+
+describe('the Job monitor', () => {
+  async function jobWithSamples(state: string) {
+    const dir = jobDir('s');
+    mkdirSync(join(dir, 'samples'));
+    for (const [step, p] of [[0, 0], [0, 1], [10, 0], [10, 1]] as const) await writeImage(join(dir, 'samples', `${String(step).padStart(9, '0')}_${p}.png`), { width: 32, height: 32, left: [200, 0, 0], right: [0, 0, 200] });
+    writeFileSync(join(dir, 'job.json'), JSON.stringify({ name: 's', sample: { prompts: [{ prompt: 'a red zxq', seed: 42, width: 32, height: 32 }, { prompt: 'a blue circle', seed: 43, width: 32, height: 32 }] } }));
+    const lines = [{ event: 'start', step: 0, steps: 20 }, ...Array.from({ length: 10 }, (_, i) => ({ event: 'step', step: i + 1, steps: 20, loss: 0.5 - i * 0.01, lr: 1e-3, s_per_step: 0.2 }))];
+    writeFileSync(join(dir, 'metrics.jsonl'), `${lines.map((l) => JSON.stringify(l)).join('\n')}\n`);
+    const job = new Rules(env.store).add({ jobDir: dir, configPath: join(dir, 'job.json'), name: 's' });
+    env.store.db.prepare('UPDATE jobs SET state = ? WHERE id = ?').run(state, job.id);
+    return job;
+  }
+
+  it('at 80x24, s switches between the chart and the samples; Enter opens one large, arrows walk steps and prompts', async () => {
+    const job = await jobWithSamples('running');
+    const h = await app({ initialScreen: 'job', initialJob: job.id }, 80, 24);
+    await h.waitFor((s) => s.includes('loss linear (l)'), 'the chart');
+    h.type('s');
+    await h.waitFor((s) => s.includes('step 10 (2/2) · prompt 2/2 · seed 43 · 32x32 px') && s.includes('"a blue circle"') && s.includes('▄'), 'the newest sample, drawn');
+    h.type('s');
+    await h.waitFor((s) => s.includes('loss linear (l)'), 'the chart again');
+    h.type(KEY.enter);
+    await h.waitFor((s) => s.includes('←→  step') && s.includes('prompt 2/2') && s.includes('▄'), 'the sample large');
+    h.type(`${KEY.left}${KEY.up}`);
+    await h.waitFor((s) => s.includes('step 0 (1/2) · prompt 1/2 · seed 42') && s.includes('"a red zxq"'), 'an earlier step, the other prompt');
+    h.type(KEY.escape);
+    await h.waitFor((s) => s.includes('loss linear (l)'), 'back to the monitor');
+  });
+
+  it('at 120x36 the samples sit beside the chart', async () => {
+    const job = await jobWithSamples('finished');
+    const h = await app({ initialScreen: 'job', initialJob: job.id }, 120, 36);
+    const s = await h.waitFor((x) => x.includes('Samples (4)') && x.includes('"a blue circle"'), 'samples beside the chart');
+    const row = s.split('\n').find((l) => l.includes('Samples (4)'))!;
+    expect(row).toMatch(/┤.*Samples \(4\)/); // the same rows as the chart
   });
 });
 
