@@ -131,14 +131,6 @@ describe('loading a YAML in New Job', () => {
 });
 
 describe('text input', () => {
-  it('a chunk with text and Enter (paste, fast typing over ssh) inserts the text and accepts it', async () => {
-    const r = await app({ initialScreen: 'new' });
-    await press(r, KEY.enter, KEY.ctrlU, 'pasted_name\r');
-    expect(r.lastFrame()).toMatch(/Training Name\s+pasted_name/);
-    expect(r.lastFrame()).toContain('new job (unsaved)');
-    r.unmount();
-  });
-
   it('keys that arrive faster than the screen redraws are all kept, in order', async () => {
     // Each key reaches the handlers in its own turn, as packets do, but before React has drawn the key
     // before it: a burst over ssh, or a loaded machine. None may start from the text before the last key.

@@ -133,10 +133,16 @@ describe('Training Queue and Dashboard', () => {
     const { newJobDoc, procPath } = await import('../src/config/document.js');
     const { saveJob } = await import('../src/config/jobfile.js');
     const { setAt } = await import('../src/util/objpath.js');
-    const saved = saveJob(setAt(newJobDoc(env.presets[0]!, 'output', 'draft_one'), procPath('datasets', 0, 'folder_path'), '/data/q'), env.presets, env.store);
+    const { writeImage } = await import('./helpers/dataset.js');
+    const data = join(env.home, 'pictures');
+    mkdirSync(data);
+    await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
+    const tiny = env.presets.find((p) => p.family === 'graft_tiny')!;
+    const saved = saveJob(setAt(newJobDoc(tiny, 'output', 'draft_one'), procPath('datasets', 0, 'folder_path'), data), env.presets, env.store);
     const { resolveJob } = await import('../src/queue/queue.js');
     const { dirname } = await import('node:path');
-    expect(resolveJob(saved.configPath, env.home)).toEqual({ jobDir: dirname(saved.configPath), configPath: saved.configPath, name: 'draft_one', gpu: 0 });
+    // A job on the CPU (graft-tiny's device): no GPU index.
+    expect(resolveJob(saved.configPath, env.home)).toEqual({ jobDir: dirname(saved.configPath), configPath: saved.configPath, name: 'draft_one', gpu: undefined });
     expect(resolveJob(dirname(saved.configPath), env.home).configPath).toBe(saved.configPath);
   });
 });
@@ -157,7 +163,7 @@ describe('queue rules, metrics and chart', () => {
     expect(() => rules.remove(ids[2]!, false)).toThrow(/stop it first/);
     rules.finish(ids[2]!, 'finished', 0, null);
     expect(() => rules.requeue(ids[2]!)).toThrow(/has finished/);
-    expect(() => rules.resume(ids[0]!)).toThrow(/only a stopped or failed job resumes/);
+    expect(() => rules.resume(ids[0]!)).toThrow(/only a stopped, failed or extended job resumes/);
   });
 
   it('reads metrics incrementally, drops steps a resumed run redoes, and draws both series', () => {
