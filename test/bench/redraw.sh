@@ -12,7 +12,7 @@ cmd="script -q -f $log -c \"node $root/dist/src/cli.js $*\""
 tmux -L "$sock" new-session -d -s r -x "$cols" -y "$rows" "$cmd"
 pane=$(tmux -L "$sock" list-panes -t r -F '#{pane_pid}')
 # script(1) outlives the tmux server: stop graft (its child) and script by pid.
-stop() { pkill -P "$pane" 2>/dev/null || true; kill "$pane" 2>/dev/null || true; tmux -L "$sock" kill-server 2>/dev/null || true; rm -f "$log"; }
+stop() { pkill -P "$pane" 2>/dev/null || true; kill "$pane" 2>/dev/null || true; tmux -L "$sock" kill-server 2>/dev/null || true; rm -f "$log" "/tmp/tmux-$(id -u)/$sock"; }
 trap stop EXIT
 clears() { grep -ao $'\e\[2J' "$log" | wc -l || true; }
 sleep 6 # start-up, daemon connection and the first frames (the first two are whole)
