@@ -5,7 +5,7 @@ APT_PACKAGES := libopenblas-dev nlohmann-json3-dev libstb-dev libssl-dev python3
 # Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
 SYSPY := /usr/bin/python3
 
-.PHONY: all deps apt npm ts trainer test test-trainer test-ts tui demo demo-model bench bench-prepare gpu-check clean
+.PHONY: all deps apt npm ts trainer install test test-trainer test-ts tui demo demo-model bench bench-prepare gpu-check clean
 
 all: trainer
 
@@ -45,22 +45,22 @@ test: test-trainer test-ts
 
 # The demo: a LoRA that teaches the built-in demo model a shape it has never seen (a bar, trigger
 # "zxq"): demo-job draws its dataset and writes config.yaml; the queue prepares and trains it, and
-# the TUI's Job monitor shows it. Detach with q; `graft watch demo_zxq`
-# (node dist/src/cli.js watch demo_zxq) comes back to it.
+# the TUI's Job monitor shows it. Detach with q; `graft watch demo_zxq` comes back to it (make install
+# puts graft on PATH; without it, node dist/src/cli.js is the same command).
 DEMO_MODEL := presets/graft-tiny
 DEMO_JOB := output/demo_zxq
 demo: trainer ts
 	@test -f $(DEMO_MODEL)/model.json || { echo "the demo model is missing from $(DEMO_MODEL): make demo-model trains it (about 6 hours on 2 cores)"; exit 1; }
 	@# A demo job still in the queue is not deleted under its trainer: make demo opens its monitor instead.
 	@if node dist/src/cli.js queue rm $(DEMO_JOB) --outputs --yes 2>&1 | grep -q 'stop it first'; then \
-	  echo "the demo job is still training: opening its monitor (to start it over: node dist/src/cli.js queue stop demo_zxq, then make demo)"; \
+	  echo "the demo job is still training: opening its monitor (to start it over: graft queue stop demo_zxq, then make demo)"; \
 	  node dist/src/cli.js watch $(DEMO_JOB); \
 	else \
 	  rm -rf $(DEMO_JOB) && \
 	  $(TRAINER) demo-job $(DEMO_MODEL) $(DEMO_JOB) && \
 	  node dist/src/cli.js queue add $(DEMO_JOB)/config.yaml && \
 	  node dist/src/cli.js watch $(DEMO_JOB) && \
-	  echo "outputs: $$(pwd)/$(DEMO_JOB) (samples/, demo_zxq.safetensors); measure the LoRA with: $(TRAINER) demo-eval $(DEMO_MODEL) $(DEMO_JOB)/demo_zxq.safetensors"; \
+	  echo "outputs: $$(pwd)/$(DEMO_JOB) (samples/, demo_zxq.safetensors); graft watch demo_zxq comes back to it; measure the LoRA with: graft-trainer demo-eval $(DEMO_MODEL) $(DEMO_JOB)/demo_zxq.safetensors"; \
 	fi
 
 # Reproduces the shipped demo model weights (settings recorded in $(DEMO_MODEL)/model.json). First a model
@@ -92,6 +92,17 @@ demo-model: trainer
 
 ts: npm
 	npx tsc -p tsconfig.json
+	@chmod +x dist/src/cli.js
+
+# graft and graft-trainer on PATH: symlinks in $(PREFIX)/bin (default ~/.local/bin, no root needed) to this
+# checkout's builds, so a rebuild is picked up without installing again. PREFIX=/usr/local for every user.
+PREFIX ?= $(HOME)/.local
+install: trainer ts
+	@mkdir -p $(PREFIX)/bin
+	ln -sfn $(CURDIR)/dist/src/cli.js $(PREFIX)/bin/graft
+	ln -sfn $(CURDIR)/$(TRAINER) $(PREFIX)/bin/graft-trainer
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) echo "graft and graft-trainer are on PATH ($(PREFIX)/bin)";; \
+	  *) echo "installed in $(PREFIX)/bin, which is not on PATH: add it (echo 'export PATH=\"$(PREFIX)/bin:\$$PATH\"' >> ~/.bashrc)";; esac
 
 bench: trainer
 	$(TRAINER) bench

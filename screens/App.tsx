@@ -1,6 +1,6 @@
 // The frame: a tab bar, the current screen, and the keys that work everywhere.
 import { Box, Text, useApp, useInput } from 'ink';
-import { useCallback, useEffect, useMemo, useState } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
 import type { NamedDataset } from '../src/config/fields.js';
 import type { Loaded } from '../src/config/jobfile.js';
 import { probeGpus, type Gpu } from '../src/gpu.js';
@@ -11,6 +11,8 @@ import { useTerminalSize, type TermSize } from '../src/hooks/useTerminalSize.js'
 import type { Preset } from '../src/presets.js';
 import { useQueue, type DaemonClient } from '../src/hooks/useQueue.js';
 import type { SystemStats } from '../src/monitor/system.js';
+import { trains } from '../src/config/support.js';
+import { jobFamily } from '../src/queue/family.js';
 import type { JobRow, Store } from '../src/queue/store.js';
 import { Dashboard, DASHBOARD_KEYS } from './Dashboard.js';
 import { Monitor, MONITOR_KEYS } from './Monitor.js';
@@ -52,6 +54,9 @@ export function App(props: AppProps) {
   const [screen, setScreen] = useState<ScreenId>(props.initialScreen ?? (props.initial ? 'new' : 'dashboard'));
   const [, setCapture, capturing] = useKeyState(false);
   const [help, setHelp] = useState(false);
+  // Quitting while New Job holds unsaved edits asks first; a second Ctrl+C quits anyway.
+  const [confirmQuit, setConfirmQuit, confirmingQuit] = useKeyState(false);
+  const captureBeforeQuit = useRef(false);
   const [gpus, setGpus] = useState<Gpu[] | undefined>(props.gpus);
   const queue = useQueue(store, props.daemon);
   const jobs = queue.jobs;
@@ -77,22 +82,43 @@ export function App(props: AppProps) {
     ?? jobs.find((j) => j.state === 'running' || j.state === 'stopping')
     ?? [...jobs].filter((j) => j.state !== 'draft').sort((a, b) => (b.started_at ?? '').localeCompare(a.started_at ?? ''))[0];
 
+  const quit = () => {
+    if (!form.dirty) return exit();
+    captureBeforeQuit.current = capturing();
+    setCapture(true);
+    setConfirmQuit(true);
+    return undefined;
+  };
+
   useInput((input, key) => {
+    if (confirmingQuit()) {
+      setConfirmQuit(false);
+      setCapture(captureBeforeQuit.current); // an input that was open stays open
+      if (input === 'y' || (key.ctrl && input === 'c')) exit();
+      else if (input === 's') { if (form.save()) exit(); else go('new'); }
+      return;
+    }
+    if (key.ctrl && input === 'c') { quit(); return; }
     if (help) { setHelp(false); return; }
     if (capturing()) return;
     if (input === '?') { setHelp(true); return; }
     const target = SCREENS.find((s) => s.key === input);
     if (target) { go(target.id); return; }
     if (key.escape || input === 'q') {
-      if (screen === 'dashboard') exit();
+      if (screen === 'dashboard') quit();
       else go('dashboard');
     }
   });
 
+  const overlaid = help || confirmQuit;
+  // No GPU: the daemon runs one CPU slot (or, before it answers, nvidia-smi found none).
+  const cpuOnly = queue.daemon.slots ? queue.daemon.slots[0] === 'cpu' : gpus !== undefined && gpus.length === 0;
   const width = size.columns;
   const bodyH = Math.max(6, size.rows - 1);
   const keys = screen === 'new' ? NEW_JOB_KEYS : screen === 'datasets' ? DATASETS_KEYS : screen === 'queue' ? QUEUE_KEYS : screen === 'job' ? MONITOR_KEYS : DASHBOARD_KEYS;
   const title = SCREENS.find((s) => s.id === screen)!.title;
+  // The family of the job this screen is about: New Job's, the monitored job's; none on the lists.
+  const family = screen === 'new' ? form.preset : screen === 'job' && monitored ? jobFamily(monitored, presets) : undefined;
 
   return (
     <Box flexDirection="column" width={width} height={size.rows}>
@@ -106,18 +132,20 @@ export function App(props: AppProps) {
             </Text>
           ))}
           <Text dimColor>│</Text>
-          {width >= 100 && form.preset ? <Text dimColor>{` ${form.preset.label} · trainer support: ${form.preset.trainer_support}`}</Text> : null}
+          {width >= 100 && family ? <Text dimColor>{` ${family.label} · ${trains(family) ? 'graft trains it' : 'not supported yet'}`}</Text> : null}
         </Text>
       </Box>
       {help ? <Help title={title} keys={keys} width={width} height={bodyH} /> : null}
-      <Box display={help ? 'none' : 'flex'} flexDirection="column" width={width} height={bodyH}>
-        <Dashboard jobs={jobs} datasets={ds.list.length} gpus={gpus} daemon={queue.daemon} home={store.home} width={width} height={bodyH} active={screen === 'dashboard' && !help} onOpen={openJob} />
-        <NewJob form={form} active={screen === 'new' && !help} width={width} height={bodyH} setCapture={setCapture} />
+      {confirmQuit ? <QuitPrompt source={form.source} width={width} height={bodyH} /> : null}
+      <Box display={overlaid ? 'none' : 'flex'} flexDirection="column" width={width} height={bodyH}>
+        <Dashboard jobs={jobs} datasets={ds.list.length} gpus={gpus} daemon={queue.daemon} home={store.home} width={width} height={bodyH} active={screen === 'dashboard' && !overlaid} cpuOnly={cpuOnly} onOpen={openJob} />
+        <NewJob form={form} active={screen === 'new' && !overlaid} width={width} height={bodyH} setCapture={setCapture} />
         <Queue
           jobs={jobs}
           daemon={queue.daemon}
           act={queue.act}
-          active={screen === 'queue' && !help}
+          active={screen === 'queue' && !overlaid}
+          cpuOnly={cpuOnly}
           width={width}
           height={bodyH}
           setCapture={setCapture}
@@ -129,10 +157,19 @@ export function App(props: AppProps) {
             } catch { /* load reports its own errors in the form */ }
           }}
         />
-        <Monitor job={monitored} active={screen === 'job' && !help} width={width} height={bodyH} act={queue.act} system={props.system} />
-        <Datasets ds={ds} active={screen === 'datasets' && !help} width={width} height={bodyH} setCapture={setCapture} />
+        <Monitor job={monitored} active={screen === 'job' && !overlaid} width={width} height={bodyH} act={queue.act} cpuOnly={cpuOnly} setCapture={setCapture} system={props.system} />
+        <Datasets ds={ds} presets={presets} active={screen === 'datasets' && !overlaid} width={width} height={bodyH} setCapture={setCapture} />
       </Box>
     </Box>
   );
 }
 
+
+function QuitPrompt({ source, width, height }: { source: string | undefined; width: number; height: number }) {
+  return (
+    <Box flexDirection="column" width={width} height={height} borderStyle="round" borderColor="yellow" paddingX={1}>
+      <Text bold color="yellow">New Job has unsaved edits{source ? ` (${source})` : ''}.</Text>
+      <Text>y: quit without saving · s: save config.yaml, then quit · any other key: stay</Text>
+    </Box>
+  );
+}

@@ -20,6 +20,7 @@ interface Props {
   width: number;
   height: number;
   active: boolean;
+  cpuOnly: boolean;
   onOpen: (job: JobRow) => void;
 }
 
@@ -29,7 +30,7 @@ export function daemonText(d: DaemonStatus): string {
   return `daemon unavailable: ${d.error ?? 'unknown'}`;
 }
 
-export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, active, onOpen }: Props) {
+export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, active, cpuOnly, onOpen }: Props) {
   const [index, setIndex] = useState(0);
   const shown = jobs.filter((j) => j.state !== 'draft');
   const drafts = jobs.length - shown.length;
@@ -42,11 +43,14 @@ export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, a
   if (!active) return null;
   const running = shown.filter((j) => j.state === 'running' || j.state === 'stopping').length;
   const queued = shown.filter((j) => j.state === 'queued').length;
-  const rows = Math.max(1, height - 8);
+  const sel = shown[i];
+  // A failed job's reason in full, wrapped over up to three rows.
+  const reason = sel?.state === 'failed' ? `job ${sel.id} failed: ${sel.last_error ?? 'see its log'}` : undefined;
+  const reasonRows = reason ? Math.min(3, Math.ceil(reason.length / width)) : 1;
+  const rows = Math.max(1, height - 7 - reasonRows);
   const start = Math.max(0, Math.min(i - Math.floor(rows / 2), shown.length - rows));
   const nameW = Math.max(8, Math.min(28, Math.floor(width * 0.25)));
   const barW = Math.max(6, Math.min(30, width - nameW - 48));
-  const sel = shown[i];
   return (
     <Box flexDirection="column" width={width} height={height}>
       <Box flexDirection="column" paddingX={1}>
@@ -62,12 +66,14 @@ export function Dashboard({ jobs, datasets, gpus, daemon, home, width, height, a
           const prog = p.steps ? `[${bar(p.fraction, barW)}] ${p.step}/${p.steps}${j.state === 'running' ? ` ETA ${formatDuration(p.etaS)}` : ''}` : '';
           return (
             <Text key={j.id} inverse={start + k === i} wrap="truncate-end">
-              {`${String(j.id).padStart(5)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${String(j.gpu).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog}`}
+              {`${String(j.id).padStart(5)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${(cpuOnly ? 'cpu' : String(j.gpu)).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog}`}
             </Text>
           );
         })}
       </Box>
-      <MessageLine level={sel?.state === 'failed' ? 'error' : 'info'} text={sel ? (sel.state === 'failed' ? `job ${sel.id}: ${sel.last_error ?? 'failed'}` : `job ${sel.id}: ${sel.job_dir ?? sel.config_path}`) : ' '} width={width} />
+      {reason
+        ? <Box height={reasonRows} width={width} overflow="hidden"><Text color="red" wrap="wrap">{reason}</Text></Box>
+        : <MessageLine level="info" text={sel ? `job ${sel.id}: ${sel.job_dir ?? sel.config_path}` : ' '} width={width} />}
       <StatusBar hints={[['↑↓', 'job'], ['Enter', 'monitor'], ['2', 'new job'], ['3', 'queue'], ['4', 'datasets'], ['?', 'help'], ['q', 'quit']]} width={width} />
     </Box>
   );

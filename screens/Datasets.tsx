@@ -1,9 +1,13 @@
 // The Datasets screen: named dataset folders, their scan (counts, buckets, captions, unreadable files)
 // and a thumbnail preview with its caption. Nothing on disk is modified.
 import { Box, Text, useInput } from 'ink';
-import { basename, join } from 'node:path';
-import { useEffect, useState } from 'react';
+import { basename, join, resolve } from 'node:path';
+import { useEffect, useMemo, useState } from 'react';
 import { bucketHistogram } from '../src/datasets/buckets.js';
+import { captionCounter, type CaptionCounter } from '../src/datasets/captionLength.js';
+import { scanProblems } from '../src/datasets/checks.js';
+import { folderProblem } from '../src/datasets/folder.js';
+import type { Preset } from '../src/presets.js';
 import { readCaption, type ScanResult } from '../src/datasets/scan.js';
 import { renderThumbnail } from '../src/datasets/thumbnail.js';
 import type { DatasetsState } from '../src/hooks/useDatasets.js';
@@ -21,6 +25,7 @@ export const DATASETS_KEYS: Hint[] = [
   ['b', 'bucket resolutions of the histogram'],
   ['m', 'bucket divisibility 8 / 16 / 32'],
   ['x', 'forget the dataset (press twice; the folder is not touched)'],
+  ['PgUp PgDn', 'a page of files (file view)'],
   ['Esc', 'leave the file view; back'],
 ];
 
@@ -28,6 +33,7 @@ type Overlay = { kind: 'folder'; text: string; candidates: string[] } | { kind: 
 
 export interface DatasetsProps {
   ds: DatasetsState;
+  presets: Preset[];
   active: boolean;
   width: number;
   height: number;
@@ -41,7 +47,7 @@ function bar(fraction: number, width: number): string {
   return '█'.repeat(n) + '░'.repeat(width - n);
 }
 
-export function Datasets({ ds, active, width, height, setCapture }: DatasetsProps) {
+export function Datasets({ ds, presets, active, width, height, setCapture }: DatasetsProps) {
   const [selected, setSelected] = useState(0);
   const [overlay, setOverlay] = useState<Overlay | undefined>();
   const [filesView, setFilesView] = useState(false);
@@ -53,6 +59,15 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
   const [thumb, setThumb] = useState<{ key: string; text: string; caption?: string } | undefined>();
 
   useEffect(() => { setCapture(overlay !== undefined || filesView); }, [overlay, filesView, setCapture]);
+
+  // Caption lengths are measured with the tokenizer of the family graft trains (loaded once, when shown).
+  const [counter, setCounter] = useState<CaptionCounter | undefined>();
+  useEffect(() => {
+    if (!active || counter) return undefined;
+    let live = true;
+    void captionCounter(presets).then((c) => { if (live && c) setCounter(c); });
+    return () => { live = false; };
+  }, [active]);
 
   const current = ds.list[Math.min(selected, ds.list.length - 1)];
   const scan = current ? ds.scans[current.name] : undefined;
@@ -71,6 +86,8 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
   const thumbW = Math.min(48, wide ? Math.floor(detailW / 2) - 2 : Math.max(16, detailW - 30));
   const thumbH = Math.min(24, Math.max(4, mainH - 6));
   const item = result?.items[Math.min(fileIndex, result.items.length - 1)];
+  const problems = useMemo(() => (result ? scanProblems(result.items, resolutions, counter) : []), [result, resolutions, counter]);
+  const itemProblems = item ? problems.find((p) => p.file === item.file)?.problems ?? [] : [];
 
   // Thumbnail and caption of the selected file (file view, or always on wide screens).
   const showPreview = (filesView || wide) && item !== undefined && current !== undefined;
@@ -163,12 +180,13 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
     } else if (scan?.status === 'error') {
       body = <Text color="red" wrap="wrap">{scan.message}</Text>;
     } else if (result) {
-      const summary = summaryLines(result, resolutions, divisibility, wide ? Math.floor(detailW / 2) - 3 : detailW - 2);
+      const summary = summaryLines(result, resolutions, divisibility, problems, counter, mainH - 4);
       const files = fileLines(result, fileIndex, wide ? Math.floor(detailW / 2) - 3 : Math.max(20, detailW - thumbW - 3), mainH - 3);
       const preview = (
         <Box flexDirection="column" width={thumbW + 2}>
           {thumb && thumb.key === thumbKey ? <Text>{thumb.text}</Text> : <Text dimColor>drawing...</Text>}
           <Text wrap="truncate-end" color={thumb?.caption ? undefined : 'yellow'}>{thumb && thumb.key === thumbKey ? (thumb.caption ?? '(no caption)') : ' '}</Text>
+          {itemProblems.map((p) => <Text key={p} color="yellow" wrap="wrap">{`! ${p}`}</Text>)}
         </Box>
       );
       if (wide) {
@@ -209,8 +227,11 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
           onCancel={() => setOverlay(undefined)}
           onSubmit={(text) => {
             if (overlay.kind === 'folder') {
-              const folder = expandHome(text.trim()).replace(/\/+$/, '') || '/';
-              if (!folder || folder === '/') return setMessage({ level: 'error', text: 'type the dataset folder' });
+              const folder = resolve(expandHome(text.trim())).replace(/\/+$/, '') || '/';
+              if (text.trim() === '' || folder === '/') return setMessage({ level: 'error', text: 'type the dataset folder' });
+              // Said now, not when a job using it is prepared.
+              const problem = folderProblem(folder);
+              if (problem) return setMessage({ level: 'error', text: `${problem}: choose a folder of pictures` });
               return setOverlay({ kind: 'name', folder, text: basename(folder) });
             }
             if (overlay.kind === 'name') {
@@ -248,24 +269,32 @@ export function Datasets({ ds, active, width, height, setCapture }: DatasetsProp
   );
 }
 
-function summaryLines(r: ScanResult, resolutions: number[], divisibility: number, width: number): React.ReactNode {
+function summaryLines(r: ScanResult, resolutions: number[], divisibility: number, problems: { file: string; problems: string[] }[],
+  counter: CaptionCounter | undefined, rows: number): React.ReactNode {
   const sized = r.items.filter((i): i is typeof i & { width: number; height: number } => i.width !== undefined && i.height !== undefined);
   const hist = bucketHistogram(sized, resolutions, divisibility);
   const max = Math.max(1, ...hist.map((h) => h.count));
   const sources = Object.entries(r.captionSources).map(([k, v]) => `${k} ${v}`).join(', ');
-  const barW = Math.max(5, width - 22);
-  const shownBuckets = hist.slice(0, 8);
+  const barW = 20;
+  const shownBuckets = hist.slice(0, Math.max(2, Math.min(8, rows - 8)));
+  const problemLines = problems.flatMap((p) => p.problems.map((what) => `${p.file}: ${what}`));
+  const shownProblems = Math.max(1, rows - 6 - shownBuckets.length);
   return (
     <>
       <Text wrap="truncate-end">{`Images ${r.images}  clips ${r.videos}  unreadable ${r.unreadable.length}  other files ${r.otherFiles}`}</Text>
       <Text wrap="truncate-end" color={r.missingCaptions > 0 ? 'yellow' : 'green'}>
         {`Captions ${r.captioned}${sources ? ` (${sources})` : ''}  missing ${r.missingCaptions}`}
       </Text>
-      <Text bold>{`Buckets (${resolutions.join('/')}, ÷${divisibility})`}</Text>
+      <Text bold>{`Buckets (${resolutions.join('/')}, ÷${divisibility}; an image counts at each it trains at)`}</Text>
       {shownBuckets.map((h) => (
         <Text key={h.bucket} wrap="truncate-end">{h.bucket.padStart(10)} {bar(h.count / max, barW).replace(/░+$/, '')} {h.count}</Text>
       ))}
       {hist.length > shownBuckets.length ? <Text dimColor>{`  ... ${hist.length - shownBuckets.length} more buckets`}</Text> : null}
+      {problemLines.length === 0
+        ? <Text dimColor wrap="truncate-end">{`No item to look at${counter ? ` (captions measured against ${counter.family}: ${counter.max} tokens)` : ''}.`}</Text>
+        : <Text bold color="yellow" wrap="truncate-end">{`${problems.length} item${problems.length === 1 ? '' : 's'} to look at (f: per file)`}</Text>}
+      {problemLines.slice(0, shownProblems).map((l) => <Text key={l} color="yellow" wrap="truncate-end">{`! ${l}`}</Text>)}
+      {problemLines.length > shownProblems ? <Text color="yellow">{`  ... ${problemLines.length - shownProblems} more`}</Text> : null}
       {r.metadataErrors.slice(0, 2).map((e) => <Text key={`m${e.line}`} color="red" wrap="truncate-end">{`metadata.jsonl line ${e.line}: ${e.message}`}</Text>)}
       {r.unreadable.slice(0, 3).map((u) => <Text key={u.file} color="red" wrap="truncate-end">{`✗ ${u.file}: ${u.reason}`}</Text>)}
       {r.unreadable.length > 3 ? <Text color="red">{`  ... ${r.unreadable.length - 3} more unreadable`}</Text> : null}

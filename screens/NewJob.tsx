@@ -1,5 +1,16 @@
 // The New Job screen: panels on the left, the fields of every panel in one list, the YAML preview on the right
 // (or behind `p` on narrow terminals). Keys only; state lives in useJobForm.
+//
+// Why not ink-form (the design card names it; 2.0.2 read for this): its value is a flat object keyed by field
+// name, where this form edits a YAML document in place (nested paths, keys it does not know kept, dataset and
+// prompt blocks that are added and removed, so the fields change with the document); validation is
+// `required`, a regex and min/max per field, where this form needs rules across fields, warnings and "not
+// supported yet" at the field they concern; a field's help shows only once it is expanded, and sections are
+// tabs with one visible at a time. It moves focus with Ink's focus manager (Up/Down only; Tab is the focus
+// manager's), lays out at 100% without fixed-width cells (the 80x24 wrap this screen guards against), and
+// depends on ink-select-input 5, which needs an override to run on Ink 6. Its pickers have no path
+// completion, and there is no place for the YAML preview or the issues list. Wrapping all of that would be
+// a rewrite of it; the form here is fields.ts (the model) and this screen (rendering and keys).
 import { Box, Text, useInput } from 'ink';
 import { useMemo, useState } from 'react';
 import { dumpJobYaml } from '../src/config/document.js';
@@ -16,6 +27,8 @@ import { TextInput } from './components/TextInput.js';
 
 export const NEW_JOB_KEYS: Hint[] = [
   ['↑↓ j/k', 'move between fields'],
+  ['PgUp PgDn', 'a page of fields up / down'],
+  ['Home End', 'first / last field'],
   ['Tab S-Tab', 'next / previous panel'],
   ['Enter', 'edit, toggle or choose'],
   ['←→ h/l', 'change a choice, move in Resolutions'],
@@ -53,7 +66,7 @@ export interface NewJobProps {
 }
 
 export function NewJob({ form, active, width, height, setCapture }: NewJobProps) {
-  const { fields, errors, warnings, doc } = form;
+  const { fields, errors, unsupported, warnings, doc } = form;
   // Focus and overlay are key states: a key that comes before the previous one is drawn still sees
   // where that key moved the focus and whether it opened an input (useKeyState).
   const [focus, setFocus, focusNow] = useKeyState(0);
@@ -73,7 +86,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     const i = Math.min(focusNow(), fields.length - 1);
     return { index: i, field: fields[i]! };
   };
-  const allIssues = useMemo(() => [...errors, ...warnings], [errors, warnings]);
+  const allIssues = useMemo(() => [...errors, ...unsupported, ...warnings], [errors, unsupported, warnings]);
   const yamlLines = useMemo(() => dumpJobYaml(doc).split('\n'), [doc]);
 
   const wide = width >= 120;
@@ -215,7 +228,9 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   const start = Math.max(0, Math.min(focusRow - Math.floor(mainH / 3), rows.length - mainH));
   const visibleRows = rows.slice(start, start + mainH);
   const labelW = Math.min(34, Math.max(14, Math.floor(formW * 0.42)));
-  const valueW = Math.max(8, formW - labelW - 4);
+  // The form's left padding (1), the cursor and mark with a space (3), the gap (1): a value one column
+  // wider wrapped its row, and the frame pushed the tab bar off the top (Name or Path of Wan 2.2 at 80x24).
+  const valueW = Math.max(8, formW - labelW - 5);
 
   const editing = overlay?.kind === 'edit' ? overlay : undefined;
   const liveIssues = editing ? issuesFor(editing.field, form.previewIssues(editing.field, editing.text)) : issuesFor(field, allIssues);
@@ -276,7 +291,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
         const f = fields[r.fieldIndex!]!;
         const focused = r.fieldIndex === index;
         const fi = issuesFor(f, allIssues);
-        const mark = fi.some((x) => x.level === 'error') ? <Text color="red">✗</Text> : fi.length > 0 ? <Text color="yellow">!</Text> : <Text> </Text>;
+        const mark = fi.some((x) => x.level === 'error') ? <Text color="red">✗</Text> : fi.some((x) => x.level === 'unsupported') ? <Text color="magenta">⊘</Text> : fi.length > 0 ? <Text color="yellow">!</Text> : <Text> </Text>;
         return (
           <Box key={f.id} height={1}>
             <Text>{focused ? <Text color="cyan">{'>'}</Text> : ' '}{mark} </Text>
@@ -327,13 +342,14 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
   } else if (overlay?.kind === 'issues') {
     const lines: { color: string; text: string }[] = [
       ...errors.map((e) => ({ color: 'red', text: `✗ ${e.message}` })),
+      ...unsupported.map((u) => ({ color: 'magenta', text: `⊘ ${u.message}` })),
       ...warnings.map((w) => ({ color: 'yellow', text: `! ${w.message}` })),
       ...form.ignored.map((k) => ({ color: 'gray', text: `ignored (kept on save): ${k}` })),
     ];
     if (lines.length === 0) lines.push({ color: 'green', text: 'no errors, no warnings' });
     main = (
       <Box flexDirection="column" width={width} height={mainH} borderStyle="single" borderColor="gray" paddingX={1}>
-        <Text bold>{errors.length} error{errors.length === 1 ? '' : 's'}, {warnings.length} warning{warnings.length === 1 ? '' : 's'} <Text dimColor>(↑↓ scroll, Esc close)</Text></Text>
+        <Text bold>{errors.length} error{errors.length === 1 ? '' : 's'}, {unsupported.length} not supported yet, {warnings.length} warning{warnings.length === 1 ? '' : 's'} <Text dimColor>(↑↓ scroll, Esc close)</Text></Text>
         {lines.slice(scroll, scroll + mainH - 3).map((l, i) => <Text key={i} color={l.color} wrap="wrap">{l.text}</Text>)}
       </Box>
     );
@@ -372,7 +388,7 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     ? `completions: ${editing.candidates.join('  ')}`
     : `${field.label}: ${field.help}`;
   const issueLines = liveIssues.slice(0, 2);
-  const summary = `issues ✗${errors.length} !${warnings.length}`;
+  const summary = `issues ✗${errors.length}${unsupported.length ? ` ⊘${unsupported.length}` : ''} !${warnings.length}`;
   const hints: Hint[] = overlay?.kind === 'edit'
     ? [['Enter', 'accept'], ['Esc', 'cancel'], ...(field.kind === 'folder' ? [['Tab', 'complete'] as Hint] : [])]
     : [['s', 'save'], ['o', 'load'], ['p', 'yaml'], ['i', summary], ['a/d/x', 'blocks'], ['?', 'help'], ['q', 'back']];
@@ -383,10 +399,16 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
       <Box height={1} width={width}><Text color="cyan" wrap="truncate-end">{help}</Text></Box>
       <Box height={2} width={width} overflow="hidden" flexDirection="column">
         {issueLines.length === 0 ? <Text> </Text> : issueLines.map((iss, k) => (
-          <Text key={k} color={iss.level === 'error' ? 'red' : 'yellow'} wrap="wrap">{`${iss.level === 'error' ? '✗' : '!'} ${iss.message}`}</Text>
+          <Text key={k} color={iss.level === 'error' ? 'red' : iss.level === 'unsupported' ? 'magenta' : 'yellow'} wrap="wrap">{`${iss.level === 'error' ? '✗' : iss.level === 'unsupported' ? '⊘' : '!'} ${iss.message}`}</Text>
         ))}
       </Box>
-      <MessageLine level={form.message?.level} text={form.message?.text ?? (form.source ? `editing ${form.source}${form.dirty ? ' (unsaved)' : ''}` : `new job${form.dirty ? ' (unsaved)' : ''}`)} width={width} />
+      <MessageLine
+        level={form.message?.level ?? (unsupported.length ? 'error' : undefined)}
+        text={form.message?.text ?? (unsupported.length
+          ? `⊘ ${unsupported[0]!.message.replace(/^not supported yet: /, 'graft cannot train this job yet: ')} (s saves it; the queue refuses it)`
+          : form.source ? `editing ${form.source}${form.dirty ? ' (unsaved)' : ''}` : `new job${form.dirty ? ' (unsaved)' : ''}`)}
+        width={width}
+      />
       <StatusBar hints={hints} width={width} />
     </Box>
   );

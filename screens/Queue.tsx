@@ -3,6 +3,7 @@
 import { Box, Text, useInput } from 'ink';
 import { resolve } from 'node:path';
 import { useState } from 'react';
+import { useStateChange } from '../src/hooks/useStateChange.js';
 import type { Request } from '../src/daemon/socket.js';
 import { jobProgress, type DaemonStatus } from '../src/hooks/useQueue.js';
 import { formatDuration } from '../src/monitor/metrics.js';
@@ -39,11 +40,12 @@ interface Props {
   onOpen: (job: JobRow) => void;
   onEdit: (job: JobRow) => void;
   setCapture: (on: boolean) => void;
+  cpuOnly: boolean;
 }
 
 type Mode = { kind: 'list' } | { kind: 'add' } | { kind: 'delete'; job: JobRow; outputs: number } | { kind: 'force'; job: JobRow };
 
-export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit, setCapture }: Props) {
+export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit, setCapture, cpuOnly }: Props) {
   // The selection follows the job (not the row), so it stays put while rows move and refresh.
   const [selId, setSelId] = useState<number | undefined>();
   const [mode, setMode] = useState<Mode>({ kind: 'list' });
@@ -56,6 +58,9 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
   const setIndex = (k: number) => setSelId(flatJobs[k]?.id);
 
   const run = (req: Request) => { void act(req).then((r) => setMessage({ level: r.ok ? 'info' : 'error', text: r.text })); };
+  // What an action answered stays only until the job's state moves on: a "queued job 1" line must not
+  // stand next to the same job once it has failed (its reason is shown instead).
+  useStateChange(sel, () => setMessage(undefined));
 
   useInput((input, key) => {
     if (mode.kind === 'delete') {
@@ -100,7 +105,10 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
     for (const j of g.jobs) lines.push({ kind: 'job', job: j, at: at++ }), n++;
     if (n === 0) lines.push({ kind: 'title', text: '  (empty)' });
   }
-  const rows = Math.max(1, height - 5);
+  // A failed job's reason in full, wrapped over up to three rows.
+  const reason = sel?.state === 'failed' && sel.last_error ? `job ${sel.id} failed: ${sel.last_error}` : undefined;
+  const reasonRows = mode.kind === 'list' && !message && reason ? Math.min(3, Math.ceil(reason.length / width)) : 1;
+  const rows = Math.max(1, height - 4 - reasonRows);
   const selLine = lines.findIndex((l) => l.kind === 'job' && l.at === i);
   const start = Math.max(0, Math.min(selLine - Math.floor(rows / 2), lines.length - rows));
   const nameW = Math.max(8, Math.min(28, Math.floor(width * 0.25)));
@@ -124,7 +132,7 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
           const prog = p.steps ? `${p.step}/${p.steps}${j.state === 'running' ? ` ${formatDuration(p.etaS)}` : ''}` : '';
           return (
             <Text key={j.id} inverse={l.at === i} wrap="truncate-end">
-              {`  ${pos.padStart(3)} ${String(j.id).padStart(4)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${String(j.gpu).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog.padEnd(12)}  ${jobDirOf(j)}`}
+              {`  ${pos.padStart(3)} ${String(j.id).padStart(4)}  `}<Text color={stateColor(j.state)}>{j.state.padEnd(9)}</Text>{` ${(cpuOnly ? 'cpu' : String(j.gpu)).padStart(3)}  ${j.name.padEnd(nameW).slice(0, nameW)}  ${prog.padEnd(12)}  ${jobDirOf(j)}`}
             </Text>
           );
         })}
@@ -139,9 +147,11 @@ export function Queue({ jobs, daemon, active, width, height, act, onOpen, onEdit
             onCancel={() => { setMode({ kind: 'list' }); setCapture(false); }}
           />
         </Box>
+      ) : !prompt && !message && reason ? (
+        <Box height={reasonRows} width={width} overflow="hidden"><Text color="red" wrap="wrap">{reason}</Text></Box>
       ) : (
         <MessageLine
-          level={prompt ? 'warning' : message?.level ?? (sel?.state === 'failed' ? 'error' : 'info')}
+          level={prompt ? 'warning' : message?.level ?? 'info'}
           text={prompt ?? message?.text ?? (sel ? (sel.last_error ? `job ${sel.id}: ${sel.last_error}` : `job ${sel.id}: ${sel.config_path}`) : ' ')}
           width={width}
         />

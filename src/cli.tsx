@@ -1,55 +1,46 @@
 #!/usr/bin/env node
-// graft: `graft` opens the TUI; `graft <config.yaml>` opens it on that job; `graft validate <config.yaml>` checks a file.
+// graft: `graft` opens the TUI; `graft <config.yaml>` opens it on that job; the other commands are in cliSpec.ts.
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { loadJobFile, type Loaded } from './config/jobfile.js';
-import { validateJob } from './config/validate.js';
-import { jobWarnings } from './config/warnings.js';
+import { checkJob } from './config/check.js';
 import { graftHome, packageRoot } from './paths.js';
-import { familyFor, loadPresets } from './presets.js';
-import { COMMANDS_USAGE, findJob, runCommandLine } from './commands.js';
+import { loadPresets } from './presets.js';
+import { findJob, runCommandLine } from './commands.js';
+import { parseCommandLine, UsageError } from './cliSpec.js';
 import { Store } from './queue/store.js';
-import { getAt } from './util/objpath.js';
-
-const USAGE = `usage:
-  graft                      open the TUI
-  graft <config.yaml>        open the TUI with this job in New Job
-  graft watch <job>          open the TUI on the Job monitor of a queued or running job
-  graft validate <config>    check a job config; exit 1 on errors
-  graft --version | --help
-${COMMANDS_USAGE}
-
-The graft home (queue database, named datasets, default job folders) is $GRAFT_HOME, default ~/.graft.`;
 
 function version(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
 
-function validateCommand(file: string | undefined): number {
-  if (!file) { process.stderr.write(`${USAGE}\n`); return 2; }
+/** graft validate: 0 valid and trainable here, 1 invalid, 3 valid but not something graft can train yet. */
+function validateCommand(file: string): number {
   const presets = loadPresets();
   let loaded: Loaded;
   try {
     loaded = loadJobFile(file);
   } catch (err) {
-    process.stderr.write(`${(err as Error).message}\n`);
+    process.stderr.write(`graft: ${(err as Error).message}\n`);
     return 1;
   }
-  const errors = validateJob(loaded.doc, presets);
-  const preset = familyFor(getAt(loaded.doc, ['config', 'process', 0, 'model']), presets);
-  for (const key of loaded.ignored) process.stdout.write(`ignored (kept on save): ${key}\n`);
-  for (const w of jobWarnings(loaded.doc, { preset })) process.stdout.write(`warning: ${w.message}\n`);
-  for (const e of errors) process.stdout.write(`error: ${e.message}\n`);
-  process.stdout.write(errors.length === 0 ? `${loaded.path}: ok (${preset?.label ?? 'unknown family'})\n` : `${loaded.path}: ${errors.length} error(s)\n`);
-  return errors.length === 0 ? 0 : 1;
+  const check = checkJob(loaded.doc, presets, { configDir: dirname(loaded.path) });
+  for (const key of check.ignored) process.stdout.write(`ignored (kept on save): ${key}\n`);
+  for (const w of check.warnings) process.stdout.write(`warning: ${w.message}\n`);
+  for (const u of check.unsupported) process.stdout.write(`${u.message}\n`);
+  for (const e of check.errors) process.stdout.write(`error: ${e.message}\n`);
+  const family = check.family;
+  if (check.errors.length > 0) { process.stdout.write(`${loaded.path}: ${check.errors.length} error(s)\n`); return 1; }
+  if (check.unsupported.length > 0) {
+    const n = check.unsupported.length;
+    process.stdout.write(`${loaded.path}: valid (${family}), but graft cannot train it yet (${n} reason${n === 1 ? '' : 's'} above)\n`);
+    return 3;
+  }
+  process.stdout.write(`${loaded.path}: ok (${family})\n`);
+  return 0;
 }
 
 async function tui(file: string | undefined, watch?: string): Promise<number> {
-  if (!process.stdin.isTTY || !process.stdout.isTTY) {
-    process.stderr.write('graft: the TUI needs a terminal (run it in a terminal, tmux or ssh -t); see graft --help\n');
-    return 2;
-  }
-  const presets = loadPresets();
   let initial: Loaded | undefined;
   if (file) {
     try {
@@ -59,6 +50,11 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
       return 1;
     }
   }
+  if (!process.stdin.isTTY || !process.stdout.isTTY) {
+    process.stderr.write('graft: the TUI needs a terminal (run it in a terminal, tmux or ssh -t); graft --help lists the commands for scripts\n');
+    return 2;
+  }
+  const presets = loadPresets();
   // Ink stops drawing frames when it sees a CI flag (is-in-ci reads CI and CONTINUOUS_INTEGRATION when
   // Ink is first imported). The TUI runs only on a terminal, checked above, so a box or a shell that
   // exports CI=true must still get a live screen: drop the flags before Ink loads.
@@ -69,7 +65,7 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
   // so this file has no JSX (which would import react/jsx-runtime before any line here runs).
   process.env.NODE_ENV ??= 'production';
   // Ink, React and the screens load only for the TUI, so validate and --help answer quickly.
-  const [{ render }, { App }, { createElement }] = await Promise.all([import('ink'), import('../screens/App.js'), import('react')]);
+  const [{ renderTui }, { App }, { createElement }] = await Promise.all([import('./tui/render.js'), import('../screens/App.js'), import('react')]);
   const store = new Store(graftHome());
   let initialJob: number | undefined;
   if (watch !== undefined) {
@@ -94,7 +90,7 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
     const { ensureDaemon, request } = await import('./daemon/client.js');
     const home = graftHome();
     const daemon = { ensure: () => ensureDaemon(home), send: (req: Parameters<typeof request>[1]) => request(home, req) };
-    const app = render(createElement(App, { store, presets, initial, daemon, initialJob, initialScreen: initialJob !== undefined ? 'job' : undefined }), { exitOnCtrlC: true });
+    const { app } = renderTui(createElement(App, { store, presets, initial, daemon, initialJob, initialScreen: initialJob !== undefined ? 'job' : undefined }), { stdin: process.stdin, stdout: process.stdout });
     await app.waitUntilExit();
   } finally {
     store.close();
@@ -105,18 +101,21 @@ async function tui(file: string | undefined, watch?: string): Promise<number> {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const [cmd, arg] = argv;
-  if (cmd === '--help' || cmd === '-h') { process.stdout.write(`${USAGE}\n`); return 0; }
-  if (cmd === '--version' || cmd === '-v') { process.stdout.write(`graft ${version()}\n`); return 0; }
-  if (cmd === 'validate') return validateCommand(arg);
-  const done = await runCommandLine(argv);
-  if (done !== undefined) return done;
-  if (cmd === 'watch') {
-    if (!arg) { process.stderr.write(`graft watch: which job? (an id, a name or a job folder; see graft queue ls)\n`); return 2; }
-    return tui(undefined, arg);
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-v')) { process.stdout.write(`graft ${version()}\n`); return 0; }
+  let p;
+  try {
+    p = parseCommandLine(argv);
+  } catch (err) {
+    if (err instanceof UsageError) { process.stderr.write(`graft: ${err.message}\n`); return 2; }
+    throw err;
   }
-  if (cmd !== undefined && cmd.startsWith('-')) { process.stderr.write(`graft: unknown option ${cmd}\n${USAGE}\n`); return 2; }
-  return tui(cmd);
+  if ('help' in p) { process.stdout.write(`${p.help}\n`); return 0; }
+  const [cmd] = p.spec.path;
+  if (cmd === 'validate') return validateCommand(p.positionals[0]!);
+  if (cmd === 'watch') return tui(undefined, p.positionals[0]);
+  if (cmd === undefined) return tui(p.positionals[0]);
+  const done = await runCommandLine(p);
+  return done ?? 2;
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {

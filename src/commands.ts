@@ -8,6 +8,8 @@ import { DaemonError, ensureDaemon, ping, request } from './daemon/client.js';
 import { runDaemon } from './daemon/daemon.js';
 import { trainerPath } from './daemon/stages.js';
 import { formatDuration, progressOf, readMetrics } from './monitor/metrics.js';
+import { UsageError, type Parsed } from './cliSpec.js';
+import { probeGpus } from './gpu.js';
 import { graftHome } from './paths.js';
 import { PrepareError } from './prepare/errors.js';
 import { jobDirOf, outputPaths, QueueError, resolveJob } from './queue/queue.js';
@@ -15,19 +17,6 @@ import { Store, type JobRow } from './queue/store.js';
 
 const out = (s: string) => process.stdout.write(`${s}\n`);
 const err = (s: string) => process.stderr.write(`graft: ${s}\n`);
-
-export const COMMANDS_USAGE = `  graft prepare <config.yaml|job-dir>  scan the datasets, write prepared/ (bucketed PNGs) and job.json; reuses earlier work
-  graft run <job-dir|config.yaml>   prepare (when there is a config.yaml), then train in the foreground; exit 0 only on success
-  graft queue add <job-dir|config.yaml> [--gpu N]
-  graft queue ls                    every job: state, GPU, progress, last error
-  graft queue stop <job> [--force]  save a checkpoint and stop (--force: stop at once); a queued job leaves the queue
-  graft queue resume <job>          continue a stopped or failed job from its saved state (next on its GPU)
-  graft queue requeue <job>         put a stopped or failed job back at the end of its GPU's queue
-  graft queue move <job> up|down|top
-  graft queue rm <job> [--outputs] [--yes]   delete a job (asks; --outputs also deletes what training wrote)
-  graft daemon status|stop          the queue daemon (starts on demand; stop lets running jobs save first)
-  graft logs <job> [-f]             the job's log.txt (-f: follow while it runs)
-<job> is a job id, a job name or a job folder.`;
 
 function withStore<T>(fn: (s: Store) => T): T {
   const s = new Store(graftHome());
@@ -57,11 +46,6 @@ async function send(req: Parameters<typeof request>[1]): Promise<number> {
   return 0;
 }
 
-function flagValue(args: string[], flag: string): string | undefined {
-  const i = args.indexOf(flag);
-  return i >= 0 ? args[i + 1] : undefined;
-}
-
 async function confirm(question: string): Promise<boolean> {
   const rl = createInterface({ input: process.stdin, output: process.stdout });
   const answer = await new Promise<string>((r) => rl.question(`${question} [y/N] `, r));
@@ -69,7 +53,12 @@ async function confirm(question: string): Promise<boolean> {
   return /^y(es)?$/i.test(answer.trim());
 }
 
-export function listJobs(store: Store): string[] {
+/** Whether this machine has no GPU (the daemon then runs one CPU slot), as nvidia-smi says. */
+async function cpuOnly(): Promise<boolean> {
+  return (await probeGpus()).length === 0;
+}
+
+export function listJobs(store: Store, noGpu: boolean): string[] {
   const jobs = store.listJobs();
   if (jobs.length === 0) return ['no jobs (graft queue add <job-dir> queues one)'];
   const lines = ['  id  state     gpu  pos  progress             name                  folder'];
@@ -77,41 +66,59 @@ export function listJobs(store: Store): string[] {
     const dir = jobDirOf(j);
     const p = progressOf(readMetrics(join(dir, 'metrics.jsonl')));
     const prog = p.steps ? `${p.step}/${p.steps} ${String(Math.round(p.fraction * 100)).padStart(3)}%${j.state === 'running' ? ` eta ${formatDuration(p.etaS)}` : ''}` : '-';
-    lines.push(`${String(j.id).padStart(4)}  ${j.state.padEnd(9)} ${String(j.gpu).padStart(3)}  ${String(j.position).padStart(3)}  ${prog.padEnd(19)}  ${j.name.padEnd(20)}  ${dir}`);
+    lines.push(`${String(j.id).padStart(4)}  ${j.state.padEnd(9)} ${(noGpu ? 'cpu' : String(j.gpu)).padStart(3)}  ${String(j.position).padStart(3)}  ${prog.padEnd(19)}  ${j.name.padEnd(20)}  ${dir}`);
     if (j.last_error && (j.state === 'failed' || j.state === 'stopped')) lines.push(`        ${j.state === 'failed' ? 'error' : 'note'}: ${j.last_error}`);
   }
   return lines;
 }
 
-async function queueCommand(args: string[]): Promise<number> {
-  const [sub, ref] = args;
+/** The queue for scripts: one JSON array, a stable set of fields per job. */
+export function jobsJson(store: Store, noGpu: boolean): unknown[] {
+  return store.listJobs().map((j) => {
+    const dir = jobDirOf(j);
+    const p = progressOf(readMetrics(join(dir, 'metrics.jsonl')));
+    return {
+      id: j.id, name: j.name, state: j.state, gpu: noGpu ? null : j.gpu, slot: noGpu ? 'cpu' : `gpu${j.gpu}`, position: j.position,
+      step: p.step, steps: p.steps, eta_s: j.state === 'running' ? p.etaS : null, loss: p.loss,
+      job_dir: dir, config_path: j.config_path, last_error: j.last_error, exit_code: j.exit_code, runs: j.runs,
+    };
+  });
+}
+
+async function queueCommand(sub: string, pos: string[], v: Parsed['values']): Promise<number> {
   const home = graftHome();
+  if (sub === 'add') {
+    const gpu = v.gpu as string | undefined;
+    if (gpu !== undefined && !/^\d+$/.test(gpu)) throw new UsageError(`--gpu ${gpu}: expected a GPU index (0, 1, ...)`);
+    const target = resolve(pos[0]!);
+    // Checked here too, so the message needs no daemon round trip.
+    resolveJob(target, home);
+    return send({ op: 'add', target, gpu: gpu === undefined ? undefined : Number(gpu) });
+  }
+  if (sub === 'ls') {
+    const noGpu = await cpuOnly();
+    if (v.json) { out(JSON.stringify(withStore((s) => jobsJson(s, noGpu)), null, 2)); return 0; }
+    withStore((s) => listJobs(s, noGpu).forEach(out));
+    return 0;
+  }
+  const job = withStore((s) => findJob(s, pos[0]!));
   switch (sub) {
-    case 'add': {
-      if (!ref) { err('usage: graft queue add <job-dir|config.yaml> [--gpu N]'); return 2; }
-      const gpu = flagValue(args, '--gpu');
-      if (gpu !== undefined && !/^\d+$/.test(gpu)) { err(`--gpu ${gpu}: expected a GPU index (0, 1, ...)`); return 2; }
-      const target = resolve(ref);
-      // Checked here too, so the message needs no daemon round trip.
-      resolveJob(target, home);
-      return send({ op: 'add', target, gpu: gpu === undefined ? undefined : Number(gpu) });
+    case 'stop': return send({ op: 'stop', id: job.id, force: v.force === true });
+    case 'resume': return send({ op: 'resume', id: job.id });
+    case 'requeue': return send({ op: 'requeue', id: job.id });
+    case 'extend': {
+      const steps = v.steps as string | undefined;
+      if (steps === undefined || !/^\d+$/.test(steps)) throw new UsageError(`graft queue extend <job> --steps N: ${steps === undefined ? '--steps is missing' : `--steps ${steps}: expected a whole number`}`);
+      return send({ op: 'extend', id: job.id, steps: Number(steps) });
     }
-    case 'ls':
-      withStore((s) => listJobs(s).forEach(out));
-      return 0;
-    case 'stop': case 'resume': case 'requeue': case 'move': case 'rm': {
-      if (!ref) { err(`usage: graft queue ${sub} <job>`); return 2; }
-      const job = withStore((s) => findJob(s, ref));
-      if (sub === 'stop') return send({ op: 'stop', id: job.id, force: args.includes('--force') });
-      if (sub === 'resume') return send({ op: 'resume', id: job.id });
-      if (sub === 'requeue') return send({ op: 'requeue', id: job.id });
-      if (sub === 'move') {
-        const by = args[2] === 'up' ? -1 : args[2] === 'down' ? 1 : args[2] === 'top' ? 'top' : undefined;
-        if (by === undefined) { err('usage: graft queue move <job> up|down|top'); return 2; }
-        return send({ op: 'move', id: job.id, by });
-      }
-      const outputs = args.includes('--outputs');
-      if (!args.includes('--yes')) {
+    case 'move': {
+      const by = pos[1] === 'up' ? -1 : pos[1] === 'down' ? 1 : pos[1] === 'top' ? 'top' : undefined;
+      if (by === undefined) throw new UsageError(`${JSON.stringify(pos[1])}: usage: graft queue move <job> up|down|top`);
+      return send({ op: 'move', id: job.id, by });
+    }
+    case 'rm': {
+      const outputs = v.outputs === true;
+      if (v.yes !== true) {
         if (!process.stdin.isTTY) { err(`deleting job ${job.id} needs confirmation: add --yes (no terminal to ask)`); return 2; }
         const files = outputs ? outputPaths(jobDirOf(job)) : [];
         if (outputs) files.forEach((f) => out(`  will delete ${f}`));
@@ -120,14 +127,13 @@ async function queueCommand(args: string[]): Promise<number> {
       return send({ op: 'rm', id: job.id, outputs });
     }
     default:
-      err(`unknown queue command ${JSON.stringify(sub ?? '')}\n${COMMANDS_USAGE}`);
-      return 2;
+      throw new UsageError(`unknown command: graft queue ${sub}`);
   }
 }
 
-async function daemonCommand(args: string[]): Promise<number> {
+async function daemonCommand(sub: string, v: Parsed['values']): Promise<number> {
   const home = graftHome();
-  switch (args[0]) {
+  switch (sub) {
     case 'run':
       return runDaemon(home);
     case 'start': {
@@ -137,15 +143,19 @@ async function daemonCommand(args: string[]): Promise<number> {
     }
     case 'status': {
       const r = await ping(home);
+      const running = (r?.running ?? []) as { id: number; pid: number; slot: number | string; adopted: boolean }[];
+      if (v.json) {
+        out(JSON.stringify(r ? { running: true, pid: r.pid, home, slots: r.slots, gpus: r.gpus, jobs: running } : { running: false, home }, null, 2));
+        return r ? 0 : 3;
+      }
       if (!r) { out(`no daemon running for ${home} (it starts on the next queue command or when the TUI opens)`); return 3; }
-      const running = (r.running as { id: number; pid: number; slot: number | string; adopted: boolean }[]);
       out(`daemon running: pid ${String(r.pid)}, home ${home}`);
       out(`slots: ${(r.slots as (number | string)[]).map((s) => (s === 'cpu' ? 'cpu (no GPU found)' : `gpu ${s}`)).join(', ')}`);
       for (const x of running) out(`  job ${x.id}: trainer pid ${x.pid} on ${x.slot === 'cpu' ? 'cpu' : `gpu ${x.slot}`}${x.adopted ? ' (re-adopted after a daemon restart)' : ''}`);
       if (running.length === 0) out('  no job running');
       return 0;
     }
-    case 'stop': {
+    default: { // stop
       const r = await ping(home);
       if (!r) { out('no daemon running'); return 0; }
       const reply = await request(home, { op: 'shutdown' });
@@ -159,9 +169,6 @@ async function daemonCommand(args: string[]): Promise<number> {
       err(`daemon ${pid} still running after 150 s`);
       return 1;
     }
-    default:
-      err('usage: graft daemon status|stop');
-      return 2;
   }
 }
 
@@ -186,10 +193,7 @@ async function catFile(file: string, follow: boolean, stillRunning: () => boolea
   }
 }
 
-async function logsCommand(args: string[]): Promise<number> {
-  const ref = args.find((a) => !a.startsWith('-'));
-  if (!ref) { err('usage: graft logs <job> [-f]'); return 2; }
-  const follow = args.includes('-f') || args.includes('--follow');
+async function logsCommand(ref: string, follow: boolean): Promise<number> {
   const store = new Store(graftHome());
   try {
     const job = findJob(store, ref);
@@ -206,9 +210,7 @@ async function logsCommand(args: string[]): Promise<number> {
 }
 
 /** graft prepare: config.yaml -> prepared/ and job.json, with progress lines and a summary. */
-async function prepareCommand(args: string[]): Promise<number> {
-  const target = args[0];
-  if (!target) { err('usage: graft prepare <config.yaml|job-dir>'); return 2; }
+async function prepareCommand(target: string): Promise<number> {
   await prepare(target, { log: out });
   return 0;
 }
@@ -220,9 +222,7 @@ async function prepare(...args: Parameters<typeof import('./prepare/prepare.js')
 }
 
 /** graft run: preparation when the job has a config.yaml, then the trainer in the foreground; its exit code is ours. */
-async function runCommand(args: string[]): Promise<number> {
-  const target = args[0];
-  if (!target) { err('usage: graft run <job-dir|config.yaml>'); return 2; }
+async function runCommand(target: string): Promise<number> {
   const home = graftHome();
   const job = resolveJob(target, home);
   const queued = withStore((s) => s.listJobs().find((j) => jobDirOf(j) === job.jobDir && ['queued', 'running', 'stopping'].includes(j.state)));
@@ -259,15 +259,16 @@ async function runCommand(args: string[]): Promise<number> {
   return code;
 }
 
-/** The commands this module serves, or undefined when argv is not one of them. */
-export async function runCommandLine(argv: string[]): Promise<number | undefined> {
-  const [cmd, ...rest] = argv;
+/** The commands this module serves (all but the TUI's, watch and validate), or undefined for those. */
+export async function runCommandLine(p: Parsed): Promise<number | undefined> {
+  const [cmd, sub] = p.spec.path;
+  const pos = p.positionals;
   try {
-    if (cmd === 'prepare') return await prepareCommand(rest);
-    if (cmd === 'run') return await runCommand(rest);
-    if (cmd === 'queue') return await queueCommand(rest);
-    if (cmd === 'daemon') return await daemonCommand(rest);
-    if (cmd === 'logs') return await logsCommand(rest);
+    if (cmd === 'prepare') return await prepareCommand(pos[0]!);
+    if (cmd === 'run') return await runCommand(pos[0]!);
+    if (cmd === 'queue') return await queueCommand(sub!, pos, p.values);
+    if (cmd === 'daemon') return await daemonCommand(sub!, p.values);
+    if (cmd === 'logs') return await logsCommand(pos[0]!, p.values.follow === true);
   } catch (e) {
     if (e instanceof QueueError || e instanceof DaemonError || e instanceof PrepareError) { err((e as Error).message); return 1; }
     throw e;

@@ -79,6 +79,8 @@ function specRank(p: Preset): number {
 /**
  * Which family a config's model section means: its arch (or an alias), or a legacy flag such as is_flux.
  * When an arch names several families (zimage = base or Turbo), the one whose default model matches wins.
+ * Without either, the family whose default model is name_or_path; failing that SD 1.5, which is what the
+ * reference toolkit trains for a config that does not say (its arch defaults to sd1).
  */
 export function familyFor(model: unknown, presets: Preset[]): Preset | undefined {
   if (!isPlainObject(model)) return undefined;
@@ -91,8 +93,42 @@ export function familyFor(model: unknown, presets: Preset[]): Preset | undefined
     const byModel = candidates.find((p) => p.name_or_path === model.name_or_path);
     return byModel ?? exact[0] ?? candidates[0];
   }
-  return presets.find((p) => p.legacy_flag !== undefined && model[p.legacy_flag] === true);
+  if (arch !== undefined && arch !== null) return undefined;
+  const byFlag = presets.find((p) => p.legacy_flag !== undefined && model[p.legacy_flag] === true);
+  if (byFlag) return byFlag;
+  if (LEGACY_FLAGS_WITHOUT_PRESET.some((f) => model[f] === true)) return undefined;
+  return presets.find((p) => p.name_or_path === model.name_or_path) ?? presets.find((p) => p.aliases.includes('sd1'));
 }
+
+/** How familyFor found the family when model.arch is absent (for the warning that says so), else undefined. */
+export function familyGuess(model: unknown, presets: Preset[]): 'name_or_path' | 'default' | undefined {
+  if (!isPlainObject(model) || (model.arch !== undefined && model.arch !== null)) return undefined;
+  if (presets.some((p) => p.legacy_flag !== undefined && model[p.legacy_flag] === true)) return undefined;
+  if (LEGACY_FLAGS_WITHOUT_PRESET.some((f) => model[f] === true)) return undefined;
+  return presets.some((p) => p.name_or_path === model.name_or_path) ? 'name_or_path' : 'default';
+}
+
+/** Families of the reference toolkit graft has no preset for, by model.arch and by legacy flag. */
+export const REFERENCE_ONLY_FAMILIES: { arch: string; flag?: string; label: string }[] = [
+  { arch: 'sd2', flag: 'is_v2', label: 'Stable Diffusion 2' },
+  { arch: 'sd3', flag: 'is_v3', label: 'Stable Diffusion 3 / 3.5' },
+  { arch: 'pixart', flag: 'is_pixart', label: 'PixArt-α' },
+  { arch: 'pixart_sigma', flag: 'is_pixart_sigma', label: 'PixArt-Σ' },
+  { arch: 'auraflow', flag: 'is_auraflow', label: 'AuraFlow' },
+  { arch: 'vega', flag: 'is_vega', label: 'Segmind Vega' },
+  { arch: 'ssd', flag: 'is_ssd', label: 'Segmind SSD-1B' },
+];
+
+/** A reference family graft knows by name only (no preset), or undefined. */
+export function referenceOnlyFamily(model: unknown): { arch: string; label: string } | undefined {
+  if (!isPlainObject(model)) return undefined;
+  const arch = model.arch;
+  if (typeof arch === 'string') return REFERENCE_ONLY_FAMILIES.find((f) => f.arch === arch.split(':')[0]);
+  return REFERENCE_ONLY_FAMILIES.find((f) => f.flag !== undefined && model[f.flag] === true);
+}
+
+const LEGACY_FLAGS_WITHOUT_PRESET = REFERENCE_ONLY_FAMILIES.flatMap((f) => (f.flag ? [f.flag] : []));
+
 
 export function presetById(family: string, presets: Preset[]): Preset | undefined {
   return presets.find((p) => p.family === family);

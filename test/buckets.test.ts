@@ -19,11 +19,12 @@ describe('bucketFor (SPEC.md section 6)', () => {
 });
 
 describe('bucketHistogram', () => {
-  it('counts images per bucket, largest first', () => {
+  it('counts every bucket an image trains at, largest first', () => {
     const h = bucketHistogram([
       { width: 1200, height: 1200 }, { width: 2000, height: 2000 }, { width: 900, height: 900 }, { width: 1600, height: 900 },
     ], [768, 1024], 16);
-    expect(h.map((b) => [b.bucket, b.count])).toEqual([['1024x1024', 2], ['1360x768', 1], ['768x768', 1]]); // by area: 1,048,576 > 1,044,480
+    // 1200 and 2000 train at 768 and 1024, 900 at 768 only, 1600x900 at 1360x768 and 1024x576; by area: 1,048,576 > 1,044,480.
+    expect(h.map((b) => [b.bucket, b.count])).toEqual([['1024x1024', 2], ['1360x768', 1], ['1024x576', 1], ['768x768', 3]]); // equal areas: wider first
   });
 });
 

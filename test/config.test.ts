@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { load } from 'js-yaml';
@@ -131,6 +131,25 @@ describe('saving', () => {
     const again = saveJob(setAt(doc, procPath('train', 'steps'), 10), presets, store);
     expect(again.job.id).toBe(saved.job.id);
     expect(store.listJobs()).toHaveLength(1);
+  });
+
+  it('a job that has run is saved again only to raise its steps (then resume trains on); its comments stay', () => {
+    let doc = newJobDoc(presets[0]!, 'output', 'ran_job');
+    doc = setAt(doc, procPath('datasets', 0, 'folder_path'), '/data/x');
+    const saved = saveJob(doc, presets, store);
+    writeFileSync(saved.configPath, `# my notes\n${readFileSync(saved.configPath, 'utf8')}`);
+    writeFileSync(join(home, 'output', 'ran_job', 'metrics.jsonl'), `${JSON.stringify({ event: 'end', status: 'finished', step: 300 })}\n`);
+    store.db.prepare("UPDATE jobs SET state = 'finished' WHERE id = ?").run(saved.job.id);
+    const steps = getAt(doc, procPath('train', 'steps'));
+    expect(() => saveJob(setAt(doc, procPath('train', 'lr'), 0.5), presets, store)).toThrow('has run (finished): its config can only be extended by raising Steps');
+    expect(() => saveJob(setAt(doc, procPath('train', 'steps'), 200), presets, store)).toThrow('has trained 300 steps: raise Steps above 300');
+    const ext = saveJob(setAt(doc, procPath('train', 'steps'), 900), presets, store);
+    expect(ext.extendedFrom).toBe(300);
+    const text = readFileSync(saved.configPath, 'utf8');
+    expect(text.startsWith('# my notes\n')).toBe(true);
+    expect(getAt(parseJobYaml(text), procPath('train', 'steps'))).toBe(900);
+    expect(steps).not.toBe(900);
+    expect(store.job(saved.job.id)!.state).toBe('finished'); // resume (r) queues it
   });
 
   it('refuses to save an invalid job and writes nothing', () => {

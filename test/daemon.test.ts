@@ -206,7 +206,15 @@ describe('queue daemon', () => {
     const queued = L.tinyJob(1_000_000, 1_000_000);
     expect(graft('queue', 'add', queued).status).toBe(0);
     const ls = graft('queue', 'ls');
-    expect(ls.stdout).toMatch(new RegExp(`(running|queued)\\s+0\\s+\\d+.*${queued.replace(/[/]/g, '\\/')}`));
+    expect(ls.stdout).toMatch(new RegExp(`(running|queued)\\s+cpu\\s+\\d+.*${queued.replace(/[/]/g, '\\/')}`));
+    const json = JSON.parse(graft('queue', 'ls', '--json').stdout) as { id: number; state: string; slot: string; job_dir: string }[];
+    expect(json.find((j) => j.job_dir === queued)).toMatchObject({ slot: 'cpu' });
+    const status = JSON.parse(graft('daemon', 'status', '--json').stdout) as { running: boolean; slots: unknown[] };
+    expect(status).toMatchObject({ running: true, slots: ['cpu'] });
+    // A GPU this machine does not have is refused, with what it has.
+    const gpu3 = graft('queue', 'add', L.tinyJob(6), '--gpu', '3');
+    expect(gpu3.status).toBe(1);
+    expect(gpu3.stderr).toContain('--gpu 3: no GPU 3: this machine has no GPU (jobs run in its CPU slot); leave --gpu out');
     // The same folder cannot also run in the foreground: it would run twice.
     const twice = graft('run', queued);
     expect(twice.status).toBe(1);
@@ -216,6 +224,22 @@ describe('queue daemon', () => {
     const rm = graft('queue', 'rm', String(id));
     expect(rm.status).toBe(2); // no terminal to ask: needs --yes
     expect(rm.stderr).toContain('--yes');
+  });
+
+  it('a finished job is extended: its steps raised, it resumes from its last state and trains on', async () => {
+    const dir = L.tinyJob(6, 3);
+    const r = await send({ op: 'add', target: dir });
+    const id = (r.job as { id: number }).id;
+    await until('finished', () => L.job(id).state === 'finished');
+    expect(graft('queue', 'resume', String(id)).stderr).toContain(`has finished at step 6: raise its steps to train on (graft queue extend ${id} --steps 12`);
+    expect(graft('queue', 'extend', String(id), '--steps', '4').stderr).toContain(`--steps 4: job ${id} has trained 6 steps; give more than that`);
+    const ext = graft('queue', 'extend', String(id), '--steps', '10');
+    expect(ext.status, ext.stderr).toBe(0);
+    expect(ext.stdout).toContain(`job ${id}: train.steps 10 written to ${join(dir, 'job.json')}`);
+    await until('finished again', () => L.job(id).state === 'finished' && lastStep(dir) === 10, 90_000);
+    const starts = L.events(dir).filter((e) => e.event === 'start');
+    expect(starts.map((e) => e.step)).toEqual([0, 6]); // the second run resumed at step 6
+    expect(existsSync(join(dir, 'tiny.safetensors'))).toBe(true);
   });
 
   it('leaves on its own when its home is deleted or it has been idle, so no daemon outlives what it served', async () => {

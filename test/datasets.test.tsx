@@ -44,7 +44,8 @@ describe('Datasets screen', () => {
     expect(f).toContain('Captions 2 (txt 2)  missing 1');
     expect(f).toMatch(/1024x1024 █+ 1/);
     expect(f).toMatch(/1360x768 █+ 1/);
-    expect(f).toMatch(/768x768 █+ 1/);
+    expect(f).toMatch(/768x768 █+ 2/); // every bucket an image trains at: 1200x1200 and 900x900 both at 768
+    expect(f).toMatch(/512x512 █+ 2/);
     expect(flat(f)).toContain('✗ broken.jpg: not a readable image');
     expect(env.store.listDatasets()).toEqual([expect.objectContaining({ name: 'shapes', folder: join(data, 'shapes'), is_reg: false })]);
     r.unmount();
@@ -56,7 +57,7 @@ describe('Datasets screen', () => {
     await waitFor(r.lastFrame, (x) => x.includes('Images 3'));
     await press(r, 'b', KEY.ctrlU, ...'512', KEY.enter);
     const f = r.lastFrame()!;
-    expect(f).toContain('Buckets (512, ÷16)');
+    expect(f).toContain('Buckets (512, ÷16;');
     expect(f).toMatch(/512x512 █+ 2/);
     await press(r, 'g');
     expect(r.lastFrame()).toContain('(regularization)');
@@ -70,6 +71,49 @@ describe('Datasets screen', () => {
     expect(third).toContain('!c.png 1600x900');
     await press(r, KEY.escape);
     expect(r.lastFrame()).toContain('Images 3');
+    r.unmount();
+  });
+
+  it('lists items to look at: invisible characters, a caption that is not UTF-8, one longer than the text encoder reads, a picture smaller than every resolution', async () => {
+    const odd = join(data, 'odd');
+    makeDataset(odd, {
+      images: [
+        { name: 'hidden.png', width: 600, height: 600, caption: 'a\u200bstar' },
+        { name: 'long.png', width: 600, height: 600, caption: 'x'.repeat(80) },
+        { name: 'small.png', width: 100, height: 100, caption: 'small' },
+        { name: 'latin1.png', width: 600, height: 600 },
+      ],
+    });
+    writeFileSync(join(odd, 'latin1.txt'), Buffer.from([0x63, 0x61, 0x66, 0xe9]));
+    env.store.addDataset('odd', odd);
+    const r = await app({ columns: 140, rows: 40 });
+    const f = flat(await waitFor(r.lastFrame, (x) => x.includes('items to look at')));
+    expect(f).toContain('4 items to look at');
+    // One line each in the summary (cut to the column); in full beside the file in the file view.
+    for (const start of ['! hidden.png: invisible or direction', '! latin1.png: latin1.txt: not valid UTF-8', '! long.png: caption is 82 tokens', '! small.png: 100x100 px is smaller']) expect(f).toContain(start);
+    await press(r, 'f');
+    // Files in name order: hidden, latin1, long, small.
+    const full = [
+      '! invisible or direction characters: U+200B (zero-width space) at character 2',
+      '! latin1.txt: not valid UTF-8 (byte 0xe9 at offset 3): save it as UTF-8',
+      "! caption is 82 tokens; graft-tiny (built-in demo, CPU)'s text encoder reads 48: the rest is cut",
+      '! 100x100 px is smaller than every resolution asked for (512, 768, 1024): it trains at its own size',
+    ];
+    for (const [i, text] of full.entries()) {
+      if (i > 0) await press(r, KEY.down);
+      await waitFor(r.lastFrame, (x) => flat(x).includes(text));
+    }
+    r.unmount();
+  });
+
+  it('refuses to name a folder that is not there or holds no pictures, at once', async () => {
+    const r = await app();
+    await press(r, 'a', ...join(data, 'nope'), KEY.enter);
+    expect(flat(r.lastFrame())).toContain(`no such folder: ${join(data, 'nope')}: choose a folder of pictures`);
+    mkdirSync(join(data, 'empty'));
+    await press(r, KEY.ctrlU, ...join(data, 'empty'), KEY.enter);
+    expect(flat(r.lastFrame())).toContain(`no images in ${join(data, 'empty')}`);
+    expect(env.store.listDatasets()).toEqual([]);
     r.unmount();
   });
 

@@ -44,7 +44,7 @@ afterAll(() => {
 });
 
 describe('graft in tmux', () => {
-  it('creates a FLUX job with a dataset, rank 32 and 2000 steps, saves it, and the YAML on disk says so', async () => {
+  it('creates a job with a dataset, rank 32 and 2000 steps, saves it, and the YAML on disk says so', async () => {
     await start(100, 30, 'Jobs: 0 (0 drafts)');
 
     // Datasets: add the folder (Tab completes the path), keep the suggested name, wait for the scan.
@@ -59,10 +59,10 @@ describe('graft in tmux', () => {
     await keys('Enter');
     await waitFor('Images 3');
 
-    // New Job: the default family is FLUX.1.
+    // New Job: the default family is one graft trains here, the built-in demo model.
     await keys('2');
     await waitFor('Training Name');
-    expect(screen()).toContain('FLUX.1 (dev / schnell)');
+    expect(screen()).toContain('graft-tiny (built-in demo, CPU)');
     await keys('Tab', 'Tab', 'Tab', 'Down'); // TARGET > Linear Rank
     await waitFor('Linear Rank: Rank of the adapter');
     await keys('Enter', 'C-u');
@@ -86,7 +86,7 @@ describe('graft in tmux', () => {
     const yaml = load(readFileSync(configPath, 'utf8')) as any;
     const proc = yaml.config.process[0];
     expect(yaml.job).toBe('extension');
-    expect(proc.model).toMatchObject({ arch: 'flux', name_or_path: 'black-forest-labs/FLUX.1-dev' });
+    expect(proc.model).toMatchObject({ arch: 'graft_tiny', name_or_path: 'presets/graft-tiny' });
     expect(proc.network).toMatchObject({ type: 'lora', linear: 32, linear_alpha: 32 });
     expect(proc.train.steps).toBe(2000);
     expect(proc.datasets[0].folder_path).toBe(join(data, 'shapes'));

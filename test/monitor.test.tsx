@@ -7,7 +7,7 @@ import { render } from 'ink-testing-library';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { App } from '../screens/App.js';
 import type { Request } from '../src/daemon/socket.js';
-import { chartText, lineChart } from '../src/monitor/chart.js';
+import { chartText, lossChart } from '../src/monitor/chart.js';
 import { readMetrics, smooth } from '../src/monitor/metrics.js';
 import { cpuBusyPct } from '../src/monitor/system.js';
 import { Queue as Rules } from '../src/queue/queue.js';
@@ -65,11 +65,11 @@ describe('Job monitor', () => {
     expect(f).toContain('no GPU (nvidia-smi not found) · CPU 42% of 2 cores · RAM 2.0/8.0 GiB');
     expect(f).toContain(join(dir, 'tiny_000000010.safetensors'));
     expect(f).toContain('433 KiB');
-    expect(f).toContain('no samples yet');
+    expect(f).toContain('samples: none yet');
     expect(f).toContain('step 20/40  loss 1.2'); // the \r-overwritten progress line as a terminal shows it
     expect(f.split('\n').length).toBeLessThanOrEqual(24);
     await press(r, 'l');
-    expect(r.lastFrame()).toContain('(log scale');
+    expect(r.lastFrame()).toContain('loss log (l)');
     await press(r, 'x');
     await waitFor(r.lastFrame, (x) => x.includes('did stop'));
     expect(s.sent).toEqual([{ op: 'stop', id: job.id }]);
@@ -123,7 +123,7 @@ describe('Training Queue and Dashboard', () => {
     ]);
     await press(r, '1');
     const d = await waitFor(r.lastFrame, (x) => x.includes('daemon pid 4242'));
-    expect(d).toMatch(new RegExp(`${a.id}\\s+queued\\s+0\\s+tiny\\s+\\[.*\\] 5/40`));
+    expect(d).toMatch(new RegExp(`${a.id}\\s+queued\\s+cpu\\s+tiny\\s+\\[.*\\] 5/40`));
     await press(r, KEY.enter);
     await waitFor(r.lastFrame, (x) => x.includes('step 5/40'));
     r.unmount();
@@ -133,10 +133,16 @@ describe('Training Queue and Dashboard', () => {
     const { newJobDoc, procPath } = await import('../src/config/document.js');
     const { saveJob } = await import('../src/config/jobfile.js');
     const { setAt } = await import('../src/util/objpath.js');
-    const saved = saveJob(setAt(newJobDoc(env.presets[0]!, 'output', 'draft_one'), procPath('datasets', 0, 'folder_path'), '/data/q'), env.presets, env.store);
+    const { writeImage } = await import('./helpers/dataset.js');
+    const data = join(env.home, 'pictures');
+    mkdirSync(data);
+    await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
+    const tiny = env.presets.find((p) => p.family === 'graft_tiny')!;
+    const saved = saveJob(setAt(newJobDoc(tiny, 'output', 'draft_one'), procPath('datasets', 0, 'folder_path'), data), env.presets, env.store);
     const { resolveJob } = await import('../src/queue/queue.js');
     const { dirname } = await import('node:path');
-    expect(resolveJob(saved.configPath, env.home)).toEqual({ jobDir: dirname(saved.configPath), configPath: saved.configPath, name: 'draft_one', gpu: 0 });
+    // A job on the CPU (graft-tiny's device): no GPU index.
+    expect(resolveJob(saved.configPath, env.home)).toEqual({ jobDir: dirname(saved.configPath), configPath: saved.configPath, name: 'draft_one', gpu: undefined });
     expect(resolveJob(dirname(saved.configPath), env.home).configPath).toBe(saved.configPath);
   });
 });
@@ -157,7 +163,7 @@ describe('queue rules, metrics and chart', () => {
     expect(() => rules.remove(ids[2]!, false)).toThrow(/stop it first/);
     rules.finish(ids[2]!, 'finished', 0, null);
     expect(() => rules.requeue(ids[2]!)).toThrow(/has finished/);
-    expect(() => rules.resume(ids[0]!)).toThrow(/only a stopped or failed job resumes/);
+    expect(() => rules.resume(ids[0]!)).toThrow(/only a stopped, failed or extended job resumes/);
   });
 
   it('reads metrics incrementally, drops steps a resumed run redoes, and draws both series', () => {
@@ -168,10 +174,10 @@ describe('queue rules, metrics and chart', () => {
     expect(m.points.at(-1)!.loss).toBe(0.7);
     expect(m.runs).toBe(2);
     const raw = m.points.map((p) => p.loss);
-    const lines = chartText(lineChart(raw, smooth(raw), 20, 4));
+    const lines = chartText(lossChart({ steps: m.points.map((p) => p.step), raw, smooth: smooth(raw) }, 20, 4));
     expect(lines).toHaveLength(4);
     expect(lines.every((l) => l.length === 20)).toBe(true);
-    expect(lines[0]![0]).not.toBe('\u2800'); // the first (highest) loss is at the top left
+    expect(lines[0]![0]).not.toBe(' '); // the first (highest) loss is at the top left
   });
 
   it('CPU load is the busy share of all cores between two readings of their times', () => {

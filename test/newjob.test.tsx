@@ -50,7 +50,8 @@ describe('New Job screen', () => {
     expect(yaml.job).toBe('extension');
     expect(yaml.config.process[0].network).toMatchObject({ linear: 32, linear_alpha: 32 });
     expect(yaml.config.process[0].datasets[0].folder_path).toBe('/data/flux_subject');
-    expect(yaml.config.process[0].model).toMatchObject({ arch: 'flux', name_or_path: 'black-forest-labs/FLUX.1-dev' });
+    // A new job starts on the family graft's trainer trains: the built-in demo model.
+    expect(yaml.config.process[0].model).toMatchObject({ arch: 'graft_tiny', name_or_path: 'presets/graft-tiny' });
     unmount();
   });
 
@@ -58,19 +59,22 @@ describe('New Job screen', () => {
     const r = await app(env);
     const { lastFrame, unmount } = r;
     await press(r, KEY.tab); // MODEL: Model Architecture
-    expect(lastFrame()).toContain('FLUX.1 (dev / schnell)');
+    expect(lastFrame()).toContain('graft-tiny (built-in demo');
     await press(r, KEY.enter);
-    expect(lastFrame()).toContain('Model Architecture (1/28');
-    expect(lastFrame()).toContain('trainer support: in progress');
-    // Pick "Wan 2.2 T2V 14B" from the list.
     const { presets } = env;
+    const tiny = presets.findIndex((p) => p.family === 'graft_tiny');
+    expect(lastFrame()).toContain(`Model Architecture (${tiny + 1}/${presets.length}`);
+    expect(lastFrame()).toContain('image, trains here');
+    // Pick "Wan 2.2 T2V 14B" from the list.
     const target = presets.findIndex((p) => p.family === 'wan22_14b_t2v');
-    await press(r, ...Array(target).fill(KEY.down), KEY.enter);
-    const f = lastFrame()!;
+    await press(r, ...Array(target - tiny).fill(KEY.down), KEY.enter);
+    const f = flat(lastFrame());
     expect(f).toContain('Wan 2.2 T2V 14B');
     expect(f).toContain('ai-toolkit/Wan2.2-T2V-A14B'); // the rest is cut at 80 columns
     expect(f).toContain('MULTISTAGE');
-    expect(f).toContain('trainer support: not yet');
+    // Up front, before anything is queued: graft cannot train this family yet.
+    expect(f).toContain("⊘ not supported yet: Wan 2.2 T2V 14B: graft's trainer cannot train this family yet (trainer support: not yet)");
+    expect(f).toContain('⊘ graft cannot train this job yet: Wan 2.2 T2V 14B'); // the message line, on every field
     unmount();
   });
 

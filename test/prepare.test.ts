@@ -178,6 +178,23 @@ describe('graft prepare', () => {
     expect(lines).toContain("    tiny.png: 3x40 px is smaller than this model's 4 px minimum side");
   });
 
+  it('reports per item: invisible and direction characters, a caption file that is not UTF-8, a caption longer than the text encoder reads, a picture smaller than every resolution', async () => {
+    for (const n of ['hidden', 'latin1', 'long', 'ok']) await writeImage(join(data, `${n}.png`), { width: 64, height: 64 });
+    await writeImage(join(data, 'small.png'), { width: 20, height: 24 });
+    writeFileSync(join(data, 'hidden.txt'), 'a red\u200b star \u202eevil');
+    writeFileSync(join(data, 'latin1.txt'), Buffer.from([0x63, 0x61, 0x66, 0xe9, 0x20, 0x6e, 0x6f, 0x69, 0x72])); // "café noir" in Latin-1
+    writeFileSync(join(data, 'long.txt'), 'a very long caption that goes on and on well past what the text encoder reads');
+    writeFileSync(join(data, 'ok.txt'), 'a red star');
+    writeFileSync(join(data, 'small.txt'), 'a red star');
+    const { summary, lines } = await run(config({ datasets: [{ folder_path: data, resolution: [32, 48] }] }));
+    expect(summary.datasets[0]!.problems.map((p) => p.file)).toEqual(['hidden.png', 'latin1.png', 'long.png', 'small.png']);
+    expect(lines).toContain('  4 items to look at (they train, maybe not as meant):');
+    expect(lines).toContain('    hidden.png: invisible or direction characters: U+200B (zero-width space) at character 11, U+202E (right-to-left override) at character 18');
+    expect(lines).toContain('    latin1.png: latin1.txt: not valid UTF-8 (byte 0xe9 at offset 3): save it as UTF-8');
+    expect(lines).toContain('    long.png: caption is 84 tokens; the text encoder reads 48: the rest is cut');
+    expect(lines).toContain('    small.png: 20x24 px is smaller than every resolution asked for (32, 48): it trains at its own size');
+  });
+
   it('says what is wrong, in one line, and leaves no job.json', async () => {
     const fails = async (file: string, message: string | RegExp) => {
       const err = await prepareJob(file, { home: join(root, 'home') }).then(() => undefined, (e: unknown) => e);
@@ -208,7 +225,7 @@ describe('graft prepare', () => {
 
     const flux = join(root, 'flux.yaml');
     writeFileSync(flux, readFileSync(config(), 'utf8').replace('"arch": "graft_tiny"', '"arch": "flux"').replace('"presets/graft-tiny"', '"black-forest-labs/FLUX.1-dev"'));
-    await fails(flux, /graft cannot prepare FLUX\.1 \(dev \/ schnell\) jobs yet \(trainer support: in progress\)/);
+    await fails(flux, /not supported yet: FLUX\.1 \(dev \/ schnell\): graft's trainer cannot train this family yet/);
 
     const invalid = join(root, 'invalid.yaml');
     writeFileSync(invalid, readFileSync(config(), 'utf8').replace('"lr": 0.001', '"lr": "fast"'));

@@ -40,7 +40,7 @@ describe('queue and monitor in tmux', () => {
     await waitFor(dir);
     await keys('Enter');
     await waitFor(/queued job 1 'tiny'/);
-    await waitFor(/running\s+0\s+tiny/);
+    await waitFor(/running\s+cpu\s+tiny/); // no GPU on the test machine: the CPU slot
     await keys('q'); // back to the Dashboard
     await keys('q'); // quit: the job keeps running in the daemon
     await waitFor('graft exited with 0');
@@ -48,7 +48,7 @@ describe('queue and monitor in tmux', () => {
     expect(L.job(1).state).toBe('running');
 
     await open('Jobs: 1');
-    expect(await waitFor(/1\s+running\s+0\s+tiny/)).toMatch(new RegExp(`\\d+/${steps}`));
+    expect(await waitFor(/1\s+running\s+cpu\s+tiny/)).toMatch(new RegExp(`\\d+/${steps}`));
     await keys('Enter'); // the job monitor
     const mid = await waitFor(new RegExp(`step \\d+/${steps}`));
     expect(mid).toContain('running');

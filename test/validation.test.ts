@@ -21,7 +21,7 @@ it('the base job is valid', () => {
 });
 
 const TYPE_CASES: [string, (d: JobDoc) => JobDoc, string][] = [
-  ['job must be extension', set(['job'], 'train'), 'job: must be extension (got "train")'],
+  ['job must be extension', set(['job'], 'extensions'), 'job: must be extension (got "extensions")'],
   ['name is folder-safe', set(['config', 'name'], 'my lora/v1'), 'config.name: must be a folder-safe name: letters, digits, . _ - (no spaces or slashes), starting with a letter or digit (got "my lora/v1")'],
   ['one process', set(['config', 'process'], []), 'config.process: must have one trainer process (got [])'],
   ['process type', set(P('type'), 'lora_trainer'), 'config.process[0].type: must be one of: diffusion_trainer, sd_trainer, ui_trainer (got "lora_trainer")'],
@@ -52,12 +52,12 @@ const TYPE_CASES: [string, (d: JobDoc) => JobDoc, string][] = [
   ['steps', set(P('train', 'steps'), 0), 'config.process[0].train.steps: must be a whole number from 1 to 1000000 (got 0)'],
   ['learning rate positive', set(P('train', 'lr'), 0), 'config.process[0].train.lr: must be a number greater than 0 and at most 10 (got 0)'],
   ['learning rate number', set(P('train', 'lr'), 'fast'), 'config.process[0].train.lr: must be a number greater than 0 and at most 10 (got "fast")'],
-  ['optimizer', set(P('train', 'optimizer'), 'rmsprop'), 'config.process[0].train.optimizer: must be one of: adamw, adamw8bit, adam, adam8bit, adafactor, prodigy, prodigy8bit, lion, lion8bit, sgd, automagic (got "rmsprop")'],
+  ['optimizer', set(P('train', 'optimizer'), 'rmsprop'), 'config.process[0].train.optimizer: must be one of: adamw, adamw8bit, adam, adam8bit, adafactor, prodigy, prodigy8bit, prodigy_schedulefree, lion, lion8bit, sgd, automagic, dadaptation (got "rmsprop")'],
   ['weight decay', set(P('train', 'optimizer_params', 'weight_decay'), 2), 'config.process[0].train.optimizer_params.weight_decay: must be a number at least 0 and at most 1 (got 2)'],
   ['lr scheduler', set(P('train', 'lr_scheduler'), 'step'), 'config.process[0].train.lr_scheduler: must be one of: constant, constant_with_warmup, linear, cosine, cosine_with_restarts (got "step")'],
   ['grad norm', set(P('train', 'max_grad_norm'), -1), 'config.process[0].train.max_grad_norm: must be a number at least 0 and at most 1000 (got -1)'],
   ['noise scheduler', set(P('train', 'noise_scheduler'), 'euler'), 'config.process[0].train.noise_scheduler: must be one of: flowmatch, ddpm (got "euler")'],
-  ['timestep type', set(P('train', 'timestep_type'), 'cubic'), 'config.process[0].train.timestep_type: must be one of: linear, sigmoid, weighted, shift, lognorm_blend (got "cubic")'],
+  ['timestep type', set(P('train', 'timestep_type'), 'cubic'), 'config.process[0].train.timestep_type: must be one of: linear, sigmoid, weighted, shift, lognorm_blend, flux_shift, lumina2_shift, next_sample, one_step (got "cubic")'],
   ['timestep bias', set(P('train', 'content_or_style'), 'both'), 'config.process[0].train.content_or_style: must be one of: balanced, content, style (got "both")'],
   ['ema decay below 1', set(P('train', 'ema_config', 'ema_decay'), 1), 'config.process[0].train.ema_config.ema_decay: must be a number greater than 0 and below 1 (got 1)'],
   ['dop multiplier', set(P('train', 'diff_output_preservation_multiplier'), -1), 'config.process[0].train.diff_output_preservation_multiplier: must be a number at least 0 and at most 100 (got -1)'],
@@ -92,9 +92,14 @@ describe('model architecture', () => {
     expect(m).toHaveLength(1);
     expect(m[0]).toMatch(/^config\.process\[0\]\.model\.arch: unknown model architecture \(got "flux3"\)\. Allowed: flux, flux2, flex1, .*wan22_14b:t2v, wan22_14b, .*ltx2$/);
   });
-  it('a missing arch without a legacy flag says so', () => {
-    const m = messages(set(P('model', 'arch'), undefined)(base()));
-    expect(m[0]).toMatch(/^config\.process\[0\]\.model\.arch: missing, and no legacy flag \(is_flux: true, is_xl: true\) says which model family this is\. Allowed: flux, /);
+  it('a missing arch is taken from name_or_path, else as SD 1.5 (the reference default), and the warning says which', () => {
+    const noArch = set(P('model', 'arch'), undefined)(base());
+    expect(messages(noArch)).toEqual([]);
+    expect(familyFor(getAt(noArch, P('model')), presets)?.family).toBe('flux1');
+    expect(jobWarnings(noArch, { preset: flux, presets }).map((w) => w.message)).toContain('model.arch is missing: taken as FLUX.1 (dev / schnell) from name_or_path; set model.arch: flux to say so');
+    const unknown = set(P('model', 'name_or_path'), 'someone/some-model')(noArch);
+    expect(familyFor(getAt(unknown, P('model')), presets)?.family).toBe('sd15');
+    expect(jobWarnings(unknown, { preset: presetById('sd15', presets), presets }).map((w) => w.message)).toContainEqual(expect.stringMatching(/^model\.arch is missing and no legacy flag says the family: taken as SD 1\.5/));
   });
 });
 
@@ -129,29 +134,9 @@ describe('excluded combinations', () => {
 });
 
 describe('warnings', () => {
-  const warnings = (doc: JobDoc, extra: Parameters<typeof jobWarnings>[1] = { preset: undefined }) =>
-    jobWarnings(doc, { ...extra, preset: extra.preset ?? familyFor(getAt(doc, P('model')), presets) }).map((w) => [w.rule, w.message]);
+  const warnings = (doc: JobDoc, extra: Partial<Parameters<typeof jobWarnings>[1]> = {}) =>
+    jobWarnings(doc, { ...extra, presets, preset: extra.preset ?? familyFor(getAt(doc, P('model')), presets) }).map((w) => [w.rule, w.message]);
 
-  it('trainer support is said plainly', () => {
-    expect(warnings(base(presetById('qwen_image', presets)!))).toContainEqual(['trainer-support', "Qwen-Image: trainer support: not yet. graft's trainer cannot run this family yet; the config can be saved and used with the reference toolkit."]);
-    const quantizeOff = set(P('model', 'quantize_te'), false)(set(P('model', 'quantize'), false)(base()));
-    expect(warnings(quantizeOff)).toEqual([['trainer-support', "FLUX.1 (dev / schnell): trainer support: in progress (the first family graft's trainer runs)."]]);
-  });
-  it('what the trainer does not do yet is said at its field', () => {
-    const notBuilt = (doc: ReturnType<typeof base>) => warnings(doc).filter(([r]) => r === 'not-built').map(([, m]) => m);
-    expect(notBuilt(base())).toEqual([
-      "Quantize Transformer: not built yet. graft's trainer keeps every base weight unquantized on the device; this setting has no effect there.",
-      "Quantize Text Encoder: not built yet. graft's trainer keeps every base weight unquantized on the device; this setting has no effect there.",
-    ]);
-    const off = set(P('model', 'quantize_te'), false)(set(P('model', 'quantize'), false)(base()));
-    expect(notBuilt(off)).toEqual([]);
-    expect(notBuilt(set(P('train', 'optimizer'), 'adamw8bit')(off))).toEqual([]);
-    expect(notBuilt(set(P('train', 'optimizer'), 'prodigy')(off))).toEqual(["Optimizer prodigy: not built yet. graft's trainer has AdamW (adamw, adamw8bit) only; the trainer refuses this job at start."]);
-    expect(notBuilt(set(P('network', 'type'), 'lokr')(off))).toEqual(["LoKr: not built yet. graft's trainer trains LoRA only; the trainer refuses this job at start."]);
-    expect(notBuilt(set(P('model', 'layer_offloading'), true)(off))[0]).toMatch(/^Layer Offloading: not built yet/);
-    // A family the trainer cannot run at all says so once, not field by field.
-    expect(notBuilt(set(P('network', 'type'), 'lokr')(base(presetById('qwen_image', presets)!)))).toEqual([]);
-  });
   it('Save Every differs from Sample Every', () => {
     expect(warnings(set(P('save', 'save_every'), 500)(base()))).toContainEqual(['save-every-vs-sample-every', 'Save Every (500) differs from Sample Every (250): some checkpoints will have no samples to judge them by.']);
   });
@@ -165,6 +150,11 @@ describe('warnings', () => {
   });
   it('rank above 64', () => {
     expect(warnings(set(P('network', 'linear'), 128)(base()))).toContainEqual(['rank-above-64', 'Linear Rank 128 is above 64: larger files, more VRAM, and easier overfitting; 16-32 suits most subjects and styles.']);
+  });
+  it('a GPU this machine does not have', () => {
+    expect(warnings(base(), { preset: flux, gpus: [] })).toContainEqual(['no-such-gpu', 'GPU 0: this machine has no GPU; the queue refuses cuda:0 here (set GPU ID to cpu)']);
+    expect(warnings(set(P('device'), 'cuda:3')(base()), { preset: flux, gpus: [{ index: 0, name: 'H200', memoryMb: 143771 }] })).toContainEqual(['no-such-gpu', 'GPU 3: not on this machine (it has GPU 0); the queue refuses it']);
+    expect(warnings(set(P('device'), 'cpu')(base()), { preset: flux, gpus: [] }).map(([r]) => r)).not.toContain('no-such-gpu');
   });
   it('GPU below the family minimum', () => {
     expect(warnings(base(), { preset: flux, gpus: [{ index: 0, name: 'RTX 4080', memoryMb: 16376 }] })).toContainEqual(['vram-below-minimum', 'FLUX.1 (dev / schnell) needs about 24 GB (guide: 24 GB minimum, 48 GB+ comfortable); GPU 0 (RTX 4080) has 16 GB.']);

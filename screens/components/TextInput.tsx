@@ -44,26 +44,10 @@ export function TextInput(props: TextInputProps) {
       return update(value.slice(0, cursor - 1) + value.slice(cursor), cursor - 1);
     }
     if (key.ctrl || key.meta || key.tab || key.upArrow || key.downArrow || key.pageUp || key.pageDown) return undefined;
-    if (input) {
-      // Fast typists, pastes and ssh deliver several keys in one chunk: text, maybe a Tab, maybe Enter.
-      const enter = /[\r\n]/.exec(input);
-      const typed = enter ? input.slice(0, enter.index) : input;
-      const parts = typed.split('\t');
-      let v = value, c = cursor;
-      parts.forEach((part, i) => {
-        const clean = part.replace(/[\x00-\x1f\x7f]/g, '');
-        v = v.slice(0, c) + clean + v.slice(c);
-        c += clean.length;
-        if (i < parts.length - 1 && props.onComplete) {
-          const done = props.onComplete(v);
-          props.onCandidates?.(done.candidates);
-          v = done.value;
-          c = v.length;
-        }
-      });
-      update(v, c);
-      if (enter) props.onSubmit(v);
-    }
+    // One key at a time: the TUI's input (src/tui/keyFeed.ts) splits what a read delivers (a paste, an ssh
+    // burst) into keys, so Enter and Tab in it reach the branches above.
+    const typed = input.replace(/[\x00-\x1f\x7f]/g, '');
+    if (typed) update(value.slice(0, cursor) + typed + value.slice(cursor), cursor + typed.length);
     return undefined;
   }, { isActive: props.isActive ?? true });
 

@@ -4,6 +4,7 @@ import { familyFor, presetById, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject, setAt } from '../util/objpath.js';
 import { ALL_RESOLUTIONS, applyPreset, newDatasetBlock, procPath, type JobDoc } from './document.js';
 import { CAPTION_EXTS, LR_SCHEDULERS, OPTIMIZERS, SAMPLERS, TIMESTEP_TYPES } from './schema.js';
+import { trains } from './support.js';
 import { effective, type Issue } from './validate.js';
 import { gpuIndexOf } from './warnings.js';
 
@@ -201,9 +202,9 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   });
   f.push({
     id: 'device', panel: 'job', kind: 'int', label: 'GPU ID', paths: [P('device')],
-    help: 'Which GPU this job runs on (nvidia-smi index); each GPU has its own queue.',
-    get: (d) => gpuIndexOf(effective(d, 'device')),
-    set: (d, v) => setAt(d, procPath('device'), `cuda:${typeof v === 'number' ? v : String(v ?? '')}`),
+    help: 'Which GPU this job runs on (nvidia-smi index; each GPU has its own queue), or cpu.',
+    get: (d) => (effective(d, 'device') === 'cpu' ? 'cpu' : gpuIndexOf(effective(d, 'device'))),
+    set: (d, v) => setAt(d, procPath('device'), typeof v === 'string' && v.trim().toLowerCase() === 'cpu' ? 'cpu' : `cuda:${typeof v === 'number' ? v : String(v ?? '')}`),
   });
   f.push(pathField('job', 'Trigger Word', 'Prepended to every caption that lacks it; [trigger] in captions is replaced. Files on disk never change.', 'text', ['trigger_word'], { optional: true }));
   f.push(pathField('job', 'Training Folder', 'Where the job folder <folder>/<name>/ goes; a relative path is taken inside the graft home.', 'text', ['training_folder']));
@@ -212,7 +213,7 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   f.push({
     id: 'model.arch', panel: 'model', kind: 'select', label: 'Model Architecture', paths: [P('model', 'arch')],
     help: 'The model family; choosing one loads its preset (base model, sampler, schedule, quantization).',
-    options: ctx.presets.map((p) => ({ value: p.family, label: p.label, note: `${p.group}, trainer support: ${p.trainer_support}` })),
+    options: ctx.presets.map((p) => ({ value: p.family, label: p.label, note: `${p.group}, ${trains(p) ? 'trains here' : 'not supported yet'}` })),
     get: () => preset?.family ?? '',
     set: (d, v) => {
       const next = presetById(String(v), ctx.presets);

@@ -1,11 +1,14 @@
 // Saving and loading job configs: config.yaml in the job folder, written atomically, registered as a draft.
 import { readFileSync } from 'node:fs';
+import { isDeepStrictEqual } from 'node:util';
 import { isAbsolute, join, resolve } from 'node:path';
 import { expandHome, graftHome } from '../paths.js';
 import type { Preset } from '../presets.js';
+import { trainedStep, writeTrainSteps } from '../queue/extend.js';
+import { jobDirOf } from '../queue/queue.js';
 import type { JobRow, Store } from '../queue/store.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { getAt } from '../util/objpath.js';
+import { getAt, setAt } from '../util/objpath.js';
 import { dumpJobYaml, parseJobYaml, procPath, type JobDoc } from './document.js';
 import { unknownKeys, validateJob, type Issue } from './validate.js';
 import { gpuIndexOf } from './warnings.js';
@@ -27,6 +30,8 @@ export class SaveRefused extends Error {
 export interface Saved {
   configPath: string;
   job: JobRow;
+  /** A finished (or stopped, failed) job whose steps were raised: it trains on from this step when resumed. */
+  extendedFrom?: number;
 }
 
 /** Validate, write config.yaml atomically and register the job as a draft. Nothing is written if anything is wrong. */
@@ -35,12 +40,28 @@ export function saveJob(doc: JobDoc, presets: Preset[], store: Store): Saved {
   if (errors.length > 0) throw new SaveRefused(errors);
   const configPath = join(jobFolder(doc, store.home), 'config.yaml');
   const existing = store.jobByConfigPath(configPath);
-  if (existing && existing.state !== 'draft') {
-    throw new Error(`job "${existing.name}" is ${existing.state}; its config cannot be overwritten. Choose another Training Name.`);
-  }
+  if (existing && existing.state !== 'draft') return extendJob(existing, doc);
   writeFileAtomic(configPath, dumpJobYaml(doc));
   const job = store.saveDraft(String(getAt(doc, ['config', 'name'])), configPath, gpuIndexOf(getAt(doc, procPath('device'))));
   return { configPath, job };
+}
+
+/**
+ * Saving over a job that has run: only raising its steps is allowed (the reference toolkit trains a finished
+ * job further the same way), and only while it does not run. Its config keeps its comments and layout.
+ */
+function extendJob(job: JobRow, doc: JobDoc): Saved {
+  const other = 'Choose another Training Name to save a new job with other settings.';
+  if (!['finished', 'stopped', 'failed'].includes(job.state)) throw new Error(`job "${job.name}" is ${job.state}; its config cannot change while it is in the queue. ${other}`);
+  const before = parseJobYaml(readFileSync(job.config_path, 'utf8'), job.config_path);
+  const steps = getAt(doc, procPath('train', 'steps'));
+  const from = trainedStep(jobDirOf(job));
+  if (!isDeepStrictEqual(setAt(before, procPath('train', 'steps'), steps), doc) || typeof steps !== 'number') {
+    throw new Error(`job "${job.name}" has run (${job.state}): its config can only be extended by raising Steps. ${other}`);
+  }
+  if (steps <= from) throw new Error(`job "${job.name}" has trained ${from} steps: raise Steps above ${from} to train it further`);
+  writeTrainSteps(job.config_path, steps);
+  return { configPath: job.config_path, job, extendedFrom: from };
 }
 
 export interface Loaded {

@@ -27,13 +27,17 @@ function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
   return z.enum(values, { error: `must be one of: ${values.join(', ')}` });
 }
 
-export const OPTIMIZERS = ['adamw', 'adamw8bit', 'adam', 'adam8bit', 'adafactor', 'prodigy', 'prodigy8bit', 'lion', 'lion8bit', 'sgd', 'automagic'] as const;
+// The reference toolkit's names; graft's trainer has the AdamW ones (support.ts says so for the others).
+export const OPTIMIZERS = ['adamw', 'adamw8bit', 'adam', 'adam8bit', 'adafactor', 'prodigy', 'prodigy8bit', 'prodigy_schedulefree', 'lion', 'lion8bit', 'sgd', 'automagic', 'dadaptation'] as const;
 export const LR_SCHEDULERS = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts'] as const;
-export const TIMESTEP_TYPES = ['linear', 'sigmoid', 'weighted', 'shift', 'lognorm_blend'] as const;
+export const TIMESTEP_TYPES = ['linear', 'sigmoid', 'weighted', 'shift', 'lognorm_blend', 'flux_shift', 'lumina2_shift', 'next_sample', 'one_step'] as const;
 export const CONTENT_OR_STYLE = ['balanced', 'content', 'style'] as const;
 export const SAVE_DTYPES = ['bf16', 'fp16', 'fp32', 'float16', 'float32', 'bfloat16'] as const;
 export const TRAIN_DTYPES = ['bf16', 'fp16', 'fp32', 'float16', 'float32', 'bfloat16'] as const;
 export const CAPTION_EXTS = ['txt', 'caption', 'json', 'jsonl'] as const;
+/** caption_ext as the reference reads it: "txt" or ".txt". */
+const captionExt = () => z.string({ error: `must be one of: ${CAPTION_EXTS.join(', ')}` })
+  .refine((v) => (CAPTION_EXTS as readonly string[]).includes(v.replace(/^\./, '')), { error: `must be one of: ${CAPTION_EXTS.join(', ')}` });
 export const SAMPLERS = ['flowmatch', 'ddpm'] as const;
 export const PROCESS_TYPES = ['diffusion_trainer', 'sd_trainer', 'ui_trainer'] as const;
 // A quantization type, optionally followed by |<accuracy recovery adapter> (the reference's spelling).
@@ -51,7 +55,7 @@ const nullableText = () => z.union([str(), z.null()], { error: 'must be text or 
 
 export const DatasetSchema = z.looseObject({
   folder_path: nonEmpty('choose the dataset folder'),
-  caption_ext: oneOf(CAPTION_EXTS).optional(),
+  caption_ext: captionExt().optional(),
   default_caption: str().optional(),
   caption_dropout_rate: numIn(0, 1).optional(),
   shuffle_tokens: bool().optional(),
@@ -80,8 +84,10 @@ export const SampleItemSchema = z.looseObject({
 export const ProcessSchema = z.looseObject({
   type: oneOf(PROCESS_TYPES),
   training_folder: nonEmpty('where job folders go').optional(),
-  device: z.string({ error: 'must be a device such as cuda:0' }).regex(/^(cuda:\d+|cuda|cpu)$/, { error: 'must be cuda:<gpu number> or cpu' }).optional(),
+  // mps is the reference toolkit's Apple GPU: valid there, not supported by graft's trainer (support.ts).
+  device: z.string({ error: 'must be a device such as cuda:0' }).regex(/^(cuda:\d+|cuda|cpu|mps(:\d+)?)$/, { error: 'must be cuda:<gpu number> or cpu' }).optional(),
   trigger_word: nullableText().optional(),
+  // Optional: a config without it trains every weight (full fine-tuning), which graft does not support yet.
   network: z.looseObject({
     type: oneOf(['lora', 'lokr'] as const).optional(),
     linear: intIn(1, 1024).optional(),
@@ -90,7 +96,8 @@ export const ProcessSchema = z.looseObject({
     conv_alpha: numIn(0, 1024, { minExclusive: true }).optional(),
     lokr_factor: intIn(-1, 1024).refine((v) => v !== 0, { error: 'must be -1 (most balanced split) or a factor of at least 1' }).optional(),
     network_kwargs: z.record(z.string(), z.unknown()).optional(),
-  }),
+  }).optional(),
+  adapter: z.record(z.string(), z.unknown(), { error: 'must be a mapping' }).optional(),
   save: z.looseObject({
     dtype: oneOf(SAVE_DTYPES).optional(),
     save_every: intIn(1).optional(),
@@ -106,6 +113,9 @@ export const ProcessSchema = z.looseObject({
     optimizer: oneOf(OPTIMIZERS).optional(),
     optimizer_params: z.looseObject({ weight_decay: numIn(0, 1).optional() }).optional(),
     lr_scheduler: oneOf(LR_SCHEDULERS).optional(),
+    lr_warmup_steps: intIn(0).optional(),
+    lr_scheduler_params: z.looseObject({ warmup_steps: intIn(0).optional() }).optional(),
+    seed: intIn(0).optional(),
     max_grad_norm: numIn(0, 1000).optional(),
     noise_scheduler: oneOf(SAMPLERS).optional(),
     timestep_type: oneOf(TIMESTEP_TYPES).optional(),
@@ -144,8 +154,9 @@ export const ProcessSchema = z.looseObject({
     layer_offloading_text_encoder_percent: numIn(0, 1).optional(),
     assistant_lora_path: nullableText().optional(),
     extras_name_or_path: nullableText().optional(),
-    is_flux: bool().optional(),
-    is_xl: bool().optional(),
+    // Legacy family flags (older configs say is_flux: true instead of arch: flux).
+    ...Object.fromEntries(['is_flux', 'is_xl', 'is_v2', 'is_v3', 'is_lumina2', 'is_pixart', 'is_pixart_sigma', 'is_auraflow', 'is_ssd', 'is_vega', 'is_v_pred']
+      .map((k) => [k, bool().optional()])),
     model_kwargs: z.record(z.string(), z.unknown(), { error: 'must be a mapping' }).optional(),
   }, { error: 'must be a mapping with at least name_or_path' }),
   sample: z.looseObject({

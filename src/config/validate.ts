@@ -1,13 +1,14 @@
 // Validation of a job document: per-key types and ranges (zod), combinations that exclude each other,
 // and keys graft does not know. Every message names the YAML path, the value and what is allowed.
 import type { z } from 'zod';
-import { allArchNames, familyFor, type Preset } from '../presets.js';
+import { allArchNames, familyFor, referenceOnlyFamily, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject, type Path } from '../util/objpath.js';
 import { DEFAULT_PROCESS, PROC, procPath, type JobDoc } from './document.js';
-import { JobSchema, SAMPLERS } from './schema.js';
+import { JobSchema, PROCESS_TYPES, SAMPLERS } from './schema.js';
 
 export interface Issue {
-  level: 'error' | 'warning';
+  /** error: invalid, fix it; unsupported: valid, but graft cannot run it yet (support.ts); warning: runs, maybe not as meant. */
+  level: 'error' | 'unsupported' | 'warning';
   rule: string;
   /** YAML path the message is about, e.g. config.process[0].train.lr */
   path: string;
@@ -127,17 +128,25 @@ export const CROSS_RULES: { rule: string; check: (doc: JobDoc, preset: Preset | 
 function archIssues(doc: JobDoc, presets: Preset[]): Issue[] {
   const model = getAt(doc, procPath('model'));
   if (!isPlainObject(model)) return [];
-  if (familyFor(model, presets)) return [];
+  // A family of the reference toolkit graft has no preset for is valid; support.ts names it unsupported.
+  if (familyFor(model, presets) || referenceOnlyFamily(model)) return [];
   const path = P('model', 'arch');
   const arch = model.arch;
   const message = arch === undefined
-    ? `${path}: missing, and no legacy flag (is_flux: true, is_xl: true) says which model family this is. Allowed: ${allArchNames(presets).join(', ')}`
+    ? `${path}: missing, and no legacy flag (is_flux: true, is_xl: true) or known name_or_path says which model family this is. Allowed: ${allArchNames(presets).join(', ')}`
     : `${path}: unknown model architecture (got ${describeValue(arch)}). Allowed: ${allArchNames(presets).join(', ')}`;
   return [{ level: 'error', rule: 'unknown-arch', path, message }];
 }
 
-/** All errors of a document. An empty list means it can be saved and queued. */
+/** Another kind of training than LoRA on datasets (a slider: job: train, type slider): not checked as one. */
+export function otherProcessKind(doc: JobDoc): boolean {
+  const type = getAt(doc, procPath('type'));
+  return getAt(doc, ['job']) === 'train' || (typeof type === 'string' && !(PROCESS_TYPES as readonly string[]).includes(type) && /slider|reference|concept|generate|extract/.test(type));
+}
+
+/** All errors of a document. An empty list means it can be saved (support.ts says whether graft can run it). */
 export function validateJob(doc: JobDoc, presets: Preset[]): Issue[] {
+  if (otherProcessKind(doc)) return [];
   const issues = schemaIssues(doc);
   const process0 = getAt(doc, PROC);
   if (!isPlainObject(process0)) return issues;

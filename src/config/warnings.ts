@@ -1,15 +1,18 @@
 // Advice shown in the form (SPEC.md section 4): things that run but are probably not what the user wants.
 import type { Gpu } from '../gpu.js';
-import type { Preset } from '../presets.js';
+import { familyGuess, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject } from '../util/objpath.js';
 import { procPath, type JobDoc } from './document.js';
+import { ignoredSettings } from './support.js';
 import { effective, type Issue } from './validate.js';
 
 export interface WarningContext {
   preset: Preset | undefined;
+  /** Every preset, to tell which family a config without model.arch means. */
+  presets: Preset[];
   /** GPUs found on this machine; undefined while probing or when unknown. */
   gpus?: Gpu[];
-  /** Number of images/clips per dataset folder, as far as counted. */
+  /** Number of images/clips per dataset folder, as far as counted; -1 when the folder cannot be read. */
   datasetSizes?: Record<string, number>;
 }
 
@@ -30,19 +33,19 @@ function resolutionsOf(block: Record<string, unknown>): number[] {
 
 export function jobWarnings(doc: JobDoc, ctx: WarningContext): Issue[] {
   const out: Issue[] = [];
-  const { preset } = ctx;
+  const { preset, presets } = ctx;
   const datasets = (() => {
     const d = getAt(doc, procPath('datasets'));
     return Array.isArray(d) ? d.filter(isPlainObject) : [];
   })();
 
-  if (preset && preset.trainer_support !== 'yes') {
-    out.push(warn('trainer-support', P('model', 'arch'), preset.trainer_support === 'not yet'
-      ? `${preset.label}: trainer support: not yet. graft's trainer cannot run this family yet; the config can be saved and used with the reference toolkit.`
-      : `${preset.label}: trainer support: in progress (the first family graft's trainer runs).`));
+  const guess = familyGuess(getAt(doc, procPath('model')), presets);
+  if (guess && preset) {
+    out.push(warn('arch-guessed', P('model', 'arch'), guess === 'name_or_path'
+      ? `model.arch is missing: taken as ${preset.label} from name_or_path; set model.arch: ${preset.arch} to say so`
+      : `model.arch is missing and no legacy flag says the family: taken as ${preset.label}, as the reference toolkit does (its default arch is sd1); set model.arch`));
   }
-
-  if (preset?.trainer_support !== 'not yet') out.push(...notBuilt(doc));
+  out.push(...ignoredSettings(doc, presets));
 
   const saveEvery = effective(doc, 'save', 'save_every');
   const sampleEvery = effective(doc, 'sample', 'sample_every');
@@ -51,14 +54,20 @@ export function jobWarnings(doc: JobDoc, ctx: WarningContext): Issue[] {
       `Save Every (${saveEvery}) differs from Sample Every (${sampleEvery}): some checkpoints will have no samples to judge them by.`), also: [P('sample', 'sample_every')] });
   }
 
+  datasets.forEach((d, i) => {
+    const n = typeof d.folder_path === 'string' ? ctx.datasetSizes?.[d.folder_path] : undefined;
+    if (n === -1) out.push(warn('dataset-folder', P('datasets', i, 'folder_path'), `Target Dataset ${String(d.folder_path)}: no such folder (the queue refuses the job until it exists)`));
+    else if (n === 0) out.push(warn('dataset-folder', P('datasets', i, 'folder_path'), `Target Dataset ${String(d.folder_path)}: no images in it (the queue refuses the job)`));
+  });
+
   const batch = effective(doc, 'train', 'batch_size');
   const accum = getAt(doc, procPath('train', 'gradient_accumulation')) ?? getAt(doc, procPath('train', 'gradient_accumulation_steps')) ?? 1;
   if (typeof batch === 'number' && typeof accum === 'number' && ctx.datasetSizes) {
     const total = datasets.reduce((n, d) => {
       const size = typeof d.folder_path === 'string' ? ctx.datasetSizes![d.folder_path] : undefined;
-      return size === undefined ? n : n + size * (typeof d.num_repeats === 'number' ? d.num_repeats : 1);
+      return size === undefined || size < 0 ? n : n + size * (typeof d.num_repeats === 'number' ? d.num_repeats : 1);
     }, 0);
-    const known = datasets.some((d) => typeof d.folder_path === 'string' && ctx.datasetSizes![d.folder_path] !== undefined);
+    const known = datasets.some((d) => typeof d.folder_path === 'string' && (ctx.datasetSizes![d.folder_path] ?? -1) >= 0);
     if (known && batch * accum > total) {
       out.push({ ...warn('effective-batch-exceeds-dataset', P('train', 'batch_size'),
         `Effective batch ${batch} x ${accum} = ${batch * accum} is larger than the dataset (${total} items): every step repeats images.`), also: [P('train', 'gradient_accumulation')] });
@@ -78,6 +87,13 @@ export function jobWarnings(doc: JobDoc, ctx: WarningContext): Issue[] {
   const rank = effective(doc, 'network', 'linear');
   if (typeof rank === 'number' && rank > 64) {
     out.push(warn('rank-above-64', P('network', 'linear'), `Linear Rank ${rank} is above 64: larger files, more VRAM, and easier overfitting; 16-32 suits most subjects and styles.`));
+  }
+
+  const device = effective(doc, 'device');
+  if (ctx.gpus && typeof device === 'string' && /^cuda(:\d+)?$/.test(device) && !ctx.gpus.some((g) => g.index === gpuIndexOf(device))) {
+    out.push(warn('no-such-gpu', P('device'), ctx.gpus.length === 0
+      ? `GPU ${gpuIndexOf(device)}: this machine has no GPU; the queue refuses ${device} here (set GPU ID to cpu)`
+      : `GPU ${gpuIndexOf(device)}: not on this machine (it has GPU ${ctx.gpus.map((g) => g.index).join(', ')}); the queue refuses it`));
   }
 
   if (preset && ctx.gpus) {
@@ -105,28 +121,6 @@ export function jobWarnings(doc: JobDoc, ctx: WarningContext): Issue[] {
         out.push(warn('edit-without-control', P('datasets', i, 'control_path'), `${preset.label} learns edits from pairs: set a Control Dataset (the "before" images) for dataset ${i + 1}.`));
       }
     });
-  }
-  return out;
-}
-
-/** Settings graft's trainer does not carry out yet (README: what does not work yet), said at the field. */
-function notBuilt(doc: JobDoc): Issue[] {
-  const out: Issue[] = [];
-  const optimizer = effective(doc, 'train', 'optimizer');
-  if (typeof optimizer === 'string' && optimizer !== 'adamw' && optimizer !== 'adamw8bit') {
-    out.push(warn('not-built', P('train', 'optimizer'), `Optimizer ${optimizer}: not built yet. graft's trainer has AdamW (adamw, adamw8bit) only; the trainer refuses this job at start.`));
-  }
-  if (effective(doc, 'network', 'type') === 'lokr') {
-    out.push(warn('not-built', P('network', 'type'), "LoKr: not built yet. graft's trainer trains LoRA only; the trainer refuses this job at start."));
-  }
-  const ignored: [string[], string][] = [
-    [['model', 'quantize'], 'Quantize Transformer'], [['model', 'quantize_te'], 'Quantize Text Encoder'],
-    [['model', 'low_vram'], 'Low VRAM'], [['model', 'layer_offloading'], 'Layer Offloading'],
-  ];
-  for (const [path, label] of ignored) {
-    if (effective(doc, ...path) === true) {
-      out.push(warn('not-built', P(...path), `${label}: not built yet. graft's trainer keeps every base weight unquantized on the device; this setting has no effect there.`));
-    }
   }
   return out;
 }

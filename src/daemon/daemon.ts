@@ -266,12 +266,24 @@ export class Daemon {
     }
   }
 
+  /** Why a job cannot have the GPU it asks for on this machine (--gpu, or the config's device cuda:N). */
+  private slotProblem(flag: number | undefined, device: number | undefined): string | undefined {
+    const cpuOnly = this.slots[0] === 'cpu';
+    const have = cpuOnly ? 'this machine has no GPU (jobs run in its CPU slot)' : `this machine has GPU ${this.slots.join(', ')}`;
+    if (flag !== undefined && (cpuOnly || !this.slots.includes(flag))) return `--gpu ${flag}: no GPU ${flag}: ${have}${cpuOnly ? '; leave --gpu out' : ''}`;
+    if (flag === undefined && device !== undefined && cpuOnly) return `device cuda:${device}: ${have}; set device: cpu in the config`;
+    if (flag === undefined && device !== undefined && !this.slots.includes(device)) return `device cuda:${device}: no GPU ${device}: ${have}; set device: cuda:${this.slots[0]} or pass --gpu`;
+    return undefined;
+  }
+
   private handle(req: Request): Reply {
     switch (req.op) {
       case 'ping':
         return { ok: true, pid: process.pid, slots: this.slots, gpus: this.gpus, running: [...this.runs.values()].map((r) => ({ id: r.id, pid: r.pid, slot: r.slot, adopted: !r.pty })) };
       case 'add': {
         const r = resolveJob(req.target, this.home);
+        const why = this.slotProblem(req.gpu, r.gpu);
+        if (why) return { ok: false, error: why };
         const job = this.queue.add(r, req.gpu);
         this.schedule();
         return { ok: true, job: this.store.job(job.id), message: `queued job ${job.id} '${job.name}' on ${this.slots[0] === 'cpu' ? 'the CPU slot' : `GPU ${job.gpu}`}` };
@@ -290,6 +302,11 @@ export class Daemon {
         const job = this.queue.resume(req.id);
         this.schedule();
         return { ok: true, job: this.store.job(job.id), message: `job ${req.id} resumes next on its slot` };
+      }
+      case 'extend': {
+        const { job, kept, from } = this.queue.extend(req.id, req.steps);
+        this.schedule();
+        return { ok: true, job: this.store.job(job.id), message: `job ${req.id}: train.steps ${req.steps} written to ${job.config_path}${kept ? '' : ' (rewritten whole: its comments are gone)'}; it resumes from step ${from}, next on its slot` };
       }
       case 'requeue': {
         const job = this.queue.requeue(req.id);

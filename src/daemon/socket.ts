@@ -17,6 +17,7 @@ export type Request =
   | { op: 'stop'; id: number; force?: boolean }
   | { op: 'resume'; id: number }
   | { op: 'requeue'; id: number }
+  | { op: 'extend'; id: number; steps: number }
   | { op: 'move'; id: number; by: -1 | 1 | 'top' }
   | { op: 'rm'; id: number; outputs?: boolean }
   | { op: 'shutdown' };

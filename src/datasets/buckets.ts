@@ -32,15 +32,19 @@ export interface BucketCount {
   count: number;
 }
 
-/** How many images land in each bucket, largest bucket area first. */
+/**
+ * How many images train in each bucket, largest bucket area first. An image counts in every bucket it
+ * trains at (bucketsFor: one per listed resolution it reaches), as preparation makes one item per bucket.
+ */
 export function bucketHistogram(images: readonly Size[], resolutions: readonly number[], divisibility: number): BucketCount[] {
   const counts = new Map<string, BucketCount>();
   for (const img of images) {
-    const b = bucketFor(img, resolutions, divisibility);
-    const key = `${b.width}x${b.height}`;
-    const entry = counts.get(key) ?? { bucket: key, width: b.width, height: b.height, count: 0 };
-    entry.count++;
-    counts.set(key, entry);
+    for (const b of bucketsFor(img, resolutions, divisibility)) {
+      const key = `${b.width}x${b.height}`;
+      const entry = counts.get(key) ?? { bucket: key, width: b.width, height: b.height, count: 0 };
+      entry.count++;
+      counts.set(key, entry);
+    }
   }
   return [...counts.values()].sort((a, b) => b.width * b.height - a.width * a.height || b.width - a.width);
 }

@@ -3,6 +3,7 @@
 import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { imageDimensionsFromData } from 'image-dimensions';
+import { captionProblems, decodeCaption } from './checks.js';
 
 export const IMAGE_EXTS = ['.jpg', '.jpeg', '.png', '.webp'];
 export const VIDEO_EXTS = ['.mp4', '.webm', '.mov', '.mkv', '.avi'];
@@ -17,6 +18,10 @@ export interface ScanItem {
   width?: number;
   height?: number;
   caption?: CaptionSource;
+  /** The caption as the trainer reads it (caption files and metadata.jsonl). */
+  captionText?: string;
+  /** What is wrong with its caption file or text (checks.ts): not UTF-8, invisible characters. */
+  problems?: string[];
 }
 
 export interface Unreadable {
@@ -142,6 +147,11 @@ export async function scanDataset(
       const ext = extname(file).toLowerCase();
       const caption = CAPTION_EXTS.find((e) => present.has(`${stem}.${e}`)) ?? (metadata.captions.has(file) ? 'jsonl' : undefined);
       const item: ScanItem = { file, kind: IMAGE_EXTS.includes(ext) ? 'image' : 'video', ...(caption ? { caption } : {}) };
+      if (caption) {
+        const read = await readCaptionChecked(folder, item, metadata.captions);
+        const problems = [...(read.problem ? [read.problem] : []), ...captionProblems(read.text)];
+        Object.assign(item, { captionText: read.text }, problems.length ? { problems } : {});
+      }
       if (item.kind === 'image') {
         const dims = await readDimensions(join(folder, file));
         if (typeof dims === 'string') unreadable.push({ file, reason: dims });
@@ -172,6 +182,26 @@ export async function scanDataset(
     metadataErrors: metadata.errors,
     otherFiles,
   };
+}
+
+/** The caption of one item and whether its file is valid UTF-8 (read during the scan). */
+async function readCaptionChecked(folder: string, item: ScanItem, jsonl: Map<string, string>): Promise<{ text: string; problem?: string }> {
+  if (item.caption === 'jsonl') return { text: jsonl.get(item.file) ?? '' };
+  const stem = item.file.slice(0, item.file.length - extname(item.file).length);
+  const name = `${stem}.${item.caption}`;
+  try {
+    const { text, problem } = decodeCaption(await readFile(join(folder, name)));
+    if (item.caption !== 'json') return { text: text.trim(), problem: problem && `${name}: ${problem}` };
+    try {
+      const obj = JSON.parse(text) as Record<string, unknown>;
+      const c = obj.caption ?? obj.text ?? obj.prompt;
+      return typeof c === 'string' ? { text: c, problem: problem && `${name}: ${problem}` } : { text: '', problem: `${name}: no "caption" (or "text", "prompt") string` };
+    } catch (err) {
+      return { text: '', problem: `${name}: not valid JSON (${(err as Error).message})` };
+    }
+  } catch (err) {
+    return { text: '', problem: `${name}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` };
+  }
 }
 
 /** The caption text of one item, as the trainer would read it (files on disk are never changed). */

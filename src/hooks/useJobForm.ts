@@ -4,6 +4,7 @@ import { applyPreset, newJobDoc, procPath, type JobDoc } from '../config/documen
 import { buildFields, datasetBlocks, parseInput, type Field, type NamedDataset } from '../config/fields.js';
 import { loadJobFile, saveJob, SaveRefused, type Loaded } from '../config/jobfile.js';
 import { validateJob, type Issue } from '../config/validate.js';
+import { trains, unsupportedIssues } from '../config/support.js';
 import { jobWarnings } from '../config/warnings.js';
 import { countMedia } from '../datasets/scan.js';
 import type { Gpu } from '../gpu.js';
@@ -35,7 +36,8 @@ function loadedMessage(l: Loaded): FormMessage {
 
 export function useJobForm(opts: JobFormOptions) {
   const { presets, store } = opts;
-  const fresh = () => newJobDoc(presets[0]!, defaultTrainingFolder(store.home));
+  // A new job starts on a family graft's trainer trains here (today the built-in demo model).
+  const fresh = () => newJobDoc(presets.find(trains) ?? presets[0]!, defaultTrainingFolder(store.home));
   const [doc, setDoc] = useState<JobDoc>(() => opts.initial?.doc ?? fresh());
   const [source, setSource] = useState<string | undefined>(opts.initial?.path);
   const [dirty, setDirty] = useState(false);
@@ -47,7 +49,8 @@ export function useJobForm(opts: JobFormOptions) {
   const preset = familyFor(getAt(doc, procPath('model')), presets);
   const fields = useMemo(() => buildFields(doc, { presets, datasets: opts.datasets }), [doc, presets, opts.datasets]);
   const errors = useMemo(() => validateJob(doc, presets), [doc, presets]);
-  const warnings = useMemo(() => jobWarnings(doc, { preset, gpus: opts.gpus, datasetSizes }), [doc, preset, opts.gpus, datasetSizes]);
+  const unsupported = useMemo(() => unsupportedIssues(doc, presets), [doc, presets]);
+  const warnings = useMemo(() => jobWarnings(doc, { preset, presets, gpus: opts.gpus, datasetSizes }), [doc, preset, presets, opts.gpus, datasetSizes]);
 
   // Count the images of each dataset folder once, for the effective-batch warning.
   const folders = datasetBlocks(doc).map((b) => b.folder_path).filter((f): f is string => typeof f === 'string' && f !== '');
@@ -57,7 +60,7 @@ export function useJobForm(opts: JobFormOptions) {
     for (const folder of folders) {
       if (folder in datasetSizes) continue;
       void countMedia(folder).then((n) => {
-        if (live && n !== undefined) setDatasetSizes((s) => ({ ...s, [folder]: n }));
+        if (live) setDatasetSizes((s) => ({ ...s, [folder]: n ?? -1 })); // -1: the folder cannot be read
       });
     }
     return () => { live = false; };
@@ -69,7 +72,7 @@ export function useJobForm(opts: JobFormOptions) {
   };
 
   return {
-    doc, preset, fields, errors, warnings, message, source, dirty, presets, ignored,
+    doc, preset, fields, errors, unsupported, warnings, message, source, dirty, presets, ignored,
     setMessage,
     change,
     setField(field: Field, value: unknown) {
@@ -84,7 +87,9 @@ export function useJobForm(opts: JobFormOptions) {
         const saved = saveJob(doc, presets, store);
         setSource(saved.configPath);
         setDirty(false);
-        setMessage({ level: 'info', text: `saved ${saved.configPath} (draft #${saved.job.id} in the Training Queue)` });
+        setMessage({ level: 'info', text: saved.extendedFrom !== undefined
+          ? `saved ${saved.configPath}: job #${saved.job.id} trains on from step ${saved.extendedFrom} when resumed (r in the Training Queue or the Job monitor)`
+          : `saved ${saved.configPath} (draft #${saved.job.id} in the Training Queue)` });
         opts.onSaved?.();
         return true;
       } catch (err) {

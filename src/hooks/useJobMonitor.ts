@@ -1,7 +1,7 @@
 // Everything the Job monitor shows about one job, polled from its folder: metrics, LoRA files, samples, log.
 import { join } from 'node:path';
 import { useEffect, useRef, useState } from 'react';
-import { jobName, logTail, loraFiles, sampleFiles, type LoraFile, type Sample } from '../monitor/files.js';
+import { jobName, logTail, loraFiles, sampleFiles, samplePrompts, type LoraFile, type Sample, type SamplePromptInfo } from '../monitor/files.js';
 import { MetricsReader, emptyMetrics, type JobMetrics } from '../monitor/metrics.js';
 import { querySystem, type SystemStats } from '../monitor/system.js';
 
@@ -9,11 +9,13 @@ export interface JobView {
   metrics: JobMetrics;
   loras: LoraFile[];
   samples: Sample[];
+  /** Prompt, seed and size of each sample prompt (job.json). */
+  prompts: SamplePromptInfo[];
   log: string[];
 }
 
 export function useJobMonitor(jobDir: string | undefined, pollMs = 500): JobView {
-  const [view, setView] = useState<JobView>({ metrics: emptyMetrics(), loras: [], samples: [], log: [] });
+  const [view, setView] = useState<JobView>({ metrics: emptyMetrics(), loras: [], samples: [], prompts: [], log: [] });
   const sig = useRef('');
   useEffect(() => {
     if (!jobDir) return undefined;
@@ -26,7 +28,8 @@ export function useJobMonitor(jobDir: string | undefined, pollMs = 500): JobView
       const samples = sampleFiles(jobDir);
       const log = logTail(join(jobDir, 'log.txt'));
       const s = `${metrics.points.length}:${metrics.end?.status}:${metrics.runs}:${JSON.stringify(loras)}:${samples.length}:${log.length}:${log[log.length - 1]}`;
-      if (s !== sig.current) { sig.current = s; setView({ metrics, loras, samples, log }); }
+      // job.json is rewritten by each preparation: read again when a run starts.
+      if (s !== sig.current) { sig.current = s; setView({ metrics, loras, samples, prompts: samplePrompts(jobDir), log }); }
     };
     poll();
     const t = setInterval(poll, pollMs);

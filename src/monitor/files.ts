@@ -10,6 +10,24 @@ export interface LoraFile {
   step: number | null;
 }
 
+/** A sample prompt as the trainer draws it: job.json's sample.prompts[i] (trigger put in, seed resolved). */
+export interface SamplePromptInfo {
+  prompt: string;
+  seed: number | null;
+  width: number | null;
+  height: number | null;
+}
+
+/** The sample prompts of a prepared job, by index; empty before job.json exists. */
+export function samplePrompts(jobDir: string): SamplePromptInfo[] {
+  try {
+    const job = JSON.parse(readFileSync(join(jobDir, 'job.json'), 'utf8')) as { sample?: { prompts?: unknown } };
+    const list = Array.isArray(job.sample?.prompts) ? job.sample.prompts : [];
+    const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+    return list.map((p: Record<string, unknown>) => ({ prompt: typeof p?.prompt === 'string' ? p.prompt : '', seed: num(p?.seed), width: num(p?.width), height: num(p?.height) }));
+  } catch { return []; }
+}
+
 export function jobName(jobDir: string): string | null {
   try {
     const n = (JSON.parse(readFileSync(join(jobDir, 'job.json'), 'utf8')) as { name?: unknown }).name;

@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 import { CAPTION_EXTS, METADATA_FILE, parseMetadataJsonl } from '../datasets/scan.js';
+import { decodeCaption } from '../datasets/checks.js';
 import { PrepareError } from './errors.js';
 
 export type CaptionExt = 'txt' | 'caption' | 'json' | 'jsonl';
@@ -21,7 +22,9 @@ export interface CaptionSources {
 export async function readMetadata(folder: string, present: Set<string>): Promise<Map<string, string>> {
   if (!present.has(METADATA_FILE)) return new Map();
   const file = join(folder, METADATA_FILE);
-  const { captions, errors } = parseMetadataJsonl(await readFile(file, 'utf8'));
+  const decoded = decodeCaption(await readFile(file));
+  if (decoded.problem) throw new PrepareError(`${file}: ${decoded.problem}`);
+  const { captions, errors } = parseMetadataJsonl(decoded.text);
   const first = errors[0];
   if (first) {
     throw new PrepareError(`${file} line ${first.line}: ${first.message}` +
@@ -36,9 +39,9 @@ function clean(text: string): string {
   return text.replace(/\s*[\r\n]+\s*/g, ' ').trim();
 }
 
-async function readSidecar(file: string, ext: Exclude<CaptionExt, 'jsonl'>): Promise<string> {
-  const text = await readFile(file, 'utf8');
-  if (ext !== 'json') return clean(text);
+async function readSidecar(file: string, ext: Exclude<CaptionExt, 'jsonl'>): Promise<{ text: string; problem?: string }> {
+  const { text, problem } = decodeCaption(await readFile(file));
+  if (ext !== 'json') return { text: clean(text), problem };
   let obj: unknown;
   try {
     obj = JSON.parse(text);
@@ -48,14 +51,14 @@ async function readSidecar(file: string, ext: Exclude<CaptionExt, 'jsonl'>): Pro
   const rec = (obj ?? {}) as Record<string, unknown>;
   const caption = rec.caption ?? rec.text ?? rec.prompt;
   if (typeof caption !== 'string') throw new PrepareError(`${file}: no "caption" (or "text", "prompt") string in this JSON caption file`);
-  return clean(caption);
+  return { text: clean(caption), problem };
 }
 
 /**
  * The caption of one image and where it came from: the dataset's caption_ext file first, then
  * metadata.jsonl, then a caption file of another extension; undefined when there is none.
  */
-export async function captionOf(src: CaptionSources, image: string): Promise<{ text: string; from: CaptionExt } | undefined> {
+export async function captionOf(src: CaptionSources, image: string): Promise<{ text: string; from: CaptionExt; problem?: string } | undefined> {
   const stem = image.slice(0, image.length - extname(image).length);
   const order: CaptionExt[] = [src.ext, 'jsonl', ...CAPTION_EXTS.filter((e) => e !== src.ext)];
   for (const ext of order) {
@@ -63,7 +66,8 @@ export async function captionOf(src: CaptionSources, image: string): Promise<{ t
       const text = src.metadata.get(image);
       if (text !== undefined) return { text: clean(text), from: 'jsonl' };
     } else if (src.present.has(`${stem}.${ext}`)) {
-      return { text: await readSidecar(join(src.folder, `${stem}.${ext}`), ext), from: ext };
+      const { text, problem } = await readSidecar(join(src.folder, `${stem}.${ext}`), ext);
+      return { text, from: ext, ...(problem ? { problem: `${stem}.${ext}: ${problem}` } : {}) };
     }
   }
   return undefined;

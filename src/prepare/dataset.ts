@@ -14,8 +14,8 @@ export interface CollectedImage {
   /** File name inside the dataset folder. */
   file: string;
   source: string;
-  /** The caption found for it; undefined when it has none. */
-  caption?: { text: string; from: CaptionExt };
+  /** The caption found for it; undefined when it has none. problem: its file is not UTF-8. */
+  caption?: { text: string; from: CaptionExt; problem?: string };
 }
 
 export interface CollectedDataset {
@@ -46,6 +46,8 @@ export async function collectDataset(folder: string, captionExt: CaptionExt): Pr
 }
 
 export interface PreparedImage extends CollectedImage {
+  /** Its size upright (EXIF orientation applied). */
+  size: Size;
   buckets: { bucket: Size; crop: Crop; key: string; image: string }[];
 }
 
@@ -111,7 +113,7 @@ export async function prepareDatasetPixels(d: CollectedDataset, o: PixelOptions)
     written += missing.length;
     reused += buckets.length - missing.length;
     o.manifest.record(im.source, info);
-    return { ...im, buckets };
+    return { ...im, size, buckets };
   };
 
   const worker = async () => {

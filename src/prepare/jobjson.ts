@@ -105,7 +105,8 @@ export function buildJobJson(i: JobJsonInput): Obj {
       gradient_accumulation: num(t('gradient_accumulation') ?? t('gradient_accumulation_steps'), 1),
       lr: num(t('lr'), 1e-4),
       lr_scheduler: str(t('lr_scheduler'), 'constant'),
-      lr_warmup_steps: num(t('lr_warmup_steps'), 0),
+      // The reference spells it lr_scheduler_params.warmup_steps too.
+      lr_warmup_steps: num(t('lr_warmup_steps') ?? at(p, 'train', 'lr_scheduler_params', 'warmup_steps'), 0),
       optimizer: str(t('optimizer'), 'adamw'),
       optimizer_params: isPlainObject(t('optimizer_params')) ? t('optimizer_params') : {},
       max_grad_norm: num(t('max_grad_norm'), 1.0),

@@ -7,12 +7,13 @@ import { existsSync, mkdirSync, readdirSync, statSync, unlinkSync } from 'node:f
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { procPath } from '../config/document.js';
 import { loadJobFile } from '../config/jobfile.js';
-import { validateJob } from '../config/validate.js';
+import { checkJob, refusal } from '../config/check.js';
 import { expandHome, graftHome } from '../paths.js';
 import { familyFor, loadPresets, type Preset } from '../presets.js';
 import type { Unreadable } from '../datasets/scan.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { getAt } from '../util/objpath.js';
+import { captionProblems, sizeProblem } from '../datasets/checks.js';
 import { preservationCaption, replaceTrigger, withTrigger, type CaptionExt } from './captions.js';
 import { collectDataset, prepareDatasetPixels, type CollectedDataset, type DatasetPixels } from './dataset.js';
 import { PrepareError } from './errors.js';
@@ -47,6 +48,8 @@ export interface DatasetSummary {
   /** What the images without a caption train on. */
   missingCaptionsUse: string;
   buckets: Record<string, number>;
+  /** Items that train, but maybe not as meant: the file and what is wrong (checks.ts). */
+  problems: { file: string; problems: string[] }[];
 }
 
 export interface PrepareSummary {
@@ -105,10 +108,9 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
   const { config: source, folder: namedFolder } = configOf(target);
   let loaded;
   try { loaded = loadJobFile(source); } catch (err) { throw new PrepareError((err as Error).message); }
-  const errors = validateJob(loaded.doc, presets).filter((e) => e.level === 'error');
-  if (errors.length > 0) {
-    throw new PrepareError(`${source}: ${errors[0]!.message}${errors.length > 1 ? ` (and ${errors.length - 1} more: graft validate ${source})` : ''}`);
-  }
+  // Dataset folders are not checked here: collectDataset says what is wrong with each, in more detail.
+  const why = refusal(source, checkJob(loaded.doc, presets));
+  if (why) throw new PrepareError(why);
   const doc = loaded.doc;
   const user = getAt(doc, procPath()) as Record<string, unknown>;
   const name = String(getAt(doc, ['config', 'name']));
@@ -171,7 +173,7 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
   const datasets: JobDataset[] = [];
   const summaries: DatasetSummary[] = [];
   for (const [di, d] of settings.datasets.entries()) {
-    const { dataset, summary } = datasetOf(d, collected[di]!, pixels[di]!, jobDir, captions, encode);
+    const { dataset, summary } = datasetOf(d, collected[di]!, pixels[di]!, jobDir, captions, encode, (text) => tokenizer.count(text), tokenizer.maxLen);
     datasets.push(dataset);
     summaries.push(summary);
   }
@@ -220,7 +222,9 @@ interface CaptionRules {
 
 /** A dataset's job.json entry: one item per (image, bucket, flip variant), every caption variant tokenized. */
 function datasetOf(d: Record<string, unknown>, c: CollectedDataset, px: DatasetPixels, jobDir: string, rules: CaptionRules,
-  encode: (text: string) => number[]): { dataset: JobDataset; summary: DatasetSummary } {
+  encode: (text: string) => number[], count: (text: string) => number, maxTokens: number): { dataset: JobDataset; summary: DatasetSummary } {
+  const resolutions = (Array.isArray(d.resolution) ? d.resolution : [d.resolution]).map(Number);
+  const problems: DatasetSummary['problems'] = [];
   const isReg = d.is_reg === true;
   const { trigger } = rules;
   const defaultCaption = typeof d.default_caption === 'string' ? d.default_caption.trim() : '';
@@ -240,6 +244,12 @@ function datasetOf(d: Record<string, unknown>, c: CollectedDataset, px: DatasetP
     // regularization items never carry the trigger.
     const caption = rules.unloadTextEncoder ? (isReg ? '' : trigger) : withTrigger(own?.text ?? defaultCaption, trigger, isReg);
     const tokens = encode(caption);
+    const itemProblems = [
+      ...(im.caption?.problem ? [im.caption.problem] : []),
+      ...captionProblems(caption, { count: count(caption), max: maxTokens }),
+      ...[sizeProblem(im.size, resolutions)].filter((p): p is string => p !== undefined),
+    ];
+    if (itemProblems.length > 0) problems.push({ file: im.file, problems: itemProblems });
     const dropout = encode(!isReg ? trigger : '');
     const dop = rules.dopClass !== undefined ? { dop_tokens: encode(preservationCaption(caption, trigger, rules.dopClass)) } : {};
     for (const b of im.buckets) {
@@ -262,7 +272,7 @@ function datasetOf(d: Record<string, unknown>, c: CollectedDataset, px: DatasetP
     },
     summary: {
       folder: c.folder, isReg, images: px.images.length, items: items.length, skipped: px.skipped, videos: c.videos,
-      captionSources: sources, missingCaptions: missing, missingCaptionsUse: fallback, buckets: histogram(items),
+      captionSources: sources, missingCaptions: missing, missingCaptionsUse: fallback, buckets: histogram(items), problems,
     },
   };
 }
@@ -275,6 +285,10 @@ export function summaryLines(s: PrepareSummary): string[] {
     lines.push(`${d.isReg ? 'regularization ' : ''}dataset ${d.folder}: ${d.images} images -> ${d.items} items; buckets ${buckets}${from ? `; captions ${from}` : ''}`);
     if (d.missingCaptions > 0) lines.push(`  ${d.missingCaptions} image${d.missingCaptions === 1 ? '' : 's'} without a caption: trained on ${d.missingCaptionsUse}`);
     if (d.videos > 0) lines.push(`  ${d.videos} video${d.videos === 1 ? '' : 's'} skipped: video datasets are not prepared yet`);
+    if (d.problems.length > 0) {
+      lines.push(`  ${d.problems.length} item${d.problems.length === 1 ? '' : 's'} to look at (they train, maybe not as meant):`);
+      for (const p of d.problems) for (const what of p.problems) lines.push(`    ${p.file}: ${what}`);
+    }
     if (d.skipped.length > 0) {
       lines.push(`  ${d.skipped.length} file${d.skipped.length === 1 ? '' : 's'} skipped:`);
       for (const u of d.skipped) lines.push(`    ${u.file}: ${u.reason}`);

@@ -62,6 +62,11 @@ export class CaptionTokenizer {
     return id;
   }
 
+  /** How many ids the text takes before truncation, special tokens included: more than maxLen means it is cut. */
+  count(text: string): number {
+    return this.tok.tokenize(text, { add_special_tokens: false }).length + this.specials;
+  }
+
   /** The ids of one text: special tokens added, truncated and padded to exactly maxLen. */
   encode(text: string): number[] {
     let tokens = this.tok.tokenize(text, { add_special_tokens: false });

@@ -4,8 +4,9 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { parseJobYaml, procPath, type JobDoc } from '../config/document.js';
-import { validateJob } from '../config/validate.js';
+import { checkJob, refusal } from '../config/check.js';
 import { adoptConfig, jobDirForConfig } from '../prepare/jobdir.js';
+import { configuredSteps, trainedStep, writeTrainSteps } from './extend.js';
 import { loadPresets } from '../presets.js';
 import { getAt } from '../util/objpath.js';
 import type { JobRow, JobState, Store } from './store.js';
@@ -26,7 +27,10 @@ const gpuOf = (device: unknown): number | undefined => {
   return m ? Number(m[1]) : undefined;
 };
 
-/** A config that is to be prepared: it must parse and validate now, not fail later in the queue. */
+/**
+ * A config that is to be prepared: it must be valid, ask only for what graft's trainer does, and name dataset
+ * folders that hold pictures, now rather than in a failed prepare stage.
+ */
 function readConfig(file: string): JobDoc {
   let doc: JobDoc;
   try {
@@ -34,8 +38,8 @@ function readConfig(file: string): JobDoc {
   } catch (err) {
     throw new QueueError((err as Error).message);
   }
-  const errors = validateJob(doc, loadPresets()).filter((e) => e.level === 'error');
-  if (errors.length > 0) throw new QueueError(`${file}: ${errors[0]!.message}${errors.length > 1 ? ` (and ${errors.length - 1} more: graft validate ${file})` : ''}`);
+  const why = refusal(file, checkJob(doc, loadPresets(), { configDir: dirname(file) }));
+  if (why) throw new QueueError(why);
   return doc;
 }
 
@@ -90,6 +94,11 @@ function adoptInto(r: ResolvedJob): void {
 export const ACTIVE: JobState[] = ['running', 'stopping'];
 const now = () => new Date().toISOString();
 
+/** Where a job runs, as the screens show it: its GPU, or "cpu" on a machine without GPUs (one CPU slot). */
+export function slotLabel(gpu: number, cpuOnly: boolean): string {
+  return cpuOnly ? 'cpu' : `gpu ${gpu}`;
+}
+
 /** The job folder of a row (rows from before migration 2 carry only config_path). */
 export function jobDirOf(job: JobRow): string {
   return job.job_dir ?? dirname(job.config_path);
@@ -122,7 +131,7 @@ export class Queue {
       const g = gpu ?? existing?.gpu ?? r.gpu ?? 0;
       if (existing) {
         if (existing.state === 'queued' || ACTIVE.includes(existing.state)) throw new QueueError(`job ${existing.id} (${existing.name}) is already ${existing.state}`);
-        if (existing.state === 'finished') throw new QueueError(`job ${existing.id} (${existing.name}) has finished: nothing left to train. Delete it with its outputs (graft queue rm ${existing.id} --outputs) to train it again.`);
+        if (existing.state === 'finished') throw new QueueError(`job ${existing.id} (${existing.name}) has finished: nothing left to train. Train it further with graft queue extend ${existing.id} --steps N, or delete it with its outputs (graft queue rm ${existing.id} --outputs) to train it again.`);
         this.db.prepare("UPDATE jobs SET state = 'queued', name = ?, config_path = ?, job_dir = ?, gpu = ?, position = ?, stop_requested = NULL, updated_at = ? WHERE id = ?")
           .run(r.name, r.configPath, r.jobDir, g, this.endPosition(g), now(), existing.id);
         return this.get(existing.id);
@@ -179,12 +188,35 @@ export class Queue {
     return this.get(id);
   }
 
-  /** Resume a stopped or failed job: first in its GPU's queue; the trainer continues from state/. */
+  /**
+   * Resume a stopped or failed job, or a finished one whose config now asks for more steps: first in its
+   * GPU's queue; the trainer continues from state/.
+   */
   resume(id: number): JobRow {
     const job = this.get(id);
-    if (job.state !== 'stopped' && job.state !== 'failed') throw new QueueError(`job ${id} (${job.name}) is ${job.state}; only a stopped or failed job resumes`);
+    if (job.state === 'finished') {
+      const trained = trainedStep(jobDirOf(job));
+      const steps = configuredSteps(job.config_path);
+      if (steps === undefined || steps <= trained) {
+        throw new QueueError(`job ${id} (${job.name}) has finished at step ${trained}: raise its steps to train on (graft queue extend ${id} --steps ${trained * 2}, or Steps in New Job)`);
+      }
+    } else if (job.state !== 'stopped' && job.state !== 'failed') {
+      throw new QueueError(`job ${id} (${job.name}) is ${job.state}; only a stopped, failed or extended job resumes`);
+    }
     this.db.prepare("UPDATE jobs SET state = 'queued', position = ?, stop_requested = NULL, updated_at = ? WHERE id = ?").run(this.frontPosition(job.gpu), now(), id);
     return this.get(id);
+  }
+
+  /** Raise a job's train.steps in its config and queue it: it resumes from its last state and trains on. */
+  extend(id: number, steps: number): { job: JobRow; kept: boolean; from: number } {
+    const job = this.get(id);
+    if (job.state !== 'finished' && job.state !== 'stopped' && job.state !== 'failed') {
+      throw new QueueError(`job ${id} (${job.name}) is ${job.state}; only a finished, stopped or failed job can be extended`);
+    }
+    const from = trainedStep(jobDirOf(job));
+    if (!Number.isInteger(steps) || steps <= from) throw new QueueError(`--steps ${steps}: job ${id} has trained ${from} steps; give more than that`);
+    const { kept } = writeTrainSteps(job.config_path, steps);
+    return { job: this.resume(id), kept, from };
   }
 
   /** Requeue a stopped or failed job at the end of its GPU's queue (it continues from its saved state). */

@@ -1,0 +1,26 @@
+// Caption length as a text encoder counts it, for the Datasets screen: a dataset is not tied to a family, so
+// captions are measured with the tokenizer of the family graft trains here (today graft-tiny's byte-level
+// one), and the screen says whose limit it is.
+import { resolveModel } from '../prepare/model.js';
+import type { Preset } from '../presets.js';
+import { trains } from '../config/support.js';
+
+export interface CaptionCounter {
+  /** The family whose text encoder's limit this is. */
+  family: string;
+  max: number;
+  count: (text: string) => number;
+}
+
+/** The counter of the first family graft trains whose model folder has a tokenizer; undefined when none. */
+export async function captionCounter(presets: Preset[]): Promise<CaptionCounter | undefined> {
+  const { CaptionTokenizer } = await import('../prepare/tokenizer.js');
+  for (const p of presets.filter(trains)) {
+    try {
+      const model = resolveModel(p, { name_or_path: p.name_or_path }, 'presets');
+      const tok = CaptionTokenizer.load(model.tokenizer, model.textMaxLen);
+      return { family: p.label, max: tok.maxLen, count: (text) => tok.count(text) };
+    } catch { /* no model files here: try the next family */ }
+  }
+  return undefined;
+}

@@ -1,0 +1,109 @@
+// Honest before a job runs: families and settings graft's trainer cannot carry out are refused up front
+// (not a failed prepare stage a second later), and settings it accepts but ignores are named.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { newJobDoc, procPath, type JobDoc } from '../src/config/document.js';
+import { ignoredSettings, trains, unsupportedIssues } from '../src/config/support.js';
+import { unknownKeys } from '../src/config/validate.js';
+import { loadPresets, presetById } from '../src/presets.js';
+import { QueueError, resolveJob } from '../src/queue/queue.js';
+import { setAt } from '../src/util/objpath.js';
+import { tempDir, tinyJobYaml, writeImage } from './helpers/dataset.js';
+import { rmSync } from 'node:fs';
+
+const presets = loadPresets();
+const tiny = presetById('graft_tiny', presets)!;
+const flux = presetById('flux1', presets)!;
+const P = procPath;
+const doc = (preset = tiny): JobDoc => setAt(newJobDoc(preset, '/tmp/out', 'job1'), P('datasets', 0, 'folder_path'), '/data/set');
+const rules = (d: JobDoc) => unsupportedIssues(d, presets).map((i) => i.rule);
+const dir = tempDir('graft-support-');
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('what graft trains', () => {
+  it('only the families its trainer runs end to end; a new job starts on one', () => {
+    expect(presets.filter(trains).map((p) => p.family)).toEqual(['graft_tiny']);
+    expect(unsupportedIssues(doc(), presets)).toEqual([]);
+  });
+
+  it('a family it does not train is refused at the arch, with what does train', () => {
+    const issues = unsupportedIssues(doc(flux), presets);
+    expect(issues.map((i) => [i.path, i.message])).toEqual([['config.process[0].model.arch',
+      "not supported yet: FLUX.1 (dev / schnell): graft's trainer cannot train this family yet (trainer support: in progress); today it trains graft-tiny (built-in demo, CPU). The config stays valid for the reference toolkit."]]);
+  });
+
+  it('settings the trainer would refuse at start are refused now', () => {
+    expect(rules(setAt(doc(), P('network', 'type'), 'lokr'))).toEqual(['lokr']);
+    expect(rules(setAt(doc(), P('train', 'optimizer'), 'prodigy'))).toEqual(['optimizer']);
+    expect(rules(setAt(doc(), P('train', 'lr_scheduler'), 'cosine_with_restarts'))).toEqual(['lr-scheduler']);
+    expect(rules(setAt(doc(), P('train', 'timestep_type'), 'flux_shift'))).toEqual(['timestep-type']);
+    expect(rules(setAt(doc(), P('device'), 'mps'))).toEqual(['device']);
+    expect(rules(setAt(doc(), P('network'), undefined))).toEqual(['full-fine-tune']);
+    expect(rules(setAt(setAt(doc(), P('train', 'noise_scheduler'), 'ddpm'), P('sample', 'sampler'), 'ddpm'))).toEqual(['ddpm']);
+  });
+});
+
+describe('what the trainer accepts but ignores', () => {
+  const said = (d: JobDoc) => ignoredSettings(d, presets).map((i) => i.message);
+
+  it('a new job of the demo family has none', () => {
+    expect(said(doc())).toEqual([]);
+  });
+
+  it('names each, with what happens instead', () => {
+    let d = setAt(doc(), P('train', 'optimizer'), 'adamw8bit');
+    d = setAt(setAt(d, P('model', 'quantize'), true), P('model', 'qtype'), 'qfloat8');
+    d = setAt(d, P('model', 'low_vram'), true);
+    d = setAt(d, P('train', 'dtype'), 'bf16');
+    d = setAt(d, P('train', 'gradient_checkpointing'), true);
+    expect(said(d)).toEqual([
+      "ignored by graft's trainer: adamw8bit runs as plain AdamW (32-bit moments): the 8-bit optimizer state is not built",
+      "ignored by graft's trainer: Transformer quantization qfloat8 (model.quantize: true) does nothing: every base weight stays unquantized",
+      "ignored by graft's trainer: Low VRAM: the whole model stays on the device",
+      "ignored by graft's trainer: gradient checkpointing on the CPU: the CPU backend keeps every activation (no recompute path)",
+      "ignored by graft's trainer: train.dtype bf16: the CPU backend computes in fp32",
+    ]);
+  });
+
+  it('fields the trainer does use are not reported as ignored keys', () => {
+    let d = setAt(doc(), P('train', 'seed'), 7);
+    d = setAt(d, P('train', 'lr_warmup_steps'), 10);
+    d = setAt(d, P('train', 'lr_scheduler_params'), { warmup_steps: 10 });
+    d = setAt(d, P('model', 'is_lumina2'), false);
+    expect(unknownKeys(d)).toEqual([]);
+  });
+});
+
+describe('the queue refuses up front', () => {
+  it('a family graft does not train, and a dataset folder that is missing or empty, in one line each', async () => {
+    const data = join(dir, 'data');
+    mkdirSync(data);
+    await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
+    const file = join(dir, 'job.yaml');
+    const write = (extra: object) => writeFileSync(file, tinyJobYaml({ name: 'q1', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: data }], ...extra }));
+    write({});
+    expect(resolveJob(file, join(dir, 'home')).name).toBe('q1');
+    write({ extra: { model: { arch: 'flux', name_or_path: 'black-forest-labs/FLUX.1-dev' } } });
+    expect(() => resolveJob(file, join(dir, 'home'))).toThrow(QueueError);
+    expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: not supported yet: FLUX.1 (dev / schnell): graft's trainer cannot train this family yet`);
+    writeFileSync(file, tinyJobYaml({ name: 'q1', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: join(dir, 'gone') }] }));
+    expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: config.process[0].datasets[0].folder_path: no such folder: ${join(dir, 'gone')}`);
+  });
+});
+
+describe('extending a finished job', () => {
+  it('raises train.steps on its own line, keeping the comments and layout of the file', async () => {
+    const { withTrainStepsLine, writeTrainSteps, configuredSteps } = await import('../src/queue/extend.js');
+    const yaml = 'job: extension\nconfig:\n  name: x\n  process:\n    - type: sd_trainer\n      train:\n        # how long\n        steps: 300  # a short run\n        lr: 1e-3\n      sample:\n        sample_steps: 20\n';
+    expect(withTrainStepsLine(yaml, 900)).toBe(yaml.replace('steps: 300', 'steps: 900'));
+    const file = join(dir, 'extend.yaml');
+    writeFileSync(file, yaml);
+    expect(writeTrainSteps(file, 900)).toEqual({ kept: true });
+    expect(configuredSteps(file)).toBe(900);
+    // No steps line under train: the file is written whole (and says so).
+    writeFileSync(file, yaml.replace('        steps: 300  # a short run\n', ''));
+    expect(writeTrainSteps(file, 900)).toEqual({ kept: false });
+    expect(configuredSteps(file)).toBe(900);
+  });
+});
