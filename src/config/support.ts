@@ -95,9 +95,6 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
   if (effective(doc, 'model', 'low_vram') === true) out.push(ignored(P('model', 'low_vram'), 'Low VRAM: the whole model stays on the device'));
   if (effective(doc, 'model', 'layer_offloading') === true) out.push(ignored(P('model', 'layer_offloading'), 'Layer Offloading: no layer is streamed from host memory'));
   const device = effective(doc, 'device');
-  if (device === 'cpu' && effective(doc, 'train', 'gradient_checkpointing') === true) {
-    out.push(ignored(P('train', 'gradient_checkpointing'), 'gradient checkpointing on the CPU: the CPU backend keeps every activation (no recompute path)'));
-  }
   const dtype = effective(doc, 'train', 'dtype');
   const DTYPE: Record<string, string> = { float32: 'fp32', float16: 'fp16', bfloat16: 'bf16' };
   const computes = device === 'cpu' ? 'fp32' : 'bf16';
