@@ -13,14 +13,6 @@ namespace gpu {
 
 namespace {
 
-struct Temp {
-  void* p = nullptr;
-  explicit Temp(size_t bytes, const char* what) : p(cuda::alloc(bytes, what)) {}
-  ~Temp() { cuda::free(p); }
-  Temp(const Temp&) = delete;
-  Temp& operator=(const Temp&) = delete;
-};
-
 // Softmax of each row of p [rows, L] in place (fp32), and a bf16 copy for the next product. One
 // warp per row.
 __global__ void softmax_rows_kernel(float* p, bf16* p16, long rows, int L) {
@@ -49,17 +41,7 @@ __global__ void softmax_backward_rows_kernel(bf16* ds16, bf16* p16, const float*
   const float* dr = dp + row * L;
   float s = 0.0f;
   for (int j = threadIdx.x; j < L; j += blockDim.x) s += pr[j] * dr[j];
-  __shared__ float part[32];
-  __shared__ float delta;
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t += part[w];
-    delta = t;
-  }
-  __syncthreads();
+  const float delta = block_sum(s);
   for (int j = threadIdx.x; j < L; j += blockDim.x) {
     ds16[row * L + j] = __float2bfloat16(pr[j] * (dr[j] - delta));
     p16[row * L + j] = __float2bfloat16(pr[j]);
@@ -72,7 +54,7 @@ void attention_math_forward(bf16* out, float* probs, const bf16* q, const bf16* 
                             int D) {
   const float scale = 1.0f / std::sqrt((float)D);
   const int HD = H * D;
-  Temp p16((size_t)L * L * sizeof(bf16), "attention probabilities (bf16)");
+  DeviceTemp p16((size_t)L * L * sizeof(bf16), "attention probabilities (bf16)");
   for (int b = 0; b < B; b++)
     for (int h = 0; h < H; h++) {
       const long off = (long)b * L * HD + (long)h * D;
@@ -91,9 +73,9 @@ void attention_math_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, con
   if (!dq && !dk && !dv) return;
   const float scale = 1.0f / std::sqrt((float)D);
   const int HD = H * D;
-  Temp p16((size_t)L * L * sizeof(bf16), "attention probabilities (bf16)");
-  Temp ds16((size_t)L * L * sizeof(bf16), "attention score gradients (bf16)");
-  Temp dp((size_t)L * L * sizeof(float), "attention probability gradients");
+  DeviceTemp p16((size_t)L * L * sizeof(bf16), "attention probabilities (bf16)");
+  DeviceTemp ds16((size_t)L * L * sizeof(bf16), "attention score gradients (bf16)");
+  DeviceTemp dp((size_t)L * L * sizeof(float), "attention probability gradients");
   for (int b = 0; b < B; b++)
     for (int h = 0; h < H; h++) {
       const long off = (long)b * L * HD + (long)h * D;

@@ -14,7 +14,6 @@ static unsigned grid_for(long n, int threads = 256) {
   long blocks = (n + threads - 1) / threads;
   return (unsigned)(blocks > 65535L * 16 ? 65535L * 16 : blocks);
 }
-#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
 
 // ---- activations ----------------------------------------------------------------------------------
 static const float GELU_SCALE = 0.7978845608028654f;  // sqrt(2 / pi)

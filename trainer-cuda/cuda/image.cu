@@ -14,23 +14,8 @@ namespace gpu {
 
 namespace {
 
-unsigned grid(long n) {
-  long b = (n + 255) / 256;
-  return (unsigned)(b > 65535L * 16 ? 65535L * 16 : (b < 1 ? 1 : b));
-}
-#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
-
 const long kColumnBudget = 64L << 20;  // elements of the column buffer (128 MB in bf16)
 const float kGroupNormEps = 1e-6f;
-
-// A device buffer from the caching allocator, for one op's temporaries.
-struct Temp {
-  void* p = nullptr;
-  explicit Temp(size_t bytes, const char* what) : p(cuda::alloc(bytes, what)) {}
-  ~Temp() { cuda::free(p); }
-  Temp(const Temp&) = delete;
-  Temp& operator=(const Temp&) = delete;
-};
 
 // col[k, j] for k = (ic*KH + kh)*KW + kw and output positions p0 + j, j < n, of one image; zero
 // where the kernel reads padding.
@@ -83,15 +68,8 @@ __global__ void channel_sum_kernel(float* dbias, const bf16* dout, int B, int OC
   float s = 0.0f;
   for (int b = 0; b < B; b++)
     for (long p = threadIdx.x; p < P; p += blockDim.x) s += __bfloat162float(dout[((long)b * OC + oc) * P + p]);
-  __shared__ float part[32];
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t += part[w];
-    dbias[oc] += t;
-  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) dbias[oc] += s;
 }
 
 // How many output positions one product covers: all of them when the column buffer allows.
@@ -104,37 +82,20 @@ int position_slice(const Conv2dShape& s) {
 
 __global__ void groupnorm_stats_kernel(float* mean, float* rstd, const bf16* x, int C, int HW, int G) {
   const long bg = blockIdx.x;  // b * G + g
-  const int cg = C / G;
-  const long n = (long)cg * HW;
+  const long n = (long)(C / G) * HW;
   const bf16* p = x + bg * n;  // a group's channels are consecutive: one contiguous run
-  __shared__ float part[32];
-  __shared__ float shared_mean;
   float s = 0.0f;
   for (long i = threadIdx.x; i < n; i += blockDim.x) s += __bfloat162float(p[i]);
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t += part[w];
-    shared_mean = t / n;
-  }
-  __syncthreads();
-  const float m = shared_mean;
+  const float m = block_sum(s) / n;
   float v = 0.0f;
   for (long i = threadIdx.x; i < n; i += blockDim.x) {
-    float d = __bfloat162float(p[i]) - m;
+    const float d = __bfloat162float(p[i]) - m;
     v += d * d;
   }
-  v = warp_sum(v);
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
-  __syncthreads();
+  v = block_sum(v);
   if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t += part[w];
     mean[bg] = m;
-    rstd[bg] = rsqrtf(t / n + kGroupNormEps);
+    rstd[bg] = rsqrtf(v / n + kGroupNormEps);
   }
 }
 
@@ -163,16 +124,11 @@ __global__ void groupnorm_backward_sums_kernel(float* sums, const bf16* dout, co
     s1 += dyg;
     s2 += dyg * xhat;
   }
-  __shared__ float p1[32], p2[32];
-  s1 = warp_sum(s1);
-  s2 = warp_sum(s2);
-  if (threadIdx.x % 32 == 0) p1[threadIdx.x / 32] = s1, p2[threadIdx.x / 32] = s2;
-  __syncthreads();
+  s1 = block_sum(s1);
+  s2 = block_sum(s2);
   if (threadIdx.x == 0) {
-    float t1 = 0.0f, t2 = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t1 += p1[w], t2 += p2[w];
-    sums[2 * bg] = t1 / n;
-    sums[2 * bg + 1] = t2 / n;
+    sums[2 * bg] = s1 / n;
+    sums[2 * bg + 1] = s2 / n;
   }
 }
 
@@ -203,16 +159,11 @@ __global__ void groupnorm_backward_affine_kernel(float* dgamma, float* dbeta, co
       sb += dy;
     }
   }
-  __shared__ float p1[32], p2[32];
-  sg = warp_sum(sg);
-  sb = warp_sum(sb);
-  if (threadIdx.x % 32 == 0) p1[threadIdx.x / 32] = sg, p2[threadIdx.x / 32] = sb;
-  __syncthreads();
+  sg = block_sum(sg);
+  sb = block_sum(sb);
   if (threadIdx.x == 0) {
-    float t1 = 0.0f, t2 = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t1 += p1[w], t2 += p2[w];
-    if (dgamma) dgamma[c] += t1;
-    if (dbeta) dbeta[c] += t2;
+    if (dgamma) dgamma[c] += sg;
+    if (dbeta) dbeta[c] += sb;
   }
 }
 
@@ -239,13 +190,13 @@ void conv2d_forward(bf16* out, const bf16* inp, const bf16* W, const bf16* bias,
   const int K = s.IC * s.KH * s.KW;
   const long P = (long)s.out_h() * s.out_w();
   const int slice = position_slice(s);
-  Temp col((size_t)K * slice * sizeof(bf16), "a convolution's column buffer");
+  DeviceTemp col((size_t)K * slice * sizeof(bf16), "a convolution's column buffer");
   for (int b = 0; b < s.B; b++) {
     const bf16* img = inp + (long)b * s.IC * s.H * s.W;
     bf16* o = out + (long)b * s.OC * P;
     for (long p0 = 0; p0 < P; p0 += slice) {
       const int n = (int)std::min<long>(slice, P - p0);
-      im2col_kernel<<<grid((long)K * n), 256>>>((bf16*)col.p, img, s, s.out_w(), (int)p0, n);
+      im2col_kernel<<<grid_1d((long)K * n), 256>>>((bf16*)col.p, img, s, s.out_w(), (int)p0, n);
       cudaCheckLaunch();
       // o[:, p0 : p0 + n] = W [OC, K] @ col [K, n]
       gemm(o + p0, GemmOut::BF16, (int)P, W, K, false, (const bf16*)col.p, n, false, s.OC, n, K, 1.0f, 0.0f);
@@ -253,7 +204,7 @@ void conv2d_forward(bf16* out, const bf16* inp, const bf16* W, const bf16* bias,
   }
   if (bias) {
     const long total = (long)s.B * s.OC * P;
-    add_channel_bias_kernel<<<grid(total), 256>>>(out, bias, s.OC, P, total);
+    add_channel_bias_kernel<<<grid_1d(total), 256>>>(out, bias, s.OC, P, total);
     cudaCheckLaunch();
   }
 }
@@ -268,15 +219,15 @@ void conv2d_backward(bf16* dinp, float* dW, float* dbias, const bf16* dout, cons
   }
   if (!dinp && !dW) return;
   const int slice = position_slice(s);
-  Temp col((size_t)K * slice * sizeof(bf16), "a convolution's column buffer");
-  Temp dcol(dinp ? (size_t)K * slice * sizeof(float) : 1, "a convolution's column gradient");
+  DeviceTemp col((size_t)K * slice * sizeof(bf16), "a convolution's column buffer");
+  DeviceTemp dcol(dinp ? (size_t)K * slice * sizeof(float) : 1, "a convolution's column gradient");
   for (int b = 0; b < s.B; b++) {
     const bf16* img = inp + (long)b * s.IC * s.H * s.W;
     const bf16* d = dout + (long)b * s.OC * P;
     for (long p0 = 0; p0 < P; p0 += slice) {
       const int n = (int)std::min<long>(slice, P - p0);
       if (dW) {
-        im2col_kernel<<<grid((long)K * n), 256>>>((bf16*)col.p, img, s, s.out_w(), (int)p0, n);
+        im2col_kernel<<<grid_1d((long)K * n), 256>>>((bf16*)col.p, img, s, s.out_w(), (int)p0, n);
         cudaCheckLaunch();
         // dW [OC, K] += dout[:, slice] [OC, n] @ col^T [n, K]
         gemm(dW, GemmOut::F32, K, d + p0, (int)P, false, (const bf16*)col.p, n, true, s.OC, K, n, 1.0f, 1.0f);
@@ -284,7 +235,7 @@ void conv2d_backward(bf16* dinp, float* dW, float* dbias, const bf16* dout, cons
       if (dinp) {
         // dcol [K, n] = W^T [K, OC] @ dout[:, slice] [OC, n]
         gemm(dcol.p, GemmOut::F32, n, W, K, true, d + p0, (int)P, false, K, n, s.OC, 1.0f, 0.0f);
-        col2im_kernel<<<grid((long)s.IC * s.H * s.W), 256>>>(dinp + (long)b * s.IC * s.H * s.W, (const float*)dcol.p, s,
+        col2im_kernel<<<grid_1d((long)s.IC * s.H * s.W), 256>>>(dinp + (long)b * s.IC * s.H * s.W, (const float*)dcol.p, s,
                                                               s.out_h(), s.out_w(), (int)p0, n);
         cudaCheckLaunch();
       }
@@ -299,7 +250,7 @@ void groupnorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, con
   if (total == 0) return;
   groupnorm_stats_kernel<<<B * G, 256>>>(mean, rstd, inp, C, HW, G);
   cudaCheckLaunch();
-  groupnorm_apply_kernel<<<grid(total), 256>>>(out, inp, mean, rstd, gamma, beta, C, HW, G, total);
+  groupnorm_apply_kernel<<<grid_1d(total), 256>>>(out, inp, mean, rstd, gamma, beta, C, HW, G, total);
   cudaCheckLaunch();
 }
 
@@ -308,10 +259,10 @@ void groupnorm_backward(bf16* dinp, float* dgamma, float* dbeta, const bf16* dou
   const long total = (long)B * C * HW;
   if (total == 0) return;
   if (dinp) {
-    Temp sums((size_t)2 * B * G * sizeof(float), "GroupNorm's backward sums");
+    DeviceTemp sums((size_t)2 * B * G * sizeof(float), "GroupNorm's backward sums");
     groupnorm_backward_sums_kernel<<<B * G, 256>>>((float*)sums.p, dout, inp, mean, rstd, gamma, C, HW, G);
     cudaCheckLaunch();
-    groupnorm_backward_dx_kernel<<<grid(total), 256>>>(dinp, dout, inp, mean, rstd, gamma, (const float*)sums.p, C, HW,
+    groupnorm_backward_dx_kernel<<<grid_1d(total), 256>>>(dinp, dout, inp, mean, rstd, gamma, (const float*)sums.p, C, HW,
                                                        G, total);
     cudaCheckLaunch();
   }
@@ -324,14 +275,14 @@ void groupnorm_backward(bf16* dinp, float* dgamma, float* dbeta, const bf16* dou
 void upsample_nearest2x_forward(bf16* out, const bf16* inp, int B, int C, int H, int W) {
   const long total = 4L * B * C * H * W;
   if (total == 0) return;
-  upsample_forward_kernel<<<grid(total), 256>>>(out, inp, H, W, total);
+  upsample_forward_kernel<<<grid_1d(total), 256>>>(out, inp, H, W, total);
   cudaCheckLaunch();
 }
 
 void upsample_nearest2x_backward(bf16* dinp, const bf16* dout, int B, int C, int H, int W) {
   const long total = (long)B * C * H * W;
   if (!dinp || total == 0) return;
-  upsample_backward_kernel<<<grid(total), 256>>>(dinp, dout, H, W, total);
+  upsample_backward_kernel<<<grid_1d(total), 256>>>(dinp, dout, H, W, total);
   cudaCheckLaunch();
 }
 

@@ -13,6 +13,7 @@
 #include "core/cuda_runtime.h"
 #include "cublaslt.h"
 #include "cuda_common.h"
+#include "kernels_common.cuh"
 
 namespace graft {
 namespace cuda {
@@ -142,6 +143,15 @@ void reset_peak() {
   std::lock_guard<std::mutex> lock(c.mu);
   c.peak = c.held;
 }
+
+}  // namespace cuda
+
+namespace gpu {
+DeviceTemp::DeviceTemp(size_t bytes, const char* what) : p(cuda::alloc(bytes, what)) {}
+DeviceTemp::~DeviceTemp() { cuda::free(p); }
+}  // namespace gpu
+
+namespace cuda {
 
 // ------------------------------------------------------------------------------------------------
 // Copies and conversions

@@ -10,12 +10,6 @@ namespace gpu {
 
 namespace {
 
-unsigned grid(long n) {
-  long b = (n + 255) / 256;
-  return (unsigned)(b > 65535L * 16 ? 65535L * 16 : (b < 1 ? 1 : b));
-}
-#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
-
 __global__ void accumulate_kernel(bf16* acc, const bf16* x, long n) {
   GRID_STRIDE(i, n) acc[i] = __float2bfloat16(__bfloat162float(acc[i]) + __bfloat162float(x[i]));
 }
@@ -115,15 +109,8 @@ __global__ void gaussian_kl_partial_kernel(float* partial, const bf16* mean, con
     float m = __bfloat162float(mean[i]), lv = __bfloat162float(logvar[i]);
     s += 0.5f * (m * m + expf(lv) - 1.0f - lv);
   }
-  __shared__ float part[32];
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t += part[w];
-    partial[blockIdx.x] = t;
-  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 __global__ void sum_partials_kernel(float* out, const float* partial, int blocks, float scale) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
@@ -154,17 +141,17 @@ __global__ void mse_backward_scaled_kernel(bf16* dpred, const bf16* pred, const 
 
 void accumulate(bf16* acc, const bf16* x, long n) {
   if (n <= 0) return;
-  accumulate_kernel<<<grid(n), 256>>>(acc, x, n);
+  accumulate_kernel<<<grid_1d(n), 256>>>(acc, x, n);
   cudaCheckLaunch();
 }
 void accumulate_f32(float* acc, const float* x, long n) {
   if (n <= 0) return;
-  accumulate_f32_kernel<<<grid(n), 256>>>(acc, x, n);
+  accumulate_f32_kernel<<<grid_1d(n), 256>>>(acc, x, n);
   cudaCheckLaunch();
 }
 void add(bf16* out, const bf16* a, const bf16* b, long n) {
   if (n <= 0) return;
-  add_kernel<<<grid(n), 256>>>(out, a, b, n);
+  add_kernel<<<grid_1d(n), 256>>>(out, a, b, n);
   cudaCheckLaunch();
 }
 
@@ -174,34 +161,34 @@ void copy_block(void* dst, size_t dst_pitch, const void* src, size_t src_pitch, 
 }
 void add_block(bf16* dst, long dst_ld, const bf16* src, long src_ld, long rows, long cols) {
   if (rows * cols <= 0) return;
-  add_block_kernel<bf16><<<grid(rows * cols), 256>>>(dst, dst_ld, src, src_ld, rows, cols);
+  add_block_kernel<bf16><<<grid_1d(rows * cols), 256>>>(dst, dst_ld, src, src_ld, rows, cols);
   cudaCheckLaunch();
 }
 void add_block_f32(float* dst, long dst_ld, const float* src, long src_ld, long rows, long cols) {
   if (rows * cols <= 0) return;
-  add_block_kernel<float><<<grid(rows * cols), 256>>>(dst, dst_ld, src, src_ld, rows, cols);
+  add_block_kernel<float><<<grid_1d(rows * cols), 256>>>(dst, dst_ld, src, src_ld, rows, cols);
   cudaCheckLaunch();
 }
 
 void embedding_forward(bf16* out, const int* ids, const bf16* table, int N, int V, int C) {
   if ((long)N * C <= 0) return;
-  embedding_forward_kernel<<<grid((long)N * C), 256>>>(out, ids, table, N, V, C);
+  embedding_forward_kernel<<<grid_1d((long)N * C), 256>>>(out, ids, table, N, V, C);
   cudaCheckLaunch();
 }
 void embedding_backward(float* dtable, const bf16* dout, const int* ids, int N, int V, int C) {
   if (!dtable || (long)N * C <= 0) return;
-  embedding_backward_kernel<<<grid((long)N * C), 256>>>(dtable, dout, ids, N, V, C);
+  embedding_backward_kernel<<<grid_1d((long)N * C), 256>>>(dtable, dout, ids, N, V, C);
   cudaCheckLaunch();
 }
 
 void mean_tokens_forward(bf16* out, const bf16* x, int B, int L, int C) {
   if ((long)B * C <= 0) return;
-  mean_tokens_forward_kernel<<<grid((long)B * C), 256>>>(out, x, B, L, C);
+  mean_tokens_forward_kernel<<<grid_1d((long)B * C), 256>>>(out, x, B, L, C);
   cudaCheckLaunch();
 }
 void mean_tokens_backward(bf16* dx, const bf16* dout, int B, int L, int C) {
   if (!dx || (long)B * L * C <= 0) return;
-  mean_tokens_backward_kernel<<<grid((long)B * L * C), 256>>>(dx, dout, B, L, C);
+  mean_tokens_backward_kernel<<<grid_1d((long)B * L * C), 256>>>(dx, dout, B, L, C);
   cudaCheckLaunch();
 }
 
@@ -215,12 +202,12 @@ void transpose_inner(bf16* out, const bf16* in, int B, int R, int S, bool accumu
 
 void gaussian_sample_forward(bf16* z, const bf16* mean, const bf16* logvar, const bf16* noise, long n) {
   if (n <= 0) return;
-  gaussian_sample_forward_kernel<<<grid(n), 256>>>(z, mean, logvar, noise, n);
+  gaussian_sample_forward_kernel<<<grid_1d(n), 256>>>(z, mean, logvar, noise, n);
   cudaCheckLaunch();
 }
 void gaussian_sample_backward(bf16* dmean, bf16* dlogvar, const bf16* dz, const bf16* logvar, const bf16* noise, long n) {
   if ((!dmean && !dlogvar) || n <= 0) return;
-  gaussian_sample_backward_kernel<<<grid(n), 256>>>(dmean, dlogvar, dz, logvar, noise, n);
+  gaussian_sample_backward_kernel<<<grid_1d(n), 256>>>(dmean, dlogvar, dz, logvar, noise, n);
   cudaCheckLaunch();
 }
 void gaussian_kl_forward(float* out, const bf16* mean, const bf16* logvar, long n) {
@@ -237,13 +224,13 @@ void gaussian_kl_forward(float* out, const bf16* mean, const bf16* logvar, long 
 }
 void gaussian_kl_backward(bf16* dmean, bf16* dlogvar, const bf16* mean, const bf16* logvar, long n, float dkl) {
   if ((!dmean && !dlogvar) || n <= 0) return;
-  gaussian_kl_backward_kernel<<<grid(n), 256>>>(dmean, dlogvar, mean, logvar, n, dkl / (float)n);
+  gaussian_kl_backward_kernel<<<grid_1d(n), 256>>>(dmean, dlogvar, mean, logvar, n, dkl / (float)n);
   cudaCheckLaunch();
 }
 
 void mse_backward_scaled(bf16* dpred, const bf16* pred, const bf16* target, long count, long n_total, float scale) {
   if (!dpred || count <= 0) return;
-  mse_backward_scaled_kernel<<<grid(count), 256>>>(dpred, pred, target, count, 2.0f * scale / (float)n_total);
+  mse_backward_scaled_kernel<<<grid_1d(count), 256>>>(dpred, pred, target, count, 2.0f * scale / (float)n_total);
   cudaCheckLaunch();
 }
 

@@ -10,12 +10,6 @@ namespace gpu {
 
 namespace {
 
-unsigned grid(long n) {
-  long b = (n + 255) / 256;
-  return (unsigned)(b > 65535L * 16 ? 65535L * 16 : (b < 1 ? 1 : b));
-}
-#define GRID_STRIDE(i, n) for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long)gridDim.x * blockDim.x)
-
 // The same arithmetic, in the same order, as ops/update_ops.cpp's CPU loop.
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, long n, float beta1, float beta2, float eps,
                              float decay, float step_size, float bc2_sqrt) {
@@ -72,7 +66,7 @@ __global__ void fill_uniform_f32_kernel(float* p, long n, uint32_t seed, float b
 void adamw_update(float* p, const float* g, float* m, float* v, long n, float beta1, float beta2, float eps, float decay,
                   float step_size, float bc2_sqrt) {
   if (n <= 0) return;
-  adamw_kernel<<<grid(n), 256>>>(p, g, m, v, n, beta1, beta2, eps, decay, step_size, bc2_sqrt);
+  adamw_kernel<<<grid_1d(n), 256>>>(p, g, m, v, n, beta1, beta2, eps, decay, step_size, bc2_sqrt);
   cudaCheckLaunch();
 }
 
@@ -92,24 +86,24 @@ double sum_squares(const float* x, long n) {
 
 void scale(float* x, long n, float s) {
   if (n <= 0) return;
-  scale_kernel<<<grid(n), 256>>>(x, n, s);
+  scale_kernel<<<grid_1d(n), 256>>>(x, n, s);
   cudaCheckLaunch();
 }
 
 void lerp(float* avg, const float* x, long n, float d) {
   if (n <= 0) return;
-  lerp_kernel<<<grid(n), 256>>>(avg, x, n, d);
+  lerp_kernel<<<grid_1d(n), 256>>>(avg, x, n, d);
   cudaCheckLaunch();
 }
 
 void fill_uniform(bf16* p, long n, uint32_t seed, float bound, float offset) {
   if (n <= 0) return;
-  fill_uniform_kernel<<<grid(n), 256>>>(p, n, seed, bound, offset);
+  fill_uniform_kernel<<<grid_1d(n), 256>>>(p, n, seed, bound, offset);
   cudaCheckLaunch();
 }
 void fill_uniform_f32(float* p, long n, uint32_t seed, float bound, float offset) {
   if (n <= 0) return;
-  fill_uniform_f32_kernel<<<grid(n), 256>>>(p, n, seed, bound, offset);
+  fill_uniform_f32_kernel<<<grid_1d(n), 256>>>(p, n, seed, bound, offset);
   cudaCheckLaunch();
 }
 

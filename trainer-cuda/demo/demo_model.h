@@ -100,7 +100,7 @@ void train_demo_model(const DemoModelOptions& opt);
 //
 // The concept is a bar rather than a finer shape such as the star because the tiny model draws
 // coarse forms: a LoRA teaches it a long flat shape in minutes, while star points stay below what it
-// renders (measured with demo_eval; see the README's demo section).
+// renders (measured with demo_eval; see presets/graft-tiny/README.md).
 struct DemoJobOptions {
   std::string model_dir, job_dir;
   int pictures = 20;

@@ -420,40 +420,41 @@ Tensor FluxTransformer::forward(const FluxInputs& in) const {
 // LoRA targets
 
 std::vector<LoraTarget> flux_lora_targets(const FluxConfig& c, bool include_modulation) {
+  // The module names are diffusers' (the LoRA file's layout), read from the same name map that loads
+  // diffusers checkpoints: a fused BFL layer gets one adapter per part it is stacked from.
+  const Layout diffusers = flux_diffusers_layout();
   const int C = c.hidden, M = c.mlp_hidden;
   std::vector<LoraTarget> t;
-  auto add = [&](std::string module, std::string base, int off, int rows, int in) {
-    t.push_back({std::move(module), std::move(base), off, rows, in});
+  auto add = [&](const std::string& base, int in, int out) {
+    const Stored st = diffusers.map(base + ".weight");
+    int off = 0;
+    for (size_t i = 0; i < st.parts.size(); ++i) {
+      const int rows = i + 1 < st.parts.size() ? C : out - off;  // q, k, v of hidden rows; the MLP input the rest
+      const std::string& part = st.parts[i];
+      t.push_back({part.substr(0, part.size() - std::string(".weight").size()), base, off, rows, in});
+      off += rows;
+    }
   };
   for (int i = 0; i < c.n_double; ++i) {
-    std::string d = "transformer_blocks." + std::to_string(i) + ".";
-    std::string b = "double_blocks." + std::to_string(i) + ".";
-    add(d + "attn.to_q", b + "img_attn.qkv", 0, C, C);
-    add(d + "attn.to_k", b + "img_attn.qkv", C, C, C);
-    add(d + "attn.to_v", b + "img_attn.qkv", 2 * C, C, C);
-    add(d + "attn.to_out.0", b + "img_attn.proj", 0, C, C);
-    add(d + "attn.add_q_proj", b + "txt_attn.qkv", 0, C, C);
-    add(d + "attn.add_k_proj", b + "txt_attn.qkv", C, C, C);
-    add(d + "attn.add_v_proj", b + "txt_attn.qkv", 2 * C, C, C);
-    add(d + "attn.to_add_out", b + "txt_attn.proj", 0, C, C);
-    add(d + "ff.net.0.proj", b + "img_mlp.0", 0, M, C);
-    add(d + "ff.net.2", b + "img_mlp.2", 0, C, M);
-    add(d + "ff_context.net.0.proj", b + "txt_mlp.0", 0, M, C);
-    add(d + "ff_context.net.2", b + "txt_mlp.2", 0, C, M);
+    const std::string b = "double_blocks." + std::to_string(i) + ".";
+    add(b + "img_attn.qkv", C, 3 * C);
+    add(b + "img_attn.proj", C, C);
+    add(b + "txt_attn.qkv", C, 3 * C);
+    add(b + "txt_attn.proj", C, C);
+    add(b + "img_mlp.0", C, M);
+    add(b + "img_mlp.2", M, C);
+    add(b + "txt_mlp.0", C, M);
+    add(b + "txt_mlp.2", M, C);
     if (include_modulation) {
-      add(d + "norm1.linear", b + "img_mod.lin", 0, 6 * C, C);
-      add(d + "norm1_context.linear", b + "txt_mod.lin", 0, 6 * C, C);
+      add(b + "img_mod.lin", C, 6 * C);
+      add(b + "txt_mod.lin", C, 6 * C);
     }
   }
   for (int i = 0; i < c.n_single; ++i) {
-    std::string d = "single_transformer_blocks." + std::to_string(i) + ".";
-    std::string b = "single_blocks." + std::to_string(i) + ".";
-    add(d + "attn.to_q", b + "linear1", 0, C, C);
-    add(d + "attn.to_k", b + "linear1", C, C, C);
-    add(d + "attn.to_v", b + "linear1", 2 * C, C, C);
-    add(d + "proj_mlp", b + "linear1", 3 * C, M, C);
-    add(d + "proj_out", b + "linear2", 0, C, C + M);
-    if (include_modulation) add(d + "norm.linear", b + "modulation.lin", 0, 3 * C, C);
+    const std::string b = "single_blocks." + std::to_string(i) + ".";
+    add(b + "linear1", C, 3 * C + M);
+    add(b + "linear2", C + M, C);
+    if (include_modulation) add(b + "modulation.lin", C, 3 * C);
   }
   return t;
 }

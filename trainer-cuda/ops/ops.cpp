@@ -1,7 +1,5 @@
 // ops.h on both devices. Each op: check shapes, make the output, run the forward kernel of its
-// device, record the backward. This file is compiled twice: for the CPU-only objects, and with
-// -DGRAFT_CUDA by nvcc for a build that has the CUDA backend, where ON_CUDA(...) calls the kernels
-// of cuda/ops_gpu.h (without CUDA a CUDA tensor cannot exist, so that branch only fails).
+// device, record the backward. Compiled twice (ops/dispatch.h).
 #include "ops/ops.h"
 
 #include <cmath>
@@ -12,18 +10,11 @@
 #include "ops/cpu_image_ops.h"
 #include "ops/cpu_ops.h"
 
-#ifdef GRAFT_CUDA
-#include "cuda/ops_gpu.h"
-#define ON_CUDA(...) __VA_ARGS__
-#else
-#define ON_CUDA(...) no_cuda()
-#endif
+#include "ops/dispatch.h"
 
 namespace graft {
 
 namespace {
-
-[[maybe_unused]] [[noreturn]] void no_cuda() { fail("internal: a CUDA tensor in a build without CUDA"); }
 
 // ---- pointers by dtype ----------------------------------------------------------------------------
 

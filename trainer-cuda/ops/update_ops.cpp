@@ -1,4 +1,4 @@
-// update_ops.h on both devices; compiled twice like ops.cpp (ON_CUDA: the kernels of cuda/update.cu).
+// update_ops.h on both devices; compiled twice (ops/dispatch.h).
 #include "ops/update_ops.h"
 
 #include <cmath>
@@ -7,17 +7,11 @@
 
 #include "core/common.h"
 
-#ifdef GRAFT_CUDA
-#include "cuda/ops_gpu.h"
-#define ON_CUDA(...) __VA_ARGS__
-#else
-#define ON_CUDA(...) no_cuda()
-#endif
+#include "ops/dispatch.h"
 
 namespace graft {
 
 namespace {
-[[maybe_unused]] [[noreturn]] void no_cuda() { fail("internal: a CUDA tensor in a build without CUDA"); }
 
 float* f32(const Tensor& t, const char* op) {
   if (t.dtype != DType::F32) fail(std::string("internal: ") + op + ": expected an F32 tensor, got " + t.str());
