@@ -433,9 +433,16 @@ Tensor embedding(const Tensor& ids, const Tensor& table) {
   Shape oshape = ids.shape;
   oshape.push_back(C);
   Tensor out = empty(oshape, compute_dtype(ids.device()), ids.device());
-  const Tensor tc = weight_for(table);
-  if (ids.is_cuda()) ON_CUDA(gpu::embedding_forward(bf(out), ids.data<int>(), bf(tc), N, V, C));
-  else cpu::embedding_forward(fp(out), ids.data<int>(), fp(tc), N, V, C);
+  if (ids.is_cuda()) {
+    const Tensor tc = weight_for(table);
+    ON_CUDA(gpu::embedding_forward(bf(out), ids.data<int>(), bf(tc), N, V, C));
+  } else if (host_f32(table)) {
+    cpu::embedding_forward(fp(out), ids.data<int>(), fp(table), N, V, C);
+  } else {  // a table in another dtype (a T5 vocabulary in bf16 is 250 MB): only the rows asked for
+    const size_t row = (size_t)C * dtype_size(table.dtype);
+    for (int n = 0; n < N; ++n)
+      convert_host(fp(out) + (size_t)n * C, DType::F32, (const char*)table.raw() + ids.data<int>()[n] * row, table.dtype, C);
+  }
   const Tensor is = ids.detach();
   record("embedding", {&ids, &table}, {&out}, [=](GradContext& g) {
     Tensor* dt = g.din(1);
