@@ -207,10 +207,12 @@ int cmd_make_random(const std::vector<std::string>& a) {
   int n_double = -1, n_single = -1, vocab = 0;
   RandomFluxOptions o;
   bool shards_given = false;
+  std::string layout, variant = "dev";
   for (size_t i = 3; i < a.size(); ++i) {
     if (a[i] == "--seed" && i + 1 < a.size()) seed = number_arg<uint64_t>(a, ++i, "make-random");
     else if (a[i] == "--shape" && i + 1 < a.size()) shape = a[++i];
-    else if (a[i] == "--layout" && i + 1 < a.size()) o.layout = a[++i];
+    else if (a[i] == "--layout" && i + 1 < a.size()) layout = a[++i];
+    else if (a[i] == "--variant" && i + 1 < a.size()) variant = a[++i];
     else if (a[i] == "--shards" && i + 1 < a.size()) o.shards = count_arg(a, ++i, "make-random", 1), shards_given = true;
     else if (a[i] == "--dtype" && i + 1 < a.size()) o.dtype = dtype_option(a[++i], "make-random");
     else if (a[i] == "--double" && i + 1 < a.size()) n_double = count_arg(a, ++i, "make-random", 0);
@@ -219,7 +221,15 @@ int cmd_make_random(const std::vector<std::string>& a) {
     else if (a[i] == "--prefix" && i + 1 < a.size()) prefix = a[++i];
     else fail("make-random: unknown argument '" + a[i] + "'");
   }
-  if (what == "flux") {
+  if (!layout.empty()) o.layout = layout;
+  if (what == "flux-model") {
+    RandomFluxModelOptions m;
+    m.layout = layout.empty() ? "diffusers" : layout;
+    m.variant = variant, m.shape = shape, m.n_double = n_double, m.n_single = n_single, m.dtype = o.dtype, m.seed = seed;
+    write_random_flux_model(path, m);
+    std::printf("wrote a random FLUX.1-%s model (%s sizes, %s, %s layout) to %s\n", variant.c_str(), shape.c_str(),
+                dtype_name(o.dtype), m.layout.c_str(), path.c_str());
+  } else if (what == "flux") {
     const FluxConfig c = shape_option(shape, n_double, n_single, "make-random");
     write_random_flux(path, c, seed, o);
     std::printf("wrote a random FLUX transformer (hidden %d, %d + %d blocks, %s, %s layout) to %s\n", c.hidden, c.n_double,
@@ -254,7 +264,7 @@ int cmd_make_random(const std::vector<std::string>& a) {
                   dtype_name(o.dtype), path.c_str());
     }
   } else {
-    fail("make-random: '" + what + "': give flux, vae, t5 or clip");
+    fail("make-random: '" + what + "': give flux, vae, t5, clip or flux-model");
   }
   return 0;
 }
@@ -370,9 +380,10 @@ std::vector<Command> model_commands() {
       {"lora-grad", "<ckpt> <inputs> <lora> <outputs> [--device D] [--checkpointing]  loss = mean((out-target)^2); "
                     "writes out, loss, grad.<key>", cmd_lora_grad},
       {"make-tiny", "<dir> [--seed N]  tiny random FLUX checkpoint + synthetic job", cmd_make_tiny},
-      {"make-random", "flux|vae|t5|clip <path> [--shape tiny|demo|dev|flux|xxl|l] [--double N] [--single N] "
-                      "[--dtype f32|bf16|f16|fp8] [--layout bfl|comfyui|diffusers] [--shards N] [--vocab N] [--prefix P] "
-                      "[--seed N]  a random checkpoint in a real layout",
+      {"make-random", "flux|vae|t5|clip|flux-model <path> [--shape tiny|demo|dev|flux|xxl|l] [--double N] [--single N] "
+                      "[--dtype f32|bf16|f16|fp8] [--layout bfl|comfyui|diffusers] [--variant dev|schnell] [--shards N] "
+                      "[--vocab N] [--prefix P] [--seed N]  a random checkpoint (flux-model: a whole FLUX.1 model folder) in "
+                      "a real layout",
        cmd_make_random},
       {"lora-step", "<transformer> [--device D] [--image-tokens N] [--text-tokens N] [--rank R] [--steps N] "
                     "[--checkpointing]  LoRA training steps on random inputs: time, peak RSS and device memory",

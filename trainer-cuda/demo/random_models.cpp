@@ -9,6 +9,8 @@
 #include "core/common.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "demo/tokenizer_files.h"
+#include "models/flux_vae.h"
 #include "models/weights.h"
 
 namespace graft {
@@ -129,12 +131,13 @@ void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t se
 
 void write_random_tensors(const std::string& path, const TensorList& tensors, uint64_t seed, const RandomWriteOptions& o) {
   const int n = o.shards;
-  if (n <= 0) {
+  if (n <= 1) {
     SafeTensorsWriter w;
     w.metadata = o.metadata;
     for (const auto& [name, shape] : tensors)
       w.add_lazy(o.prefix + name, o.dtype, shape, [=](uint8_t* dst) { draw_rows(dst, o.dtype, name, shape, seed, 0, shape[0]); });
-    w.write(path);
+    if (n == 1) make_dirs(path);
+    w.write(n == 1 ? path + "/" + o.stem + ".safetensors" : path);
     return;
   }
   make_dirs(path);
@@ -174,6 +177,90 @@ void write_random_clip(const std::string& path, const ClipConfig& c, uint64_t se
                       {"max_position_embeddings", c.positions}, {"vocab_size", c.vocab}, {"hidden_act", "quick_gelu"},
                       {"layer_norm_eps", 1e-5}, {"bos_token_id", 0}, {"eos_token_id", c.eos_id < 0 ? 2 : c.eos_id},
                       {"pad_token_id", 1}, {"projection_dim", c.width}, {"torch_dtype", dtype_name(o.dtype)}});
+}
+
+namespace {
+
+void write_json_file(const std::string& path, const nlohmann::json& j) {
+  const std::string text = j.dump(2);
+  write_file_atomic(path, text.data(), text.size());
+}
+
+// The transformer's config.json as diffusers writes it for FluxTransformer2DModel.
+nlohmann::json flux_diffusers_config(const FluxConfig& c) {
+  return {{"_class_name", "FluxTransformer2DModel"}, {"attention_head_dim", c.head_dim}, {"guidance_embeds", c.guidance_embed},
+          {"in_channels", c.in_channels}, {"out_channels", c.out_channels}, {"joint_attention_dim", c.context_dim},
+          {"num_attention_heads", c.heads}, {"num_layers", c.n_double}, {"num_single_layers", c.n_single},
+          {"patch_size", 1}, {"pooled_projection_dim", c.vec_dim},
+          {"axes_dims_rope", {c.axes_dim[0], c.axes_dim[1], c.axes_dim[2]}}};
+}
+
+}  // namespace
+
+void write_random_flux_model(const std::string& dir, const RandomFluxModelOptions& o) {
+  if (o.layout != "diffusers" && o.layout != "bfl" && o.layout != "comfyui")
+    fail("random FLUX model: unknown layout '" + o.layout + "' (diffusers, bfl, comfyui)");
+  if (o.variant != "dev" && o.variant != "schnell") fail("random FLUX model: unknown variant '" + o.variant + "' (dev, schnell)");
+  FluxConfig fc;
+  T5Config tc;
+  ClipConfig cc;
+  VaeConfig vc = flux_vae_config();
+  if (o.shape == "dev") {
+    fc = flux1_dev_config();
+    tc = t5_xxl_config();
+    cc = clip_l_config();
+  } else if (o.shape == "tiny") {
+    fc = flux1_dev_config(2, 2);
+    fc.hidden = 64, fc.heads = 2, fc.head_dim = 32, fc.mlp_hidden = 256, fc.context_dim = 64, fc.vec_dim = 64;
+    fc.axes_dim[0] = 4, fc.axes_dim[1] = 14, fc.axes_dim[2] = 14;
+    tc.vocab = t5_tokenizer_vocab_size(), tc.d_model = 64, tc.d_kv = 16, tc.heads = 4, tc.d_ff = 96, tc.layers = 2;
+    cc.vocab = clip_tokenizer_vocab_size(), cc.width = 64, cc.heads = 2, cc.layers = 2, cc.mlp = 128, cc.positions = 77;
+    vc.ch = 8, vc.ch_mult = {1, 2}, vc.num_res_blocks = 1, vc.z_channels = 4, vc.groups = 4;
+    fc.in_channels = fc.out_channels = vc.z_channels * 4;
+  } else {
+    fail("random FLUX model: unknown shape '" + o.shape + "' (tiny, dev)");
+  }
+  if (o.n_double >= 0) fc.n_double = o.n_double;
+  if (o.n_single >= 0) fc.n_single = o.n_single;
+  fc.guidance_embed = o.variant == "dev";
+  const std::string file = "flux1-" + o.variant + ".safetensors";
+  FluxVae vae = FluxVae::random(vc, o.seed);
+  RandomWriteOptions te;
+  te.dtype = o.dtype;
+  make_dirs(dir);
+  if (o.layout == "comfyui") {
+    make_dirs(dir + "/diffusion_models");
+    write_random_flux(dir + "/diffusion_models/" + file, fc, o.seed, RandomFluxOptions{o.dtype, "comfyui", 1});
+    make_dirs(dir + "/vae");
+    vae.save(dir + "/vae/ae.safetensors", o.dtype);
+    make_dirs(dir + "/text_encoders");
+    write_random_clip(dir + "/text_encoders/clip_l.safetensors", cc, o.seed, te);
+    write_random_t5(dir + "/text_encoders/t5xxl_fp16.safetensors", tc, o.seed, te);
+    return;
+  }
+  write_random_flux(dir + "/transformer", fc, o.seed, RandomFluxOptions{o.dtype, "diffusers", 3});
+  write_json_file(dir + "/transformer/config.json", flux_diffusers_config(fc));
+  te.shards = 1;
+  write_random_clip(dir + "/text_encoder", cc, o.seed, te);
+  te.shards = 2;
+  write_random_t5(dir + "/text_encoder_2", tc, o.seed, te);
+  vae.save_diffusers(dir + "/vae", o.dtype);
+  write_clip_tokenizer(dir + "/tokenizer", false);
+  write_t5_tokenizer(dir + "/tokenizer_2");
+  make_dirs(dir + "/scheduler");
+  write_json_file(dir + "/scheduler/scheduler_config.json",
+                  {{"_class_name", "FlowMatchEulerDiscreteScheduler"}, {"base_image_seq_len", 256}, {"base_shift", 0.5},
+                   {"max_image_seq_len", 4096}, {"max_shift", 1.15}, {"num_train_timesteps", 1000}, {"shift", 3.0},
+                   {"use_dynamic_shifting", true}});
+  write_json_file(dir + "/model_index.json",
+                  {{"_class_name", "FluxPipeline"}, {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
+                   {"text_encoder", {"transformers", "CLIPTextModel"}}, {"text_encoder_2", {"transformers", "T5EncoderModel"}},
+                   {"tokenizer", {"transformers", "CLIPTokenizer"}}, {"tokenizer_2", {"transformers", "T5TokenizerFast"}},
+                   {"transformer", {"diffusers", "FluxTransformer2DModel"}}, {"vae", {"diffusers", "AutoencoderKL"}}});
+  if (o.layout == "bfl") {
+    write_random_flux(dir + "/" + file, fc, o.seed, RandomFluxOptions{o.dtype, "bfl", 1});
+    vae.save(dir + "/ae.safetensors", o.dtype);
+  }
 }
 
 }  // namespace graft

@@ -19,9 +19,10 @@ namespace graft {
 // A model's tensors by name, in order.
 using TensorList = std::vector<std::pair<std::string, Shape>>;
 
-// How a random checkpoint is written: its dtype, and where the tensors go: `shards` 0 writes the one
-// file `path` (names under `prefix`); N >= 1 writes the folder `path` with `<stem>-0000K-of-0000N
-// .safetensors` shards and `<stem>.safetensors.index.json`, as diffusers and transformers save.
+// How a random checkpoint is written: its dtype, and where the tensors go (names under `prefix`):
+// `shards` 0 writes the one file `path`; 1 the folder `path` with `<stem>.safetensors`; N > 1 the
+// folder with `<stem>-0000K-of-0000N.safetensors` shards and `<stem>.safetensors.index.json`, as
+// diffusers and transformers save.
 struct RandomWriteOptions {
   DType dtype = DType::F32;
   std::string prefix;
@@ -48,9 +49,30 @@ struct RandomFluxOptions {
 void write_random_flux(const std::string& path, const FluxConfig& cfg, uint64_t seed,
                        const RandomFluxOptions& options = RandomFluxOptions());
 
-// A random T5 encoder / CLIP text model with transformers' names. With shards >= 1 the folder also
-// gets the config.json transformers writes (the fields graft and diffusers read).
+// A random T5 encoder / CLIP text model with transformers' names. A folder (shards >= 1) also gets
+// the config.json transformers writes (the fields graft and diffusers read).
 void write_random_t5(const std::string& path, const T5Config& cfg, uint64_t seed, const RandomWriteOptions& o);
 void write_random_clip(const std::string& path, const ClipConfig& cfg, uint64_t seed, const RandomWriteOptions& o);
+
+// A whole random FLUX.1 model in the layouts users have it in, every part with the real structure and
+// names, the same values in every layout (one seed). `dir`:
+//   diffusers: model_index.json, transformer/ (shards + index + config.json), text_encoder/ (CLIP-L),
+//              text_encoder_2/ (T5, shards), vae/, tokenizer/ (vocab.json + merges.txt, no
+//              tokenizer.json, as FLUX.1-dev's), tokenizer_2/ (tokenizer.json, spiece.model),
+//              scheduler/ — as black-forest-labs/FLUX.1-dev's repo holds them;
+//   bfl:       the same, plus BFL's single files flux1-<variant>.safetensors and ae.safetensors at
+//              the top (the real repo has both);
+//   comfyui:   diffusion_models/flux1-<variant>.safetensors (under model.diffusion_model.),
+//              vae/ae.safetensors, text_encoders/clip_l.safetensors and t5xxl_fp16.safetensors:
+//              ComfyUI's models/ folder (no tokenizers: ComfyUI carries its own).
+struct RandomFluxModelOptions {
+  std::string layout = "diffusers";
+  std::string variant = "dev";  // dev (guidance embedding, T5 512 tokens) or schnell (256)
+  std::string shape = "tiny";   // tiny: every part 64 wide (tests); dev: FLUX.1's real sizes
+  int n_double = -1, n_single = -1;  // the transformer's depth (-1: the shape's)
+  DType dtype = DType::F32;
+  uint64_t seed = 1;
+};
+void write_random_flux_model(const std::string& dir, const RandomFluxModelOptions& o);
 
 }  // namespace graft

@@ -340,6 +340,30 @@ void FluxVae::save(const std::string& out_path, DType dtype) {
   w.write(out_path);
 }
 
+void FluxVae::save_diffusers(const std::string& dir, DType dtype) {
+  make_dirs(dir);
+  const Layout layout = flux_vae_diffusers_layout(cfg.levels());
+  SafeTensorsWriter w;
+  for (NamedParam& p : params()) {
+    Shape shape = p.t->shape;
+    // diffusers stores the mid-block attention's 1x1 convs as linear layers.
+    if (p.name.find(".attn_1.") != std::string::npos && shape.size() == 4) shape = {shape[0], shape[1]};
+    std::vector<float> v = to_floats(*p.t);
+    w.add(layout.map(p.name).parts.at(0), dtype, shape, v.data());
+  }
+  w.write(dir + "/diffusion_pytorch_model.safetensors");
+  std::vector<int> block_out;
+  for (int m : cfg.ch_mult) block_out.push_back(cfg.ch * m);
+  const nlohmann::json config = {{"_class_name", "AutoencoderKL"}, {"in_channels", cfg.in_channels},
+                                 {"out_channels", cfg.out_channels}, {"latent_channels", cfg.z_channels},
+                                 {"block_out_channels", block_out}, {"layers_per_block", cfg.num_res_blocks},
+                                 {"norm_num_groups", cfg.groups}, {"scaling_factor", cfg.scale_factor},
+                                 {"shift_factor", cfg.shift_factor}, {"use_quant_conv", false},
+                                 {"use_post_quant_conv", false}};
+  const std::string text = config.dump(2);
+  write_file_atomic(dir + "/config.json", text.data(), text.size());
+}
+
 FluxVae FluxVae::random(const VaeConfig& cfg, uint64_t seed, Device device) {
   check_config(cfg, "autoencoder");
   WeightLoader w(nullptr, identity_layout("random"), Device::cpu());

@@ -99,6 +99,9 @@ struct FluxVae {
   FluxVae() = default;
   // Writes every tensor by its BFL name plus the graft.* metadata (atomic).
   void save(const std::string& path, DType dtype);
+  // Writes a diffusers vae/ folder: diffusion_pytorch_model.safetensors in AutoencoderKL's names and
+  // the config.json diffusers writes (the fields graft and diffusers read).
+  void save_diffusers(const std::string& dir, DType dtype);
 
   // img [B, in_channels, H, W] in [-1, 1] -> the unscaled moments mean, logvar [B, z, h, w]; the
   // DiT latent is vae_latent_to_dit(mean).

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "train/cache.h"
+#include "train/prompt_encoder.h"
 #include "train/data.h"
 #include "core/image_io.h"
 #include "train/job.h"
@@ -33,15 +34,15 @@ struct Encoded {
 // job_load + the models + data_encode, as train_run does it, with a fresh metrics.jsonl.
 Encoded encode(const std::string& dir) {
   Job job = job_load(dir);
-  TextEncoder te = TextEncoder::load(job.text_encoder);
+  std::unique_ptr<PromptEncoder> te = load_prompt_encoder(job.text_parts, Device::cpu(), job.file);
   FluxVae ae = FluxVae::load(job.ae);
-  job_check_models(job, te.cfg, ae.cfg);
+  job_check_models(job, *te, ae.cfg);
   const std::string mp = dir + "/metrics.jsonl";
   unlink(mp.c_str());
   Metrics m;
   m.open(mp);
   Encoded e;
-  e.data = data_encode(job, ae, te, m, &e.stats);
+  e.data = data_encode(job, ae, *te, m, &e.stats);
   m.close();
   e.events = read_events(mp);
   return e;
@@ -80,8 +81,9 @@ bool same_latents(const TrainData& a, const TrainData& b, float tol = 0.0f) {
 }
 
 TextEmbedding encode_tokens(const std::vector<int>& ids) {
-  TextEncoder te = TextEncoder::load(tiny_model_dir() + "/text_encoder.safetensors");
-  TextCond c = encode_prompt(te, ids);
+  std::unique_ptr<PromptEncoder> te =
+      load_prompt_encoder({{"text_encoder", tiny_model_dir() + "/text_encoder.safetensors", 0}}, Device::cpu(), "test");
+  TextCond c = encode_prompt(*te, ids);
   TextEmbedding t;
   t.L = c.L;
   t.txt = c.txt;
@@ -295,13 +297,13 @@ TEST(cache_stops_when_asked) {
   const std::string& dir = tmp.path;
   write_json(dir + "/job.json", v2_job(dir));
   Job job = job_load(dir);
-  TextEncoder te = TextEncoder::load(job.text_encoder);
+  std::unique_ptr<PromptEncoder> te = load_prompt_encoder(job.text_parts, Device::cpu(), job.file);
   FluxVae ae = FluxVae::load(job.ae);
   Metrics m;
   m.open(dir + "/metrics.jsonl");
   volatile sig_atomic_t stop = 1;
   CacheStats st;
-  TrainData d = data_encode(job, ae, te, m, &st, &stop);
+  TrainData d = data_encode(job, ae, *te, m, &st, &stop);
   m.close();
   CHECK(st.stopped && st.latents_encoded == 0 && st.text_encoded == 0 && d.samples.empty() && d.datasets.empty());
   std::vector<json> cache = events_of(read_events(dir + "/metrics.jsonl"), "cache");

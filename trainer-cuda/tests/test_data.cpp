@@ -3,11 +3,13 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <functional>
 #include <map>
 #include <set>
 
 #include "train/data.h"
 #include "train/job.h"
+#include "train/prompt_encoder.h"
 #include "job_fixture.h"
 #include "demo/text_encoder.h"
 #include "models/flux_vae.h"
@@ -22,11 +24,13 @@ namespace {
 Job load_checked(const std::string& dir, const json& j) {
   write_json(dir + "/job.json", j);
   Job job = job_load(dir);
-  TextEncoderConfig tc;
-  tc.max_len = kMaxLen;  // the tiny pipeline's: byte vocabulary (259), max_len 16
+  struct TinyEncoder : PromptEncoder {  // the tiny pipeline's: byte vocabulary (259), max_len 16
+    TinyEncoder() { parts = {{"text_encoder", "text_encoder.safetensors", kMaxLen, kByteVocab}}; }
+    Output encode(const std::vector<int>&, int) const override { return {}; }
+  } te;
   VaeConfig vc;
   vc.ch_mult = {1, 2};  // factor 2: picture sides must be multiples of 4
-  job_check_models(job, tc, vc);
+  job_check_models(job, te, vc);
   return job;
 }
 
@@ -79,7 +83,7 @@ TEST(job_v2_parses_datasets) {
   CHECK(a.tokens == toks("zxq, thing 1") && a.dropout_tokens == toks("zxq"));
   CHECK(job.datasets[0].items[3].repeats == 2 && job.datasets[0].items[2].flip_y);
   CHECK(job.datasets[0].items[6].width == 16 && job.datasets[0].items[6].height == 8);
-  CHECK(job.text_max_len == kMaxLen && job.empty_tokens == toks(""));
+  CHECK(job.text_ids == kMaxLen && job.text_parts.size() == 1 && job.empty_tokens == toks(""));
   CHECK(job.cache_dir == dir + "/cache");
   CHECK(job.cache_latents && job.cache_text_embeddings && !job.unload_text_encoder && !job.gradient_checkpointing);
   CHECK(job_item_count(job) == 10);
@@ -166,6 +170,81 @@ TEST(job_v2_errors_name_the_field_path) {
     for (auto& ds : j["datasets"])
       for (auto& it : ds["items"]) it["tokens"] = it["dropout_tokens"] = tokenize_bytes("zxq", 12);
   }, {"text.max_len is 12 but the text encoder", "takes 16 tokens"});
+}
+
+// A model with two text encoders (FLUX.1's clip_l and t5): every token field is an object of one list
+// per encoder, concatenated in the order of the names; errors name the encoder's list.
+TEST(job_v2_several_text_encoders) {
+  TempDir tmp;
+  const std::string& dir = tmp.path;
+  auto two = [](int seed, int n) {
+    std::vector<int> v(n);
+    for (int i = 0; i < n; ++i) v[i] = (seed * 7 + i * 3) % 50;
+    return v;
+  };
+  auto set_of = [&](int seed) { return json{{"t5", two(seed + 1, 6)}, {"clip_l", two(seed, 4)}}; };
+  auto concat = [&](int seed) {
+    std::vector<int> v = two(seed, 4), t = two(seed + 1, 6);
+    v.insert(v.end(), t.begin(), t.end());
+    return v;
+  };
+  json good = v2_job(dir);
+  good["model"].erase("text_encoder");
+  good["model"]["text_encoders"] = {{"t5", "te/t5"}, {"clip_l", "te/clip"}};
+  good["text"] = {{"encoders", {{"clip_l", {{"max_len", 4}}}, {"t5", {{"max_len", 6}}}}}, {"empty_tokens", set_of(0)}};
+  int k = 1;
+  for (auto& ds : good["datasets"])
+    for (auto& it : ds["items"]) it["tokens"] = set_of(k++), it["dropout_tokens"] = set_of(0);
+  good["sample"] = {{"prompts", {{{"prompt", "zxq"}, {"tokens", set_of(40)}}}}};
+  struct TwoEncoders : PromptEncoder {
+    TwoEncoders() { parts = {{"clip_l", dir_clip, 4, 50}, {"t5", dir_t5, 6, 30}}; }
+    Output encode(const std::vector<int>&, int) const override { return {}; }
+    std::string dir_clip = "te/clip", dir_t5 = "te/t5";
+  } te;
+  VaeConfig vc;
+  vc.ch_mult = {1, 2};
+  auto load = [&](const json& j) {
+    write_json(dir + "/job.json", j);
+    Job job = job_load(dir);
+    job_check_models(job, te, vc);
+    return job;
+  };
+  json ok = good;
+  for (auto& ds : ok["datasets"])  // ids of t5 below its vocabulary of 30
+    for (auto& it : ds["items"]) it["tokens"]["t5"] = std::vector<int>(6, 5);
+  ok["text"]["empty_tokens"]["t5"] = std::vector<int>(6, 1);
+  ok["sample"]["prompts"][0]["tokens"]["t5"] = std::vector<int>(6, 2);
+  for (auto& ds : ok["datasets"])
+    for (auto& it : ds["items"]) it["dropout_tokens"] = ok["text"]["empty_tokens"];
+  Job job = load(ok);
+  CHECK(job.text_parts.size() == 2 && job.text_parts[0].name == "clip_l" && job.text_parts[1].name == "t5");
+  CHECK(job.text_parts[0].path == dir + "/te/clip" && job.text_parts[1].max_len == 6 && job.text_ids == 10);
+  std::vector<int> first = two(1, 4);
+  first.insert(first.end(), 6, 5);
+  CHECK(job.datasets[0].items[0].tokens == first);
+  CHECK(job.sample.prompts[0].tokens.size() == 10);
+  write_json(dir + "/job.json", good);
+  CHECK(job_load(dir).datasets[0].items[1].tokens == concat(2));
+
+  auto expect = [&](const std::function<void(json&)>& change, const std::string& needle) {
+    json j = good;
+    change(j);
+    CHECK_THROWS(load(j), needle);
+  };
+  auto item = [](json& j) -> json& { return j["datasets"][0]["items"][1]; };
+  expect([&](json& j) { item(j)["tokens"] = two(1, 10); }, "datasets[0].items[1].tokens must be an object with the ids of each text encoder (clip_l, t5)");
+  expect([&](json& j) { item(j)["tokens"].erase("t5"); }, "datasets[0].items[1].tokens.t5 is missing");
+  expect([&](json& j) { item(j)["tokens"]["t5"] = two(1, 5); }, "datasets[0].items[1].tokens.t5 must be a list of 6 token ids");
+  expect([&](json& j) { item(j)["tokens"]["clip_g"] = two(1, 4); }, "datasets[0].items[1].tokens.clip_g: no such text encoder");
+  expect([&](json& j) { j["text"] = {{"max_len", 10}, {"empty_tokens", two(0, 10)}}; }, "text.max_len is for one text encoder");
+  expect([&](json& j) { j["text"]["encoders"].erase("t5"); }, "text.encoders names clip_l but the model has clip_l, t5");
+  expect([&](json& j) { j["model"]["text_encoder"] = "te/one"; }, "model has both text_encoder and text_encoders");
+  // Against the encoders: t5's vocabulary is 30, and its ids sit after clip_l's 4 in the list.
+  expect([](json&) {}, ".tokens.t5[0] must be a token id below 30");
+  expect([&](json& j) { j["text"]["encoders"]["t5"]["max_len"] = 5;
+                        for (auto& ds : j["datasets"]) for (auto& it : ds["items"]) it["tokens"]["t5"] = it["dropout_tokens"]["t5"] = two(1, 5);
+                        j["text"]["empty_tokens"]["t5"] = two(1, 5); j["sample"]["prompts"][0]["tokens"]["t5"] = two(1, 5); },
+         "text.encoders.t5.max_len is 5 but the text encoder te/t5 takes 6 tokens");
 }
 
 // Weights 2 and 1: the first dataset's share of N draws is binomial with p = 2/3, standard deviation

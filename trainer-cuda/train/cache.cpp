@@ -16,6 +16,7 @@
 #include "core/safetensors.h"
 #include "core/sha256.h"
 #include "core/autograd.h"
+#include "train/model_hash.h"
 
 namespace graft {
 
@@ -174,15 +175,17 @@ std::vector<float> load_prepared_image(const JobImage& im) {
   return px;
 }
 
-TrainData data_encode(const Job& job, const FluxVae& ae, const TextEncoder& te, Metrics& metrics, CacheStats* stats_out,
+TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te, Metrics& metrics, CacheStats* stats_out,
                       const volatile sig_atomic_t* stop) {
   const auto t0 = clock_type::now();
   CacheStats st;
   auto stopping = [&]() { return st.stopped = st.stopped || (stop && *stop); };
   const VaeConfig& ac = ae.cfg;
-  const TextEncoderConfig& tc = te.cfg;
   const int f = ac.downscale();
-  const std::string ae_sha = sha256_file_hex(job.ae), te_sha = sha256_file_hex(job.text_encoder);
+  const std::string ae_sha = model_sha256(job.ae, job.cache_dir);
+  std::vector<NamedHash> te_parts;
+  for (const PromptEncoder::Part& p : te.parts) te_parts.push_back({p.name, model_sha256(p.path, job.cache_dir)});
+  const std::string te_sha = combined_sha256(te_parts);
   const std::string lat_dir = job.cache_dir + "/latents", txt_dir = job.cache_dir + "/text";
   if (job.cache_latents) make_dirs(lat_dir);
   if (job.cache_text_embeddings) make_dirs(txt_dir);
@@ -282,7 +285,7 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const TextEncoder& te, 
     const std::string path = txt_dir + "/" + key + ".safetensors";
     if (job.cache_text_embeddings && file_exists(path)) {
       std::string why;
-      if (text_cache_read(path, key, tc.max_len, tc.context_dim, tc.vec_dim, &data.texts[i], &why)) {
+      if (text_cache_read(path, key, te.txt_len, te.context_dim, te.vec_dim, &data.texts[i], &why)) {
         ++st.text_reused;
         continue;
       }
@@ -292,7 +295,7 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const TextEncoder& te, 
   }
   if (!text_todo.empty()) {
     Progress progress{"caching text embeddings", text_todo.size()};
-    const int L = tc.max_len, per = 32;
+    const int L = te.txt_len, C = te.context_dim, V = te.vec_dim, per = 32;
     std::vector<int> ids;
     std::vector<float> ctx, pooled;
     for (size_t start = 0; start < text_todo.size() && !stopping(); start += per) {
@@ -302,15 +305,15 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const TextEncoder& te, 
         const std::vector<int>& l = *lists[text_todo[start + b].text];
         ids.insert(ids.end(), l.begin(), l.end());
       }
-      TextEncoder::Output o = te.forward(ids, B, L);
-      ctx = to_floats(o.context);
-      pooled = to_floats(o.pooled);
+      PromptEncoder::Output o = te.encode(ids, B);
+      ctx = to_floats(o.txt);
+      pooled = to_floats(o.y);
       for (int b = 0; b < B; ++b) {
         const TextTodo& t = text_todo[start + b];
         TextEmbedding& e = data.texts[t.text];
         e.L = L;
-        e.txt.assign(ctx.begin() + (size_t)b * L * tc.context_dim, ctx.begin() + (size_t)(b + 1) * L * tc.context_dim);
-        e.y.assign(pooled.begin() + (size_t)b * tc.vec_dim, pooled.begin() + (size_t)(b + 1) * tc.vec_dim);
+        e.txt.assign(ctx.begin() + (size_t)b * L * C, ctx.begin() + (size_t)(b + 1) * L * C);
+        e.y.assign(pooled.begin() + (size_t)b * V, pooled.begin() + (size_t)(b + 1) * V);
         if (job.cache_text_embeddings) text_cache_write(t.path, t.key, e);
       }
       st.text_encoded += B;

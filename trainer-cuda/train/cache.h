@@ -2,8 +2,10 @@
 // prepared pictures go through the autoencoder, token lists through the text encoder, once per
 // content; the results live in cache_dir, keyed by content hash, and are reused across runs and jobs.
 //
-//   latent key = SHA-256 of "graft-latent/1 <item key> flip_x=<0|1> flip_y=<0|1> <SHA-256 of the ae file>"
-//   text key   = SHA-256 of "graft-text/1 <id>,<id>,...,<id> <SHA-256 of the text-encoder file>"
+//   latent key = SHA-256 of "graft-latent/1 <item key> flip_x=<0|1> flip_y=<0|1> <SHA-256 of the ae>"
+//   text key   = SHA-256 of "graft-text/1 <id>,<id>,...,<id> <SHA-256 of the text encoders>"
+// (model_hash.h: a file's SHA-256, a folder's over its files; several text encoders' combined, their
+// prompts' ids concatenated in the order of their names).
 //   cache_dir/latents/<key>.safetensors: latent F32 [C, h, w] (the transformer's latent space)
 //   cache_dir/text/<key>.safetensors:    txt F32 [L, context_dim], y F32 [vec_dim]
 //   metadata: key (the file's key), checksum (SHA-256 of the tensor bytes, latent; or txt then y)
@@ -18,7 +20,7 @@
 #include "train/data.h"
 #include "train/job.h"
 #include "train/metrics.h"
-#include "demo/text_encoder.h"
+#include "train/prompt_encoder.h"
 #include "models/flux_vae.h"
 
 namespace graft {
@@ -53,7 +55,7 @@ std::vector<float> load_prepared_image(const JobImage& im);
 // `warning` events for bad cache files and one `cache` event with the counts into `metrics`. When
 // *stop becomes non-zero (SIGINT) it returns after the current batch, with stats->stopped set and
 // no usable data; what was written to the cache stays.
-TrainData data_encode(const Job& job, const FluxVae& ae, const TextEncoder& te, Metrics& metrics, CacheStats* stats = nullptr,
+TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te, Metrics& metrics, CacheStats* stats = nullptr,
                       const volatile sig_atomic_t* stop = nullptr);
 
 }  // namespace graft

@@ -13,6 +13,7 @@
 #include "core/common.h"
 #include "core/image_io.h"
 #include "demo/text_encoder.h"
+#include "train/prompt_encoder.h"
 #include "models/flux_vae.h"
 
 namespace graft {
@@ -109,7 +110,7 @@ struct Fields {
       if (required) fail(file + ": " + path + " is missing (a list of " + std::to_string(len) + " token ids)");
       return {};
     }
-    const std::string want = "a list of " + std::to_string(len) + " token ids (text.max_len)";
+    const std::string want = "a list of " + std::to_string(len) + " token ids (the text encoder's max_len)";
     if (!j->is_array()) bad(path, want, *j);
     if ((int)j->size() != len)
       fail(file + ": " + path + " must be " + want + ", got " + std::to_string(j->size()) + " ids");
@@ -121,6 +122,43 @@ struct Fields {
       ids.push_back((int)v.get<long long>());
     }
     return ids;
+  }
+
+  // A prompt's ids for every text part, concatenated: a list (one part) or an object with exactly
+  // the parts' names, each list that part's max_len long. Without parts (a job with no `text`), a
+  // list of any length.
+  std::vector<int> token_set(const std::string& path, const std::vector<TextPart>& parts, bool required) const {
+    const json* j = find(path);
+    if (!j) {
+      if (required) fail(file + ": " + path + " is missing (the token ids of the prompt)");
+      return {};
+    }
+    if (parts.empty()) {
+      if (!j->is_array() || j->empty()) bad(path, "a non-empty list of token ids", *j);
+      return tokens(path, (int)j->size(), true);
+    }
+    if (j->is_array()) {
+      if (parts.size() != 1) bad(path, "an object with the ids of each text encoder (" + part_names(parts) + ")", *j);
+      return tokens(path, parts[0].max_len, true);
+    }
+    if (!j->is_object()) bad(path, "a list of token ids or an object of lists by text encoder (" + part_names(parts) + ")", *j);
+    for (const auto& [name, v] : j->items()) {
+      bool known = false;
+      for (const TextPart& p : parts) known = known || p.name == name;
+      if (!known) fail(file + ": " + path + "." + name + ": no such text encoder in text.encoders (" + part_names(parts) + ")");
+    }
+    std::vector<int> ids;
+    for (const TextPart& p : parts) {
+      std::vector<int> part = tokens(path + "." + p.name, p.max_len, true);
+      ids.insert(ids.end(), part.begin(), part.end());
+    }
+    return ids;
+  }
+
+  static std::string part_names(const std::vector<TextPart>& parts) {
+    std::string s;
+    for (const TextPart& p : parts) s += (s.empty() ? "" : ", ") + p.name;
+    return s;
   }
 };
 
@@ -146,11 +184,12 @@ void load_datasets(Job& job, const Fields& f, const json& list) {
   const std::string& file = job.file;
   if (!list.is_array() || list.empty())
     f.bad("datasets", "a non-empty list of {folder, weight, is_reg, caption_dropout_rate, items}", list);
-  if (job.text_encoder.empty()) fail(file + ": model.text_encoder is missing (datasets need the model's text encoder)");
+  for (const TextPart& p : job.text_parts)
+    if (p.path.empty()) fail(file + ": model.text_encoder is missing (datasets need the model's text encoder)");
+  if (job.text_parts.empty()) fail(file + ": model.text_encoder is missing (datasets need the model's text encoder)");
   if (job.ae.empty()) fail(file + ": model.ae is missing (datasets need the model's autoencoder)");
   if (!f.find("text")) fail(file + ": text is missing ({max_len, empty_tokens}: datasets need it)");
-  job.text_max_len = f.integer("text.max_len", 0, 2, 65536, true);
-  job.empty_tokens = f.tokens("text.empty_tokens", job.text_max_len, true);
+  job.empty_tokens = f.token_set("text.empty_tokens", job.text_parts, true);
   for (size_t d = 0; d < list.size(); ++d) {
     const std::string dp = at("datasets", d);
     if (!list[d].is_object()) f.bad(dp, "an object {folder, weight, is_reg, caption_dropout_rate, items}", list[d]);
@@ -177,12 +216,12 @@ void load_datasets(Job& job, const Fields& f, const json& list) {
       im.flip_x = f.boolean(ip + ".flip_x", false);
       im.flip_y = f.boolean(ip + ".flip_y", false);
       im.repeats = f.integer(ip + ".repeats", 1, 1, 100000);
-      im.tokens = f.tokens(ip + ".tokens", job.text_max_len, true);
-      im.dropout_tokens = f.tokens(ip + ".dropout_tokens", job.text_max_len, true);
+      im.tokens = f.token_set(ip + ".tokens", job.text_parts, true);
+      im.dropout_tokens = f.token_set(ip + ".dropout_tokens", job.text_parts, true);
       if (job.dop && !f.find(ip + ".dop_tokens"))
         fail(file + ": " + ip + ".dop_tokens is missing but train.diff_output_preservation is true (the caption "
                     "with the trigger replaced by the preservation class); prepare the job again");
-      if (job.dop) im.dop_tokens = f.tokens(ip + ".dop_tokens", job.text_max_len, true);
+      if (job.dop) im.dop_tokens = f.token_set(ip + ".dop_tokens", job.text_parts, true);
       const std::string from = im.source.empty() ? "" : " (source " + im.source + ")";
       if (!is_file(im.image))
         fail(file + ": " + ip + ".image: " + im.image + " does not exist" + from + "; prepare the job again");
@@ -201,13 +240,57 @@ void load_datasets(Job& job, const Fields& f, const json& list) {
   }
 }
 
-// The checks of one token list against the text encoder's vocabulary.
-void check_vocab(const Job& job, const std::string& path, const std::vector<int>& ids, int vocab) {
-  for (size_t i = 0; i < ids.size(); ++i)
-    if (ids[i] >= vocab)
-      fail(job.file + ": " + at(path, i) + " must be a token id below " + std::to_string(vocab) +
-           " (the vocabulary of the text encoder " + job.text_encoder + "), got " + std::to_string(ids[i]) +
-           "; prepare the job again with this model's tokenizer");
+// The checks of one prompt's ids against each text encoder's vocabulary; a field path names the
+// part when there are several (datasets[0].items[2].tokens.t5[14]).
+void check_vocab(const Job& job, const std::string& path, const std::vector<int>& ids, const PromptEncoder& pe) {
+  size_t at_id = 0;
+  for (const PromptEncoder::Part& p : pe.parts) {
+    const std::string where = pe.parts.size() == 1 ? path : path + "." + p.name;
+    for (int i = 0; i < p.max_len && at_id < ids.size(); ++i, ++at_id)
+      if (ids[at_id] >= p.vocab)
+        fail(job.file + ": " + at(where, i) + " must be a token id below " + std::to_string(p.vocab) +
+             " (the vocabulary of the text encoder " + p.path + "), got " + std::to_string(ids[at_id]) +
+             "; prepare the job again with this model's tokenizer");
+  }
+}
+
+// model.text_encoder (one encoder, the demo model's) or model.text_encoders {name: path}, and the
+// text section's length of each: text.max_len, or text.encoders {name: {max_len}}.
+void load_text_parts(Job& job, const Fields& f) {
+  const std::string te = absolute(job.dir, f.str("model.text_encoder", ""));
+  const json* tes = f.find("model.text_encoders");
+  if (!te.empty() && tes) fail(job.file + ": model has both text_encoder and text_encoders; give one");
+  if (!te.empty()) job.text_parts.push_back({"text_encoder", te, 0});
+  if (tes) {
+    if (!tes->is_object() || tes->empty()) f.bad("model.text_encoders", "an object {name: checkpoint path}", *tes);
+    for (const auto& [name, v] : tes->items())  // json objects iterate sorted by name
+      job.text_parts.push_back({name, absolute(job.dir, f.str("model.text_encoders." + name, "", {}, true)), 0});
+  }
+  if (!f.find("text")) return;
+  const json* encoders = f.find("text.encoders");
+  if (!encoders) {
+    const int len = f.integer("text.max_len", 0, 2, 65536, true);
+    if (job.text_parts.size() > 1)
+      fail(job.file + ": text.max_len is for one text encoder; this model has " + Fields::part_names(job.text_parts) +
+           ": give text.encoders {name: {max_len}}");
+    if (job.text_parts.empty()) job.text_parts.push_back({"text_encoder", "", 0});
+    job.text_parts[0].max_len = len;
+  } else {
+    if (!encoders->is_object()) f.bad("text.encoders", "an object {name: {max_len}}", *encoders);
+    std::vector<TextPart> named;
+    for (const auto& [name, v] : encoders->items()) {
+      TextPart p{name, "", f.integer("text.encoders." + name + ".max_len", 0, 2, 65536, true)};
+      for (const TextPart& m : job.text_parts)
+        if (m.name == name) p.path = m.path;
+      if (!job.text_parts.empty() && p.path.empty())
+        fail(job.file + ": text.encoders." + name + ": the model has no such text encoder (" + Fields::part_names(job.text_parts) + ")");
+      named.push_back(p);
+    }
+    if (!job.text_parts.empty() && named.size() != job.text_parts.size())
+      fail(job.file + ": text.encoders names " + Fields::part_names(named) + " but the model has " + Fields::part_names(job.text_parts));
+    job.text_parts = named;
+  }
+  for (const TextPart& p : job.text_parts) job.text_ids += p.max_len;
 }
 
 }  // namespace
@@ -246,8 +329,8 @@ Job job_load(const std::string& dir_in) {
   job.arch = f.str("model.arch", "flux", {"flux"});
   job.transformer = absolute(dir, f.str("model.transformer", "", {}, true));
   job.base_model = f.str("model.name_or_path", job.transformer);
-  job.text_encoder = absolute(dir, f.str("model.text_encoder", ""));
   job.ae = absolute(dir, f.str("model.ae", ""));
+  load_text_parts(job, f);
 
   job.network_type = f.str("network.type", "lora", {"lora"});
   job.rank = f.integer("network.linear", 16, 1, 1024);
@@ -301,10 +384,8 @@ Job job_load(const std::string& dir_in) {
 
   f.str("format", "graft-job/2", {"graft-job/1", "graft-job/2"});
   job.cache_dir = absolute(dir, f.str("cache_dir", dir + "/cache"));
-  if (f.find("text") && !f.find("datasets")) {  // optional with items: the sampler's empty prompt
-    job.text_max_len = f.integer("text.max_len", 0, 2, 65536, true);
-    job.empty_tokens = f.tokens("text.empty_tokens", job.text_max_len, false);
-  }
+  if (f.find("text") && !f.find("datasets"))  // optional with items: the sampler's empty prompt
+    job.empty_tokens = f.token_set("text.empty_tokens", job.text_parts, false);
   const json* datasets = f.find("datasets");
   const json* items = f.find("items");
   if (datasets && items)
@@ -350,29 +431,31 @@ Job job_load(const std::string& dir_in) {
         f.bad(p, "an object with a string prompt", e);
       JobSamplePrompt sp;
       sp.prompt = e["prompt"].get<std::string>();
-      if (const json* t = f.find(p + ".tokens")) {
-        if (!t->is_array() || t->empty()) f.bad(p + ".tokens", "a non-empty list of token ids", *t);
-        sp.tokens = f.tokens(p + ".tokens", job.text_max_len ? job.text_max_len : (int)t->size(), true);
-      }
+      sp.tokens = f.token_set(p + ".tokens", job.text_ids ? job.text_parts : std::vector<TextPart>(), false);
       sp.width = f.integer(p + ".width", s.width, 8, 16384);
       sp.height = f.integer(p + ".height", s.height, 8, 16384);
       sp.seed = (int64_t)f.number(p + ".seed", -1, -1, 9007199254740992.0);
       sp.lora_scale = (float)f.number(p + ".lora_scale", 1.0, -100.0, 100.0);
       s.prompts.push_back(sp);
     }
-    if (s.enabled && !s.prompts.empty() && (job.text_encoder.empty() || job.ae.empty()))
+    if (s.enabled && !s.prompts.empty() && (job.text_parts.empty() || job.text_parts[0].path.empty() || job.ae.empty()))
       fail(job.file + ": sampling needs model.text_encoder and model.ae (or set sample.disable_sampling)");
     if (s.prompts.empty()) s.enabled = false;
   }
   return job;
 }
 
-void job_check_models(const Job& job, const TextEncoderConfig& te, const VaeConfig& ae) {
+void job_check_models(const Job& job, const PromptEncoder& te, const VaeConfig& ae) {
   const std::string& file = job.file;
-  if (job.text_max_len && job.text_max_len != te.max_len)
-    fail(file + ": text.max_len is " + std::to_string(job.text_max_len) + " but the text encoder " + job.text_encoder +
-         " takes " + std::to_string(te.max_len) + " tokens; prepare the job again with this model's tokenizer");
-  check_vocab(job, "text.empty_tokens", job.empty_tokens, te.vocab);
+  for (size_t k = 0; k < te.parts.size(); ++k) {
+    const PromptEncoder::Part& p = te.parts[k];
+    const int len = k < job.text_parts.size() ? job.text_parts[k].max_len : 0;
+    if (job.text_ids && len != p.max_len)
+      fail(file + ": " + (te.parts.size() == 1 ? std::string("text.max_len") : "text.encoders." + p.name + ".max_len") +
+           " is " + std::to_string(len) + " but the text encoder " + p.path + " takes " + std::to_string(p.max_len) +
+           " tokens; prepare the job again with this model's tokenizer");
+  }
+  check_vocab(job, "text.empty_tokens", job.empty_tokens, te);
   const int factor = ae.downscale() * 2;  // image pixels per latent pixel, times the 2x2 patch
   for (size_t d = 0; d < job.datasets.size(); ++d)
     for (size_t i = 0; i < job.datasets[d].items.size(); ++i) {
@@ -383,17 +466,17 @@ void job_check_models(const Job& job, const TextEncoderConfig& te, const VaeConf
           fail(file + ": " + ip + "." + name + " must be a multiple of " + std::to_string(factor) +
                " (the autoencoder's factor " + std::to_string(ae.downscale()) + " x the 2x2 patch), got " +
                std::to_string(v) + (im.source.empty() ? "" : " (source " + im.source + ")"));
-      check_vocab(job, ip + ".tokens", im.tokens, te.vocab);
-      check_vocab(job, ip + ".dropout_tokens", im.dropout_tokens, te.vocab);
-      check_vocab(job, ip + ".dop_tokens", im.dop_tokens, te.vocab);
+      check_vocab(job, ip + ".tokens", im.tokens, te);
+      check_vocab(job, ip + ".dropout_tokens", im.dropout_tokens, te);
+      check_vocab(job, ip + ".dop_tokens", im.dop_tokens, te);
     }
   for (size_t i = 0; i < job.sample.prompts.size(); ++i) {
     const JobSamplePrompt& p = job.sample.prompts[i];
     if (p.tokens.empty()) continue;
-    if ((int)p.tokens.size() != te.max_len)
+    if ((int)p.tokens.size() != te.ids_per_prompt())
       fail(file + ": " + at("sample.prompts", i) + ".tokens has " + std::to_string(p.tokens.size()) +
-           " ids but the text encoder " + job.text_encoder + " takes " + std::to_string(te.max_len));
-    check_vocab(job, at("sample.prompts", i) + ".tokens", p.tokens, te.vocab);
+           " ids but the text encoder " + te.parts[0].path + " takes " + std::to_string(te.ids_per_prompt()));
+    check_vocab(job, at("sample.prompts", i) + ".tokens", p.tokens, te);
   }
 }
 

@@ -25,7 +25,7 @@ struct JobImage {
   int repeats = 1;             // times the item counts per epoch of its dataset
   std::string source;          // the user's file, for messages
   std::string caption;         // for messages
-  std::vector<int> tokens;          // the caption, text.max_len ids
+  std::vector<int> tokens;          // the caption: text_ids ids (every part's, concatenated)
   std::vector<int> dropout_tokens;  // what caption dropout trains on instead
   std::vector<int> dop_tokens;      // the caption with the trigger replaced by the DOP class (DOP only)
 };
@@ -63,6 +63,15 @@ struct JobSample {
   std::vector<JobSamplePrompt> prompts;
 };
 
+// One of the model's text encoders as job.json names it ("text_encoder" for the demo model; "clip_l"
+// and "t5" for FLUX.1): its checkpoint and how many token ids of a prompt it reads. A prompt's ids
+// are the parts' lists concatenated in the order of their names.
+struct TextPart {
+  std::string name;
+  std::string path;  // empty with pre-encoded items
+  int max_len = 0;
+};
+
 struct Job {
   std::string dir;         // the job folder (absolute)
   std::string file;        // its job.json
@@ -74,7 +83,7 @@ struct Job {
   std::string arch = "flux";
   std::string transformer;      // checkpoint path
   std::string base_model;       // name_or_path, for metadata
-  std::string text_encoder;     // needed with `datasets` and for sampling
+  std::vector<TextPart> text_parts;  // needed with `datasets` and for sampling, sorted by name
   std::string ae;               // needed with `datasets` and for sampling
 
   std::string network_type = "lora";
@@ -119,7 +128,7 @@ struct Job {
   std::vector<JobDataset> datasets;
   std::vector<JobItem> items;
   std::string cache_dir;           // latents/ and text/ go under it (default <job>/cache)
-  int text_max_len = 0;            // job.json text.max_len (0 when the job has no `text`)
+  int text_ids = 0;                // ids per prompt: the parts' max_len summed (0 when the job has no `text`)
   std::vector<int> empty_tokens;   // the empty prompt: CFG's unconditional
   std::string config_json;  // the user's config (job.json "config"), kept for the LoRA metadata
 };
@@ -129,12 +138,12 @@ struct Job {
 // exist at exactly their width x height (checked from the PNG header).
 Job job_load(const std::string& dir);
 
-// The checks that need the models: text.max_len equals the text encoder's, every token id is inside
-// its vocabulary, every picture's sides give even latent sides (multiples of the autoencoder's
-// factor x 2). Errors name job.json and the field path, e.g. datasets[0].items[3].width.
-struct TextEncoderConfig;
+// The checks that need the models: each text part's max_len equals its encoder's, every token id is
+// inside its vocabulary, every picture's sides give even latent sides (multiples of the
+// autoencoder's factor x 2). Errors name job.json and the field path, e.g. datasets[0].items[3].width.
+struct PromptEncoder;
 struct VaeConfig;
-void job_check_models(const Job& job, const TextEncoderConfig& te, const VaeConfig& ae);
+void job_check_models(const Job& job, const PromptEncoder& te, const VaeConfig& ae);
 
 // Number of training items (pictures or pre-encoded items) over the whole job.
 size_t job_item_count(const Job& job);

@@ -27,13 +27,13 @@ Pipeline Pipeline::load(const std::string& dir, Device device) {
     p.defaults.shift = s.value("shift", p.defaults.shift);
   }
   p.transformer = FluxTransformer::load(dir + "/transformer.safetensors", device);
-  p.text_encoder = TextEncoder::load(dir + "/text_encoder.safetensors", device);
+  p.text_encoder = load_prompt_encoder({{"text_encoder", dir + "/text_encoder.safetensors", 0}}, device, dir + "/model.json");
   p.ae = FluxVae::load(dir + "/ae.safetensors", device);
-  check_model_parts(p.transformer.cfg, p.text_encoder.cfg, p.ae.cfg, dir);
+  check_model_parts(p.transformer.cfg, *p.text_encoder, p.ae.cfg, dir);
   return p;
 }
 
-void check_model_parts(const FluxConfig& c, const TextEncoderConfig& te, const VaeConfig& ae, const std::string& where) {
+void check_model_parts(const FluxConfig& c, const PromptEncoder& te, const VaeConfig& ae, const std::string& where) {
   if (te.context_dim != c.context_dim || te.vec_dim != c.vec_dim)
     fail(where + ": the text encoder's outputs (" + std::to_string(te.context_dim) + ", pooled " +
          std::to_string(te.vec_dim) + ") do not match the transformer's txt_in/vector_in widths (" +
@@ -44,13 +44,13 @@ void check_model_parts(const FluxConfig& c, const TextEncoderConfig& te, const V
          " (channels x 2 x 2)");
 }
 
-TextCond encode_prompt(const TextEncoder& te, const std::vector<int>& ids) {
+TextCond encode_prompt(const PromptEncoder& te, const std::vector<int>& ids) {
   NoGrad no_grad;
   TextCond t;
-  t.L = (int)ids.size();
-  TextEncoder::Output o = te.forward(ids, 1, t.L);
-  t.txt = to_floats(o.context);
-  t.y = to_floats(o.pooled);
+  t.L = te.txt_len;
+  PromptEncoder::Output o = te.encode(ids, 1);
+  t.txt = to_floats(o.txt);
+  t.y = to_floats(o.y);
   return t;
 }
 
@@ -61,7 +61,7 @@ std::vector<float> decode_latent(const FluxVae& ae, std::vector<float> z, int h,
 }
 
 TextCond Pipeline::encode_text(const std::string& prompt) const {
-  return encode_prompt(text_encoder, tokenize_bytes(prompt, text_encoder.cfg.max_len));
+  return encode_prompt(*text_encoder, tokenize_bytes(prompt, text_encoder->txt_len));
 }
 
 std::vector<float> Pipeline::generate(const std::string& prompt, int size, const SampleParams& sp, LoraSet* lora) {

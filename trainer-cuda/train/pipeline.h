@@ -7,21 +7,24 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "demo/text_encoder.h"
 #include "models/flux.h"
 #include "models/flux_vae.h"
 #include "train/lora.h"
+#include "train/prompt_encoder.h"
 #include "train/sampler.h"
 
 namespace graft {
 
-// The text encoder's outputs fit the transformer's txt_in / vector_in and the autoencoder's latent
+// The text encoders' outputs fit the transformer's txt_in / vector_in and the autoencoder's latent
 // channels its img_in; throws Error naming `where` (a model folder or job file) otherwise.
-void check_model_parts(const FluxConfig& transformer, const TextEncoderConfig& te, const VaeConfig& ae,
+void check_model_parts(const FluxConfig& transformer, const PromptEncoder& te, const VaeConfig& ae,
                        const std::string& where);
 
-// One prompt through a text encoder, as the sampler takes it (host values).
-TextCond encode_prompt(const TextEncoder& te, const std::vector<int>& ids);
+// One prompt's ids through the text encoders, as the sampler takes it (host values).
+TextCond encode_prompt(const PromptEncoder& te, const std::vector<int>& ids);
 
 // z (the transformer's latent space, [C, h, w] on the host) through the autoencoder's decoder: an
 // image [3, h * f, w * f] in [-1, 1].
@@ -30,7 +33,7 @@ std::vector<float> decode_latent(const FluxVae& ae, std::vector<float> z, int h,
 struct Pipeline {
   std::string dir;
   FluxTransformer transformer;
-  TextEncoder text_encoder;
+  std::unique_ptr<PromptEncoder> text_encoder;  // the demo model's one TextEncoder
   FluxVae ae;
   int image_size = 32;
   SampleParams defaults;

@@ -6,7 +6,7 @@
 namespace graft {
 
 float flux_resolution_shift(int image_tokens) {
-  const double mu = 0.5 + (image_tokens - 256.0) * (1.16 - 0.5) / (4096.0 - 256.0);
+  const double mu = 0.5 + (image_tokens - 256.0) * (1.15 - 0.5) / (4096.0 - 256.0);
   return (float)std::exp(mu);
 }
 

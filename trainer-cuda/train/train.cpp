@@ -283,13 +283,13 @@ int train_run(const std::string& dir) {
   const Device device = parse_device(job.device, job.file);
   FluxTransformer model = FluxTransformer::load(job.transformer, device);
   // The text encoder and autoencoder encode the datasets and serve sampling, on the same device.
-  std::unique_ptr<TextEncoder> te;
+  std::unique_ptr<PromptEncoder> te;
   std::unique_ptr<FluxVae> ae;
   if (!job.datasets.empty() || job.sample.enabled) {
-    te = std::make_unique<TextEncoder>(TextEncoder::load(job.text_encoder, device));
+    te = load_prompt_encoder(job.text_parts, device, job.file);
     ae = std::make_unique<FluxVae>(FluxVae::load(job.ae, device));
-    check_model_parts(model.cfg, te->cfg, ae->cfg, job.file);
-    job_check_models(job, te->cfg, ae->cfg);
+    check_model_parts(model.cfg, *te, ae->cfg, job.file);
+    job_check_models(job, *te, ae->cfg);
   }
   TrainData data;
   if (job.datasets.empty()) data = data_load(job, model.cfg);

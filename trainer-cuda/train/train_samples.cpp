@@ -7,15 +7,24 @@
 
 #include "core/common.h"
 #include "core/image_io.h"
+#include "demo/text_encoder.h"
 #include "train/pipeline.h"
 
 namespace graft {
 
-TrainSampler::TrainSampler(const Job& j, const TextEncoder& te, const FluxVae* vae) : job(&j), ae(vae) {
-  const int L = te.cfg.max_len;
-  for (const JobSamplePrompt& p : j.sample.prompts)
-    conds.push_back(encode_prompt(te, p.tokens.empty() ? tokenize_bytes(p.prompt, L) : p.tokens));
-  uncond = encode_prompt(te, j.empty_tokens.empty() ? tokenize_bytes("", L) : j.empty_tokens);
+TrainSampler::TrainSampler(const Job& j, const PromptEncoder& te, const FluxVae* vae) : job(&j), ae(vae) {
+  // Only the demo model's encoder reads bytes; every other family's ids come from its tokenizer,
+  // which preparation runs.
+  const bool bytes = te.parts.size() == 1 && te.parts[0].name == "text_encoder";
+  auto ids = [&](const std::vector<int>& given, const std::string& text, const std::string& field) {
+    if (!given.empty()) return given;
+    if (!bytes) fail(j.file + ": " + field + " is missing (the model's tokenizer runs in preparation; prepare the job again)");
+    return tokenize_bytes(text, te.ids_per_prompt());
+  };
+  for (size_t i = 0; i < j.sample.prompts.size(); ++i)
+    conds.push_back(encode_prompt(te, ids(j.sample.prompts[i].tokens, j.sample.prompts[i].prompt,
+                                          "sample.prompts[" + std::to_string(i) + "].tokens")));
+  uncond = encode_prompt(te, ids(j.empty_tokens, "", "text.empty_tokens"));
 }
 
 std::vector<std::string> TrainSampler::run(const FluxTransformer& model, LoraSet& lora, int step) {
