@@ -93,9 +93,10 @@ export class CaptionTokenizer {
     return this.tok.post_processor ? this.tok.post_processor(tokens, null, true).tokens : tokens;
   }
 
+  /** A token's id; text the model could not match (a Unigram model returns it as it is) is the unknown token. */
   private idOf(token: string): number {
-    const id = this.tok.token_to_id(token);
-    if (id === undefined) throw new PrepareError(`${this.file}: token ${JSON.stringify(token)} has no id in the vocabulary`);
+    const id = this.tok.token_to_id(token) ?? this.tok.model?.unk_token_id;
+    if (id === undefined) throw new PrepareError(`${this.file}: token ${JSON.stringify(token)} has no id in the vocabulary, and the model no unknown token`);
     return id;
   }
 
@@ -112,10 +113,5 @@ export class CaptionTokenizer {
     const ids = this.postProcess(tokens).map((t) => this.idOf(t));
     while (ids.length < this.maxLen) ids.push(this.padId);
     return ids;
-  }
-
-  /** The id of a token of the vocabulary (special tokens included); undefined when it has none. */
-  tokenId(token: string): number | undefined {
-    return this.tok.token_to_id(token);
   }
 }
