@@ -12,18 +12,18 @@ import { tokenizerSettings } from './tokenizerSettings.js';
 
 type Obj = Record<string, unknown>;
 
-export const CLIP_MAX_LEN = 77;
+const CLIP_MAX_LEN = 77;
 /** CLIPTokenizer reads at most this many merges (49152 - 256 - 2): later lines of merges.txt do nothing. */
 const CLIP_MAX_MERGES = 48894;
 
-export interface ClipSpecials {
+interface ClipSpecials {
   bos: string;
   eos: string;
   unk: string;
 }
 
 /** The tokenizer.json that CLIPTokenizerFast makes from a vocabulary and its merges. */
-export function clipDefinition(vocab: Record<string, number>, merges: string[], specials: ClipSpecials, vocabFile: string): Obj {
+function clipDefinition(vocab: Record<string, number>, merges: string[], specials: ClipSpecials, vocabFile: string): Obj {
   const idOf = (token: string, role: string) => {
     const id = vocab[token];
     if (id === undefined) throw new PrepareError(`${vocabFile}: the ${role} token ${JSON.stringify(token)} is not in the vocabulary`);

@@ -33,6 +33,6 @@ export function fluxTokenizers(folder: string, variant: 'dev' | 'schnell'): Toke
   const t5: TokenizerSource = { tokenizerJson: need(t5Dir, 'tokenizer.json', "FLUX.1's T5 tokenizer"), ...extras(t5Dir) };
   return [
     { name: 'clip_l', kind: 'clip', source: clip },
-    { name: 't5', kind: 't5', source: t5, maxLen: FLUX_T5_MAX_LEN[variant], maxLenFrom: `FLUX.1-${variant}'s max_sequence_length` },
+    { name: 't5', kind: 't5', source: t5, maxLen: FLUX_T5_MAX_LEN[variant] },
   ];
 }

@@ -7,7 +7,6 @@
 // a multiple of 1/64, exact in spiece.model's float32 and in tokenizer.json's decimal.
 #include "demo/tokenizer_files.h"
 
-#include <map>
 #include <set>
 #include <string>
 #include <utility>
