@@ -5,6 +5,8 @@
 #include <vector>
 
 #include "core/common.h"
+#include "core/device.h"
+#include "core/dtype.h"
 
 namespace graft {
 
@@ -16,7 +18,9 @@ struct Command {
   int (*run)(const std::vector<std::string>& args);  // args[0] is the command's name
 };
 std::vector<Command> model_commands();
+std::vector<Command> encoder_commands();
 std::vector<Command> demo_commands();
+std::vector<Command> all_commands();  // every list above, in that order
 
 // Fails with "<cmd>: missing arguments" and the command's usage when fewer than n arguments were given.
 void need_args(const std::vector<std::string>& a, size_t n, const char* cmd);
@@ -43,6 +47,12 @@ template <class T>
 T number_arg(const std::vector<std::string>& a, size_t i, const char* cmd) {
   return parse_number<T>(a[i], std::string(cmd) + ": " + a[i - 1]);
 }
+
+// --device D (default cpu) from a[first] on; the other arguments go to `rest`.
+Device device_option(const std::vector<std::string>& a, size_t first, const char* cmd, std::vector<std::string>* rest);
+
+// --dtype f32|bf16|f16|fp8.
+DType dtype_option(const std::string& v, const char* cmd);
 
 // The value of option a[i - 1] of `cmd`, a whole number of at least `min` (steps, pictures, a batch).
 int count_arg(const std::vector<std::string>& a, size_t i, const char* cmd, int min);

@@ -18,11 +18,17 @@ using namespace graft;
 
 namespace graft {
 
+std::vector<Command> all_commands() {
+  std::vector<Command> all;
+  for (const std::vector<Command>& list : {model_commands(), encoder_commands(), demo_commands()})
+    all.insert(all.end(), list.begin(), list.end());
+  return all;
+}
+
 void need_args(const std::vector<std::string>& a, size_t n, const char* cmd) {
   if (a.size() >= n) return;
-  for (const std::vector<Command>& list : {model_commands(), demo_commands()})
-    for (const Command& c : list)
-      if (a[0] == c.name) fail(std::string(cmd) + ": missing arguments (usage: graft-trainer " + c.name + " " + c.usage + ")");
+  for (const Command& c : all_commands())
+    if (a[0] == c.name) fail(std::string(cmd) + ": missing arguments (usage: graft-trainer " + c.name + " " + c.usage + ")");
   fail(std::string(cmd) + ": missing arguments");
 }
 
@@ -30,6 +36,23 @@ int count_arg(const std::vector<std::string>& a, size_t i, const char* cmd, int 
   const int v = number_arg<int>(a, i, cmd);
   if (v < min) fail(std::string(cmd) + ": " + a[i - 1] + " " + a[i] + ": must be at least " + std::to_string(min));
   return v;
+}
+
+Device device_option(const std::vector<std::string>& a, size_t first, const char* cmd, std::vector<std::string>* rest) {
+  std::string name = "cpu";
+  for (size_t i = first; i < a.size(); ++i) {
+    if (a[i] == "--device" && i + 1 < a.size()) name = a[++i];
+    else rest->push_back(a[i]);
+  }
+  return parse_device(name, std::string(cmd) + ": --device");
+}
+
+DType dtype_option(const std::string& v, const char* cmd) {
+  if (v == "f32" || v == "fp32") return DType::F32;
+  if (v == "bf16") return DType::BF16;
+  if (v == "f16" || v == "fp16") return DType::F16;
+  if (v == "fp8" || v == "f8_e4m3") return DType::F8_E4M3;
+  fail(std::string(cmd) + ": --dtype " + v + ": one of f32, bf16, f16, fp8");
 }
 
 double peak_rss_mib() {
@@ -43,12 +66,6 @@ double peak_rss_mib() {
 }  // namespace graft
 
 namespace {
-
-std::vector<Command> all_commands() {
-  std::vector<Command> c = model_commands(), d = demo_commands();
-  c.insert(c.end(), d.begin(), d.end());
-  return c;
-}
 
 std::string usage() {
   std::string u = "usage: graft-trainer <command> ...   (graft-trainer <command> --help: that command's usage)\n";

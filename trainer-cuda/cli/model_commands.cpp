@@ -21,6 +21,8 @@
 #include "demo/text_encoder.h"
 #include "demo/tiny.h"
 #include "demo/tokenizer_files.h"
+#include "models/clip.h"
+#include "models/t5.h"
 #include "models/flux.h"
 #include "models/flux_vae.h"
 #include "ops/ops.h"
@@ -30,17 +32,6 @@
 namespace graft {
 
 namespace {
-
-// --device D (default cpu) from a[first] on; other arguments go to `rest`.
-Device device_option(const std::vector<std::string>& a, size_t first, const char* cmd,
-                            std::vector<std::string>* rest) {
-  std::string name = "cpu";
-  for (size_t i = first; i < a.size(); ++i) {
-    if (a[i] == "--device" && i + 1 < a.size()) name = a[++i];
-    else rest->push_back(a[i]);
-  }
-  return parse_device(name, std::string(cmd) + ": --device");
-}
 
 int cmd_forward(const std::vector<std::string>& a) {
   need_args(a, 4, "forward");
@@ -197,29 +188,36 @@ FluxConfig shape_option(const std::string& shape, int n_double, int n_single, co
   return c;
 }
 
-DType dtype_option(const std::string& v, const char* cmd) {
-  if (v == "f32" || v == "fp32") return DType::F32;
-  if (v == "bf16") return DType::BF16;
-  if (v == "f16" || v == "fp16") return DType::F16;
-  if (v == "fp8" || v == "f8_e4m3") return DType::F8_E4M3;
-  fail(std::string(cmd) + ": --dtype " + v + ": one of f32, bf16, f16, fp8");
+// The small T5 and CLIP the tests use (real structure, width 64); --vocab sizes their tables.
+T5Config tiny_t5_config(int vocab) {
+  T5Config c;
+  c.vocab = vocab, c.d_model = 64, c.d_kv = 16, c.heads = 4, c.d_ff = 96, c.layers = 2;
+  return c;
+}
+ClipConfig tiny_clip_config(int vocab) {
+  ClipConfig c;
+  c.vocab = vocab, c.width = 64, c.heads = 2, c.layers = 2, c.mlp = 128, c.positions = 77;
+  return c;
 }
 
 int cmd_make_random(const std::vector<std::string>& a) {
   need_args(a, 3, "make-random");
   const std::string what = a[1], path = a[2];
   uint64_t seed = 1;
-  std::string shape = "tiny";
-  int n_double = -1, n_single = -1;
+  std::string shape = "tiny", prefix;
+  int n_double = -1, n_single = -1, vocab = 0;
   RandomFluxOptions o;
+  bool shards_given = false;
   for (size_t i = 3; i < a.size(); ++i) {
     if (a[i] == "--seed" && i + 1 < a.size()) seed = number_arg<uint64_t>(a, ++i, "make-random");
     else if (a[i] == "--shape" && i + 1 < a.size()) shape = a[++i];
     else if (a[i] == "--layout" && i + 1 < a.size()) o.layout = a[++i];
-    else if (a[i] == "--shards" && i + 1 < a.size()) o.shards = count_arg(a, ++i, "make-random", 1);
+    else if (a[i] == "--shards" && i + 1 < a.size()) o.shards = count_arg(a, ++i, "make-random", 1), shards_given = true;
     else if (a[i] == "--dtype" && i + 1 < a.size()) o.dtype = dtype_option(a[++i], "make-random");
     else if (a[i] == "--double" && i + 1 < a.size()) n_double = count_arg(a, ++i, "make-random", 0);
     else if (a[i] == "--single" && i + 1 < a.size()) n_single = count_arg(a, ++i, "make-random", 0);
+    else if (a[i] == "--vocab" && i + 1 < a.size()) vocab = count_arg(a, ++i, "make-random", 2);
+    else if (a[i] == "--prefix" && i + 1 < a.size()) prefix = a[++i];
     else fail("make-random: unknown argument '" + a[i] + "'");
   }
   if (what == "flux") {
@@ -234,8 +232,30 @@ int cmd_make_random(const std::vector<std::string>& a) {
     FluxVae::random(c, seed).save(path, o.dtype);
     std::printf("wrote a random FLUX autoencoder (ch %d, %zu levels, %s) to %s\n", c.ch, c.ch_mult.size(),
                 dtype_name(o.dtype), path.c_str());
+  } else if (what == "t5" || what == "clip") {
+    // A file, or with --shards a folder of shards with config.json as transformers saves.
+    RandomWriteOptions w;
+    w.dtype = o.dtype;
+    w.prefix = prefix;
+    w.shards = shards_given ? o.shards : 0;
+    if (what == "t5") {
+      if (shape != "tiny" && shape != "xxl") fail("make-random: --shape " + shape + ": T5's are tiny and xxl");
+      T5Config c = shape == "xxl" ? t5_xxl_config() : tiny_t5_config(512);
+      if (n_double >= 0 || n_single >= 0) fail("make-random: --double/--single are the FLUX transformer's");
+      if (vocab) c.vocab = vocab;
+      write_random_t5(path, c, seed, w);
+      std::printf("wrote a random T5 encoder (d_model %d, %d blocks, vocab %d, %s) to %s\n", c.d_model, c.layers, c.vocab,
+                  dtype_name(o.dtype), path.c_str());
+    } else {
+      if (shape != "tiny" && shape != "l") fail("make-random: --shape " + shape + ": CLIP's are tiny and l");
+      ClipConfig c = shape == "l" ? clip_l_config() : tiny_clip_config(512);
+      if (vocab) c.vocab = vocab;
+      write_random_clip(path, c, seed, w);
+      std::printf("wrote a random CLIP text model (width %d, %d layers, vocab %d, %s) to %s\n", c.width, c.layers, c.vocab,
+                  dtype_name(o.dtype), path.c_str());
+    }
   } else {
-    fail("make-random: '" + what + "': give flux or vae");
+    fail("make-random: '" + what + "': give flux, vae, t5 or clip");
   }
   return 0;
 }
@@ -377,8 +397,9 @@ std::vector<Command> model_commands() {
       {"lora-grad", "<ckpt> <inputs> <lora> <outputs> [--device D] [--checkpointing]  loss = mean((out-target)^2); "
                     "writes out, loss, grad.<key>", cmd_lora_grad},
       {"make-tiny", "<dir> [--seed N]  tiny random FLUX checkpoint + synthetic job", cmd_make_tiny},
-      {"make-random", "flux|vae <path> [--shape tiny|demo|dev|flux] [--double N] [--single N] [--dtype f32|bf16|f16|fp8] "
-                      "[--layout bfl|comfyui|diffusers] [--shards N] [--seed N]  a random checkpoint in a real layout",
+      {"make-random", "flux|vae|t5|clip <path> [--shape tiny|demo|dev|flux|xxl|l] [--double N] [--single N] "
+                      "[--dtype f32|bf16|f16|fp8] [--layout bfl|comfyui|diffusers] [--shards N] [--vocab N] [--prefix P] "
+                      "[--seed N]  a random checkpoint in a real layout",
        cmd_make_random},
       {"make-tokenizers", "<dir> --kind clip|t5 [--json]  a small CLIP (FLUX.1's tokenizer/) or T5 (tokenizer_2/) tokenizer "
                           "folder in the real formats; --json adds CLIP's tokenizer.json",

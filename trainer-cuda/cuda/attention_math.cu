@@ -1,6 +1,7 @@
-// Attention for head sizes the flash kernels do not take (the autoencoder's single head of 128-512
-// channels): the score matrix materialised per (image, head) with cuBLASLt products, as the CPU
-// reference does. The probabilities are kept (fp32) for the backward.
+// Attention for head sizes and masks the flash kernels do not take (the autoencoder's single head of
+// 128-512 channels; T5's relative-position bias; CLIP's causal mask): the score matrix materialised
+// per (image, head) with cuBLASLt products, as the CPU reference does. The probabilities are kept
+// (fp32) for the backward.
 #include <cmath>
 
 #include "core/cuda_runtime.h"
@@ -13,13 +14,19 @@ namespace gpu {
 
 namespace {
 
-// Softmax of each row of p [rows, L] in place (fp32), and a bf16 copy for the next product. One
-// warp per row.
-__global__ void softmax_rows_kernel(float* p, bf16* p16, long rows, int L) {
+// Softmax of each row of p [rows, L] in place (fp32) after adding bias [rows, L] (may be null) and
+// the causal mask, and a bf16 copy for the next product. One warp per row.
+__global__ void softmax_rows_kernel(float* p, bf16* p16, long rows, int L, const float* bias, bool causal) {
   const long row = (long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
   float* r = p + row * L;
+  const int i = (int)(row % L);
+  for (int j = lane; j < L; j += 32) {
+    float s = r[j] + (bias ? bias[row * L + j] : 0.0f);
+    r[j] = causal && j > i ? -INFINITY : s;
+  }
+  __syncwarp();
   float m = -INFINITY;
   for (int j = lane; j < L; j += 32) m = fmaxf(m, r[j]);
   m = warp_max(m);
@@ -51,8 +58,8 @@ __global__ void softmax_backward_rows_kernel(bf16* ds16, bf16* p16, const float*
 }  // namespace
 
 void attention_math_forward(bf16* out, float* probs, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
-                            int D) {
-  const float scale = 1.0f / std::sqrt((float)D);
+                            int D, const AttentionMask& mask) {
+  const float scale = mask.scale_for(D);
   const int HD = H * D;
   DeviceTemp p16((size_t)L * L * sizeof(bf16), "attention probabilities (bf16)");
   for (int b = 0; b < B; b++)
@@ -61,7 +68,8 @@ void attention_math_forward(bf16* out, float* probs, const bf16* q, const bf16* 
       float* p = probs + ((long)b * H + h) * L * L;
       // S [L, L] = scale * Q K^T
       gemm(p, GemmOut::F32, L, q + off, HD, false, k + off, HD, true, L, L, D, scale, 0.0f);
-      softmax_rows_kernel<<<ceil_div(L, 8), 256>>>(p, (bf16*)p16.p, L, L);
+      const float* bias = mask.bias ? mask.bias + (long)h * L * L : nullptr;
+      softmax_rows_kernel<<<ceil_div(L, 8), 256>>>(p, (bf16*)p16.p, L, L, bias, mask.causal);
       cudaCheckLaunch();
       // O [L, D] = P V
       gemm(out + off, GemmOut::BF16, HD, (const bf16*)p16.p, L, false, v + off, HD, false, L, D, L, 1.0f, 0.0f);
@@ -69,9 +77,9 @@ void attention_math_forward(bf16* out, float* probs, const bf16* q, const bf16* 
 }
 
 void attention_math_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* probs, const bf16* q,
-                             const bf16* k, const bf16* v, int B, int L, int H, int D) {
+                             const bf16* k, const bf16* v, int B, int L, int H, int D, const AttentionMask& mask) {
   if (!dq && !dk && !dv) return;
-  const float scale = 1.0f / std::sqrt((float)D);
+  const float scale = mask.scale_for(D);  // bias and mask are constants: masked P = 0 gives dS = 0
   const int HD = H * D;
   DeviceTemp p16((size_t)L * L * sizeof(bf16), "attention probabilities (bf16)");
   DeviceTemp ds16((size_t)L * L * sizeof(bf16), "attention score gradients (bf16)");

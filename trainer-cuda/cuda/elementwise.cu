@@ -1,4 +1,4 @@
-// Elementwise and broadcast ops: GELU (tanh), SiLU, adaLN modulation, gated residual, timestep
+// Elementwise and broadcast ops: GELU (tanh), SiLU, quick GELU, products, per-channel affine, adaLN modulation, gated residual, timestep
 // embedding, (un)patchify, MSE, and dtype conversions. All memory-bound: one pass, fp32 math.
 // The backward of a broadcast (shift/scale/gate shared by L tokens) fuses the elementwise input
 // gradient with the column sums, so each tensor is read once.
@@ -67,6 +67,95 @@ void silu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaSt
   if (!dinp || n <= 0) return;
   silu_backward_kernel<<<grid_for(n), 256, 0, stream>>>(dinp, dout, inp, n);
   cudaCheckLaunch();
+}
+
+static const float QUICK_GELU_K = 1.702f;
+
+__global__ void quick_gelu_forward_kernel(bf16* out, const bf16* inp, long n) {
+  GRID_STRIDE(i, n) {
+    float x = __bfloat162float(inp[i]);
+    out[i] = __float2bfloat16(x / (1.0f + expf(-QUICK_GELU_K * x)));
+  }
+}
+__global__ void quick_gelu_backward_kernel(bf16* dinp, const bf16* dout, const bf16* inp, long n) {
+  GRID_STRIDE(i, n) {
+    float kx = QUICK_GELU_K * __bfloat162float(inp[i]);
+    float sig = 1.0f / (1.0f + expf(-kx));
+    dinp[i] = __float2bfloat16(__bfloat162float(dinp[i]) + sig * (1.0f + kx * (1.0f - sig)) * __bfloat162float(dout[i]));
+  }
+}
+__global__ void mul_forward_kernel(bf16* out, const bf16* a, const bf16* b, long n) {
+  GRID_STRIDE(i, n) out[i] = __float2bfloat16(__bfloat162float(a[i]) * __bfloat162float(b[i]));
+}
+__global__ void mul_backward_kernel(bf16* da, bf16* db, const bf16* dout, const bf16* a, const bf16* b, long n) {
+  GRID_STRIDE(i, n) {
+    const float g = __bfloat162float(dout[i]);
+    if (da) da[i] = __float2bfloat16(__bfloat162float(da[i]) + g * __bfloat162float(b[i]));
+    if (db) db[i] = __float2bfloat16(__bfloat162float(db[i]) + g * __bfloat162float(a[i]));
+  }
+}
+__global__ void affine_forward_kernel(bf16* out, const bf16* x, const bf16* w, const bf16* b, long n, int C) {
+  GRID_STRIDE(i, n) {
+    const int c = (int)(i % C);
+    out[i] = __float2bfloat16(__bfloat162float(x[i]) * __bfloat162float(w[c]) + (b ? __bfloat162float(b[c]) : 0.0f));
+  }
+}
+__global__ void affine_dx_kernel(bf16* dx, const bf16* dout, const bf16* w, long n, int C) {
+  GRID_STRIDE(i, n) dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + __bfloat162float(dout[i]) * __bfloat162float(w[i % C]));
+}
+// One thread per channel walks the rows: parameter gradients of a norm's affine are rare (full
+// fine-tuning of a text encoder) and C is thousands wide, so this is not worth a tiled reduction.
+__global__ void affine_dparams_kernel(float* dw, float* db, const bf16* dout, const bf16* x, int N, int C) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float sw = 0.0f, sb = 0.0f;
+  for (int r = 0; r < N; r++) {
+    const float g = __bfloat162float(dout[(long)r * C + c]);
+    sw += g * __bfloat162float(x[(long)r * C + c]);
+    sb += g;
+  }
+  if (dw) dw[c] += sw;
+  if (db) db[c] += sb;
+}
+
+void quick_gelu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream) {
+  if (n <= 0) return;
+  quick_gelu_forward_kernel<<<grid_for(n), 256, 0, stream>>>(out, inp, n);
+  cudaCheckLaunch();
+}
+void quick_gelu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream) {
+  if (!dinp || n <= 0) return;
+  quick_gelu_backward_kernel<<<grid_for(n), 256, 0, stream>>>(dinp, dout, inp, n);
+  cudaCheckLaunch();
+}
+void mul_forward(bf16* out, const bf16* a, const bf16* b, long n, cudaStream_t stream) {
+  if (n <= 0) return;
+  mul_forward_kernel<<<grid_for(n), 256, 0, stream>>>(out, a, b, n);
+  cudaCheckLaunch();
+}
+void mul_backward(bf16* da, bf16* db, const bf16* dout, const bf16* a, const bf16* b, long n, cudaStream_t stream) {
+  if ((!da && !db) || n <= 0) return;
+  mul_backward_kernel<<<grid_for(n), 256, 0, stream>>>(da, db, dout, a, b, n);
+  cudaCheckLaunch();
+}
+void affine_forward(bf16* out, const bf16* x, const bf16* w, const bf16* b, int N, int C, cudaStream_t stream) {
+  const long n = (long)N * C;
+  if (n <= 0) return;
+  affine_forward_kernel<<<grid_for(n), 256, 0, stream>>>(out, x, w, b, n, C);
+  cudaCheckLaunch();
+}
+void affine_backward(bf16* dx, float* dw, float* db, const bf16* dout, const bf16* x, const bf16* w, int N, int C,
+                     cudaStream_t stream) {
+  const long n = (long)N * C;
+  if (n <= 0) return;
+  if (dx) {
+    affine_dx_kernel<<<grid_for(n), 256, 0, stream>>>(dx, dout, w, n, C);
+    cudaCheckLaunch();
+  }
+  if (dw || db) {
+    affine_dparams_kernel<<<ceil_div(C, 256), 256, 0, stream>>>(dw, db, dout, x, N, C);
+    cudaCheckLaunch();
+  }
 }
 
 // ---- modulation and gated residual ------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// LayerNorm (no affine, FLUX's pre-modulation norm) and RMSNorm (FLUX's QK-norm): one warp per row,
+// LayerNorm (no affine: FLUX's pre-modulation norm; CLIP adds ops.h's affine) and RMSNorm (FLUX's QK-norm): one warp per row,
 // fp32 statistics, bf16 in and out. Rows whose length is a multiple of 8 use 16-byte accesses.
 #include "kernels_common.cuh"
 #include "ops_gpu.h"
@@ -6,7 +6,7 @@
 namespace graft {
 namespace gpu {
 
-static const float NORM_EPS = 1e-6f;
+static const float NORM_EPS = 1e-6f;  // RMSNorm's, as FLUX and T5
 
 // Loops `body(c, x)` over a row's elements owned by this lane, 8 at a time when VEC.
 #define ROW_LOOP_BEGIN(VEC, C)                                      \
@@ -14,7 +14,8 @@ static const float NORM_EPS = 1e-6f;
     const int n_ = VEC ? 8 : 1;
 
 template <bool VEC>
-__global__ void layernorm_forward_kernel(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C) {
+__global__ void layernorm_forward_kernel(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C,
+                                         float eps) {
   int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
   const bf16* x = inp + (size_t)row * C;
@@ -31,7 +32,7 @@ __global__ void layernorm_forward_kernel(bf16* out, float* mean, float* rstd, co
     if (VEC) load8(v, x + c0); else v[0] = __bfloat162float(x[c0]);
     for (int i = 0; i < n_; i++) var += (v[i] - m) * (v[i] - m);
   }
-  float r = rsqrtf(warp_sum(var) / C + NORM_EPS);
+  float r = rsqrtf(warp_sum(var) / C + eps);
   ROW_LOOP_BEGIN(VEC, C)
     if (VEC) load8(v, x + c0); else v[0] = __bfloat162float(x[c0]);
     for (int i = 0; i < n_; i++) v[i] = (v[i] - m) * r;
@@ -143,12 +144,13 @@ __global__ void rmsnorm_backward_kernel(bf16* dinp, float* dscale, const bf16* d
 
 static const int ROWS_PER_BLOCK = 8;  // 8 warps of 32
 
-void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, cudaStream_t stream) {
+void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, float eps,
+                       cudaStream_t stream) {
   unsigned grid = ceil_div(N, ROWS_PER_BLOCK);
   if (C % 8 == 0 && aligned16(inp) && aligned16(out))
-    layernorm_forward_kernel<true><<<grid, 256, 0, stream>>>(out, mean, rstd, inp, N, C);
+    layernorm_forward_kernel<true><<<grid, 256, 0, stream>>>(out, mean, rstd, inp, N, C, eps);
   else
-    layernorm_forward_kernel<false><<<grid, 256, 0, stream>>>(out, mean, rstd, inp, N, C);
+    layernorm_forward_kernel<false><<<grid, 256, 0, stream>>>(out, mean, rstd, inp, N, C, eps);
   cudaCheckLaunch();
 }
 

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_common.h"
+#include "ops/attention_mask.h"
 #include "ops/cpu_image_ops.h"  // Conv2dShape
 
 namespace graft {
@@ -31,7 +32,8 @@ void lora_backward(bf16* dinp, float* dA, float* dB, const bf16* dout, int dout_
                    cudaStream_t stream = 0);
 
 // ---- norm.cu ------------------------------------------------------------------------------------
-void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, cudaStream_t stream = 0);
+void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, float eps = 1e-6f,
+                       cudaStream_t stream = 0);
 void layernorm_backward(bf16* dinp, const bf16* dout, const bf16* inp, const float* mean, const float* rstd,
                         int N, int C, cudaStream_t stream = 0);
 // scale: bf16 [C] (frozen QK-norm weight); dscale fp32 [C].
@@ -67,6 +69,14 @@ void gelu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
 void gelu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
 void silu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
 void silu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
+void quick_gelu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
+void quick_gelu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
+void mul_forward(bf16* out, const bf16* a, const bf16* b, long n, cudaStream_t stream = 0);
+void mul_backward(bf16* da, bf16* db, const bf16* dout, const bf16* a, const bf16* b, long n, cudaStream_t stream = 0);
+// x [N, C] bf16, w and b bf16 [C] (b may be nullptr); dw, db fp32 [C].
+void affine_forward(bf16* out, const bf16* x, const bf16* w, const bf16* b, int N, int C, cudaStream_t stream = 0);
+void affine_backward(bf16* dx, float* dw, float* db, const bf16* dout, const bf16* x, const bf16* w, int N, int C,
+                     cudaStream_t stream = 0);
 
 void modulate_forward(bf16* out, const bf16* x, const bf16* shift, const bf16* scale, int mod_stride, int B, int L,
                       int C, cudaStream_t stream = 0);
@@ -97,12 +107,13 @@ void mse_backward(bf16* dpred, const bf16* pred, const bf16* target, long n, flo
 // mse_backward over `count` values of a larger mean: dpred += scale * 2 (pred - target) / n_total.
 void mse_backward_scaled(bf16* dpred, const bf16* pred, const bf16* target, long count, long n_total, float scale);
 
-// ---- attention_math.cu: attention of any head size (the score matrix materialised) -------------
-// probs fp32 [B, H, L, L] kept for the backward, as the CPU reference keeps them.
+// ---- attention_math.cu: attention of any head size and any mask (the score matrix materialised) ---
+// probs fp32 [B, H, L, L] kept for the backward, as the CPU reference keeps them; mask.bias is a
+// device pointer.
 void attention_math_forward(bf16* out, float* probs, const bf16* q, const bf16* k, const bf16* v, int B, int L, int H,
-                            int D);
+                            int D, const AttentionMask& mask = {});
 void attention_math_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const float* probs, const bf16* q,
-                             const bf16* k, const bf16* v, int B, int L, int H, int D);
+                             const bf16* k, const bf16* v, int B, int L, int H, int D, const AttentionMask& mask = {});
 
 // ---- tensor_kernels.cu: what the tape's generic ops need -----------------------------------------
 void accumulate(bf16* acc, const bf16* x, long n);      // acc += x

@@ -184,7 +184,7 @@ FluxTransformer::FluxTransformer(const FluxConfig& c, WeightLoader& w) : cfg(c),
       const std::string sp = p + (s == 0 ? "img" : "txt");
       Stream& st = s == 0 ? d.img : d.txt;
       st.mod = Linear(w, sp + "_mod.lin", C, 6 * C);
-      st.qkv = Linear(w, sp + "_attn.qkv", C, 3 * C, /*optional_bias=*/true);
+      st.qkv = Linear(w, sp + "_attn.qkv", C, 3 * C, Bias::optional);
       st.proj = Linear(w, sp + "_attn.proj", C, C);
       st.mlp0 = Linear(w, sp + "_mlp.0", C, M);
       st.mlp2 = Linear(w, sp + "_mlp.2", M, C);

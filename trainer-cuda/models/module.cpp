@@ -5,9 +5,9 @@
 
 namespace graft {
 
-Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, bool optional_bias) : name(n), in(i), out(o) {
+Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, Bias bias) : name(n), in(i), out(o) {
   W = w.get(n + ".weight", {o, i});
-  has_bias = !optional_bias || w.has(n + ".bias");
+  has_bias = bias == Bias::yes || (bias == Bias::optional && w.has(n + ".bias"));
   if (has_bias) b = w.get(n + ".bias", {o});
 }
 

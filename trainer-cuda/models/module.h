@@ -36,6 +36,10 @@ struct AttachedAdapter {
   const float* scale = nullptr;
 };
 
+// Whether a linear layer has a bias: always (FLUX's), when the checkpoint has one (BFL's qkv), never
+// (T5's).
+enum class Bias { yes, optional, no };
+
 struct Linear {
   std::string name;  // canonical name without ".weight", e.g. "double_blocks.0.img_attn.qkv"
   int in = 0, out = 0;
@@ -44,8 +48,8 @@ struct Linear {
   std::vector<AttachedAdapter> adapters;
 
   Linear() = default;
-  // Reads name.weight [out, in] and name.bias [out] (the bias only when present, if optional_bias).
-  Linear(WeightLoader& w, const std::string& name, int in, int out, bool optional_bias = false);
+  // Reads name.weight [out, in] and name.bias [out] as `bias` says.
+  Linear(WeightLoader& w, const std::string& name, int in, int out, Bias bias = Bias::yes);
   Tensor operator()(const Tensor& x) const;
   void collect(std::vector<NamedParam>& out);
 };

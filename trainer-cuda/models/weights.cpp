@@ -118,6 +118,26 @@ std::vector<std::string> Checkpoint::names() const {
 // ------------------------------------------------------------------------------------------------
 // Layouts and the loader
 
+bool find_prefix(const Checkpoint& ckpt, const std::string& anchor, std::string* prefix) {
+  bool found = false;
+  for (const std::string& n : ckpt.names())
+    if (ends_with(n, anchor) && (n.size() == anchor.size() || n[n.size() - anchor.size() - 1] == '.') &&
+        (!found || n.size() - anchor.size() < prefix->size())) {
+      *prefix = n.substr(0, n.size() - anchor.size());
+      found = true;
+    }
+  return found;
+}
+
+std::string folder_config_text(const std::string& path) {
+  if (!is_dir(path)) return "";
+  std::ifstream f(path + "/config.json");
+  if (!f) return "";
+  std::stringstream buf;
+  buf << f.rdbuf();
+  return buf.str();
+}
+
 Layout identity_layout(const std::string& name, const std::string& prefix) {
   return Layout{name, [prefix](const std::string& canonical) { return Stored{{prefix + canonical}, false}; }};
 }

@@ -51,6 +51,15 @@ struct Layout {
 };
 Layout identity_layout(const std::string& name, const std::string& prefix = "");
 
+// The prefix under which a checkpoint stores a model whose tensor `anchor` it holds (e.g. "" for
+// "encoder.final_layer_norm.weight", "text_encoders.t5xxl.transformer." in a combined file), or
+// false when no name ends with it. The shortest prefix wins.
+bool find_prefix(const Checkpoint& ckpt, const std::string& anchor, std::string* prefix);
+
+// A model folder's config.json as text ("" when `path` is a file or the folder has none), for the
+// hyperparameters tensor shapes cannot tell (heads, eps, activation).
+std::string folder_config_text(const std::string& path);
+
 // Reads a model's weights. With `ckpt` null it makes random ones instead, on the device, from
 // `seed` (benchmarks at real sizes, where no checkpoint exists): uniform with std 1/sqrt(fan_in)
 // for weights (times 0.2 for adaLN modulation layers, as make-tiny's checkpoints), near 1 for norm

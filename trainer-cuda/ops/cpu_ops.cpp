@@ -129,11 +129,11 @@ void lora_backward(float* dinp, float* dA, float* dB, const float* dout, int dou
 }
 
 // ----------------------------------------------------------------------------------------------
-// LayerNorm (no affine) and RMSNorm, eps 1e-6 as FLUX.
+// LayerNorm (no affine) and RMSNorm; RMSNorm's eps is 1e-6 as FLUX and T5.
 
 static const double NORM_EPS = 1e-6;
 
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, int N, int C) {
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, int N, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((long)N * C >= PARALLEL_MIN_WORK)
   for (int n = 0; n < N; n++) {
     const float* x = inp + (size_t)n * C;
@@ -144,7 +144,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, i
     double var = 0.0;  // biased variance (divide by C), as torch's LayerNorm
     for (int c = 0; c < C; c++) var += (x[c] - m) * (x[c] - m);
     var /= C;
-    double r = 1.0 / std::sqrt(var + NORM_EPS);
+    double r = 1.0 / std::sqrt(var + (double)eps);
     for (int c = 0; c < C; c++) y[c] = (float)((x[c] - m) * r);
     mean[n] = (float)m;
     rstd[n] = (float)r;
@@ -316,15 +316,27 @@ static void softmax_rows(float* p, long n, int L) {
   }
 }
 
+// Adds the mask's bias and causal -inf to the scores of one (b, h) block before the softmax.
+static void mask_scores(float* p, int L, int h, const AttentionMask& mask) {
+  if (mask.bias) {
+    const float* bias = mask.bias + (size_t)h * L * L;
+    for (size_t i = 0; i < (size_t)L * L; i++) p[i] += bias[i];
+  }
+  if (mask.causal)
+    for (int i = 0; i < L; i++)
+      for (int j = i + 1; j < L; j++) p[(size_t)i * L + j] = -INFINITY;
+}
+
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
-                       int B, int L, int H, int D) {
-  const float scale = 1.0f / std::sqrt((float)D);
+                       int B, int L, int H, int D, const AttentionMask& mask) {
+  const float scale = mask.scale_for(D);
   const int HD = H * D;
   for (int b = 0; b < B; b++)
     for (int h = 0; h < H; h++) {
       const size_t off = bthd(b, 0, h, L, H, D);
       float* p = probs + ((size_t)b * H + h) * L * L;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, L, L, D, scale, q + off, HD, k + off, HD, 0.0f, p, L);
+      mask_scores(p, L, h, mask);
     }
   softmax_rows(probs, (long)B * H * L, L);
   for (int b = 0; b < B; b++)
@@ -336,9 +348,11 @@ void attention_forward(float* out, float* probs, const float* q, const float* k,
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs,
-                        const float* q, const float* k, const float* v, int B, int L, int H, int D) {
+                        const float* q, const float* k, const float* v, int B, int L, int H, int D,
+                        const AttentionMask& mask) {
   if (!dq && !dk && !dv) return;
-  const float scale = 1.0f / std::sqrt((float)D);
+  // The bias and the mask are constants: masked positions have P = 0, so their dS is 0 too.
+  const float scale = mask.scale_for(D);
   const int HD = H * D;
   // With dP = dO V^T, the softmax backward gives dS_ij = P_ij (dP_ij - delta_i), delta_i = sum_j P_ij dP_ij.
   // Then dQ += scale dS K, dK += scale dS^T Q, dV += P^T dO.
@@ -409,6 +423,61 @@ void silu_backward(float* dinp, const float* dout, const float* inp, int n) {
     float x = inp[i];
     float sig = 1.0f / (1.0f + std::exp(-x));
     dinp[i] += sig * (1.0f + x * (1.0f - sig)) * dout[i];
+  }
+}
+
+static const float QUICK_GELU_K = 1.702f;
+
+void quick_gelu_forward(float* out, const float* inp, long n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
+  for (long i = 0; i < n; i++) out[i] = inp[i] / (1.0f + std::exp(-QUICK_GELU_K * inp[i]));
+}
+
+void quick_gelu_backward(float* dinp, const float* dout, const float* inp, long n) {
+  if (!dinp) return;
+  // d/dx [x * sigmoid(k x)] = sigmoid(k x) * (1 + k x * (1 - sigmoid(k x)))
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
+  for (long i = 0; i < n; i++) {
+    const float kx = QUICK_GELU_K * inp[i], sig = 1.0f / (1.0f + std::exp(-kx));
+    dinp[i] += sig * (1.0f + kx * (1.0f - sig)) * dout[i];
+  }
+}
+
+void mul_forward(float* out, const float* a, const float* b, long n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
+  for (long i = 0; i < n; i++) out[i] = a[i] * b[i];
+}
+
+void mul_backward(float* da, float* db, const float* dout, const float* a, const float* b, long n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
+  for (long i = 0; i < n; i++) {
+    if (da) da[i] += dout[i] * b[i];
+    if (db) db[i] += dout[i] * a[i];
+  }
+}
+
+void affine_forward(float* out, const float* x, const float* w, const float* b, int N, int C) {
+#pragma omp parallel for schedule(static) if ((long)N * C >= PARALLEL_MIN_WORK)
+  for (int n = 0; n < N; n++)
+    for (int c = 0; c < C; c++) out[(size_t)n * C + c] = x[(size_t)n * C + c] * w[c] + (b ? b[c] : 0.0f);
+}
+
+void affine_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w, int N, int C) {
+  if (dx) {
+#pragma omp parallel for schedule(static) if ((long)N * C >= PARALLEL_MIN_WORK)
+    for (int n = 0; n < N; n++)
+      for (int c = 0; c < C; c++) dx[(size_t)n * C + c] += dout[(size_t)n * C + c] * w[c];
+  }
+  if (!dw && !db) return;
+#pragma omp parallel for schedule(static) if ((long)N * C >= PARALLEL_MIN_WORK)
+  for (int c = 0; c < C; c++) {
+    double sw = 0.0, sb = 0.0;
+    for (int n = 0; n < N; n++) {
+      sw += (double)dout[(size_t)n * C + c] * x[(size_t)n * C + c];
+      sb += dout[(size_t)n * C + c];
+    }
+    if (dw) dw[c] += (float)sw;
+    if (db) db[c] += (float)sb;
   }
 }
 

@@ -11,6 +11,7 @@
 //   stored by the forward into a buffer the caller owns.
 #pragma once
 #include "core/dtype.h"
+#include "ops/attention_mask.h"
 
 namespace graft::cpu {
 
@@ -40,8 +41,8 @@ void lora_forward(float* out, int out_stride, float* h, const float* inp, const 
 void lora_backward(float* dinp, float* dA, float* dB, const float* dout, int dout_stride, const float* h,
                    const float* inp, const float* A, const float* B, int N, int IC, int OC, int rank, float scale);
 
-// LayerNorm over the last dim C without affine parameters, eps = 1e-6 (FLUX's norms).
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, int N, int C);
+// LayerNorm over the last dim C without affine parameters; eps 1e-6 is FLUX's, CLIP's is 1e-5.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, int N, int C, float eps = 1e-6f);
 void layernorm_backward(float* dinp, const float* dout, const float* inp, const float* mean, const float* rstd,
                         int N, int C);
 
@@ -59,19 +60,33 @@ void rope_table(float* cos_sin, const float* ids, int P, const int* axes_dim, in
 void rope_forward(float* out, const float* inp, const float* cos_sin, int B, int L, int H, int D);
 void rope_backward(float* dinp, const float* dout, const float* cos_sin, int B, int L, int H, int D);
 
-// Non-causal scaled-dot-product attention, scale 1/sqrt(D).
+// Scaled-dot-product attention: softmax(scale q k^T + bias, causal) v; by default scale 1/sqrt(D),
+// no bias, not causal (attention_mask.h).
 // q, k, v: [B, L, H, D]; out: [B, L, H*D] (heads merged, as FLUX's "B H L D -> B L (H D)").
 // probs: [B, H, L, L] softmax probabilities kept for backward (the CPU reference materialises them).
 void attention_forward(float* out, float* probs, const float* q, const float* k, const float* v,
-                       int B, int L, int H, int D);
+                       int B, int L, int H, int D, const AttentionMask& mask = {});
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs,
-                        const float* q, const float* k, const float* v, int B, int L, int H, int D);
+                        const float* q, const float* k, const float* v, int B, int L, int H, int D,
+                        const AttentionMask& mask = {});
 
 // GELU, tanh approximation; SiLU. Elementwise over n values.
 void gelu_forward(float* out, const float* inp, int n);
 void gelu_backward(float* dinp, const float* dout, const float* inp, int n);
 void silu_forward(float* out, const float* inp, int n);
 void silu_backward(float* dinp, const float* dout, const float* inp, int n);
+// CLIP's quick GELU: x * sigmoid(1.702 x).
+void quick_gelu_forward(float* out, const float* inp, long n);
+void quick_gelu_backward(float* dinp, const float* dout, const float* inp, long n);
+
+// out = a * b elementwise; backward da += dout * b, db += dout * a (either may be nullptr).
+void mul_forward(float* out, const float* a, const float* b, long n);
+void mul_backward(float* da, float* db, const float* dout, const float* a, const float* b, long n);
+
+// Per-channel affine of rows x [N, C]: out = x * w[c] + b[c] (b may be nullptr): the affine part of
+// a LayerNorm with parameters. Backward: dx += dout * w, dw += sum_n dout * x, db += sum_n dout.
+void affine_forward(float* out, const float* x, const float* w, const float* b, int N, int C);
+void affine_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w, int N, int C);
 
 // adaLN modulation: out[b,l,c] = (1 + scale[b,c]) * x[b,l,c] + shift[b,c].
 // shift and scale are rows of a modulation output: element (b, c) is at ptr[b*mod_stride + c].

@@ -154,19 +154,43 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
 
 // ================================================================================================ norms
 
-Tensor layernorm(const Tensor& x) {
+Tensor layernorm(const Tensor& x, float eps) {
   check_activation("layernorm", x);
   const int C = as_int(x.size(-1), "layernorm"), N = as_int(x.numel() / std::max(C, 1), "layernorm");
   Tensor out = like(x, x.shape);
   Tensor mean = empty({N}, DType::F32, x.device()), rstd = empty({N}, DType::F32, x.device());
-  if (x.is_cuda()) ON_CUDA(gpu::layernorm_forward(bf(out), fp(mean), fp(rstd), bf(x), N, C));
-  else cpu::layernorm_forward(fp(out), fp(mean), fp(rstd), fp(x), N, C);
+  if (x.is_cuda()) ON_CUDA(gpu::layernorm_forward(bf(out), fp(mean), fp(rstd), bf(x), N, C, eps));
+  else cpu::layernorm_forward(fp(out), fp(mean), fp(rstd), fp(x), N, C, eps);
   const Tensor xs = x.detach();
   record("layernorm", {&x}, {&out}, [=](GradContext& g) {
     Tensor* dx = g.din(0);
     if (!dx) return;
     if (xs.is_cuda()) ON_CUDA(gpu::layernorm_backward(bf(dx), bf(g.dout()), bf(xs), fp(mean), fp(rstd), N, C));
     else cpu::layernorm_backward(fp(dx), fp(g.dout()), fp(xs), fp(mean), fp(rstd), N, C);
+  });
+  return out;
+}
+
+Tensor affine(const Tensor& x, const Tensor& w, const Tensor& b) {
+  check_activation("affine", x);
+  check_same_device("affine", x, w);
+  check_same_device("affine", x, b);
+  const int C = as_int(w.numel(), "affine");
+  if (C == 0 || x.size(-1) != C || (b.defined() && b.numel() != C))
+    shape_error("affine", "input " + shape_str(x.shape) + ", weight " + shape_str(w.shape) + (b.defined() ? ", bias " + shape_str(b.shape) : ""));
+  const int N = as_int(x.numel() / C, "affine");
+  Tensor out = like(x, x.shape);
+  const Tensor wc = weight_for(w), bc = weight_for(b);
+  if (x.is_cuda()) ON_CUDA(gpu::affine_forward(bf(out), bf(x), bf(wc), bc.defined() ? bf(bc) : nullptr, N, C));
+  else cpu::affine_forward(fp(out), fp(x), fp(wc), bc.defined() ? fp(bc) : nullptr, N, C);
+  const Tensor xs = x.detach(), ws = w.detach();
+  record("affine", {&x, &w, &b}, {&out}, [=](GradContext& g) {
+    Tensor *dx = g.din(0), *dw = g.din(1), *db = g.din(2);
+    check_weight_grad("affine", dw);
+    check_weight_grad("affine", db);
+    const Tensor wc = weight_for(ws);
+    if (xs.is_cuda()) ON_CUDA(gpu::affine_backward(bf(dx), fp(dw), fp(db), bf(g.dout()), bf(xs), bf(wc), N, C));
+    else cpu::affine_backward(fp(dx), fp(dw), fp(db), fp(g.dout()), fp(xs), fp(wc), N, C);
   });
   return out;
 }
@@ -250,39 +274,48 @@ Tensor rope(const Tensor& x, const Tensor& cos_sin, int H) {
   return out;
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int H) {
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int H, const AttentionOptions& opt) {
   for (const Tensor* t : {&q, &k, &v}) check_activation("attention", *t);
   if (q.dim() != 3 || q.shape != k.shape || q.shape != v.shape || H <= 0 || q.size(2) % H)
     shape_error("attention", "q " + shape_str(q.shape) + ", k " + shape_str(k.shape) + ", v " + shape_str(v.shape));
   const int B = as_int(q.size(0), "attention"), L = as_int(q.size(1), "attention"), D = as_int(q.size(2) / H, "attention");
+  if (opt.bias.defined()) {
+    check_same_device("attention", q, opt.bias);
+    if (opt.bias.dtype != DType::F32 || opt.bias.shape != Shape{H, L, L} || opt.bias.requires_grad())
+      shape_error("attention", "bias " + opt.bias.str() + " for " + std::to_string(H) + " heads of " + std::to_string(L) +
+                                   " tokens (fp32 [heads, L, L], a constant)");
+  }
+  const Tensor bias = opt.bias.defined() ? opt.bias.detach() : Tensor();
+  const AttentionMask mask{opt.scale, opt.causal, bias.defined() ? fp(bias) : nullptr};
   Tensor out = like(q, q.shape);
   // What the backward needs besides q, k, v: the probabilities on the CPU (the reference keeps the
   // L x L matrix), the log-sum-exp of each row on CUDA (flash attention recomputes the rest).
-  // Head sizes the flash kernels lack (the autoencoder's one head of C channels) take the
-  // materialised path on CUDA too.
-  const bool flash = q.is_cuda() && (D == 32 || D == 64 || D == 128);
+  // Head sizes the flash kernels lack (the autoencoder's one head of C channels) and masks take
+  // the materialised path on CUDA too.
+  const bool flash = q.is_cuda() && mask.plain() && (D == 32 || D == 64 || D == 128);
   Tensor stats;
   if (flash) {
     stats = empty({B, H, L}, DType::F32, q.device());
     ON_CUDA(gpu::attention_forward(bf(out), fp(stats), bf(q), bf(k), bf(v), B, L, H, D));
   } else if (q.is_cuda()) {
     stats = empty({B, H, L, L}, DType::F32, q.device(), "attention probabilities");
-    ON_CUDA(gpu::attention_math_forward(bf(out), fp(stats), bf(q), bf(k), bf(v), B, L, H, D));
+    ON_CUDA(gpu::attention_math_forward(bf(out), fp(stats), bf(q), bf(k), bf(v), B, L, H, D, mask));
   } else {
     stats = empty({B, H, L, L}, DType::F32, q.device(), "attention probabilities");
-    cpu::attention_forward(fp(out), fp(stats), fp(q), fp(k), fp(v), B, L, H, D);
+    cpu::attention_forward(fp(out), fp(stats), fp(q), fp(k), fp(v), B, L, H, D, mask);
   }
   const Tensor qs = q.detach(), ks = k.detach(), vs = v.detach(), os = out.detach();
   record("attention", {&q, &k, &v}, {&out}, [=](GradContext& g) {
     Tensor *dq = g.din(0), *dk = g.din(1), *dv = g.din(2);
+    (void)bias;  // kept alive with the mask that points into it
     if (flash)
       ON_CUDA(gpu::attention_backward(bf(dq), bf(dk), bf(dv), bf(g.dout()), bf(os), fp(stats), bf(qs), bf(ks), bf(vs), B,
                                       L, H, D));
     else if (qs.is_cuda())
       ON_CUDA(gpu::attention_math_backward(bf(dq), bf(dk), bf(dv), bf(g.dout()), fp(stats), bf(qs), bf(ks), bf(vs), B, L,
-                                           H, D));
+                                           H, D, mask));
     else
-      cpu::attention_backward(fp(dq), fp(dk), fp(dv), fp(g.dout()), fp(stats), fp(qs), fp(ks), fp(vs), B, L, H, D);
+      cpu::attention_backward(fp(dq), fp(dk), fp(dv), fp(g.dout()), fp(stats), fp(qs), fp(ks), fp(vs), B, L, H, D, mask);
   });
   return out;
 }
@@ -330,6 +363,39 @@ static void accumulate(Tensor* acc, const Tensor& x) {
   } else {
     cpu::accumulate(fp(acc), fp(x), n);
   }
+}
+
+Tensor quick_gelu(const Tensor& x) {
+  check_activation("quick_gelu", x);
+  Tensor out = like(x, x.shape);
+  const long n = (long)x.numel();
+  if (x.is_cuda()) ON_CUDA(gpu::quick_gelu_forward(bf(out), bf(x), n));
+  else cpu::quick_gelu_forward(fp(out), fp(x), n);
+  const Tensor xs = x.detach();
+  record("quick_gelu", {&x}, {&out}, [=](GradContext& g) {
+    Tensor* dx = g.din(0);
+    if (xs.is_cuda()) ON_CUDA(gpu::quick_gelu_backward(bf(dx), bf(g.dout()), bf(xs), n));
+    else cpu::quick_gelu_backward(fp(dx), fp(g.dout()), fp(xs), n);
+  });
+  return out;
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  check_activation("mul", a);
+  check_activation("mul", b);
+  check_same_device("mul", a, b);
+  if (a.shape != b.shape) shape_error("mul", shape_str(a.shape) + " * " + shape_str(b.shape));
+  Tensor out = like(a, a.shape);
+  const long n = (long)a.numel();
+  if (a.is_cuda()) ON_CUDA(gpu::mul_forward(bf(out), bf(a), bf(b), n));
+  else cpu::mul_forward(fp(out), fp(a), fp(b), n);
+  const Tensor as = a.detach(), bs = b.detach();
+  record("mul", {&a, &b}, {&out}, [=](GradContext& g) {
+    Tensor *da = g.din(0), *db = g.din(1);
+    if (as.is_cuda()) ON_CUDA(gpu::mul_backward(bf(da), bf(db), bf(g.dout()), bf(as), bf(bs), n));
+    else cpu::mul_backward(fp(da), fp(db), fp(g.dout()), fp(as), fp(bs), n);
+  });
+  return out;
 }
 
 Tensor add(const Tensor& a, const Tensor& b) {

@@ -36,8 +36,10 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
 
 // ---- normalisation --------------------------------------------------------------------------------
 
-// LayerNorm over the last dim without affine parameters, eps 1e-6 (FLUX's).
-Tensor layernorm(const Tensor& x);
+// LayerNorm over the last dim without affine parameters (eps 1e-6 is FLUX's; CLIP's is 1e-5).
+Tensor layernorm(const Tensor& x, float eps = 1e-6f);
+// x * w + b per channel of the last dim (w, b [C]; b may be undefined): a LayerNorm's affine part.
+Tensor affine(const Tensor& x, const Tensor& w, const Tensor& b);
 // RMSNorm over the last scale.numel() values (rows of that length), eps 1e-6: x * rrms * scale.
 Tensor rmsnorm(const Tensor& x, const Tensor& scale);
 // GroupNorm of x [B, C, H, W] (or [B, C, HW]) with `groups` groups, eps 1e-6, then gamma, beta [C].
@@ -50,13 +52,22 @@ Tensor groupnorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int g
 Tensor rope_table(const std::vector<float>& ids, int P, const std::vector<int>& axes_dim, float theta, Device device);
 // x [B, L, heads*D] rotated pairwise by cos_sin (row b*L + l for position (b, l)).
 Tensor rope(const Tensor& x, const Tensor& cos_sin, int heads);
-// Softmax attention, scale 1/sqrt(D), no mask: q, k, v [B, L, heads*D] -> [B, L, heads*D].
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads);
+// What attention adds to its scores: another scale than 1/sqrt(D) (0 keeps it), a causal mask, and
+// a bias [heads, L, L] (fp32 on the device of q, shared by every batch row; a constant: no gradient).
+struct AttentionOptions {
+  float scale = 0.0f;
+  bool causal = false;
+  Tensor bias;
+};
+// Softmax attention: q, k, v [B, L, heads*D] -> [B, L, heads*D].
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, const AttentionOptions& opt = {});
 
 // ---- elementwise ---------------------------------------------------------------------------------
 
 Tensor gelu(const Tensor& x);  // tanh approximation
 Tensor silu(const Tensor& x);
+Tensor quick_gelu(const Tensor& x);  // x * sigmoid(1.702 x), CLIP's
+Tensor mul(const Tensor& a, const Tensor& b);  // same shapes, elementwise
 Tensor add(const Tensor& a, const Tensor& b);  // same shapes
 // adaLN: (1 + scale) * x + shift for x [B, L, C], shift and scale the chunks `shift_chunk` and
 // `scale_chunk` of mod [B, k*C] (each chunk C wide).

@@ -82,6 +82,42 @@ TEST(tensor_ops_gradients_match_finite_differences) {
     return gate_residual(t[0], modulate(t[1], t[2], 0, 1), t[2], 2);
   });
   check_op("gaussian KL", {{2, 3}, {2, 3}}, [](const std::vector<Tensor>& t) { return gaussian_kl(t[0], t[1]); });
+  check_op("mul (gated GELU, T5's FFN)", {{3, 5}, {3, 5}}, [](const std::vector<Tensor>& t) { return mul(gelu(t[0]), t[1]); });
+  check_op("quick_gelu (CLIP's)", {{4, 6}}, [](const std::vector<Tensor>& t) { return quick_gelu(t[0]); });
+  check_op("layernorm eps 1e-5 + affine", {{3, 8}, {8}, {8}}, [](const std::vector<Tensor>& t) {
+    return affine(layernorm(t[0], 1e-5f), t[1], t[2]);
+  });
+  check_op("attention, causal", {{2, 4, 6}, {2, 4, 6}, {2, 4, 6}}, [](const std::vector<Tensor>& t) {
+    return attention(t[0], t[1], t[2], 2, AttentionOptions{0.0f, true, Tensor()});
+  });
+  // T5's: unscaled scores plus a per-head bias.
+  const Tensor bias = from_vector(random_buf(2 * 5 * 5, 7), {2, 5, 5}, kCpu);
+  check_op("attention, scale 1 + bias", {{1, 5, 8}, {1, 5, 8}, {1, 5, 8}}, [&](const std::vector<Tensor>& t) {
+    return attention(t[0], t[1], t[2], 2, AttentionOptions{1.0f, false, bias});
+  });
+}
+
+// The masks change the result the way their definitions say: a causal first token sees only itself
+// (its output is its own value row); the bias shifts scores (a huge bias on one key picks that key's
+// value); scale 1 differs from 1/sqrt(D).
+TEST(attention_options_do_what_they_say) {
+  const int B = 1, L = 4, H = 1, D = 4;
+  const Tensor q = from_vector(random_buf(B * L * D, 1), {B, L, D}, kCpu), k = from_vector(random_buf(B * L * D, 2), {B, L, D}, kCpu),
+               v = from_vector(random_buf(B * L * D, 3), {B, L, D}, kCpu);
+  const std::vector<float> vv = to_floats(v), plain = to_floats(attention(q, k, v, H));
+  const std::vector<float> causal = to_floats(attention(q, k, v, H, AttentionOptions{0.0f, true, Tensor()}));
+  for (int d = 0; d < D; ++d) CHECK_NEAR(causal[d], vv[d], 1e-6);
+  for (int i = 0; i < L * D; ++i)
+    if (i >= (L - 1) * D) CHECK_NEAR(causal[i], plain[i], 1e-6);  // the last token sees every position anyway
+  std::vector<float> b((size_t)L * L, 0.0f);
+  for (int i = 0; i < L; ++i) b[(size_t)i * L + 2] = 80.0f;
+  const std::vector<float> biased = to_floats(attention(q, k, v, H, AttentionOptions{0.0f, false, from_vector(b, {H, L, L}, kCpu)}));
+  for (int i = 0; i < L; ++i)
+    for (int d = 0; d < D; ++d) CHECK_NEAR(biased[(size_t)i * D + d], vv[2 * D + d], 1e-5);
+  const std::vector<float> unscaled = to_floats(attention(q, k, v, H, AttentionOptions{1.0f, false, Tensor()}));
+  double diff = 0.0;
+  for (size_t i = 0; i < plain.size(); ++i) diff = std::max(diff, (double)std::fabs(unscaled[i] - plain[i]));
+  CHECK(diff > 1e-3);
 }
 
 // A block run through checkpoint(): the same output, and the same gradients of its input and of the

@@ -286,6 +286,18 @@ bool engine_parity_test() {
   }, 100);
   op_parity("rmsnorm with an fp32 trainable scale", {{4, 6, 32}, {32}}, {false, true},
             [](const std::vector<Tensor>& t) { return rmsnorm(t[0], t[1]); }, 110);
+  op_parity("mul of gelu (T5's gated FFN) + quick_gelu (CLIP's)", {{3, 7, 40}, {3, 7, 40}}, act(2),
+            [](const std::vector<Tensor>& t) { return quick_gelu(mul(gelu(t[0]), t[1])); }, 120);
+  op_parity("layernorm eps 1e-5 + trainable affine (CLIP's norms)", {{4, 5, 48}, {48}, {48}}, {false, true, true},
+            [](const std::vector<Tensor>& t) { return affine(layernorm(t[0], 1e-5f), t[1], t[2]); }, 130);
+  op_parity("attention, causal, head size 64 (CLIP's)", {{2, 19, 128}, {2, 19, 128}, {2, 19, 128}}, act(3),
+            [](const std::vector<Tensor>& t) { return attention(t[0], t[1], t[2], 2, AttentionOptions{0.0f, true, Tensor()}); },
+            140, 2e-2);
+  op_parity("attention, unscaled + per-head bias (T5's)", {{2, 23, 128}, {2, 23, 128}, {2, 23, 128}}, act(3),
+            [](const std::vector<Tensor>& t) {
+              Tensor bias = from_vector(random_vec(2 * 23 * 23, 150, 1.0f), {2, 23, 23}, t[0].device(), DType::F32);
+              return attention(t[0], t[1], t[2], 2, AttentionOptions{0.125f, false, bias});
+            }, 150, 2e-2);
   flux_parity(dir);
   vae_parity(dir);
   text_encoder_parity();

@@ -1,0 +1,66 @@
+// graft-trainer's text-encoder commands: token ids through T5 or CLIP from files, the check the
+// PyTorch reference (tests/test_text_encoders_torch.py) runs against.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cli/args.h"
+#include "core/autograd.h"
+#include "core/safetensors.h"
+#include "models/clip.h"
+#include "models/t5.h"
+
+namespace graft {
+
+namespace {
+
+// ids: I32 [B, L] from a safetensors file.
+std::vector<int> read_ids(const std::string& path, int* B, int* L) {
+  SafeTensorsFile f = SafeTensorsFile::open(path);
+  const TensorInfo& t = f.info("ids");
+  if (t.dtype != DType::I32 || t.shape.size() != 2)
+    fail(path + ": tensor 'ids' must be I32 [B, L], got " + dtype_name(t.dtype) + " " + shape_str(t.shape));
+  *B = (int)t.shape[0], *L = (int)t.shape[1];
+  const int* p = (const int*)f.raw(t);
+  return std::vector<int>(p, p + (size_t)*B * *L);
+}
+
+void write_floats(SafeTensorsWriter& w, const std::string& name, const Tensor& t) {
+  const std::vector<float> v = to_floats(t);
+  w.add(name, DType::F32, t.shape, v.data());
+}
+
+int cmd_text_encode(const std::vector<std::string>& a) {
+  need_args(a, 5, "text-encode");
+  std::vector<std::string> rest;
+  const Device device = device_option(a, 5, "text-encode", &rest);
+  if (!rest.empty()) fail("text-encode: unknown argument '" + rest[0] + "'");
+  int B = 0, L = 0;
+  const std::vector<int> ids = read_ids(a[3], &B, &L);
+  NoGrad no_grad;
+  SafeTensorsWriter w;
+  if (a[1] == "t5") {
+    const T5Encoder m = T5Encoder::load(a[2], device);
+    write_floats(w, "hidden", m.forward(ids, B, L));
+  } else if (a[1] == "clip") {
+    const ClipTextModel m = ClipTextModel::load(a[2], device);
+    ClipTextModel::Output o = m.forward(ids, B, L);
+    write_floats(w, "hidden", o.hidden);
+    write_floats(w, "pooled", o.pooled);
+  } else {
+    fail("text-encode: '" + a[1] + "': give t5 or clip");
+  }
+  w.write(a[4]);
+  return 0;
+}
+
+}  // namespace
+
+std::vector<Command> encoder_commands() {
+  return {
+      {"text-encode", "t5|clip <ckpt> <ids> <outputs> [--device D]  token ids (I32 [B, L] `ids`) through a text encoder; "
+                      "writes `hidden` (and CLIP's `pooled`)", cmd_text_encode},
+  };
+}
+
+}  // namespace graft

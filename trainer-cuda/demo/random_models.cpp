@@ -1,0 +1,179 @@
+#include "demo/random_models.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "core/common.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "models/weights.h"
+
+namespace graft {
+
+namespace {
+
+// Modulation layers start small, as in an adaLN-Zero-initialised DiT, so the residual stream of the
+// random model still carries its input (a random model with O(1) gates scrambles it beyond what a
+// LoRA can undo in a few hundred steps).
+const float kModGain = 0.2f;
+
+uint64_t name_hash(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// A tensor's distribution, from its name and shape.
+void draw(const std::string& name, const Shape& shape, uint64_t seed, float* out) {
+  Rng rng(seed, 0x71E, name_hash(name));
+  const size_t n = (size_t)shape_numel(shape);
+  const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+  const bool modulation = name.find("_mod.lin") != std::string::npos || name.find("modulation.lin") != std::string::npos ||
+                          name.find("adaLN_modulation") != std::string::npos;
+  float mean = 0.0f, std = 0.02f;
+  if (name.find(".scale") != std::string::npos || (!bias && shape.size() == 1)) mean = 1.0f, std = 0.1f;  // norms
+  else if (!bias) std = (modulation ? kModGain : 1.0f) / std::sqrt((float)shape[1]);
+  for (size_t i = 0; i < n; ++i) out[i] = mean + std * rng.normal();
+}
+
+
+// A tensor drawn whole, then rows [row0, row0 + rows) of it converted into dst.
+void draw_rows(uint8_t* dst, DType dtype, const std::string& name, const Shape& shape, uint64_t seed, int64_t row0,
+               int64_t rows, bool swap_halves = false) {
+  std::vector<float> v((size_t)shape_numel(shape));
+  draw(name, shape, seed, v.data());
+  if (swap_halves) std::rotate(v.begin(), v.begin() + v.size() / 2, v.end());
+  const int64_t row = shape_numel(shape) / shape[0];
+  convert_host(dst, dtype, v.data() + row0 * row, DType::F32, (size_t)(rows * row));
+}
+
+std::string shard_name(const std::string& stem, int k, int n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "-%05d-of-%05d.safetensors", k + 1, n);
+  return stem + buf;
+}
+
+// Shard k of n for a tensor starting `at` elements into a model of `total`: shards by size.
+int shard_of(size_t at, size_t total, int n) { return (int)std::min<size_t>(n - 1, at * n / std::max<size_t>(total, 1)); }
+
+void write_index(const std::string& dir, const std::string& stem, size_t bytes, const nlohmann::json& weight_map) {
+  const std::string index = nlohmann::json({{"metadata", {{"total_size", bytes}}}, {"weight_map", weight_map}}).dump(2);
+  write_file_atomic(dir + "/" + stem + ".safetensors.index.json", index.data(), index.size());
+}
+
+// The tensors a model lists through a loader that hands out shapes only.
+template <class Model, class Config>
+TensorList tensors_of(const Config& c) {
+  WeightLoader w(nullptr, identity_layout("shapes"), Device::cpu());
+  w.shapes_only = true;
+  Model m(c, w);
+  TensorList out;
+  for (NamedParam& p : m.params()) out.push_back({p.name, p.t->shape});
+  return out;
+}
+
+void write_config(const std::string& dir, const nlohmann::json& j) {
+  const std::string text = j.dump(2);
+  write_file_atomic(dir + "/config.json", text.data(), text.size());
+}
+
+}  // namespace
+
+void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t seed, const RandomFluxOptions& o) {
+  const TensorList tensors = tensors_of<FluxTransformer>(c);
+  const std::string axes = nlohmann::json({c.axes_dim[0], c.axes_dim[1], c.axes_dim[2]}).dump();
+  if (o.layout == "bfl" || o.layout == "comfyui") {
+    RandomWriteOptions w;
+    w.dtype = o.dtype;
+    w.prefix = o.layout == "comfyui" ? "model.diffusion_model." : "";
+    w.metadata = {{"graft.axes_dim", axes}, {"graft.note", "random FLUX.1-layout checkpoint written by graft-trainer for tests"}};
+    write_random_tensors(path, tensors, seed, w);
+    return;
+  }
+  if (o.layout != "diffusers") fail("random FLUX checkpoint: unknown layout '" + o.layout + "' (bfl, comfyui, diffusers)");
+  // diffusers: fused BFL tensors split into their parts (q, k, v of hidden rows each; the single
+  // blocks' MLP input takes the rest), the final modulation's halves swapped, shards by size.
+  make_dirs(path);
+  const std::string stem = "diffusion_pytorch_model";
+  const Layout layout = flux_diffusers_layout();
+  const int n = std::max(1, o.shards);
+  std::vector<SafeTensorsWriter> writers(n);
+  nlohmann::json weight_map = nlohmann::json::object();
+  size_t total = 0, at = 0;
+  for (const auto& t : tensors) total += (size_t)shape_numel(t.second);
+  for (const auto& [name, shape] : tensors) {
+    const int k = shard_of(at, total, n);
+    at += (size_t)shape_numel(shape);
+    const Stored st = layout.map(name);
+    int64_t row0 = 0;
+    for (size_t i = 0; i < st.parts.size(); ++i) {
+      const int64_t rows = i + 1 < st.parts.size() ? c.hidden : shape[0] - row0;
+      Shape part = shape;
+      part[0] = rows;
+      const DType dt = o.dtype;
+      const bool swap = st.swap_halves;
+      writers[k].add_lazy(st.parts[i], dt, part, [=](uint8_t* dst) { draw_rows(dst, dt, name, shape, seed, row0, rows, swap); });
+      weight_map[st.parts[i]] = shard_name(stem, k, n);
+      row0 += rows;
+    }
+  }
+  for (int k = 0; k < n; ++k) {
+    writers[k].metadata["graft.axes_dim"] = axes;
+    writers[k].write(path + "/" + shard_name(stem, k, n));
+  }
+  write_index(path, stem, total * dtype_size(o.dtype), weight_map);
+}
+
+void write_random_tensors(const std::string& path, const TensorList& tensors, uint64_t seed, const RandomWriteOptions& o) {
+  const int n = o.shards;
+  if (n <= 0) {
+    SafeTensorsWriter w;
+    w.metadata = o.metadata;
+    for (const auto& [name, shape] : tensors)
+      w.add_lazy(o.prefix + name, o.dtype, shape, [=](uint8_t* dst) { draw_rows(dst, o.dtype, name, shape, seed, 0, shape[0]); });
+    w.write(path);
+    return;
+  }
+  make_dirs(path);
+  std::vector<SafeTensorsWriter> writers(n);
+  nlohmann::json weight_map = nlohmann::json::object();
+  size_t total = 0, at = 0;
+  for (const auto& t : tensors) total += (size_t)shape_numel(t.second);
+  for (const auto& [name, shape] : tensors) {
+    const int k = shard_of(at, total, n);
+    at += (size_t)shape_numel(shape);
+    writers[k].add_lazy(o.prefix + name, o.dtype, shape, [=](uint8_t* dst) { draw_rows(dst, o.dtype, name, shape, seed, 0, shape[0]); });
+    weight_map[o.prefix + name] = shard_name(o.stem, k, n);
+  }
+  for (int k = 0; k < n; ++k) {
+    writers[k].metadata = o.metadata;
+    writers[k].write(path + "/" + shard_name(o.stem, k, n));
+  }
+  write_index(path, o.stem, total * dtype_size(o.dtype), weight_map);
+}
+
+void write_random_t5(const std::string& path, const T5Config& c, uint64_t seed, const RandomWriteOptions& o) {
+  write_random_tensors(path, tensors_of<T5Encoder>(c), seed, o);
+  if (o.shards <= 0) return;
+  write_config(path, {{"architectures", {"T5EncoderModel"}}, {"model_type", "t5"}, {"d_model", c.d_model},
+                      {"d_kv", c.d_kv}, {"d_ff", c.d_ff}, {"num_layers", c.layers}, {"num_heads", c.heads},
+                      {"vocab_size", c.vocab}, {"relative_attention_num_buckets", c.buckets},
+                      {"relative_attention_max_distance", c.max_distance}, {"feed_forward_proj", "gated-gelu"},
+                      {"dense_act_fn", "gelu_new"}, {"is_gated_act", true}, {"layer_norm_epsilon", 1e-6},
+                      {"pad_token_id", 0}, {"eos_token_id", 1}, {"torch_dtype", dtype_name(o.dtype)}});
+}
+
+void write_random_clip(const std::string& path, const ClipConfig& c, uint64_t seed, const RandomWriteOptions& o) {
+  write_random_tensors(path, tensors_of<ClipTextModel>(c), seed, o);
+  if (o.shards <= 0) return;
+  write_config(path, {{"architectures", {"CLIPTextModel"}}, {"model_type", "clip_text_model"}, {"hidden_size", c.width},
+                      {"intermediate_size", c.mlp}, {"num_hidden_layers", c.layers}, {"num_attention_heads", c.heads},
+                      {"max_position_embeddings", c.positions}, {"vocab_size", c.vocab}, {"hidden_act", "quick_gelu"},
+                      {"layer_norm_eps", 1e-5}, {"bos_token_id", 0}, {"eos_token_id", c.eos_id < 0 ? 2 : c.eos_id},
+                      {"pad_token_id", 1}, {"projection_dim", c.width}, {"torch_dtype", dtype_name(o.dtype)}});
+}
+
+}  // namespace graft
