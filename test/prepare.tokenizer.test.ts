@@ -7,7 +7,10 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { byteLevelTokenizerJson } from '../src/prepare/byteTokenizer.js';
 import { PrepareError } from '../src/prepare/errors.js';
+import { resolveModel } from '../src/prepare/model.js';
+import { TextTokenizers } from '../src/prepare/textTokenizers.js';
 import { CaptionTokenizer } from '../src/prepare/tokenizer.js';
+import { loadPresets } from '../src/presets.js';
 import { TRAINER } from './helpers/daemon.js';
 import { tempDir } from './helpers/dataset.js';
 
@@ -62,6 +65,19 @@ describe('graft-tiny tokenizer.json', () => {
       expect(r.status, r.stderr).toBe(0);
       expect(tok.encode(t), JSON.stringify(t)).toEqual(JSON.parse(r.stdout));
     }
+  });
+
+  it('is the single tokenizer of the graft_tiny model, whose length model.json must agree with', () => {
+    const preset = loadPresets().find((p) => p.family === 'graft_tiny');
+    const model = resolveModel(preset, { name_or_path: 'presets/graft-tiny' }, join(ROOT, 'job.yaml'));
+    expect(model.tokenizers).toEqual([{
+      name: 'text', kind: 'tiny', source: { tokenizerJson: FILE }, maxLen: 48, maxLenFrom: `text_max_len of ${join(ROOT, 'presets', 'graft-tiny', 'model.json')}`,
+    }]);
+    const set = TextTokenizers.load(model.tokenizers);
+    expect(set.textSection()).toEqual({ max_len: 48, empty_tokens: byRule('') });
+    expect(set.encode('zxq')).toEqual(byRule('zxq'));
+    expect(() => TextTokenizers.load([{ ...model.tokenizers[0]!, maxLen: 40 }]))
+      .toThrow(new PrepareError(`${FILE}: fixed length 48 differs from the text encoder's 40 (text_max_len of ${join(ROOT, 'presets', 'graft-tiny', 'model.json')})`));
   });
 
   it('says clearly when a tokenizer is missing or has no fixed length', () => {

@@ -12,14 +12,18 @@ export interface CaptionCounter {
   count: (text: string) => number;
 }
 
-/** The counter of the first family graft trains whose model folder has a tokenizer; undefined when none. */
+/**
+ * The counter of the first family graft trains whose model folder has its tokenizers; undefined when none.
+ * With several text encoders it counts for the one that reads the most: a shorter one (FLUX.1's CLIP) being
+ * cut is normal, a caption past the longest is not.
+ */
 export async function captionCounter(presets: Preset[]): Promise<CaptionCounter | undefined> {
-  const { CaptionTokenizer } = await import('../prepare/tokenizer.js');
+  const { TextTokenizers } = await import('../prepare/textTokenizers.js');
   for (const p of presets.filter(trains)) {
     try {
       const model = resolveModel(p, { name_or_path: p.name_or_path }, 'presets');
-      const tok = CaptionTokenizer.load(model.tokenizer, model.textMaxLen);
-      return { family: p.label, max: tok.maxLen, count: (text) => tok.count(text) };
+      const longest = TextTokenizers.load(model.tokenizers).encoders.map((e) => e.tokenizer).sort((a, b) => b.maxLen - a.maxLen)[0]!;
+      return { family: p.label, max: longest.maxLen, count: (text) => longest.count(text) };
     } catch { /* no model files here: try the next family */ }
   }
   return undefined;

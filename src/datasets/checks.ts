@@ -53,13 +53,33 @@ function firstBadSequence(b: Uint8Array): number {
   return b.length;
 }
 
-/** Everything to say about one caption's text. */
-export function captionProblems(text: string, tokens?: { count: number; max: number }): string[] {
+/** A caption's length in one text encoder's tokens (special tokens included), against what it reads. */
+export interface TokenLength {
+  name: string;
+  count: number;
+  max: number;
+}
+
+/**
+ * Each encoder that cuts the caption, and by how much. Beside a longer encoder that reads it whole, a short
+ * one being cut is normal (FLUX.1's CLIP reads 77 tokens, its T5 512), and the message says so.
+ */
+function truncations(lengths: readonly TokenLength[]): string[] {
+  if (lengths.length === 1) {
+    const [t] = lengths;
+    return t!.count > t!.max ? [`caption is ${t!.count} tokens; the text encoder reads ${t!.max}: the rest is cut`] : [];
+  }
+  const whole = lengths.filter((t) => t.count <= t.max).sort((a, b) => b.max - a.max)[0];
+  return lengths.filter((t) => t.count > t.max).map((t) => `caption is ${t.count} tokens for ${t.name}, which reads ${t.max}: the last ${t.count - t.max} are cut` +
+    (whole && whole.max > t.max ? ` (normal: ${whole.name} still sees up to ${whole.max})` : ''));
+}
+
+/** Everything to say about one caption's text; with its length in each text encoder's tokens, what they cut. */
+export function captionProblems(text: string, lengths: readonly TokenLength[] = []): string[] {
   const out: string[] = [];
   const hidden = invisibleCharacters(text);
   if (hidden.length > 0) out.push(`invisible or direction characters: ${hidden.slice(0, 3).join(', ')}${hidden.length > 3 ? ` and ${hidden.length - 3} more` : ''}`);
-  if (tokens && tokens.count > tokens.max) out.push(`caption is ${tokens.count} tokens; the text encoder reads ${tokens.max}: the rest is cut`);
-  return out;
+  return [...out, ...truncations(lengths)];
 }
 
 /** A picture smaller than every requested resolution trains at its own size, below what was asked. */

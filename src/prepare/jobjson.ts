@@ -3,6 +3,8 @@
 import { isPlainObject } from '../util/objpath.js';
 import type { ModelFiles } from './model.js';
 import { at, type Settings } from './settings.js';
+import type { TokenIds } from './textTokenizers.js';
+import { tokenizerPath } from './tokenizerFiles.js';
 
 export const JOB_FORMAT = 'graft-job/2';
 
@@ -16,9 +18,9 @@ export interface JobItem {
   repeats: number;
   source: string;
   caption: string;
-  tokens: number[];
-  dropout_tokens: number[];
-  dop_tokens?: number[];
+  tokens: TokenIds;
+  dropout_tokens: TokenIds;
+  dop_tokens?: TokenIds;
 }
 
 export interface JobDataset {
@@ -31,7 +33,7 @@ export interface JobDataset {
 
 export interface SamplePrompt {
   prompt: string;
-  tokens: number[];
+  tokens: TokenIds;
   width: number;
   height: number;
   seed: number;
@@ -69,8 +71,8 @@ export interface JobJsonInput {
   name: string;
   jobDir: string;
   model: ModelFiles;
-  maxLen: number;
-  emptyTokens: number[];
+  /** job.json's "text": the encoders' lengths and the empty prompt (TextTokenizers.textSection). */
+  text: Obj;
   datasets: JobDataset[];
   prompts: SamplePrompt[];
 }
@@ -96,7 +98,9 @@ export function buildJobJson(i: JobJsonInput): Obj {
       transformer: i.model.transformer,
       text_encoder: i.model.text_encoder,
       ae: i.model.ae,
-      tokenizer: i.model.tokenizer,
+      ...(i.model.tokenizers.length === 1
+        ? { tokenizer: tokenizerPath(i.model.tokenizers[0]!) }
+        : { tokenizers: Object.fromEntries(i.model.tokenizers.map((t) => [t.name, tokenizerPath(t)])) }),
     },
     network: { type: str(at(p, 'network', 'type'), 'lora'), linear, linear_alpha: num(at(p, 'network', 'linear_alpha'), linear) },
     train: {
@@ -135,7 +139,7 @@ export function buildJobJson(i: JobJsonInput): Obj {
       max_step_saves_to_keep: num(at(p, 'save', 'max_step_saves_to_keep'), 4),
     },
     cache_dir: `${i.jobDir}/cache`,
-    text: { max_len: i.maxLen, empty_tokens: i.emptyTokens },
+    text: i.text,
     datasets: i.datasets,
     sample: {
       sample_every: num(sm('sample_every'), 250),
@@ -155,7 +159,7 @@ export function buildJobJson(i: JobJsonInput): Obj {
 }
 
 /** Every sample prompt resolved: [trigger] replaced, size, seed (walk_seed: base + index) and LoRA scale. */
-export function resolveSamplePrompts(s: Settings, user: Obj, trigger: string, replace: (text: string, trigger: string) => string, encode: (text: string) => number[]): SamplePrompt[] {
+export function resolveSamplePrompts(s: Settings, user: Obj, trigger: string, replace: (text: string, trigger: string) => string, encode: (text: string) => TokenIds): SamplePrompt[] {
   const sm = (k: string) => at(s.process, 'sample', k);
   const base = num(sm('seed'), 42);
   const walk = bool(sm('walk_seed'));

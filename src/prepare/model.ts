@@ -7,6 +7,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { expandHome, packageRoot } from '../paths.js';
 import type { Preset } from '../presets.js';
 import { PrepareError } from './errors.js';
+import type { TokenizerFiles } from './tokenizerFiles.js';
 
 /** Families preparation can resolve, with the architecture name the trainer reads (model.arch in job.json). */
 const TRAINER_ARCH: Record<string, string> = { graft_tiny: 'flux' };
@@ -18,9 +19,8 @@ export interface ModelFiles {
   transformer: string;
   text_encoder: string;
   ae: string;
-  tokenizer: string;
-  /** The text encoder's sequence length, from model.json when the tokenizer does not fix one. */
-  textMaxLen?: number;
+  /** One per text encoder, in the order job.json lists them. */
+  tokenizers: TokenizerFiles[];
 }
 
 function modelFolder(nameOrPath: string, configDir: string): string | undefined {
@@ -56,7 +56,9 @@ export function resolveModel(preset: Preset | undefined, model: Record<string, u
     transformer: join(folder, files.transformer),
     text_encoder: join(folder, files.text_encoder),
     ae: join(folder, files.ae),
-    tokenizer: join(folder, files.tokenizer),
-    textMaxLen,
+    tokenizers: [{
+      name: 'text', kind: 'tiny', source: { tokenizerJson: join(folder, files.tokenizer) },
+      ...(textMaxLen !== undefined ? { maxLen: textMaxLen, maxLenFrom: `text_max_len of ${join(folder, 'model.json')}` } : {}),
+    }],
   };
 }

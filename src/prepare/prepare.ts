@@ -22,7 +22,7 @@ import { buildJobJson, formatJobJson, resolveSamplePrompts, type JobDataset, typ
 import { Manifest } from './manifest.js';
 import { resolveModel } from './model.js';
 import { resolveSettings } from './settings.js';
-import { CaptionTokenizer } from './tokenizer.js';
+import { TextTokenizers } from './textTokenizers.js';
 
 export interface PrepareOptions {
   home?: string;
@@ -33,6 +33,8 @@ export interface PrepareOptions {
   pngCompression?: number;
   /** Progress and summary lines, as `graft prepare` prints them. */
   log?: (line: string) => void;
+  /** How the model's files are found (default model.ts's resolveModel): tests give folders it does not know yet. */
+  resolveModel?: typeof resolveModel;
 }
 
 export interface DatasetSummary {
@@ -119,11 +121,8 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
   checkAdoptable(source, jobDir);
 
   const preset = familyFor(user.model, presets);
-  const model = resolveModel(preset, user.model as Record<string, unknown>, source);
-  const tokenizer = CaptionTokenizer.load(model.tokenizer, model.textMaxLen);
-  if (model.textMaxLen !== undefined && tokenizer.maxLen !== model.textMaxLen) {
-    throw new PrepareError(`${model.tokenizer}: fixed length ${tokenizer.maxLen} differs from the text encoder's text_max_len ${model.textMaxLen} (${join(model.folder, 'model.json')})`);
-  }
+  const model = (opts.resolveModel ?? resolveModel)(preset, user.model as Record<string, unknown>, source);
+  const tokenizers = TextTokenizers.load(model.tokenizers);
   const settings = resolveSettings(user, preset);
   const train = settings.process.train as Record<string, unknown>;
   const trigger = typeof user.trigger_word === 'string' ? user.trigger_word.trim() : '';
@@ -159,12 +158,7 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
     }));
   }
 
-  const tokenCache = new Map<string, number[]>();
-  const encode = (text: string) => {
-    let ids = tokenCache.get(text);
-    if (!ids) { ids = tokenizer.encode(text); tokenCache.set(text, ids); }
-    return ids;
-  };
+  const encode = (text: string) => tokenizers.encode(text);
   const captions: CaptionRules = {
     trigger,
     unloadTextEncoder: train.unload_text_encoder === true,
@@ -173,13 +167,13 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
   const datasets: JobDataset[] = [];
   const summaries: DatasetSummary[] = [];
   for (const [di, d] of settings.datasets.entries()) {
-    const { dataset, summary } = datasetOf(d, collected[di]!, pixels[di]!, jobDir, captions, encode, (text) => tokenizer.count(text), tokenizer.maxLen);
+    const { dataset, summary } = datasetOf(d, collected[di]!, pixels[di]!, jobDir, captions, tokenizers);
     datasets.push(dataset);
     summaries.push(summary);
   }
 
   const prompts = resolveSamplePrompts(settings, user, trigger, replaceTrigger, encode);
-  const job = buildJobJson({ settings, user, name, jobDir, model, maxLen: tokenizer.maxLen, emptyTokens: encode(''), datasets, prompts });
+  const job = buildJobJson({ settings, user, name, jobDir, model, text: tokenizers.textSection(), datasets, prompts });
   manifest.save();
   const configPath = adoptConfig(source, doc, jobDir);
   const jobJson = join(jobDir, 'job.json');
@@ -222,7 +216,8 @@ interface CaptionRules {
 
 /** A dataset's job.json entry: one item per (image, bucket, flip variant), every caption variant tokenized. */
 function datasetOf(d: Record<string, unknown>, c: CollectedDataset, px: DatasetPixels, jobDir: string, rules: CaptionRules,
-  encode: (text: string) => number[], count: (text: string) => number, maxTokens: number): { dataset: JobDataset; summary: DatasetSummary } {
+  tokenizers: TextTokenizers): { dataset: JobDataset; summary: DatasetSummary } {
+  const encode = (text: string) => tokenizers.encode(text);
   const resolutions = (Array.isArray(d.resolution) ? d.resolution : [d.resolution]).map(Number);
   const problems: DatasetSummary['problems'] = [];
   const isReg = d.is_reg === true;
@@ -246,7 +241,7 @@ function datasetOf(d: Record<string, unknown>, c: CollectedDataset, px: DatasetP
     const tokens = encode(caption);
     const itemProblems = [
       ...(im.caption?.problem ? [im.caption.problem] : []),
-      ...captionProblems(caption, { count: count(caption), max: maxTokens }),
+      ...captionProblems(caption, tokenizers.lengths(caption)),
       ...[sizeProblem(im.size, resolutions)].filter((p): p is string => p !== undefined),
     ];
     if (itemProblems.length > 0) problems.push({ file: im.file, problems: itemProblems });

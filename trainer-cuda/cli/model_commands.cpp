@@ -20,6 +20,7 @@
 #include "demo/demo_model.h"
 #include "demo/text_encoder.h"
 #include "demo/tiny.h"
+#include "demo/tokenizer_files.h"
 #include "models/clip.h"
 #include "models/t5.h"
 #include "models/flux.h"
@@ -269,6 +270,32 @@ int cmd_make_random(const std::vector<std::string>& a) {
   return 0;
 }
 
+// A small tokenizer folder in the real files' formats, for tests and random model folders.
+int cmd_make_tokenizers(const std::vector<std::string>& a) {
+  need_args(a, 2, "make-tokenizers");
+  std::string kind;
+  bool json = false;
+  for (size_t i = 2; i < a.size(); ++i) {
+    if (a[i] == "--kind" && i + 1 < a.size()) kind = a[++i];
+    else if (a[i] == "--json") json = true;
+    else fail("make-tokenizers: unknown argument '" + a[i] + "'");
+  }
+  if (kind == "clip") {
+    write_clip_tokenizer(a[1], json);
+    const int n = clip_tokenizer_vocab_size();
+    std::printf("wrote a CLIP tokenizer (vocab %d; <|startoftext|> %d, <|endoftext|> %d; vocab.json, merges.txt%s) to %s\n", n,
+                n - 2, n - 1, json ? ", tokenizer.json" : "", a[1].c_str());
+  } else if (kind == "t5") {
+    if (json) fail("make-tokenizers: --json is for --kind clip (a T5 folder always has its tokenizer.json)");
+    write_t5_tokenizer(a[1]);
+    std::printf("wrote a T5 tokenizer (vocab %d; <pad> 0, </s> 1, <unk> 2; tokenizer.json, spiece.model) to %s\n",
+                t5_tokenizer_vocab_size(), a[1].c_str());
+  } else {
+    fail("make-tokenizers: --kind " + (kind.empty() ? std::string("is missing") : "'" + kind + "'") + ": give --kind clip or --kind t5");
+  }
+  return 0;
+}
+
 // One LoRA training step of a checkpoint on random inputs, as train runs it (forward, backward,
 // clipping, AdamW), timed after a first step; with the peak host RSS for /usr/bin/time-free memory
 // measurements.
@@ -385,6 +412,9 @@ std::vector<Command> model_commands() {
                       "[--vocab N] [--prefix P] [--seed N]  a random checkpoint (flux-model: a whole FLUX.1 model folder) in "
                       "a real layout",
        cmd_make_random},
+      {"make-tokenizers", "<dir> --kind clip|t5 [--json]  a small CLIP (FLUX.1's tokenizer/) or T5 (tokenizer_2/) tokenizer "
+                          "folder in the real formats; --json adds CLIP's tokenizer.json",
+       cmd_make_tokenizers},
       {"lora-step", "<transformer> [--device D] [--image-tokens N] [--text-tokens N] [--rank R] [--steps N] "
                     "[--checkpointing]  LoRA training steps on random inputs: time, peak RSS and device memory",
        cmd_lora_step},
