@@ -214,7 +214,8 @@ void write_random_flux_model(const std::string& dir, const RandomFluxModelOption
     fc.hidden = 64, fc.heads = 2, fc.head_dim = 32, fc.mlp_hidden = 256, fc.context_dim = 64, fc.vec_dim = 64;
     fc.axes_dim[0] = 4, fc.axes_dim[1] = 14, fc.axes_dim[2] = 14;
     tc.vocab = t5_tokenizer_vocab_size(), tc.d_model = 64, tc.d_kv = 16, tc.heads = 4, tc.d_ff = 96, tc.layers = 2;
-    cc.vocab = clip_tokenizer_vocab_size(), cc.width = 64, cc.heads = 2, cc.layers = 2, cc.mlp = 128, cc.positions = 77;
+    // One head of 64, CLIP-L's head size: a ComfyUI clip_l file has no config.json to say otherwise.
+    cc.vocab = clip_tokenizer_vocab_size(), cc.width = 64, cc.heads = 1, cc.layers = 2, cc.mlp = 128, cc.positions = 77;
     vc.ch = 8, vc.ch_mult = {1, 2}, vc.num_res_blocks = 1, vc.z_channels = 4, vc.groups = 4;
     fc.in_channels = fc.out_channels = vc.z_channels * 4;
   } else {

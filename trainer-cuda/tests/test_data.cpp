@@ -240,7 +240,7 @@ TEST(job_v2_several_text_encoders) {
   expect([&](json& j) { j["text"]["encoders"].erase("t5"); }, "text.encoders names clip_l but the model has clip_l, t5");
   expect([&](json& j) { j["model"]["text_encoder"] = "te/one"; }, "model has both text_encoder and text_encoders");
   // Against the encoders: t5's vocabulary is 30, and its ids sit after clip_l's 4 in the list.
-  expect([](json&) {}, ".tokens.t5[0] must be a token id below 30");
+  expect([](json&) {}, "datasets[0].items[1].tokens.t5[3] must be a token id below 30 (the vocabulary of the text encoder te/t5), got 30");
   expect([&](json& j) { j["text"]["encoders"]["t5"]["max_len"] = 5;
                         for (auto& ds : j["datasets"]) for (auto& it : ds["items"]) it["tokens"]["t5"] = it["dropout_tokens"]["t5"] = two(1, 5);
                         j["text"]["empty_tokens"]["t5"] = two(1, 5); j["sample"]["prompts"][0]["tokens"]["t5"] = two(1, 5); },
