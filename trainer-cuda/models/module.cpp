@@ -9,9 +9,20 @@ Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, Bias bias) :
   W = w.get(n + ".weight", {o, i});
   has_bias = bias == Bias::yes || (bias == Bias::optional && w.has(n + ".bias"));
   if (has_bias) b = w.get(n + ".bias", {o});
+  if (w.ckpt && w.has(n + ".scale_weight")) {
+    const Shape s = w.shape(n + ".scale_weight");
+    const int64_t count = shape_numel(s);
+    if (count != 1 && count != o) fail(w.problem(n + ".scale_weight", "has " + std::to_string(count) + " values; 1 or " + std::to_string(o) + " expected"));
+    const std::vector<float> v = to_floats(w.get(n + ".scale_weight", s));
+    w_scale = from_vector(count == 1 ? std::vector<float>(o, v[0]) : v, {o}, w.device, DType::F32);
+  }
 }
 
 Tensor Linear::operator()(const Tensor& x) const {
+  if (w_scale.defined()) {
+    if (!adapters.empty()) fail(name + ": an adapter on a scaled (quantized) weight is not supported yet");
+    return affine(linear(x, W, Tensor()), w_scale, b);
+  }
   if (adapters.empty()) return linear(x, W, b);
   std::vector<LoraRef> refs;
   refs.reserve(adapters.size());

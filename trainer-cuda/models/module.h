@@ -45,10 +45,14 @@ struct Linear {
   int in = 0, out = 0;
   Tensor W, b;       // [out, in], [out]
   bool has_bias = false;
+  // A per-output-channel scale [out] (fp32) of a quantized W: out = (x W^T) * w_scale + b. ComfyUI's
+  // "scaled" fp8 files store it as name.scale_weight (one value for the tensor).
+  Tensor w_scale;
   std::vector<AttachedAdapter> adapters;
 
   Linear() = default;
-  // Reads name.weight [out, in] and name.bias [out] as `bias` says.
+  // Reads name.weight [out, in] and name.bias [out] as `bias` says, and name.scale_weight when the
+  // checkpoint has it.
   Linear(WeightLoader& w, const std::string& name, int in, int out, Bias bias = Bias::yes);
   Tensor operator()(const Tensor& x) const;
   void collect(std::vector<NamedParam>& out);

@@ -72,8 +72,7 @@ struct WeightLoader {
   // Without a checkpoint: hand out shapes only (undefined tensors with their shape), to list a
   // model's tensors at any size without memory.
   bool shapes_only = false;
-  // Every tensor handed out, in order, by canonical name: what a model's params() lists.
-  std::vector<std::pair<std::string, Tensor>> loaded;
+  size_t handed_out = 0;  // tensors given so far: random weights draw from a stream per tensor
 
   WeightLoader(const Checkpoint* ckpt, Layout layout, Device device, uint64_t seed = 1);
   bool has(const std::string& name) const;

@@ -419,7 +419,10 @@ Job job_load(const std::string& dir_in) {
     s.height = f.integer("sample.height", 32, 8, 16384);
     s.steps = f.integer("sample.sample_steps", 20, 1, 1000);
     s.cfg_scale = (float)f.number("sample.guidance_scale", 4.0, 0.0, 100.0);
-    s.shift = (float)f.number("sample.shift", 1.0, 0.01, 100.0);
+    s.guidance = (float)f.number("sample.guidance", 3.5, 0.0, 100.0);
+    const json* shift = f.find("sample.shift");
+    s.resolution_shift = shift && shift->is_string() && f.str("sample.shift", "", {"resolution"}) == "resolution";
+    if (!s.resolution_shift) s.shift = (float)f.number("sample.shift", 1.0, 0.01, 100.0);
     s.seed = (uint64_t)f.number("sample.seed", 42, 0, 9007199254740992.0);
     s.walk_seed = f.boolean("sample.walk_seed", false);
     const json* ps = f.find("sample.prompts");

@@ -56,8 +56,9 @@ struct JobSample {
   int width = 32, height = 32;
   int steps = 20;
   float cfg_scale = 4.0f;
-  float guidance = 3.5f;
+  float guidance = 3.5f;       // the guidance embedding's input (FLUX.1-dev), not CFG
   float shift = 1.0f;
+  bool resolution_shift = false;  // sample.shift "resolution": FLUX's shift for each sample's size
   uint64_t seed = 42;
   bool walk_seed = false;
   std::vector<JobSamplePrompt> prompts;

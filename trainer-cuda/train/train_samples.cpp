@@ -9,6 +9,7 @@
 #include "core/image_io.h"
 #include "demo/text_encoder.h"
 #include "train/pipeline.h"
+#include "train/timesteps.h"
 
 namespace graft {
 
@@ -41,7 +42,7 @@ std::vector<std::string> TrainSampler::run(const FluxTransformer& model, LoraSet
     sp.steps = s.steps;
     sp.cfg_scale = s.cfg_scale;
     sp.guidance = s.guidance;
-    sp.shift = s.shift;
+    sp.shift = s.resolution_shift ? flux_resolution_shift((H / f) * (W / f)) : s.shift;
     sp.seed = p.seed >= 0 ? (uint64_t)p.seed : s.seed + (s.walk_seed ? i : 0);
     const int C = ae->cfg.z_channels, h = H / ae->cfg.downscale(), w = W / ae->cfg.downscale();
     std::vector<float> z;
