@@ -1,0 +1,133 @@
+// The two requests @huggingface/hub does not make the way a resumable, checked download needs them, written
+// on fetch: the HEAD of /{repo}/resolve/{commit}/{path} read without following the redirect to the CDN (the
+// library's fileDownloadInfo follows it, and so loses X-Repo-Commit and the CDN address), and the GET of the
+// file's bytes from a given offset with a Range header (the library's downloadFile has no resume).
+import type { FileHandle } from 'node:fs/promises';
+import { normalizeEtag } from './checksum.js';
+import { HubError, httpErrorMessage, type RequestContext } from './errors.js';
+import type { HubSettings } from './settings.js';
+
+/** The network failed under a request (no HTTP answer): the caller says so with the URL and a hint. */
+export class NetworkFailure extends Error {
+  constructor(readonly url: string, readonly cause: unknown) {
+    super(`cannot reach ${url}`);
+  }
+}
+
+export function resolveUrl(s: HubSettings, repo: string, revision: string, path: string): string {
+  return `${s.endpoint}/${repo}/resolve/${encodeURIComponent(revision)}/${path.split('/').map(encodeURIComponent).join('/')}`;
+}
+
+/** The token goes to the Hub only, never to the CDN a file redirects to (its address is signed). */
+export function requestHeaders(s: HubSettings, url: string, extra: Record<string, string> = {}): Record<string, string> {
+  const h: Record<string, string> = { 'user-agent': 'graft (huggingface_hub-compatible cache)', ...extra };
+  if (s.token && new URL(url).origin === new URL(s.endpoint).origin) h.authorization = `Bearer ${s.token.value}`;
+  return h;
+}
+
+async function send(url: string, init: RequestInit): Promise<Response> {
+  try {
+    return await fetch(url, init);
+  } catch (e) {
+    if ((e as Error).name === 'AbortError' || init.signal?.aborted) throw e;
+    throw new NetworkFailure(url, e);
+  }
+}
+
+export interface FileMeta {
+  /** The blob name: the content's sha256 (LFS, Xet) or git blob id. */
+  etag: string;
+  size: number;
+  commit?: string;
+  /** Where the bytes are: the CDN address the Hub redirects to, or the resolve URL itself. */
+  location: string;
+}
+
+/**
+ * What the Hub says of one file at a commit, as huggingface_hub reads it: X-Linked-Etag / X-Linked-Size for a
+ * file stored in LFS (else ETag / Content-Length), X-Repo-Commit, and the Location of a redirect. Redirects
+ * within the Hub (a renamed repo) are followed; the one to the CDN is not.
+ */
+export async function fileMetadata(c: RequestContext & { path: string }, signal?: AbortSignal): Promise<FileMeta> {
+  let url = c.url;
+  for (let hop = 0; hop < 5; hop++) {
+    // identity: the size must be the file's, not that of a compressed answer.
+    const res = await send(url, { method: 'HEAD', redirect: 'manual', signal, headers: requestHeaders(c.settings, url, { 'accept-encoding': 'identity' }) });
+    const location = res.headers.get('location');
+    const isRedirect = res.status >= 300 && res.status < 400 && location !== null;
+    if (isRedirect && new URL(location, url).origin === new URL(url).origin && !/^[a-z][a-z0-9+.-]*:/i.test(location)) {
+      url = new URL(location, url).href;
+      continue;
+    }
+    if (!isRedirect && !res.ok) throw new HubError(httpErrorMessage(res.status, res.headers, { ...c, url }), res.status);
+    const etag = normalizeEtag(res.headers.get('x-linked-etag') ?? res.headers.get('etag'));
+    const size = Number(res.headers.get('x-linked-size') ?? res.headers.get('content-length') ?? NaN);
+    if (!etag || !Number.isFinite(size)) {
+      throw new HubError(`the Hub's answer for ${c.path} of ${c.repo} has no ${etag ? 'size (X-Linked-Size or Content-Length)' : 'ETag'} (${url}): graft cannot check the file, so it does not download it`);
+    }
+    return { etag, size, commit: res.headers.get('x-repo-commit') ?? undefined, location: isRedirect ? new URL(location, url).href : url };
+  }
+  throw new HubError(`too many redirects for ${c.path} of ${c.repo} (${c.url})`);
+}
+
+/** The server sent something else than the rest of the file from the offset asked for: start it over. */
+export class RangeRefused extends Error {}
+
+/** An HTTP error status from where the bytes are: worth retrying (5xx, 429), or after a new HEAD (403 of a CDN link that expired). */
+export class TransferStatus extends Error {
+  constructor(readonly status: number, readonly url: string, readonly headers: Headers) {
+    super(`HTTP ${status} from ${new URL(url).host}`);
+  }
+}
+
+export interface TransferOptions {
+  settings: HubSettings;
+  url: string;
+  /** Bytes already in the file: the request asks for the rest. */
+  offset: number;
+  size: number;
+  out: FileHandle;
+  onChunk: (chunk: Buffer) => void;
+  signal?: AbortSignal;
+  /** No byte for this long means a dead connection (the socket may never say so). */
+  stallMs: number;
+}
+
+/** Appends the file's bytes from `offset` to `out`, chunk by chunk; returns the bytes written. */
+export async function transfer(o: TransferOptions): Promise<number> {
+  const stall = new AbortController();
+  let timer = setTimeout(() => stall.abort(), o.stallMs);
+  const signal = o.signal ? AbortSignal.any([o.signal, stall.signal]) : stall.signal;
+  const headers = requestHeaders(o.settings, o.url, o.offset > 0 ? { range: `bytes=${o.offset}-` } : {});
+  let written = 0;
+  try {
+    const res = await send(o.url, { headers, signal, redirect: 'follow' });
+    if (o.offset > 0 && res.status === 416) throw new RangeRefused(`the server refused bytes from ${o.offset} (HTTP 416)`);
+    if (!res.ok) throw new TransferStatus(res.status, o.url, res.headers);
+    if (o.offset > 0) {
+      const start = /^bytes (\d+)-/.exec(res.headers.get('content-range') ?? '')?.[1];
+      if (res.status !== 206 || Number(start) !== o.offset) throw new RangeRefused(`the server did not resume at byte ${o.offset} (HTTP ${res.status})`);
+    }
+    if (!res.body) throw new TransferStatus(res.status, o.url, res.headers);
+    for await (const part of res.body) {
+      clearTimeout(timer);
+      timer = setTimeout(() => stall.abort(), o.stallMs);
+      const chunk = Buffer.from(part);
+      if (o.offset + written + chunk.length > o.size) {
+        throw new HubError(`the server sent more than the ${o.size} bytes the Hub announced (${o.url})`);
+      }
+      await o.out.write(chunk);
+      written += chunk.length;
+      o.onChunk(chunk);
+    }
+    return written;
+  } catch (e) {
+    if (stall.signal.aborted && !o.signal?.aborted) throw new NetworkFailure(o.url, new Error(`no data for ${Math.round(o.stallMs / 1000)} s`));
+    if (e instanceof HubError || e instanceof RangeRefused || e instanceof TransferStatus || e instanceof NetworkFailure) throw e;
+    if ((e as Error).name === 'AbortError') throw e;
+    // The body's stream broke (the connection dropped half-way).
+    throw new NetworkFailure(o.url, e);
+  } finally {
+    clearTimeout(timer);
+  }
+}
