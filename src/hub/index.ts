@@ -5,4 +5,4 @@ export { ensureModelFiles, DownloadInterrupted, type EnsureOptions, type EnsureR
 export { FAMILY_FILES, familyFiles, familyForRepo, knownFamilies, selectFiles, indexShards, type FamilyFiles, type FileChoice, type ModelPart, type Selection } from './select.js';
 export { HubError } from './errors.js';
 export { hubSettings, hubCacheDir, type HubSettings } from './settings.js';
-export { describeEvent, progressLine, lineLogger, formatBytes, type HubEvent, type ProgressCallback } from './progress.js';
+export { describeEvent, progressLine, lineLogger, terminalReporter, formatBytes, type HubEvent, type ProgressCallback } from './progress.js';

@@ -136,3 +136,29 @@ export function lineLogger(log: (line: string) => void, intervalMs = 15_000, now
     }
   };
 }
+
+/**
+ * For a terminal: the file events as lines, and the status line redrawn in place under them. `finish` clears it.
+ */
+export function terminalReporter(write: (s: string) => void): { onProgress: ProgressCallback; finish: () => void } {
+  let status = '';
+  const clear = () => { if (status) { write('\r\x1b[K'); status = ''; } };
+  return {
+    onProgress(e) {
+      const line = describeEvent(e);
+      if (line !== undefined) {
+        const redraw = status;
+        clear();
+        write(`${line}\n`);
+        if (redraw && e.type !== 'done') { status = redraw; write(status); }
+        return;
+      }
+      if (e.type === 'progress') {
+        clear();
+        status = progressLine(e);
+        write(status);
+      }
+    },
+    finish: clear,
+  };
+}
