@@ -76,6 +76,20 @@ export class RepoCache {
     return out.sort();
   }
 
+  /**
+   * Removes partial files whose blob is complete (another tool, or another graft process, finished the
+   * file): left there, each would hold as many bytes as it had reached. One a graft process still holds the
+   * lock of stays.
+   */
+  dropFinishedPartials(): void {
+    if (!existsSync(this.blobsDir)) return;
+    for (const name of readdirSync(this.blobsDir)) {
+      const etag = name.endsWith('.incomplete') ? name.slice(0, -'.incomplete'.length) : undefined;
+      if (!etag || !existsSync(this.blob(etag)) || existsSync(this.lockFile(etag))) continue;
+      try { unlinkSync(this.incomplete(etag)); } catch { /* gone already */ }
+    }
+  }
+
   /** Bytes of a partial download already on disk. */
   partialSize(etag: string): number {
     try {

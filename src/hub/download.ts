@@ -162,7 +162,7 @@ async function plan(files: string[], c: PlanContext) {
   const metas = new Map<string, FileMeta>();
   await runLimited(files.filter((f) => !cache.has(commit, f)), 8, c.stop, async (path) => {
     const meta = await patiently(() => fileMetadata({ settings: s, repo, revision: commit, path, url: resolveUrl(s, repo, commit, path) }, c.signal), c.delay, c.signal);
-    if (meta.commit && meta.commit !== commit) {
+    if (meta.commit !== commit) {
       throw new HubError(`${repo} moved while graft was reading it: ${path} is at commit ${meta.commit}, the revision ${c.revision} at ${commit}; run again`);
     }
     metas.set(path, meta);
@@ -229,6 +229,7 @@ export async function ensureModelFiles(repoId: string, opts: EnsureOptions = {})
     emit({ type: 'plan', repo, revision, commit, files: planned, downloadBytes, resumedBytes });
     checkFreeSpace(downloadBytes, s.cacheDir, (dir) => (opts.freeSpace ?? freeBytes)(existsSync(cache.blobsDir) ? cache.blobsDir : dir));
     mkdirSync(cache.blobsDir, { recursive: true });
+    cache.dropFinishedPartials();
 
     const progress = new ProgressTracker(emit, downloadBytes + resumedBytes, resumedBytes);
     const count = progress.add.bind(progress);
@@ -336,6 +337,11 @@ async function downloadFile({ path, meta }: Job, c: FileContext): Promise<void> 
         if (e instanceof HubError) { try { unlinkSync(incomplete); } catch { /* none */ } throw e; }
         if (!retryable(e) || attempt >= retries) {
           if (e instanceof TransferStatus) throw new HubError(httpErrorMessage(e.status, e.headers, { settings: c.s, repo: c.repo, revision: commit, path, url: e.url }), e.status);
+          if (e instanceof NetworkFailure) {
+            const kept = cache.partialSize(etag);
+            throw new HubError(`the download of ${path} from ${new URL(e.url).host} broke off (${(e.cause as Error | undefined)?.message ?? 'no answer'})` +
+              `${attempt ? ` ${attempt + 1} times` : ''}; ${kept ? `the ${kept} bytes that arrived are kept in ${incomplete}: run again to resume from there` : 'run again'}`);
+          }
           throw e;
         }
         attempt++;

@@ -18,10 +18,16 @@ export function resolveUrl(s: HubSettings, repo: string, revision: string, path:
   return `${s.endpoint}/${repo}/resolve/${encodeURIComponent(revision)}/${path.split('/').map(encodeURIComponent).join('/')}`;
 }
 
+/** Hosts that are the Hub: the endpoint's, and huggingface.co's names (a redirect between them stays on the Hub). */
+function isHubHost(s: HubSettings, url: string): boolean {
+  const host = new URL(url).hostname.toLowerCase();
+  return host === new URL(s.endpoint).hostname.toLowerCase() || ['huggingface.co', 'hf.co'].includes(host);
+}
+
 /** The token goes to the Hub only, never to the CDN a file redirects to (its address is signed). */
 export function requestHeaders(s: HubSettings, url: string, extra: Record<string, string> = {}): Record<string, string> {
   const h: Record<string, string> = { 'user-agent': 'graft (huggingface_hub-compatible cache)', ...extra };
-  if (s.token && new URL(url).origin === new URL(s.endpoint).origin) h.authorization = `Bearer ${s.token.value}`;
+  if (s.token && isHubHost(s, url)) h.authorization = `Bearer ${s.token.value}`;
   return h;
 }
 
@@ -38,7 +44,7 @@ export interface FileMeta {
   /** The blob name: the content's sha256 (LFS, Xet) or git blob id. */
   etag: string;
   size: number;
-  commit?: string;
+  commit: string;
   /** Where the bytes are: the CDN address the Hub redirects to, or the resolve URL itself. */
   location: string;
 }
@@ -46,7 +52,8 @@ export interface FileMeta {
 /**
  * What the Hub says of one file at a commit, as huggingface_hub reads it: X-Linked-Etag / X-Linked-Size for a
  * file stored in LFS (else ETag / Content-Length), X-Repo-Commit, and the Location of a redirect. Redirects
- * within the Hub (a renamed repo) are followed; the one to the CDN is not.
+ * that stay on the Hub (a renamed repo) are followed; the one to the CDN is not: its answer carries the
+ * file's headers, and the CDN address is where the bytes are.
  */
 export async function fileMetadata(c: RequestContext & { path: string }, signal?: AbortSignal): Promise<FileMeta> {
   let url = c.url;
@@ -55,17 +62,21 @@ export async function fileMetadata(c: RequestContext & { path: string }, signal?
     const res = await send(url, { method: 'HEAD', redirect: 'manual', signal, headers: requestHeaders(c.settings, url, { 'accept-encoding': 'identity' }) });
     const location = res.headers.get('location');
     const isRedirect = res.status >= 300 && res.status < 400 && location !== null;
-    if (isRedirect && new URL(location, url).origin === new URL(url).origin && !/^[a-z][a-z0-9+.-]*:/i.test(location)) {
-      url = new URL(location, url).href;
+    const target = isRedirect ? new URL(location, url).href : url;
+    if (isRedirect && (new URL(target).hostname === new URL(url).hostname || isHubHost(c.settings, target))) {
+      url = target;
       continue;
     }
     if (!isRedirect && !res.ok) throw new HubError(httpErrorMessage(res.status, res.headers, { ...c, url }), res.status);
     const etag = normalizeEtag(res.headers.get('x-linked-etag') ?? res.headers.get('etag'));
-    const size = Number(res.headers.get('x-linked-size') ?? res.headers.get('content-length') ?? NaN);
-    if (!etag || !Number.isFinite(size)) {
-      throw new HubError(`the Hub's answer for ${c.path} of ${c.repo} has no ${etag ? 'size (X-Linked-Size or Content-Length)' : 'ETag'} (${url}): graft cannot check the file, so it does not download it`);
+    const size = Number(res.headers.get('x-linked-size') ?? (isRedirect ? NaN : res.headers.get('content-length') ?? NaN));
+    const commit = res.headers.get('x-repo-commit');
+    // Every Hub answer names its commit; one without is from something else (a proxy's page, a wrong HF_ENDPOINT).
+    const lacking = !commit ? 'X-Repo-Commit' : !etag ? 'ETag' : !Number.isFinite(size) ? 'size (X-Linked-Size or Content-Length)' : undefined;
+    if (lacking) {
+      throw new HubError(`the answer for ${c.path} of ${c.repo} (${url}) has no ${lacking} header, so it does not come from a Hugging Face Hub: check HF_ENDPOINT (${c.settings.endpoint}) and any proxy`);
     }
-    return { etag, size, commit: res.headers.get('x-repo-commit') ?? undefined, location: isRedirect ? new URL(location, url).href : url };
+    return { etag: etag!, size, commit: commit!, location: target };
   }
   throw new HubError(`too many redirects for ${c.path} of ${c.repo} (${c.url})`);
 }

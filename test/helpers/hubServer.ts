@@ -1,5 +1,6 @@
 // A local stand-in for the Hugging Face Hub, speaking the endpoints graft's client uses as the Hub answers
-// them: the revision API (/api/models/{repo}/revision/{rev}: sha, siblings), HEAD and GET of
+// them: the revision API (/api/models/{repo}/revision/{rev}: sha, siblings; and the tree API that
+// huggingface_hub's snapshot_download reads), HEAD and GET of
 // /{repo}/resolve/{rev}/{path} (plain git files answered directly with their git blob id as ETag; LFS files
 // redirected with 302 to a second server playing the CDN, with X-Linked-Etag / X-Linked-Size /
 // X-Repo-Commit), Range requests (206), and the Hub's errors (401/403 GatedRepo, 401/404 RepoNotFound,
@@ -53,6 +54,10 @@ export class FakeHub {
   readonly faults = new Map<string, Fault>();
   /** Tokens with access to gated and private repos. */
   tokens = new Set<string>();
+  /** Old repo id -> new one: the Hub redirects (307, to itself) from a renamed repo. */
+  readonly renamed = new Map<string, string>();
+  /** Headers left out of resolve answers (as a proxy or a non-Hub server would). */
+  readonly dropHeaders = new Set<string>();
   private repos = new Map<string, { spec: FakeRepo; commit: string; files: Map<string, Buffer> }>();
   private hub!: Server;
   private cdn!: Server;
@@ -81,6 +86,8 @@ export class FakeHub {
     this.hub = createServer((q, s) => this.handle(q, s, false));
     this.cdn = createServer((q, s) => this.handle(q, s, true));
     [this.url, this.cdnUrl] = await Promise.all([listen(this.hub), listen(this.cdn)]);
+    // Another host name, as the Hub's CDN has: clients follow redirects within the Hub's host, not to the CDN.
+    this.cdnUrl = this.cdnUrl.replace('127.0.0.1', 'localhost');
     return this;
   }
 
@@ -118,15 +125,23 @@ export class FakeHub {
       return this.sendBytes(q, s, data, m![2]!, { etag: `"${sha256(data)}"` });
     }
     const api = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/(.+)$/.exec(path);
+    // huggingface_hub's snapshot_download lists files through the tree API (graft's client does not).
+    const tree = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/([^/]+)$/.exec(path);
     const resolve = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(path);
-    const repoId = api?.[1] ?? resolve?.[1];
+    const repoId = api?.[1] ?? tree?.[1] ?? resolve?.[1];
+    const newId = repoId ? this.renamed.get(repoId) : undefined;
+    if (newId) {
+      s.writeHead(307, { location: `${this.url}${url.pathname.replace(repoId!, newId)}${url.search}` });
+      s.end();
+      return;
+    }
     const repo = repoId ? this.repos.get(repoId) : undefined;
     if (!repoId) return this.error(s, 404, undefined, 'Not Found');
     if (!repo || (repo.spec.private && !this.authorized(q))) {
       // The Hub answers 401 to an anonymous request for a repo it will not show, 404 to a logged-in one.
       return this.error(s, q.headers.authorization ? 404 : 401, 'RepoNotFound', 'Repository not found');
     }
-    const rev = api?.[2] ?? resolve![2]!;
+    const rev = api?.[2] ?? tree?.[2] ?? resolve![2]!;
     const commit = rev === 'main' || rev === repo.commit ? repo.commit : repo.spec.refs?.[rev];
     if (!commit) return this.error(s, 404, 'RevisionNotFound', `Invalid rev id: ${rev}`);
     if (api) {
@@ -135,6 +150,13 @@ export class FakeHub {
         _id: 'x', id: repo.spec.id, sha: commit, private: !!repo.spec.private, gated: repo.spec.gated ? 'manual' : false,
         downloads: 0, likes: 0, lastModified: '2024-08-16T00:00:00.000Z', siblings: [...repo.files.keys()].map((rfilename) => ({ rfilename })),
       }));
+      return;
+    }
+    if (tree) {
+      s.writeHead(200, { 'content-type': 'application/json' });
+      s.end(JSON.stringify([...repo.files].map(([p, d]) => ({
+        type: 'file', path: p, size: d.length, oid: gitBlobId(d), ...(isLfs(p, d) ? { lfs: { oid: sha256(d), size: d.length, pointerSize: 134 } } : {}),
+      }))));
       return;
     }
     if (repo.spec.gated && !this.authorized(q)) {
@@ -147,7 +169,7 @@ export class FakeHub {
     if (!data) return this.error(s, 404, 'EntryNotFound', `${file} does not exist on "${rev}"`);
     const common = { 'x-repo-commit': commit };
     if (isLfs(file, data)) {
-      s.writeHead(302, {
+      this.writeHead(s, 302, {
         ...common, location: `${this.cdnUrl}/cdn/${repo.spec.id.replace('/', '--')}/${file}?X-Amz-Signature=fake`,
         'x-linked-etag': `"${sha256(data)}"`, 'x-linked-size': String(data.length), etag: `"${gitBlobId(Buffer.from(`version https://git-lfs.github.com/spec/v1\noid sha256:${sha256(data)}\n`))}"`,
         'content-length': '0',
@@ -156,6 +178,11 @@ export class FakeHub {
       return;
     }
     this.sendBytes(q, s, data, file, { ...common, etag: `"${gitBlobId(data)}"` });
+  }
+
+  private writeHead(s: ServerResponse, status: number, headers: Record<string, string>): void {
+    for (const h of this.dropHeaders) delete headers[h];
+    s.writeHead(status, headers);
   }
 
   private sendBytes(q: IncomingMessage, s: ServerResponse, data: Buffer, file: string, headers: Record<string, string>): void {
@@ -184,7 +211,7 @@ export class FakeHub {
       body = body.subarray(start);
     }
     h['content-length'] = String(body.length);
-    s.writeHead(status, h);
+    this.writeHead(s, status, h);
     if (q.method === 'HEAD') { s.end(); return; }
     if (fault?.cutAfter !== undefined) {
       s.write(body.subarray(0, fault.cutAfter), () => setTimeout(() => s.socket?.destroy(), 20));
