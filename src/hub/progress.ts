@@ -58,7 +58,7 @@ export class ProgressTracker {
   private bytes: number;
   private fresh = 0;
   private lastEmit = 0;
-  private pending: Extract<HubEvent, { type: 'progress' }> | undefined;
+  private latest: { path: string; fileBytes: number; fileSize: number } | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly meter = new SpeedMeter();
 
@@ -73,7 +73,7 @@ export class ProgressTracker {
   add(path: string, fileBytes: number, fileSize: number, delta: number, fresh: boolean): void {
     this.bytes += delta;
     if (fresh) this.fresh += delta;
-    this.pending = { type: 'progress', path, fileBytes, fileSize, bytes: this.bytes, totalBytes: this.totalBytes, bytesPerSecond: this.meter.add(this.fresh) };
+    this.latest = { path, fileBytes, fileSize };
     const wait = this.lastEmit + this.intervalMs - Date.now();
     if (wait <= 0 || fileBytes >= fileSize) this.flush();
     else this.timer ??= setTimeout(() => this.flush(), wait);
@@ -82,11 +82,11 @@ export class ProgressTracker {
   flush(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (!this.pending) return;
-    const e = this.pending;
-    this.pending = undefined;
+    if (!this.latest) return;
+    const { path, fileBytes, fileSize } = this.latest;
+    this.latest = undefined;
     this.lastEmit = Date.now();
-    this.emit(e);
+    this.emit({ type: 'progress', path, fileBytes, fileSize, bytes: this.bytes, totalBytes: this.totalBytes, bytesPerSecond: this.meter.add(this.fresh) });
   }
 }
 
