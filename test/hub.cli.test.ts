@@ -2,8 +2,8 @@
 // lines for a log or a pipe, a status line redrawn in place on a terminal.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { readFileSync, rmSync, statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lineLogger, terminalReporter, type HubEvent } from '../src/hub/index.js';
 import { FakeHub } from './helpers/hubServer.js';
@@ -26,20 +26,20 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** The built graft, run asynchronously (the server answers from this process). */
-function graft(...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.url, HF_HUB_CACHE: join(dir, 'cache'), HF_HOME: join(dir, 'hf-home'), GRAFT_HOME: join(dir, 'home') };
-    delete env.HF_TOKEN;
-    delete env.HF_HUB_OFFLINE;
-    const child = spawn('node', [CLI, ...args], { env, cwd: dir });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
-  });
+/** The built graft with this server and cache (the server answers from this process: run asynchronously). */
+function spawnGraft(args: string[], cache = join(dir, 'cache')) {
+  const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.url, HF_HUB_CACHE: cache, HF_HOME: join(dir, 'hf-home'), GRAFT_HOME: join(dir, 'home') };
+  delete env.HF_TOKEN;
+  delete env.HF_HUB_OFFLINE;
+  const child = spawn('node', [CLI, ...args], { env, cwd: dir });
+  const got = { stdout: '', stderr: '' };
+  child.stdout.on('data', (d: Buffer) => { got.stdout += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { got.stderr += d.toString(); });
+  const done = new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (status) => resolve({ status, ...got })));
+  return { child, got, done };
 }
+
+const graft = (...args: string[]) => spawnGraft(args).done;
 
 describe('graft download', () => {
   it('picks FLUX.1 files from the repo id, prints a line per file and the snapshot folder last; a second run downloads nothing', async () => {
@@ -83,12 +83,36 @@ describe('graft download', () => {
   });
 });
 
+describe('graft download, stopped', () => {
+  it('Ctrl+C stops it with exit 130, keeping what arrived; the next run resumes with a Range request', async () => {
+    const shard = 'transformer/diffusion_pytorch_model-00003-of-00003.safetensors';
+    const cache = join(dir, 'cache-stopped');
+    hub.faults.set(shard, { stallAfter: 10_000 });
+    const run = spawnGraft(['download', DEV, '--include', shard], cache);
+    const start = Date.now();
+    while (!run.got.stdout.includes(`downloading ${shard}`) && Date.now() - start < 30_000) await new Promise((r) => setTimeout(r, 50));
+    // The first 10 kB arrive, then the server stalls.
+    await new Promise((r) => setTimeout(r, 500));
+    run.child.kill('SIGINT');
+    const r = await run.done;
+    expect(r.status).toBe(130);
+    const partial = join(cache, 'models--black-forest-labs--FLUX.1-dev', 'blobs', `${hub.etag(DEV, shard)}.incomplete`);
+    expect(r.stderr).toBe(`\ngraft: stopping the download (the next run resumes it)\ngraft: download of ${DEV} interrupted: what arrived is kept in ${dirname(partial)} (*.incomplete) and the next run resumes it\n`);
+    expect(statSync(partial).size).toBe(10_000);
+    hub.requests.length = 0;
+    const again = await spawnGraft(['download', DEV, '--include', shard], cache).done;
+    expect(again.status).toBe(0);
+    expect(hub.fetched(shard).map((q) => q.range)).toEqual(['bytes=10000-']);
+    expect(again.stdout).toContain(`downloading ${shard} (30.0 kB, resuming at 10.0 kB)`);
+  });
+});
+
 const progress = (bytes: number, path = 'a.safetensors'): HubEvent => ({ type: 'progress', path, fileBytes: bytes, fileSize: 1000, bytes, totalBytes: 2000, bytesPerSecond: 500 });
 
 describe('progress output', () => {
-  it('on a terminal: the status line is redrawn in place, and file lines are written above it', () => {
+  it('on a terminal: the status line is redrawn in place, cut to the width, and file lines are written above it', () => {
     let screen = '';
-    const t = terminalReporter((s) => { screen += s; });
+    const t = terminalReporter((s) => { screen += s; }, () => 120);
     t.onProgress(progress(100));
     t.onProgress(progress(600));
     t.onProgress({ type: 'file-done', path: 'a.safetensors', size: 1000, seconds: 0.5 });
@@ -98,6 +122,9 @@ describe('progress output', () => {
       '\r\x1b[K600 B / 2.00 kB 30% 500 B/s eta 3s · a.safetensors 60%' +
       '\r\x1b[Kdone a.safetensors (1.00 kB)\n600 B / 2.00 kB 30% 500 B/s eta 3s · a.safetensors 60%' +
       '\r\x1b[K');
+    screen = '';
+    terminalReporter((s) => { screen += s; }, () => 30).onProgress(progress(100));
+    expect(screen).toBe('100 B / 2.00 kB 5% 500 B/s et');
   });
 
   it('for a log: a line per file event, and the status at most every interval', () => {

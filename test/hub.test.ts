@@ -173,6 +173,16 @@ describe('graft hub download', () => {
     expect(readFileSync(join(r.snapshotDir, SHARD)).equals(hub.file(DEV, SHARD))).toBe(true);
   });
 
+  it('a CDN link that stopped working (403: its signature expired) is asked for anew, and the download goes on', async () => {
+    hub.faults.set(SHARD, { status: 403 });
+    const events: HubEvent[] = [];
+    const r = await ensureModelFiles(DEV, opts({ files: [SHARD], family: undefined, onProgress: (e) => events.push(e) }));
+    expect(hub.fetched(SHARD, 'HEAD')).toHaveLength(2);
+    expect(hub.fetched(SHARD).map((g) => g.range)).toEqual([undefined, undefined]);
+    expect(events.filter((e) => e.type === 'retry')).toMatchObject([{ reason: `HTTP 403 from ${new URL(hub.cdnUrl).host}` }]);
+    expect(readFileSync(join(r.snapshotDir, SHARD)).equals(hub.file(DEV, SHARD))).toBe(true);
+  });
+
   it('a connection that stalls is dropped and resumed', async () => {
     hub.faults.set(SHARD, { stallAfter: 70_000 });
     const r = await ensureModelFiles(DEV, opts({ stallMs: 300 }));

@@ -64,7 +64,3 @@ export function networkErrorMessage(err: unknown, url: string, cachedSnapshot: s
     : 'check the network, or HF_ENDPOINT if a mirror is meant';
   return `cannot reach ${url} (${why}): ${hint}`;
 }
-
-export function isAbort(err: unknown): boolean {
-  return (err as Error | undefined)?.name === 'AbortError';
-}

@@ -138,9 +138,10 @@ export function lineLogger(log: (line: string) => void, intervalMs = 15_000, now
 }
 
 /**
- * For a terminal: the file events as lines, and the status line redrawn in place under them. `finish` clears it.
+ * For a terminal: the file events as lines, and the status line redrawn in place under them (cut to the
+ * terminal's width: a wrapped line would not be cleared). `finish` clears it.
  */
-export function terminalReporter(write: (s: string) => void): { onProgress: ProgressCallback; finish: () => void } {
+export function terminalReporter(write: (s: string) => void, columns: () => number = () => process.stdout.columns || 80): { onProgress: ProgressCallback; finish: () => void } {
   let status = '';
   const clear = () => { if (status) { write('\r\x1b[K'); status = ''; } };
   return {
@@ -155,7 +156,7 @@ export function terminalReporter(write: (s: string) => void): { onProgress: Prog
       }
       if (e.type === 'progress') {
         clear();
-        status = progressLine(e);
+        status = progressLine(e).slice(0, Math.max(20, columns() - 1));
         write(status);
       }
     },

@@ -26,7 +26,7 @@ export interface HubSettings {
 const set = (v: string | undefined): v is string => v !== undefined && v.trim() !== '';
 
 /** huggingface_hub's reading of a boolean variable: 1, ON, YES, TRUE in any case. */
-export function envFlag(v: string | undefined): boolean {
+function envFlag(v: string | undefined): boolean {
   return set(v) && ['1', 'on', 'yes', 'true'].includes(v.trim().toLowerCase());
 }
 
@@ -57,7 +57,7 @@ function tokenFromDotenv(file: string): string | undefined {
  * The token to send: HF_TOKEN (or the older HUGGING_FACE_HUB_TOKEN) from the environment, then HF_TOKEN in a
  * .env file of the working folder (as the spec asks), then the token file `huggingface-cli login` wrote.
  */
-export function findToken(env: NodeJS.ProcessEnv, cwd: string, tokenFile: string): HubToken | undefined {
+function findToken(env: NodeJS.ProcessEnv, cwd: string, tokenFile: string): HubToken | undefined {
   for (const name of ['HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN']) {
     if (set(env[name])) return { value: env[name].trim(), source: name };
   }

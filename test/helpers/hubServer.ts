@@ -38,6 +38,8 @@ export interface Fault {
   corrupt?: boolean;
   /** Answer a Range request with the whole file (200), as a server without range support does. */
   ignoreRange?: boolean;
+  /** Answer with this HTTP status and no bytes (403: a CDN link whose signature expired). */
+  status?: number;
   /** How many requests the fault applies to (default 1). */
   times?: number;
 }
@@ -191,6 +193,7 @@ export class FakeHub {
       fault.times = (fault.times ?? 1) - 1;
       if (fault.times <= 0) this.faults.delete(file);
     }
+    if (fault?.status && q.method === 'GET') return this.error(s, fault.status, undefined, 'Request has expired');
     let body = data;
     if (fault?.corrupt && q.method === 'GET') {
       body = Buffer.from(data);
