@@ -205,6 +205,13 @@ describe('graft hub download', () => {
     expect(blobs().filter((b) => b.startsWith(hub.etag(DEV, 'model_index.json')))).toEqual([]);
   });
 
+  it('more bytes than the Hub announced are refused, and the partial file is deleted', async () => {
+    hub.faults.set(SHARD, { extraBytes: 10 });
+    await expect(ensureModelFiles(DEV, opts({ files: [SHARD], family: undefined }))).rejects.toThrow(
+      `the server sent more than the ${hub.file(DEV, SHARD).length} bytes the Hub announced (${hub.cdnUrl}/cdn/black-forest-labs--FLUX.1-dev/${SHARD}?X-Amz-Signature=fake): the partial file was deleted; run again`);
+    expect(blobs()).toEqual([]);
+  });
+
   it('offline (HF_HUB_OFFLINE=1) with the server stopped: refs/main leads to the snapshot; a missing file is named', async () => {
     const online = await ensureModelFiles(DEV, opts());
     await hub.stop();

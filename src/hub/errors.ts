@@ -54,11 +54,20 @@ export function httpErrorMessage(status: number, headers: Headers, c: RequestCon
   return `the Hub answered HTTP ${status}${message ? ` (${message})` : ''} for ${c.url}: try again later`;
 }
 
+/**
+ * Why a connection failed, from the innermost cause: a system error's code (ECONNREFUSED, ENOTFOUND,
+ * ECONNRESET), else the message ("other side closed" rather than fetch's "terminated" around it).
+ */
+export function networkReason(err: unknown): string {
+  let e = err as { cause?: unknown; code?: string; message?: string } | undefined;
+  while (e?.cause && typeof e.cause === 'object') e = e.cause as typeof e;
+  if (e?.code && !e.code.startsWith('UND_ERR')) return e.code;
+  return e?.message || 'no answer';
+}
+
 /** A network failure (no answer at all): the URL, the system's reason, and what to try. */
 export function networkErrorMessage(err: unknown, url: string, cachedSnapshot: string | undefined): string {
-  const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-  // System errors say it in their code (ECONNREFUSED, ENOTFOUND); undici's own codes less than their message.
-  const why = (cause?.code && !cause.code.startsWith('UND_ERR') ? cause.code : cause?.message) ?? (err as Error).message;
+  const why = networkReason(err);
   const hint = cachedSnapshot
     ? `the cache already holds these files (${cachedSnapshot}): set HF_HUB_OFFLINE=1 to use them without the network`
     : 'check the network, or HF_ENDPOINT if a mirror is meant';

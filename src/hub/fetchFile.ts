@@ -6,8 +6,8 @@ import { open } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { RepoCache } from './cache.js';
 import { checksumFor, hashPrefix, type Checksum } from './checksum.js';
-import { HubError, httpErrorMessage } from './errors.js';
-import { fileMetadata, NetworkFailure, RangeRefused, resolveUrl, transfer, TransferStatus, type FileMeta } from './http.js';
+import { HubError, httpErrorMessage, networkReason } from './errors.js';
+import { fileMetadata, NetworkFailure, RangeRefused, resolveUrl, TooManyBytes, transfer, TransferStatus, type FileMeta } from './http.js';
 import { lockBlob } from './lock.js';
 import type { HubEvent } from './progress.js';
 import type { HubSettings } from './settings.js';
@@ -95,18 +95,19 @@ export async function fetchFile({ path, meta }: Job, c: FileContext): Promise<vo
           if (attempt++ >= retries) throw new HubError(`${path}: ${e.message}, again after ${retries} new starts`);
           continue;
         }
-        if (e instanceof HubError) { try { unlinkSync(incomplete); } catch { /* none */ } throw e; }
+        if (e instanceof TooManyBytes) { try { unlinkSync(incomplete); } catch { /* none */ } throw e; }
+        if (e instanceof HubError) throw e;
         if (!retryable(e) || attempt >= retries) {
           if (e instanceof TransferStatus) throw new HubError(httpErrorMessage(e.status, e.headers, { settings: c.s, repo: c.repo, revision: commit, path, url: e.url }), e.status);
           if (e instanceof NetworkFailure) {
             const kept = cache.partialSize(etag);
-            throw new HubError(`the download of ${path} from ${new URL(e.url).host} broke off (${(e.cause as Error | undefined)?.message ?? 'no answer'})` +
+            throw new HubError(`the download of ${path} from ${new URL(e.url).host} broke off (${networkReason(e.cause)})` +
               `${attempt ? ` ${attempt + 1} times` : ''}; ${kept ? `the ${kept} bytes that arrived are kept in ${incomplete}: run again to resume from there` : 'run again'}`);
           }
           throw e;
         }
         attempt++;
-        const reason = e instanceof NetworkFailure ? `${(e.cause as Error)?.message ?? 'the connection failed'}` : (e as Error).message;
+        const reason = e instanceof NetworkFailure ? networkReason(e.cause) : (e as Error).message;
         emit({ type: 'retry', path, attempt, of: retries, reason, resumeFrom: cache.partialSize(etag) });
         freshLink = staleLink(e);
         await sleep(Math.min(30_000, (c.opts.retryDelayMs ?? 1000) * 2 ** (attempt - 1)), undefined, { signal });

@@ -81,6 +81,9 @@ export async function fileMetadata(c: RequestContext & { path: string }, signal?
   throw new HubError(`too many redirects for ${c.path} of ${c.repo} (${c.url})`);
 }
 
+/** More bytes came than the Hub announced: not the file (the partial file is worthless). */
+export class TooManyBytes extends HubError {}
+
 /** The server sent something else than the rest of the file from the offset asked for: start it over. */
 export class RangeRefused extends Error {}
 
@@ -141,7 +144,7 @@ export async function transfer(o: TransferOptions): Promise<number> {
       timer = setTimeout(() => stall.abort(), o.stallMs);
       const chunk = Buffer.from(part.buffer, part.byteOffset, part.byteLength);
       if (o.offset + written + chunk.length > o.size) {
-        throw new HubError(`the server sent more than the ${o.size} bytes the Hub announced (${o.url})`);
+        throw new TooManyBytes(`the server sent more than the ${o.size} bytes the Hub announced (${o.url}): the partial file was deleted; run again`);
       }
       batch.push(chunk);
       batchBytes += chunk.length;

@@ -40,6 +40,8 @@ export interface Fault {
   ignoreRange?: boolean;
   /** Answer with this HTTP status and no bytes (403: a CDN link whose signature expired). */
   status?: number;
+  /** Send this many bytes more than the file has. */
+  extraBytes?: number;
   /** How many requests the fault applies to (default 1). */
   times?: number;
 }
@@ -199,6 +201,7 @@ export class FakeHub {
       body = Buffer.from(data);
       body[body.length >> 1] ^= 0xff;
     }
+    if (fault?.extraBytes && q.method === 'GET') body = Buffer.concat([data, Buffer.alloc(fault.extraBytes, 7)]);
     const range = /^bytes=(\d+)-$/.exec(q.headers.range ?? '');
     let status = 200;
     const h: Record<string, string> = { ...headers, 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
