@@ -29,8 +29,7 @@ afterAll(async () => {
 /** The built graft with this server and cache (the server answers from this process: run asynchronously). */
 function spawnGraft(args: string[], cache = join(dir, 'cache')) {
   const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.url, HF_HUB_CACHE: cache, HF_HOME: join(dir, 'hf-home'), GRAFT_HOME: join(dir, 'home') };
-  delete env.HF_TOKEN;
-  delete env.HF_HUB_OFFLINE;
+  for (const k of ['HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_TOKEN_PATH', 'HF_HUB_OFFLINE', 'HUGGINGFACE_HUB_CACHE']) delete env[k];
   const child = spawn('node', [CLI, ...args], { env, cwd: dir });
   const got = { stdout: '', stderr: '' };
   child.stdout.on('data', (d: Buffer) => { got.stdout += d.toString(); });
