@@ -114,8 +114,13 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'validate') return validateCommand(p.positionals[0]!);
   if (cmd === 'watch') return tui(undefined, p.positionals[0]);
   if (cmd === undefined) return tui(p.positionals[0]);
-  const done = await runCommandLine(p);
-  return done ?? 2;
+  try {
+    return (await runCommandLine(p)) ?? 2;
+  } catch (err) {
+    // A command's own argument check (--gpu q, --family nope) is a usage error too, not a crash.
+    if (err instanceof UsageError) { process.stderr.write(`graft: ${err.message}\n`); return 2; }
+    throw err;
+  }
 }
 
 main(process.argv.slice(2)).then((code) => { process.exitCode = code; }, (err: unknown) => {

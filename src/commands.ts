@@ -259,6 +259,44 @@ async function runCommand(target: string): Promise<number> {
   return code;
 }
 
+/** graft download: a Hub model's files into the shared Hugging Face cache; the last line is the snapshot folder. */
+async function downloadCommand(repoId: string, v: Parsed['values']): Promise<number> {
+  const hub = await import('./hub/index.js');
+  const ref = hub.parseRepoRef(repoId);
+  if (!ref) throw new UsageError(`${JSON.stringify(repoId)} is not a Hub model id: write org/name or org/name@revision (e.g. black-forest-labs/FLUX.1-dev)`);
+  const include = (v.include as string[] | undefined) ?? [];
+  let family = v.family as string | undefined;
+  if (family !== undefined && !hub.familyFiles(family)) {
+    throw new UsageError(`--family ${family}: graft has no file selection for it (it has: ${hub.knownFamilies()}); name the files with --include`);
+  }
+  if (family === undefined && include.length === 0) {
+    const known = hub.familyForRepo(ref.repo);
+    family = known?.family;
+    out(known ? `family ${known.family} (${known.label}), from the repo id; --include adds other files` : 'no --family or --include: every file of the repo');
+  }
+  if (v['tokenizers-only'] === true && family === undefined) throw new UsageError('--tokenizers-only needs --family (which tokenizers)');
+  const stop = new AbortController();
+  const onInt = () => { process.stderr.write('\ngraft: stopping the download (the next run resumes it)\n'); stop.abort(); };
+  process.on('SIGINT', onInt);
+  const terminal = process.stdout.isTTY ? hub.terminalReporter((s) => process.stdout.write(s)) : undefined;
+  try {
+    const r = await hub.ensureModelFiles(repoId, {
+      revision: v.revision as string | undefined, family, include, tokenizersOnly: v['tokenizers-only'] === true,
+      signal: stop.signal, onProgress: terminal?.onProgress ?? hub.lineLogger(out),
+    });
+    terminal?.finish();
+    out(r.snapshotDir);
+    return 0;
+  } catch (e) {
+    terminal?.finish();
+    if (e instanceof hub.DownloadInterrupted) { err(e.message); return 130; }
+    if (e instanceof hub.HubError) { err(e.message); return 1; }
+    throw e;
+  } finally {
+    process.off('SIGINT', onInt);
+  }
+}
+
 /** The commands this module serves (all but the TUI's, watch and validate), or undefined for those. */
 export async function runCommandLine(p: Parsed): Promise<number | undefined> {
   const [cmd, sub] = p.spec.path;
@@ -266,6 +304,7 @@ export async function runCommandLine(p: Parsed): Promise<number | undefined> {
   try {
     if (cmd === 'prepare') return await prepareCommand(pos[0]!);
     if (cmd === 'run') return await runCommand(pos[0]!);
+    if (cmd === 'download') return await downloadCommand(pos[0]!, p.values);
     if (cmd === 'queue') return await queueCommand(sub!, pos, p.values);
     if (cmd === 'daemon') return await daemonCommand(sub!, p.values);
     if (cmd === 'logs') return await logsCommand(pos[0]!, p.values.follow === true);
