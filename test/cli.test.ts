@@ -13,11 +13,19 @@ const run = (...args: string[]) => spawnSync('node', [CLI, ...args], { encoding:
 
 describe('graft (built)', () => {
   it('validate accepts a reference config, lists the keys it ignores, and says up front that graft cannot train it yet (exit 3)', () => {
-    const r = run('validate', join(import.meta.dirname, 'fixtures', 'flux_reference.yaml'));
+    const r = run('validate', join(import.meta.dirname, 'fixtures', 'zimage_turbo_reference.yaml'));
     expect(r.status).toBe(3);
-    expect(r.stdout).toContain('ignored (kept on save): config.process[0].save.push_to_hub');
-    expect(r.stdout).toContain("not supported yet: FLUX.1 (dev / schnell): graft's trainer cannot train this family yet (trainer support: in progress); today it trains graft-tiny (built-in demo, CPU).");
-    expect(r.stdout).toMatch(/flux_reference\.yaml: valid \(FLUX\.1 \(dev \/ schnell\)\), but graft cannot train it yet \(1 reason above\)/);
+    expect(r.stdout).toContain('ignored (kept on save): config.process[0].save.save_format');
+    expect(r.stdout).toContain("not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), graft-tiny (built-in demo, CPU).");
+    expect(r.stdout).toMatch(/zimage_turbo_reference\.yaml: valid \(Z-Image Turbo\), but graft cannot train it yet \(2 reasons above\)/);
+  });
+
+  it('validate: a FLUX.1 reference config trains, with each setting the trainer ignores named (its dataset folder is missing here: exit 1)', () => {
+    const r = run('validate', join(import.meta.dirname, 'fixtures', 'flux_reference.yaml'));
+    expect(r.status).toBe(1);
+    expect(r.stdout).not.toContain('not supported yet');
+    expect(r.stdout).toContain("warning: ignored by graft's trainer: Transformer quantization qfloat8 (model.quantize: true) does nothing: every base weight stays unquantized");
+    expect(r.stdout).toContain('error: config.process[0].datasets[0].folder_path: no such folder: /data/flux_person');
   });
 
   it('validate: a job graft trains is ok (exit 0); its dataset folder must exist and hold pictures (exit 1)', async () => {

@@ -19,9 +19,10 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-const fluxModel = (): ModelFiles => ({
+const fluxModel = async (): Promise<ModelFiles> => ({
   arch: 'flux', name_or_path: flux, folder: flux,
-  transformer: join(flux, 'transformer'), text_encoder: join(flux, 'text_encoder'), ae: join(flux, 'vae'),
+  transformer: join(flux, 'transformer'), ae: join(flux, 'vae'),
+  textEncoders: { clip_l: join(flux, 'text_encoder'), t5: join(flux, 'text_encoder_2') },
   tokenizers: fluxTokenizers(flux, 'dev'),
 });
 

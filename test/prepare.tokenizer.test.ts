@@ -67,9 +67,9 @@ describe('graft-tiny tokenizer.json', () => {
     }
   });
 
-  it('is the single tokenizer of the graft_tiny model, whose length model.json must agree with', () => {
+  it('is the single tokenizer of the graft_tiny model, whose length model.json must agree with', async () => {
     const preset = loadPresets().find((p) => p.family === 'graft_tiny');
-    const model = resolveModel(preset, { name_or_path: 'presets/graft-tiny' }, join(ROOT, 'job.yaml'));
+    const model = await resolveModel(preset, { name_or_path: 'presets/graft-tiny' }, join(ROOT, 'job.yaml'));
     expect(model.tokenizers).toEqual([{
       name: 'text', kind: 'tiny', source: { tokenizerJson: FILE }, maxLen: 48, maxLenFrom: `text_max_len of ${join(ROOT, 'presets', 'graft-tiny', 'model.json')}`,
     }]);

@@ -14,7 +14,7 @@ import { rmSync } from 'node:fs';
 
 const presets = loadPresets();
 const tiny = presetById('graft_tiny', presets)!;
-const flux = presetById('flux1', presets)!;
+const zimage = presetById('zimage_turbo', presets)!;
 const P = procPath;
 const doc = (preset = tiny): JobDoc => setAt(newJobDoc(preset, '/tmp/out', 'job1'), P('datasets', 0, 'folder_path'), '/data/set');
 const rules = (d: JobDoc) => unsupportedIssues(d, presets).map((i) => i.rule);
@@ -23,14 +23,14 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('what graft trains', () => {
   it('only the families its trainer runs end to end; a new job starts on one', () => {
-    expect(presets.filter(trains).map((p) => p.family)).toEqual(['graft_tiny']);
+    expect(presets.filter(trains).map((p) => p.family)).toEqual(['flux1', 'graft_tiny']);
     expect(unsupportedIssues(doc(), presets)).toEqual([]);
   });
 
   it('a family it does not train is refused at the arch, with what does train', () => {
-    const issues = unsupportedIssues(doc(flux), presets);
+    const issues = unsupportedIssues(doc(zimage), presets);
     expect(issues.map((i) => [i.path, i.message])).toEqual([['config.process[0].model.arch',
-      "not supported yet: FLUX.1 (dev / schnell): graft's trainer cannot train this family yet (trainer support: in progress); today it trains graft-tiny (built-in demo, CPU). The config stays valid for the reference toolkit."]]);
+      "not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), graft-tiny (built-in demo, CPU). The config stays valid for the reference toolkit."]]);
   });
 
   it('settings the trainer would refuse at start are refused now', () => {
@@ -89,9 +89,9 @@ describe('the queue refuses up front', () => {
     const write = (extra: object) => writeFileSync(file, tinyJobYaml({ name: 'q1', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: data }], ...extra }));
     write({});
     expect(resolveJob(file, join(dir, 'home')).name).toBe('q1');
-    write({ extra: { model: { arch: 'flux', name_or_path: 'black-forest-labs/FLUX.1-dev' } } });
+    write({ extra: { model: { arch: 'zimage:turbo', name_or_path: 'Tongyi-MAI/Z-Image-Turbo' } } });
     expect(() => resolveJob(file, join(dir, 'home'))).toThrow(QueueError);
-    expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: not supported yet: FLUX.1 (dev / schnell): graft's trainer cannot train this family yet`);
+    expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet`);
     writeFileSync(file, tinyJobYaml({ name: 'q1', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: join(dir, 'gone') }] }));
     expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: config.process[0].datasets[0].folder_path: no such folder: ${join(dir, 'gone')}`);
   });

@@ -1,6 +1,7 @@
 // Caption length as a text encoder counts it, for the Datasets screen: a dataset is not tied to a family, so
-// captions are measured with the tokenizer of the family graft trains here (today graft-tiny's byte-level
-// one), and the screen says whose limit it is.
+// captions are measured with the tokenizer of the first family graft trains whose tokenizers are here (a
+// FLUX.1 model in the Hugging Face cache, else graft-tiny's byte-level one; nothing is downloaded for it),
+// and the screen says whose limit it is.
 import { resolveModel } from '../prepare/model.js';
 import type { Preset } from '../presets.js';
 import { trains } from '../config/support.js';
@@ -21,7 +22,7 @@ export async function captionCounter(presets: Preset[]): Promise<CaptionCounter 
   const { TextTokenizers } = await import('../prepare/textTokenizers.js');
   for (const p of presets.filter(trains)) {
     try {
-      const model = resolveModel(p, { name_or_path: p.name_or_path }, 'presets');
+      const model = await resolveModel(p, { name_or_path: p.name_or_path }, 'presets', { offline: true });
       const longest = TextTokenizers.load(model.tokenizers).encoders.map((e) => e.tokenizer).sort((a, b) => b.maxLen - a.maxLen)[0]!;
       return { family: p.label, max: longest.maxLen, count: (text) => longest.count(text) };
     } catch { /* no model files here: try the next family */ }

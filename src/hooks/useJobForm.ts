@@ -36,8 +36,9 @@ function loadedMessage(l: Loaded): FormMessage {
 
 export function useJobForm(opts: JobFormOptions) {
   const { presets, store } = opts;
-  // A new job starts on a family graft's trainer trains here (today the built-in demo model).
-  const fresh = () => newJobDoc(presets.find(trains) ?? presets[0]!, defaultTrainingFolder(store.home));
+  // A new job starts on the built-in demo model: it trains on any machine in minutes, and the Model
+  // Architecture field is one key away from FLUX.1, the other family graft trains.
+  const fresh = () => newJobDoc(presets.find((p) => p.family === 'graft_tiny') ?? presets.find(trains) ?? presets[0]!, defaultTrainingFolder(store.home));
   const [doc, setDoc] = useState<JobDoc>(() => opts.initial?.doc ?? fresh());
   const [source, setSource] = useState<string | undefined>(opts.initial?.path);
   const [dirty, setDirty] = useState(false);

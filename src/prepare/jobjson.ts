@@ -1,7 +1,7 @@
 // job.json (format graft-job/2, trainer-cuda/JOB_JSON.md): the resolved job the trainer reads. Everything is
 // filled in here: defaults, absolute paths, and every caption variant as token ids.
 import { isPlainObject } from '../util/objpath.js';
-import type { ModelFiles } from './model.js';
+import type { ModelFiles, ModelTraits } from './model.js';
 import { at, type Settings } from './settings.js';
 import type { TokenIds } from './textTokenizers.js';
 import { tokenizerPath } from './tokenizerFiles.js';
@@ -53,6 +53,19 @@ function samplingFlag(s: Settings, user: Obj, key: string): boolean {
   return typeof inSample === 'boolean' ? inSample : bool(at(s.process, 'train', key));
 }
 
+/** The guidance embedding's input while training (FLUX.1-dev), as the reference toolkit trains it. */
+export const TRAIN_GUIDANCE = 1;
+
+/**
+ * What the job's guidance_scale means for this model: classifier-free guidance against the empty prompt for
+ * a model without traits (the demo's); for FLUX.1, no CFG (its pipeline runs none) and, on dev, the input
+ * of the guidance embedding, with the sampler's time shift for each sample's size.
+ */
+function sampleGuidance(scale: number, traits: ModelTraits | undefined): Obj {
+  if (!traits) return { guidance_scale: scale };
+  return { guidance_scale: 1, ...(traits.guidanceEmbedding ? { guidance: scale } : {}), shift: traits.sampleShift };
+}
+
 /** The sample prompts as written: samples: [{prompt, ...}] or prompts: [text], the user's before the template's. */
 export function samplePromptsOf(s: Settings, user: Obj): Obj[] {
   const pick = (sample: unknown): Obj[] | undefined => {
@@ -96,7 +109,7 @@ export function buildJobJson(i: JobJsonInput): Obj {
       arch: i.model.arch,
       name_or_path: i.model.name_or_path,
       transformer: i.model.transformer,
-      text_encoder: i.model.text_encoder,
+      ...(Object.keys(i.model.textEncoders).join() === 'text_encoder' ? { text_encoder: i.model.textEncoders.text_encoder } : { text_encoders: i.model.textEncoders }),
       ae: i.model.ae,
       ...(i.model.tokenizers.length === 1
         ? { tokenizer: tokenizerPath(i.model.tokenizers[0]!) }
@@ -104,6 +117,7 @@ export function buildJobJson(i: JobJsonInput): Obj {
     },
     network: { type: str(at(p, 'network', 'type'), 'lora'), linear, linear_alpha: num(at(p, 'network', 'linear_alpha'), linear) },
     train: {
+      ...(i.model.traits?.guidanceEmbedding ? { guidance: TRAIN_GUIDANCE } : {}),
       steps: num(t('steps'), 3000),
       batch_size: num(t('batch_size'), 1),
       gradient_accumulation: num(t('gradient_accumulation') ?? t('gradient_accumulation_steps'), 1),
@@ -147,7 +161,7 @@ export function buildJobJson(i: JobJsonInput): Obj {
       height: num(sm('height'), 1024),
       seed: num(sm('seed'), 42),
       walk_seed: bool(sm('walk_seed')),
-      guidance_scale: num(sm('guidance_scale'), 4),
+      ...sampleGuidance(num(sm('guidance_scale'), 4), i.model.traits),
       sample_steps: num(sm('sample_steps'), 20),
       skip_first_sample: samplingFlag(i.settings, i.user, 'skip_first_sample'),
       force_first_sample: samplingFlag(i.settings, i.user, 'force_first_sample'),

@@ -20,7 +20,7 @@ import { PrepareError } from './errors.js';
 import { adoptConfig, checkAdoptable, jobDirForConfig } from './jobdir.js';
 import { buildJobJson, formatJobJson, resolveSamplePrompts, type JobDataset, type JobItem } from './jobjson.js';
 import { Manifest } from './manifest.js';
-import { resolveModel } from './model.js';
+import { resolveModel, type ModelResolver } from './model.js';
 import { resolveSettings } from './settings.js';
 import { TextTokenizers } from './textTokenizers.js';
 
@@ -34,7 +34,9 @@ export interface PrepareOptions {
   /** Progress and summary lines, as `graft prepare` prints them. */
   log?: (line: string) => void;
   /** How the model's files are found (default model.ts's resolveModel): tests give folders it does not know yet. */
-  resolveModel?: typeof resolveModel;
+  resolveModel?: ModelResolver;
+  /** Stops a model download (what arrived is kept for the next run). */
+  signal?: AbortSignal;
 }
 
 export interface DatasetSummary {
@@ -121,7 +123,7 @@ export async function prepareJob(target: string, opts: PrepareOptions = {}): Pro
   checkAdoptable(source, jobDir);
 
   const preset = familyFor(user.model, presets);
-  const model = (opts.resolveModel ?? resolveModel)(preset, user.model as Record<string, unknown>, source);
+  const model = await (opts.resolveModel ?? resolveModel)(preset, user.model as Record<string, unknown>, source, { log, signal: opts.signal });
   const tokenizers = TextTokenizers.load(model.tokenizers);
   const settings = resolveSettings(user, preset);
   const train = settings.process.train as Record<string, unknown>;
