@@ -156,6 +156,12 @@ describe('warnings', () => {
     expect(warnings(set(P('device'), 'cuda:3')(base()), { preset: flux, gpus: [{ index: 0, name: 'H200', memoryMb: 143771 }] })).toContainEqual(['no-such-gpu', 'GPU 3: not on this machine (it has GPU 0); the queue refuses it']);
     expect(warnings(set(P('device'), 'cpu')(base()), { preset: flux, gpus: [] }).map(([r]) => r)).not.toContain('no-such-gpu');
   });
+  it('a real model on the CPU (the demo model is made for it)', () => {
+    expect(warnings(set(P('device'), 'cpu')(base()), { preset: flux, gpus: [] })).toContainEqual(['real-model-on-cpu', 'FLUX.1 (dev / schnell) on the CPU: each step at 1024 px takes minutes and tens of GB of memory; set GPU ID to a GPU.']);
+    expect(warnings(base(), { preset: flux, gpus: [{ index: 0, name: 'H200', memoryMb: 143771 }] }).map(([r]) => r)).not.toContain('real-model-on-cpu');
+    const tiny = presetById('graft_tiny', presets)!;
+    expect(warnings(set(P('device'), 'cpu')(base(tiny)), { preset: tiny, gpus: [] }).map(([r]) => r)).not.toContain('real-model-on-cpu');
+  });
   it('GPU below the family minimum', () => {
     expect(warnings(base(), { preset: flux, gpus: [{ index: 0, name: 'RTX 4080', memoryMb: 16376 }] })).toContainEqual(['vram-below-minimum', 'FLUX.1 (dev / schnell) needs about 24 GB (guide: 24 GB minimum, 48 GB+ comfortable); GPU 0 (RTX 4080) has 16 GB.']);
   });

@@ -4,6 +4,7 @@ import { familyFor, presetById, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject, setAt } from '../util/objpath.js';
 import { ALL_RESOLUTIONS, applyPreset, newDatasetBlock, procPath, type JobDoc } from './document.js';
 import { CAPTION_EXTS, LR_SCHEDULERS, OPTIMIZERS, SAMPLERS, TIMESTEP_TYPES } from './schema.js';
+import { FLUX_DEFAULT_EXTRAS } from '../prepare/fluxTokenizers.js';
 import { trains } from './support.js';
 import { effective, type Issue } from './validate.js';
 import { gpuIndexOf } from './warnings.js';
@@ -220,7 +221,12 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
       return next ? applyPreset(d, next, preset) : d;
     },
   });
-  f.push(pathField('model', 'Name or Path', 'A local folder or file, or a hub id org/model or org/model@revision (gated models need HF_TOKEN).', 'text', ['model', 'name_or_path']));
+  if (preset?.family === 'flux1') {
+    f.push(pathField('model', 'Name or Path', 'A hub id (black-forest-labs/FLUX.1-dev: gated, accept its licence and set HF_TOKEN), a diffusers folder, or a flux1-*.safetensors file with ae, clip_l and t5xxl files beside it (BFL, ComfyUI).', 'text', ['model', 'name_or_path']));
+    f.push(pathField('model', 'Extras Name or Path', `With a single transformer file: the diffusers folder or hub id its tokenizers (and any part not beside it) come from; default ${FLUX_DEFAULT_EXTRAS}.`, 'text', ['model', 'extras_name_or_path'], { optional: true }));
+  } else {
+    f.push(pathField('model', 'Name or Path', 'A local folder or file, or a hub id org/model or org/model@revision (gated models need HF_TOKEN).', 'text', ['model', 'name_or_path']));
+  }
   if (panels?.low_vram ?? true) f.push(pathField('model', 'Low VRAM', 'Keep parts of the model in host memory between uses: slower, fits smaller GPUs.', 'bool', ['model', 'low_vram']));
   if (panels?.layer_offloading) {
     f.push(pathField('model', 'Layer Offloading', 'Stream transformer / text encoder layers from host memory each step.', 'bool', ['model', 'layer_offloading']));

@@ -96,6 +96,11 @@ export function jobWarnings(doc: JobDoc, ctx: WarningContext): Issue[] {
       : `GPU ${gpuIndexOf(device)}: not on this machine (it has GPU ${ctx.gpus.map((g) => g.index).join(', ')}); the queue refuses it`));
   }
 
+  if (preset && device === 'cpu' && preset.vram.min_gb >= 12) {
+    // It runs (the CPU backend is the same model definition), but a real model's step takes minutes there.
+    out.push(warn('real-model-on-cpu', P('device'), `${preset.label} on the CPU: each step at ${preset.vram.max_resolution_at_min} px takes minutes and tens of GB of memory; set GPU ID to a GPU.`));
+  }
+
   if (preset && ctx.gpus) {
     const index = gpuIndexOf(effective(doc, 'device'));
     const gpu = ctx.gpus.find((g) => g.index === index);

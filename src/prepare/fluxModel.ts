@@ -15,14 +15,11 @@ import { basename, dirname, extname, join, resolve } from 'node:path';
 import { ensureModelFiles, familyFiles, HubError, isRepoId, lineLogger } from '../hub/index.js';
 import { expandHome } from '../paths.js';
 import { PrepareError } from './errors.js';
-import { fluxTokenizers } from './fluxTokenizers.js';
+import { FLUX_DEFAULT_EXTRAS, fluxTokenizers } from './fluxTokenizers.js';
 import type { ModelFiles, ResolveOptions } from './model.js';
 import { folderTensorNames, safetensorsNames } from './safetensorsNames.js';
 
 export type FluxVariant = 'dev' | 'schnell';
-
-/** Where a single-file job's tokenizers come from when model.extras_name_or_path does not say. */
-export const FLUX_DEFAULT_EXTRAS = 'black-forest-labs/FLUX.1-schnell';
 
 const COMPONENTS = { transformer: 'transformer', ae: 'vae', clip_l: 'text_encoder', t5: 'text_encoder_2' } as const;
 type Component = keyof typeof COMPONENTS;

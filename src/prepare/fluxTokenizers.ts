@@ -6,6 +6,9 @@ import { join } from 'node:path';
 import { PrepareError } from './errors.js';
 import type { TokenizerFiles, TokenizerSource } from './tokenizerFiles.js';
 
+/** Where a single-file job's tokenizers come from when model.extras_name_or_path does not say: not gated, and its tokenizers are dev's. */
+export const FLUX_DEFAULT_EXTRAS = 'black-forest-labs/FLUX.1-schnell';
+
 /** max_sequence_length in the diffusers FLUX pipeline as the reference toolkit runs each variant. */
 export const FLUX_T5_MAX_LEN = { dev: 512, schnell: 256 } as const;
 

@@ -358,11 +358,11 @@ int train_run(const std::string& dir) {
     std::printf("stopped before step %d (the caches written so far are kept)\n", st.step + 1);
     return 130;
   }
-  // Every caption and sample prompt is encoded by now: the text encoder has nothing left to do.
-  if (te && (job.unload_text_encoder || (!job.datasets.empty() && job.cache_text_embeddings))) {
+  // Every caption and sample prompt is encoded by now (whether or not to disk): the text encoders have
+  // nothing left to do, and FLUX.1's T5-XXL alone holds 9.5 GB.
+  if (te) {
     te.reset();
-    std::printf("  text encoder unloaded (train.%s): captions and sample prompts are encoded\n",
-                job.unload_text_encoder ? "unload_text_encoder" : "cache_text_embeddings");
+    std::printf("  text encoder%s freed: every caption and sample prompt is encoded\n", job.text_parts.size() > 1 ? "s" : "");
   }
   const int nb = data.batches_per_epoch(job.batch_size);
   std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets of %zu dataset%s\n",
