@@ -127,12 +127,15 @@ bench-prepare: ts
 # Needs nvcc, g++ and make only: no apt, no cuBLAS headers, no OpenBLAS (BLAS=fallback); where
 # Debian's header-only packages are not installed (nlohmann/json.hpp, stb/stb_image.h) it adds
 # .gpu-deps/include when present (copies carried there by hand: see trainer-cuda/bench/NOTES.md).
-# Logs: trainer-cuda/build/gpu-tests.log, gpu-e2e.log and gpu-bench.log.
+# Logs: trainer-cuda/build/gpu-tests.log, gpu-e2e.log, gpu-bench.log (and gpu-flux.log).
 # Kernels are built for this machine's GPU only (nvidia-smi's compute capability), a third of the
 # build time of the sm_80 + sm_90 + PTX build. GPU_BENCH_ARGS=--step-only skips the GEMM, attention
 # and block sections of the benchmark (the whole-step section and its PyTorch ratio remain).
+# GPU_FLUX=1 adds a whole FLUX.1-dev job at real size with random weights (cuda/test/flux_e2e.py: 34 GB
+# of disk, 20 pictures and captions encoded at 1024, 30 steps, one 20-step sample; each phase timed).
 GPU_DEPS_INC := $(wildcard $(CURDIR)/.gpu-deps/include)
 GPU_BENCH_ARGS ?=
+GPU_FLUX ?= 0
 gpu-check:
 	@start=$$(date +%s); \
 	cc=$$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .'); \
@@ -148,6 +151,8 @@ gpu-check:
 	e2e=$${PIPESTATUS[0]}; \
 	trained=$$(date +%s); \
 	trainer-cuda/build/graft-gpu-bench $(GPU_BENCH_ARGS) 2>&1 | tee trainer-cuda/build/gpu-bench.log; bench=$${PIPESTATUS[0]}; \
+	flux=0; if [ "$(GPU_FLUX)" = 1 ]; then \
+	  python3 trainer-cuda/cuda/test/flux_e2e.py trainer-cuda/build/graft-trainer 2>&1 | tee trainer-cuda/build/gpu-flux.log; flux=$${PIPESTATUS[0]}; fi; \
 	end=$$(date +%s); \
 	echo; echo "== gpu-check summary ($$(( end - start )) s: build $$(( built - start )), tests $$(( tested - built )), e2e $$(( trained - tested )), bench $$(( end - trained ))) =="; \
 	grep -E "^(device|cuBLASLt):" trainer-cuda/build/gpu-tests.log; \
@@ -155,8 +160,9 @@ gpu-check:
 	grep -E "^gpu: " trainer-cuda/build/gpu-tests.log || echo "parity tests: no summary (crashed?)"; \
 	grep -E "^e2e: " trainer-cuda/build/gpu-e2e.log || echo "e2e: no summary (crashed?)"; \
 	grep -E "^=> " trainer-cuda/build/gpu-bench.log; \
-	echo "parity tests: $$( [ $$tests = 0 ] && echo PASS || echo FAIL ) | e2e training: $$( [ $$e2e = 0 ] && echo PASS || echo FAIL ) | benchmark: $$( [ $$bench = 0 ] && echo OK || echo FAILED )"; \
-	[ $$tests = 0 ] && [ $$e2e = 0 ] && [ $$bench = 0 ]
+	[ "$(GPU_FLUX)" = 1 ] && { grep -E "^flux-e2e: " trainer-cuda/build/gpu-flux.log || echo "flux-e2e: no summary (crashed?)"; }; \
+	echo "parity tests: $$( [ $$tests = 0 ] && echo PASS || echo FAIL ) | e2e training: $$( [ $$e2e = 0 ] && echo PASS || echo FAIL ) | benchmark: $$( [ $$bench = 0 ] && echo OK || echo FAILED ) | FLUX.1-dev job: $$( [ "$(GPU_FLUX)" = 1 ] && { [ $$flux = 0 ] && echo PASS || echo FAIL; } || echo skipped )"; \
+	[ $$tests = 0 ] && [ $$e2e = 0 ] && [ $$bench = 0 ] && [ $$flux = 0 ]
 
 clean:
 	$(MAKE) -C trainer-cuda clean

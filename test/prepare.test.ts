@@ -223,9 +223,9 @@ describe('graft prepare', () => {
     writeFileSync(join(data, 'bad.png'), 'x');
     await fails(config({ datasets: [{ folder_path: join(data, 'bad.png') }] }), 'is not a folder');
 
-    const flux = join(root, 'flux.yaml');
-    writeFileSync(flux, readFileSync(config(), 'utf8').replace('"arch": "graft_tiny"', '"arch": "flux"').replace('"presets/graft-tiny"', '"black-forest-labs/FLUX.1-dev"'));
-    await fails(flux, /not supported yet: FLUX\.1 \(dev \/ schnell\): graft's trainer cannot train this family yet/);
+    const zimage = join(root, 'zimage.yaml');
+    writeFileSync(zimage, readFileSync(config(), 'utf8').replace('"arch": "graft_tiny"', '"arch": "zimage:turbo"').replace('"presets/graft-tiny"', '"Tongyi-MAI/Z-Image-Turbo"'));
+    await fails(zimage, /not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet/);
 
     const invalid = join(root, 'invalid.yaml');
     writeFileSync(invalid, readFileSync(config(), 'utf8').replace('"lr": 0.001', '"lr": "fast"'));
