@@ -2,7 +2,6 @@
 // captions are measured with the tokenizer of the first family graft trains whose tokenizers are here (a
 // FLUX.1 model in the Hugging Face cache, else graft-tiny's byte-level one; nothing is downloaded for it),
 // and the screen says whose limit it is.
-import { resolveModel } from '../prepare/model.js';
 import type { Preset } from '../presets.js';
 import { trains } from '../config/support.js';
 
@@ -19,7 +18,9 @@ export interface CaptionCounter {
  * cut is normal, a caption past the longest is not.
  */
 export async function captionCounter(presets: Preset[]): Promise<CaptionCounter | undefined> {
+  // Loaded here, not at start-up: model resolution brings the Hub client, tokenization the tokenizers.
   const { TextTokenizers } = await import('../prepare/textTokenizers.js');
+  const { resolveModel } = await import('../prepare/model.js');
   for (const p of presets.filter(trains)) {
     try {
       const model = await resolveModel(p, { name_or_path: p.name_or_path }, 'presets', { offline: true });

@@ -64,15 +64,23 @@ function fluxFiles(nameOrPath: string, folder: string, parts: Record<Component, 
 
 const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
 
+/** The weights' file stem in a component folder: diffusers' for its own models, transformers' for the text encoders. */
+const stemOf = (part: Component) => (part === 'transformer' || part === 'ae' ? 'diffusion_pytorch_model' : 'model');
+
+/** The component's folder under dir (transformer/, vae/, text_encoder/, text_encoder_2/) when it holds weights. */
+function componentIn(dir: string, part: Component): string | undefined {
+  const sub = join(dir, COMPONENTS[part]);
+  return isDir(sub) && folderTensorNames(sub, [stemOf(part)]) !== undefined ? sub : undefined;
+}
+
 /** A diffusers FLUX.1 folder (a local one, or a Hub snapshot): every component and both tokenizers. */
 function fromDiffusers(nameOrPath: string, folder: string): ModelFiles {
   const parts = {} as Record<Component, string>;
   const missing: string[] = [];
-  for (const [part, sub] of Object.entries(COMPONENTS) as [Component, string][]) {
-    const dir = join(folder, sub);
-    const stems = sub === 'transformer' || sub === 'vae' ? ['diffusion_pytorch_model'] : ['model'];
-    if (!isDir(dir) || folderTensorNames(dir, stems) === undefined) missing.push(`${sub}/ (${stems[0]}.safetensors or its sharded index)`);
-    parts[part] = dir;
+  for (const part of Object.keys(COMPONENTS) as Component[]) {
+    const dir = componentIn(folder, part);
+    if (dir) parts[part] = dir;
+    else missing.push(`${COMPONENTS[part]}/ (${stemOf(part)}.safetensors or its sharded index)`);
   }
   if (missing.length) throw new PrepareError(`${folder}: this FLUX.1 diffusers folder lacks ${missing.join(', ')}`);
   const variant = diffusersVariant(parts.transformer);
@@ -96,19 +104,15 @@ function besideDirs(file: string): string[] {
   return [d, join(up, 'vae'), join(up, 'text_encoders'), join(up, 'clip'), up].filter((x, i, all) => isDir(x) && all.indexOf(x) === i);
 }
 
-function findBeside(dirs: string[], patterns: RegExp[]): string | undefined {
+/** The first file of `dirs` (each listed once, as [dir, its files]) that a pattern matches, patterns in order of preference. */
+function findBeside(listings: [string, string[]][], patterns: RegExp[]): string | undefined {
   for (const re of patterns) {
-    for (const dir of dirs) {
-      const hit = readdirSync(dir).sort().find((f) => re.test(f) && statSync(join(dir, f)).isFile());
+    for (const [dir, files] of listings) {
+      const hit = files.find((f) => re.test(f) && statSync(join(dir, f)).isFile());
       if (hit) return join(dir, hit);
     }
   }
   return undefined;
-}
-
-function componentBeside(dir: string, part: Component): string | undefined {
-  const sub = join(dir, COMPONENTS[part]);
-  return isDir(sub) && folderTensorNames(sub, [part === 'ae' ? 'diffusion_pytorch_model' : 'model']) !== undefined ? sub : undefined;
 }
 
 /** A local folder with FLUX.1's tokenizer/ and tokenizer_2/, or undefined. */
@@ -117,11 +121,12 @@ const tokenizerFolder = (dir: string) => (isDir(join(dir, 'tokenizer')) && isDir
 async function fromSingleFile(nameOrPath: string, file: string, model: Record<string, unknown>, configDir: string, opts: ResolveOptions): Promise<ModelFiles> {
   const variant = fluxVariantOf(safetensorsNames(file), file);
   const dirs = besideDirs(file);
+  const listings = dirs.map((d): [string, string[]] => [d, readdirSync(d).sort()]);
   const parts = { transformer: file } as Record<Component, string>;
   const lacking: Exclude<Component, 'transformer'>[] = [];
   for (const part of ['ae', 'clip_l', 't5'] as const) {
     // A file of its own, else the diffusers folder of a repo that carries both layouts (BFL's).
-    const hit = findBeside(dirs, BESIDE[part]) ?? componentBeside(dirname(file), part);
+    const hit = findBeside(listings, BESIDE[part]) ?? componentIn(dirname(file), part);
     if (hit) parts[part] = hit;
     else lacking.push(part);
   }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -61,10 +63,39 @@ std::string shard_name(const std::string& stem, int k, int n) {
 // Shard k of n for a tensor starting `at` elements into a model of `total`: shards by size.
 int shard_of(size_t at, size_t total, int n) { return (int)std::min<size_t>(n - 1, at * n / std::max<size_t>(total, 1)); }
 
-void write_index(const std::string& dir, const std::string& stem, size_t bytes, const nlohmann::json& weight_map) {
-  const std::string index = nlohmann::json({{"metadata", {{"total_size", bytes}}}, {"weight_map", weight_map}}).dump(2);
-  write_file_atomic(dir + "/" + stem + ".safetensors.index.json", index.data(), index.size());
-}
+// A model's tensors spread over n files by size, each source tensor in the shard its first element falls
+// in, with the index json diffusers and transformers read (<stem>.safetensors.index.json).
+struct Shards {
+  std::string stem;
+  int n;
+  size_t total = 0, at = 0;
+  std::vector<SafeTensorsWriter> writers;
+  nlohmann::json weight_map = nlohmann::json::object();
+
+  Shards(const TensorList& tensors, std::string stem_, int n_) : stem(std::move(stem_)), n(std::max(1, n_)), writers(n) {
+    for (const auto& t : tensors) total += (size_t)shape_numel(t.second);
+  }
+  // The shard of the next source tensor, in the list's order.
+  int next(const Shape& shape) {
+    const int k = shard_of(at, total, n);
+    at += (size_t)shape_numel(shape);
+    return k;
+  }
+  void add(int k, const std::string& name, DType dtype, const Shape& shape, std::function<void(uint8_t*)> fill) {
+    writers[k].add_lazy(name, dtype, shape, std::move(fill));
+    weight_map[name] = shard_name(stem, k, n);
+  }
+  void write(const std::string& dir, const std::map<std::string, std::string>& metadata, DType dtype) {
+    make_dirs(dir);
+    for (int k = 0; k < n; ++k) {
+      writers[k].metadata = metadata;
+      writers[k].write(dir + "/" + shard_name(stem, k, n));
+    }
+    const size_t bytes = total * dtype_size(dtype);
+    const std::string index = nlohmann::json({{"metadata", {{"total_size", bytes}}}, {"weight_map", weight_map}}).dump(2);
+    write_file_atomic(dir + "/" + stem + ".safetensors.index.json", index.data(), index.size());
+  }
+};
 
 // The tensors a model lists through a loader that hands out shapes only.
 template <class Model, class Config>
@@ -98,17 +129,10 @@ void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t se
   if (o.layout != "diffusers") fail("random FLUX checkpoint: unknown layout '" + o.layout + "' (bfl, comfyui, diffusers)");
   // diffusers: fused BFL tensors split into their parts (q, k, v of hidden rows each; the single
   // blocks' MLP input takes the rest), the final modulation's halves swapped, shards by size.
-  make_dirs(path);
-  const std::string stem = "diffusion_pytorch_model";
   const Layout layout = flux_diffusers_layout();
-  const int n = std::max(1, o.shards);
-  std::vector<SafeTensorsWriter> writers(n);
-  nlohmann::json weight_map = nlohmann::json::object();
-  size_t total = 0, at = 0;
-  for (const auto& t : tensors) total += (size_t)shape_numel(t.second);
+  Shards shards(tensors, "diffusion_pytorch_model", o.shards);
   for (const auto& [name, shape] : tensors) {
-    const int k = shard_of(at, total, n);
-    at += (size_t)shape_numel(shape);
+    const int k = shards.next(shape);
     const Stored st = layout.map(name);
     int64_t row0 = 0;
     for (size_t i = 0; i < st.parts.size(); ++i) {
@@ -117,16 +141,11 @@ void write_random_flux(const std::string& path, const FluxConfig& c, uint64_t se
       part[0] = rows;
       const DType dt = o.dtype;
       const bool swap = st.swap_halves;
-      writers[k].add_lazy(st.parts[i], dt, part, [=](uint8_t* dst) { draw_rows(dst, dt, name, shape, seed, row0, rows, swap); });
-      weight_map[st.parts[i]] = shard_name(stem, k, n);
+      shards.add(k, st.parts[i], dt, part, [=](uint8_t* dst) { draw_rows(dst, dt, name, shape, seed, row0, rows, swap); });
       row0 += rows;
     }
   }
-  for (int k = 0; k < n; ++k) {
-    writers[k].metadata["graft.axes_dim"] = axes;
-    writers[k].write(path + "/" + shard_name(stem, k, n));
-  }
-  write_index(path, stem, total * dtype_size(o.dtype), weight_map);
+  shards.write(path, {{"graft.axes_dim", axes}}, o.dtype);
 }
 
 void write_random_tensors(const std::string& path, const TensorList& tensors, uint64_t seed, const RandomWriteOptions& o) {
@@ -140,22 +159,11 @@ void write_random_tensors(const std::string& path, const TensorList& tensors, ui
     w.write(n == 1 ? path + "/" + o.stem + ".safetensors" : path);
     return;
   }
-  make_dirs(path);
-  std::vector<SafeTensorsWriter> writers(n);
-  nlohmann::json weight_map = nlohmann::json::object();
-  size_t total = 0, at = 0;
-  for (const auto& t : tensors) total += (size_t)shape_numel(t.second);
-  for (const auto& [name, shape] : tensors) {
-    const int k = shard_of(at, total, n);
-    at += (size_t)shape_numel(shape);
-    writers[k].add_lazy(o.prefix + name, o.dtype, shape, [=](uint8_t* dst) { draw_rows(dst, o.dtype, name, shape, seed, 0, shape[0]); });
-    weight_map[o.prefix + name] = shard_name(o.stem, k, n);
-  }
-  for (int k = 0; k < n; ++k) {
-    writers[k].metadata = o.metadata;
-    writers[k].write(path + "/" + shard_name(o.stem, k, n));
-  }
-  write_index(path, o.stem, total * dtype_size(o.dtype), weight_map);
+  Shards shards(tensors, o.stem, n);
+  for (const auto& [name, shape] : tensors)
+    shards.add(shards.next(shape), o.prefix + name, o.dtype, shape,
+               [=](uint8_t* dst) { draw_rows(dst, o.dtype, name, shape, seed, 0, shape[0]); });
+  shards.write(path, o.metadata, o.dtype);
 }
 
 void write_random_t5(const std::string& path, const T5Config& c, uint64_t seed, const RandomWriteOptions& o) {
