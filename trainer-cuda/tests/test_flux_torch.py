@@ -857,12 +857,13 @@ def make_tiny_checkpoint(tmp):
     return f"[{cfg}] {m1}\n      {m2}"
 
 
-def main():
+def run_checks(checks, banner, prefix):
+    """Each check gets a fresh temporary folder's path; a failure or an error in the test is a line, never a stop."""
     t0 = time.time()
-    print(f"torch-reference: torch {torch.__version__}, trainer {TRAINER}")
+    print(banner)
     passed = failed = 0
-    with tempfile.TemporaryDirectory(prefix="graft-torchref-") as tmp:
-        for fn in CHECKS:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for fn in checks:
             t = time.time()
             try:
                 msg = fn(tmp)
@@ -879,6 +880,10 @@ def main():
     print(f"torch-reference: total {time.time() - t0:.1f}s")
     print(f"torch-reference: {passed} passed, {failed} failed")
     return 0 if failed == 0 and passed > 0 else 1
+
+
+def main():
+    return run_checks(CHECKS, f"torch-reference: torch {torch.__version__}, trainer {TRAINER}", "graft-torchref-")
 
 
 if __name__ == "__main__":

@@ -18,16 +18,13 @@ import json
 import math
 import os
 import sys
-import tempfile
-import time
-import traceback
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_flux_torch import CheckFailed, Work, rel_err, run_trainer, st_read, st_write  # noqa: E402
+from test_flux_torch import CheckFailed, Work, rel_err, run_checks, run_trainer, st_read, st_write  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -359,27 +356,7 @@ def clip_random_file_from_trainer_bf16_with_prefix(tmp):
 
 
 def main():
-    t0 = time.time()
-    print(f"torch-reference (text encoders): torch {torch.__version__}")
-    passed = failed = 0
-    with tempfile.TemporaryDirectory(prefix="graft-torchref-te-") as tmp:
-        for fn in CHECKS:
-            t = time.time()
-            try:
-                msg = fn(tmp)
-                passed += 1
-                print(f"ok    {fn.__name__} ({time.time() - t:.1f}s): {msg}")
-            except CheckFailed as e:
-                failed += 1
-                print(f"FAIL  {fn.__name__} ({time.time() - t:.1f}s): {e}")
-            except Exception as e:  # an error in the test itself is a failure too
-                failed += 1
-                tb = traceback.format_exc().strip().splitlines()
-                print(f"FAIL  {fn.__name__}: {type(e).__name__}: {e}\n      " + "\n      ".join(tb[-6:]))
-            sys.stdout.flush()
-    print(f"torch-reference: total {time.time() - t0:.1f}s")
-    print(f"torch-reference: {passed} passed, {failed} failed")
-    return 0 if failed == 0 and passed > 0 else 1
+    return run_checks(CHECKS, f"torch-reference (text encoders): torch {torch.__version__}", "graft-torchref-te-")
 
 
 if __name__ == "__main__":
