@@ -20,6 +20,7 @@ struct Command {
 std::vector<Command> model_commands();
 std::vector<Command> encoder_commands();
 std::vector<Command> demo_commands();
+std::vector<Command> optim_commands();
 std::vector<Command> all_commands();  // every list above, in that order
 
 // Fails with "<cmd>: missing arguments" and the command's usage when fewer than n arguments were given.

@@ -207,13 +207,13 @@ void write_elem(uint8_t* p, DType t, float v) {
 }  // namespace
 
 void convert_host(void* dst, DType dt, const void* src, DType st, size_t n) {
-  if (!dtype_is_float(dt) || !dtype_is_float(st))
-    fail(std::string("cannot convert ") + dtype_name(st) + " to " + dtype_name(dt) + ": only float dtypes convert");
   if (n == 0) return;
-  if (dt == st) {
+  if (dt == st) {  // any dtype copies as it is (8-bit optimizer codes, block tables)
     std::memcpy(dst, src, n * dtype_size(dt));
     return;
   }
+  if (!dtype_is_float(dt) || !dtype_is_float(st))
+    fail(std::string("cannot convert ") + dtype_name(st) + " to " + dtype_name(dt) + ": only float dtypes convert");
   const uint8_t* s = (const uint8_t*)src;
   uint8_t* d = (uint8_t*)dst;
   const size_t ss = dtype_size(st), ds = dtype_size(dt);

@@ -41,6 +41,183 @@ __global__ void sum_squares_partial_kernel(double* partial, const float* x, long
   if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
 }
 
+__global__ void lion_kernel(float* p, const float* g, float* m, long n, float lr, float beta1, float beta2, float decay) {
+  GRID_STRIDE(i, n) {
+    const float c = beta1 * m[i] + (1.0f - beta1) * g[i];
+    float pi = p[i] * decay;
+    pi -= lr * (float)((c > 0.0f) - (c < 0.0f));
+    p[i] = pi;
+    m[i] = beta2 * m[i] + (1.0f - beta2) * g[i];
+  }
+}
+
+// Nearest of 256 sorted values (ties to the lower), as ops/update_ops.cpp's nearest_code.
+__device__ int nearest_code_dev(const float* map, float x) {
+  if (x <= map[0]) return 0;
+  if (x >= map[255]) return 255;
+  int lo = 0, hi = 255;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (map[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return (x - map[lo - 1] <= map[lo] - x) ? lo - 1 : lo;
+}
+
+// One thread block per quantization block (at most 256 elements, one per thread).
+__global__ void adamw8bit_kernel(float* p, const float* g, uint8_t* m_q, uint8_t* v_q, float* m_absmax, float* v_absmax,
+                                 const int64_t* block_start, const float* m_map, const float* v_map, float beta1,
+                                 float beta2, float eps, float decay, float step_size, float bc2_sqrt) {
+  __shared__ float mmap[256], vmap[256], red_m[256], red_v[256];
+  const long b = blockIdx.x;
+  const int j = threadIdx.x;
+  mmap[j] = m_map[j], vmap[j] = v_map[j];
+  __syncthreads();
+  const int64_t i0 = block_start[b], len = block_start[b + 1] - i0;
+  float mi = 0.0f, vi = 0.0f;
+  if (j < len) {
+    const int64_t i = i0 + j;
+    const float gi = g[i];
+    mi = beta1 * (mmap[m_q[i]] * m_absmax[b]) + (1.0f - beta1) * gi;
+    vi = beta2 * (vmap[v_q[i]] * v_absmax[b]) + (1.0f - beta2) * gi * gi;
+    float pi = p[i] * decay;
+    pi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    p[i] = pi;
+  }
+  red_m[j] = fabsf(mi), red_v[j] = vi;
+  __syncthreads();
+  for (int stride = 128; stride > 0; stride /= 2) {
+    if (j < stride) red_m[j] = fmaxf(red_m[j], red_m[j + stride]), red_v[j] = fmaxf(red_v[j], red_v[j + stride]);
+    __syncthreads();
+  }
+  const float mmax = red_m[0], vmax = red_v[0];
+  if (j < len) {
+    m_q[i0 + j] = (uint8_t)nearest_code_dev(mmap, mmax > 0.0f ? mi / mmax : 0.0f);
+    v_q[i0 + j] = (uint8_t)nearest_code_dev(vmap, vmax > 0.0f ? vi / vmax : 0.0f);
+  }
+  if (j == 0) m_absmax[b] = mmax, v_absmax[b] = vmax;
+}
+
+// A block's two double sums into partial[2 b], partial[2 b + 1] (fixed order for a given n).
+__device__ void block_sums_2(double* partial, double a, double c) {
+  __shared__ double pa[256], pc[256];
+  pa[threadIdx.x] = a, pc[threadIdx.x] = c;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) pa[threadIdx.x] += pa[threadIdx.x + stride], pc[threadIdx.x] += pc[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) partial[2 * blockIdx.x] = pa[0], partial[2 * blockIdx.x + 1] = pc[0];
+}
+
+__global__ void prodigy_accumulate_kernel(double* partial, const float* p, const float* g, const float* p0, float* m,
+                                          float* v, float* s, long n, long per_block, float beta1, float am,
+                                          float beta2, float av, float beta3, float s_scale) {
+  const long begin = (long)blockIdx.x * per_block, end = min(n, begin + per_block);
+  double dot = 0.0, sabs = 0.0;
+  for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float gi = g[i];
+    dot += (double)gi * (double)(p0[i] - p[i]);
+    m[i] = m[i] * beta1 + am * gi;
+    v[i] = v[i] * beta2 + av * gi * gi;
+    const float si = s[i] * beta3 + s_scale * gi;
+    s[i] = si;
+    sabs += fabs((double)si);
+  }
+  block_sums_2(partial, dot, sabs);
+}
+
+__global__ void prodigy_apply_kernel(float* p, const float* m, const float* v, long n, float dlr, float d_eps,
+                                     float decay) {
+  GRID_STRIDE(i, n) {
+    float pi = p[i];
+    if (decay != 0.0f) pi += -decay * pi;
+    p[i] = pi - dlr * (m[i] / (sqrtf(v[i]) + d_eps));
+  }
+}
+
+// row[i] = b row[i] + (1 - b) mean_j (g^2 + eps1): one block per row.
+__global__ void adafactor_row_kernel(const float* g, float* row, int cols, float beta2t, float eps1) {
+  const long i = blockIdx.x;
+  double sum = 0.0;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float x = g[i * cols + j];
+    sum += x * x + eps1;
+  }
+  __shared__ double part[256];
+  part[threadIdx.x] = sum;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) part[threadIdx.x] += part[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) row[i] = row[i] * beta2t + (1.0f - beta2t) * (float)(part[0] / cols);
+}
+
+// col[j] likewise over the rows: one thread per column (coalesced across a warp), rows in order.
+__global__ void adafactor_col_kernel(const float* g, float* col, int rows, int cols, float beta2t, float eps1) {
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= cols) return;
+  double sum = 0.0;
+  for (int i = 0; i < rows; ++i) {
+    const float x = g[(long)i * cols + j];
+    sum += x * x + eps1;
+  }
+  col[j] = col[j] * beta2t + (1.0f - beta2t) * (float)(sum / rows);
+}
+
+// mean(row) into *out, one block, in order per thread then a fixed tree.
+__global__ void mean_kernel(float* out, const float* x, int n) {
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) sum += x[i];
+  __shared__ double part[256];
+  part[threadIdx.x] = sum;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) part[threadIdx.x] += part[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = (float)(part[0] / n);
+}
+
+__global__ void adafactor_u_kernel(double* partial, const float* g, const float* row, const float* col,
+                                   const float* rmean, float* u, int cols, long n, long per_block) {
+  const long begin = (long)blockIdx.x * per_block, end = min(n, begin + per_block);
+  double ss = 0.0;
+  for (long k = begin + threadIdx.x; k < end; k += blockDim.x) {
+    const long i = k / cols, j = k % cols;
+    const float r = 1.0f / sqrtf(row[i] / *rmean);
+    const float x = r * (1.0f / sqrtf(col[j])) * g[k];
+    u[k] = x;
+    ss += (double)x * x;
+  }
+  block_sums_2(partial, ss, 0.0);
+}
+
+__global__ void adafactor_unfactored_kernel(double* partial, const float* g, float* v, float* u, long n, long per_block,
+                                            float beta2t, float eps1) {
+  const long begin = (long)blockIdx.x * per_block, end = min(n, begin + per_block);
+  double ss = 0.0;
+  for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float vi = v[i] * beta2t + (1.0f - beta2t) * (g[i] * g[i] + eps1);
+    v[i] = vi;
+    const float x = (1.0f / sqrtf(vi)) * g[i];
+    u[i] = x;
+    ss += (double)x * x;
+  }
+  block_sums_2(partial, ss, 0.0);
+}
+
+__global__ void adafactor_apply_kernel(float* p, float* u, float* m, long n, float u_scale, float beta1, float decay) {
+  GRID_STRIDE(i, n) {
+    float ui = u[i] * u_scale;
+    if (m) ui = m[i] = m[i] * beta1 + (1.0f - beta1) * ui;
+    float pi = p[i];
+    if (decay != 0.0f) pi += -decay * pi;
+    p[i] = pi - ui;
+  }
+}
+
 __global__ void scale_kernel(float* x, long n, float s) {
   GRID_STRIDE(i, n) x[i] *= s;
 }
@@ -82,6 +259,88 @@ double sum_squares(const float* x, long n) {
   double s = 0.0;
   for (double v : host) s += v;
   return s;
+}
+
+void lion_update(float* p, const float* g, float* m, long n, float lr, float beta1, float beta2, float decay) {
+  if (n <= 0) return;
+  lion_kernel<<<grid_1d(n), 256>>>(p, g, m, n, lr, beta1, beta2, decay);
+  cudaCheckLaunch();
+}
+
+void adamw8bit_update(float* p, const float* g, uint8_t* m_q, uint8_t* v_q, float* m_absmax, float* v_absmax,
+                      const int64_t* block_start, const float* m_map, const float* v_map, long blocks, float beta1,
+                      float beta2, float eps, float decay, float step_size, float bc2_sqrt) {
+  if (blocks <= 0) return;
+  adamw8bit_kernel<<<(unsigned)blocks, 256>>>(p, g, m_q, v_q, m_absmax, v_absmax, block_start, m_map, v_map, beta1,
+                                              beta2, eps, decay, step_size, bc2_sqrt);
+  cudaCheckLaunch();
+}
+
+// Fixed-size spans per block, so the partial sums (and their host total) are the same every run.
+static const long kSpan = 1L << 14;
+static int span_blocks(long n) { return (int)((n + kSpan - 1) / kSpan); }
+static std::vector<double> partial_sums(const double* partial, int blocks) {
+  std::vector<double> host(2 * (size_t)blocks);
+  cudaCheck(cudaMemcpy(host.data(), partial, sizeof(double) * host.size(), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+void prodigy_accumulate(double* dot, double* s_abs, const float* p, const float* g, const float* p0, float* m, float* v,
+                        float* s, long n, float beta1, float am, float beta2, float av, float beta3, float s_scale) {
+  *dot = 0.0, *s_abs = 0.0;
+  if (n <= 0) return;
+  const int blocks = span_blocks(n);
+  double* partial = (double*)scratch(SCRATCH_REDUCE, sizeof(double) * 2 * blocks);
+  prodigy_accumulate_kernel<<<blocks, 256>>>(partial, p, g, p0, m, v, s, n, kSpan, beta1, am, beta2, av, beta3,
+                                             s_scale);
+  cudaCheckLaunch();
+  const std::vector<double> host = partial_sums(partial, blocks);
+  for (int b = 0; b < blocks; ++b) *dot += host[2 * b], *s_abs += host[2 * b + 1];
+}
+
+void prodigy_apply(float* p, const float* m, const float* v, long n, float dlr, float d_eps, float decay) {
+  if (n <= 0) return;
+  prodigy_apply_kernel<<<grid_1d(n), 256>>>(p, m, v, n, dlr, d_eps, decay);
+  cudaCheckLaunch();
+}
+
+double adafactor_factored(const float* g, float* row, float* col, float* u, int rows, int cols, float beta2t, float eps1) {
+  const long n = (long)rows * cols;
+  if (n <= 0) return 0.0;
+  adafactor_row_kernel<<<rows, 256>>>(g, row, cols, beta2t, eps1);
+  cudaCheckLaunch();
+  adafactor_col_kernel<<<(cols + 255) / 256, 256>>>(g, col, rows, cols, beta2t, eps1);
+  cudaCheckLaunch();
+  const int blocks = span_blocks(n);
+  char* base = (char*)scratch(SCRATCH_REDUCE, sizeof(double) * 2 * blocks + 16);
+  double* partial = (double*)(base + 16);
+  float* rmean = (float*)base;
+  mean_kernel<<<1, 256>>>(rmean, row, rows);
+  cudaCheckLaunch();
+  adafactor_u_kernel<<<blocks, 256>>>(partial, g, row, col, rmean, u, cols, n, kSpan);
+  cudaCheckLaunch();
+  const std::vector<double> host = partial_sums(partial, blocks);
+  double ss = 0.0;
+  for (int b = 0; b < blocks; ++b) ss += host[2 * b];
+  return ss;
+}
+
+double adafactor_unfactored(const float* g, float* v, float* u, long n, float beta2t, float eps1) {
+  if (n <= 0) return 0.0;
+  const int blocks = span_blocks(n);
+  double* partial = (double*)scratch(SCRATCH_REDUCE, sizeof(double) * 2 * blocks);
+  adafactor_unfactored_kernel<<<blocks, 256>>>(partial, g, v, u, n, kSpan, beta2t, eps1);
+  cudaCheckLaunch();
+  const std::vector<double> host = partial_sums(partial, blocks);
+  double ss = 0.0;
+  for (int b = 0; b < blocks; ++b) ss += host[2 * b];
+  return ss;
+}
+
+void adafactor_apply(float* p, float* u, float* m, long n, float u_scale, float beta1, float decay) {
+  if (n <= 0) return;
+  adafactor_apply_kernel<<<grid_1d(n), 256>>>(p, u, m, n, u_scale, beta1, decay);
+  cudaCheckLaunch();
 }
 
 void scale(float* x, long n, float s) {

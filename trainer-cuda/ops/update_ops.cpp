@@ -1,6 +1,7 @@
 // update_ops.h on both devices; compiled twice (ops/dispatch.h).
 #include "ops/update_ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -44,6 +45,220 @@ void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tenso
     vp[i] = beta2 * vp[i] + (1.0f - beta2) * gp[i] * gp[i];
     pp[i] *= decay;
     pp[i] -= step_size * mp[i] / (std::sqrt(vp[i]) / bc2_sqrt + eps);
+  }
+}
+
+void lion_update(const Tensor& p, const Tensor& g, const Tensor& m, float lr, float beta1, float beta2,
+                 float weight_decay) {
+  same("lion_update", p, g), same("lion_update", p, m);
+  const float decay = 1.0f - lr * weight_decay;
+  const long n = (long)p.numel();
+  float *pp = f32(p, "lion"), *gp = f32(g, "lion"), *mp = f32(m, "lion");
+  if (p.is_cuda()) {
+    ON_CUDA(gpu::lion_update(pp, gp, mp, n, lr, beta1, beta2, decay));
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < n; ++i) {
+    const float c = beta1 * mp[i] + (1.0f - beta1) * gp[i];
+    pp[i] *= decay;
+    pp[i] -= lr * (float)((c > 0.0f) - (c < 0.0f));
+    mp[i] = beta2 * mp[i] + (1.0f - beta2) * gp[i];
+  }
+}
+
+std::vector<float> dynamic_map(bool is_signed) {
+  // bitsandbytes: for exponent i = 0..6, the midpoints of linspace(0.1, 1, k + 1) (k = 2^i signed,
+  // 2^(i+1) unsigned) times 10^(i-6), mirrored when signed; then 0 and 1. torch.linspace's float
+  // formula (from the start below the middle, from the end above it) keeps the values bit-equal.
+  std::vector<float> data;
+  for (int i = 0; i < 7; ++i) {
+    const int k = is_signed ? (1 << i) : (1 << (i + 1));
+    const int steps = k + 1;
+    const float step = (1.0f - 0.1f) / (float)(steps - 1);
+    std::vector<float> b(steps);
+    for (int j = 0; j < steps; ++j) b[j] = j < steps / 2 ? 0.1f + step * (float)j : 1.0f - step * (float)(steps - 1 - j);
+    const float e = (float)std::pow(10.0, (double)(i - 6));
+    for (int j = 0; j < k; ++j) {
+      const float mean = (b[j] + b[j + 1]) / 2.0f;
+      data.push_back(e * mean);
+      if (is_signed) data.push_back(-e * mean);
+    }
+  }
+  data.push_back(0.0f);
+  data.push_back(1.0f);
+  if (data.size() != 256) fail("internal: dynamic map of " + std::to_string(data.size()) + " values");
+  std::sort(data.begin(), data.end());
+  return data;
+}
+
+int nearest_code(const float* map, float x) {
+  int lo = 0, hi = 255;  // the first index whose value is >= x, by bisection
+  if (x <= map[0]) return 0;
+  if (x >= map[255]) return 255;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (map[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return (x - map[lo - 1] <= map[lo] - x) ? lo - 1 : lo;
+}
+
+void adamw8bit_update(const Tensor& p, const Tensor& g, const Blockwise8bit& s, float lr, float beta1, float beta2,
+                      float eps, float weight_decay, long t) {
+  same("adamw8bit_update", p, g);
+  if (s.m_q.numel() != p.numel() || s.v_q.numel() != p.numel() || s.m_q.dtype != DType::U8 || s.v_q.dtype != DType::U8 ||
+      s.block_start.dtype != DType::I64 || s.block_start.numel() != s.m_absmax.numel() + 1 || s.m_map.numel() != 256 ||
+      s.v_map.numel() != 256 || s.m_q.device() != p.device() || s.block_start.device() != p.device())
+    fail("internal: adamw8bit_update: state does not fit " + p.str());
+  const double bc1 = 1.0 - std::pow((double)beta1, (double)t);
+  const double bc2 = 1.0 - std::pow((double)beta2, (double)t);
+  const float step_size = (float)(lr / bc1), bc2_sqrt = (float)std::sqrt(bc2), decay = 1.0f - lr * weight_decay;
+  const long blocks = (long)s.m_absmax.numel();
+  float *pp = f32(p, "adamw8bit"), *gp = f32(g, "adamw8bit");
+  float *ma = f32(s.m_absmax, "adamw8bit"), *va = f32(s.v_absmax, "adamw8bit");
+  const float *mmap = f32(s.m_map, "adamw8bit"), *vmap = f32(s.v_map, "adamw8bit");
+  uint8_t *mq = s.m_q.data<uint8_t>(), *vq = s.v_q.data<uint8_t>();
+  const int64_t* start = s.block_start.data<int64_t>();
+  if (p.is_cuda()) {
+    ON_CUDA(gpu::adamw8bit_update(pp, gp, mq, vq, ma, va, start, mmap, vmap, blocks, beta1, beta2, eps, decay, step_size,
+                                  bc2_sqrt));
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (long b = 0; b < blocks; ++b) {
+    const int64_t i0 = start[b], len = start[b + 1] - start[b];
+    float mv[kBlock8bit], vv[kBlock8bit];
+    float mmax = 0.0f, vmax = 0.0f;
+    for (int64_t j = 0; j < len; ++j) {
+      const int64_t i = i0 + j;
+      const float gi = gp[i];
+      const float mi = beta1 * (mmap[mq[i]] * ma[b]) + (1.0f - beta1) * gi;
+      const float vi = beta2 * (vmap[vq[i]] * va[b]) + (1.0f - beta2) * gi * gi;
+      float pi = pp[i] * decay;
+      pi -= step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+      pp[i] = pi;
+      mv[j] = mi, vv[j] = vi;
+      mmax = std::max(mmax, std::fabs(mi)), vmax = std::max(vmax, vi);
+    }
+    ma[b] = mmax, va[b] = vmax;
+    for (int64_t j = 0; j < len; ++j) {
+      mq[i0 + j] = (uint8_t)nearest_code(mmap, mmax > 0.0f ? mv[j] / mmax : 0.0f);
+      vq[i0 + j] = (uint8_t)nearest_code(vmap, vmax > 0.0f ? vv[j] / vmax : 0.0f);
+    }
+  }
+}
+
+ProdigySums prodigy_accumulate(const Tensor& p, const Tensor& g, const Tensor& p0, const Tensor& m, const Tensor& v,
+                               const Tensor& s, float d, float beta1, float beta2, float beta3, float s_scale) {
+  for (const Tensor* t : {&g, &p0, &m, &v, &s}) same("prodigy_accumulate", p, *t);
+  const long n = (long)p.numel();
+  const float am = (float)((double)d * (1.0 - beta1)), av = (float)((double)d * d * (1.0 - beta2));
+  float *pp = f32(p, "prodigy"), *gp = f32(g, "prodigy"), *p0p = f32(p0, "prodigy");
+  float *mp = f32(m, "prodigy"), *vp = f32(v, "prodigy"), *sp = f32(s, "prodigy");
+  ProdigySums r;
+  if (p.is_cuda()) {
+    ON_CUDA(gpu::prodigy_accumulate(&r.dot, &r.s_abs, pp, gp, p0p, mp, vp, sp, n, beta1, am, beta2, av, beta3, s_scale));
+    return r;
+  }
+  for (long i = 0; i < n; ++i) {  // serial: the sums in the same order every run
+    const float gi = gp[i];
+    r.dot += (double)gi * (double)(p0p[i] - pp[i]);
+    mp[i] = mp[i] * beta1 + am * gi;
+    vp[i] = vp[i] * beta2 + av * gi * gi;
+    sp[i] = sp[i] * beta3 + s_scale * gi;
+    r.s_abs += std::fabs((double)sp[i]);
+  }
+  return r;
+}
+
+void prodigy_apply(const Tensor& p, const Tensor& m, const Tensor& v, float dlr, float d_eps, float decay) {
+  same("prodigy_apply", p, m), same("prodigy_apply", p, v);
+  const long n = (long)p.numel();
+  float *pp = f32(p, "prodigy"), *mp = f32(m, "prodigy"), *vp = f32(v, "prodigy");
+  if (p.is_cuda()) {
+    ON_CUDA(gpu::prodigy_apply(pp, mp, vp, n, dlr, d_eps, decay));
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < n; ++i) {
+    float pi = pp[i];
+    if (decay != 0.0f) pi += -decay * pi;
+    pp[i] = pi - dlr * (mp[i] / (std::sqrt(vp[i]) + d_eps));
+  }
+}
+
+double adafactor_factored(const Tensor& g, const Tensor& row, const Tensor& col, const Tensor& u, int rows, int cols,
+                          float beta2t, float eps1) {
+  same("adafactor_factored", g, u);
+  if ((long)rows * cols != g.numel() || row.numel() != rows || col.numel() != cols || row.device() != g.device() ||
+      col.device() != g.device())
+    fail("internal: adafactor_factored: " + g.str() + " as [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+  float *gp = f32(g, "adafactor"), *rp = f32(row, "adafactor"), *cp = f32(col, "adafactor"), *up = f32(u, "adafactor");
+  if (g.is_cuda()) {
+    double ss = 0.0;
+    ON_CUDA(ss = gpu::adafactor_factored(gp, rp, cp, up, rows, cols, beta2t, eps1));
+    return ss;
+  }
+  for (int i = 0; i < rows; ++i) {
+    double sum = 0.0;
+    for (int j = 0; j < cols; ++j) sum += gp[(long)i * cols + j] * gp[(long)i * cols + j] + eps1;
+    rp[i] = rp[i] * beta2t + (1.0f - beta2t) * (float)(sum / cols);
+  }
+  for (int j = 0; j < cols; ++j) {
+    double sum = 0.0;
+    for (int i = 0; i < rows; ++i) sum += gp[(long)i * cols + j] * gp[(long)i * cols + j] + eps1;
+    cp[j] = cp[j] * beta2t + (1.0f - beta2t) * (float)(sum / rows);
+  }
+  double rsum = 0.0;
+  for (int i = 0; i < rows; ++i) rsum += rp[i];
+  const float rmean = (float)(rsum / rows);
+  double ss = 0.0;
+  for (int i = 0; i < rows; ++i) {
+    const float r = 1.0f / std::sqrt(rp[i] / rmean);
+    for (int j = 0; j < cols; ++j) {
+      const long k = (long)i * cols + j;
+      up[k] = r * (1.0f / std::sqrt(cp[j])) * gp[k];
+      ss += (double)up[k] * up[k];
+    }
+  }
+  return ss;
+}
+
+double adafactor_unfactored(const Tensor& g, const Tensor& v, const Tensor& u, float beta2t, float eps1) {
+  same("adafactor_unfactored", g, v), same("adafactor_unfactored", g, u);
+  const long n = (long)g.numel();
+  float *gp = f32(g, "adafactor"), *vp = f32(v, "adafactor"), *up = f32(u, "adafactor");
+  if (g.is_cuda()) {
+    double ss = 0.0;
+    ON_CUDA(ss = gpu::adafactor_unfactored(gp, vp, up, n, beta2t, eps1));
+    return ss;
+  }
+  double ss = 0.0;
+  for (long i = 0; i < n; ++i) {
+    vp[i] = vp[i] * beta2t + (1.0f - beta2t) * (gp[i] * gp[i] + eps1);
+    up[i] = (1.0f / std::sqrt(vp[i])) * gp[i];
+    ss += (double)up[i] * up[i];
+  }
+  return ss;
+}
+
+void adafactor_apply(const Tensor& p, const Tensor& u, const Tensor& m, float u_scale, float beta1, float decay) {
+  same("adafactor_apply", p, u);
+  if (m.defined()) same("adafactor_apply", p, m);
+  const long n = (long)p.numel();
+  float *pp = f32(p, "adafactor"), *up = f32(u, "adafactor"), *mp = m.defined() ? f32(m, "adafactor") : nullptr;
+  if (p.is_cuda()) {
+    ON_CUDA(gpu::adafactor_apply(pp, up, mp, n, u_scale, beta1, decay));
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (long i = 0; i < n; ++i) {
+    float ui = up[i] * u_scale;
+    if (mp) ui = mp[i] = mp[i] * beta1 + (1.0f - beta1) * ui;
+    float pi = pp[i];
+    if (decay != 0.0f) pi += -decay * pi;
+    pp[i] = pi - ui;
   }
 }
 

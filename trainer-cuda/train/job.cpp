@@ -13,6 +13,7 @@
 #include "core/common.h"
 #include "core/image_io.h"
 #include "demo/text_encoder.h"
+#include "train/json_fields.h"
 #include "train/prompt_encoder.h"
 #include "models/flux_vae.h"
 
@@ -22,86 +23,9 @@ using json = nlohmann::json;
 
 namespace {
 
-// Typed access to dotted fields of job.json with one-line errors that name the field.
-struct Fields {
-  const json& root;
-  std::string file;
-
-  // path: "train.lr", "datasets[0].items[3].width" (or "datasets.0.items.3.width").
-  const json* find(const std::string& path_in) const {
-    std::string path = path_in;
-    for (char& ch : path)
-      if (ch == '[') ch = '.';
-    path.erase(std::remove(path.begin(), path.end(), ']'), path.end());
-    const json* j = &root;
-    std::stringstream ss(path);
-    std::string key;
-    while (std::getline(ss, key, '.')) {
-      if (j->is_array() && !key.empty() && key.find_first_not_of("0123456789") == std::string::npos) {
-        size_t i = std::stoul(key);
-        if (i >= j->size()) return nullptr;
-        j = &(*j)[i];
-        continue;
-      }
-      if (!j->is_object()) return nullptr;
-      auto it = j->find(key);
-      if (it == j->end() || it->is_null()) return nullptr;
-      j = &*it;
-    }
-    return j;
-  }
-  [[noreturn]] void bad(const std::string& path, const std::string& want, const json& got) const {
-    fail(file + ": " + path + " must be " + want + ", got " + got.dump());
-  }
-  double number(const std::string& path, double def, double lo, double hi, bool required = false) const {
-    const json* j = find(path);
-    if (!j) {
-      if (required) fail(file + ": " + path + " is missing");
-      return def;
-    }
-    std::ostringstream want;
-    want << "a number in [" << lo << ", " << hi << "]";
-    if (!j->is_number()) bad(path, want.str(), *j);
-    double v = j->get<double>();
-    if (!(v >= lo && v <= hi)) bad(path, want.str(), *j);
-    return v;
-  }
-  int integer(const std::string& path, int def, int lo, int hi, bool required = false) const {
-    const json* j = find(path);
-    if (!j) {
-      if (required) fail(file + ": " + path + " is missing");
-      return def;
-    }
-    std::string want = "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
-    if (!j->is_number_integer()) bad(path, want, *j);
-    long long v = j->get<long long>();
-    if (v < lo || v > hi) bad(path, want, *j);
-    return (int)v;
-  }
-  bool boolean(const std::string& path, bool def) const {
-    const json* j = find(path);
-    if (!j) return def;
-    if (!j->is_boolean()) bad(path, "true or false", *j);
-    return j->get<bool>();
-  }
-  std::string str(const std::string& path, const std::string& def, const std::vector<std::string>& allowed = {},
-                  bool required = false) const {
-    const json* j = find(path);
-    if (!j) {
-      if (required) fail(file + ": " + path + " is missing");
-      return def;
-    }
-    if (!j->is_string()) bad(path, "a string", *j);
-    std::string v = j->get<std::string>();
-    if (!allowed.empty()) {
-      for (const auto& a : allowed)
-        if (a == v) return v;
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      bad(path, "one of " + list, *j);
-    }
-    return v;
-  }
+// job.json's fields, with the token lists of the prompts.
+struct Fields : JsonFields {
+  Fields(const json& root, std::string file) : JsonFields{root, std::move(file)} {}
 
   // A list of exactly `len` token ids (integers >= 0).
   std::vector<int> tokens(const std::string& path, int len, bool required) const {
@@ -341,19 +265,14 @@ Job job_load(const std::string& dir_in) {
   job.batch_size = f.integer("train.batch_size", 1, 1, 4096);
   job.grad_accum = f.integer("train.gradient_accumulation", 1, 1, 4096);
   job.lr = (float)f.number("train.lr", 1e-4, 1e-12, 10.0);
-  job.lr_scheduler = f.str("train.lr_scheduler", "constant", {"constant", "constant_with_warmup", "linear", "cosine"});
-  job.warmup_steps = f.integer("train.lr_warmup_steps", 0, 0, 100000000);
-  job.optimizer = f.str("train.optimizer", "adamw", {"adamw", "adamw8bit"});
-  job.weight_decay = (float)f.number("train.optimizer_params.weight_decay", 1e-4, 0.0, 10.0);
-  if (const json* b = f.find("train.optimizer_params.betas")) {
-    if (!b->is_array() || b->size() != 2 || !(*b)[0].is_number() || !(*b)[1].is_number())
-      f.bad("train.optimizer_params.betas", "two numbers in [0, 1)", *b);
-    job.beta1 = (*b)[0].get<float>();
-    job.beta2 = (*b)[1].get<float>();
-    if (!(job.beta1 >= 0 && job.beta1 < 1 && job.beta2 >= 0 && job.beta2 < 1))
-      f.bad("train.optimizer_params.betas", "two numbers in [0, 1)", *b);
-  }
-  job.eps = (float)f.number("train.optimizer_params.eps", 1e-8, 0.0, 1.0);
+  job.schedule.type = f.str("train.lr_scheduler", "constant", lr_schedule_names());
+  job.schedule.base = job.lr;
+  job.schedule.total = job.steps;
+  job.schedule.warmup = f.integer("train.lr_warmup_steps", 0, 0, 100000000);
+  job.schedule.eta_min = (float)f.number("train.lr_scheduler_params.eta_min", 0.0, 0.0, job.lr);
+  job.schedule.cycle_steps = f.integer("train.lr_scheduler_params.T_0", 0, 1, 100000000);
+  job.schedule.cycle_mult = f.integer("train.lr_scheduler_params.T_mult", 1, 1, 1000);
+  job.optimizer = optimizer_config(f);
   job.max_grad_norm = (float)f.number("train.max_grad_norm", 1.0, 0.0, 1e9);
   job.timesteps.type = f.str("train.timestep_type", "sigmoid", {"linear", "sigmoid", "weighted", "shift", "lognorm_blend"});
   job.timesteps.bias = f.str("train.content_or_style", "balanced", {"balanced", "content", "style"});

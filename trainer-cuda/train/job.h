@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "train/optim.h"
+#include "train/optimizers.h"
 #include "train/timesteps.h"
 
 namespace graft {
@@ -96,11 +98,8 @@ struct Job {
   int batch_size = 1;
   int grad_accum = 1;
   float lr = 1e-4f;
-  std::string lr_scheduler = "constant";
-  int warmup_steps = 0;
-  std::string optimizer = "adamw";
-  float weight_decay = 1e-4f;
-  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  LrSchedule schedule;      // train.lr_scheduler, lr_warmup_steps and lr_scheduler_params (base = lr)
+  OptimizerConfig optimizer;  // train.optimizer and optimizer_params
   float max_grad_norm = 1.0f;
   TimestepRule timesteps;  // train.timestep_type and train.content_or_style
   uint64_t seed = 42;

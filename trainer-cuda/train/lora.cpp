@@ -36,6 +36,15 @@ void LoraSet::set_params(const std::vector<float>& values) {
   copy_into(params, from_vector(values, params.shape, Device::cpu()));
 }
 
+std::vector<ParamSegment> LoraSet::segments() const {
+  std::vector<ParamSegment> out;
+  for (const LoraAdapter& a : adapters) {
+    out.push_back({(int64_t)a.a_off, (int64_t)a.rank * a.target.in, a.rank, a.target.in});
+    out.push_back({(int64_t)a.b_off, (int64_t)a.target.rows * a.rank, a.target.rows, a.rank});
+  }
+  return out;
+}
+
 void lora_attach(const std::vector<Linear*>& layers, LoraSet* lora) {
   for (Linear* l : layers) l->adapters.clear();
   if (!lora) return;

@@ -13,6 +13,7 @@
 #include "core/safetensors.h"
 #include "core/tensor.h"
 #include "models/module.h"
+#include "train/optimizers.h"
 
 namespace graft {
 
@@ -39,6 +40,8 @@ struct LoraSet {
   void zero_grad();
   std::vector<float> host_params() const { return to_floats(params); }
   void set_params(const std::vector<float>& values);  // same size; the views stay valid
+  // Each trainable matrix's place in params, for the optimizers that work per tensor.
+  std::vector<ParamSegment> segments() const;
 };
 
 // New adapters: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5))), B = 0,

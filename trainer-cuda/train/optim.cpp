@@ -49,14 +49,31 @@ float clip_grad_norm(const std::vector<Tensor>& grads, float max_norm) {
   return norm;
 }
 
-float lr_at(const std::string& schedule, float base, int step, int total, int warmup) {
-  if (schedule == "constant") return base;
+float LrSchedule::at(int step) const {
+  if (type == "constant") return base;
   if (warmup > 0 && step <= warmup) return base * (float)step / (float)warmup;
-  if (schedule == "constant_with_warmup") return base;
+  if (type == "constant_with_warmup") return base;
+  if (type == "cosine_with_restarts") {
+    long t = step - 1 - warmup, len = cycle_steps > 0 ? cycle_steps : std::max(1, total - warmup);
+    while (t >= len) t -= len, len *= std::max(1, cycle_mult);
+    return (float)(eta_min + (base - eta_min) * 0.5 * (1.0 + std::cos(M_PI * (double)t / (double)len)));
+  }
   double span = std::max(1, total - warmup);
   double progress = std::min(1.0, std::max(0.0, (double)(step - warmup) / span));
-  if (schedule == "linear") return (float)(base * (1.0 - progress));
-  return (float)(base * 0.5 * (1.0 + std::cos(M_PI * progress)));  // cosine
+  if (type == "linear") return (float)(base * (1.0 - progress));
+  return (float)(eta_min + (base - eta_min) * 0.5 * (1.0 + std::cos(M_PI * progress)));  // cosine
+}
+
+float lr_at(const std::string& schedule, float base, int step, int total, int warmup) {
+  LrSchedule s;
+  s.type = schedule, s.base = base, s.total = total, s.warmup = warmup;
+  return s.at(step);
+}
+
+const std::vector<std::string>& lr_schedule_names() {
+  static const std::vector<std::string> names = {"constant", "constant_with_warmup", "linear", "cosine",
+                                                 "cosine_with_restarts"};
+  return names;
 }
 
 }  // namespace graft

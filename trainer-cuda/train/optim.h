@@ -44,8 +44,26 @@ struct WeightEma {
 // exceeds it, scales them down to max_norm (as torch's clip_grad_norm_). Returns the norm before.
 float clip_grad_norm(const std::vector<Tensor>& grads, float max_norm);
 
-// Learning rate for update number `step` (1-based) of `total`.
-// constant | constant_with_warmup | linear | cosine; linear/cosine warm up too when warmup > 0.
+// The learning rate over a run (train.lr_scheduler and its parameters). Every schedule but
+// constant starts with `warmup` steps rising linearly from base/warmup to base; after them:
+//   constant_with_warmup: base;
+//   linear: down to 0 at the last step;
+//   cosine: half a cosine from base down to eta_min at the last step;
+//   cosine_with_restarts: torch's CosineAnnealingWarmRestarts: cycles of cycle_steps (T_0, default
+//     all steps after the warmup: one cycle), each cycle_mult (T_mult) times longer than the one
+//     before, each a cosine from base toward eta_min that starts over at base.
+struct LrSchedule {
+  std::string type = "constant";
+  float base = 1e-4f;
+  int total = 1, warmup = 0;
+  float eta_min = 0.0f;
+  int cycle_steps = 0, cycle_mult = 1;
+  float at(int step) const;  // update number `step`, 1-based
+};
+
+// Learning rate for update number `step` (1-based) of `total` (a schedule without parameters).
 float lr_at(const std::string& schedule, float base_lr, int step, int total, int warmup);
+// The schedule names train.lr_scheduler accepts.
+const std::vector<std::string>& lr_schedule_names();
 
 }  // namespace graft

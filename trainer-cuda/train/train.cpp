@@ -22,6 +22,7 @@
 #include "train/metrics.h"
 #include "ops/cpu_ops.h"
 #include "train/optim.h"
+#include "train/optimizers.h"
 #include "train/pipeline.h"
 #include "core/rng.h"
 #include "train/train_samples.h"
@@ -175,7 +176,7 @@ static std::map<std::string, std::string> lora_metadata(const Job& job, int step
 struct TrainState {
   int step = 0;
   LoraSet* lora = nullptr;
-  AdamW* opt = nullptr;
+  Optimizer* opt = nullptr;
   WeightEma* ema = nullptr;  // train.ema_config.use_ema: the average of lora->params
 };
 
@@ -185,9 +186,9 @@ static void state_save(const Job& job, const TrainState& st) {
   make_dir(job.output_dir + "/state");
   SafeTensorsWriter w;
   const int64_t n = (int64_t)st.lora->size();
-  w.metadata = {{"format", "graft-state/1"},
+  w.metadata = {{"format", "graft-state/2"},
                 {"step", std::to_string(st.step)},
-                {"adam_t", std::to_string(st.opt->t)},
+                {"optimizer", st.opt->config.type},
                 {"seed", std::to_string(job.seed)},
                 {"name", job.name}};
   auto put = [&](const char* name, const Tensor& t) {
@@ -195,8 +196,7 @@ static void state_save(const Job& job, const TrainState& st) {
     w.add(name, DType::F32, {n}, v.data());
   };
   put("lora", st.lora->params);
-  put("adam_m", st.opt->m);
-  put("adam_v", st.opt->v);
+  optimizer_save(*st.opt, w, "opt.");
   if (st.ema) {
     w.metadata["ema_updates"] = std::to_string(st.ema->n);
     put("ema", st.ema->avg[0]);
@@ -222,11 +222,14 @@ static int state_load(const Job& job, TrainState& st) {
   if ((uint64_t)need("seed") != job.seed)
     fail(f.path + ": saved with seed " + f.metadata.at("seed") + " but the job has seed " + std::to_string(job.seed) +
          "; a resumed run keeps its seed");
-  const Device d = st.lora->device();
+  auto saved = f.metadata.find("optimizer");
+  const std::string saved_opt = saved == f.metadata.end() ? "adamw" : saved->second;  // graft-state/1: AdamW
+  if (saved_opt != st.opt->config.type)
+    fail(f.path + ": saved by the " + saved_opt + " optimizer, but the job now asks for " + st.opt->config.type +
+         "; set train.optimizer back to " + saved_opt + " to resume, or move state/ away to start over");
   st.lora->set_params(f.read_f32("lora", {n}));
-  st.opt->m = from_vector(f.read_f32("adam_m", {n}), {n}, d);
-  st.opt->v = from_vector(f.read_f32("adam_v", {n}), {n}, d);
-  st.opt->t = need("adam_t");
+  // graft-state/1 (AdamW only) named its moments adam_m, adam_v and its count adam_t.
+  optimizer_load(*st.opt, f, saved == f.metadata.end() ? "adam_" : "opt.");
   if (st.ema && f.has("ema")) {
     copy_into(st.ema->avg[0], from_vector(f.read_f32("ema", {n}), {n}, Device::cpu()));
     st.ema->n = need("ema_updates");
@@ -294,21 +297,15 @@ int train_run(const std::string& dir) {
   TrainData data;
   if (job.datasets.empty()) data = data_load(job, model.cfg);
   LoraSet lora = lora_create(flux_lora_targets(model.cfg, job.train_modulation), job.rank, job.alpha, job.seed);
-  AdamW opt;
-  opt.beta1 = job.beta1;
-  opt.beta2 = job.beta2;
-  opt.eps = job.eps;
-  opt.weight_decay = job.weight_decay;
   lora.to(device);
   lora_attach(model.linears(), &lora);
-  opt.m = zeros(lora.params.shape, DType::F32, device, "AdamW moments");
-  opt.v = zeros(lora.params.shape, DType::F32, device, "AdamW moments");
+  std::unique_ptr<Optimizer> opt = make_optimizer(job.optimizer, lora.params, lora.segments());
   WeightEma ema;
   if (job.use_ema) {
     ema.decay = job.ema_decay;
     ema.add(lora.params);
   }
-  TrainState st{0, &lora, &opt, job.use_ema ? &ema : nullptr};
+  TrainState st{0, &lora, opt.get(), job.use_ema ? &ema : nullptr};
   make_dir(job.output_dir);
   st.step = state_load(job, st);
   if (st.step >= job.steps) {
@@ -337,7 +334,8 @@ int train_run(const std::string& dir) {
   std::fflush(stdout);
   metrics.event({{"event", "start"}, {"step", st.step}, {"steps", job.steps}, {"name", job.name},
                  {"resumed", resumed}, {"device", device_name}, {"threads", omp_get_max_threads()},
-                 {"lora_params", lora.size()}, {"items", job_item_count(job)},
+                 {"lora_params", lora.size()}, {"optimizer", job.optimizer.type}, {"optimizer_state_bytes", opt->state_bytes()},
+                 {"items", job_item_count(job)},
                  {"datasets", std::max<size_t>(1, job.datasets.size())},
                  {"batch_size", job.batch_size}, {"gradient_accumulation", job.grad_accum}, {"pid", (int)getpid()}});
 
@@ -368,6 +366,24 @@ int train_run(const std::string& dir) {
   std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets of %zu dataset%s\n",
               job.rank, job.alpha, lora.adapters.size(), lora.size(), data.samples.size(),
               data.bucket_count(), data.datasets.size(), data.datasets.size() == 1 ? "" : "s");
+  // The reference toolkit runs Prodigy with lr 1 when the job's is below 0.1: Prodigy estimates the
+  // step size itself and lr only scales that estimate.
+  LrSchedule schedule = job.schedule;
+  if (job.optimizer.type == "prodigy" && schedule.base < 0.1f) {
+    std::printf("  note: Prodigy estimates its own learning rate; train.lr %g (below 0.1) runs as 1, as the reference "
+                "toolkit runs it\n", schedule.base);
+    schedule.base = 1.0f;
+  }
+  const size_t state_bytes = opt->state_bytes();
+  std::printf("  optimizer %s: state %.1f MB (%.2f bytes per parameter); learning rate %g, %s", job.optimizer.type.c_str(),
+              state_bytes / 1e6, (double)state_bytes / std::max<size_t>(1, lora.size()), schedule.base,
+              schedule.type.c_str());
+  if (schedule.warmup > 0) std::printf(" after %d warmup steps", schedule.warmup);
+  if (schedule.type == "cosine_with_restarts")
+    std::printf(" (cycles of %d steps, x%d each)", schedule.cycle_steps > 0 ? schedule.cycle_steps
+                                                                           : std::max(1, job.steps - schedule.warmup),
+                schedule.cycle_mult);
+  std::printf("\n");
   std::string advanced;
   char buf[128];
   if (job.use_ema) std::snprintf(buf, sizeof buf, "; EMA decay %g", job.ema_decay), advanced += buf;
@@ -438,8 +454,8 @@ int train_run(const std::string& dir) {
       return 1;
     }
     const float grad_norm = clip_grad_norm({lora.grads}, job.max_grad_norm);
-    const float lr = lr_at(job.lr_scheduler, job.lr, step, job.steps, job.warmup_steps);
-    opt.step(lora.params, lora.grads, lr);
+    const float lr = schedule.at(step);
+    opt->step(lora.params, lora.grads, lr);
     if (st.ema) st.ema->update();
     st.step = step;
 
