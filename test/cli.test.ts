@@ -17,7 +17,7 @@ describe('graft (built)', () => {
     expect(r.status).toBe(3);
     expect(r.stdout).toContain('ignored (kept on save): config.process[0].save.save_format');
     expect(r.stdout).toContain("not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), graft-tiny (built-in demo, CPU).");
-    expect(r.stdout).toMatch(/zimage_turbo_reference\.yaml: valid \(Z-Image Turbo\), but graft cannot train it yet \(2 reasons above\)/);
+    expect(r.stdout).toMatch(/zimage_turbo_reference\.yaml: valid \(Z-Image Turbo\), but graft cannot train it yet \(1 reason above\)/);
   });
 
   it('validate: a FLUX.1 reference config trains, with each setting the trainer ignores named (its dataset folder is missing here: exit 1)', () => {

@@ -20,13 +20,10 @@ beforeAll(async () => {
 // What each must say it cannot do (besides the family, for those graft does not train).
 const EXPECTED: Record<string, string[]> = {
   'train_flex_redux.yaml': ['training every weight (no network: section)', 'adapter training (adapter.type "redux")', 'timestep_type flux_shift'],
-  'train_full_fine_tune_flex.yaml': ['training every weight (no network: section)', 'optimizer adafactor'],
-  'train_full_fine_tune_lumina.yaml': ['training every weight (no network: section)', 'optimizer adafactor', 'timestep_type lumina2_shift'],
+  'train_full_fine_tune_flex.yaml': ['training every weight (no network: section)'],
+  'train_full_fine_tune_lumina.yaml': ['training every weight (no network: section)', 'timestep_type lumina2_shift'],
   'train_lora_flux_mps.yaml': ['device mps'],
-  'train_lora_flux_with_warmup.yaml': ['lr_scheduler cosine_with_restarts'],
   'train_lora_lumina.yaml': ['timestep_type lumina2_shift'],
-  'train_lora_zimage_base_32gb.yaml': ['optimizer prodigy'],
-  'train_lora_zimage_turbo_32gb.yaml': ['optimizer prodigy'],
   'train_lora_zimage_turbo_apple_silicon.yaml': ['device mps'],
 };
 // FLUX.1 dev and schnell, and Flex.1 (is_flux: true, trained as FLUX.1 by the reference too): graft trains the family.

@@ -27,6 +27,15 @@ describe('what graft trains', () => {
     expect(unsupportedIssues(doc(), presets)).toEqual([]);
   });
 
+  it('LoKr, every optimizer and scheduler the trainer has, and their settings, run', () => {
+    const ok = (d: JobDoc) => expect(unsupportedIssues(d, presets)).toEqual([]);
+    ok(setAt(setAt(doc(), P('network', 'type'), 'lokr'), P('network', 'lokr_full_rank'), true));
+    for (const o of ['adamw', 'adamw8bit', 'lion', 'adafactor', 'prodigy']) ok(setAt(doc(), P('train', 'optimizer'), o));
+    for (const s of ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts']) ok(setAt(doc(), P('train', 'lr_scheduler'), s));
+    ok(setAt(setAt(doc(), P('train', 'optimizer'), 'adafactor'), P('train', 'optimizer_params'), { relative_step: true, scale_parameter: true, warmup_init: true, beta1: 0.9 }));
+    ok(setAt(setAt(doc(), P('train', 'optimizer'), 'prodigy'), P('train', 'optimizer_params'), { d_coef: 2, growth_rate: 1.02, betas: [0.9, 0.99] }));
+  });
+
   it('a family it does not train is refused at the arch, with what does train', () => {
     const issues = unsupportedIssues(doc(zimage), presets);
     expect(issues.map((i) => [i.path, i.message])).toEqual([['config.process[0].model.arch',
@@ -34,9 +43,10 @@ describe('what graft trains', () => {
   });
 
   it('settings the trainer would refuse at start are refused now', () => {
-    expect(rules(setAt(doc(), P('network', 'type'), 'lokr'))).toEqual(['lokr']);
-    expect(rules(setAt(doc(), P('train', 'optimizer'), 'prodigy'))).toEqual(['optimizer']);
-    expect(rules(setAt(doc(), P('train', 'lr_scheduler'), 'cosine_with_restarts'))).toEqual(['lr-scheduler']);
+    expect(rules(setAt(doc(), P('train', 'optimizer'), 'automagic'))).toEqual(['optimizer']);
+    expect(rules(setAt(doc(), P('train', 'optimizer'), 'lion8bit'))).toEqual(['optimizer']);
+    expect(rules(setAt(setAt(doc(), P('train', 'optimizer'), 'lion'), P('train', 'optimizer_params', 'eps'), 1e-8))).toEqual(['optimizer-param']);
+    expect(rules(setAt(setAt(doc(), P('train', 'optimizer'), 'prodigy'), P('train', 'optimizer_params', 'decouple'), false))).toEqual(['optimizer-param']);
     expect(rules(setAt(doc(), P('train', 'timestep_type'), 'flux_shift'))).toEqual(['timestep-type']);
     expect(rules(setAt(doc(), P('device'), 'mps'))).toEqual(['device']);
     expect(rules(setAt(doc(), P('network'), undefined))).toEqual(['full-fine-tune']);
@@ -52,12 +62,11 @@ describe('what the trainer accepts but ignores', () => {
   });
 
   it('names each, with what happens instead', () => {
-    let d = setAt(doc(), P('train', 'optimizer'), 'adamw8bit');
+    let d = setAt(doc(), P('train', 'optimizer'), 'adamw8bit');  // built: not named
     d = setAt(setAt(d, P('model', 'quantize'), true), P('model', 'qtype'), 'qfloat8');
     d = setAt(d, P('model', 'low_vram'), true);
     d = setAt(d, P('train', 'dtype'), 'bf16');
     expect(said(d)).toEqual([
-      "ignored by graft's trainer: adamw8bit runs as plain AdamW (32-bit moments): the 8-bit optimizer state is not built",
       "ignored by graft's trainer: Transformer quantization qfloat8 (model.quantize: true) does nothing: every base weight stays unquantized",
       "ignored by graft's trainer: Low VRAM: the whole model stays on the device",
       "ignored by graft's trainer: train.dtype bf16: the CPU backend computes in fp32",
@@ -74,7 +83,9 @@ describe('what the trainer accepts but ignores', () => {
   it('fields the trainer does use are not reported as ignored keys', () => {
     let d = setAt(doc(), P('train', 'seed'), 7);
     d = setAt(d, P('train', 'lr_warmup_steps'), 10);
-    d = setAt(d, P('train', 'lr_scheduler_params'), { warmup_steps: 10 });
+    d = setAt(d, P('train', 'lr_scheduler_params'), { warmup_steps: 10, T_0: 100, T_mult: 2, eta_min: 1e-6 });
+    d = setAt(d, P('train', 'optimizer_params'), { weight_decay: 0.01, betas: [0.9, 0.99], eps: 1e-8, d_coef: 2 });
+    d = setAt(d, P('network', 'lokr_full_rank'), true);
     d = setAt(d, P('model', 'is_lumina2'), false);
     expect(unknownKeys(d)).toEqual([]);
   });

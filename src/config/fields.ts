@@ -265,6 +265,7 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   f.push(pathField('target', 'Target Type', 'LoRA (low-rank update) or LoKr (Kronecker product: smaller, less widely supported).', 'select', ['network', 'type'], { options: opts(['lora', 'lokr'], { lora: 'LoRA', lokr: 'LoKr' }) }));
   if (effective(doc, 'network', 'type') === 'lokr') {
     f.push(pathField('target', 'LoKr Factor', 'Kronecker split factor; -1 picks the most balanced split.', 'int', ['network', 'lokr_factor']));
+    f.push(pathField('target', 'LoKr Full Rank', 'The larger Kronecker factor as a full matrix (no low-rank split; the rank is then unused).', 'bool', ['network', 'lokr_full_rank']));
   }
   const rankField = (label: string, key: 'linear' | 'conv', help: string): Field => ({
     id: `network.${key}`, panel: 'target', kind: 'int', label, help, paths: [P('network', key), P('network', `${key}_alpha`)],
@@ -290,10 +291,13 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
     ? 'gradient_accumulation_steps' : 'gradient_accumulation';
   f.push(pathField('training', 'Gradient Accumulation', 'Sum gradients over N batches before each update (effective batch = batch x N).', 'int', ['train', accumKey]));
   f.push(pathField('training', 'Steps', 'Total optimizer steps; 500-4000 is a usual range.', 'int', ['train', 'steps']));
-  f.push(pathField('training', 'Optimizer', 'adamw8bit saves memory; prodigy adapts its own learning rate (set LR to 1).', 'select', ['train', 'optimizer'], { options: withCurrent(opts(OPTIMIZERS), effective(doc, 'train', 'optimizer')) }));
+  f.push(pathField('training', 'Optimizer', 'adamw8bit: AdamW in a quarter of the memory; adafactor: least memory; lion: sign updates (use a 3-10x lower LR); prodigy adapts its own learning rate (LR 1).', 'select', ['train', 'optimizer'], { options: withCurrent(opts(OPTIMIZERS), effective(doc, 'train', 'optimizer')) }));
   f.push(pathField('training', 'Learning Rate', 'Step size; 1e-4 is a common start for LoRA. Lower it if the loss explodes.', 'float', ['train', 'lr']));
   f.push(pathField('training', 'Weight Decay', 'Pull adapter weights toward zero each step (optimizer_params.weight_decay).', 'float', ['train', 'optimizer_params', 'weight_decay']));
-  f.push(pathField('training', 'LR Scheduler', 'How the learning rate changes over the run.', 'select', ['train', 'lr_scheduler'], { options: opts(LR_SCHEDULERS) }));
+  f.push(pathField('training', 'LR Scheduler', 'How the learning rate changes over the run: linear and cosine end at 0; cosine with restarts starts over every cycle.', 'select', ['train', 'lr_scheduler'], { options: opts(LR_SCHEDULERS) }));
+  if (effective(doc, 'train', 'lr_scheduler') === 'cosine_with_restarts') {
+    f.push(pathField('training', 'Restart Every', 'Steps in each cosine cycle (lr_scheduler_params.T_0); unset: one cycle over the whole run.', 'int', ['train', 'lr_scheduler_params', 'T_0']));
+  }
   if (panels?.timestep_type ?? true) {
     f.push(pathField('training', 'Timestep Type', 'Linear: uniform; Sigmoid: mid timesteps; Weighted: uniform with a mid-favouring loss weight; Shift: by resolution; LogNorm Blend: mostly mid-high noise.', 'select', ['train', 'timestep_type'], { options: withCurrent(opts(TIMESTEP_TYPES), effective(doc, 'train', 'timestep_type')) }));
   }

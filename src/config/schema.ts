@@ -27,7 +27,7 @@ function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
   return z.enum(values, { error: `must be one of: ${values.join(', ')}` });
 }
 
-// The reference toolkit's names; graft's trainer has the AdamW ones (support.ts says so for the others).
+// The reference toolkit's names; support.ts says which graft's trainer has.
 export const OPTIMIZERS = ['adamw', 'adamw8bit', 'adam', 'adam8bit', 'adafactor', 'prodigy', 'prodigy8bit', 'prodigy_schedulefree', 'lion', 'lion8bit', 'sgd', 'automagic', 'dadaptation'] as const;
 export const LR_SCHEDULERS = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts'] as const;
 export const TIMESTEP_TYPES = ['linear', 'sigmoid', 'weighted', 'shift', 'lognorm_blend', 'flux_shift', 'lumina2_shift', 'next_sample', 'one_step'] as const;
@@ -95,6 +95,7 @@ export const ProcessSchema = z.looseObject({
     conv: intIn(1, 1024).optional(),
     conv_alpha: numIn(0, 1024, { minExclusive: true }).optional(),
     lokr_factor: intIn(-1, 1024).refine((v) => v !== 0, { error: 'must be -1 (most balanced split) or a factor of at least 1' }).optional(),
+    lokr_full_rank: bool().optional(),
     network_kwargs: z.record(z.string(), z.unknown()).optional(),
   }).optional(),
   adapter: z.record(z.string(), z.unknown(), { error: 'must be a mapping' }).optional(),
@@ -111,10 +112,33 @@ export const ProcessSchema = z.looseObject({
     steps: intIn(1, 1_000_000).optional(),
     lr: numIn(0, 10, { minExclusive: true }).optional(),
     optimizer: oneOf(OPTIMIZERS).optional(),
-    optimizer_params: z.looseObject({ weight_decay: numIn(0, 1).optional() }).optional(),
+    // What each optimizer takes (support.ts says which keys go with which optimizer).
+    optimizer_params: z.looseObject({
+      weight_decay: numIn(0, 1).optional(),
+      betas: z.array(numIn(0, 1), { error: 'must be two numbers in [0, 1)' }).length(2, { error: 'must be two numbers in [0, 1)' }).optional(),
+      eps: z.union([numIn(0, 1), z.array(numIn(0, 1)).length(2)], { error: 'must be a number (Adafactor: two numbers)' }).optional(),
+      clip_threshold: numIn(0, 1e6, { minExclusive: true }).optional(),
+      decay_rate: numIn(-1, 0).optional(),
+      beta1: numIn(0, 1).nullable().optional(),
+      beta3: numIn(0, 1).nullable().optional(),
+      relative_step: bool().optional(),
+      scale_parameter: bool().optional(),
+      warmup_init: bool().optional(),
+      decouple: bool().optional(),
+      use_bias_correction: bool().optional(),
+      safeguard_warmup: bool().optional(),
+      d0: numIn(0, 1e6, { minExclusive: true }).optional(),
+      d_coef: numIn(0, 1e6, { minExclusive: true }).optional(),
+      growth_rate: numIn(1, 1e300).optional(),
+    }).optional(),
     lr_scheduler: oneOf(LR_SCHEDULERS).optional(),
     lr_warmup_steps: intIn(0).optional(),
-    lr_scheduler_params: z.looseObject({ warmup_steps: intIn(0).optional() }).optional(),
+    lr_scheduler_params: z.looseObject({
+      warmup_steps: intIn(0).optional(),
+      T_0: intIn(1).optional(),     // cosine_with_restarts: steps in the first cycle
+      T_mult: intIn(1, 1000).optional(),  // each cycle this many times longer than the one before
+      eta_min: numIn(0, 10).optional(),   // the lowest learning rate of a cosine
+    }).optional(),
     seed: intIn(0).optional(),
     max_grad_norm: numIn(0, 1000).optional(),
     noise_scheduler: oneOf(SAMPLERS).optional(),

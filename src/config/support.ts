@@ -2,7 +2,7 @@
 // toolkit would run it) and still ask for what graft cannot do yet: a model family its trainer does not
 // train, an optimizer it does not have. Those are "not supported yet": the New Job form says so at the
 // field, `graft validate` exits 3, and the queue refuses the job, instead of a failure a second into
-// `prepare`. Settings the trainer accepts but does not act on (quantization, 8-bit optimizer states) are
+// `prepare`. Settings the trainer accepts but does not act on (quantization, layer offloading) are
 // warnings that name the setting and what happens instead.
 import { familyFor, referenceOnlyFamily, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject } from '../util/objpath.js';
@@ -10,9 +10,17 @@ import { PROC, procPath, type JobDoc } from './document.js';
 import { at, resolveSettings } from '../prepare/settings.js';
 import { effective, otherProcessKind, type Issue } from './validate.js';
 
-/** What trainer-cuda reads from job.json (src/job.cpp): anything else is refused there. */
-export const TRAINER_OPTIMIZERS = ['adamw', 'adamw8bit'] as const;
-export const TRAINER_LR_SCHEDULERS = ['constant', 'constant_with_warmup', 'linear', 'cosine'] as const;
+/** What trainer-cuda reads from job.json (train/job.cpp, train/optimizers.cpp): anything else is refused there. */
+export const TRAINER_OPTIMIZERS = ['adamw', 'adamw8bit', 'lion', 'adafactor', 'prodigy'] as const;
+export const TRAINER_LR_SCHEDULERS = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts'] as const;
+/** The optimizer_params each optimizer takes (its constructor's arguments): another key stops the trainer. */
+export const OPTIMIZER_PARAMS: Record<(typeof TRAINER_OPTIMIZERS)[number], string[]> = {
+  adamw: ['weight_decay', 'betas', 'eps'],
+  adamw8bit: ['weight_decay', 'betas', 'eps'],
+  lion: ['weight_decay', 'betas'],
+  adafactor: ['weight_decay', 'eps', 'clip_threshold', 'decay_rate', 'beta1', 'relative_step', 'scale_parameter', 'warmup_init'],
+  prodigy: ['weight_decay', 'betas', 'beta3', 'eps', 'decouple', 'use_bias_correction', 'safeguard_warmup', 'd0', 'd_coef', 'growth_rate'],
+};
 export const TRAINER_TIMESTEP_TYPES = ['linear', 'sigmoid', 'weighted', 'shift', 'lognorm_blend'] as const;
 
 /** Whether graft's trainer trains this family end to end on this machine today. */
@@ -49,11 +57,19 @@ export function unsupportedIssues(doc: JobDoc, presets: Preset[]): Issue[] {
   const device = proc.device;
   if (typeof device === 'string' && /^mps/.test(device)) out.push(not('device', P('device'), `device ${device}: graft's trainer runs on NVIDIA GPUs (cuda:N) and the CPU (cpu), not on Apple's MPS`));
   if (!isPlainObject(proc.network)) out.push(not('full-fine-tune', P('network'), 'training every weight (no network: section): graft trains LoRA adapters; add network: {type: lora, linear: 16, linear_alpha: 16}'));
-  else if (effective(doc, 'network', 'type') === 'lokr') out.push(not('lokr', P('network', 'type'), 'LoKr: graft\'s trainer trains LoRA only; set network.type: lora'));
   if (isPlainObject(proc.adapter)) out.push(not('adapter', P('adapter'), `adapter training (adapter.type ${JSON.stringify(proc.adapter.type)}): graft trains LoRA adapters on the model itself`));
   const optimizer = effective(doc, 'train', 'optimizer');
   if (typeof optimizer === 'string' && !(TRAINER_OPTIMIZERS as readonly string[]).includes(optimizer)) {
-    out.push(not('optimizer', P('train', 'optimizer'), `optimizer ${optimizer}: graft's trainer has AdamW only (adamw); set train.optimizer: adamw`));
+    out.push(not('optimizer', P('train', 'optimizer'), `optimizer ${optimizer}: graft's trainer has ${TRAINER_OPTIMIZERS.join(', ')}`));
+  } else if (typeof optimizer === 'string') {
+    const takes = OPTIMIZER_PARAMS[optimizer as keyof typeof OPTIMIZER_PARAMS];
+    const params = getAt(doc, procPath('train', 'optimizer_params'));
+    for (const key of isPlainObject(params) ? Object.keys(params) : []) {
+      if (!takes.includes(key)) out.push(not('optimizer-param', P('train', 'optimizer_params', key), `${key} is not a setting of ${optimizer} (it takes ${takes.join(', ')})`));
+    }
+    if (optimizer === 'prodigy' && isPlainObject(params) && params.decouple === false) {
+      out.push(not('optimizer-param', P('train', 'optimizer_params', 'decouple'), 'decouple: false (weight decay added to the gradient): graft\'s Prodigy decays weights decoupled, as AdamW does'));
+    }
   }
   const sched = effective(doc, 'train', 'lr_scheduler');
   if (typeof sched === 'string' && !(TRAINER_LR_SCHEDULERS as readonly string[]).includes(sched)) {
@@ -83,9 +99,6 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
   const proc = getAt(doc, PROC);
   const settings = resolveSettings(isPlainObject(proc) ? proc : {}, preset).process;
   const effective = (_doc: JobDoc, ...path: string[]) => at(settings, ...path);
-  if (effective(doc, 'train', 'optimizer') === 'adamw8bit') {
-    out.push(ignored(P('train', 'optimizer'), 'adamw8bit runs as plain AdamW (32-bit moments): the 8-bit optimizer state is not built'));
-  }
   const quant: [string, string, string][] = [['quantize', 'qtype', 'Transformer quantization'], ['quantize_te', 'qtype_te', 'Text Encoder quantization']];
   for (const [flag, qtype, label] of quant) {
     if (effective(doc, 'model', flag) === true) {

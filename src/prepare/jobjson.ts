@@ -90,6 +90,12 @@ export interface JobJsonInput {
   prompts: SamplePrompt[];
 }
 
+/** The lr_scheduler_params the trainer reads (cosine_with_restarts' cycles, a cosine's floor). */
+function schedulerParams(v: unknown): Obj {
+  if (!isPlainObject(v)) return {};
+  return Object.fromEntries(['T_0', 'T_mult', 'eta_min'].filter((k) => typeof v[k] === 'number').map((k) => [k, v[k]]));
+}
+
 export function buildJobJson(i: JobJsonInput): Obj {
   const p = i.settings.process;
   const t = (k: string) => at(p, 'train', k);
@@ -115,7 +121,10 @@ export function buildJobJson(i: JobJsonInput): Obj {
         ? { tokenizer: tokenizerPath(i.model.tokenizers[0]!) }
         : { tokenizers: Object.fromEntries(i.model.tokenizers.map((t) => [t.name, tokenizerPath(t)])) }),
     },
-    network: { type: str(at(p, 'network', 'type'), 'lora'), linear, linear_alpha: num(at(p, 'network', 'linear_alpha'), linear) },
+    network: {
+      type: str(at(p, 'network', 'type'), 'lora'), linear, linear_alpha: num(at(p, 'network', 'linear_alpha'), linear),
+      ...(at(p, 'network', 'type') === 'lokr' ? { lokr_factor: num(at(p, 'network', 'lokr_factor'), -1), lokr_full_rank: bool(at(p, 'network', 'lokr_full_rank')) } : {}),
+    },
     train: {
       ...(i.model.traits?.guidanceEmbedding ? { guidance: TRAIN_GUIDANCE } : {}),
       steps: num(t('steps'), 3000),
@@ -125,6 +134,7 @@ export function buildJobJson(i: JobJsonInput): Obj {
       lr_scheduler: str(t('lr_scheduler'), 'constant'),
       // The reference spells it lr_scheduler_params.warmup_steps too.
       lr_warmup_steps: num(t('lr_warmup_steps') ?? at(p, 'train', 'lr_scheduler_params', 'warmup_steps'), 0),
+      lr_scheduler_params: schedulerParams(t('lr_scheduler_params')),
       optimizer: str(t('optimizer'), 'adamw'),
       optimizer_params: isPlainObject(t('optimizer_params')) ? t('optimizer_params') : {},
       max_grad_norm: num(t('max_grad_norm'), 1.0),

@@ -470,7 +470,7 @@ double flux_step_flops(FluxTransformer& m, int B, int Li, int Lt) {
   double f = 0;
   auto lin = [&](const Linear& l, double N, bool input_grad) {
     f += (input_grad ? 4.0 : 2.0) * N * l.in * l.out;
-    for (const AttachedAdapter& ad : l.adapters) f += 6.0 * N * ad.A.size(0) * (l.in + ad.rows);
+    for (const AttachedAdapter& ad : l.adapters) f += 6.0 * N * ad.mats[0].size(0) * (l.in + ad.rows);  // LoRA: A [rank, in]
   };
   for (const Linear* l : {&m.time_in0, &m.time_in1, &m.vector_in0, &m.vector_in1, &m.final_mod}) lin(*l, B, false);
   if (c.guidance_embed) {
@@ -533,8 +533,10 @@ void bench_flux_step(int n_double, int n_single) {
   {
     Rng rng(3, 3);  // non-zero B (the time does not depend on it)
     std::vector<float> p = lora.host_params();
-    for (const LoraAdapter& ad : lora.adapters)
-      for (size_t k = 0; k < (size_t)ad.target.rows * ad.rank; k++) p[ad.b_off + k] = 0.01f * rng.normal();
+    for (const LoraAdapter& ad : lora.adapters) {
+      const AdapterMatrix& b = ad.mats[1];  // lora_B
+      for (size_t k = 0; k < (size_t)b.rows * b.cols; k++) p[b.offset + k] = 0.01f * rng.normal();
+    }
     lora.set_params(p);
   }
   lora.to(dev);

@@ -83,14 +83,12 @@ int cmd_lora_grad(const std::vector<std::string>& a) {
   std::vector<float> out_host = to_floats(out), grads = to_floats(lora.grads);
   w.add("out", DType::F32, {in.B, in.L_img, model.cfg.out_channels}, out_host.data());
   w.add("loss", DType::F32, {1}, &loss);
-  // Gradients under the file's own keys. The file's B carries scale 1 when it has no alpha, so the
-  // gradient of the stored B is d/dB of scale*B: scale x the gradient of the effective B.
+  // Gradients of the stored matrices under the file's own keys ("grad.<key>").
   SafeTensorsFile lf = SafeTensorsFile::open(a[3]);
-  for (size_t i = 0; i < lora.adapters.size(); ++i) {
-    const LoraAdapter& ad = lora.adapters[i];
-    std::string key = (lf.has("transformer." + ad.target.module + ".lora_A.weight") ? "transformer." : "") + ad.target.module;
-    w.add("grad." + key + ".lora_A.weight", DType::F32, {ad.rank, ad.target.in}, grads.data() + ad.a_off);
-    w.add("grad." + key + ".lora_B.weight", DType::F32, {ad.target.rows, ad.rank}, grads.data() + ad.b_off);
+  for (const LoraAdapter& ad : lora.adapters) {
+    const std::string first = ad.target.module + "." + ad.mats[0].key;
+    const std::string key = (lf.has("transformer." + first) ? "transformer." : "") + ad.target.module;
+    for (const AdapterMatrix& m : ad.mats) w.add("grad." + key + "." + m.key, DType::F32, {m.rows, m.cols}, grads.data() + m.offset);
   }
   w.write(a[4]);
   return 0;

@@ -71,8 +71,8 @@ void device_free(void* p) {
   if (p) cudaCheck(cudaFree(p));
 }
 
-static void* g_scratch[SCRATCH_SLOTS] = {nullptr, nullptr, nullptr};
-static size_t g_scratch_size[SCRATCH_SLOTS] = {0, 0, 0};
+static void* g_scratch[SCRATCH_SLOTS] = {};
+static size_t g_scratch_size[SCRATCH_SLOTS] = {};
 
 void* scratch(ScratchSlot slot, size_t bytes) {
   if (bytes > g_scratch_size[slot]) {

@@ -51,7 +51,7 @@ T* device_alloc_n(size_t n, const char* what) { return (T*)device_alloc(n * size
 
 // A grow-only scratch buffer shared by ops that need temporaries (LoRA bf16 weight copies, the
 // attention dq accumulator). Valid until the next scratch() call from the same slot.
-enum ScratchSlot { SCRATCH_LORA = 0, SCRATCH_ATTN = 1, SCRATCH_REDUCE = 2, SCRATCH_SLOTS = 3 };
+enum ScratchSlot { SCRATCH_LORA = 0, SCRATCH_ATTN = 1, SCRATCH_REDUCE = 2, SCRATCH_LOKR = 3, SCRATCH_SLOTS = 4 };
 void* scratch(ScratchSlot slot, size_t bytes);
 void scratch_release_all();
 

@@ -31,6 +31,13 @@ void lora_backward(bf16* dinp, float* dA, float* dB, const bf16* dout, int dout_
                    const bf16* inp, const float* A, const float* B, int N, int IC, int OC, int rank, float scale,
                    cudaStream_t stream = 0);
 
+// ---- lokr.cu: LoKr on a slice of an existing output, as ops.h's LokrRef (cpu_ops.h's lokr_*) --------
+void lokr_forward(bf16* out, int out_stride, const bf16* inp, const float* w1, const float* w2, int N, int a, int b,
+                  int c, int d, float scale);
+void lokr_backward(bf16* dinp, float* dw1, float* dw2, const bf16* dout, int dout_stride, const bf16* inp,
+                   const float* w1, const float* w2, int N, int a, int b, int c, int d, float scale);
+void matmul_f32(float* C, const float* A, bool transA, const float* B, bool transB, int M, int N, int K, float beta);
+
 // ---- norm.cu ------------------------------------------------------------------------------------
 void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, float eps = 1e-6f,
                        cudaStream_t stream = 0);

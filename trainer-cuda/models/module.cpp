@@ -24,10 +24,13 @@ Tensor Linear::operator()(const Tensor& x) const {
     return affine(linear(x, W, Tensor()), w_scale, b);
   }
   if (adapters.empty()) return linear(x, W, b);
-  std::vector<LoraRef> refs;
-  refs.reserve(adapters.size());
-  for (const AttachedAdapter& a : adapters) refs.push_back({a.A, a.B, a.row_offset, a.rows, *a.scale});
-  return linear(x, W, b, refs);
+  std::vector<LoraRef> loras;
+  std::vector<LokrRef> lokrs;
+  for (const AttachedAdapter& a : adapters) {
+    if (!a.lokr) loras.push_back({a.mats[0], a.mats[1], a.row_offset, a.rows, *a.scale});
+    else lokrs.push_back({a.mats[0], a.mats[1], a.mats.size() > 2 ? a.mats[2] : Tensor(), a.row_offset, a.rows, *a.scale});
+  }
+  return linear(x, W, b, loras, lokrs);
 }
 
 void Linear::collect(std::vector<NamedParam>& out) {

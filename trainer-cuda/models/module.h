@@ -31,7 +31,10 @@ struct LoraTarget {
 // An adapter on a slice of a linear layer's output (train/lora.h attaches them); the scale is read
 // at every forward, so a sampler can turn the adapter down or off.
 struct AttachedAdapter {
-  Tensor A, B;  // fp32 leaves: [rank, in], [rows, rank]
+  bool lokr = false;
+  // fp32 leaves. LoRA: A [rank, in], B [rows, rank]. LoKr: w1 [a, c], w2 [b, d] or w2_a [b, rank]
+  // and w2_b [rank, d] (ops.h's LokrRef).
+  std::vector<Tensor> mats;
   int row_offset = 0, rows = 0;
   const float* scale = nullptr;
 };

@@ -129,6 +129,63 @@ void lora_backward(float* dinp, float* dA, float* dB, const float* dout, int dou
 }
 
 // ----------------------------------------------------------------------------------------------
+// LoKr: the Kronecker product is formed once per call ([a*b, c*d], as big as the layer's slice) and
+// multiplied as a dense weight; LyCORIS does the same (it merges it into the weight).
+
+static std::vector<float> kron(const float* w1, const float* w2, int a, int b, int c, int d, float scale) {
+  std::vector<float> D((size_t)a * b * c * d);
+  const int in = c * d;
+  for (int i = 0; i < a; ++i)
+    for (int j = 0; j < b; ++j)
+      for (int k = 0; k < c; ++k) {
+        const float s = scale * w1[i * c + k];
+        float* row = D.data() + (size_t)(i * b + j) * in + k * d;
+        for (int l = 0; l < d; ++l) row[l] = s * w2[j * d + l];
+      }
+  return D;
+}
+
+void lokr_forward(float* out, int out_stride, const float* inp, const float* w1, const float* w2, int N, int a, int b,
+                  int c, int d, float scale) {
+  const int OC = a * b, IC = c * d;
+  if (N == 0 || OC == 0 || IC == 0) return;
+  const std::vector<float> D = kron(w1, w2, a, b, c, d, scale);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, D.data(), IC, 1.0f, out, out_stride);
+}
+
+void lokr_backward(float* dinp, float* dw1, float* dw2, const float* dout, int dout_stride, const float* inp,
+                   const float* w1, const float* w2, int N, int a, int b, int c, int d, float scale) {
+  const int OC = a * b, IC = c * d;
+  if (N == 0 || OC == 0 || IC == 0) return;
+  if (dinp) {
+    const std::vector<float> D = kron(w1, w2, a, b, c, d, scale);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, dout_stride, D.data(), IC, 1.0f, dinp,
+                IC);
+  }
+  if (!dw1 && !dw2) return;
+  std::vector<float> dD((size_t)OC * IC);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, dout_stride, inp, IC, 0.0f, dD.data(), IC);
+  for (int i = 0; i < a; ++i)
+    for (int k = 0; k < c; ++k) {
+      double s1 = 0.0;
+      for (int j = 0; j < b; ++j) {
+        const float* row = dD.data() + (size_t)(i * b + j) * IC + k * d;
+        for (int l = 0; l < d; ++l) {
+          s1 += (double)row[l] * w2[j * d + l];
+          if (dw2) dw2[j * d + l] += scale * row[l] * w1[i * c + k];
+        }
+      }
+      if (dw1) dw1[i * c + k] += (float)(scale * s1);
+    }
+}
+
+void matmul_f32(float* C, const float* A, bool transA, const float* B, bool transB, int M, int N, int K, float beta) {
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, 1.0f, A,
+              transA ? M : K, B, transB ? K : N, beta, C, N);
+}
+
+// ----------------------------------------------------------------------------------------------
 // LayerNorm (no affine) and RMSNorm; RMSNorm's eps is 1e-6 as FLUX and T5.
 
 static const double NORM_EPS = 1e-6;

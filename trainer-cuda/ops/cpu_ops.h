@@ -41,6 +41,17 @@ void lora_forward(float* out, int out_stride, float* h, const float* inp, const 
 void lora_backward(float* dinp, float* dA, float* dB, const float* dout, int dout_stride, const float* h,
                    const float* inp, const float* A, const float* B, int N, int IC, int OC, int rank, float scale);
 
+// LoKr on a slice of an existing output: out[n*out_stride + o] += (inp @ D^T)[n, o] with
+// D = scale kron(w1, w2) [a*b, c*d], w1 [a, c], w2 [b, d] (fp32).
+void lokr_forward(float* out, int out_stride, const float* inp, const float* w1, const float* w2, int N, int a, int b,
+                  int c, int d, float scale);
+// With dD = dout^T @ inp [a*b, c*d]: dinp += dout @ D; dw1[i,k] += scale sum_jl dD[i*b+j, k*d+l] w2[j,l];
+// dw2[j,l] += scale sum_ik dD[i*b+j, k*d+l] w1[i,k] (null gradients skipped).
+void lokr_backward(float* dinp, float* dw1, float* dw2, const float* dout, int dout_stride, const float* inp,
+                   const float* w1, const float* w2, int N, int a, int b, int c, int d, float scale);
+// C[M,N] = op(A)[M,K] @ op(B)[K,N] + beta C, all fp32 row-major (LoKr's small factor products).
+void matmul_f32(float* C, const float* A, bool transA, const float* B, bool transB, int M, int N, int K, float beta);
+
 // LayerNorm over the last dim C without affine parameters; eps 1e-6 is FLUX's, CLIP's is 1e-5.
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, int N, int C, float eps = 1e-6f);
 void layernorm_backward(float* dinp, const float* dout, const float* inp, const float* mean, const float* rstd,

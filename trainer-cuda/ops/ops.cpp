@@ -79,7 +79,18 @@ Tensor like(const Tensor& x, const Shape& shape) { return empty(shape, x.dtype, 
 
 // ================================================================================================ linear
 
-Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters) {
+// LoKr's second factor as one fp32 matrix [b, d]: w2 itself, or w2 @ w2b.
+static Tensor lokr_w2(const LokrRef& k) {
+  if (!k.w2b.defined()) return k.w2.detach();
+  const int b = (int)k.w2.size(0), r = (int)k.w2.size(1), d = (int)k.w2b.size(1);
+  Tensor w2 = empty({b, d}, DType::F32, k.w2.device(), "LoKr factor");
+  if (w2.is_cuda()) ON_CUDA(gpu::matmul_f32(fp(w2), fp(k.w2), false, fp(k.w2b), false, b, d, r, 0.0f));
+  else cpu::matmul_f32(fp(w2), fp(k.w2), false, fp(k.w2b), false, b, d, r, 0.0f);
+  return w2;
+}
+
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters,
+              const std::vector<LokrRef>& lokrs) {
   check_activation("linear", x);
   check_same_device("linear", x, W);
   const bool pointwise = W.dim() == 4 && W.size(2) == 1 && W.size(3) == 1;  // a 1x1 conv's weight
@@ -120,8 +131,28 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
     hs.push_back(h);
   }
 
+  std::vector<LokrRef> used_k;
+  for (const LokrRef& k : lokrs) {
+    if (k.scale == 0.0f) continue;
+    const int a = as_int(k.w1.size(0), "linear"), c = as_int(k.w1.size(1), "linear"), bb = as_int(k.w2.size(0), "linear");
+    const int d = as_int(k.w2b.defined() ? k.w2b.size(1) : k.w2.size(1), "linear");
+    if ((int64_t)a * bb != k.rows || (int64_t)c * d != IC || k.row_offset + k.rows > OC ||
+        (k.w2b.defined() && k.w2b.size(0) != k.w2.size(1)))
+      shape_error("linear", "LoKr w1 " + shape_str(k.w1.shape) + ", w2 " + shape_str(k.w2.shape) +
+                                (k.w2b.defined() ? " @ " + shape_str(k.w2b.shape) : "") + " on rows " +
+                                std::to_string(k.rows) + " of a layer " + std::to_string(IC) + " -> " + std::to_string(OC));
+    const Tensor w2 = lokr_w2(k);
+    if (x.is_cuda())
+      ON_CUDA(gpu::lokr_forward(bf(out) + k.row_offset, OC, bf(x), fp(k.w1), fp(w2), N, a, bb, c, d, k.scale));
+    else
+      cpu::lokr_forward(fp(out) + k.row_offset, OC, fp(x), fp(k.w1), fp(w2), N, a, bb, c, d, k.scale);
+    used_k.push_back(k);
+  }
+
   std::vector<const Tensor*> inputs = {&x, &W, &b};
   for (const LoraRef& a : used) inputs.push_back(&a.A), inputs.push_back(&a.B);
+  const int lokr_in = (int)inputs.size();
+  for (const LokrRef& k : used_k) inputs.push_back(&k.w1), inputs.push_back(&k.w2), inputs.push_back(&k.w2b);
   const Tensor xs = x.detach(), Ws = W.detach(), bs = b.detach();
   record("linear", inputs, {&out}, [=](GradContext& g) {
     const Tensor& dout = g.dout();
@@ -147,6 +178,34 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
       else
         cpu::lora_backward(fp(dx), fp(dA), fp(dB), fp(dout) + a.row_offset, OC, fp(hs[i]), fp(xs), fp(a.A), fp(a.B),
                            N, IC, a.rows, rank, a.scale);
+    }
+    for (size_t i = 0; i < used_k.size(); ++i) {
+      const LokrRef& k = used_k[i];
+      Tensor *dw1 = g.din(lokr_in + 3 * (int)i), *dw2 = g.din(lokr_in + 3 * (int)i + 1);
+      Tensor* dw2b = g.din(lokr_in + 3 * (int)i + 2);
+      if (!dx && !dw1 && !dw2 && !dw2b) continue;
+      const int a = (int)k.w1.size(0), c = (int)k.w1.size(1), bb = (int)k.w2.size(0), d = IC / c;
+      const Tensor w2 = lokr_w2(k);
+      // The gradient of the whole second factor: w2's own, or a scratch one split onto w2 @ w2b below.
+      Tensor dfull;
+      if (k.w2b.defined() && (dw2 || dw2b)) dfull = zeros({bb, d}, DType::F32, xs.device(), "LoKr gradient");
+      float* dw2_full = k.w2b.defined() ? (dfull.defined() ? fp(dfull) : nullptr) : fp(dw2);
+      if (xs.is_cuda())
+        ON_CUDA(gpu::lokr_backward(bf(dx), fp(dw1), dw2_full, bf(dout) + k.row_offset, OC, bf(xs), fp(k.w1), fp(w2), N, a,
+                                   bb, c, d, k.scale));
+      else
+        cpu::lokr_backward(fp(dx), fp(dw1), dw2_full, fp(dout) + k.row_offset, OC, fp(xs), fp(k.w1), fp(w2), N, a, bb, c,
+                           d, k.scale);
+      if (!dfull.defined()) continue;
+      const int r = (int)k.w2.size(1);
+      // w2 = w2a @ w2b: dw2a += dfull @ w2b^T, dw2b += w2a^T @ dfull
+      if (xs.is_cuda()) {
+        if (dw2) ON_CUDA(gpu::matmul_f32(fp(*dw2), fp(dfull), false, fp(k.w2b), true, bb, r, d, 1.0f));
+        if (dw2b) ON_CUDA(gpu::matmul_f32(fp(*dw2b), fp(k.w2), true, fp(dfull), false, r, d, bb, 1.0f));
+      } else {
+        if (dw2) cpu::matmul_f32(fp(*dw2), fp(dfull), false, fp(k.w2b), true, bb, r, d, 1.0f);
+        if (dw2b) cpu::matmul_f32(fp(*dw2b), fp(k.w2), true, fp(dfull), false, r, d, bb, 1.0f);
+      }
     }
   });
   return out;

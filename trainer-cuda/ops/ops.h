@@ -30,9 +30,19 @@ struct LoraRef {
   float scale = 1.0f;
 };
 
+// A LoKr adapter on the output columns [row_offset, row_offset + rows): out[:, slice] +=
+// scale * x @ kron(w1, w2)^T with w1 [a, c] and w2 [b, d] (rows = a b, in = c d), or, when w2b is
+// defined, w2 = w2 @ w2b ([b, rank] @ [rank, d]): LyCORIS' low-rank second factor. fp32 parameters.
+struct LokrRef {
+  Tensor w1, w2, w2b;
+  int row_offset = 0, rows = 0;
+  float scale = 1.0f;
+};
+
 // x [..., in] @ W[out, in]^T + b[out] (b may be undefined), plus each adapter's update. Adapters
 // with scale 0 are skipped (the base layer alone).
-Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters = {});
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters = {},
+              const std::vector<LokrRef>& lokrs = {});
 
 // ---- normalisation --------------------------------------------------------------------------------
 

@@ -115,44 +115,63 @@ std::vector<float> lora_gradients(const FluxTransformer& m, LoraSet& lora, const
 
 }  // namespace
 
-TEST(flux_lora_gradients_match_finite_differences) {
+// Central differences on a spread of every adapter's parameters (first, middle and last entry of
+// each matrix) against the tape's gradients of mean((out - target)^2).
+static void check_adapter_gradients(LoraSet& lora, const char* what) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 5);
   FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
-  LoraSet lora = lora_create(flux_lora_targets(m.cfg, /*include_modulation=*/true), 2, 4.0f, 7);
   randomize_lora(lora, 8);
   lora_attach(m.linears(), &lora);
   FluxInputs in = random_inputs(c, 2, 2, 3, 3, 9);
   const std::vector<float> target = random_target(predict(m, in).size(), 10);
   const std::vector<float> grads = lora_gradients(m, lora, in, target);
-  // Central differences on a spread of parameters across every adapter (A and B halves).
   const float eps = 1e-2f;
   double worst = 0.0;
   int checked = 0;
   float* params = lora.params.data<float>();
-  for (size_t ai = 0; ai < lora.adapters.size(); ++ai) {
-    const LoraAdapter& ad = lora.adapters[ai];
-    size_t na = (size_t)ad.rank * ad.target.in, nb = (size_t)ad.target.rows * ad.rank;
-    for (size_t k : {ad.a_off, ad.a_off + na / 2, ad.b_off, ad.b_off + nb - 1}) {
-      float saved = params[k];
-      params[k] = saved + eps;
-      double lp = loss_of(m, in, target);
-      params[k] = saved - eps;
-      double lm = loss_of(m, in, target);
-      params[k] = saved;
-      double fd = (lp - lm) / (2 * eps), an = grads[k];
-      double err = std::fabs(fd - an) / std::max(1e-3, std::fabs(fd) + std::fabs(an));
-      worst = std::max(worst, err);
-      if (err > 2e-2) {
-        std::printf("      %s param %zu: analytic %.6g vs finite difference %.6g\n", ad.target.module.c_str(), k, an, fd);
+  for (const LoraAdapter& ad : lora.adapters) {
+    for (const AdapterMatrix& mat : ad.mats) {
+      const size_t n = (size_t)mat.rows * mat.cols;
+      for (size_t k : {mat.offset, mat.offset + n / 2, mat.offset + n - 1}) {
+        float saved = params[k];
+        params[k] = saved + eps;
+        double lp = loss_of(m, in, target);
+        params[k] = saved - eps;
+        double lm = loss_of(m, in, target);
+        params[k] = saved;
+        double fd = (lp - lm) / (2 * eps), an = grads[k];
+        double err = std::fabs(fd - an) / std::max(1e-3, std::fabs(fd) + std::fabs(an));
+        worst = std::max(worst, err);
+        if (err > 2e-2)
+          std::printf("      %s.%s param %zu: analytic %.6g vs finite difference %.6g\n", ad.target.module.c_str(),
+                      mat.key.c_str(), k, an, fd);
+        ++checked;
       }
-      ++checked;
     }
   }
-  std::printf("      %d LoRA parameters across %zu adapters, worst relative error %.2e\n", checked, lora.adapters.size(),
-              worst);
+  std::printf("      %s: %d parameters across %zu adapters, worst relative error %.2e\n", what, checked,
+              lora.adapters.size(), worst);
   CHECK(worst < 2e-2);
+}
+
+TEST(flux_lora_gradients_match_finite_differences) {
+  LoraSet lora = lora_create(flux_lora_targets(micro_config(), /*include_modulation=*/true), 2, 4.0f, 7);
+  check_adapter_gradients(lora, "LoRA");
+}
+
+// LoKr with both kinds of second factor: low-rank (w2_a @ w2_b) and full (lokr_full_rank).
+TEST(flux_lokr_gradients_match_finite_differences) {
+  const std::vector<LoraTarget> targets = flux_lora_targets(micro_config(), true);
+  LoraSet low = lokr_create(targets, 2, 4.0f, -1, false, 7);
+  size_t decomposed = 0;
+  for (const LoraAdapter& a : low.adapters) decomposed += a.mats.size() == 3;
+  CHECK(decomposed > 0);
+  check_adapter_gradients(low, "LoKr (w2 low-rank)");
+  LoraSet full = lokr_create(targets, 2, 4.0f, 4, true, 7);
+  for (const LoraAdapter& a : full.adapters) CHECK(a.mats.size() == 2 && a.scale == 1.0f);
+  check_adapter_gradients(full, "LoKr (full rank, factor 4)");
 }
 
 // Full training (every weight) and the input gradients that train the text encoder through the
@@ -359,6 +378,49 @@ TEST(flux_lora_file_reloads_to_the_same_predictions) {
   lora_attach(m.linears(), &back);
   const std::vector<float> after = predict(m, in);
   for (size_t i = 0; i < before.size(); ++i) CHECK_NEAR(before[i], after[i], 1e-5 * (1 + std::fabs(before[i])));
+}
+
+// A LoKr file in ComfyUI's names (lokr_w1, lokr_w2_a/_b or lokr_w2, alpha) predicts what the
+// trained set predicted, at strength 1 and scaled.
+TEST(flux_lokr_file_reloads_to_the_same_predictions) {
+  std::string dir = temp_dir();
+  FluxConfig c = micro_config();
+  write_random_flux(dir + "/m.safetensors", c, 21);
+  FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
+  auto targets = flux_lora_targets(m.cfg, false);
+  LoraSet lokr = lokr_create(targets, 2, 6.0f, -1, false, 22);  // alpha 6 / rank 2: scale 3 on the low-rank ones
+  randomize_lora(lokr, 23);
+  FluxInputs in = random_inputs(c, 2, 2, 2, 3, 24);
+  lora_attach(m.linears(), nullptr);
+  const std::vector<float> base = predict(m, in);
+  lora_attach(m.linears(), &lokr);
+  const std::vector<float> before = predict(m, in);
+  lora_save(lokr, dir + "/k.safetensors", DType::F32, {});
+  SafeTensorsFile f = SafeTensorsFile::open(dir + "/k.safetensors");
+  CHECK(f.has("transformer.transformer_blocks.0.attn.to_q.lokr_w1"));
+  CHECK(f.has("transformer.transformer_blocks.0.attn.to_q.lokr_w2"));       // 16 -> 16: (4, 4), rank 2 >= 4/2: full
+  CHECK(f.has("transformer.transformer_blocks.0.ff.net.0.proj.lokr_w2_a"));  // 16 -> 32: w2 [8, 4], rank 2 < 4
+  CHECK(f.has("transformer.transformer_blocks.0.ff.net.0.proj.lokr_w2_b"));
+  CHECK(f.has("transformer.transformer_blocks.0.ff.net.0.proj.alpha"));
+  CHECK_NEAR(f.read_f32("transformer.transformer_blocks.0.ff.net.0.proj.alpha")[0], 6.0, 0);
+  LoraSet back = lora_load(dir + "/k.safetensors", flux_lora_targets(m.cfg, true));
+  lora_attach(m.linears(), &back);
+  const std::vector<float> after = predict(m, in);
+  double changed = 0.0;
+  for (size_t i = 0; i < before.size(); ++i) {
+    CHECK_NEAR(before[i], after[i], 1e-5 * (1 + std::fabs(before[i])));
+    changed = std::max(changed, (double)std::fabs(before[i] - base[i]));
+  }
+  CHECK(changed > 1e-2);  // the adapter does act
+  LoraSet half = lora_load(dir + "/k.safetensors", flux_lora_targets(m.cfg, true), 0.5f);
+  lora_attach(m.linears(), &half);
+  const std::vector<float> halfway = predict(m, in);
+  double diff = 0.0;
+  for (size_t i = 0; i < before.size(); ++i) diff = std::max(diff, (double)std::fabs(halfway[i] - before[i]));
+  CHECK(diff > 1e-3);
+  FluxConfig other = c;
+  other.mlp_hidden = 48;
+  CHECK_THROWS(lora_load(dir + "/k.safetensors", flux_lora_targets(other, false)), "lokr_w2_a has shape [8, 2], expected [12, rank]");
 }
 
 TEST(flux_lora_file_for_another_model_is_refused) {

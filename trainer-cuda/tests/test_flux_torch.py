@@ -231,8 +231,8 @@ class Flux:
         y = x @ self.p(name + ".weight").t()
         if name + ".bias" in self.W:
             y = y + self.p(name + ".bias")
-        for r0, A, B, s in (lora or {}).get(name, []):
-            d = s * ((x @ A.t()) @ B.t())
+        for r0, delta in (lora or {}).get(name, []):
+            d = delta(x)
             r1 = r0 + d.shape[-1]
             y = torch.cat([y[..., :r0], y[..., r0:r1] + d, y[..., r1:]], dim=-1)
         return y
@@ -302,7 +302,7 @@ class Flux:
 # LoRA in diffusers/PEFT names, mapped onto the BFL modules (module -> (BFL linear, first row)).
 
 _LORA_RE = re.compile(r"^transformer\.(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)\."
-                      r"(lora_A\.weight|lora_B\.weight|alpha)$")
+                      r"(lora_A\.weight|lora_B\.weight|alpha|lokr_w1|lokr_w2|lokr_w2_a|lokr_w2_b)$")
 
 
 def lora_module_map(cfg):
@@ -339,19 +339,38 @@ def lora_modules(tensors):
 
 
 def build_lora(tensors, cfg, dtype, requires_grad=False):
-    """Returns ({BFL linear: [(row0, A, B, scale)]}, {lora key: leaf tensor})."""
+    """Returns ({BFL linear: [(row0, delta)]}, {adapter key: leaf tensor}); delta(x) is the adapter's
+    addition to the slice. LoRA: scale (x A^T) B^T, scale alpha/rank or 1. LoKr (LyCORIS, as ComfyUI
+    applies it): x kron(w1, w2)^T times alpha/rank when w2 = w2_a @ w2_b (rank = w2_b's rows), else 1."""
     mmap, lora, leaves = lora_module_map(cfg), {}, {}
     for mod, keys in lora_modules(tensors).items():
         if mod not in mmap:
             raise ValueError(f"LoRA module {mod}: not a FLUX.1 module of this model")
         target, r0, n = mmap[mod]
-        A = torch.from_numpy(np.asarray(tensors[keys["lora_A.weight"]], np.float64)).to(dtype).requires_grad_(requires_grad)
-        B = torch.from_numpy(np.asarray(tensors[keys["lora_B.weight"]], np.float64)).to(dtype).requires_grad_(requires_grad)
-        rank = A.shape[0]
-        assert B.shape == (n, rank), (mod, tuple(B.shape), n, rank)
-        scale = float(np.asarray(tensors[keys["alpha"]]).reshape(-1)[0]) / rank if "alpha" in keys else 1.0
-        lora.setdefault(target, []).append((r0, A, B, scale))
-        leaves[keys["lora_A.weight"]], leaves[keys["lora_B.weight"]] = A, B
+
+        def leaf(k):
+            t = torch.from_numpy(np.asarray(tensors[keys[k]], np.float64)).to(dtype).requires_grad_(requires_grad)
+            leaves[keys[k]] = t
+            return t
+
+        alpha = float(np.asarray(tensors[keys["alpha"]]).reshape(-1)[0]) if "alpha" in keys else None
+        if "lokr_w1" in keys:
+            w1 = leaf("lokr_w1")
+            if "lokr_w2" in keys:
+                w2, scale = leaf("lokr_w2"), 1.0
+                make_w2 = lambda w2=w2: w2
+            else:
+                w2a, w2b = leaf("lokr_w2_a"), leaf("lokr_w2_b")
+                scale = alpha / w2b.shape[0] if alpha is not None else 1.0
+                make_w2 = lambda a=w2a, b=w2b: a @ b
+            delta = lambda x, w1=w1, make_w2=make_w2, s=scale: s * (x @ torch.kron(w1, make_w2()).t())
+        else:
+            A, B = leaf("lora_A.weight"), leaf("lora_B.weight")
+            rank = A.shape[0]
+            assert B.shape == (n, rank), (mod, tuple(B.shape), n, rank)
+            scale = alpha / rank if alpha is not None else 1.0
+            delta = lambda x, A=A, B=B, s=scale: s * ((x @ A.t()) @ B.t())
+        lora.setdefault(target, []).append((r0, delta))
     return lora, leaves
 
 
@@ -368,6 +387,37 @@ def make_lora(sd, meta, seed, rank=4, only=None):
         out[f"transformer.{mod}.lora_B.weight"] = (rng.standard_normal((n, rank)) * 0.3 / math.sqrt(rank)).astype(np.float32)
         if block % 2 == 0:
             out[f"transformer.{mod}.alpha"] = np.array(2.0 * rank if j % 2 else rank / 2.0, np.float32)
+    return out
+
+
+def make_lokr(sd, meta, seed, rank=4, factor=-1):
+    """A random LoKr over every module, in ComfyUI's names: w1 [a, c] and w2 [b, d] full, or
+    w2_a [b, rank] @ w2_b [rank, d] where rank < max(b, d) / 2 (LyCORIS' rule), with (a, b) and (c, d)
+    the splits of the output and input sizes; odd modules carry an alpha."""
+    def split(dim):  # LyCORIS' factorization, written from its documented examples
+        if factor > 0 and dim % factor == 0:
+            return factor, dim // factor
+        lim = dim if factor <= 0 else factor
+        m, n = 1, dim
+        for cand in range(2, dim + 1):
+            if dim % cand or cand > lim or cand > dim // cand:
+                continue
+            if cand + dim // cand <= m + n:
+                m, n = cand, dim // cand
+        return m, n
+    cfg, rng, out = FluxConfig(sd, meta), np.random.default_rng(seed), {}
+    for j, (mod, (target, r0, n)) in enumerate(lora_module_map(cfg).items()):
+        fan_in = sd[target + ".weight"].shape[1]
+        (a, b), (c, d) = split(n), split(fan_in)
+        key = f"transformer.{mod}"
+        out[key + ".lokr_w1"] = rng.standard_normal((a, c)).astype(np.float32) * 0.5
+        if rank < max(b, d) / 2:
+            out[key + ".lokr_w2_a"] = (rng.standard_normal((b, rank)) / math.sqrt(rank)).astype(np.float32)
+            out[key + ".lokr_w2_b"] = (rng.standard_normal((rank, d)) * 0.3 / math.sqrt(d)).astype(np.float32)
+        else:
+            out[key + ".lokr_w2"] = (rng.standard_normal((b, d)) * 0.3 / math.sqrt(d)).astype(np.float32)
+        if j % 2:
+            out[key + ".alpha"] = np.array(rank * 2.0, np.float32)
     return out
 
 
@@ -807,6 +857,36 @@ def forward_lora_no_guidance_3x5_bf16(tmp):
 def lora_grad_no_guidance_3x5_bf16(tmp):
     w, ck, sd, meta, inp, lt, lp = _tiny_case(tmp, "ng", 23, B=1, gh=3, gw=5, L_txt=5, float_dtype="BF16", guidance=False)
     return check_lora_grad(w, ck, sd, meta, inp, lp, lt)
+
+
+def _lokr_case(tmp, tag, seed, rank, factor, **kw):
+    w, ck, sd, meta, inp, _, _ = _tiny_case(tmp, tag, seed, **kw)
+    lt = make_lokr(sd, meta, seed + 300, rank=rank, factor=factor)
+    lp = w.path("lokr.safetensors")
+    st_write(lp, lt)
+    return w, ck, sd, meta, inp, lt, lp
+
+
+@check
+def forward_lokr(tmp):
+    """LoKr in ComfyUI's names on every module (w2 full where the rank is large, w2_a @ w2_b elsewhere,
+    alpha on odd modules), against x kron(w1, w2)^T with torch.kron."""
+    w, ck, sd, meta, inp, lt, lp = _lokr_case(tmp, "lk", 41, 4, -1, B=2, gh=4, gw=4, L_txt=8)
+    kinds = {k.rsplit(".", 1)[1] for k in lt}
+    assert {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"} <= kinds, kinds
+    return check_forward(w, ck, sd, meta, inp, lp, lt, label="LoKr: ")
+
+
+@check
+def lokr_grad(tmp):
+    w, ck, sd, meta, inp, lt, lp = _lokr_case(tmp, "lk", 41, 4, -1, B=2, gh=4, gw=4, L_txt=8)
+    return check_lora_grad(w, ck, sd, meta, inp, lp, lt, label="LoKr: ")
+
+
+@check
+def lokr_grad_factor_4_no_guidance(tmp):
+    w, ck, sd, meta, inp, lt, lp = _lokr_case(tmp, "lk4", 43, 2, 4, B=1, gh=3, gw=5, L_txt=5, guidance=False)
+    return check_lora_grad(w, ck, sd, meta, inp, lp, lt, label="LoKr factor 4: ")
 
 
 _HD128 = dict(hidden=256, head_dim=128, depth=1, depth_single=1, in_ch=64, ctx=64, vec_in=32, axes=None)

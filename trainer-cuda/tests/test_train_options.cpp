@@ -182,3 +182,81 @@ TEST(preservation_errors_name_the_field) {
   write_json(t.path + "/job.json", j);
   CHECK_THROWS(job_load(t.path), "train.ema_config.ema_decay must be a number in [0, 1)");
 }
+
+// Every optimizer, and LoKr, stopped after 2 steps and resumed to 5 end with the uninterrupted
+// run's adapter file and state, bit for bit (the learning rate restarting every 2 steps). A job whose optimizer
+// changed is refused with what to do.
+TEST(every_optimizer_and_lokr_resume_exactly) {
+  TempDir cache;
+  struct Case {
+    const char* optimizer;
+    const char* network;
+    json params;
+  };
+  const std::vector<Case> cases = {{"adamw", "lora", json::object()},
+                                   {"adamw8bit", "lora", json::object()},
+                                   {"lion", "lora", {{"weight_decay", 0.01}}},
+                                   {"adafactor", "lora", {{"beta1", 0.9}}},
+                                   {"prodigy", "lora", json::object()},
+                                   {"adamw", "lokr", json::object()}};
+  for (const Case& c : cases) {
+    TempDir ta, tb;
+    auto job = [&](const std::string& dir, int steps) {
+      json j = v2_job(dir);
+      j["cache_dir"] = cache.path + "/cache";
+      j["train"]["steps"] = steps;
+      j["train"]["optimizer"] = c.optimizer;
+      j["train"]["optimizer_params"] = c.params;
+      j["train"]["lr"] = std::string(c.optimizer) == "prodigy" ? 1.0 : std::string(c.optimizer) == "lion" ? 1e-4 : 1e-3;
+      j["train"]["lr_scheduler"] = "cosine_with_restarts";
+      j["train"]["lr_scheduler_params"] = {{"T_0", 2}};
+      j["network"]["type"] = c.network;
+      write_json(dir + "/job.json", j);
+    };
+    job(ta.path, 5);
+    CHECK(train_run(ta.path) == 0);
+    job(tb.path, 2);
+    CHECK(train_run(tb.path) == 0);
+    job(tb.path, 5);
+    CHECK(train_run(tb.path) == 0);
+    const bool same = read_bytes(ta.path + "/v2.safetensors") == read_bytes(tb.path + "/v2.safetensors") &&
+                      read_bytes(ta.path + "/state/state.safetensors") == read_bytes(tb.path + "/state/state.safetensors");
+    std::vector<json> steps = steps_of(ta.path);
+    std::printf("      %s %s: resumed run identical %s; lr %g %g %g %g %g\n", c.network, c.optimizer, same ? "yes" : "NO",
+                steps[0]["lr"].get<double>(), steps[1]["lr"].get<double>(), steps[2]["lr"].get<double>(),
+                steps[3]["lr"].get<double>(), steps[4]["lr"].get<double>());
+    CHECK(same);
+    // T_0 2: the learning rate starts over at steps 3 and 5
+    CHECK(steps[2]["lr"] == steps[0]["lr"] && steps[4]["lr"] == steps[0]["lr"] && steps[1]["lr"] < steps[0]["lr"]);
+  }
+  TempDir tc;
+  json j = v2_job(tc.path);
+  j["cache_dir"] = cache.path + "/cache";
+  j["train"]["steps"] = 1;
+  write_json(tc.path + "/job.json", j);
+  CHECK(train_run(tc.path) == 0);
+  j["train"]["steps"] = 2;
+  j["train"]["optimizer"] = "lion";
+  write_json(tc.path + "/job.json", j);
+  CHECK_THROWS(train_run(tc.path), "saved by the adamw optimizer, but the job now asks for lion");
+}
+
+// Optimizer settings are checked against the optimizer chosen, each error naming the field.
+TEST(optimizer_settings_are_checked) {
+  TempDir t;
+  auto run_with = [&](const char* optimizer, json params) {
+    json j = v2_job(t.path);
+    j["train"]["optimizer"] = optimizer;
+    j["train"]["optimizer_params"] = params;
+    write_json(t.path + "/job.json", j);
+    return job_load(t.path);
+  };
+  CHECK_THROWS(run_with("adamw9bit", json::object()), "train.optimizer must be one of adamw, adamw8bit, lion, adafactor, prodigy");
+  CHECK_THROWS(run_with("lion", {{"eps", 1e-8}}), "train.optimizer_params.eps is not a setting of the lion optimizer");
+  CHECK_THROWS(run_with("adafactor", {{"warmup_init", true}}), "warmup_init needs train.optimizer_params.relative_step: true");
+  CHECK_THROWS(run_with("adamw", {{"betas", {0.9}}}), "train.optimizer_params.betas must be 2 numbers in [0, 1)");
+  CHECK_THROWS(run_with("prodigy", {{"decouple", false}}), "decouple: false");
+  const Job ok = run_with("prodigy", {{"d_coef", 2}, {"weight_decay", 0.01}});
+  CHECK(ok.optimizer.type == "prodigy" && ok.optimizer.d_coef == 2.0 && std::fabs(ok.optimizer.weight_decay - 0.01f) < 1e-9);
+  CHECK(std::isinf(ok.optimizer.growth_rate) && ok.optimizer.eps == 1e-6f);
+}

@@ -256,7 +256,10 @@ Job job_load(const std::string& dir_in) {
   job.ae = absolute(dir, f.str("model.ae", ""));
   load_text_parts(job, f);
 
-  job.network_type = f.str("network.type", "lora", {"lora"});
+  job.network_type = f.str("network.type", "lora", {"lora", "lokr"});
+  job.lokr_factor = f.integer("network.lokr_factor", -1, -1, 1 << 20);
+  if (job.lokr_factor == 0) f.bad("network.lokr_factor", "-1 (the most balanced split) or a factor of at least 1", json(0));
+  job.lokr_full_rank = f.boolean("network.lokr_full_rank", false);
   job.rank = f.integer("network.linear", 16, 1, 1024);
   job.alpha = (float)f.number("network.linear_alpha", job.rank, 1e-6, 1e6);
   job.train_modulation = f.boolean("network.train_modulation", false);

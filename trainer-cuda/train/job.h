@@ -89,7 +89,9 @@ struct Job {
   std::vector<TextPart> text_parts;  // needed with `datasets` and for sampling, sorted by name
   std::string ae;               // needed with `datasets` and for sampling
 
-  std::string network_type = "lora";
+  std::string network_type = "lora";  // lora | lokr
+  int lokr_factor = -1;                // LoKr's Kronecker split (-1: the most balanced)
+  bool lokr_full_rank = false;         // LoKr's second factor a full matrix (no low-rank split)
   int rank = 16;
   float alpha = 16.0f;
   bool train_modulation = false;

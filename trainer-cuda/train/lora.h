@@ -1,4 +1,4 @@
-// LoRA adapters: their parameters, gradients and file format.
+// LoRA and LoKr adapters: their parameters, gradients and file format.
 //
 // An adapter acts on a slice of a base linear layer's output rows (models/module.h's LoraTarget), so
 // one fused BFL layer (double_blocks.N.img_attn.qkv) carries one adapter per diffusers sub-layer
@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -17,21 +18,31 @@
 
 namespace graft {
 
-struct LoraAdapter {
-  LoraTarget target;
-  int rank = 0;
-  float scale = 1.0f;      // alpha / rank
-  size_t a_off = 0;        // A [rank, in] at params[a_off]
-  size_t b_off = 0;        // B [rows, rank] at params[b_off]
+// One trainable matrix of an adapter: [rows, cols] at params[offset], saved as "<module>.<key>".
+struct AdapterMatrix {
+  std::string key;  // "lora_A.weight", "lora_B.weight", "lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b"
+  size_t offset = 0;
+  int rows = 0, cols = 0;
 };
 
-// Every adapter's A and B in one fp32 buffer on the training device (the optimizer's flat view),
+struct LoraAdapter {
+  LoraTarget target;
+  bool lokr = false;
+  int rank = 0;            // LoRA's rank; LoKr's rank of w2 (0: w2 is a full matrix)
+  float alpha = 0.0f;      // as saved with a LoKr file
+  float scale = 1.0f;      // alpha / rank (LoKr with w2 full: 1, as LyCORIS)
+  // LoRA: lora_A [rank, in], lora_B [rows, rank]. LoKr: lokr_w1 [a, c], then lokr_w2 [b, d] or
+  // lokr_w2_a [b, rank] and lokr_w2_b [rank, d], with rows = a b and in = c d.
+  std::vector<AdapterMatrix> mats;
+};
+
+// Every adapter's matrices in one fp32 buffer on the training device (the optimizer's flat view),
 // with a trainable view per matrix whose gradient lands in the matching slice of `grads`.
 struct LoraSet {
   std::vector<LoraAdapter> adapters;
   Tensor params;  // fp32 [n]
   Tensor grads;   // fp32 [n], the same layout
-  std::vector<Tensor> A, B;  // per adapter: [rank, in] and [rows, rank] views of params (leaves)
+  std::vector<std::vector<Tensor>> views;  // per adapter, per matrix: a view of params (a leaf)
 
   size_t size() const { return (size_t)params.numel(); }
   Device device() const { return params.device(); }
@@ -44,17 +55,30 @@ struct LoraSet {
   std::vector<ParamSegment> segments() const;
 };
 
+// LoKr's split of a dimension into two factors (m <= n, m n = dim) as the reference toolkit's
+// (LyCORIS') factorization: `factor` itself when it divides dim, else the most balanced split with
+// m at most factor (-1: no limit).
+std::pair<int, int> lokr_factorization(int dim, int factor);
+
 // New adapters: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform(a=sqrt(5))), B = 0,
 // so the model starts unchanged. Deterministic in `seed`. On the host; LoraSet::to moves it.
 LoraSet lora_create(const std::vector<LoraTarget>& targets, int rank, float alpha, uint64_t seed);
+
+// New LoKr adapters as LyCORIS makes them: w1 [a, c] with a, b = factorization(rows) and c, d =
+// factorization(in); w2 [b, d] full when full_rank or rank >= max(b, d) / 2, else w2_a [b, rank] @
+// w2_b [rank, d]. w1 and w2_a ~ kaiming_uniform(a=sqrt(5)), w2 (or w2_b) = 0: the model starts
+// unchanged. Scale alpha / rank, or 1 with w2 full.
+LoraSet lokr_create(const std::vector<LoraTarget>& targets, int rank, float alpha, int factor, bool full_rank,
+                    uint64_t seed);
 
 // Attaches each adapter of `lora` (null: none) to the layer it names, replacing what the layers
 // had; throws Error when a module targets a layer the model lacks or does not fit it.
 void lora_attach(const std::vector<Linear*>& layers, LoraSet* lora);
 
-// The file other tools load: "transformer.<module>.lora_A.weight" [rank, in] and ".lora_B.weight"
-// [rows, rank], with alpha/rank folded into B so it loads at strength 1 everywhere (PEFT files
-// carry no alpha). Atomic write.
+// The file other tools load. LoRA: "transformer.<module>.lora_A.weight" [rank, in] and
+// ".lora_B.weight" [rows, rank], with alpha/rank folded into B so it loads at strength 1 everywhere
+// (PEFT files carry no alpha). LoKr: "transformer.<module>.lokr_w1", ".lokr_w2" (or ".lokr_w2_a",
+// ".lokr_w2_b") and ".alpha", the names ComfyUI's LoKr loader reads. Atomic write.
 void lora_save(const LoraSet& set, const std::string& path, DType dtype,
                const std::map<std::string, std::string>& metadata);
 
@@ -62,7 +86,7 @@ void lora_save(const LoraSet& set, const std::string& path, DType dtype,
 // back, also when fn throws.
 void with_lora_scale(LoraSet& lora, float m, const std::function<void()>& fn);
 
-// Reads a LoRA file in that layout (optional "<module>.alpha" scalars honoured) against the
+// Reads a LoRA or LoKr file in that layout (optional "<module>.alpha" scalars honoured) against the
 // targets a model offers; `strength` multiplies every adapter's scale. Throws Error naming the
 // file and the offending key or shape. On the host.
 LoraSet lora_load(const std::string& path, const std::vector<LoraTarget>& targets, float strength = 1.0f);

@@ -160,6 +160,8 @@ static void make_dir(const std::string& p) {
 static std::map<std::string, std::string> lora_metadata(const Job& job, int step, int epoch) {
   json software = {{"name", "graft"}, {"version", GRAFT_VERSION}};
   json info = {{"step", step}, {"epoch", epoch}};
+  json network = {{"type", job.network_type}, {"linear", job.rank}, {"linear_alpha", job.alpha}};
+  if (job.network_type == "lokr") network["lokr_factor"] = job.lokr_factor, network["lokr_full_rank"] = job.lokr_full_rank;
   std::map<std::string, std::string> md = {
       {"format", "pt"},
       {"software", software.dump()},
@@ -167,7 +169,7 @@ static std::map<std::string, std::string> lora_metadata(const Job& job, int step
       {"base_model", job.base_model},
       {"name", job.name},
       {"trigger_word", job.trigger_word},
-      {"network", json({{"type", job.network_type}, {"linear", job.rank}, {"linear_alpha", job.alpha}}).dump()},
+      {"network", network.dump()},
   };
   if (!job.config_json.empty()) md["config"] = job.config_json;
   return md;
@@ -296,7 +298,10 @@ int train_run(const std::string& dir) {
   }
   TrainData data;
   if (job.datasets.empty()) data = data_load(job, model.cfg);
-  LoraSet lora = lora_create(flux_lora_targets(model.cfg, job.train_modulation), job.rank, job.alpha, job.seed);
+  const std::vector<LoraTarget> targets = flux_lora_targets(model.cfg, job.train_modulation);
+  LoraSet lora = job.network_type == "lokr"
+                     ? lokr_create(targets, job.rank, job.alpha, job.lokr_factor, job.lokr_full_rank, job.seed)
+                     : lora_create(targets, job.rank, job.alpha, job.seed);
   lora.to(device);
   lora_attach(model.linears(), &lora);
   std::unique_ptr<Optimizer> opt = make_optimizer(job.optimizer, lora.params, lora.segments());
@@ -363,8 +368,12 @@ int train_run(const std::string& dir) {
     std::printf("  text encoder%s freed: every caption and sample prompt is encoded\n", job.text_parts.size() > 1 ? "s" : "");
   }
   const int nb = data.batches_per_epoch(job.batch_size);
-  std::printf("  LoRA rank %d alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets of %zu dataset%s\n",
-              job.rank, job.alpha, lora.adapters.size(), lora.size(), data.samples.size(),
+  std::string network = "LoRA rank " + std::to_string(job.rank);
+  if (job.network_type == "lokr")
+    network = "LoKr factor " + std::to_string(job.lokr_factor) +
+              (job.lokr_full_rank ? ", full rank" : ", rank " + std::to_string(job.rank));
+  std::printf("  %s alpha %g on %zu layers (%zu parameters); %zu items in %zu buckets of %zu dataset%s\n",
+              network.c_str(), job.alpha, lora.adapters.size(), lora.size(), data.samples.size(),
               data.bucket_count(), data.datasets.size(), data.datasets.size() == 1 ? "" : "s");
   // The reference toolkit runs Prodigy with lr 1 when the job's is below 0.1: Prodigy estimates the
   // step size itself and lr only scales that estimate.

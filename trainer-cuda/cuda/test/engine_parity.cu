@@ -27,9 +27,12 @@
 #include "ops/update_ops.h"
 #include "train/lora.h"
 #include "train/optim.h"
+#include "train/optimizers.h"
 
 namespace graft {
 namespace gpu {
+
+using json = nlohmann::json;
 
 namespace {
 
@@ -103,18 +106,20 @@ std::string temp_dir() {
   return tmpl;
 }
 
-void flux_parity(const std::string& dir) {
+// `kind` LoRA or LoKr (w2 low-rank where the rank allows, else full).
+void flux_parity(const std::string& dir, const char* kind) {
   FluxConfig cfg = tiny_flux_config();
   RandomFluxOptions o;
   o.dtype = DType::BF16;  // both devices read the very same weights
   write_random_flux(dir + "/flux.safetensors", cfg, 11, o);
-  // A random non-zero LoRA (B drawn too, so every A gets a gradient), modulation layers included.
-  LoraSet lora = lora_create(flux_lora_targets(cfg, true), 8, 8.0f, 21);
+  // A random non-zero adapter (every matrix drawn, so each gets a gradient), modulation layers included.
+  const bool lokr = std::string(kind) == "LoKr";
+  LoraSet lora = lokr ? lokr_create(flux_lora_targets(cfg, true), 8, 8.0f, -1, false, 21)
+                      : lora_create(flux_lora_targets(cfg, true), 8, 8.0f, 21);
   {
     std::vector<float> p = lora.host_params();
     Rng rng(21, 3);
-    for (const LoraAdapter& ad : lora.adapters)
-      for (size_t k = 0; k < (size_t)ad.target.rows * ad.rank; k++) p[ad.b_off + k] = 0.1f * rng.normal();
+    for (float& v : p) v = (lokr ? 0.3f : 0.1f) * rng.normal();
     round_bf16(p);
     lora.set_params(p);
   }
@@ -147,19 +152,21 @@ void flux_parity(const std::string& dir) {
       backward(o, from_vector(dout, o.shape, d, o.dtype));
       g[side] = to_floats(l.grads);
     }
-    report(std::string("FLUX ") + k.name + ": output", out[1], out[0], TOL_MODEL_OUT);
-    report(std::string("FLUX ") + k.name + ": every LoRA gradient", g[1], g[0], TOL_MODEL_GRADS);
+    const std::string label = std::string("FLUX ") + kind + " " + k.name;
+    report(label + ": output", out[1], out[0], TOL_MODEL_OUT);
+    report(label + ": every adapter gradient", g[1], g[0], TOL_MODEL_GRADS);
     double worst = 0;
     std::string worst_name;
     for (const LoraAdapter& ad : lora.adapters) {
-      const size_t from = std::min(ad.a_off, ad.b_off), n = (size_t)ad.rank * ad.target.in + (size_t)ad.target.rows * ad.rank;
+      const AdapterMatrix &first = ad.mats.front(), &last = ad.mats.back();
+      const size_t from = first.offset, n = last.offset + (size_t)last.rows * last.cols - from;
       std::vector<float> a(g[1].begin() + from, g[1].begin() + from + n), b(g[0].begin() + from, g[0].begin() + from + n);
       const double r = rel_l2(a, b);
       if (r > worst) worst = r, worst_name = ad.target.module;
     }
     const bool ok = worst <= TOL_ADAPTER;
     g_ok = g_ok && ok;
-    std::printf("  %-4s FLUX %s: worst adapter %s rel %.2e (tol %.1e)\n", ok ? "ok" : "FAIL", k.name, worst_name.c_str(),
+    std::printf("  %-4s %s: worst adapter %s rel %.2e (tol %.1e)\n", ok ? "ok" : "FAIL", label.c_str(), worst_name.c_str(),
                 worst, TOL_ADAPTER);
   }
 }
@@ -252,6 +259,36 @@ void update_parity() {
   report("AdamW, three fused updates (fp32)", res[1], res[0], 1e-6);
   report("gradient norm", {norm[1]}, {norm[0]}, 1e-6);
   report("weight average (lerp)", avg[1], avg[0], 1e-6);
+
+  // Every optimizer over matrices and a vector (Adafactor factors the matrices; the 8-bit state cuts
+  // each into blocks of 256), four steps of changing gradients: the CUDA updates against the CPU's,
+  // parameters and every state tensor.
+  const std::vector<ParamSegment> segs = {{0, 300 * 200, 300, 200}, {60000, 40003, 0, 0}};
+  const long m = 100003;
+  std::vector<std::pair<std::string, json>> optimizers = {
+      {"adamw", json::object()}, {"adamw8bit", json::object()}, {"lion", {{"weight_decay", 0.1}}},
+      {"adafactor", {{"beta1", 0.9}, {"weight_decay", 0.01}}}, {"adafactor", {{"relative_step", true}, {"scale_parameter", true}}},
+      {"prodigy", {{"weight_decay", 0.01}}}};
+  for (const auto& [type, params] : optimizers) {
+    const json root = {{"train", {{"optimizer", type}, {"optimizer_params", params}}}};
+    const OptimizerConfig oc = optimizer_config(JsonFields{root, "engine_parity"});
+    std::vector<float> out[2];
+    std::vector<std::vector<float>> state[2];
+    for (int side = 0; side < 2; ++side) {
+      const Device d = side ? kGpu : kCpu;
+      Tensor tp = from_vector(random_vec(m, 3), {m}, d);
+      std::unique_ptr<Optimizer> opt = make_optimizer(oc, tp, segs);
+      for (int step = 0; step < 4; ++step)
+        opt->step(tp, from_vector(random_vec(m, 10 + step, 0.1f), {m}, d), type == "prodigy" ? 1.0f : 1e-3f);
+      out[side] = to_floats(tp);
+      for (auto& [name, t] : opt->state_tensors())
+        state[side].push_back(t->dtype == DType::U8 ? std::vector<float>() : to_floats(*t));
+    }
+    const std::string label = type + " " + params.dump();
+    report(label + ": parameters after 4 updates", out[1], out[0], type == "lion" ? 1e-5 : 1e-4);
+    for (size_t i = 0; i < state[0].size(); ++i)
+      if (!state[0][i].empty()) report(label + ": state " + std::to_string(i), state[1][i], state[0][i], 1e-4);
+  }
 }
 
 }  // namespace
@@ -298,7 +335,8 @@ bool engine_parity_test() {
               Tensor bias = from_vector(random_vec(2 * 23 * 23, 150, 1.0f), {2, 23, 23}, t[0].device(), DType::F32);
               return attention(t[0], t[1], t[2], 2, AttentionOptions{0.125f, false, bias});
             }, 150, 2e-2);
-  flux_parity(dir);
+  flux_parity(dir, "LoRA");
+  flux_parity(dir, "LoKr");
   vae_parity(dir);
   text_encoder_parity();
   update_parity();
