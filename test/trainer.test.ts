@@ -93,8 +93,19 @@ describe('graft-trainer', () => {
     expect(meta.base_model).toBe('graft/tiny-random-flux');
   });
 
-  it('stops on SIGINT with a checkpoint, and the resumed run matches an uninterrupted one exactly', async () => {
-    const edit = (j: any) => { j.train.steps = 60; j.save.save_every = 1000; };
+  // Every optimizer (its state saved with the checkpoint) and LoKr.
+  it.each([
+    ['adamw', 'lora', 1e-3], ['adamw8bit', 'lora', 1e-3], ['lion', 'lora', 3e-4], ['adafactor', 'lora', 1e-3],
+    ['prodigy', 'lora', 1], ['adamw', 'lokr', 1e-3],
+  ] as const)('stops on SIGINT with a checkpoint, and the resumed run matches an uninterrupted one exactly (%s, %s)', async (optimizer, network, lr) => {
+    const edit = (j: any) => {
+      j.train.steps = 60;
+      j.save.save_every = 1000;
+      j.train.optimizer = optimizer;
+      j.train.optimizer_params = {};
+      j.train.lr = lr;
+      j.network.type = network;
+    };
     const whole = tinyJob(edit);
     expect(trainer(['train', whole]).status).toBe(0);
 
