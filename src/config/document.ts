@@ -35,7 +35,7 @@ export function templateProcess(trainingFolder: string): Record<string, unknown>
     type: 'diffusion_trainer',
     training_folder: trainingFolder,
     device: 'cuda:0',
-    network: { type: 'lora', linear: 16, linear_alpha: 16, conv: 16, conv_alpha: 16, lokr_factor: -1 },
+    network: { type: 'lora', linear: 16, linear_alpha: 16, conv: 16, conv_alpha: 16, lokr_full_rank: true, lokr_factor: -1 },
     save: { dtype: 'bf16', save_every: 250, max_step_saves_to_keep: 4 },
     datasets: [newDatasetBlock()],
     train: {

@@ -291,10 +291,10 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
     ? 'gradient_accumulation_steps' : 'gradient_accumulation';
   f.push(pathField('training', 'Gradient Accumulation', 'Sum gradients over N batches before each update (effective batch = batch x N).', 'int', ['train', accumKey]));
   f.push(pathField('training', 'Steps', 'Total optimizer steps; 500-4000 is a usual range.', 'int', ['train', 'steps']));
-  f.push(pathField('training', 'Optimizer', 'adamw8bit: AdamW in a quarter of the memory; adafactor: least memory; lion: sign updates (use a 3-10x lower LR); prodigy adapts its own learning rate (LR 1).', 'select', ['train', 'optimizer'], { options: withCurrent(opts(OPTIMIZERS), effective(doc, 'train', 'optimizer')) }));
+  f.push(pathField('training', 'Optimizer', 'adamw8bit: 8-bit states, a quarter the memory; adafactor: least; lion: 3-10x lower LR; prodigy: finds its LR (set 1).', 'select', ['train', 'optimizer'], { options: withCurrent(opts(OPTIMIZERS), effective(doc, 'train', 'optimizer')) }));
   f.push(pathField('training', 'Learning Rate', 'Step size; 1e-4 is a common start for LoRA. Lower it if the loss explodes.', 'float', ['train', 'lr']));
   f.push(pathField('training', 'Weight Decay', 'Pull adapter weights toward zero each step (optimizer_params.weight_decay).', 'float', ['train', 'optimizer_params', 'weight_decay']));
-  f.push(pathField('training', 'LR Scheduler', 'How the learning rate changes over the run: linear and cosine end at 0; cosine with restarts starts over every cycle.', 'select', ['train', 'lr_scheduler'], { options: opts(LR_SCHEDULERS) }));
+  f.push(pathField('training', 'LR Scheduler', 'How the LR changes: linear and cosine end at 0; cosine_with_restarts starts over each cycle.', 'select', ['train', 'lr_scheduler'], { options: opts(LR_SCHEDULERS) }));
   if (effective(doc, 'train', 'lr_scheduler') === 'cosine_with_restarts') {
     f.push(pathField('training', 'Restart Every', 'Steps in each cosine cycle (lr_scheduler_params.T_0); unset: one cycle over the whole run.', 'int', ['train', 'lr_scheduler_params', 'T_0']));
   }
