@@ -31,6 +31,8 @@ VARIANTS = {
     "lora+lion": ({"type": "lora"}, "lion", {}, 5e-4),
     "lora+prodigy": ({"type": "lora"}, "prodigy", {}, 1.0),
     "lokr+adamw": ({"type": "lokr", "lokr_factor": -1}, "adamw", {}, 2e-3),
+    "lokr-full-f4+adamw": ({"type": "lokr", "lokr_factor": 4, "lokr_full_rank": True}, "adamw", {}, 2e-3),
+    "lokr-full-f4+adamw@1e-2": ({"type": "lokr", "lokr_factor": 4, "lokr_full_rank": True}, "adamw", {}, 1e-2),
 }
 
 

@@ -10,6 +10,7 @@
 
 #include "cuda_common.h"
 #include "ops/attention_mask.h"
+#include "ops/betas.h"
 #include "ops/cpu_image_ops.h"  // Conv2dShape
 
 namespace graft {
@@ -155,20 +156,22 @@ void upsample_nearest2x_forward(bf16* out, const bf16* inp, int B, int C, int H,
 void upsample_nearest2x_backward(bf16* dinp, const bf16* dout, int B, int C, int H, int W);
 
 // ---- update.cu: parameter updates (fp32), as ops/update_ops.h ------------------------------------
-void adamw_update(float* p, const float* g, float* m, float* v, long n, float beta1, float beta2, float eps, float decay,
+void adamw_update(float* p, const float* g, float* m, float* v, long n, Betas b, float eps, float decay,
                   float step_size, float bc2_sqrt);
 double sum_squares(const float* x, long n);  // synchronises
-void lion_update(float* p, const float* g, float* m, long n, float lr, float beta1, float beta2, float decay);
+void lion_update(float* p, const float* g, float* m, long n, float lr, Betas b, float decay);
 void adamw8bit_update(float* p, const float* g, uint8_t* m_q, uint8_t* v_q, float* m_absmax, float* v_absmax,
-                      const int64_t* block_start, const float* m_map, const float* v_map, long blocks, float beta1,
-                      float beta2, float eps, float decay, float step_size, float bc2_sqrt);
+                      const int64_t* block_start, const float* m_map, const float* v_map, long blocks, Betas b,
+                      float eps, float decay, float step_size, float bc2_sqrt);
 // The Prodigy and Adafactor passes return their sums (synchronise), in a fixed order per n.
 void prodigy_accumulate(double* dot, double* s_abs, const float* p, const float* g, const float* p0, float* m, float* v,
                         float* s, long n, float beta1, float am, float beta2, float av, float beta3, float s_scale);
 void prodigy_apply(float* p, const float* m, const float* v, long n, float dlr, float d_eps, float decay);
-double adafactor_factored(const float* g, float* row, float* col, float* u, int rows, int cols, float beta2t, float eps1);
-double adafactor_unfactored(const float* g, float* v, float* u, long n, float beta2t, float eps1);
-void adafactor_apply(float* p, float* u, float* m, long n, float u_scale, float beta1, float decay);
+// b, c: beta2t and 1 - beta2t (beta1 and 1 - beta1 for apply).
+double adafactor_factored(const float* g, float* row, float* col, float* u, int rows, int cols, float b, float c,
+                          float eps1);
+double adafactor_unfactored(const float* g, float* v, float* u, long n, float b, float c, float eps1);
+void adafactor_apply(float* p, float* u, float* m, long n, float u_scale, float b1, float c1, float decay);
 void scale(float* x, long n, float s);
 void lerp(float* avg, const float* x, long n, float d);
 void fill_uniform(bf16* p, long n, uint32_t seed, float bound, float offset);

@@ -11,12 +11,12 @@ namespace gpu {
 namespace {
 
 // The same arithmetic, in the same order, as ops/update_ops.cpp's CPU loop.
-__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, long n, float beta1, float beta2, float eps,
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, long n, Betas b, float eps,
                              float decay, float step_size, float bc2_sqrt) {
   GRID_STRIDE(i, n) {
     const float gi = g[i];
-    const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
-    const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+    const float mi = b.b1 * m[i] + b.c1 * gi;
+    const float vi = b.b2 * v[i] + b.c2 * gi * gi;
     m[i] = mi;
     v[i] = vi;
     float pi = p[i] * decay;
@@ -41,13 +41,13 @@ __global__ void sum_squares_partial_kernel(double* partial, const float* x, long
   if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
 }
 
-__global__ void lion_kernel(float* p, const float* g, float* m, long n, float lr, float beta1, float beta2, float decay) {
+__global__ void lion_kernel(float* p, const float* g, float* m, long n, float lr, Betas b, float decay) {
   GRID_STRIDE(i, n) {
-    const float c = beta1 * m[i] + (1.0f - beta1) * g[i];
+    const float c = b.b1 * m[i] + b.c1 * g[i];
     float pi = p[i] * decay;
     pi -= lr * (float)((c > 0.0f) - (c < 0.0f));
     p[i] = pi;
-    m[i] = beta2 * m[i] + (1.0f - beta2) * g[i];
+    m[i] = b.b2 * m[i] + b.c2 * g[i];
   }
 }
 
@@ -66,8 +66,8 @@ __device__ int nearest_code_dev(const float* map, float x) {
 
 // One thread block per quantization block (at most 256 elements, one per thread).
 __global__ void adamw8bit_kernel(float* p, const float* g, uint8_t* m_q, uint8_t* v_q, float* m_absmax, float* v_absmax,
-                                 const int64_t* block_start, const float* m_map, const float* v_map, float beta1,
-                                 float beta2, float eps, float decay, float step_size, float bc2_sqrt) {
+                                 const int64_t* block_start, const float* m_map, const float* v_map, Betas bt,
+                                 float eps, float decay, float step_size, float bc2_sqrt) {
   __shared__ float mmap[256], vmap[256], red_m[256], red_v[256];
   const long b = blockIdx.x;
   const int j = threadIdx.x;
@@ -78,11 +78,10 @@ __global__ void adamw8bit_kernel(float* p, const float* g, uint8_t* m_q, uint8_t
   if (j < len) {
     const int64_t i = i0 + j;
     const float gi = g[i];
-    mi = beta1 * (mmap[m_q[i]] * m_absmax[b]) + (1.0f - beta1) * gi;
-    vi = beta2 * (vmap[v_q[i]] * v_absmax[b]) + (1.0f - beta2) * gi * gi;
-    float pi = p[i] * decay;
-    pi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
-    p[i] = pi;
+    mi = bt.b1 * (mmap[m_q[i]] * m_absmax[b]) + bt.c1 * gi;
+    vi = bt.b2 * (vmap[v_q[i]] * v_absmax[b]) + bt.c2 * gi * gi;
+    const float pi = p[i] - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    p[i] = pi * decay;
   }
   red_m[j] = fabsf(mi), red_v[j] = vi;
   __syncthreads();
@@ -137,7 +136,7 @@ __global__ void prodigy_apply_kernel(float* p, const float* m, const float* v, l
 }
 
 // row[i] = b row[i] + (1 - b) mean_j (g^2 + eps1): one block per row.
-__global__ void adafactor_row_kernel(const float* g, float* row, int cols, float beta2t, float eps1) {
+__global__ void adafactor_row_kernel(const float* g, float* row, int cols, float b, float c, float eps1) {
   const long i = blockIdx.x;
   double sum = 0.0;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) {
@@ -151,11 +150,11 @@ __global__ void adafactor_row_kernel(const float* g, float* row, int cols, float
     if ((int)threadIdx.x < stride) part[threadIdx.x] += part[threadIdx.x + stride];
     __syncthreads();
   }
-  if (threadIdx.x == 0) row[i] = row[i] * beta2t + (1.0f - beta2t) * (float)(part[0] / cols);
+  if (threadIdx.x == 0) row[i] = row[i] * b + c * (float)(part[0] / cols);
 }
 
 // col[j] likewise over the rows: one thread per column (coalesced across a warp), rows in order.
-__global__ void adafactor_col_kernel(const float* g, float* col, int rows, int cols, float beta2t, float eps1) {
+__global__ void adafactor_col_kernel(const float* g, float* col, int rows, int cols, float b, float c, float eps1) {
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= cols) return;
   double sum = 0.0;
@@ -163,7 +162,7 @@ __global__ void adafactor_col_kernel(const float* g, float* col, int rows, int c
     const float x = g[(long)i * cols + j];
     sum += x * x + eps1;
   }
-  col[j] = col[j] * beta2t + (1.0f - beta2t) * (float)(sum / rows);
+  col[j] = col[j] * b + c * (float)(sum / rows);
 }
 
 // mean(row) into *out, one block, in order per thread then a fixed tree.
@@ -195,11 +194,11 @@ __global__ void adafactor_u_kernel(double* partial, const float* g, const float*
 }
 
 __global__ void adafactor_unfactored_kernel(double* partial, const float* g, float* v, float* u, long n, long per_block,
-                                            float beta2t, float eps1) {
+                                            float b, float c, float eps1) {
   const long begin = (long)blockIdx.x * per_block, end = min(n, begin + per_block);
   double ss = 0.0;
   for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const float vi = v[i] * beta2t + (1.0f - beta2t) * (g[i] * g[i] + eps1);
+    const float vi = v[i] * b + c * (g[i] * g[i] + eps1);
     v[i] = vi;
     const float x = (1.0f / sqrtf(vi)) * g[i];
     u[i] = x;
@@ -208,10 +207,11 @@ __global__ void adafactor_unfactored_kernel(double* partial, const float* g, flo
   block_sums_2(partial, ss, 0.0);
 }
 
-__global__ void adafactor_apply_kernel(float* p, float* u, float* m, long n, float u_scale, float beta1, float decay) {
+__global__ void adafactor_apply_kernel(float* p, float* u, float* m, long n, float u_scale, float b1, float c1,
+                                       float decay) {
   GRID_STRIDE(i, n) {
     float ui = u[i] * u_scale;
-    if (m) ui = m[i] = m[i] * beta1 + (1.0f - beta1) * ui;
+    if (m) ui = m[i] = m[i] * b1 + c1 * ui;
     float pi = p[i];
     if (decay != 0.0f) pi += -decay * pi;
     p[i] = pi - ui;
@@ -240,10 +240,10 @@ __global__ void fill_uniform_f32_kernel(float* p, long n, uint32_t seed, float b
 
 }  // namespace
 
-void adamw_update(float* p, const float* g, float* m, float* v, long n, float beta1, float beta2, float eps, float decay,
+void adamw_update(float* p, const float* g, float* m, float* v, long n, Betas b, float eps, float decay,
                   float step_size, float bc2_sqrt) {
   if (n <= 0) return;
-  adamw_kernel<<<grid_1d(n), 256>>>(p, g, m, v, n, beta1, beta2, eps, decay, step_size, bc2_sqrt);
+  adamw_kernel<<<grid_1d(n), 256>>>(p, g, m, v, n, b, eps, decay, step_size, bc2_sqrt);
   cudaCheckLaunch();
 }
 
@@ -261,18 +261,18 @@ double sum_squares(const float* x, long n) {
   return s;
 }
 
-void lion_update(float* p, const float* g, float* m, long n, float lr, float beta1, float beta2, float decay) {
+void lion_update(float* p, const float* g, float* m, long n, float lr, Betas b, float decay) {
   if (n <= 0) return;
-  lion_kernel<<<grid_1d(n), 256>>>(p, g, m, n, lr, beta1, beta2, decay);
+  lion_kernel<<<grid_1d(n), 256>>>(p, g, m, n, lr, b, decay);
   cudaCheckLaunch();
 }
 
 void adamw8bit_update(float* p, const float* g, uint8_t* m_q, uint8_t* v_q, float* m_absmax, float* v_absmax,
-                      const int64_t* block_start, const float* m_map, const float* v_map, long blocks, float beta1,
-                      float beta2, float eps, float decay, float step_size, float bc2_sqrt) {
+                      const int64_t* block_start, const float* m_map, const float* v_map, long blocks, Betas b,
+                      float eps, float decay, float step_size, float bc2_sqrt) {
   if (blocks <= 0) return;
-  adamw8bit_kernel<<<(unsigned)blocks, 256>>>(p, g, m_q, v_q, m_absmax, v_absmax, block_start, m_map, v_map, beta1,
-                                              beta2, eps, decay, step_size, bc2_sqrt);
+  adamw8bit_kernel<<<(unsigned)blocks, 256>>>(p, g, m_q, v_q, m_absmax, v_absmax, block_start, m_map, v_map, b, eps,
+                                              decay, step_size, bc2_sqrt);
   cudaCheckLaunch();
 }
 
@@ -304,12 +304,13 @@ void prodigy_apply(float* p, const float* m, const float* v, long n, float dlr, 
   cudaCheckLaunch();
 }
 
-double adafactor_factored(const float* g, float* row, float* col, float* u, int rows, int cols, float beta2t, float eps1) {
+double adafactor_factored(const float* g, float* row, float* col, float* u, int rows, int cols, float b, float c,
+                          float eps1) {
   const long n = (long)rows * cols;
   if (n <= 0) return 0.0;
-  adafactor_row_kernel<<<rows, 256>>>(g, row, cols, beta2t, eps1);
+  adafactor_row_kernel<<<rows, 256>>>(g, row, cols, b, c, eps1);
   cudaCheckLaunch();
-  adafactor_col_kernel<<<(cols + 255) / 256, 256>>>(g, col, rows, cols, beta2t, eps1);
+  adafactor_col_kernel<<<(cols + 255) / 256, 256>>>(g, col, rows, cols, b, c, eps1);
   cudaCheckLaunch();
   const int blocks = span_blocks(n);
   char* base = (char*)scratch(SCRATCH_REDUCE, sizeof(double) * 2 * blocks + 16);
@@ -325,11 +326,11 @@ double adafactor_factored(const float* g, float* row, float* col, float* u, int 
   return ss;
 }
 
-double adafactor_unfactored(const float* g, float* v, float* u, long n, float beta2t, float eps1) {
+double adafactor_unfactored(const float* g, float* v, float* u, long n, float b, float c, float eps1) {
   if (n <= 0) return 0.0;
   const int blocks = span_blocks(n);
   double* partial = (double*)scratch(SCRATCH_REDUCE, sizeof(double) * 2 * blocks);
-  adafactor_unfactored_kernel<<<blocks, 256>>>(partial, g, v, u, n, kSpan, beta2t, eps1);
+  adafactor_unfactored_kernel<<<blocks, 256>>>(partial, g, v, u, n, kSpan, b, c, eps1);
   cudaCheckLaunch();
   const std::vector<double> host = partial_sums(partial, blocks);
   double ss = 0.0;
@@ -337,9 +338,9 @@ double adafactor_unfactored(const float* g, float* v, float* u, long n, float be
   return ss;
 }
 
-void adafactor_apply(float* p, float* u, float* m, long n, float u_scale, float beta1, float decay) {
+void adafactor_apply(float* p, float* u, float* m, long n, float u_scale, float b1, float c1, float decay) {
   if (n <= 0) return;
-  adafactor_apply_kernel<<<grid_1d(n), 256>>>(p, u, m, n, u_scale, beta1, decay);
+  adafactor_apply_kernel<<<grid_1d(n), 256>>>(p, u, m, n, u_scale, b1, c1, decay);
   cudaCheckLaunch();
 }
 

@@ -25,45 +25,47 @@ void same(const char* op, const Tensor& a, const Tensor& b) {
 }
 }  // namespace
 
-void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, long t) {
+void adamw_update(const Tensor& p, const Tensor& g, const Tensor& m, const Tensor& v, float lr, double beta1,
+                  double beta2, float eps, float weight_decay, long t) {
   same("adamw_update", p, g), same("adamw_update", p, m), same("adamw_update", p, v);
-  const double bc1 = 1.0 - std::pow((double)beta1, (double)t);
-  const double bc2 = 1.0 - std::pow((double)beta2, (double)t);
+  const double bc1 = 1.0 - std::pow(beta1, (double)t);
+  const double bc2 = 1.0 - std::pow(beta2, (double)t);
   const float step_size = (float)(lr / bc1);
   const float bc2_sqrt = (float)std::sqrt(bc2);
   const float decay = 1.0f - lr * weight_decay;
+  const Betas b{(float)beta1, (float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2)};
   const long n = (long)p.numel();
   float *pp = f32(p, "adamw"), *gp = f32(g, "adamw"), *mp = f32(m, "adamw"), *vp = f32(v, "adamw");
   if (p.is_cuda()) {
-    ON_CUDA(gpu::adamw_update(pp, gp, mp, vp, n, beta1, beta2, eps, decay, step_size, bc2_sqrt));
+    ON_CUDA(gpu::adamw_update(pp, gp, mp, vp, n, b, eps, decay, step_size, bc2_sqrt));
     return;
   }
 #pragma omp parallel for schedule(static)
   for (long i = 0; i < n; ++i) {
-    mp[i] = beta1 * mp[i] + (1.0f - beta1) * gp[i];
-    vp[i] = beta2 * vp[i] + (1.0f - beta2) * gp[i] * gp[i];
+    mp[i] = b.b1 * mp[i] + b.c1 * gp[i];
+    vp[i] = b.b2 * vp[i] + b.c2 * gp[i] * gp[i];
     pp[i] *= decay;
     pp[i] -= step_size * mp[i] / (std::sqrt(vp[i]) / bc2_sqrt + eps);
   }
 }
 
-void lion_update(const Tensor& p, const Tensor& g, const Tensor& m, float lr, float beta1, float beta2,
+void lion_update(const Tensor& p, const Tensor& g, const Tensor& m, float lr, double beta1, double beta2,
                  float weight_decay) {
   same("lion_update", p, g), same("lion_update", p, m);
   const float decay = 1.0f - lr * weight_decay;
   const long n = (long)p.numel();
+  const Betas b{(float)beta1, (float)(1.0 - beta1), (float)beta2, (float)(1.0 - beta2)};
   float *pp = f32(p, "lion"), *gp = f32(g, "lion"), *mp = f32(m, "lion");
   if (p.is_cuda()) {
-    ON_CUDA(gpu::lion_update(pp, gp, mp, n, lr, beta1, beta2, decay));
+    ON_CUDA(gpu::lion_update(pp, gp, mp, n, lr, b, decay));
     return;
   }
 #pragma omp parallel for schedule(static)
   for (long i = 0; i < n; ++i) {
-    const float c = beta1 * mp[i] + (1.0f - beta1) * gp[i];
+    const float c = b.b1 * mp[i] + b.c1 * gp[i];
     pp[i] *= decay;
     pp[i] -= lr * (float)((c > 0.0f) - (c < 0.0f));
-    mp[i] = beta2 * mp[i] + (1.0f - beta2) * gp[i];
+    mp[i] = b.b2 * mp[i] + b.c2 * gp[i];
   }
 }
 
@@ -104,16 +106,18 @@ int nearest_code(const float* map, float x) {
   return (x - map[lo - 1] <= map[lo] - x) ? lo - 1 : lo;
 }
 
-void adamw8bit_update(const Tensor& p, const Tensor& g, const Blockwise8bit& s, float lr, float beta1, float beta2,
+void adamw8bit_update(const Tensor& p, const Tensor& g, const Blockwise8bit& s, float lr, double beta1, double beta2,
                       float eps, float weight_decay, long t) {
   same("adamw8bit_update", p, g);
   if (s.m_q.numel() != p.numel() || s.v_q.numel() != p.numel() || s.m_q.dtype != DType::U8 || s.v_q.dtype != DType::U8 ||
       s.block_start.dtype != DType::I64 || s.block_start.numel() != s.m_absmax.numel() + 1 || s.m_map.numel() != 256 ||
       s.v_map.numel() != 256 || s.m_q.device() != p.device() || s.block_start.device() != p.device())
     fail("internal: adamw8bit_update: state does not fit " + p.str());
-  const double bc1 = 1.0 - std::pow((double)beta1, (double)t);
-  const double bc2 = 1.0 - std::pow((double)beta2, (double)t);
+  const double bc1 = 1.0 - std::pow(beta1, (double)t);
+  const double bc2 = 1.0 - std::pow(beta2, (double)t);
   const float step_size = (float)(lr / bc1), bc2_sqrt = (float)std::sqrt(bc2), decay = 1.0f - lr * weight_decay;
+  // bitsandbytes' kernel forms 1 - beta in float and decays the weights after the Adam step.
+  const Betas bt{(float)beta1, 1.0f - (float)beta1, (float)beta2, 1.0f - (float)beta2};
   const long blocks = (long)s.m_absmax.numel();
   float *pp = f32(p, "adamw8bit"), *gp = f32(g, "adamw8bit");
   float *ma = f32(s.m_absmax, "adamw8bit"), *va = f32(s.v_absmax, "adamw8bit");
@@ -121,7 +125,7 @@ void adamw8bit_update(const Tensor& p, const Tensor& g, const Blockwise8bit& s, 
   uint8_t *mq = s.m_q.data<uint8_t>(), *vq = s.v_q.data<uint8_t>();
   const int64_t* start = s.block_start.data<int64_t>();
   if (p.is_cuda()) {
-    ON_CUDA(gpu::adamw8bit_update(pp, gp, mq, vq, ma, va, start, mmap, vmap, blocks, beta1, beta2, eps, decay, step_size,
+    ON_CUDA(gpu::adamw8bit_update(pp, gp, mq, vq, ma, va, start, mmap, vmap, blocks, bt, eps, decay, step_size,
                                   bc2_sqrt));
     return;
   }
@@ -133,11 +137,10 @@ void adamw8bit_update(const Tensor& p, const Tensor& g, const Blockwise8bit& s, 
     for (int64_t j = 0; j < len; ++j) {
       const int64_t i = i0 + j;
       const float gi = gp[i];
-      const float mi = beta1 * (mmap[mq[i]] * ma[b]) + (1.0f - beta1) * gi;
-      const float vi = beta2 * (vmap[vq[i]] * va[b]) + (1.0f - beta2) * gi * gi;
-      float pi = pp[i] * decay;
-      pi -= step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
-      pp[i] = pi;
+      const float mi = bt.b1 * (mmap[mq[i]] * ma[b]) + bt.c1 * gi;
+      const float vi = bt.b2 * (vmap[vq[i]] * va[b]) + bt.c2 * gi * gi;
+      const float pi = pp[i] - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
+      pp[i] = pi * decay;
       mv[j] = mi, vv[j] = vi;
       mmax = std::max(mmax, std::fabs(mi)), vmax = std::max(vmax, vi);
     }
@@ -150,23 +153,25 @@ void adamw8bit_update(const Tensor& p, const Tensor& g, const Blockwise8bit& s, 
 }
 
 ProdigySums prodigy_accumulate(const Tensor& p, const Tensor& g, const Tensor& p0, const Tensor& m, const Tensor& v,
-                               const Tensor& s, float d, float beta1, float beta2, float beta3, float s_scale) {
+                               const Tensor& s, double d, double beta1, double beta2, double beta3, float s_scale) {
   for (const Tensor* t : {&g, &p0, &m, &v, &s}) same("prodigy_accumulate", p, *t);
   const long n = (long)p.numel();
-  const float am = (float)((double)d * (1.0 - beta1)), av = (float)((double)d * d * (1.0 - beta2));
+  // torch: exp_avg.mul_(beta1).add_(grad, alpha=d * (1 - beta1)), its scalars formed in double.
+  const float am = (float)(d * (1.0 - beta1)), av = (float)(d * d * (1.0 - beta2));
+  const float b1 = (float)beta1, b2 = (float)beta2, b3 = (float)beta3;
   float *pp = f32(p, "prodigy"), *gp = f32(g, "prodigy"), *p0p = f32(p0, "prodigy");
   float *mp = f32(m, "prodigy"), *vp = f32(v, "prodigy"), *sp = f32(s, "prodigy");
   ProdigySums r;
   if (p.is_cuda()) {
-    ON_CUDA(gpu::prodigy_accumulate(&r.dot, &r.s_abs, pp, gp, p0p, mp, vp, sp, n, beta1, am, beta2, av, beta3, s_scale));
+    ON_CUDA(gpu::prodigy_accumulate(&r.dot, &r.s_abs, pp, gp, p0p, mp, vp, sp, n, b1, am, b2, av, b3, s_scale));
     return r;
   }
   for (long i = 0; i < n; ++i) {  // serial: the sums in the same order every run
     const float gi = gp[i];
     r.dot += (double)gi * (double)(p0p[i] - pp[i]);
-    mp[i] = mp[i] * beta1 + am * gi;
-    vp[i] = vp[i] * beta2 + av * gi * gi;
-    sp[i] = sp[i] * beta3 + s_scale * gi;
+    mp[i] = mp[i] * b1 + am * gi;
+    vp[i] = vp[i] * b2 + av * gi * gi;
+    sp[i] = sp[i] * b3 + s_scale * gi;
     r.s_abs += std::fabs((double)sp[i]);
   }
   return r;
@@ -189,26 +194,27 @@ void prodigy_apply(const Tensor& p, const Tensor& m, const Tensor& v, float dlr,
 }
 
 double adafactor_factored(const Tensor& g, const Tensor& row, const Tensor& col, const Tensor& u, int rows, int cols,
-                          float beta2t, float eps1) {
+                          double beta2t, float eps1) {
   same("adafactor_factored", g, u);
   if ((long)rows * cols != g.numel() || row.numel() != rows || col.numel() != cols || row.device() != g.device() ||
       col.device() != g.device())
     fail("internal: adafactor_factored: " + g.str() + " as [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   float *gp = f32(g, "adafactor"), *rp = f32(row, "adafactor"), *cp = f32(col, "adafactor"), *up = f32(u, "adafactor");
+  const float b = (float)beta2t, c = (float)(1.0 - beta2t);
   if (g.is_cuda()) {
     double ss = 0.0;
-    ON_CUDA(ss = gpu::adafactor_factored(gp, rp, cp, up, rows, cols, beta2t, eps1));
+    ON_CUDA(ss = gpu::adafactor_factored(gp, rp, cp, up, rows, cols, b, c, eps1));
     return ss;
   }
   for (int i = 0; i < rows; ++i) {
     double sum = 0.0;
     for (int j = 0; j < cols; ++j) sum += gp[(long)i * cols + j] * gp[(long)i * cols + j] + eps1;
-    rp[i] = rp[i] * beta2t + (1.0f - beta2t) * (float)(sum / cols);
+    rp[i] = rp[i] * b + c * (float)(sum / cols);
   }
   for (int j = 0; j < cols; ++j) {
     double sum = 0.0;
     for (int i = 0; i < rows; ++i) sum += gp[(long)i * cols + j] * gp[(long)i * cols + j] + eps1;
-    cp[j] = cp[j] * beta2t + (1.0f - beta2t) * (float)(sum / rows);
+    cp[j] = cp[j] * b + c * (float)(sum / rows);
   }
   double rsum = 0.0;
   for (int i = 0; i < rows; ++i) rsum += rp[i];
@@ -225,37 +231,39 @@ double adafactor_factored(const Tensor& g, const Tensor& row, const Tensor& col,
   return ss;
 }
 
-double adafactor_unfactored(const Tensor& g, const Tensor& v, const Tensor& u, float beta2t, float eps1) {
+double adafactor_unfactored(const Tensor& g, const Tensor& v, const Tensor& u, double beta2t, float eps1) {
   same("adafactor_unfactored", g, v), same("adafactor_unfactored", g, u);
   const long n = (long)g.numel();
   float *gp = f32(g, "adafactor"), *vp = f32(v, "adafactor"), *up = f32(u, "adafactor");
+  const float b = (float)beta2t, c = (float)(1.0 - beta2t);
   if (g.is_cuda()) {
     double ss = 0.0;
-    ON_CUDA(ss = gpu::adafactor_unfactored(gp, vp, up, n, beta2t, eps1));
+    ON_CUDA(ss = gpu::adafactor_unfactored(gp, vp, up, n, b, c, eps1));
     return ss;
   }
   double ss = 0.0;
   for (long i = 0; i < n; ++i) {
-    vp[i] = vp[i] * beta2t + (1.0f - beta2t) * (gp[i] * gp[i] + eps1);
+    vp[i] = vp[i] * b + c * (gp[i] * gp[i] + eps1);
     up[i] = (1.0f / std::sqrt(vp[i])) * gp[i];
     ss += (double)up[i] * up[i];
   }
   return ss;
 }
 
-void adafactor_apply(const Tensor& p, const Tensor& u, const Tensor& m, float u_scale, float beta1, float decay) {
+void adafactor_apply(const Tensor& p, const Tensor& u, const Tensor& m, float u_scale, double beta1, float decay) {
   same("adafactor_apply", p, u);
   if (m.defined()) same("adafactor_apply", p, m);
   const long n = (long)p.numel();
   float *pp = f32(p, "adafactor"), *up = f32(u, "adafactor"), *mp = m.defined() ? f32(m, "adafactor") : nullptr;
+  const float b1 = (float)beta1, c1 = (float)(1.0 - beta1);
   if (p.is_cuda()) {
-    ON_CUDA(gpu::adafactor_apply(pp, up, mp, n, u_scale, beta1, decay));
+    ON_CUDA(gpu::adafactor_apply(pp, up, mp, n, u_scale, b1, c1, decay));
     return;
   }
 #pragma omp parallel for schedule(static)
   for (long i = 0; i < n; ++i) {
     float ui = up[i] * u_scale;
-    if (mp) ui = mp[i] = mp[i] * beta1 + (1.0f - beta1) * ui;
+    if (mp) ui = mp[i] = mp[i] * b1 + c1 * ui;
     float pi = pp[i];
     if (decay != 0.0f) pi += -decay * pi;
     pp[i] = pi - ui;

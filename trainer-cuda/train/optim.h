@@ -10,7 +10,8 @@
 namespace graft {
 
 struct AdamW {
-  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  double beta1 = 0.9, beta2 = 0.999;
+  float eps = 1e-8f, weight_decay = 0.0f;
   long t = 0;    // updates done (for bias correction)
   Tensor m, v;   // first and second moments, like the parameters (zeros on the first step)
 

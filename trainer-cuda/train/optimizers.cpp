@@ -66,15 +66,15 @@ OptimizerConfig optimizer_config(const JsonFields& f) {
   }
   const bool adam = c.type == "adamw" || c.type == "adamw8bit";
   c.weight_decay = (float)f.number(key("weight_decay"), adam ? 1e-4 : 0.0, 0.0, 10.0);
-  if (c.type == "lion") c.beta2 = 0.99f;
+  if (c.type == "lion") c.beta2 = 0.99;
   const std::vector<double> betas = numbers(f, "betas", 2, 0.0, 1.0);
-  if (!betas.empty()) c.beta1 = (float)betas[0], c.beta2 = (float)betas[1];
+  if (!betas.empty()) c.beta1 = betas[0], c.beta2 = betas[1];
   if (c.type == "adafactor") {
     const std::vector<double> eps = numbers(f, "eps", 2, 0.0, 1.0);
     if (!eps.empty()) c.eps1 = (float)eps[0], c.eps2 = (float)eps[1];
     c.clip_threshold = (float)f.number(key("clip_threshold"), 1.0, 1e-12, 1e12);
     c.decay_rate = (float)f.number(key("decay_rate"), -0.8, -1.0, 0.0);
-    if (f.find(key("beta1"))) c.first_moment = true, c.beta1 = (float)f.number(key("beta1"), 0.0, 0.0, 0.999999);
+    if (f.find(key("beta1"))) c.first_moment = true, c.beta1 = f.number(key("beta1"), 0.0, 0.0, 0.999999);
     c.relative_step = f.boolean(key("relative_step"), false);
     c.scale_parameter = f.boolean(key("scale_parameter"), false);
     c.warmup_init = f.boolean(key("warmup_init"), false);
@@ -84,7 +84,7 @@ OptimizerConfig optimizer_config(const JsonFields& f) {
     c.eps = (float)f.number(key("eps"), 1e-6, 1e-30, 1.0);
   }
   if (c.type == "prodigy") {
-    if (f.find(key("beta3"))) c.beta3 = (float)f.number(key("beta3"), 0.0, 0.0, 0.999999);
+    if (f.find(key("beta3"))) c.beta3 = f.number(key("beta3"), 0.0, 0.0, 0.999999);
     c.d0 = f.number(key("d0"), 1e-6, 1e-30, 1e6);
     c.d_coef = f.number(key("d_coef"), 1.0, 1e-12, 1e6);
     c.growth_rate = f.number(key("growth_rate"), std::numeric_limits<double>::infinity(), 1.0, 1e300);
@@ -198,7 +198,7 @@ class AdafactorOptimizer : public Optimizer {
   void step(const Tensor& p, const Tensor& g, float lr) override {
     const OptimizerConfig& c = config;
     step_n += 1;
-    const float beta2t = (float)(1.0 - std::pow(step_n, (double)c.decay_rate));
+    const double beta2t = 1.0 - std::pow(step_n, (double)c.decay_rate);
     int64_t r0 = 0, c0 = 0, v0 = 0;
     for (const ParamSegment& s : segments) {
       const Tensor pv = p.rows(s.offset, s.size), gv = g.rows(s.offset, s.size), uv = u.rows(s.offset, s.size);
@@ -246,15 +246,14 @@ class ProdigyOptimizer : public Optimizer {
   void step(const Tensor& p, const Tensor& g, float lr_in) override {
     const OptimizerConfig& c = config;
     const double lr = lr_in, beta1 = c.beta1, beta2 = c.beta2;
-    const double beta3 = c.beta3 < 0 ? std::sqrt(beta2) : (double)c.beta3;
+    const double beta3 = c.beta3 < 0 ? std::sqrt(beta2) : c.beta3;
     const double bias_correction =
         c.use_bias_correction ? std::sqrt(1.0 - std::pow(beta2, k + 1)) / (1.0 - std::pow(beta1, k + 1)) : 1.0;
     const double dlr = d * lr * bias_correction;
     double numerator = d_numerator * beta3, denom = 0.0;
     if (lr > 0.0) {
       const double s_scale = c.safeguard_warmup ? (d / c.d0) * d : (d / c.d0) * dlr;
-      const ProdigySums sums = prodigy_accumulate(p, g, p0, m, v, s, (float)d, c.beta1, c.beta2, (float)beta3,
-                                                  (float)s_scale);
+      const ProdigySums sums = prodigy_accumulate(p, g, p0, m, v, s, d, beta1, beta2, beta3, (float)s_scale);
       numerator += (d / c.d0) * dlr * sums.dot;
       denom = sums.s_abs;
     }

@@ -27,12 +27,13 @@ struct ParamSegment {
 // eps of 1e-6 for the Adam family and Prodigy).
 struct OptimizerConfig {
   std::string type = "adamw";  // adamw | adamw8bit | lion | adafactor | prodigy
-  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-6f, weight_decay = 1e-4f;
+  double beta1 = 0.9, beta2 = 0.999;  // doubles, as the libraries' Python floats (1 - beta formed exactly)
+  float eps = 1e-6f, weight_decay = 1e-4f;
   // Adafactor (transformers' semantics; the reference turns relative_step and scale_parameter off).
   bool relative_step = false, scale_parameter = false, warmup_init = false, first_moment = false;
   float eps1 = 1e-30f, eps2 = 1e-3f, clip_threshold = 1.0f, decay_rate = -0.8f;
   // Prodigy (prodigyopt 1.x); beta3 < 0: sqrt(beta2).
-  float beta3 = -1.0f;
+  double beta3 = -1.0;
   double d0 = 1e-6, d_coef = 1.0, growth_rate = std::numeric_limits<double>::infinity();
   bool decouple = true, use_bias_correction = false, safeguard_warmup = false;
 };
