@@ -97,6 +97,18 @@ describe('graft prepare', () => {
     expect(job.config.datasets[0].num_repeats).toBe(3); // the process entry as written
   });
 
+  it('passes LoKr, the optimizer and its settings, and the schedule parameters to job.json as set', async () => {
+    await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
+    const file = config({
+      train: { steps: 9, optimizer: 'prodigy', optimizer_params: { d_coef: 2, weight_decay: 0.01 }, lr: 1, lr_scheduler: 'cosine_with_restarts', lr_scheduler_params: { T_0: 3, T_mult: 2, eta_min: 0.1, other: 1 }, lr_warmup_steps: 2 },
+      extra: { network: { type: 'lokr', linear: 8, linear_alpha: 8, lokr_factor: 4, lokr_full_rank: true } },
+    });
+    const { job } = await run(file);
+    expect(job.network).toEqual({ type: 'lokr', linear: 8, linear_alpha: 8, lokr_factor: 4, lokr_full_rank: true });
+    expect(job.train).toMatchObject({ optimizer: 'prodigy', optimizer_params: { d_coef: 2, weight_decay: 0.01 }, lr: 1, lr_scheduler: 'cosine_with_restarts', lr_warmup_steps: 2 });
+    expect(job.train.lr_scheduler_params).toEqual({ T_0: 3, T_mult: 2, eta_min: 0.1 }); // what the trainer reads
+  });
+
   it('writes 8-bit RGB PNGs at exactly the bucket size: one per listed resolution, alpha on white, grey, 16-bit and CMYK converted', async () => {
     await writeImage(join(data, 'big.png'), { width: 96, height: 64 });
     await writeImage(join(data, 'alpha.png'), { width: 40, height: 40, left: [0, 0, 0, 0], right: [0, 0, 0, 0] });

@@ -295,6 +295,9 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   f.push(pathField('training', 'Learning Rate', 'Step size; 1e-4 is a common start for LoRA. Lower it if the loss explodes.', 'float', ['train', 'lr']));
   f.push(pathField('training', 'Weight Decay', 'Pull adapter weights toward zero each step (optimizer_params.weight_decay).', 'float', ['train', 'optimizer_params', 'weight_decay']));
   f.push(pathField('training', 'LR Scheduler', 'How the LR changes: linear and cosine end at 0; cosine_with_restarts starts over each cycle.', 'select', ['train', 'lr_scheduler'], { options: opts(LR_SCHEDULERS) }));
+  if (effective(doc, 'train', 'lr_scheduler') !== 'constant') {
+    f.push(pathField('training', 'Warmup Steps', 'Steps over which the learning rate rises from near 0 to its value first.', 'int', ['train', 'lr_warmup_steps']));
+  }
   if (effective(doc, 'train', 'lr_scheduler') === 'cosine_with_restarts') {
     f.push(pathField('training', 'Restart Every', 'Steps in each cosine cycle (lr_scheduler_params.T_0); unset: one cycle over the whole run.', 'int', ['train', 'lr_scheduler_params', 'T_0']));
   }
