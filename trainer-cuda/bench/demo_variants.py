@@ -84,10 +84,10 @@ def main():
                          sum(losses[-50:]) / len(losses[-50:]), secs))
             print(f"{name}: {out.strip().splitlines()[0]}", flush=True)
         print(f"\ndemo job, {STEPS} steps, demo-eval over {SEEDS} seeds:")
-        print(f"{'variant':16} {'concept gain':>12} {'leak/seed':>10} {'state B/param':>13} {'params':>8} "
+        print(f"{'variant':24} {'concept gain':>12} {'leak/seed':>10} {'state B/param':>13} {'params':>8} "
               f"{'loss (last 50)':>14} {'time':>7}")
         for r in rows:
-            print(f"{r[0]:16} {r[1]:+12.3f} {r[2]:10.3f} {r[3]:13.2f} {r[4]:8d} {r[5]:14.4f} {r[6]:6.0f}s")
+            print(f"{r[0]:24} {r[1]:+12.3f} {r[2]:10.3f} {r[3]:13.2f} {r[4]:8d} {r[5]:14.4f} {r[6]:6.0f}s")
 
 
 if __name__ == "__main__":
