@@ -19,16 +19,15 @@ Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, Bias bias) :
 }
 
 Tensor Linear::operator()(const Tensor& x) const {
-  if (w_scale.defined()) {
-    if (!adapters.empty()) fail(name + ": an adapter on a scaled (quantized) weight is not supported yet");
-    return affine(linear(x, W, Tensor()), w_scale, b);
-  }
-  if (adapters.empty()) return linear(x, W, b);
   std::vector<LoraRef> loras;
   std::vector<LokrRef> lokrs;
   for (const AttachedAdapter& a : adapters) {
     if (!a.lokr) loras.push_back({a.mats[0], a.mats[1], a.row_offset, a.rows, *a.scale});
     else lokrs.push_back({a.mats[0], a.mats[1], a.mats.size() > 2 ? a.mats[2] : Tensor(), a.row_offset, a.rows, *a.scale});
+  }
+  if (w_scale.defined()) {  // (x W^T) s + b: the adapters add after the scale, onto the true layer's output
+    const Tensor base = affine(linear(x, W, Tensor()), w_scale, b);
+    return adapters.empty() ? base : add(base, adapter_delta(x, out, loras, lokrs));
   }
   return linear(x, W, b, loras, lokrs);
 }

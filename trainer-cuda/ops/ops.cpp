@@ -89,87 +89,66 @@ static Tensor lokr_w2(const LokrRef& k) {
   return w2;
 }
 
-Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters,
-              const std::vector<LokrRef>& lokrs) {
-  check_activation("linear", x);
-  check_same_device("linear", x, W);
-  const bool pointwise = W.dim() == 4 && W.size(2) == 1 && W.size(3) == 1;  // a 1x1 conv's weight
-  if ((W.dim() != 2 && !pointwise) || x.dim() < 1 || x.size(-1) != W.size(1))
-    shape_error("linear", "input " + shape_str(x.shape) + " and weight " + shape_str(W.shape));
-  if (b.defined() && (b.numel() != W.size(0))) shape_error("linear", "bias " + shape_str(b.shape));
-  const int IC = as_int(W.size(1), "linear"), OC = as_int(W.size(0), "linear");
-  const int N = as_int(x.numel() / std::max(IC, 1), "linear");
-  Shape oshape = x.shape;
-  oshape.back() = OC;
-  Tensor out = like(x, oshape);
-  const Tensor bc = weight_for(b);
-  if (x.is_cuda()) {
-    const Tensor Wc = weight_for(W);
-    ON_CUDA(gpu::linear_forward(bf(out), bf(x), bf(Wc), bc.defined() ? bf(bc) : nullptr, N, IC, OC));
-  } else if (host_f32(W)) {
-    cpu::linear_forward(fp(out), fp(x), fp(W), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
-  } else {
-    cpu::linear_forward_converted(fp(out), fp(x), W.raw(), W.dtype, bc.defined() ? fp(bc) : nullptr, N, IC, OC);
-  }
+namespace {
 
-  // Adapters, each on its slice of the output; h = x A^T is what the backward needs.
+// The adapters of a linear layer (LoRA and LoKr), each adding onto its slice of `out` [N, OC]: their
+// forward, the tape inputs they add (from index `first`) and their backward, shared by linear() and
+// adapter_delta().
+struct AdapterPass {
   std::vector<LoraRef> used;
-  std::vector<Tensor> hs;
-  for (const LoraRef& a : adapters) {
-    if (a.scale == 0.0f) continue;
-    const int rank = as_int(a.A.size(0), "linear");
-    if (a.A.size(1) != IC || a.B.size(0) != a.rows || a.B.size(1) != rank || a.row_offset + a.rows > OC)
-      shape_error("linear", "adapter A " + shape_str(a.A.shape) + ", B " + shape_str(a.B.shape) + " on a layer " +
-                                std::to_string(IC) + " -> " + std::to_string(OC));
-    Tensor h = like(x, {N, rank});
-    if (x.is_cuda())
-      ON_CUDA(gpu::lora_forward(bf(out) + a.row_offset, OC, bf(h), bf(x), fp(a.A), fp(a.B), N, IC, a.rows, rank,
-                                a.scale));
-    else
-      cpu::lora_forward(fp(out) + a.row_offset, OC, fp(h), fp(x), fp(a.A), fp(a.B), N, IC, a.rows, rank, a.scale);
-    used.push_back(a);
-    hs.push_back(h);
-  }
-
+  std::vector<Tensor> hs;  // per LoRA: h = x A^T, what its backward needs
   std::vector<LokrRef> used_k;
-  for (const LokrRef& k : lokrs) {
-    if (k.scale == 0.0f) continue;
-    const int a = as_int(k.w1.size(0), "linear"), c = as_int(k.w1.size(1), "linear"), bb = as_int(k.w2.size(0), "linear");
-    const int d = as_int(k.w2b.defined() ? k.w2b.size(1) : k.w2.size(1), "linear");
-    if ((int64_t)a * bb != k.rows || (int64_t)c * d != IC || k.row_offset + k.rows > OC ||
-        (k.w2b.defined() && k.w2b.size(0) != k.w2.size(1)))
-      shape_error("linear", "LoKr w1 " + shape_str(k.w1.shape) + ", w2 " + shape_str(k.w2.shape) +
-                                (k.w2b.defined() ? " @ " + shape_str(k.w2b.shape) : "") + " on rows " +
-                                std::to_string(k.rows) + " of a layer " + std::to_string(IC) + " -> " + std::to_string(OC));
-    const Tensor w2 = lokr_w2(k);
-    if (x.is_cuda())
-      ON_CUDA(gpu::lokr_forward(bf(out) + k.row_offset, OC, bf(x), fp(k.w1), fp(w2), N, a, bb, c, d, k.scale));
-    else
-      cpu::lokr_forward(fp(out) + k.row_offset, OC, fp(x), fp(k.w1), fp(w2), N, a, bb, c, d, k.scale);
-    used_k.push_back(k);
+  int first = 0;
+
+  bool empty() const { return used.empty() && used_k.empty(); }
+
+  void forward(const Tensor& out, const Tensor& x, const std::vector<LoraRef>& adapters,
+               const std::vector<LokrRef>& lokrs, int N, int IC, int OC) {
+    for (const LoraRef& a : adapters) {
+      if (a.scale == 0.0f) continue;
+      const int rank = as_int(a.A.size(0), "linear");
+      if (a.A.size(1) != IC || a.B.size(0) != a.rows || a.B.size(1) != rank || a.row_offset + a.rows > OC)
+        shape_error("linear", "adapter A " + shape_str(a.A.shape) + ", B " + shape_str(a.B.shape) + " on a layer " +
+                                  std::to_string(IC) + " -> " + std::to_string(OC));
+      Tensor h = like(x, {N, rank});
+      if (x.is_cuda())
+        ON_CUDA(gpu::lora_forward(bf(out) + a.row_offset, OC, bf(h), bf(x), fp(a.A), fp(a.B), N, IC, a.rows, rank,
+                                  a.scale));
+      else
+        cpu::lora_forward(fp(out) + a.row_offset, OC, fp(h), fp(x), fp(a.A), fp(a.B), N, IC, a.rows, rank, a.scale);
+      used.push_back(a);
+      hs.push_back(h);
+    }
+
+    for (const LokrRef& k : lokrs) {
+      if (k.scale == 0.0f) continue;
+      const int a = as_int(k.w1.size(0), "linear"), c = as_int(k.w1.size(1), "linear"), bb = as_int(k.w2.size(0), "linear");
+      const int d = as_int(k.w2b.defined() ? k.w2b.size(1) : k.w2.size(1), "linear");
+      if ((int64_t)a * bb != k.rows || (int64_t)c * d != IC || k.row_offset + k.rows > OC ||
+          (k.w2b.defined() && k.w2b.size(0) != k.w2.size(1)))
+        shape_error("linear", "LoKr w1 " + shape_str(k.w1.shape) + ", w2 " + shape_str(k.w2.shape) +
+                                  (k.w2b.defined() ? " @ " + shape_str(k.w2b.shape) : "") + " on rows " +
+                                  std::to_string(k.rows) + " of a layer " + std::to_string(IC) + " -> " + std::to_string(OC));
+      const Tensor w2 = lokr_w2(k);
+      if (x.is_cuda())
+        ON_CUDA(gpu::lokr_forward(bf(out) + k.row_offset, OC, bf(x), fp(k.w1), fp(w2), N, a, bb, c, d, k.scale));
+      else
+        cpu::lokr_forward(fp(out) + k.row_offset, OC, fp(x), fp(k.w1), fp(w2), N, a, bb, c, d, k.scale);
+      used_k.push_back(k);
+    }
   }
 
-  std::vector<const Tensor*> inputs = {&x, &W, &b};
-  for (const LoraRef& a : used) inputs.push_back(&a.A), inputs.push_back(&a.B);
-  const int lokr_in = (int)inputs.size();
-  for (const LokrRef& k : used_k) inputs.push_back(&k.w1), inputs.push_back(&k.w2), inputs.push_back(&k.w2b);
-  const Tensor xs = x.detach(), Ws = W.detach(), bs = b.detach();
-  record("linear", inputs, {&out}, [=](GradContext& g) {
-    const Tensor& dout = g.dout();
-    Tensor *dx = g.din(0), *dW = g.din(1), *db = g.din(2);
-    check_weight_grad("linear", dW);
-    check_weight_grad("linear", db);
-    if (xs.is_cuda() && (dx || dW || db)) {
-      const Tensor Wc = weight_for(Ws);  // converted again rather than kept from the forward
-      ON_CUDA(gpu::linear_backward(bf(dx), fp(dW), fp(db), bf(dout), bf(xs), bf(Wc), N, IC, OC));
-    } else if (host_f32(Ws) && (dx || dW || db)) {
-      cpu::linear_backward(fp(dx), fp(dW), fp(db), fp(dout), fp(xs), fp(Ws), N, IC, OC);
-    } else if (dx) {  // a weight in another dtype is frozen: only the input's gradient
-      cpu::linear_backward_converted(fp(dx), fp(dout), Ws.raw(), Ws.dtype, N, IC, OC);
-    }
+  void add_inputs(std::vector<const Tensor*>& inputs) {
+    first = (int)inputs.size();
+    for (const LoraRef& a : used) inputs.push_back(&a.A), inputs.push_back(&a.B);
+    for (const LokrRef& k : used_k) inputs.push_back(&k.w1), inputs.push_back(&k.w2), inputs.push_back(&k.w2b);
+  }
+
+  void backward(GradContext& g, Tensor* dx, const Tensor& xs, const Tensor& dout, int N, int IC, int OC) const {
+    const int lokr_in = first + 2 * (int)used.size();
     for (size_t i = 0; i < used.size(); ++i) {
       const LoraRef& a = used[i];
-      Tensor *dA = g.din(3 + 2 * (int)i), *dB = g.din(4 + 2 * (int)i);
+      Tensor *dA = g.din(first + 2 * (int)i), *dB = g.din(first + 1 + 2 * (int)i);
       const int rank = (int)a.A.size(0);
       if (!dx && !dA && !dB) continue;
       if (xs.is_cuda())
@@ -207,7 +186,70 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
         if (dw2b) cpu::matmul_f32(fp(*dw2b), fp(k.w2), true, fp(dfull), false, r, d, bb, 1.0f);
       }
     }
+  }
+};
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters,
+              const std::vector<LokrRef>& lokrs) {
+  check_activation("linear", x);
+  check_same_device("linear", x, W);
+  const bool pointwise = W.dim() == 4 && W.size(2) == 1 && W.size(3) == 1;  // a 1x1 conv's weight
+  if ((W.dim() != 2 && !pointwise) || x.dim() < 1 || x.size(-1) != W.size(1))
+    shape_error("linear", "input " + shape_str(x.shape) + " and weight " + shape_str(W.shape));
+  if (b.defined() && (b.numel() != W.size(0))) shape_error("linear", "bias " + shape_str(b.shape));
+  const int IC = as_int(W.size(1), "linear"), OC = as_int(W.size(0), "linear");
+  const int N = as_int(x.numel() / std::max(IC, 1), "linear");
+  Shape oshape = x.shape;
+  oshape.back() = OC;
+  Tensor out = like(x, oshape);
+  const Tensor bc = weight_for(b);
+  if (x.is_cuda()) {
+    const Tensor Wc = weight_for(W);
+    ON_CUDA(gpu::linear_forward(bf(out), bf(x), bf(Wc), bc.defined() ? bf(bc) : nullptr, N, IC, OC));
+  } else if (host_f32(W)) {
+    cpu::linear_forward(fp(out), fp(x), fp(W), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
+  } else {
+    cpu::linear_forward_converted(fp(out), fp(x), W.raw(), W.dtype, bc.defined() ? fp(bc) : nullptr, N, IC, OC);
+  }
+
+  AdapterPass pass;
+  pass.forward(out, x, adapters, lokrs, N, IC, OC);
+  std::vector<const Tensor*> inputs = {&x, &W, &b};
+  pass.add_inputs(inputs);
+  const Tensor xs = x.detach(), Ws = W.detach(), bs = b.detach();
+  record("linear", inputs, {&out}, [=](GradContext& g) {
+    const Tensor& dout = g.dout();
+    Tensor *dx = g.din(0), *dW = g.din(1), *db = g.din(2);
+    check_weight_grad("linear", dW);
+    check_weight_grad("linear", db);
+    if (xs.is_cuda() && (dx || dW || db)) {
+      const Tensor Wc = weight_for(Ws);  // converted again rather than kept from the forward
+      ON_CUDA(gpu::linear_backward(bf(dx), fp(dW), fp(db), bf(dout), bf(xs), bf(Wc), N, IC, OC));
+    } else if (host_f32(Ws) && (dx || dW || db)) {
+      cpu::linear_backward(fp(dx), fp(dW), fp(db), fp(dout), fp(xs), fp(Ws), N, IC, OC);
+    } else if (dx) {  // a weight in another dtype is frozen: only the input's gradient
+      cpu::linear_backward_converted(fp(dx), fp(dout), Ws.raw(), Ws.dtype, N, IC, OC);
+    }
+    pass.backward(g, dx, xs, dout, N, IC, OC);
   });
+  return out;
+}
+
+Tensor adapter_delta(const Tensor& x, int OC, const std::vector<LoraRef>& adapters, const std::vector<LokrRef>& lokrs) {
+  check_activation("adapter_delta", x);
+  const int IC = as_int(x.size(-1), "adapter_delta"), N = as_int(x.numel() / std::max(IC, 1), "adapter_delta");
+  Shape oshape = x.shape;
+  oshape.back() = OC;
+  Tensor out = zeros(oshape, x.dtype, x.device(), "adapter outputs");
+  AdapterPass pass;
+  pass.forward(out, x, adapters, lokrs, N, IC, OC);
+  if (pass.empty()) return out;
+  std::vector<const Tensor*> inputs = {&x};
+  pass.add_inputs(inputs);
+  const Tensor xs = x.detach();
+  record("adapter_delta", inputs, {&out}, [=](GradContext& g) { pass.backward(g, g.din(0), xs, g.dout(), N, IC, OC); });
   return out;
 }
 

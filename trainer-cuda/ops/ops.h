@@ -43,6 +43,10 @@ struct LokrRef {
 // with scale 0 are skipped (the base layer alone).
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters = {},
               const std::vector<LokrRef>& lokrs = {});
+// What the adapters alone add to a layer of `out` features: zeros [..., out] plus each adapter's update
+// of its slice (the adapters of a layer whose output is scaled after its product: a scaled fp8 weight).
+Tensor adapter_delta(const Tensor& x, int out, const std::vector<LoraRef>& adapters,
+                     const std::vector<LokrRef>& lokrs = {});
 
 // ---- normalisation --------------------------------------------------------------------------------
 

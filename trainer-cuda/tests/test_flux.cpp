@@ -174,6 +174,64 @@ TEST(flux_lokr_gradients_match_finite_differences) {
   check_adapter_gradients(full, "LoKr (full rank, factor 4)");
 }
 
+// ComfyUI's scaled fp8 checkpoints (every linear weight fp8(W / s) with its scale_weight s beside it)
+// train adapters exactly as the same model with those weights dequantized to fp32: the adapters add
+// onto the scaled layer's output. LoRA and LoKr, outputs and every adapter gradient.
+TEST(flux_adapters_on_scaled_fp8_weights_match_the_dequantized_model) {
+  std::string dir = temp_dir();
+  FluxConfig c = micro_config();
+  write_random_flux(dir + "/m.safetensors", c, 5);
+  SafeTensorsFile f = SafeTensorsFile::open(dir + "/m.safetensors");
+  SafeTensorsWriter wq, wd;  // scaled fp8, and its dequantized fp32 twin
+  wq.metadata = wd.metadata = f.metadata;
+  for (const TensorInfo& t : f.tensors) {
+    std::vector<float> v = f.read_f32(t.name);
+    const bool linear = t.shape.size() == 2 && t.name.size() > 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0;
+    if (!linear) {
+      wq.add(t.name, DType::F32, t.shape, v.data());
+      wd.add(t.name, DType::F32, t.shape, v.data());
+      continue;
+    }
+    float amax = 0.0f;
+    for (float x : v) amax = std::max(amax, std::fabs(x));
+    const float sc = amax / 448.0f;
+    std::vector<float> scaled(v.size()), back(v.size());
+    for (size_t i = 0; i < v.size(); ++i) scaled[i] = v[i] / sc;
+    std::vector<uint8_t> q(v.size());
+    convert_host(q.data(), DType::F8_E4M3, scaled.data(), DType::F32, v.size());
+    convert_host(back.data(), DType::F32, q.data(), DType::F8_E4M3, v.size());
+    for (float& x : back) x *= sc;
+    wq.add_raw(t.name, DType::F8_E4M3, t.shape, q.data(), q.size());
+    wq.add(t.name.substr(0, t.name.size() - 7) + ".scale_weight", DType::F32, {1}, &sc);
+    wd.add(t.name, DType::F32, t.shape, back.data());
+  }
+  wq.write(dir + "/fp8.safetensors");
+  wd.write(dir + "/deq.safetensors");
+  FluxInputs in = random_inputs(c, 2, 2, 3, 3, 9);
+  for (const bool lokr : {false, true}) {
+    std::vector<float> outs[2], grads[2];
+    for (int k = 0; k < 2; ++k) {
+      FluxTransformer m = FluxTransformer::load(dir + (k ? "/deq.safetensors" : "/fp8.safetensors"), Device::cpu());
+      const std::vector<LoraTarget> targets = flux_lora_targets(m.cfg, true);
+      LoraSet set = lokr ? lokr_create(targets, 2, 4.0f, -1, false, 7) : lora_create(targets, 2, 4.0f, 7);
+      randomize_lora(set, 8);
+      lora_attach(m.linears(), &set);
+      const std::vector<float> target = random_target(predict(m, in).size(), 10);
+      outs[k] = predict(m, in);
+      grads[k] = lora_gradients(m, set, in, target);
+    }
+    double out_err = 0, out_max = 0, g_err = 0, g_max = 0;
+    for (size_t i = 0; i < outs[0].size(); ++i)
+      out_err = std::max(out_err, (double)std::fabs(outs[0][i] - outs[1][i])), out_max = std::max(out_max, (double)std::fabs(outs[1][i]));
+    for (size_t i = 0; i < grads[0].size(); ++i)
+      g_err = std::max(g_err, (double)std::fabs(grads[0][i] - grads[1][i])), g_max = std::max(g_max, (double)std::fabs(grads[1][i]));
+    std::printf("      %s on scaled fp8 vs dequantized fp32: output rel %.2e, gradients rel %.2e\n", lokr ? "LoKr" : "LoRA",
+                out_err / out_max, g_err / g_max);
+    CHECK(out_err < 1e-5 * out_max);
+    CHECK(g_err < 1e-4 * g_max);
+  }
+}
+
 // Full training (every weight) and the input gradients that train the text encoder through the
 // transformer, against central differences: a few entries of every tensor of the checkpoint.
 TEST(flux_full_and_input_gradients_match_finite_differences) {
