@@ -95,7 +95,7 @@ function quantField(preset: Preset | undefined, which: 'transformer' | 'text_enc
     id: `model.${tKey}`, panel: 'quantization', kind: 'select',
     label: which === 'transformer' ? 'Transformer' : 'Text Encoder',
     help: which === 'transformer'
-      ? 'Shrink the frozen transformer weights to fit smaller GPUs: float8, 8/6/4-bit, or 3-bit with an accuracy recovery adapter.'
+      ? 'Shrink the frozen transformer weights: float8 halves them (graft builds float8; the integer formats run as float8 for now).'
       : 'Shrink the frozen text encoder: float8 halves its memory with little loss.',
     paths: [P('model', tKey), P('model', qKey)],
     options: [],

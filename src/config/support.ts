@@ -2,7 +2,8 @@
 // toolkit would run it) and still ask for what graft cannot do yet: a model family its trainer does not
 // train, an optimizer it does not have. Those are "not supported yet": the New Job form says so at the
 // field, `graft validate` exits 3, and the queue refuses the job, instead of a failure a second into
-// `prepare`. Settings the trainer accepts but does not act on (quantization, layer offloading) are
+// `prepare`. Settings the trainer accepts but does not act on as asked (4- and 8-bit integer quantization,
+// layer offloading) are
 // warnings that name the setting and what happens instead.
 import { familyFor, referenceOnlyFamily, type Preset } from '../presets.js';
 import { formatPath, getAt, isPlainObject } from '../util/objpath.js';
@@ -13,6 +14,8 @@ import { effective, otherProcessKind, type Issue } from './validate.js';
 /** What trainer-cuda reads from job.json (train/job.cpp, train/optimizers.cpp): anything else is refused there. */
 export const TRAINER_OPTIMIZERS = ['adamw', 'adamw8bit', 'lion', 'adafactor', 'prodigy'] as const;
 export const TRAINER_LR_SCHEDULERS = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts'] as const;
+/** The transformer qtypes graft's trainer carries out as they are (fp8 e4m3, a scale per output channel). */
+export const FP8_QTYPES = ['qfloat8', 'float8'];
 /** The optimizer_params each optimizer takes (its constructor's arguments): another key stops the trainer. */
 export const OPTIMIZER_PARAMS: Record<(typeof TRAINER_OPTIMIZERS)[number], string[]> = {
   adamw: ['weight_decay', 'betas', 'eps'],
@@ -99,11 +102,14 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
   const proc = getAt(doc, PROC);
   const settings = resolveSettings(isPlainObject(proc) ? proc : {}, preset).process;
   const effective = (_doc: JobDoc, ...path: string[]) => at(settings, ...path);
-  const quant: [string, string, string][] = [['quantize', 'qtype', 'Transformer quantization'], ['quantize_te', 'qtype_te', 'Text Encoder quantization']];
-  for (const [flag, qtype, label] of quant) {
-    if (effective(doc, 'model', flag) === true) {
-      out.push(ignored(P('model', qtype), `${label} ${String(effective(doc, 'model', qtype) ?? 'qfloat8')} (model.${flag}: true) does nothing: every base weight stays unquantized`));
+  if (effective(doc, 'model', 'quantize') === true) {
+    const qtype = String(effective(doc, 'model', 'qtype') ?? 'qfloat8');
+    if (!FP8_QTYPES.includes(qtype)) {
+      out.push(ignored(P('model', 'qtype'), `Transformer quantization ${qtype}: graft quantizes to float8 only (8-bit and 4-bit formats are not built yet): the transformer runs in float8, with a scale per output channel`));
     }
+  }
+  if (effective(doc, 'model', 'quantize_te') === true) {
+    out.push(ignored(P('model', 'qtype_te'), `Text Encoder quantization ${String(effective(doc, 'model', 'qtype_te') ?? 'qfloat8')} (model.quantize_te: true) does nothing: the text encoders run unquantized (and are freed once every caption is encoded)`));
   }
   if (effective(doc, 'model', 'low_vram') === true) out.push(ignored(P('model', 'low_vram'), 'Low VRAM: the whole model stays on the device'));
   if (effective(doc, 'model', 'layer_offloading') === true) out.push(ignored(P('model', 'layer_offloading'), 'Layer Offloading: no layer is streamed from host memory'));

@@ -114,6 +114,9 @@ export function buildJobJson(i: JobJsonInput): Obj {
     model: {
       arch: i.model.arch,
       name_or_path: i.model.name_or_path,
+      // The transformer's linear weights as fp8 e4m3 with per-channel scales: graft's one format, which
+      // every qtype asks for until the others are built (support.ts says so for the others).
+      ...(at(p, 'model', 'quantize') === true ? { quantize: 'fp8' } : {}),
       transformer: i.model.transformer,
       ...(Object.keys(i.model.textEncoders).join() === 'text_encoder' ? { text_encoder: i.model.textEncoders.text_encoder } : { text_encoders: i.model.textEncoders }),
       ae: i.model.ae,

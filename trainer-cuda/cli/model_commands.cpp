@@ -302,20 +302,21 @@ int cmd_lora_step(const std::vector<std::string>& a) {
   std::vector<std::string> rest;
   const Device device = device_option(a, 2, "lora-step", &rest);
   int image_tokens = 256, text_tokens = 64, rank = 16, steps = 2;
-  bool checkpointing = false;
+  bool checkpointing = false, fp8 = false;
   for (size_t i = 0; i < rest.size(); ++i) {
     if (rest[i] == "--image-tokens" && i + 1 < rest.size()) image_tokens = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--text-tokens" && i + 1 < rest.size()) text_tokens = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--rank" && i + 1 < rest.size()) rank = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--steps" && i + 1 < rest.size()) steps = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--checkpointing") checkpointing = true;
+    else if (rest[i] == "--fp8") fp8 = true;
     else fail("lora-step: unknown argument '" + rest[i] + "'");
   }
   const int side = (int)std::lround(std::sqrt((double)image_tokens));
   if (side * side != image_tokens) fail("lora-step: --image-tokens " + std::to_string(image_tokens) + ": give a square (256, 1024, 4096)");
   const double rss0 = peak_rss_mib();
   auto t0 = std::chrono::steady_clock::now();
-  FluxTransformer model = FluxTransformer::load(a[1], device);
+  FluxTransformer model = FluxTransformer::load(a[1], device, fp8);
   model.checkpointing = checkpointing;
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const FluxConfig& c = model.cfg;
@@ -414,7 +415,7 @@ std::vector<Command> model_commands() {
                           "folder in the real formats; --json adds CLIP's tokenizer.json",
        cmd_make_tokenizers},
       {"lora-step", "<transformer> [--device D] [--image-tokens N] [--text-tokens N] [--rank R] [--steps N] "
-                    "[--checkpointing]  LoRA training steps on random inputs: time, peak RSS and device memory",
+                    "[--checkpointing] [--fp8]  LoRA training steps on random inputs (--fp8: weights quantized on load): time, peak RSS and device memory",
        cmd_lora_step},
       {"vae-encode", "<ae> [--size N] [--decode] [--device D]  one random picture through the autoencoder: time, peak RSS",
        cmd_vae_encode},

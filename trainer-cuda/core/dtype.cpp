@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/common.h"
 
@@ -221,6 +222,25 @@ void convert_host(void* dst, DType dt, const void* src, DType st, size_t n) {
     float* out = (float*)dst;
 #pragma omp parallel for schedule(static) if (n >= (1 << 16))
     for (long i = 0; i < (long)n; ++i) out[i] = bf16_to_f32(load<uint16_t>(s + 2 * i));
+    return;
+  }
+  if ((st == DType::F8_E4M3 || st == DType::F8_E5M2) && dt == DType::F32 && ((uintptr_t)dst & 3) == 0) {
+    // fp8 weights (quantized or ComfyUI's) are converted at every use on the CPU: a table of the 256
+    // values instead of an ldexp per element.
+    static const std::vector<float> e4m3 = [] {
+      std::vector<float> t(256);
+      for (int v = 0; v < 256; ++v) t[v] = f8e4m3_to_f32((uint8_t)v);
+      return t;
+    }();
+    static const std::vector<float> e5m2 = [] {
+      std::vector<float> t(256);
+      for (int v = 0; v < 256; ++v) t[v] = f8e5m2_to_f32((uint8_t)v);
+      return t;
+    }();
+    const float* table = st == DType::F8_E4M3 ? e4m3.data() : e5m2.data();
+    float* out = (float*)dst;
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+    for (long i = 0; i < (long)n; ++i) out[i] = table[s[i]];
     return;
   }
 #pragma omp parallel for schedule(static) if (n >= (1 << 16))

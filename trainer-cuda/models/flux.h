@@ -78,7 +78,8 @@ struct FluxTransformer {
   bool checkpointing = false;
 
   // The model of `path` (a file, or a diffusers folder) on `device`, its layout detected.
-  static FluxTransformer load(const std::string& path, Device device);
+  // fp8: every linear weight kept as fp8 e4m3 with a per-output-channel scale (half of bf16's bytes).
+  static FluxTransformer load(const std::string& path, Device device, bool fp8 = false);
   // Random weights of shape `cfg` made on the device: benchmarks at real size.
   static FluxTransformer random(const FluxConfig& cfg, Device device, uint64_t seed);
   // Reads every tensor of `cfg` through `w`.

@@ -1,5 +1,8 @@
 #include "models/module.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/autograd.h"
 #include "core/common.h"
 
@@ -9,6 +12,11 @@ Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, Bias bias) :
   W = w.get(n + ".weight", {o, i});
   has_bias = bias == Bias::yes || (bias == Bias::optional && w.has(n + ".bias"));
   if (has_bias) b = w.get(n + ".bias", {o});
+  if (w.quantize_fp8 && W.defined() && W.dtype != DType::F8_E4M3 && !(w.ckpt && w.has(n + ".scale_weight"))) {
+    quantize_fp8_rows(w.device);
+    w.release(n + ".weight");  // only the fp8 copy stays in memory
+    return;
+  }
   if (w.ckpt && w.has(n + ".scale_weight")) {
     const Shape s = w.shape(n + ".scale_weight");
     const int64_t count = shape_numel(s);
@@ -16,6 +24,24 @@ Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, Bias bias) :
     const std::vector<float> v = to_floats(w.get(n + ".scale_weight", s));
     w_scale = from_vector(count == 1 ? std::vector<float>(o, v[0]) : v, {o}, w.device, DType::F32);
   }
+}
+
+void Linear::quantize_fp8_rows(Device device) {
+  // s = max|row| / 448 (e4m3's largest finite value), each row stored as fp8(row / s): one tensor at
+  // a time, through the host, so only this layer's fp32 copy exists beside the model.
+  std::vector<float> v = to_floats(W);
+  std::vector<float> s(out);
+  for (int r = 0; r < out; ++r) {
+    float amax = 0.0f;
+    float* row = v.data() + (size_t)r * in;
+    for (int c = 0; c < in; ++c) amax = std::max(amax, std::fabs(row[c]));
+    s[r] = amax > 0.0f ? amax / 448.0f : 1.0f;
+    for (int c = 0; c < in; ++c) row[c] /= s[r];
+  }
+  Tensor q = empty({out, in}, DType::F8_E4M3, Device::cpu(), ("fp8 weight " + name).c_str());
+  convert_host(q.raw(), DType::F8_E4M3, v.data(), DType::F32, v.size());
+  W = to_device(q, device);
+  w_scale = from_vector(s, {out}, device, DType::F32);
 }
 
 Tensor Linear::operator()(const Tensor& x) const {

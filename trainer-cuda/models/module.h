@@ -59,6 +59,8 @@ struct Linear {
   Linear(WeightLoader& w, const std::string& name, int in, int out, Bias bias = Bias::yes);
   Tensor operator()(const Tensor& x) const;
   void collect(std::vector<NamedParam>& out);
+  // W as fp8 e4m3 with a per-output-channel scale in w_scale (WeightLoader::quantize_fp8).
+  void quantize_fp8_rows(Device device);
 };
 
 // Makes every parameter a trainable fp32 leaf on its device (a copy: mapped weights are read-only),

@@ -216,6 +216,11 @@ static void fill_random(const Tensor& t, const std::string& name, uint32_t seed)
   }
 }
 
+void WeightLoader::release(const std::string& name) const {
+  if (!ckpt) return;
+  for (const std::string& p : layout.map(name).parts) ckpt->file_of(p).release(ckpt->info(p));
+}
+
 Tensor WeightLoader::get(const std::string& name, const Shape& expect) {
   Tensor out;
   if (!ckpt && shapes_only) {

@@ -73,6 +73,9 @@ struct WeightLoader {
   // model's tensors at any size without memory.
   bool shapes_only = false;
   size_t handed_out = 0;  // tensors given so far: random weights draw from a stream per tensor
+  // Linear layers keep their weights as fp8 e4m3 with a per-output-channel scale (the job's
+  // model.quantize "fp8"; models/module.h's Linear quantizes them as they load).
+  bool quantize_fp8 = false;
 
   WeightLoader(const Checkpoint* ckpt, Layout layout, Device device, uint64_t seed = 1);
   bool has(const std::string& name) const;
@@ -82,6 +85,8 @@ struct WeightLoader {
   // the mapping; on CUDA it is copied to the device (bf16 for 16- and 32-bit floats) and its pages
   // released from host memory.
   Tensor get(const std::string& name, const Shape& expect);
+  // Drops the stored pages of `name` from host memory (a weight kept in another form: quantized).
+  void release(const std::string& name) const;
   // One line about a tensor: "<file>: tensor 'x_embedder.bias' is missing (img_in.bias in the
   // diffusers layout)"; `part` names one part of a tensor stored in several.
   std::string problem(const std::string& name, const std::string& what, int part = -1) const;

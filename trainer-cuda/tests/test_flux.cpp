@@ -232,6 +232,67 @@ TEST(flux_adapters_on_scaled_fp8_weights_match_the_dequantized_model) {
   }
 }
 
+// model.quantize "fp8": each linear weight becomes fp8(row / s) with s = max|row| / 448 per output
+// channel as it loads. The model then computes, and trains a LoRA, exactly as an fp32 model holding
+// those dequantized weights; against the original fp32 model it differs by fp8's rounding only.
+TEST(flux_fp8_quantized_on_load_computes_as_its_dequantized_weights) {
+  std::string dir = temp_dir();
+  FluxConfig c = micro_config();
+  write_random_flux(dir + "/m.safetensors", c, 15);
+  SafeTensorsFile f = SafeTensorsFile::open(dir + "/m.safetensors");
+  SafeTensorsWriter wd;
+  wd.metadata = f.metadata;
+  for (const TensorInfo& t : f.tensors) {
+    std::vector<float> v = f.read_f32(t.name);
+    const bool linear = t.shape.size() == 2 && t.name.size() > 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0;
+    if (linear) {
+      const int64_t rows = t.shape[0], cols = t.shape[1];
+      for (int64_t r = 0; r < rows; ++r) {
+        float amax = 0.0f;
+        for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(v[r * cols + k]));
+        const float s = amax > 0.0f ? amax / 448.0f : 1.0f;
+        for (int64_t k = 0; k < cols; ++k) {
+          const float x = v[r * cols + k] / s;
+          uint8_t q;
+          float back;
+          convert_host(&q, DType::F8_E4M3, &x, DType::F32, 1);
+          convert_host(&back, DType::F32, &q, DType::F8_E4M3, 1);
+          v[r * cols + k] = back * s;
+        }
+      }
+    }
+    wd.add(t.name, DType::F32, t.shape, v.data());
+  }
+  wd.write(dir + "/deq.safetensors");
+  FluxTransformer q = FluxTransformer::load(dir + "/m.safetensors", Device::cpu(), /*fp8=*/true);
+  FluxTransformer deq = FluxTransformer::load(dir + "/deq.safetensors", Device::cpu());
+  FluxTransformer full = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
+  size_t fp8 = 0;
+  for (Linear* l : q.linears()) fp8 += l->W.dtype == DType::F8_E4M3 && l->w_scale.numel() == l->out;
+  CHECK(fp8 == q.linears().size());
+  FluxInputs in = random_inputs(c, 2, 2, 3, 3, 19);
+  auto rel = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double e = 0, m = 0;
+    for (size_t i = 0; i < a.size(); ++i) e = std::max(e, (double)std::fabs(a[i] - b[i])), m = std::max(m, (double)std::fabs(b[i]));
+    return e / m;
+  };
+  const std::vector<float> oq = predict(q, in), od = predict(deq, in), of = predict(full, in);
+  std::vector<float> grads[2];
+  const std::vector<float> target = random_target(oq.size(), 20);
+  for (int k = 0; k < 2; ++k) {
+    FluxTransformer& m = k ? deq : q;
+    LoraSet set = lora_create(flux_lora_targets(m.cfg, true), 2, 4.0f, 7);
+    randomize_lora(set, 8);
+    lora_attach(m.linears(), &set);
+    grads[k] = lora_gradients(m, set, in, target);
+  }
+  std::printf("      fp8 on load vs its dequantized weights: output rel %.2e, LoRA gradients rel %.2e; vs the fp32 model: "
+              "output rel %.2e\n", rel(oq, od), rel(grads[0], grads[1]), rel(oq, of));
+  CHECK(rel(oq, od) < 1e-5);
+  CHECK(rel(grads[0], grads[1]) < 1e-4);
+  CHECK(rel(oq, of) > 1e-4 && rel(oq, of) < 0.1);  // fp8's rounding is there, and only that
+}
+
 // Full training (every weight) and the input gradients that train the text encoder through the
 // transformer, against central differences: a few entries of every tensor of the checkpoint.
 TEST(flux_full_and_input_gradients_match_finite_differences) {

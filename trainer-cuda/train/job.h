@@ -86,6 +86,7 @@ struct Job {
   std::string arch = "flux";
   std::string transformer;      // checkpoint path
   std::string base_model;       // name_or_path, for metadata
+  std::string quantize = "none";  // none | fp8: the transformer's linear weights as fp8 e4m3, per-channel scale
   std::vector<TextPart> text_parts;  // needed with `datasets` and for sampling, sorted by name
   std::string ae;               // needed with `datasets` and for sampling
 
