@@ -10,6 +10,21 @@ namespace gpu {
 
 namespace {
 
+// The sum of v over a block of 256 threads, in a fixed tree order (the same total every run); every
+// thread gets it. Two calls in a row are safe: the last barrier precedes the next write.
+__device__ double block_sum_fixed(double v) {
+  __shared__ double part[256];
+  part[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+    if ((int)threadIdx.x < stride) part[threadIdx.x] += part[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const double total = part[0];
+  __syncthreads();
+  return total;
+}
+
 // The same arithmetic, in the same order, as ops/update_ops.cpp's CPU loop.
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, long n, Betas b, float eps,
                              float decay, float step_size, float bc2_sqrt) {
@@ -31,14 +46,8 @@ __global__ void sum_squares_partial_kernel(double* partial, const float* x, long
   const long begin = (long)blockIdx.x * per_block, end = min(n, begin + per_block);
   double s = 0.0;
   for (long i = begin + threadIdx.x; i < end; i += blockDim.x) s += (double)x[i] * x[i];
-  __shared__ double part[256];
-  part[threadIdx.x] = s;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if ((int)threadIdx.x < stride) part[threadIdx.x] += part[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[blockIdx.x] = part[0];
+  const double total = block_sum_fixed(s);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
 __global__ void lion_kernel(float* p, const float* g, float* m, long n, float lr, Betas b, float decay) {
@@ -99,14 +108,8 @@ __global__ void adamw8bit_kernel(float* p, const float* g, uint8_t* m_q, uint8_t
 
 // A block's two double sums into partial[2 b], partial[2 b + 1] (fixed order for a given n).
 __device__ void block_sums_2(double* partial, double a, double c) {
-  __shared__ double pa[256], pc[256];
-  pa[threadIdx.x] = a, pc[threadIdx.x] = c;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if ((int)threadIdx.x < stride) pa[threadIdx.x] += pa[threadIdx.x + stride], pc[threadIdx.x] += pc[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) partial[2 * blockIdx.x] = pa[0], partial[2 * blockIdx.x + 1] = pc[0];
+  const double sa = block_sum_fixed(a), sc = block_sum_fixed(c);
+  if (threadIdx.x == 0) partial[2 * blockIdx.x] = sa, partial[2 * blockIdx.x + 1] = sc;
 }
 
 __global__ void prodigy_accumulate_kernel(double* partial, const float* p, const float* g, const float* p0, float* m,
@@ -143,14 +146,8 @@ __global__ void adafactor_row_kernel(const float* g, float* row, int cols, float
     const float x = g[i * cols + j];
     sum += x * x + eps1;
   }
-  __shared__ double part[256];
-  part[threadIdx.x] = sum;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if ((int)threadIdx.x < stride) part[threadIdx.x] += part[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) row[i] = row[i] * b + c * (float)(part[0] / cols);
+  const double total = block_sum_fixed(sum);
+  if (threadIdx.x == 0) row[i] = row[i] * b + c * (float)(total / cols);
 }
 
 // col[j] likewise over the rows: one thread per column (coalesced across a warp), rows in order.
@@ -169,14 +166,8 @@ __global__ void adafactor_col_kernel(const float* g, float* col, int rows, int c
 __global__ void mean_kernel(float* out, const float* x, int n) {
   double sum = 0.0;
   for (int i = threadIdx.x; i < n; i += blockDim.x) sum += x[i];
-  __shared__ double part[256];
-  part[threadIdx.x] = sum;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
-    if ((int)threadIdx.x < stride) part[threadIdx.x] += part[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *out = (float)(part[0] / n);
+  const double total = block_sum_fixed(sum);
+  if (threadIdx.x == 0) *out = (float)(total / n);
 }
 
 __global__ void adafactor_u_kernel(double* partial, const float* g, const float* row, const float* col,

@@ -18,6 +18,7 @@
 #include "ops/ops.h"
 #include "test.h"
 #include "demo/tiny.h"
+#include "fp8_files.h"
 
 using namespace graft;
 
@@ -115,6 +116,11 @@ std::vector<float> lora_gradients(const FluxTransformer& m, LoraSet& lora, const
 
 }  // namespace
 
+// Every 2-D ".weight" of a FLUX checkpoint is a linear layer's.
+static bool is_linear_weight(const std::string& name) {
+  return name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && name.find("norm") == std::string::npos;
+}
+
 // Central differences on a spread of every adapter's parameters (first, middle and last entry of
 // each matrix) against the tape's gradients of mean((out - target)^2).
 static void check_adapter_gradients(LoraSet& lora, const char* what) {
@@ -181,32 +187,7 @@ TEST(flux_adapters_on_scaled_fp8_weights_match_the_dequantized_model) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 5);
-  SafeTensorsFile f = SafeTensorsFile::open(dir + "/m.safetensors");
-  SafeTensorsWriter wq, wd;  // scaled fp8, and its dequantized fp32 twin
-  wq.metadata = wd.metadata = f.metadata;
-  for (const TensorInfo& t : f.tensors) {
-    std::vector<float> v = f.read_f32(t.name);
-    const bool linear = t.shape.size() == 2 && t.name.size() > 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0;
-    if (!linear) {
-      wq.add(t.name, DType::F32, t.shape, v.data());
-      wd.add(t.name, DType::F32, t.shape, v.data());
-      continue;
-    }
-    float amax = 0.0f;
-    for (float x : v) amax = std::max(amax, std::fabs(x));
-    const float sc = amax / 448.0f;
-    std::vector<float> scaled(v.size()), back(v.size());
-    for (size_t i = 0; i < v.size(); ++i) scaled[i] = v[i] / sc;
-    std::vector<uint8_t> q(v.size());
-    convert_host(q.data(), DType::F8_E4M3, scaled.data(), DType::F32, v.size());
-    convert_host(back.data(), DType::F32, q.data(), DType::F8_E4M3, v.size());
-    for (float& x : back) x *= sc;
-    wq.add_raw(t.name, DType::F8_E4M3, t.shape, q.data(), q.size());
-    wq.add(t.name.substr(0, t.name.size() - 7) + ".scale_weight", DType::F32, {1}, &sc);
-    wd.add(t.name, DType::F32, t.shape, back.data());
-  }
-  wq.write(dir + "/fp8.safetensors");
-  wd.write(dir + "/deq.safetensors");
+  graft_test::write_fp8_twins(dir + "/m.safetensors", dir + "/fp8.safetensors", dir + "/deq.safetensors", is_linear_weight, false);
   FluxInputs in = random_inputs(c, 2, 2, 3, 3, 9);
   for (const bool lokr : {false, true}) {
     std::vector<float> outs[2], grads[2];
@@ -239,31 +220,7 @@ TEST(flux_fp8_quantized_on_load_computes_as_its_dequantized_weights) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 15);
-  SafeTensorsFile f = SafeTensorsFile::open(dir + "/m.safetensors");
-  SafeTensorsWriter wd;
-  wd.metadata = f.metadata;
-  for (const TensorInfo& t : f.tensors) {
-    std::vector<float> v = f.read_f32(t.name);
-    const bool linear = t.shape.size() == 2 && t.name.size() > 7 && t.name.compare(t.name.size() - 7, 7, ".weight") == 0;
-    if (linear) {
-      const int64_t rows = t.shape[0], cols = t.shape[1];
-      for (int64_t r = 0; r < rows; ++r) {
-        float amax = 0.0f;
-        for (int64_t k = 0; k < cols; ++k) amax = std::max(amax, std::fabs(v[r * cols + k]));
-        const float s = amax > 0.0f ? amax / 448.0f : 1.0f;
-        for (int64_t k = 0; k < cols; ++k) {
-          const float x = v[r * cols + k] / s;
-          uint8_t q;
-          float back;
-          convert_host(&q, DType::F8_E4M3, &x, DType::F32, 1);
-          convert_host(&back, DType::F32, &q, DType::F8_E4M3, 1);
-          v[r * cols + k] = back * s;
-        }
-      }
-    }
-    wd.add(t.name, DType::F32, t.shape, v.data());
-  }
-  wd.write(dir + "/deq.safetensors");
+  graft_test::write_fp8_twins(dir + "/m.safetensors", "", dir + "/deq.safetensors", is_linear_weight, /*per_row=*/true);
   FluxTransformer q = FluxTransformer::load(dir + "/m.safetensors", Device::cpu(), /*fp8=*/true);
   FluxTransformer deq = FluxTransformer::load(dir + "/deq.safetensors", Device::cpu());
   FluxTransformer full = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());

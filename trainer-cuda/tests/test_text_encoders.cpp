@@ -9,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/safetensors.h"
 #include "demo/random_models.h"
+#include "fp8_files.h"
 #include "job_fixture.h"
 #include "models/t5.h"
 #include "test.h"
@@ -40,31 +41,7 @@ TEST(t5_scaled_fp8_computes_with_the_dequantized_weights) {
   write_random_t5(f32, c, 4, RandomWriteOptions());
   // As ComfyUI's t5xxl_fp8_e4m3fn_scaled: each linear weight W becomes fp8(W / s) with s = max|W| / 448
   // (fp8 e4m3's largest value) stored beside it; everything else stays as it was.
-  SafeTensorsFile src = SafeTensorsFile::open(f32);
-  SafeTensorsWriter wq, wd;
-  for (const TensorInfo& t : src.tensors) {
-    std::vector<float> v = src.read_f32(t.name);
-    if (!is_linear_weight(t.name)) {
-      wq.add(t.name, DType::F32, t.shape, v.data());
-      wd.add(t.name, DType::F32, t.shape, v.data());
-      continue;
-    }
-    float amax = 0.0f;
-    for (float x : v) amax = std::max(amax, std::fabs(x));
-    const float s = amax / 448.0f;
-    std::vector<float> scaled(v.size()), back(v.size());
-    for (size_t i = 0; i < v.size(); ++i) scaled[i] = v[i] / s;
-    std::vector<uint8_t> q(v.size());
-    convert_host(q.data(), DType::F8_E4M3, scaled.data(), DType::F32, v.size());
-    convert_host(back.data(), DType::F32, q.data(), DType::F8_E4M3, v.size());
-    for (float& x : back) x *= s;
-    wq.add_raw(t.name, DType::F8_E4M3, t.shape, q.data(), q.size());
-    const std::string stem = t.name.substr(0, t.name.size() - std::string(".weight").size());
-    wq.add(stem + ".scale_weight", DType::F32, {1}, &s);
-    wd.add(t.name, DType::F32, t.shape, back.data());
-  }
-  wq.write(fp8);
-  wd.write(deq);
+  write_fp8_twins(f32, fp8, deq, is_linear_weight, /*per_row=*/false);
   NoGrad no_grad;
   std::vector<int> ids = {5, 9, 13, 1, 0, 0, 7, 22, 1, 0, 0, 0};
   const std::vector<float> a = to_floats(T5Encoder::load(fp8, Device::cpu()).forward(ids, 2, 6));
