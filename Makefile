@@ -32,6 +32,7 @@ test-trainer: trainer
 	trainer-cuda/build/graft-tests
 	$(SYSPY) trainer-cuda/tests/test_flux_torch.py
 	$(SYSPY) trainer-cuda/tests/test_optim_torch.py
+	$(SYSPY) trainer-cuda/tests/test_quant_torch.py
 	$(SYSPY) trainer-cuda/tests/test_vae_torch.py
 	$(SYSPY) trainer-cuda/tests/test_text_encoders_torch.py
 

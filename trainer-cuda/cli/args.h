@@ -21,6 +21,7 @@ std::vector<Command> model_commands();
 std::vector<Command> encoder_commands();
 std::vector<Command> demo_commands();
 std::vector<Command> optim_commands();
+std::vector<Command> quant_commands();
 std::vector<Command> all_commands();  // every list above, in that order
 
 // Fails with "<cmd>: missing arguments" and the command's usage when fewer than n arguments were given.

@@ -302,21 +302,24 @@ int cmd_lora_step(const std::vector<std::string>& a) {
   std::vector<std::string> rest;
   const Device device = device_option(a, 2, "lora-step", &rest);
   int image_tokens = 256, text_tokens = 64, rank = 16, steps = 2;
-  bool checkpointing = false, fp8 = false;
+  bool checkpointing = false;
+  WeightFormat quantize = WeightFormat::dense;
   for (size_t i = 0; i < rest.size(); ++i) {
     if (rest[i] == "--image-tokens" && i + 1 < rest.size()) image_tokens = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--text-tokens" && i + 1 < rest.size()) text_tokens = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--rank" && i + 1 < rest.size()) rank = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--steps" && i + 1 < rest.size()) steps = count_arg(rest, ++i, "lora-step", 1);
     else if (rest[i] == "--checkpointing") checkpointing = true;
-    else if (rest[i] == "--fp8") fp8 = true;
+    else if (rest[i] == "--quantize" && i + 1 < rest.size()) {
+      if (!weight_format_from_name(rest[++i], &quantize)) fail("lora-step: --quantize " + rest[i] + ": one of none, fp8, int8, nf4");
+    }
     else fail("lora-step: unknown argument '" + rest[i] + "'");
   }
   const int side = (int)std::lround(std::sqrt((double)image_tokens));
   if (side * side != image_tokens) fail("lora-step: --image-tokens " + std::to_string(image_tokens) + ": give a square (256, 1024, 4096)");
   const double rss0 = peak_rss_mib();
   auto t0 = std::chrono::steady_clock::now();
-  FluxTransformer model = FluxTransformer::load(a[1], device, fp8);
+  FluxTransformer model = FluxTransformer::load(a[1], device, quantize);
   model.checkpointing = checkpointing;
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const FluxConfig& c = model.cfg;
@@ -353,11 +356,12 @@ int cmd_lora_step(const std::vector<std::string>& a) {
   }
   size_t file_bytes = 0;
   for (NamedParam& p : model.params()) file_bytes += p.t->nbytes();
+  for (Linear* l : model.linears()) file_bytes += l->w_scale.nbytes() + l->w_absmax.nbytes();
   std::printf("lora-step %s on %s: hidden %d, %d + %d blocks, weights %.0f MiB as loaded; %d image + %d text tokens, "
-              "LoRA rank %d, checkpointing %s: load %.2f s, last step %.3f s (loss %.4f); peak RSS %.0f MiB (%.0f before "
+              "LoRA rank %d, checkpointing %s, quantize %s: load %.2f s, last step %.3f s (loss %.4f); peak RSS %.0f MiB (%.0f before "
               "loading)%s\n",
               a[1].c_str(), describe_device(device).c_str(), c.hidden, c.n_double, c.n_single, file_bytes / 1048576.0,
-              image_tokens, text_tokens, rank, checkpointing ? "on" : "off", load_s, step_s, loss, peak_rss_mib(), rss0,
+              image_tokens, text_tokens, rank, checkpointing ? "on" : "off", weight_format_name(quantize), load_s, step_s, loss, peak_rss_mib(), rss0,
               device.is_cuda() ? (", peak device memory " + std::to_string((long)(cuda::peak_bytes() >> 20)) + " MiB").c_str() : "");
   return 0;
 }
@@ -415,7 +419,7 @@ std::vector<Command> model_commands() {
                           "folder in the real formats; --json adds CLIP's tokenizer.json",
        cmd_make_tokenizers},
       {"lora-step", "<transformer> [--device D] [--image-tokens N] [--text-tokens N] [--rank R] [--steps N] "
-                    "[--checkpointing] [--fp8]  LoRA training steps on random inputs (--fp8: weights quantized on load): time, peak RSS and device memory",
+                    "[--checkpointing] [--quantize none|fp8|int8|nf4]  LoRA training steps on random inputs (weights quantized as they load): time, peak RSS and device memory",
        cmd_lora_step},
       {"vae-encode", "<ae> [--size N] [--decode] [--device D]  one random picture through the autoencoder: time, peak RSS",
        cmd_vae_encode},

@@ -190,6 +190,7 @@ float read_elem(const uint8_t* p, DType t) {
     case DType::F8_E4M3: return f8e4m3_to_f32(*p);
     case DType::F8_E5M2: return f8e5m2_to_f32(*p);
     case DType::F64: return (float)load<double>(p);
+    case DType::I8: return (float)(int8_t)*p;
     default: return 0.0f;
   }
 }
@@ -213,8 +214,9 @@ void convert_host(void* dst, DType dt, const void* src, DType st, size_t n) {
     std::memcpy(dst, src, n * dtype_size(dt));
     return;
   }
-  if (!dtype_is_float(dt) || !dtype_is_float(st))
-    fail(std::string("cannot convert ") + dtype_name(st) + " to " + dtype_name(dt) + ": only float dtypes convert");
+  if (!dtype_is_float(dt) || !(dtype_is_float(st) || st == DType::I8))
+    fail(std::string("cannot convert ") + dtype_name(st) + " to " + dtype_name(dt) +
+         ": only float dtypes convert (and I8 to a float, as its integer value)");
   const uint8_t* s = (const uint8_t*)src;
   uint8_t* d = (uint8_t*)dst;
   const size_t ss = dtype_size(st), ds = dtype_size(dt);
@@ -224,9 +226,10 @@ void convert_host(void* dst, DType dt, const void* src, DType st, size_t n) {
     for (long i = 0; i < (long)n; ++i) out[i] = bf16_to_f32(load<uint16_t>(s + 2 * i));
     return;
   }
-  if ((st == DType::F8_E4M3 || st == DType::F8_E5M2) && dt == DType::F32 && ((uintptr_t)dst & 3) == 0) {
-    // fp8 weights (quantized or ComfyUI's) are converted at every use on the CPU: a table of the 256
-    // values instead of an ldexp per element.
+  if ((st == DType::F8_E4M3 || st == DType::F8_E5M2 || st == DType::I8) && dt == DType::F32 &&
+      ((uintptr_t)dst & 3) == 0) {
+    // fp8 and int8 weights (quantized or ComfyUI's) are converted at every use on the CPU: a table of
+    // the 256 values instead of an ldexp per element.
     static const std::vector<float> e4m3 = [] {
       std::vector<float> t(256);
       for (int v = 0; v < 256; ++v) t[v] = f8e4m3_to_f32((uint8_t)v);
@@ -237,7 +240,12 @@ void convert_host(void* dst, DType dt, const void* src, DType st, size_t n) {
       for (int v = 0; v < 256; ++v) t[v] = f8e5m2_to_f32((uint8_t)v);
       return t;
     }();
-    const float* table = st == DType::F8_E4M3 ? e4m3.data() : e5m2.data();
+    static const std::vector<float> i8 = [] {
+      std::vector<float> t(256);
+      for (int v = 0; v < 256; ++v) t[v] = (float)(int8_t)(uint8_t)v;
+      return t;
+    }();
+    const float* table = st == DType::F8_E4M3 ? e4m3.data() : st == DType::F8_E5M2 ? e5m2.data() : i8.data();
     float* out = (float*)dst;
 #pragma omp parallel for schedule(static) if (n >= (1 << 16))
     for (long i = 0; i < (long)n; ++i) out[i] = table[s[i]];

@@ -39,6 +39,10 @@ void lokr_backward(bf16* dinp, float* dw1, float* dw2, const bf16* dout, int dou
                    const float* w1, const float* w2, int N, int a, int b, int c, int d, float scale);
 void matmul_f32(float* C, const float* A, bool transA, const float* B, bool transB, int M, int N, int K, float beta);
 
+// ---- quant.cu: frozen weights in fewer bits (ops/quant.h) -----------------------------------------
+// out [n] bf16 = NF4 codes (two per byte, first in the high nibble) times each block of 64's absmax.
+void nf4_dequantize(bf16* out, const uint8_t* codes, const float* absmax, long n, cudaStream_t stream = 0);
+
 // ---- norm.cu ------------------------------------------------------------------------------------
 void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, float eps = 1e-6f,
                        cudaStream_t stream = 0);

@@ -180,6 +180,7 @@ __device__ float load_as_float(const void* p, long i, DType t) {
     case DType::F8_E4M3: return (float)((const __nv_fp8_e4m3*)p)[i];
     case DType::F8_E5M2: return (float)((const __nv_fp8_e5m2*)p)[i];
     case DType::F64: return (float)((const double*)p)[i];
+    case DType::I8: return (float)((const signed char*)p)[i];
     default: return 0.0f;
   }
 }
@@ -205,7 +206,7 @@ __global__ void convert_kernel(void* dst, DType dt, const void* src, DType st, l
 }  // namespace
 
 void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n) {
-  if (!dtype_is_float(dst_type) || !dtype_is_float(src_type))
+  if (!dtype_is_float(dst_type) || !(dtype_is_float(src_type) || src_type == DType::I8))
     fail(std::string("cannot convert ") + dtype_name(src_type) + " to " + dtype_name(dst_type) + " on the GPU");
   if (n == 0) return;
   long blocks = ((long)n + 255) / 256;

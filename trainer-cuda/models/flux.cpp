@@ -150,10 +150,10 @@ static FluxConfig flux_config_of(const WeightLoader& w, const Checkpoint& ckpt) 
   return c;
 }
 
-FluxTransformer FluxTransformer::load(const std::string& path, Device device, bool fp8) {
+FluxTransformer FluxTransformer::load(const std::string& path, Device device, WeightFormat quantize) {
   Checkpoint ckpt = Checkpoint::open(path);
   WeightLoader w(&ckpt, flux_layout(ckpt), device);
-  w.quantize_fp8 = fp8;
+  w.quantize = quantize;
   FluxTransformer m(flux_config_of(w, ckpt), w);
   m.path = path;
   return m;

@@ -78,8 +78,8 @@ struct FluxTransformer {
   bool checkpointing = false;
 
   // The model of `path` (a file, or a diffusers folder) on `device`, its layout detected.
-  // fp8: every linear weight kept as fp8 e4m3 with a per-output-channel scale (half of bf16's bytes).
-  static FluxTransformer load(const std::string& path, Device device, bool fp8 = false);
+  // quantize: every linear weight kept in that format (ops/quant.h), quantized as it loads.
+  static FluxTransformer load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense);
   // Random weights of shape `cfg` made on the device: benchmarks at real size.
   static FluxTransformer random(const FluxConfig& cfg, Device device, uint64_t seed);
   // Reads every tensor of `cfg` through `w`.

@@ -48,9 +48,11 @@ struct Linear {
   int in = 0, out = 0;
   Tensor W, b;       // [out, in], [out]
   bool has_bias = false;
-  // A per-output-channel scale [out] (fp32) of a quantized W: out = (x W^T) * w_scale + b. ComfyUI's
-  // "scaled" fp8 files store it as name.scale_weight (one value for the tensor).
+  // A per-output-channel scale [out] (fp32) of a quantized W (fp8 or int8 codes): out = (x W^T) *
+  // w_scale + b. ComfyUI's "scaled" fp8 files store it as name.scale_weight (one value for the tensor).
   Tensor w_scale;
+  // NF4: W holds the codes (U8, two per byte) and this the absmax of each block of 64 (ops/quant.h).
+  Tensor w_absmax;
   std::vector<AttachedAdapter> adapters;
 
   Linear() = default;
@@ -59,8 +61,10 @@ struct Linear {
   Linear(WeightLoader& w, const std::string& name, int in, int out, Bias bias = Bias::yes);
   Tensor operator()(const Tensor& x) const;
   void collect(std::vector<NamedParam>& out);
-  // W as fp8 e4m3 with a per-output-channel scale in w_scale (WeightLoader::quantize_fp8).
-  void quantize_fp8_rows(Device device);
+  // W in a quantized format on `device` (WeightLoader::quantize): fp8 or int8 codes with w_scale, or
+  // NF4 codes with w_absmax.
+  void quantize(WeightFormat f, Device device);
+  size_t weight_bytes() const;  // W with its scales
 };
 
 // Makes every parameter a trainable fp32 leaf on its device (a copy: mapped weights are read-only),

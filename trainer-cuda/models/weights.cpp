@@ -216,6 +216,18 @@ static void fill_random(const Tensor& t, const std::string& name, uint32_t seed)
   }
 }
 
+bool WeightLoader::scaled_checkpoint() const {
+  if (scaled_ < 0) {
+    scaled_ = 0;
+    for (const std::string& n : ckpt ? ckpt->names() : std::vector<std::string>()) {
+      const bool marker = n.size() >= 10 && n.compare(n.size() - 10, 10, "scaled_fp8") == 0;
+      const bool scale = n.size() >= 13 && n.compare(n.size() - 13, 13, ".scale_weight") == 0;
+      if (marker || scale) scaled_ = 1;
+    }
+  }
+  return scaled_ == 1;
+}
+
 void WeightLoader::release(const std::string& name) const {
   if (!ckpt) return;
   for (const std::string& p : layout.map(name).parts) ckpt->file_of(p).release(ckpt->info(p));

@@ -16,6 +16,7 @@
 
 #include "core/safetensors.h"
 #include "core/tensor.h"
+#include "ops/quant.h"
 
 namespace graft {
 
@@ -73,9 +74,11 @@ struct WeightLoader {
   // model's tensors at any size without memory.
   bool shapes_only = false;
   size_t handed_out = 0;  // tensors given so far: random weights draw from a stream per tensor
-  // Linear layers keep their weights as fp8 e4m3 with a per-output-channel scale (the job's
-  // model.quantize "fp8"; models/module.h's Linear quantizes them as they load).
-  bool quantize_fp8 = false;
+  // The format linear layers keep their weights in (the job's model.quantize; models/module.h's
+  // Linear quantizes each one as it loads).
+  WeightFormat quantize = WeightFormat::dense;
+
+  mutable int scaled_ = -1;  // scaled_checkpoint(), once known
 
   WeightLoader(const Checkpoint* ckpt, Layout layout, Device device, uint64_t seed = 1);
   bool has(const std::string& name) const;
@@ -85,6 +88,9 @@ struct WeightLoader {
   // the mapping; on CUDA it is copied to the device (bf16 for 16- and 32-bit floats) and its pages
   // released from host memory.
   Tensor get(const std::string& name, const Shape& expect);
+  // Whether the checkpoint is a scaled fp8 one (ComfyUI's: a "scaled_fp8" marker or any
+  // "*.scale_weight"), where each fp8 weight must have its scale.
+  bool scaled_checkpoint() const;
   // Drops the stored pages of `name` from host memory (a weight kept in another form: quantized).
   void release(const std::string& name) const;
   // One line about a tensor: "<file>: tensor 'x_embedder.bias' is missing (img_in.bias in the

@@ -55,26 +55,25 @@ void linear_backward(float* dinp, float* dW, float* dbias, const float* dout, co
   }
 }
 
-// Rows of a weight in another dtype, converted as needed: blocks of at most this many values
-// (16 MB in fp32) through one buffer per thread.
-static const long CONVERT_BLOCK = 1L << 22;
+// Rows of a weight in another form, decoded as needed: blocks of at most this many values (16 MB in
+// fp32) through one buffer per thread.
+static const long DECODE_BLOCK = 1L << 22;
 
 // Calls fn(w, o0, r) for consecutive blocks of r rows of W [OC, IC] from row o0, w those rows in fp32.
 template <typename Fn>
-static void for_each_row_block(const void* W, DType wt, int IC, int OC, Fn fn) {
+static void for_each_row_block(const WeightRows& rows_of, int IC, int OC, Fn fn) {
   thread_local std::vector<float> buf;
-  const int rows = (int)std::max(1L, std::min<long>(OC, CONVERT_BLOCK / IC));
+  const int rows = (int)std::max(1L, std::min<long>(OC, DECODE_BLOCK / IC));
   if (buf.size() < (size_t)rows * IC) buf.resize((size_t)rows * IC);
-  const size_t esize = dtype_size(wt);
   for (int o0 = 0; o0 < OC; o0 += rows) {
     const int r = std::min(rows, OC - o0);
-    convert_host(buf.data(), DType::F32, (const char*)W + (size_t)o0 * IC * esize, wt, (size_t)r * IC);
+    rows_of(buf.data(), o0, r);
     fn(buf.data(), o0, r);
   }
 }
 
-void linear_forward_converted(float* out, const float* inp, const void* W, DType wt, const float* bias, int N, int IC,
-                              int OC) {
+void linear_forward_decoded(float* out, const float* inp, const WeightRows& rows, const float* bias, int N, int IC,
+                            int OC) {
   for (int n = 0; n < N; n++) {
     float* out_row = out + (size_t)n * OC;
     if (bias) std::memcpy(out_row, bias, sizeof(float) * OC);
@@ -82,15 +81,15 @@ void linear_forward_converted(float* out, const float* inp, const void* W, DType
   }
   if (N == 0 || OC == 0 || IC == 0) return;
   // out[:, o0 : o0 + r] += inp @ w^T
-  for_each_row_block(W, wt, IC, OC, [&](const float* w, int o0, int r) {
+  for_each_row_block(rows, IC, OC, [&](const float* w, int o0, int r) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, IC, 1.0f, inp, IC, w, IC, 1.0f, out + o0, OC);
   });
 }
 
-void linear_backward_converted(float* dinp, const float* dout, const void* W, DType wt, int N, int IC, int OC) {
+void linear_backward_decoded(float* dinp, const float* dout, const WeightRows& rows, int N, int IC, int OC) {
   if (!dinp || N == 0 || OC == 0 || IC == 0) return;
   // dinp += dout[:, o0 : o0 + r] @ w
-  for_each_row_block(W, wt, IC, OC, [&](const float* w, int o0, int r) {
+  for_each_row_block(rows, IC, OC, [&](const float* w, int o0, int r) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, r, 1.0f, dout + o0, OC, w, IC, 1.0f, dinp, IC);
   });
 }

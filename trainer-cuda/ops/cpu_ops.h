@@ -10,6 +10,8 @@
 // - Anything a backward needs from its forward (means, rstd, probabilities, LoRA's A x) is
 //   stored by the forward into a buffer the caller owns.
 #pragma once
+#include <functional>
+
 #include "core/dtype.h"
 #include "ops/attention_mask.h"
 
@@ -20,13 +22,14 @@ void linear_forward(float* out, const float* inp, const float* W, const float* b
 void linear_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp, const float* W,
                      int N, int IC, int OC);
 
-// The same for a weight W stored in another dtype (bf16, f16, fp8; or unaligned fp32 inside a
-// mapped file): converted a block of rows at a time into a small reusable buffer, so no fp32 copy
-// of the whole weight is ever made. The backward gives dinp only (a weight in another dtype is
-// frozen: trainable weights are fp32).
-void linear_forward_converted(float* out, const float* inp, const void* W, DType w_dtype, const float* bias, int N,
-                              int IC, int OC);
-void linear_backward_converted(float* dinp, const float* dout, const void* W, DType w_dtype, int N, int IC, int OC);
+// The same for a frozen weight W kept in another form (bf16, f16, fp8, int8 codes, NF4 blocks, or
+// unaligned fp32 inside a mapped file): `rows(dst, o0, r)` writes rows [o0, o0 + r) of W as fp32
+// into dst. They are decoded a block of rows at a time into a small reusable buffer, so no fp32 copy
+// of the whole weight is ever made. The backward gives dinp only (such a weight is frozen).
+using WeightRows = std::function<void(float* dst, int row0, int rows)>;
+void linear_forward_decoded(float* out, const float* inp, const WeightRows& rows, const float* bias, int N, int IC,
+                            int OC);
+void linear_backward_decoded(float* dinp, const float* dout, const WeightRows& rows, int N, int IC, int OC);
 
 // LoRA update ADDED to a slice of an existing output (used after linear_forward of the frozen W):
 //   h[N,rank] = inp[N,IC] @ A[rank,IC]^T

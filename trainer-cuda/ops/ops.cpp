@@ -9,6 +9,7 @@
 #include "core/common.h"
 #include "ops/cpu_image_ops.h"
 #include "ops/cpu_ops.h"
+#include "ops/quant.h"
 
 #include "ops/dispatch.h"
 
@@ -189,6 +190,77 @@ struct AdapterPass {
   }
 };
 
+// The frozen or trainable weight of one linear call: a tensor [OC, IC] in any float dtype or as I8
+// codes, or NF4 blocks.
+struct LinearWeight {
+  Tensor W, absmax;  // absmax defined: W holds NF4 codes
+  int OC = 0, IC = 0;
+
+  bool nf4() const { return absmax.defined(); }
+  bool plain_f32() const { return !nf4() && host_f32(W); }
+  // On CUDA: the weight as bf16, the tensor itself or a copy made for this call only.
+  Tensor device_bf16() const {
+    if (!nf4()) return weight_for(W);
+    Tensor out = empty({OC, IC}, DType::BF16, W.device(), "an NF4 weight dequantized for one product");
+    ON_CUDA(gpu::nf4_dequantize(bf(out), W.data<uint8_t>(), fp(absmax), (long)OC * IC));
+    return out;
+  }
+  // On the CPU: rows of the weight decoded to fp32 a block at a time.
+  cpu::WeightRows host_rows() const {
+    const Tensor w = W, am = absmax;
+    const int ic = IC;
+    if (nf4())
+      return [w, am, ic](float* dst, int o0, int r) {
+        dequantize_nf4(w.data<uint8_t>(), am.data<float>(), (size_t)o0 * ic, (size_t)r * ic, dst);
+      };
+    return [w, ic](float* dst, int o0, int r) {
+      convert_host(dst, DType::F32, (const char*)w.raw() + (size_t)o0 * ic * dtype_size(w.dtype), w.dtype, (size_t)r * ic);
+    };
+  }
+};
+
+Tensor linear_with(const Tensor& x, const LinearWeight& w, const Tensor& b, const std::vector<LoraRef>& adapters,
+                   const std::vector<LokrRef>& lokrs) {
+  if (b.defined() && (b.numel() != w.OC)) shape_error("linear", "bias " + shape_str(b.shape));
+  const int IC = w.IC, OC = w.OC;
+  const int N = as_int(x.numel() / std::max(IC, 1), "linear");
+  Shape oshape = x.shape;
+  oshape.back() = OC;
+  Tensor out = like(x, oshape);
+  const Tensor bc = weight_for(b);
+  if (x.is_cuda()) {
+    const Tensor Wc = w.device_bf16();
+    ON_CUDA(gpu::linear_forward(bf(out), bf(x), bf(Wc), bc.defined() ? bf(bc) : nullptr, N, IC, OC));
+  } else if (w.plain_f32()) {
+    cpu::linear_forward(fp(out), fp(x), fp(w.W), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
+  } else {
+    cpu::linear_forward_decoded(fp(out), fp(x), w.host_rows(), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
+  }
+
+  AdapterPass pass;
+  pass.forward(out, x, adapters, lokrs, N, IC, OC);
+  std::vector<const Tensor*> inputs = {&x, &w.W, &b};
+  pass.add_inputs(inputs);
+  const Tensor xs = x.detach(), bs = b.detach();
+  const LinearWeight ws{w.W.detach(), w.absmax, OC, IC};
+  record("linear", inputs, {&out}, [=](GradContext& g) {
+    const Tensor& dout = g.dout();
+    Tensor *dx = g.din(0), *dW = g.din(1), *db = g.din(2);
+    check_weight_grad("linear", dW);
+    check_weight_grad("linear", db);
+    if (xs.is_cuda() && (dx || dW || db)) {
+      const Tensor Wc = ws.device_bf16();  // converted again rather than kept from the forward
+      ON_CUDA(gpu::linear_backward(bf(dx), fp(dW), fp(db), bf(dout), bf(xs), bf(Wc), N, IC, OC));
+    } else if (ws.plain_f32() && (dx || dW || db)) {
+      cpu::linear_backward(fp(dx), fp(dW), fp(db), fp(dout), fp(xs), fp(ws.W), N, IC, OC);
+    } else if (dx) {  // a weight in another form is frozen: only the input's gradient
+      cpu::linear_backward_decoded(fp(dx), fp(dout), ws.host_rows(), N, IC, OC);
+    }
+    pass.backward(g, dx, xs, dout, N, IC, OC);
+  });
+  return out;
+}
+
 }  // namespace
 
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters,
@@ -198,43 +270,20 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
   const bool pointwise = W.dim() == 4 && W.size(2) == 1 && W.size(3) == 1;  // a 1x1 conv's weight
   if ((W.dim() != 2 && !pointwise) || x.dim() < 1 || x.size(-1) != W.size(1))
     shape_error("linear", "input " + shape_str(x.shape) + " and weight " + shape_str(W.shape));
-  if (b.defined() && (b.numel() != W.size(0))) shape_error("linear", "bias " + shape_str(b.shape));
-  const int IC = as_int(W.size(1), "linear"), OC = as_int(W.size(0), "linear");
-  const int N = as_int(x.numel() / std::max(IC, 1), "linear");
-  Shape oshape = x.shape;
-  oshape.back() = OC;
-  Tensor out = like(x, oshape);
-  const Tensor bc = weight_for(b);
-  if (x.is_cuda()) {
-    const Tensor Wc = weight_for(W);
-    ON_CUDA(gpu::linear_forward(bf(out), bf(x), bf(Wc), bc.defined() ? bf(bc) : nullptr, N, IC, OC));
-  } else if (host_f32(W)) {
-    cpu::linear_forward(fp(out), fp(x), fp(W), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
-  } else {
-    cpu::linear_forward_converted(fp(out), fp(x), W.raw(), W.dtype, bc.defined() ? fp(bc) : nullptr, N, IC, OC);
-  }
+  return linear_with(x, {W, Tensor(), as_int(W.size(0), "linear"), as_int(W.size(1), "linear")}, b, adapters, lokrs);
+}
 
-  AdapterPass pass;
-  pass.forward(out, x, adapters, lokrs, N, IC, OC);
-  std::vector<const Tensor*> inputs = {&x, &W, &b};
-  pass.add_inputs(inputs);
-  const Tensor xs = x.detach(), Ws = W.detach(), bs = b.detach();
-  record("linear", inputs, {&out}, [=](GradContext& g) {
-    const Tensor& dout = g.dout();
-    Tensor *dx = g.din(0), *dW = g.din(1), *db = g.din(2);
-    check_weight_grad("linear", dW);
-    check_weight_grad("linear", db);
-    if (xs.is_cuda() && (dx || dW || db)) {
-      const Tensor Wc = weight_for(Ws);  // converted again rather than kept from the forward
-      ON_CUDA(gpu::linear_backward(bf(dx), fp(dW), fp(db), bf(dout), bf(xs), bf(Wc), N, IC, OC));
-    } else if (host_f32(Ws) && (dx || dW || db)) {
-      cpu::linear_backward(fp(dx), fp(dW), fp(db), fp(dout), fp(xs), fp(Ws), N, IC, OC);
-    } else if (dx) {  // a weight in another dtype is frozen: only the input's gradient
-      cpu::linear_backward_converted(fp(dx), fp(dout), Ws.raw(), Ws.dtype, N, IC, OC);
-    }
-    pass.backward(g, dx, xs, dout, N, IC, OC);
-  });
-  return out;
+Tensor linear(const Tensor& x, const Nf4Weight& W, const Tensor& b, const std::vector<LoraRef>& adapters,
+              const std::vector<LokrRef>& lokrs) {
+  check_activation("linear", x);
+  check_same_device("linear", x, W.codes);
+  check_same_device("linear", x, W.absmax);
+  const size_t n = (size_t)W.out * (size_t)W.in;
+  if (x.dim() < 1 || x.size(-1) != W.in || W.codes.dtype != DType::U8 || W.absmax.dtype != DType::F32 ||
+      (size_t)W.codes.numel() != nf4_code_bytes(n) || (size_t)W.absmax.numel() != nf4_block_count(n))
+    shape_error("linear", "input " + shape_str(x.shape) + " and an NF4 weight " + std::to_string(W.out) + "x" +
+                              std::to_string(W.in) + " with codes " + W.codes.str() + " and absmax " + W.absmax.str());
+  return linear_with(x, {W.codes, W.absmax, W.out, W.in}, b, adapters, lokrs);
 }
 
 Tensor adapter_delta(const Tensor& x, int OC, const std::vector<LoraRef>& adapters, const std::vector<LokrRef>& lokrs) {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "models/flux.h"
+#include "ops/quant.h"
 #include "train/job.h"
 #include "train/lora.h"
 #include "ops/cpu_ops.h"
@@ -213,41 +214,71 @@ TEST(flux_adapters_on_scaled_fp8_weights_match_the_dequantized_model) {
   }
 }
 
-// model.quantize "fp8": each linear weight becomes fp8(row / s) with s = max|row| / 448 per output
-// channel as it loads. The model then computes, and trains a LoRA, exactly as an fp32 model holding
-// those dequantized weights; against the original fp32 model it differs by fp8's rounding only.
-TEST(flux_fp8_quantized_on_load_computes_as_its_dequantized_weights) {
+// The fp32 weight a quantized linear layer computes with: its codes decoded and scaled.
+static Tensor dequantized_weight(const Linear& l) {
+  std::vector<float> w((size_t)l.out * l.in);
+  if (l.w_absmax.defined()) {
+    dequantize_nf4(l.W.data<uint8_t>(), l.w_absmax.data<float>(), 0, w.size(), w.data());
+  } else {
+    w = to_floats(l.W);
+    const std::vector<float> s = to_floats(l.w_scale);
+    for (int r = 0; r < l.out; ++r)
+      for (int k = 0; k < l.in; ++k) w[(size_t)r * l.in + k] *= s[r];
+  }
+  return from_vector(w, {l.out, l.in}, Device::cpu());
+}
+
+// model.quantize: each linear weight is quantized as it loads (fp8 or int8 codes with a scale per
+// output channel, or NF4 blocks). The model then computes, and trains a LoRA, exactly as an fp32 model
+// holding those dequantized weights; against the original fp32 model it differs by the format's
+// rounding only (the formats' codes themselves are checked against PyTorch in test_quant_torch.py).
+TEST(flux_quantized_on_load_computes_as_its_dequantized_weights) {
   std::string dir = temp_dir();
   FluxConfig c = micro_config();
   write_random_flux(dir + "/m.safetensors", c, 15);
-  graft_test::write_fp8_twins(dir + "/m.safetensors", "", dir + "/deq.safetensors", is_linear_weight, /*per_row=*/true);
-  FluxTransformer q = FluxTransformer::load(dir + "/m.safetensors", Device::cpu(), /*fp8=*/true);
-  FluxTransformer deq = FluxTransformer::load(dir + "/deq.safetensors", Device::cpu());
+  graft_test::write_fp8_twins(dir + "/m.safetensors", "", dir + "/deq8.safetensors", is_linear_weight, /*per_row=*/true);
   FluxTransformer full = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
-  size_t fp8 = 0;
-  for (Linear* l : q.linears()) fp8 += l->W.dtype == DType::F8_E4M3 && l->w_scale.numel() == l->out;
-  CHECK(fp8 == q.linears().size());
   FluxInputs in = random_inputs(c, 2, 2, 3, 3, 19);
   auto rel = [](const std::vector<float>& a, const std::vector<float>& b) {
     double e = 0, m = 0;
     for (size_t i = 0; i < a.size(); ++i) e = std::max(e, (double)std::fabs(a[i] - b[i])), m = std::max(m, (double)std::fabs(b[i]));
     return e / m;
   };
-  const std::vector<float> oq = predict(q, in), od = predict(deq, in), of = predict(full, in);
-  std::vector<float> grads[2];
-  const std::vector<float> target = random_target(oq.size(), 20);
-  for (int k = 0; k < 2; ++k) {
-    FluxTransformer& m = k ? deq : q;
-    LoraSet set = lora_create(flux_lora_targets(m.cfg, true), 2, 4.0f, 7);
-    randomize_lora(set, 8);
-    lora_attach(m.linears(), &set);
-    grads[k] = lora_gradients(m, set, in, target);
+  const std::vector<float> of = predict(full, in);
+  const std::vector<float> target = random_target(of.size(), 20);
+  // How far each format may move the output from the fp32 model's: its rounding is there, and only that.
+  const struct { WeightFormat f; DType codes; double lo, hi; } formats[] = {
+      {WeightFormat::fp8, DType::F8_E4M3, 1e-4, 0.1}, {WeightFormat::int8, DType::I8, 1e-5, 0.02},
+      {WeightFormat::nf4, DType::U8, 1e-3, 0.3}};
+  for (const auto& fmt : formats) {
+    FluxTransformer q = FluxTransformer::load(dir + "/m.safetensors", Device::cpu(), fmt.f);
+    FluxTransformer deq = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
+    size_t kept = 0;
+    std::vector<Linear*> ql = q.linears(), dl = deq.linears();
+    for (size_t i = 0; i < ql.size(); ++i) {
+      kept += ql[i]->W.dtype == fmt.codes && (fmt.f == WeightFormat::nf4 ? ql[i]->w_absmax.defined() : ql[i]->w_scale.numel() == ql[i]->out);
+      dl[i]->W = dequantized_weight(*ql[i]);
+    }
+    CHECK(kept == ql.size());
+    if (fmt.f == WeightFormat::fp8) {  // the per-row fp8 the test files write, independently
+      FluxTransformer twin = FluxTransformer::load(dir + "/deq8.safetensors", Device::cpu());
+      CHECK(rel(predict(twin, in), predict(deq, in)) < 1e-6);
+    }
+    const std::vector<float> oq = predict(q, in), od = predict(deq, in);
+    std::vector<float> grads[2];
+    for (int k = 0; k < 2; ++k) {
+      FluxTransformer& m = k ? deq : q;
+      LoraSet set = lora_create(flux_lora_targets(m.cfg, true), 2, 4.0f, 7);
+      randomize_lora(set, 8);
+      lora_attach(m.linears(), &set);
+      grads[k] = lora_gradients(m, set, in, target);
+    }
+    std::printf("      %s on load vs its dequantized weights: output rel %.2e, LoRA gradients rel %.2e; vs the fp32 model: "
+                "output rel %.2e\n", weight_format_name(fmt.f), rel(oq, od), rel(grads[0], grads[1]), rel(oq, of));
+    CHECK(rel(oq, od) < 1e-5);
+    CHECK(rel(grads[0], grads[1]) < 1e-4);
+    CHECK(rel(oq, of) > fmt.lo && rel(oq, of) < fmt.hi);
   }
-  std::printf("      fp8 on load vs its dequantized weights: output rel %.2e, LoRA gradients rel %.2e; vs the fp32 model: "
-              "output rel %.2e\n", rel(oq, od), rel(grads[0], grads[1]), rel(oq, of));
-  CHECK(rel(oq, od) < 1e-5);
-  CHECK(rel(grads[0], grads[1]) < 1e-4);
-  CHECK(rel(oq, of) > 1e-4 && rel(oq, of) < 0.1);  // fp8's rounding is there, and only that
 }
 
 // Full training (every weight) and the input gradients that train the text encoder through the

@@ -49,7 +49,7 @@ LOSS_TOL = 1e-4
 # safetensors: u64 LE header length, JSON header, data buffer (offsets relative to the buffer).
 
 _NP_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4",
-              "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
+              "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?", "F8_E4M3": "u1"}  # fp8: the raw codes
 
 
 def st_read(path):

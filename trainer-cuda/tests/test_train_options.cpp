@@ -299,10 +299,10 @@ TEST(adamw8bit_follows_adamw) {
   CHECK(std::sqrt(dl / moved) > 3 * std::sqrt(dq / moved));
 }
 
-// model.quantize "fp8": the job trains on fp8 weights (a scale per output channel); its loss trace
-// stays within fp8's rounding of the unquantized run's, and a resumed run is bit for bit the same.
-TEST(fp8_quantized_job_trains_and_resumes) {
-  TempDir cache, ta, tb, tc;
+// model.quantize fp8, int8 and nf4: the job trains on quantized weights; its loss trace stays within
+// the format's rounding of the unquantized run's, and a resumed run is bit for bit the same.
+TEST(quantized_jobs_train_and_resume) {
+  TempDir cache, ta;
   auto job = [&](const std::string& dir, int steps, const char* quantize) {
     json j = v2_job(dir);
     j["cache_dir"] = cache.path + "/cache";
@@ -312,21 +312,27 @@ TEST(fp8_quantized_job_trains_and_resumes) {
   };
   job(ta.path, 6, "none");
   CHECK(train_run(ta.path) == 0);
-  job(tb.path, 6, "fp8");
-  CHECK(train_run(tb.path) == 0);
-  job(tc.path, 3, "fp8");
-  CHECK(train_run(tc.path) == 0);
-  job(tc.path, 6, "fp8");
-  CHECK(train_run(tc.path) == 0);
-  CHECK(read_bytes(tb.path + "/v2.safetensors") == read_bytes(tc.path + "/v2.safetensors"));
-  const std::vector<json> a = steps_of(ta.path), b = steps_of(tb.path);
-  double gap = 0;
-  for (size_t i = 0; i < a.size(); ++i)
-    gap = std::max(gap, std::fabs(a[i]["loss"].get<double>() - b[i]["loss"].get<double>()) / a[i]["loss"].get<double>());
-  std::printf("      fp8 against unquantized: loss differs by at most %.2e (relative) over 6 steps\n", gap);
-  CHECK(gap > 0 && gap < 0.05);
+  const std::vector<json> a = steps_of(ta.path);
+  // How far each format's losses may stray from the unquantized run's: its rounding, and only that.
+  const struct { const char* name; double hi; } formats[] = {{"fp8", 0.05}, {"int8", 0.02}, {"nf4", 0.2}};
+  for (const auto& fmt : formats) {
+    TempDir tb, tc;
+    job(tb.path, 6, fmt.name);
+    CHECK(train_run(tb.path) == 0);
+    job(tc.path, 3, fmt.name);
+    CHECK(train_run(tc.path) == 0);
+    job(tc.path, 6, fmt.name);
+    CHECK(train_run(tc.path) == 0);
+    CHECK(read_bytes(tb.path + "/v2.safetensors") == read_bytes(tc.path + "/v2.safetensors"));
+    const std::vector<json> b = steps_of(tb.path);
+    double gap = 0;
+    for (size_t i = 0; i < a.size(); ++i)
+      gap = std::max(gap, std::fabs(a[i]["loss"].get<double>() - b[i]["loss"].get<double>()) / a[i]["loss"].get<double>());
+    std::printf("      %s against unquantized: loss differs by at most %.2e (relative) over 6 steps\n", fmt.name, gap);
+    CHECK(gap > 0 && gap < fmt.hi);
+  }
   json bad = v2_job(ta.path);
-  bad["model"]["quantize"] = "nf4";
+  bad["model"]["quantize"] = "int4";
   write_json(ta.path + "/job.json", bad);
-  CHECK_THROWS(job_load(ta.path), "model.quantize must be one of none, fp8");
+  CHECK_THROWS(job_load(ta.path), "model.quantize must be one of none, fp8, int8, nf4");
 }

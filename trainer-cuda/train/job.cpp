@@ -253,7 +253,8 @@ Job job_load(const std::string& dir_in) {
   job.arch = f.str("model.arch", "flux", {"flux"});
   job.transformer = absolute(dir, f.str("model.transformer", "", {}, true));
   job.base_model = f.str("model.name_or_path", job.transformer);
-  job.quantize = f.str("model.quantize", "none", {"none", "fp8"});
+  const std::string quantize = f.str("model.quantize", "none", {"none", "fp8", "int8", "nf4"});
+  weight_format_from_name(quantize, &job.quantize);
   job.ae = absolute(dir, f.str("model.ae", ""));
   load_text_parts(job, f);
 

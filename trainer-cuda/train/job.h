@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
+#include "ops/quant.h"
 #include "train/optim.h"
 #include "train/optimizers.h"
 #include "train/timesteps.h"
@@ -86,7 +87,8 @@ struct Job {
   std::string arch = "flux";
   std::string transformer;      // checkpoint path
   std::string base_model;       // name_or_path, for metadata
-  std::string quantize = "none";  // none | fp8: the transformer's linear weights as fp8 e4m3, per-channel scale
+  // none | fp8 | int8 | nf4: the format of the transformer's linear weights (ops/quant.h)
+  WeightFormat quantize = WeightFormat::dense;
   std::vector<TextPart> text_parts;  // needed with `datasets` and for sampling, sorted by name
   std::string ae;               // needed with `datasets` and for sampling
 

@@ -286,7 +286,7 @@ int train_run(const std::string& dir) {
   // Everything that can be wrong with the job is found here, before anything is written.
   Job job = job_load(dir);
   const Device device = parse_device(job.device, job.file);
-  FluxTransformer model = FluxTransformer::load(job.transformer, device, job.quantize == "fp8");
+  FluxTransformer model = FluxTransformer::load(job.transformer, device, job.quantize);
   // The text encoder and autoencoder encode the datasets and serve sampling, on the same device.
   std::unique_ptr<PromptEncoder> te;
   std::unique_ptr<FluxVae> ae;
@@ -336,7 +336,8 @@ int train_run(const std::string& dir) {
   std::printf("  model %s: hidden %d, %d heads, %d double + %d single blocks\n", job.transformer.c_str(), c.hidden,
               c.heads, c.n_double, c.n_single);
   if (model.checkpointing) std::printf("  gradient checkpointing: block activations are recomputed in backward\n");
-  if (job.quantize == "fp8") std::printf("  quantized: every linear weight of the transformer as fp8 e4m3 with a scale per output channel\n");
+  if (job.quantize != WeightFormat::dense)
+    std::printf("  quantized: every linear weight of the transformer as %s\n", weight_format_describe(job.quantize));
   std::fflush(stdout);
   metrics.event({{"event", "start"}, {"step", st.step}, {"steps", job.steps}, {"name", job.name},
                  {"resumed", resumed}, {"device", device_name}, {"threads", omp_get_max_threads()},

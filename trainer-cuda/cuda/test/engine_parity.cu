@@ -106,15 +106,19 @@ std::string temp_dir() {
   return tmpl;
 }
 
-// `kind` LoRA, LoKr (w2 low-rank where the rank allows, else full), or LoRA on the model quantized to
-// fp8 as it loads (model.quantize "fp8").
+// `kind` LoRA, LoKr (w2 low-rank where the rank allows, else full), or LoRA on the model quantized as
+// it loads (model.quantize fp8, int8, nf4: "LoRA on <format> weights"). Both devices quantize the same
+// weights the same way on the host, so the codes are equal and only the products differ.
 void flux_parity(const std::string& dir, const char* kind) {
   FluxConfig cfg = tiny_flux_config();
   RandomFluxOptions o;
   o.dtype = DType::BF16;  // both devices read the very same weights
   write_random_flux(dir + "/flux.safetensors", cfg, 11, o);
   // A random non-zero adapter (every matrix drawn, so each gets a gradient), modulation layers included.
-  const bool lokr = std::string(kind) == "LoKr", fp8 = std::string(kind) == "LoRA on fp8 weights";
+  const bool lokr = std::string(kind) == "LoKr";
+  WeightFormat quantize = WeightFormat::dense;
+  for (WeightFormat f : {WeightFormat::fp8, WeightFormat::int8, WeightFormat::nf4})
+    if (std::string(kind) == std::string("LoRA on ") + weight_format_name(f) + " weights") quantize = f;
   LoraSet lora = lokr ? lokr_create(flux_lora_targets(cfg, true), 8, 8.0f, -1, false, 21)
                       : lora_create(flux_lora_targets(cfg, true), 8, 8.0f, 21);
   {
@@ -143,7 +147,7 @@ void flux_parity(const std::string& dir, const char* kind) {
     std::vector<float> out[2], g[2];
     for (int side = 0; side < 2; ++side) {
       const Device d = side ? kGpu : kCpu;
-      FluxTransformer m = FluxTransformer::load(dir + "/flux.safetensors", d, fp8);
+      FluxTransformer m = FluxTransformer::load(dir + "/flux.safetensors", d, quantize);
       m.checkpointing = k.checkpointing;
       LoraSet l = lora;  // the same values, its own copy on this device
       l.to(d);
@@ -339,6 +343,8 @@ bool engine_parity_test() {
   flux_parity(dir, "LoRA");
   flux_parity(dir, "LoKr");
   flux_parity(dir, "LoRA on fp8 weights");
+  flux_parity(dir, "LoRA on int8 weights");
+  flux_parity(dir, "LoRA on nf4 weights");
   vae_parity(dir);
   text_encoder_parity();
   update_parity();

@@ -24,6 +24,7 @@
 #include "core/cuda_runtime.h"
 #include "core/tensor.h"
 #include "ops/cpu_ops.h"
+#include "ops/quant.h"
 #include "ops_gpu.h"
 
 using namespace graft;
@@ -114,6 +115,37 @@ void test_linear(int N, int IC, int OC, bool with_bias) {
   check("backward dinp (+=)", download(ggx), plus(gx0, gx), TOL_GEMM);
   check("backward dW (+=, fp32)", download(ggW), plus(gW0, gW), TOL_GEMM);
   check("backward dbias (+=, fp32)", download(ggb), plus(gb0, gb), TOL_GEMM);
+}
+
+// The quantized weights' decoding: NF4 blocks by nf4_dequantize, int8 and fp8 codes by the dtype
+// conversion, against the host's (ops/quant.cpp, core/dtype.cpp). An odd count leaves half a byte
+// and part of a block.
+void test_quantized_decode(long n) {
+  auto w = random_vec((size_t)n, 31, 0.05f);
+  std::vector<uint8_t> codes(nf4_code_bytes((size_t)n));
+  std::vector<float> absmax(nf4_block_count((size_t)n)), ref((size_t)n);
+  quantize_nf4(w.data(), (size_t)n, codes.data(), absmax.data());
+  dequantize_nf4(codes.data(), absmax.data(), 0, (size_t)n, ref.data());
+  DevBuf<uint8_t> dc(codes.size());
+  auto da = upload_f32(absmax);
+  cudaCheck(cudaMemcpy(dc.ptr, codes.data(), codes.size(), cudaMemcpyHostToDevice));
+  DevBuf<bf16> out((size_t)n);
+  out.poison();
+  nf4_dequantize(out, dc, da, n);
+  check("nf4 blocks -> bf16 (exact)", download(out), round_bf16(ref), 1e-7);
+  for (DType t : {DType::I8, DType::F8_E4M3}) {
+    std::vector<uint8_t> q((size_t)n);
+    std::vector<float> scale(1), host((size_t)n);
+    if (t == DType::I8) quantize_rows_int8(w.data(), 1, (int)n, (int8_t*)q.data(), scale.data());
+    else quantize_rows_fp8(w.data(), 1, (int)n, q.data(), scale.data());
+    convert_host(host.data(), DType::F32, q.data(), t, (size_t)n);
+    DevBuf<uint8_t> dq((size_t)n);
+    cudaCheck(cudaMemcpy(dq.ptr, q.data(), q.size(), cudaMemcpyHostToDevice));
+    DevBuf<bf16> o((size_t)n);
+    o.poison();
+    cuda::convert(o.ptr, DType::BF16, dq.ptr, t, (size_t)n);
+    check(t == DType::I8 ? "int8 codes -> bf16 (exact)" : "fp8 codes -> bf16 (exact)", download(o), round_bf16(host), 1e-7);
+  }
 }
 
 void test_lora(int N, int IC, int OC, int rank) {
@@ -462,6 +494,7 @@ int main(int argc, char** argv) {
   std::vector<Case> cases = {
       {"linear 200x256->384 +bias", [] { test_linear(200, 256, 384, true); }},
       {"linear 77x96->136 no bias", [] { test_linear(77, 96, 136, false); }},
+      {"quantized weights decoded, n=100001", [] { test_quantized_decode(100001); }},
       {"lora rank 16 on a qkv slice, 150x256->128", [] { test_lora(150, 256, 128, 16); }},
       {"lora rank 4, 33x64->40", [] { test_lora(33, 64, 40, 4); }},
       {"layernorm 100x256 (16-byte path)", [] { test_layernorm(100, 256); }},
