@@ -214,6 +214,29 @@ TEST(flux_adapters_on_scaled_fp8_weights_match_the_dequantized_model) {
   }
 }
 
+// A scaled fp8 checkpoint with one scale missing is refused naming the tensor, not computed off by
+// that scale; an fp8 checkpoint with no scales at all (plain e4m3fn) computes with scale 1.
+TEST(flux_scaled_fp8_checkpoint_missing_a_scale_is_refused) {
+  std::string dir = temp_dir();
+  FluxConfig c = micro_config();
+  write_random_flux(dir + "/m.safetensors", c, 5);
+  graft_test::write_fp8_twins(dir + "/m.safetensors", dir + "/fp8.safetensors", dir + "/deq.safetensors", is_linear_weight, false);
+  SafeTensorsFile f = SafeTensorsFile::open(dir + "/fp8.safetensors");
+  SafeTensorsWriter missing, plain;
+  missing.metadata = plain.metadata = f.metadata;
+  for (const TensorInfo& t : f.tensors) {
+    const bool scale = t.name.size() > 13 && t.name.compare(t.name.size() - 13, 13, ".scale_weight") == 0;
+    if (t.name != "double_blocks.0.img_mlp.2.scale_weight") missing.add_raw(t.name, t.dtype, t.shape, f.raw(t), (size_t)numel(t.shape) * dtype_size(t.dtype));
+    if (!scale) plain.add_raw(t.name, t.dtype, t.shape, f.raw(t), (size_t)numel(t.shape) * dtype_size(t.dtype));
+  }
+  missing.write(dir + "/missing.safetensors");
+  plain.write(dir + "/plain.safetensors");
+  CHECK_THROWS(FluxTransformer::load(dir + "/missing.safetensors", Device::cpu()),
+               "tensor 'double_blocks.0.img_mlp.2.scale_weight' is missing beside the F8_E4M3 weight in a scaled fp8 checkpoint");
+  FluxTransformer m = FluxTransformer::load(dir + "/plain.safetensors", Device::cpu());
+  CHECK(m.linears()[0]->W.dtype == DType::F8_E4M3 && !m.linears()[0]->w_scale.defined());
+}
+
 // The fp32 weight a quantized linear layer computes with: its codes decoded and scaled.
 static Tensor dequantized_weight(const Linear& l) {
   std::vector<float> w((size_t)l.out * l.in);
