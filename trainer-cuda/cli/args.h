@@ -22,6 +22,7 @@ std::vector<Command> encoder_commands();
 std::vector<Command> demo_commands();
 std::vector<Command> optim_commands();
 std::vector<Command> quant_commands();
+std::vector<Command> plan_commands();
 std::vector<Command> all_commands();  // every list above, in that order
 
 // Fails with "<cmd>: missing arguments" and the command's usage when fewer than n arguments were given.

@@ -20,7 +20,7 @@ namespace graft {
 
 std::vector<Command> all_commands() {
   std::vector<Command> all;
-  for (const std::vector<Command>& list : {model_commands(), optim_commands(), quant_commands(), encoder_commands(), demo_commands()})
+  for (const std::vector<Command>& list : {model_commands(), optim_commands(), quant_commands(), plan_commands(), encoder_commands(), demo_commands()})
     all.insert(all.end(), list.begin(), list.end());
   return all;
 }

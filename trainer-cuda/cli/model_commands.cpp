@@ -356,7 +356,7 @@ int cmd_lora_step(const std::vector<std::string>& a) {
   }
   size_t file_bytes = 0;
   for (NamedParam& p : model.params()) file_bytes += p.t->nbytes();
-  for (Linear* l : model.linears()) file_bytes += l->w_scale.nbytes() + l->w_absmax.nbytes();
+  for (Linear* l : model.linears()) file_bytes += l->weight_bytes() - l->W.nbytes();  // the scales
   std::printf("lora-step %s on %s: hidden %d, %d + %d blocks, weights %.0f MiB as loaded; %d image + %d text tokens, "
               "LoRA rank %d, checkpointing %s, quantize %s: load %.2f s, last step %.3f s (loss %.4f); peak RSS %.0f MiB (%.0f before "
               "loading)%s\n",

@@ -25,6 +25,7 @@ void free(void* p);
 size_t peak_bytes();      // most device memory this process held at once (allocator + cache)
 size_t allocated_bytes(); // held by live tensors now
 void reset_peak();
+size_t free_memory();     // the device's free memory now (cudaMemGetInfo), 0 without CUDA
 
 // Copies bytes: host to device, device to host or device to device (synchronous for host memory).
 void copy_to_device(void* dst, const void* src, size_t bytes);

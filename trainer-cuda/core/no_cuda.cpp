@@ -17,6 +17,7 @@ void free(void*) { unavailable(); }
 size_t peak_bytes() { return 0; }
 size_t allocated_bytes() { return 0; }
 void reset_peak() {}
+size_t free_memory() { return 0; }
 void copy_to_device(void*, const void*, size_t) { unavailable(); }
 void copy_to_host(void*, const void*, size_t) { unavailable(); }
 void copy_on_device(void*, const void*, size_t) { unavailable(); }

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -87,11 +88,29 @@ void host_free(void* p, size_t bytes) {
   hc.cached += c;
 }
 
+// Bytes of host tensors alive now and at most since the last reset (what was asked for, before the
+// size classes' slack): the CPU's stand-in for device memory in the memory plan's tests.
+std::atomic<size_t> g_host_live{0}, g_host_peak{0};
+
+void count_host(size_t bytes, bool alloc) {
+  if (!alloc) {
+    g_host_live -= bytes;
+    return;
+  }
+  const size_t now = g_host_live += bytes;
+  size_t peak = g_host_peak.load();
+  while (now > peak && !g_host_peak.compare_exchange_weak(peak, now)) {}
+}
+
 }  // namespace
+
+size_t host_live_bytes() { return g_host_live.load(); }
+size_t host_peak_bytes() { return g_host_peak.load(); }
+void host_reset_peak() { g_host_peak = g_host_live.load(); }
 
 Storage::~Storage() {
   if (!data) return;
-  if (kind == HOST) host_free(data, bytes);
+  if (kind == HOST) host_free(data, bytes), count_host(bytes, false);
   else if (kind == CUDA) cuda::free(data);
 }
 
@@ -106,6 +125,7 @@ std::shared_ptr<Storage> storage_alloc(size_t bytes, Device device, const char* 
   } else {
     s->kind = Storage::HOST;
     s->data = host_alloc(bytes, what);
+    count_host(bytes, true);
   }
   return s;
 }

@@ -27,6 +27,10 @@ struct Storage {
 
 // `bytes` of uninitialised memory on `device`; `what` names the use in an out-of-memory message.
 std::shared_ptr<Storage> storage_alloc(size_t bytes, Device device, const char* what = "a tensor");
+// Host tensor bytes alive now, and at most since host_reset_peak() (mapped files not counted).
+size_t host_live_bytes();
+size_t host_peak_bytes();
+void host_reset_peak();
 // A read-only view of [data, data + bytes) inside a mapping kept alive by `mapping`.
 std::shared_ptr<Storage> storage_mapped(const void* data, size_t bytes, std::shared_ptr<const void> mapping);
 

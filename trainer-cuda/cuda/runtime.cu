@@ -169,6 +169,11 @@ void memset_zero(void* p, size_t bytes) {
   if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes));
 }
 void synchronize() { cudaCheck(cudaDeviceSynchronize()); }
+size_t free_memory() {
+  size_t free = 0, total = 0;
+  cudaCheck(cudaMemGetInfo(&free, &total));
+  return free;
+}
 
 namespace {
 

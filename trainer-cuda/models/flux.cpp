@@ -150,10 +150,47 @@ static FluxConfig flux_config_of(const WeightLoader& w, const Checkpoint& ckpt) 
   return c;
 }
 
+FluxActivations flux_activation_bytes(const FluxConfig& c, int64_t B, int64_t Li, int64_t Lt, int rank,
+                                      bool checkpointing, int act_bytes, bool flash) {
+  const double C = c.hidden, M = c.mlp_hidden, H = c.heads, r = rank, a = act_bytes;
+  const double L = (double)(Li + Lt), tokens = (double)B * L;
+  // Per token and block, counted from what each op records (models/flux.cpp's blocks on ops.h):
+  // a double block's stream keeps ln1, mod1, q and k before their norms, its attention slice, the
+  // projection, x1, ln2, mod2, both MLP activations, the MLP output and the block output; the joint
+  // attention keeps q, k, v and its output. A single block keeps ln, mod, q, k before and after RoPE,
+  // v, the attention output, the MLP input, the concatenation, linear2's output and its own output.
+  // Each LoRA keeps x A^T (rank values); each norm its row statistics.
+  const double attn_state = flash ? H * 4 : H * L * 4;  // per token: log-sum-exp, or a row of probabilities
+  const double dbl = (15 * C + 2 * M + 6 * r) * a + (4 + 2 * H) * 4 + attn_state;
+  const double sgl = (11 * C + 2 * M + 5 * r) * a + (2 + 2 * H) * 4 + attn_state;
+  const double final_layer = 3 * C * a * (double)B * (double)Li;  // its norm, modulation and linear inputs
+  FluxActivations out;
+  // A backward holds the gradients of about half a block's activations at once (measured: 0.45 on a
+  // small model, tests/test_flux.cpp); with checkpointing, the recomputed block besides.
+  const double block = std::max(c.n_double > 0 ? dbl : 0.0, c.n_single > 0 ? sgl : 0.0) * tokens;
+  if (checkpointing) {
+    out.kept = (c.n_double + c.n_single) * C * a * tokens + final_layer;  // each block's input
+    out.transient = 1.5 * block;
+  } else {
+    out.kept = (c.n_double * dbl + c.n_single * sgl + C * a) * tokens + final_layer;  // + the embedded input
+    out.transient = 0.5 * block;
+  }
+  return out;
+}
+
 FluxTransformer FluxTransformer::load(const std::string& path, Device device, WeightFormat quantize) {
   Checkpoint ckpt = Checkpoint::open(path);
   WeightLoader w(&ckpt, flux_layout(ckpt), device);
   w.quantize = quantize;
+  FluxTransformer m(flux_config_of(w, ckpt), w);
+  m.path = path;
+  return m;
+}
+
+FluxTransformer FluxTransformer::shapes(const std::string& path) {
+  Checkpoint ckpt = Checkpoint::open(path);
+  WeightLoader w(&ckpt, flux_layout(ckpt), Device::cpu());
+  w.shapes_only = true;
   FluxTransformer m(flux_config_of(w, ckpt), w);
   m.path = path;
   return m;

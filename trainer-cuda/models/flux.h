@@ -37,6 +37,16 @@ struct FluxConfig {
 // guidance embedding) with `n_double` + `n_single` blocks (19 + 38 in the real model).
 FluxConfig flux1_dev_config(int n_double = 19, int n_single = 38);
 
+// What one training step keeps for backward (the tape's saved tensors) for B sequences of Li image
+// and Lt text tokens, with LoRA of `rank` on every block layer: `act_bytes` per activation (the
+// device's compute dtype), fp32 row statistics, and attention's saved state (the L x L probabilities
+// on the CPU, `flash`: a log-sum-exp per row). With checkpointing, the block inputs only. `transient`
+// gets the most a backward adds on top at once: one block recomputed (checkpointing) and the
+// gradients of its activations.
+struct FluxActivations { double kept = 0, transient = 0; };
+FluxActivations flux_activation_bytes(const FluxConfig& c, int64_t B, int64_t Li, int64_t Lt, int rank,
+                                      bool checkpointing, int act_bytes, bool flash);
+
 // Which of the known layouts a checkpoint is in, from its tensor names; throws naming the path and
 // the names it looked for when none fits.
 Layout flux_layout(const Checkpoint& ckpt);
@@ -80,6 +90,9 @@ struct FluxTransformer {
   // The model of `path` (a file, or a diffusers folder) on `device`, its layout detected.
   // quantize: every linear weight kept in that format (ops/quant.h), quantized as it loads.
   static FluxTransformer load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense);
+  // The model of `path` with every tensor's name, shape and stored dtype checked and none read
+  // (undefined tensors that carry their shape and dtype): the memory plan's pass before loading.
+  static FluxTransformer shapes(const std::string& path);
   // Random weights of shape `cfg` made on the device: benchmarks at real size.
   static FluxTransformer random(const FluxConfig& cfg, Device device, uint64_t seed);
   // Reads every tensor of `cfg` through `w`.

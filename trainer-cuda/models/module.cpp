@@ -13,6 +13,7 @@ Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, Bias bias) :
   W = w.get(n + ".weight", {o, i});
   has_bias = bias == Bias::yes || (bias == Bias::optional && w.has(n + ".bias"));
   if (has_bias) b = w.get(n + ".bias", {o});
+  if (w.shapes_only) return;
   if (w.ckpt && w.has(n + ".scale_weight")) {
     const Shape s = w.shape(n + ".scale_weight");
     const int64_t count = shape_numel(s);
@@ -79,7 +80,11 @@ Tensor Linear::operator()(const Tensor& x) const {
   return linear(x, W, b, loras, lokrs);
 }
 
-size_t Linear::weight_bytes() const { return W.nbytes() + w_scale.nbytes() + w_absmax.nbytes(); }
+size_t Linear::weight_bytes() const {
+  size_t n = 0;
+  for (const Tensor* t : {&W, &w_scale, &w_absmax}) n += t->defined() ? t->nbytes() : 0;
+  return n;
+}
 
 void Linear::collect(std::vector<NamedParam>& out) {
   out.push_back({name + ".weight", &W});

@@ -257,6 +257,12 @@ Tensor WeightLoader::get(const std::string& name, const Shape& expect) {
       fail(problem(name, "is stored in parts of different dtypes"));
   if (!dtype_is_float(dtype))
     fail(problem(name, std::string("is ") + dtype_name(dtype) + ", not a float dtype"));
+  if (shapes_only) {  // checked, not read: the memory plan's pass over a checkpoint
+    out.shape = s;
+    out.dtype = dtype;
+    ++handed_out;
+    return out;
+  }
   // On CUDA, 16- and 32-bit floats are kept as bf16, the GPU kernels' storage; fp8 stays as stored.
   const bool on_gpu = device.is_cuda();
   const DType keep = on_gpu && dtype_size(dtype) >= 2 ? DType::BF16 : dtype;

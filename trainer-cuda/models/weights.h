@@ -70,8 +70,9 @@ struct WeightLoader {
   Layout layout;
   Device device;
   uint64_t seed = 1;
-  // Without a checkpoint: hand out shapes only (undefined tensors with their shape), to list a
-  // model's tensors at any size without memory.
+  // Hand out shapes only (undefined tensors with their shape; with a checkpoint, its stored dtype,
+  // every name and shape checked as get() checks them): a model's tensors listed, or a checkpoint
+  // checked, at any size without memory.
   bool shapes_only = false;
   size_t handed_out = 0;  // tensors given so far: random weights draw from a stream per tensor
   // The format linear layers keep their weights in (the job's model.quantize; models/module.h's

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "models/flux.h"
+#include "core/storage.h"
 #include "ops/quant.h"
 #include "train/job.h"
 #include "train/lora.h"
@@ -662,4 +663,34 @@ TEST(grad_clipping_and_lr_schedules) {
   CHECK_NEAR(lr_at("linear", 1e-3f, 55, 100, 10), 1e-3 * (1 - 45.0 / 90.0), 1e-9);
   CHECK_NEAR(lr_at("cosine", 1e-3f, 100, 100, 0), 0.0, 1e-9);
   CHECK_NEAR(lr_at("cosine", 1e-3f, 50, 100, 0), 5e-4, 1e-9);
+}
+
+// The memory plan's activation figure against what the tape really keeps: host tensor bytes alive
+// after the forward (kept for backward) and at the peak of the backward, on a model of FLUX's
+// proportions (MLP 4x, head size 32) at a small width, with and without gradient checkpointing.
+TEST(flux_activation_estimate_matches_what_the_tape_keeps) {
+  std::string dir = temp_dir();
+  FluxConfig c = micro_config();
+  c.hidden = 128, c.heads = 4, c.head_dim = 32, c.mlp_hidden = 512, c.n_double = 2, c.n_single = 3;
+  c.axes_dim[0] = 8, c.axes_dim[1] = 12, c.axes_dim[2] = 12;
+  write_random_flux(dir + "/m.safetensors", c, 41);
+  FluxInputs in = random_inputs(c, 2, 8, 8, 16, 42);
+  for (const bool ckpt : {false, true}) {
+    FluxTransformer m = FluxTransformer::load(dir + "/m.safetensors", Device::cpu());
+    m.checkpointing = ckpt;
+    LoraSet lora = lora_create(flux_lora_targets(m.cfg, false), 8, 8.0f, 3);
+    lora_attach(m.linears(), &lora);
+    const Tensor pe = m.rope_for(in);
+    const size_t before = host_live_bytes();
+    host_reset_peak();
+    Tensor out = m.forward(in);
+    const double kept = (double)(host_live_bytes() - before);
+    backward(out, from_vector(random_target(out.numel(), 43), out.shape, Device::cpu()));
+    const double peak = (double)(host_peak_bytes() - before);
+    const FluxActivations est = flux_activation_bytes(c, in.B, in.L_img, in.L_txt, 8, ckpt, 4, false);
+    std::printf("      checkpointing %s: kept %.2f MiB (estimate %.2f), peak %.2f MiB (estimate %.2f)\n", ckpt ? "on" : "off",
+                kept / 1048576, est.kept / 1048576, peak / 1048576, (est.kept + est.transient) / 1048576);
+    CHECK(est.kept > 0.85 * kept && est.kept < 1.15 * kept);
+    CHECK(est.kept + est.transient > 0.85 * peak && est.kept + est.transient < 1.3 * peak);
+  }
 }

@@ -145,6 +145,20 @@ LoraSet lokr_create(const std::vector<LoraTarget>& targets, int rank, float alph
   return set;
 }
 
+std::vector<ParamSegment> adapter_layout(const std::vector<LoraTarget>& targets, int rank, bool lokr, int factor,
+                                         bool full_rank) {
+  std::vector<ParamSegment> out;
+  int64_t off = 0;
+  for (const LoraTarget& t : targets) {
+    const LoraAdapter a = lokr ? lokr_adapter(t, rank, (float)rank, factor, full_rank) : lora_adapter(t, rank, 1.0f);
+    for (const AdapterMatrix& m : a.mats) {
+      out.push_back({off, (int64_t)m.rows * m.cols, m.rows, m.cols});
+      off += (int64_t)m.rows * m.cols;
+    }
+  }
+  return out;
+}
+
 void lora_save(const LoraSet& set, const std::string& path, DType dtype,
                const std::map<std::string, std::string>& metadata) {
   SafeTensorsWriter w;

@@ -71,6 +71,11 @@ LoraSet lora_create(const std::vector<LoraTarget>& targets, int rank, float alph
 LoraSet lokr_create(const std::vector<LoraTarget>& targets, int rank, float alpha, int factor, bool full_rank,
                     uint64_t seed);
 
+// The matrices lora_create (lokr: lokr_create) would make for `targets`, as optimizer segments in
+// the same order, without making them: the memory plan's adapter and optimizer sizes.
+std::vector<ParamSegment> adapter_layout(const std::vector<LoraTarget>& targets, int rank, bool lokr, int factor,
+                                         bool full_rank);
+
 // Attaches each adapter of `lora` (null: none) to the layer it names, replacing what the layers
 // had; throws Error when a module targets a layer the model lacks or does not fit it.
 void lora_attach(const std::vector<Linear*>& layers, LoraSet* lora);

@@ -338,3 +338,30 @@ std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& c, const Tensor
 }
 
 }  // namespace graft
+
+namespace graft {
+
+size_t optimizer_memory_bytes(const OptimizerConfig& c, int64_t n, const std::vector<ParamSegment>& segments) {
+  const size_t f = 4 * (size_t)n;  // one fp32 value per parameter
+  if (c.type == "adamw") return 2 * f;
+  if (c.type == "lion") return f;
+  if (c.type == "prodigy") return 4 * f;  // m, v, s and p0
+  if (c.type == "adamw8bit") {
+    size_t blocks = 0;
+    for (const ParamSegment& s : segments) blocks += (size_t)((s.size + kBlock8bit - 1) / kBlock8bit);
+    if (segments.empty()) blocks = (size_t)((n + kBlock8bit - 1) / kBlock8bit);
+    return 2 * (size_t)n + 2 * 4 * blocks + 8 * (blocks + 1) + 2 * 256 * 4;  // codes, absmax, block table, maps
+  }
+  if (c.type == "adafactor") {
+    size_t factored = 0, vec = 0;
+    for (const ParamSegment& s : segments) {
+      if (s.rows > 0) factored += (size_t)s.rows + (size_t)s.cols;
+      else vec += (size_t)s.size;
+    }
+    if (segments.empty()) vec = (size_t)n;
+    return 4 * (factored + vec) + f + (c.first_moment ? f : 0);  // moments, the update, m
+  }
+  fail("unknown optimizer '" + c.type + "'");
+}
+
+}  // namespace graft

@@ -60,6 +60,10 @@ class Optimizer {
   OptimizerConfig config;
 };
 
+// The memory an optimizer over n parameters in `segments` holds on their device (its state, and the
+// scratch it keeps) as make_optimizer would allocate it, without making it: the memory plan.
+size_t optimizer_memory_bytes(const OptimizerConfig& c, int64_t n, const std::vector<ParamSegment>& segments);
+
 // An optimizer over params (fp32 [n] on its device) whose tensors are `segments` (in order, tiling
 // [0, n)). Its state starts as each library starts it (zeros; Prodigy's p0 = the current params).
 std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config, const Tensor& params,

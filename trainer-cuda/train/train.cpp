@@ -19,6 +19,7 @@
 #include "core/cuda_runtime.h"
 #include "ops/ops.h"
 #include "train/lora.h"
+#include "train/memory_plan.h"
 #include "train/metrics.h"
 #include "ops/cpu_ops.h"
 #include "train/optim.h"
@@ -286,24 +287,30 @@ int train_run(const std::string& dir) {
   // Everything that can be wrong with the job is found here, before anything is written.
   Job job = job_load(dir);
   const Device device = parse_device(job.device, job.file);
-  FluxTransformer model = FluxTransformer::load(job.transformer, device, job.quantize);
-  // The text encoder and autoencoder encode the datasets and serve sampling, on the same device.
+  // The transformer's checkpoint checked name by name, and the memory the job needs counted, before
+  // anything loads: a job that cannot fit stops here with what would make it fit.
+  const PlanInputs plan_in = plan_inputs(job, device);
+  const MemoryPlan plan = plan_memory(plan_in);
+  const char* check_env = std::getenv("GRAFT_MEMORY_CHECK");
+  if (!plan.fits() && !(check_env && std::strcmp(check_env, "0") == 0)) fail(plan.refusal(job.file));
+  const FluxConfig& c = plan_in.cfg;
+  // The text encoder and autoencoder encode the datasets and serve sampling, on the same device; the
+  // transformer loads once they are done with (FLUX.1's T5-XXL alone holds 9.5 GB).
   std::unique_ptr<PromptEncoder> te;
   std::unique_ptr<FluxVae> ae;
   if (!job.datasets.empty() || job.sample.enabled) {
     te = load_prompt_encoder(job.text_parts, device, job.file);
     ae = std::make_unique<FluxVae>(FluxVae::load(job.ae, device));
-    check_model_parts(model.cfg, *te, ae->cfg, job.file);
+    check_model_parts(c, *te, ae->cfg, job.file);
     job_check_models(job, *te, ae->cfg);
   }
   TrainData data;
-  if (job.datasets.empty()) data = data_load(job, model.cfg);
-  const std::vector<LoraTarget> targets = flux_lora_targets(model.cfg, job.train_modulation);
+  if (job.datasets.empty()) data = data_load(job, c);
+  const std::vector<LoraTarget> targets = flux_lora_targets(c, job.train_modulation);
   LoraSet lora = job.network_type == "lokr"
                      ? lokr_create(targets, job.rank, job.alpha, job.lokr_factor, job.lokr_full_rank, job.seed)
                      : lora_create(targets, job.rank, job.alpha, job.seed);
   lora.to(device);
-  lora_attach(model.linears(), &lora);
   std::unique_ptr<Optimizer> opt = make_optimizer(job.optimizer, lora.params, lora.segments());
   WeightEma ema;
   if (job.use_ema) {
@@ -322,20 +329,20 @@ int train_run(const std::string& dir) {
   // Gradient checkpointing recomputes each block's activations in backward (both devices);
   // GRAFT_GRAD_CHECKPOINT=0/1 overrides the job, for measurements.
   const char* ckpt_env = std::getenv("GRAFT_GRAD_CHECKPOINT");
-  model.checkpointing = ckpt_env && *ckpt_env ? std::strcmp(ckpt_env, "0") != 0 : job.gradient_checkpointing;
+  const bool checkpointing = ckpt_env && *ckpt_env ? std::strcmp(ckpt_env, "0") != 0 : job.gradient_checkpointing;
   const std::string device_name = describe_device(device);
   if (device.is_cuda()) cuda::reset_peak();
   Metrics metrics;
   metrics.open(job.output_dir + "/metrics.jsonl");
   g_metrics_fd = metrics.fd;
   install_signals();
-  const FluxConfig& c = model.cfg;
   const bool resumed = st.step > 0;
   std::printf("graft-trainer %s: %s '%s' on %s from step %d of %d\n", GRAFT_VERSION,
               resumed ? "resuming" : "training", job.name.c_str(), device_name.c_str(), st.step, job.steps);
   std::printf("  model %s: hidden %d, %d heads, %d double + %d single blocks\n", job.transformer.c_str(), c.hidden,
               c.heads, c.n_double, c.n_single);
-  if (model.checkpointing) std::printf("  gradient checkpointing: block activations are recomputed in backward\n");
+  if (checkpointing) std::printf("  gradient checkpointing: block activations are recomputed in backward\n");
+  std::fputs(plan.report().c_str(), stdout);
   if (job.quantize != WeightFormat::dense)
     std::printf("  quantized: every linear weight of the transformer as %s\n", weight_format_describe(job.quantize));
   std::fflush(stdout);
@@ -345,6 +352,7 @@ int train_run(const std::string& dir) {
                  {"items", job_item_count(job)},
                  {"datasets", std::max<size_t>(1, job.datasets.size())},
                  {"batch_size", job.batch_size}, {"gradient_accumulation", job.grad_accum}, {"pid", (int)getpid()}});
+  metrics.event({{"event", "memory_plan"}, {"step", st.step}, {"plan", plan.to_json()}});
 
   // Encoding (or reading the cache) and the sample prompts: failures from here on end the run in
   // metrics.jsonl too.
@@ -369,6 +377,16 @@ int train_run(const std::string& dir) {
     te.reset();
     std::printf("  text encoder%s freed: every caption and sample prompt is encoded\n", job.text_parts.size() > 1 ? "s" : "");
   }
+  FluxTransformer model;
+  try {
+    model = FluxTransformer::load(job.transformer, device, job.quantize);
+  } catch (const Error& e) {
+    metrics.event({{"event", "error"}, {"step", st.step}, {"message", e.what()}});
+    end_run(metrics, "failed", st.step);
+    throw;
+  }
+  model.checkpointing = checkpointing;
+  lora_attach(model.linears(), &lora);
   const int nb = data.batches_per_epoch(job.batch_size);
   std::string network = "LoRA rank " + std::to_string(job.rank);
   if (job.network_type == "lokr")

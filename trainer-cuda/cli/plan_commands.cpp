@@ -1,0 +1,174 @@
+// graft-trainer memory-plan: the memory plan of a prepared job, or of settings the TUI is editing
+// (train/memory_plan.h), as JSON (or the text the trainer prints with --text).
+#include <sys/stat.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "cli/args.h"
+#include "core/cuda_runtime.h"
+#include "models/clip.h"
+#include "models/flux_vae.h"
+#include "models/t5.h"
+#include "train/job.h"
+#include "train/memory_plan.h"
+
+namespace graft {
+
+namespace {
+
+bool is_dir(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+bool exists(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0;
+}
+
+// Bytes of a model of `cfg` in bf16 (every tensor listed by a shapes-only loader).
+template <class Model, class Config>
+double bf16_bytes(const Config& cfg) {
+  WeightLoader w(nullptr, identity_layout("shapes"), Device::cpu());
+  w.shapes_only = true;
+  Model m(cfg, w);
+  double b = 0;
+  for (NamedParam& p : m.params()) b += 2.0 * (double)shape_numel(p.t->shape);
+  return b;
+}
+
+// Bytes of a checkpoint's tensors as `device` keeps them: its file or folder of shards.
+double part_bytes(const std::string& path, bool cuda) {
+  const Checkpoint c = Checkpoint::open(path);
+  double b = 0;
+  for (const std::string& n : c.names()) {
+    const TensorInfo& t = c.info(n);
+    const double size = (double)dtype_size(t.dtype);
+    b += (double)shape_numel(t.shape) * (cuda && size >= 2 ? 2.0 : size);
+  }
+  return b;
+}
+
+// --model: FLUX.1's shapes by name (dev, schnell: the real sizes, bf16), a checkpoint file, or a model
+// folder (graft's: transformer.safetensors beside text_encoder.safetensors and ae.safetensors;
+// diffusers': transformer/, text_encoder/, text_encoder_2/, vae/).
+void model_inputs(const std::string& model, PlanInputs& in) {
+  if (model == "dev" || model == "schnell") {
+    WeightLoader w(nullptr, identity_layout("shapes"), Device::cpu());
+    w.shapes_only = true;
+    FluxConfig c = flux1_dev_config();
+    c.guidance_embed = model == "dev";
+    FluxTransformer m(c, w);
+    in.cfg = c;
+    in.transformer = plan_tensors(m);
+    for (PlanWeight& t : in.transformer) t.dtype = DType::BF16;
+    in.text_encoder_bytes = bf16_bytes<T5Encoder>(t5_xxl_config()) + bf16_bytes<ClipTextModel>(clip_l_config());
+    in.autoencoder_bytes = bf16_bytes<FluxVae>(VaeConfig());
+    return;
+  }
+  std::string transformer = model, ae;
+  std::vector<std::string> tes;
+  if (is_dir(model)) {
+    if (exists(model + "/transformer.safetensors")) {
+      transformer = model + "/transformer.safetensors";
+      if (exists(model + "/text_encoder.safetensors")) tes.push_back(model + "/text_encoder.safetensors");
+      if (exists(model + "/ae.safetensors")) ae = model + "/ae.safetensors";
+    } else if (is_dir(model + "/transformer")) {
+      transformer = model + "/transformer";
+      for (const char* t : {"/text_encoder", "/text_encoder_2"})
+        if (is_dir(model + t)) tes.push_back(model + t);
+      if (is_dir(model + "/vae")) ae = model + "/vae";
+    } else {
+      fail("memory-plan: --model " + model + ": a folder with transformer.safetensors (graft's) or transformer/ "
+           "(diffusers'), a checkpoint file, or dev / schnell");
+    }
+  } else if (!exists(model)) {
+    fail("memory-plan: --model " + model + ": no such file or folder (or give dev / schnell for FLUX.1's sizes)");
+  }
+  FluxTransformer m = FluxTransformer::shapes(transformer);
+  in.cfg = m.cfg;
+  in.transformer = plan_tensors(m);
+  for (const std::string& t : tes) in.text_encoder_bytes += part_bytes(t, in.cuda);
+  if (!ae.empty()) in.autoencoder_bytes = part_bytes(ae, in.cuda);
+}
+
+int cmd_memory_plan(const std::vector<std::string>& a) {
+  need_args(a, 2, "memory-plan");
+  bool text = false;
+  PlanInputs in;
+  std::string model, device_name = "cpu";
+  int resolution = 1024;
+  std::string job_dir;
+  for (size_t i = 1; i < a.size(); ++i) {
+    const std::string& k = a[i];
+    auto value = [&]() -> const std::string& {
+      if (i + 1 >= a.size()) fail("memory-plan: " + k + " needs a value");
+      return a[++i];
+    };
+    if (k == "--text") text = true;
+    else if (k == "--model") model = value();
+    else if (k == "--device") device_name = value();
+    else if (k == "--quantize") {
+      if (!weight_format_from_name(value(), &in.quantize)) fail("memory-plan: --quantize " + a[i] + ": one of none, fp8, int8, nf4");
+    } else if (k == "--network") {
+      const std::string& v = value();
+      if (v != "lora" && v != "lokr") fail("memory-plan: --network " + v + ": lora or lokr");
+      in.lokr = v == "lokr";
+    } else if (k == "--rank") in.rank = count_arg(a, ++i, "memory-plan", 1);
+    else if (k == "--lokr-factor") in.lokr_factor = parse_number<int>(value(), "memory-plan --lokr-factor");
+    else if (k == "--lokr-full-rank") in.lokr_full_rank = true;
+    else if (k == "--optimizer") {
+      in.optimizer.type = value();
+      bool known = false;
+      for (const std::string& n : optimizer_names()) known |= n == in.optimizer.type;
+      if (!known) fail("memory-plan: --optimizer " + in.optimizer.type + ": unknown");
+    } else if (k == "--batch") in.batch = count_arg(a, ++i, "memory-plan", 1);
+    else if (k == "--resolution") resolution = count_arg(a, ++i, "memory-plan", 16);
+    else if (k == "--text-tokens") in.text_tokens = count_arg(a, ++i, "memory-plan", 1);
+    else if (k == "--checkpointing") in.checkpointing = true;
+    else if (k == "--ema") in.ema = true;
+    else if (k == "--sample") in.sampling = true;
+    else if (k.rfind("--", 0) == 0) fail("memory-plan: unknown option " + k);
+    else if (job_dir.empty()) job_dir = k;
+    else fail("memory-plan: unexpected argument " + k);
+  }
+  if (!job_dir.empty()) {
+    const Job job = job_load(job_dir);
+    in = plan_inputs(job, parse_device(job.device, job.file));
+  } else {
+    if (model.empty()) fail("memory-plan: give a prepared job's folder, or --model");
+    // A CUDA plan is counted without a device too (the TUI on a machine without one, benchmarks); its
+    // free memory is then unknown unless GRAFT_DEVICE_MEMORY says it.
+    const bool cuda = device_name.rfind("cuda", 0) == 0;
+    if (!cuda && device_name != "cpu") fail("memory-plan: --device " + device_name + ": cpu or cuda[:N]");
+    in.cuda = cuda;
+    model_inputs(model, in);
+    in.image_tokens = (int64_t)(resolution / 16) * (resolution / 16);
+    in.encode_pixels = (int64_t)resolution * resolution;
+    if (in.text_tokens == 0) in.text_tokens = model == "schnell" ? 256 : 512;
+    const char* env = std::getenv("GRAFT_DEVICE_MEMORY");
+    if (env && *env) in.available = std::atof(env);
+    else if (!cuda || cuda::device_count() > 0) in.available = device_free_bytes(parse_device(device_name, "memory-plan --device"));
+  }
+  const MemoryPlan plan = plan_memory(in);
+  if (text) std::fputs(plan.report().c_str(), stdout);
+  else std::printf("%s\n", plan.to_json().dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+std::vector<Command> plan_commands() {
+  return {
+      {"memory-plan", "<job-dir> | --model dev|schnell|<path> [--device D] [--quantize none|fp8|int8|nf4] "
+                      "[--network lora|lokr] [--rank N] [--lokr-factor N] [--lokr-full-rank] [--optimizer NAME] [--batch N] "
+                      "[--resolution PX] [--text-tokens N] [--checkpointing] [--ema] [--sample] [--text]  the memory a job "
+                      "needs against what the device has free, as JSON (--text: as the trainer prints it)",
+       cmd_memory_plan},
+  };
+}
+
+}  // namespace graft

@@ -1,0 +1,318 @@
+#include "train/memory_plan.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+
+#include "core/common.h"
+#include "core/cuda_runtime.h"
+#include "models/weights.h"
+#include "train/job.h"
+#include "train/lora.h"
+
+namespace graft {
+
+namespace {
+
+const double kGiB = 1024.0 * 1024.0 * 1024.0;
+const double kWorkspace = 32.0 * 1024 * 1024;  // cuBLASLt's (cuda/cublaslt.cu)
+const double kHostDecodeBlock = 16.0 * 1024 * 1024;  // the CPU's rows of a converted weight (ops/cpu_ops.cpp)
+
+// Bytes per value of an unquantized tensor as the device keeps it (models/weights.h's get()).
+double kept_bytes(DType stored, bool cuda) {
+  const double size = (double)dtype_size(stored);
+  return cuda && size >= 2 ? 2.0 : size;
+}
+
+std::string gib(double bytes) {
+  char buf[32];
+  if (bytes >= kGiB) std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / kGiB);
+  else std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / (1024.0 * 1024.0));
+  return buf;
+}
+
+std::string count_str(double n) {
+  char buf[32];
+  if (n >= 1e9) std::snprintf(buf, sizeof buf, "%.1fB", n / 1e9);
+  else if (n >= 1e6) std::snprintf(buf, sizeof buf, "%.1fM", n / 1e6);
+  else if (n >= 1e3) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%.0f", n);
+  return buf;
+}
+
+double sum(const std::vector<MemoryPlan::Line>& lines) {
+  double s = 0;
+  for (const MemoryPlan::Line& l : lines) s += l.bytes;
+  return s;
+}
+
+// The plan without its fixes.
+MemoryPlan count(const PlanInputs& in) {
+  MemoryPlan p;
+  p.available = in.available;
+  // The transformer: linear weights in the job's format (an fp8 checkpoint asked for fp8 stays as
+  // stored, with its scales), everything else as the device keeps it.
+  double linear = 0, other = 0, largest = 0;
+  int64_t linear_values = 0;
+  bool converts = in.quantize != WeightFormat::dense;
+  for (const PlanWeight& t : in.transformer) {
+    if (!t.linear) {
+      other += (double)t.numel * kept_bytes(t.dtype, in.cuda);
+      continue;
+    }
+    linear_values += t.numel;
+    largest = std::max(largest, (double)t.numel);
+    const bool fp8_stored = t.dtype == DType::F8_E4M3;
+    if (fp8_stored) converts = true;
+    if (in.quantize == WeightFormat::dense || (in.quantize == WeightFormat::fp8 && fp8_stored))
+      linear += (double)t.numel * kept_bytes(t.dtype, in.cuda) + (fp8_stored ? 4.0 * t.rows : 0.0);
+    else
+      linear += weight_format_bytes(in.quantize, t.rows, t.cols, 0);
+  }
+  const std::string format = in.quantize == WeightFormat::dense ? "as stored" : weight_format_name(in.quantize);
+  p.training.push_back({"transformer: " + count_str((double)linear_values) + " linear weights " + format, linear});
+  p.training.push_back({"transformer: norms, biases and the rest", other});
+
+  const std::vector<ParamSegment> segs = adapter_layout(flux_lora_targets(in.cfg, in.train_modulation), in.rank,
+                                                        in.lokr, in.lokr_factor, in.lokr_full_rank);
+  int64_t n = 0;
+  for (const ParamSegment& s : segs) n += s.size;
+  p.training.push_back({std::string(in.lokr ? "LoKr" : "LoRA") + ": " + count_str((double)n) + " parameters, gradients" +
+                            (in.ema ? ", EMA" : ""),
+                        4.0 * (double)n * (in.ema ? 3 : 2)});
+  p.training.push_back({"optimizer " + in.optimizer.type, (double)optimizer_memory_bytes(in.optimizer, n, segs)});
+
+  const int act = in.cuda ? 2 : 4;
+  const FluxActivations a = flux_activation_bytes(in.cfg, in.batch, in.image_tokens, in.text_tokens, in.rank,
+                                                  in.checkpointing, act, in.cuda);
+  const FluxActivations other_ckpt = flux_activation_bytes(in.cfg, in.batch, in.image_tokens, in.text_tokens, in.rank,
+                                                           !in.checkpointing, act, in.cuda);
+  p.activations_other = other_ckpt.kept + other_ckpt.transient;
+  const std::string shape = std::to_string(in.batch) + " x (" + std::to_string(in.image_tokens) + " image + " +
+                            std::to_string(in.text_tokens) + " text tokens)";
+  p.training.push_back({"activations kept for backward, " + shape + (in.checkpointing ? ", checkpointing" : ""), a.kept});
+  p.training.push_back({"backward's working set (gradients" + std::string(in.checkpointing ? ", a recomputed block)" : ")"),
+                        a.transient});
+  // One product's scratch: a weight decoded for it (on the CPU a block of rows), and cuBLASLt's.
+  const double scratch = in.cuda ? kWorkspace + (converts ? 2.0 * largest : 0.0) : kHostDecodeBlock;
+  p.training.push_back({"scratch of one product", scratch});
+  if (in.sampling) p.training.push_back({"autoencoder (kept for samples)", in.autoencoder_bytes});
+
+  // Encoding runs before the transformer loads: the text encoders, the autoencoder and its largest
+  // picture's activations (a few 128-channel maps at full size, the middle block's attention).
+  if (in.text_encoder_bytes > 0 || in.encode_pixels > 0) {
+    p.encoding.push_back({"text encoders", in.text_encoder_bytes});
+    p.encoding.push_back({"autoencoder", in.autoencoder_bytes});
+    const double px = (double)in.encode_pixels, mid = px / 64.0;
+    if (px > 0) p.encoding.push_back({"autoencoder activations", 4 * 128 * px * act + mid * mid * 4});
+  }
+  p.training_total = sum(p.training);
+  p.encoding_total = sum(p.encoding);
+  p.total = std::max(p.training_total, p.encoding_total);
+  return p;
+}
+
+const char* qtype_of(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::fp8: return "qfloat8";
+    case WeightFormat::int8: return "uint8";
+    default: return "uint4";
+  }
+}
+
+}  // namespace
+
+MemoryPlan plan_memory(const PlanInputs& in) {
+  MemoryPlan p = count(in);
+  if (p.fits()) return p;
+  // Single changes, from the cheapest in quality and speed, that bring the total under what is free.
+  std::vector<std::pair<std::string, PlanInputs>> tries;
+  if (!in.checkpointing) {
+    PlanInputs t = in;
+    t.checkpointing = true;
+    tries.push_back({"train.gradient_checkpointing: true", t});
+  }
+  for (WeightFormat f : {WeightFormat::fp8, WeightFormat::nf4}) {
+    if (weight_format_bytes(f, 64, 64, 2) >= weight_format_bytes(in.quantize, 64, 64, 2)) continue;
+    PlanInputs t = in;
+    t.quantize = f;
+    tries.push_back({std::string("model.quantize: true with model.qtype: ") + qtype_of(f), t});
+  }
+  if (in.optimizer.type == "adamw" || in.optimizer.type == "prodigy" || in.optimizer.type == "lion") {
+    PlanInputs t = in;
+    t.optimizer.type = "adamw8bit";
+    tries.push_back({"train.optimizer: adamw8bit", t});
+  }
+  if (in.batch > 1) {
+    PlanInputs t = in;
+    t.batch = 1;
+    tries.push_back({"train.batch_size: 1", t});
+  }
+  if (in.image_tokens > 1024) {
+    PlanInputs t = in;
+    t.image_tokens = in.image_tokens / 4;
+    const int side = (int)std::lround(std::sqrt((double)t.image_tokens)) * 16;
+    tries.push_back({"a dataset resolution of at most " + std::to_string(side) + " px", t});
+  }
+  PlanInputs all = in;  // every change at once, each at its most frugal
+  std::string all_what;
+  for (auto& [what, t] : tries) {
+    const MemoryPlan q = count(t);
+    if (q.fits()) p.fixes.push_back(what + " (" + gib(q.total) + ")");
+    all.checkpointing |= t.checkpointing;
+    if (weight_format_bytes(t.quantize, 64, 64, 2) < weight_format_bytes(all.quantize, 64, 64, 2)) all.quantize = t.quantize;
+    if (t.optimizer.type != in.optimizer.type) all.optimizer = t.optimizer;
+    all.batch = std::min(all.batch, t.batch);
+    all.image_tokens = std::min(all.image_tokens, t.image_tokens);
+  }
+  if (p.fixes.empty() && tries.size() > 1) {
+    const MemoryPlan q = count(all);
+    for (auto& [what, t] : tries) {
+      const bool used = (t.checkpointing != in.checkpointing) || (t.quantize != in.quantize && t.quantize == all.quantize) ||
+                        (t.optimizer.type != in.optimizer.type) || (t.batch != in.batch) || (t.image_tokens != in.image_tokens);
+      if (used) all_what += (all_what.empty() ? "" : ", ") + what;
+    }
+    if (q.fits()) p.fixes.push_back("all of " + all_what + " (" + gib(q.total) + ")");
+  }
+  return p;
+}
+
+std::string MemoryPlan::report() const {
+  std::string out = "  memory plan (before step 1):\n";
+  char buf[256];
+  auto lines = [&](const std::vector<Line>& ls, const char* title, double total) {
+    if (ls.empty()) return;
+    std::snprintf(buf, sizeof buf, "    %s: %s\n", title, gib(total).c_str());
+    out += buf;
+    for (const Line& l : ls) {
+      std::snprintf(buf, sizeof buf, "      %-68s %s\n", l.what.c_str(), gib(l.bytes).c_str());
+      out += buf;
+    }
+  };
+  lines(encoding, "while encoding the datasets", encoding_total);
+  lines(training, "while training", training_total);
+  std::snprintf(buf, sizeof buf, "    peak %s of %s free%s\n", gib(total).c_str(),
+                available > 0 ? gib(available).c_str() : "(unknown)", fits() ? "" : ": DOES NOT FIT");
+  out += buf;
+  return out;
+}
+
+std::string MemoryPlan::refusal(const std::string& job_file) const {
+  std::string biggest;
+  double top = -1;
+  for (const Line& l : training)
+    if (l.bytes > top) top = l.bytes, biggest = l.what + " " + gib(l.bytes);
+  std::string s = job_file + ": this job needs about " + gib(total) + " (" +
+                  (total == encoding_total ? "while encoding" : "while training") + "; the largest part: " + biggest +
+                  ") but " + gib(available) + " is free.";
+  if (!fixes.empty()) {
+    s += " It would fit with ";
+    for (size_t i = 0; i < fixes.size(); ++i) s += (i ? "; or " : "") + fixes[i];
+    s += ".";
+  } else {
+    s += " No single setting makes it fit: use a device with more memory or smaller pictures.";
+  }
+  return s + " (GRAFT_MEMORY_CHECK=0 starts it anyway.)";
+}
+
+nlohmann::json MemoryPlan::to_json() const {
+  auto lines = [](const std::vector<Line>& ls) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const Line& l : ls) a.push_back({{"what", l.what}, {"bytes", l.bytes}});
+    return a;
+  };
+  return {{"training", lines(training)}, {"encoding", lines(encoding)}, {"training_total", training_total},
+          {"encoding_total", encoding_total}, {"total", total}, {"available", available}, {"fits", fits()},
+          {"activations_other", activations_other}, {"fixes", fixes}};
+}
+
+std::vector<PlanWeight> plan_tensors(FluxTransformer& m) {
+  std::set<const graft::Tensor*> linear_weights;
+  for (Linear* l : m.linears()) linear_weights.insert(&l->W);
+  std::vector<PlanWeight> out;
+  for (NamedParam& p : m.params()) {
+    PlanWeight w;
+    w.name = p.name, w.numel = shape_numel(p.t->shape), w.dtype = p.t->dtype;
+    if (linear_weights.count(p.t)) w.linear = true, w.rows = (int)p.t->shape[0], w.cols = (int)p.t->shape[1];
+    out.push_back(w);
+  }
+  return out;
+}
+
+double device_free_bytes(Device device) {
+  if (device.is_cuda()) return (double)cuda::free_memory();
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024.0;
+  return 0;
+}
+
+namespace {
+
+// Bytes a checkpoint's tensors take as the device keeps them ("" or an unreadable one: 0; the loaders
+// say what is wrong with it).
+double checkpoint_bytes(const std::string& path, bool cuda) {
+  if (path.empty()) return 0;
+  const Checkpoint c = Checkpoint::open(path);
+  double b = 0;
+  for (const std::string& n : c.names()) {
+    const TensorInfo& t = c.info(n);
+    b += (double)shape_numel(t.shape) * (dtype_is_float(t.dtype) ? kept_bytes(t.dtype, cuda) : dtype_size(t.dtype));
+  }
+  return b;
+}
+
+}  // namespace
+
+PlanInputs plan_inputs(const Job& job, Device device) {
+  PlanInputs in;
+  FluxTransformer shapes = FluxTransformer::shapes(job.transformer);
+  in.cfg = shapes.cfg;
+  in.transformer = plan_tensors(shapes);
+  in.cuda = device.is_cuda();
+  in.quantize = job.quantize;
+  in.lokr = job.network_type == "lokr";
+  in.lokr_full_rank = job.lokr_full_rank, in.lokr_factor = job.lokr_factor, in.rank = job.rank;
+  in.train_modulation = job.train_modulation, in.ema = job.use_ema;
+  in.optimizer = job.optimizer;
+  in.batch = job.batch_size;
+  in.checkpointing = job.gradient_checkpointing;
+  for (const TextPart& t : job.text_parts) in.text_tokens = std::max<int64_t>(in.text_tokens, t.max_len);
+  // Image pixels per token: the autoencoder's downscale (2 per level after the first) times the 2x2 patch.
+  int factor = 16;
+  if (!job.ae.empty()) {
+    const Checkpoint ae = Checkpoint::open(job.ae);
+    int levels = 0;
+    while (ae.has("encoder.down." + std::to_string(levels) + ".block.0.conv1.weight") ||
+           ae.has("encoder.down_blocks." + std::to_string(levels) + ".resnets.0.conv1.weight"))
+      ++levels;
+    if (levels > 0) factor = (1 << (levels - 1)) * 2;
+  }
+  for (const JobDataset& d : job.datasets)
+    for (const JobImage& im : d.items) {
+      in.image_tokens = std::max<int64_t>(in.image_tokens, (int64_t)(im.width / factor) * (im.height / factor));
+      in.encode_pixels = std::max<int64_t>(in.encode_pixels, (int64_t)im.width * im.height);
+    }
+  for (const JobItem& it : job.items) {  // pre-encoded: the latent's and the text's shapes
+    const SafeTensorsFile l = SafeTensorsFile::open(it.latent), t = SafeTensorsFile::open(it.text);
+    const Shape z = l.info("latent").shape, x = t.info("txt").shape;
+    if (z.size() == 3) in.image_tokens = std::max<int64_t>(in.image_tokens, (z[1] / 2) * (z[2] / 2));
+    if (!x.empty()) in.text_tokens = std::max<int64_t>(in.text_tokens, x[0]);
+  }
+  if (!job.datasets.empty() || job.sample.enabled) {
+    for (const TextPart& t : job.text_parts) in.text_encoder_bytes += checkpoint_bytes(t.path, in.cuda);
+    in.autoencoder_bytes = checkpoint_bytes(job.ae, in.cuda);
+  }
+  in.sampling = job.sample.enabled;
+  const char* env = std::getenv("GRAFT_DEVICE_MEMORY");
+  in.available = env && *env ? std::atof(env) : device_free_bytes(device);
+  return in;
+}
+
+}  // namespace graft

@@ -1,0 +1,77 @@
+// The memory a LoRA job needs, counted before anything loads: the transformer's weights in their
+// format, the text encoders and autoencoder while the datasets are encoded, the adapters, the
+// optimizer, the activations a step keeps (with and without gradient checkpointing) and the scratch
+// of one product, against what the device has free. A job that cannot fit stops before step 1 with
+// these numbers and the settings that would make it fit; `graft-trainer memory-plan` prints the same
+// for the TUI's estimate.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "models/flux.h"
+#include "ops/quant.h"
+#include "train/optimizers.h"
+
+namespace graft {
+
+struct Job;
+
+// One tensor of the transformer as its checkpoint stores it; a linear layer's weight [rows, cols] is
+// kept in the job's format.
+struct PlanWeight {
+  std::string name;
+  int64_t numel = 0;
+  DType dtype = DType::BF16;
+  int rows = 0, cols = 0;
+  bool linear = false;
+};
+
+// What the plan is counted from.
+struct PlanInputs {
+  FluxConfig cfg;
+  bool cuda = false;  // CUDA keeps 16- and 32-bit weights as bf16 and computes in bf16; the CPU keeps
+                      // weights as stored and computes in fp32
+  std::vector<PlanWeight> transformer;
+  WeightFormat quantize = WeightFormat::dense;
+  bool lokr = false, lokr_full_rank = false, train_modulation = false, ema = false;
+  int rank = 16, lokr_factor = -1;
+  OptimizerConfig optimizer;
+  int batch = 1;
+  int64_t image_tokens = 0, text_tokens = 0;  // of the largest bucket
+  bool checkpointing = false;
+  double text_encoder_bytes = 0, autoencoder_bytes = 0;  // as loaded on the device
+  int64_t encode_pixels = 0;                              // the largest picture the autoencoder encodes
+  bool sampling = false;                                  // the autoencoder stays for samples
+  double available = 0;                                   // free device memory; 0: unknown
+};
+
+struct MemoryPlan {
+  struct Line { std::string what; double bytes = 0; };
+  std::vector<Line> training;  // what the device holds while training
+  std::vector<Line> encoding;  // what it holds while the datasets are encoded (before the transformer loads)
+  double training_total = 0, encoding_total = 0, total = 0, available = 0;
+  double activations_other = 0;  // the activations (kept and transient) with the other checkpointing setting
+  std::vector<std::string> fixes;  // single changes of the job's settings that would make it fit
+  bool fits() const { return available <= 0 || total <= available; }
+  std::string report() const;  // the lines the trainer prints before step 1
+  // One paragraph for a job that does not fit: the numbers and what to change.
+  std::string refusal(const std::string& job_file) const;
+  nlohmann::json to_json() const;
+};
+
+MemoryPlan plan_memory(const PlanInputs& in);
+
+// The inputs for a prepared job on `device`: the checkpoints' headers (the transformer's checked name
+// by name, nothing read), the job's settings and the device's free memory (GRAFT_DEVICE_MEMORY, in
+// bytes, stands in for it: tests, and a share of a device someone else uses).
+PlanInputs plan_inputs(const Job& job, Device device);
+
+// Free memory of a device: cudaMemGetInfo's on CUDA, MemAvailable on the host.
+double device_free_bytes(Device device);
+
+// FLUX's unquantized tensors from a model built with a shapes-only WeightLoader.
+std::vector<PlanWeight> plan_tensors(FluxTransformer& shapes);
+
+}  // namespace graft
