@@ -29,27 +29,15 @@ bool exists(const std::string& p) {
   return stat(p.c_str(), &st) == 0;
 }
 
-// Bytes of a model of `cfg` in bf16 (every tensor listed by a shapes-only loader).
+// The tensors of a model of `cfg` (every one listed by a shapes-only loader) as a bf16 file holds them.
 template <class Model, class Config>
-double bf16_bytes(const Config& cfg) {
+std::vector<PlanWeight> bf16_weights(const Config& cfg) {
   WeightLoader w(nullptr, identity_layout("shapes"), Device::cpu());
   w.shapes_only = true;
   Model m(cfg, w);
-  double b = 0;
-  for (NamedParam& p : m.params()) b += 2.0 * (double)shape_numel(p.t->shape);
-  return b;
-}
-
-// Bytes of a checkpoint's tensors as `device` keeps them: its file or folder of shards.
-double part_bytes(const std::string& path, bool cuda) {
-  const Checkpoint c = Checkpoint::open(path);
-  double b = 0;
-  for (const std::string& n : c.names()) {
-    const TensorInfo& t = c.info(n);
-    const double size = (double)dtype_size(t.dtype);
-    b += (double)shape_numel(t.shape) * (cuda && size >= 2 ? 2.0 : size);
-  }
-  return b;
+  std::vector<PlanWeight> out = plan_tensors(m.params());
+  for (PlanWeight& t : out) t.dtype = DType::BF16;
+  return out;
 }
 
 // --model: FLUX.1's shapes by name (dev, schnell: the real sizes, bf16), a checkpoint file, or a model
@@ -65,8 +53,9 @@ void model_inputs(const std::string& model, PlanInputs& in) {
     in.cfg = c;
     in.transformer = plan_tensors(m);
     for (PlanWeight& t : in.transformer) t.dtype = DType::BF16;
-    in.text_encoder_bytes = bf16_bytes<T5Encoder>(t5_xxl_config()) + bf16_bytes<ClipTextModel>(clip_l_config());
-    in.autoencoder_bytes = bf16_bytes<FluxVae>(VaeConfig());
+    in.text_encoders = bf16_weights<T5Encoder>(t5_xxl_config());
+    for (const PlanWeight& t : bf16_weights<ClipTextModel>(clip_l_config())) in.text_encoders.push_back(t);
+    in.autoencoder = bf16_weights<FluxVae>(VaeConfig());
     return;
   }
   std::string transformer = model, ae;
@@ -91,8 +80,9 @@ void model_inputs(const std::string& model, PlanInputs& in) {
   FluxTransformer m = FluxTransformer::shapes(transformer);
   in.cfg = m.cfg;
   in.transformer = plan_tensors(m);
-  for (const std::string& t : tes) in.text_encoder_bytes += part_bytes(t, in.cuda);
-  if (!ae.empty()) in.autoencoder_bytes = part_bytes(ae, in.cuda);
+  for (const std::string& t : tes)
+    for (const PlanWeight& w : checkpoint_weights(t)) in.text_encoders.push_back(w);
+  in.autoencoder = checkpoint_weights(ae);
 }
 
 int cmd_memory_plan(const std::vector<std::string>& a) {
@@ -111,8 +101,9 @@ int cmd_memory_plan(const std::vector<std::string>& a) {
     if (k == "--text") text = true;
     else if (k == "--model") model = value();
     else if (k == "--device") device_name = value();
-    else if (k == "--quantize") {
-      if (!weight_format_from_name(value(), &in.quantize)) fail("memory-plan: --quantize " + a[i] + ": one of none, fp8, int8, nf4");
+    else if (k == "--quantize" || k == "--quantize-te") {
+      if (!weight_format_from_name(value(), k == "--quantize" ? &in.quantize : &in.quantize_te))
+        fail("memory-plan: " + k + " " + a[i] + ": one of none, fp8, int8, nf4");
     } else if (k == "--network") {
       const std::string& v = value();
       if (v != "lora" && v != "lokr") fail("memory-plan: --network " + v + ": lora or lokr");
@@ -164,7 +155,7 @@ int cmd_memory_plan(const std::vector<std::string>& a) {
 std::vector<Command> plan_commands() {
   return {
       {"memory-plan", "<job-dir> | --model dev|schnell|<path> [--device D] [--quantize none|fp8|int8|nf4] "
-                      "[--network lora|lokr] [--rank N] [--lokr-factor N] [--lokr-full-rank] [--optimizer NAME] [--batch N] "
+                      "[--quantize-te none|fp8|int8|nf4] [--network lora|lokr] [--rank N] [--lokr-factor N] [--lokr-full-rank] [--optimizer NAME] [--batch N] "
                       "[--resolution PX] [--text-tokens N] [--checkpointing] [--ema] [--sample] [--text]  the memory a job "
                       "needs against what the device has free, as JSON (--text: as the trainer prints it)",
        cmd_memory_plan},

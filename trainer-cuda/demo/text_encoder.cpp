@@ -87,11 +87,12 @@ TextEncoder TextEncoder::random(const TextEncoderConfig& c, uint64_t seed, Devic
   return te;
 }
 
-TextEncoder TextEncoder::load(const std::string& path, Device device) {
+TextEncoder TextEncoder::load(const std::string& path, Device device, WeightFormat quantize) {
   Checkpoint ckpt = Checkpoint::open(path);
   if (!ckpt.has("token_embedding.weight"))
     fail(path + ": not a graft text encoder: tensor 'token_embedding.weight' is missing");
   WeightLoader w(&ckpt, identity_layout("graft text encoder"), device);
+  w.quantize = quantize;
   TextEncoderConfig c;
   c.vocab = (int)w.dim("token_embedding.weight", 0);
   c.dim = (int)w.dim("token_embedding.weight", 1);

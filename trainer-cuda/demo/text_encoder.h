@@ -44,7 +44,8 @@ struct TextEncoder {
   Tensor final_norm;
   Linear context_proj, pooled_proj;
 
-  static TextEncoder load(const std::string& path, Device device = Device::cpu());
+  // quantize: its linear weights kept in that format (model.quantize_te), quantized as they load.
+  static TextEncoder load(const std::string& path, Device device = Device::cpu(), WeightFormat quantize = WeightFormat::dense);
   static TextEncoder random(const TextEncoderConfig& cfg, uint64_t seed, Device device = Device::cpu());
   void save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata);
   std::vector<NamedParam> params();

@@ -89,12 +89,13 @@ static void apply_config(const std::string& path, ClipConfig& c) {
   c.eos_id = eos == 2 ? -1 : eos;
 }
 
-ClipTextModel ClipTextModel::load(const std::string& path, Device device) {
+ClipTextModel ClipTextModel::load(const std::string& path, Device device, WeightFormat quantize) {
   Checkpoint ckpt = Checkpoint::open(path);
   std::string prefix;
   if (!find_prefix(ckpt, "text_model.final_layer_norm.weight", &prefix))
     fail(path + ": not a CLIP text model: no tensor 'text_model.final_layer_norm.weight' (under any prefix)");
   WeightLoader w(&ckpt, identity_layout(prefix.empty() ? "CLIP" : "CLIP under '" + prefix + "'", prefix), device);
+  w.quantize = quantize;
   for (const char* n : {"text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight"})
     if (!w.has(n)) fail(w.problem(n, "is missing"));
   ClipConfig c;

@@ -43,7 +43,8 @@ struct ClipTextModel {
   std::vector<Layer> layers;
   Tensor final_w, final_b;
 
-  static ClipTextModel load(const std::string& path, Device device);
+  // quantize: its linear weights kept in that format (model.quantize_te), quantized as they load.
+  static ClipTextModel load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense);
   ClipTextModel(const ClipConfig& cfg, WeightLoader& w);
   ClipTextModel() = default;
   std::vector<NamedParam> params();  // transformers' names, without a prefix

@@ -88,7 +88,7 @@ static void apply_config(const std::string& path, T5Config& c) {
   c.max_distance = j.value("relative_attention_max_distance", c.max_distance);
 }
 
-T5Encoder T5Encoder::load(const std::string& path, Device device) {
+T5Encoder T5Encoder::load(const std::string& path, Device device, WeightFormat quantize) {
   Checkpoint ckpt = Checkpoint::open(path);
   std::string prefix;
   if (!find_prefix(ckpt, "encoder.final_layer_norm.weight", &prefix))
@@ -100,6 +100,7 @@ T5Encoder T5Encoder::load(const std::string& path, Device device) {
                   return Stored{{prefix + n}, false};
                 }};
   WeightLoader w(&ckpt, layout, device);
+  w.quantize = quantize;
   T5Config c;
   const std::string rel = block_name(0, 0) + "SelfAttention.relative_attention_bias.weight";
   if (!w.has("shared.weight")) fail(w.problem("shared.weight", "is missing"));

@@ -44,7 +44,8 @@ struct T5Encoder {
   std::vector<Block> blocks;
   Tensor final_norm;
 
-  static T5Encoder load(const std::string& path, Device device);
+  // quantize: its linear weights kept in that format (model.quantize_te), quantized as they load.
+  static T5Encoder load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense);
   T5Encoder(const T5Config& cfg, WeightLoader& w);
   T5Encoder() = default;
   std::vector<NamedParam> params();  // transformers' names, without a prefix

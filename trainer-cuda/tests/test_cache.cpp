@@ -34,7 +34,7 @@ struct Encoded {
 // job_load + the models + data_encode, as train_run does it, with a fresh metrics.jsonl.
 Encoded encode(const std::string& dir) {
   Job job = job_load(dir);
-  std::unique_ptr<PromptEncoder> te = load_prompt_encoder(job.text_parts, Device::cpu(), job.file);
+  std::unique_ptr<PromptEncoder> te = load_prompt_encoder(job.text_parts, Device::cpu(), job.file, job.quantize_te);
   FluxVae ae = FluxVae::load(job.ae);
   job_check_models(job, *te, ae.cfg);
   const std::string mp = dir + "/metrics.jsonl";
@@ -126,6 +126,32 @@ TEST(sha256_known_vectors_and_portable_matches_openssl) {
   CHECK(sha256_file_hex(dir + "/m") == sha256_hex(million));
   CHECK_THROWS(sha256_file_hex(dir + "/none"), "cannot read to hash it");
   std::printf("      sha256 through %s\n", sha256_uses_openssl() ? "OpenSSL" : "the portable code");
+}
+
+// model.quantize_te: the text encoders' linear weights quantized as they load give other embeddings,
+// cached under their own keys (the unquantized entries stay and are reused when it is turned off).
+TEST(cache_quantized_text_encoder_has_its_own_entries) {
+  TempDir tmp;
+  const std::string& dir = tmp.path;
+  json j = v2_job(dir);
+  write_json(dir + "/job.json", j);
+  Encoded a = encode(dir);
+  j["model"]["quantize_te"] = "nf4";
+  write_json(dir + "/job.json", j);
+  Encoded b = encode(dir);
+  CHECK(b.stats.text_encoded == kTexts && b.stats.text_reused == 0 && b.stats.latents_reused == kLatents);
+  CHECK(count_files(dir + "/cache/text") == 2 * (size_t)kTexts);
+  double diff = 0, size = 0;
+  for (size_t i = 0; i < a.data.texts.size(); ++i)
+    for (size_t k = 0; k < a.data.texts[i].txt.size(); ++k)
+      diff = std::max(diff, (double)std::fabs(a.data.texts[i].txt[k] - b.data.texts[i].txt[k])),
+      size = std::max(size, (double)std::fabs(a.data.texts[i].txt[k]));
+  std::printf("      nf4 text encoder against the unquantized one: embeddings differ by %.2e of %.2e\n", diff, size);
+  CHECK(diff > 1e-4 * size && diff < 0.5 * size);
+  j["model"]["quantize_te"] = "none";
+  write_json(dir + "/job.json", j);
+  Encoded c = encode(dir);
+  CHECK(c.stats.text_encoded == 0 && c.stats.text_reused == kTexts);
 }
 
 TEST(cache_second_run_encodes_nothing) {

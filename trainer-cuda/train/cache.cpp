@@ -185,7 +185,9 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te
   const std::string ae_sha = model_sha256(job.ae, job.cache_dir);
   std::vector<NamedHash> te_parts;
   for (const PromptEncoder::Part& p : te.parts) te_parts.push_back({p.name, model_sha256(p.path, job.cache_dir)});
-  const std::string te_sha = combined_sha256(te_parts);
+  std::string te_sha = combined_sha256(te_parts);
+  // Quantized text encoders give other embeddings: their own entries (unquantized keys stay as they were).
+  if (job.quantize_te != WeightFormat::dense) te_sha = sha256_hex(te_sha + " quantize_te=" + weight_format_name(job.quantize_te));
   const std::string lat_dir = job.cache_dir + "/latents", txt_dir = job.cache_dir + "/text";
   if (job.cache_latents) make_dirs(lat_dir);
   if (job.cache_text_embeddings) make_dirs(txt_dir);

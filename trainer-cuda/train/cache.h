@@ -4,6 +4,7 @@
 //
 //   latent key = SHA-256 of "graft-latent/1 <item key> flip_x=<0|1> flip_y=<0|1> <SHA-256 of the ae>"
 //   text key   = SHA-256 of "graft-text/1 <id>,<id>,...,<id> <SHA-256 of the text encoders>"
+//                (quantized encoders, model.quantize_te: that hash is SHA-256 of "<it> quantize_te=<format>")
 // (model_hash.h: a file's SHA-256, a folder's over its files; several text encoders' combined, their
 // prompts' ids concatenated in the order of their names).
 //   cache_dir/latents/<key>.safetensors: latent F32 [C, h, w] (the transformer's latent space)

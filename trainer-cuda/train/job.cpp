@@ -255,6 +255,8 @@ Job job_load(const std::string& dir_in) {
   job.base_model = f.str("model.name_or_path", job.transformer);
   const std::string quantize = f.str("model.quantize", "none", {"none", "fp8", "int8", "nf4"});
   weight_format_from_name(quantize, &job.quantize);
+  const std::string quantize_te = f.str("model.quantize_te", "none", {"none", "fp8", "int8", "nf4"});
+  weight_format_from_name(quantize_te, &job.quantize_te);
   job.ae = absolute(dir, f.str("model.ae", ""));
   load_text_parts(job, f);
 

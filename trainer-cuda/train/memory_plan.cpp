@@ -55,23 +55,18 @@ MemoryPlan count(const PlanInputs& in) {
   p.available = in.available;
   // The transformer: linear weights in the job's format (an fp8 checkpoint asked for fp8 stays as
   // stored, with its scales), everything else as the device keeps it.
-  double linear = 0, other = 0, largest = 0;
+  std::vector<PlanWeight> linears, rest;
+  double largest = 0;
   int64_t linear_values = 0;
   bool converts = in.quantize != WeightFormat::dense;
   for (const PlanWeight& t : in.transformer) {
-    if (!t.linear) {
-      other += (double)t.numel * kept_bytes(t.dtype, in.cuda);
-      continue;
-    }
+    (t.linear ? linears : rest).push_back(t);
+    if (!t.linear) continue;
     linear_values += t.numel;
     largest = std::max(largest, (double)t.numel);
-    const bool fp8_stored = t.dtype == DType::F8_E4M3;
-    if (fp8_stored) converts = true;
-    if (in.quantize == WeightFormat::dense || (in.quantize == WeightFormat::fp8 && fp8_stored))
-      linear += (double)t.numel * kept_bytes(t.dtype, in.cuda) + (fp8_stored ? 4.0 * t.rows : 0.0);
-    else
-      linear += weight_format_bytes(in.quantize, t.rows, t.cols, 0);
+    converts |= t.dtype == DType::F8_E4M3;  // an fp8 checkpoint's weights are converted at each use
   }
+  const double linear = weights_bytes(linears, in.cuda, in.quantize), other = weights_bytes(rest, in.cuda, in.quantize);
   const std::string format = in.quantize == WeightFormat::dense ? "as stored" : weight_format_name(in.quantize);
   p.training.push_back({"transformer: " + count_str((double)linear_values) + " linear weights " + format, linear});
   p.training.push_back({"transformer: norms, biases and the rest", other});
@@ -99,13 +94,17 @@ MemoryPlan count(const PlanInputs& in) {
   // One product's scratch: a weight decoded for it (on the CPU a block of rows), and cuBLASLt's.
   const double scratch = in.cuda ? kWorkspace + (converts ? 2.0 * largest : 0.0) : kHostDecodeBlock;
   p.training.push_back({"scratch of one product", scratch});
-  if (in.sampling) p.training.push_back({"autoencoder (kept for samples)", in.autoencoder_bytes});
+  const double te_bytes = weights_bytes(in.text_encoders, in.cuda, in.quantize_te);
+  const double ae_bytes = weights_bytes(in.autoencoder, in.cuda, WeightFormat::dense);
+  if (in.sampling) p.training.push_back({"autoencoder (kept for samples)", ae_bytes});
 
   // Encoding runs before the transformer loads: the text encoders, the autoencoder and its largest
   // picture's activations (a few 128-channel maps at full size, the middle block's attention).
-  if (in.text_encoder_bytes > 0 || in.encode_pixels > 0) {
-    p.encoding.push_back({"text encoders", in.text_encoder_bytes});
-    p.encoding.push_back({"autoencoder", in.autoencoder_bytes});
+  if (te_bytes > 0 || in.encode_pixels > 0) {
+    p.encoding.push_back({std::string("text encoders") + (in.quantize_te == WeightFormat::dense ? "" : " ") +
+                              (in.quantize_te == WeightFormat::dense ? "" : weight_format_name(in.quantize_te)),
+                          te_bytes});
+    p.encoding.push_back({"autoencoder", ae_bytes});
     const double px = (double)in.encode_pixels, mid = px / 64.0;
     if (px > 0) p.encoding.push_back({"autoencoder activations", 4 * 128 * px * act + mid * mid * 4});
   }
@@ -141,6 +140,11 @@ MemoryPlan plan_memory(const PlanInputs& in) {
     t.quantize = f;
     tries.push_back({std::string("model.quantize: true with model.qtype: ") + qtype_of(f), t});
   }
+  if (in.quantize_te == WeightFormat::dense && !in.text_encoders.empty()) {
+    PlanInputs t = in;
+    t.quantize_te = WeightFormat::fp8;
+    tries.push_back({"model.quantize_te: true with model.qtype_te: qfloat8", t});
+  }
   if (in.optimizer.type == "adamw" || in.optimizer.type == "prodigy" || in.optimizer.type == "lion") {
     PlanInputs t = in;
     t.optimizer.type = "adamw8bit";
@@ -163,6 +167,7 @@ MemoryPlan plan_memory(const PlanInputs& in) {
     const MemoryPlan q = count(t);
     if (q.fits()) p.fixes.push_back(what + " (" + gib(q.total) + ")");
     all.checkpointing |= t.checkpointing;
+    if (t.quantize_te != in.quantize_te) all.quantize_te = t.quantize_te;
     if (weight_format_bytes(t.quantize, 64, 64, 2) < weight_format_bytes(all.quantize, 64, 64, 2)) all.quantize = t.quantize;
     if (t.optimizer.type != in.optimizer.type) all.optimizer = t.optimizer;
     all.batch = std::min(all.batch, t.batch);
@@ -171,7 +176,7 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   if (p.fixes.empty() && tries.size() > 1) {
     const MemoryPlan q = count(all);
     for (auto& [what, t] : tries) {
-      const bool used = (t.checkpointing != in.checkpointing) || (t.quantize != in.quantize && t.quantize == all.quantize) ||
+      const bool used = (t.checkpointing != in.checkpointing) || (t.quantize_te != in.quantize_te) || (t.quantize != in.quantize && t.quantize == all.quantize) ||
                         (t.optimizer.type != in.optimizer.type) || (t.batch != in.batch) || (t.image_tokens != in.image_tokens);
       if (used) all_what += (all_what.empty() ? "" : ", ") + what;
     }
@@ -229,6 +234,47 @@ nlohmann::json MemoryPlan::to_json() const {
           {"activations_other", activations_other}, {"fixes", fixes}};
 }
 
+namespace {
+bool linear_like(const std::string& n, const Shape& s) {
+  const bool table = n.find("embed") != std::string::npos || n.find("shared") != std::string::npos ||
+                     n.find("relative_attention_bias") != std::string::npos;
+  return s.size() == 2 && !table && n.size() > 7 && n.compare(n.size() - 7, 7, ".weight") == 0;
+}
+PlanWeight weight_of(const std::string& name, const Shape& shape, DType dtype) {
+  PlanWeight w;
+  w.name = name, w.numel = shape_numel(shape), w.dtype = dtype;
+  if (linear_like(name, shape)) w.linear = true, w.rows = (int)shape[0], w.cols = (int)shape[1];
+  return w;
+}
+}  // namespace
+
+std::vector<PlanWeight> plan_tensors(const std::vector<NamedParam>& params) {
+  std::vector<PlanWeight> out;
+  for (const NamedParam& p : params) out.push_back(weight_of(p.name, p.t->shape, p.t->dtype));
+  return out;
+}
+
+std::vector<PlanWeight> checkpoint_weights(const std::string& path) {
+  std::vector<PlanWeight> out;
+  if (path.empty()) return out;
+  const Checkpoint c = Checkpoint::open(path);
+  for (const std::string& n : c.names()) out.push_back(weight_of(n, c.info(n).shape, c.info(n).dtype));
+  return out;
+}
+
+double weights_bytes(const std::vector<PlanWeight>& ws, bool cuda, WeightFormat f) {
+  double b = 0;
+  for (const PlanWeight& t : ws) {
+    const bool fp8_stored = t.dtype == DType::F8_E4M3;
+    if (!t.linear || f == WeightFormat::dense || (f == WeightFormat::fp8 && fp8_stored))
+      b += (double)t.numel * (dtype_is_float(t.dtype) ? kept_bytes(t.dtype, cuda) : (double)dtype_size(t.dtype)) +
+           (t.linear && fp8_stored ? 4.0 * t.rows : 0.0);
+    else
+      b += weight_format_bytes(f, t.rows, t.cols, 0);
+  }
+  return b;
+}
+
 std::vector<PlanWeight> plan_tensors(FluxTransformer& m) {
   std::set<const graft::Tensor*> linear_weights;
   for (Linear* l : m.linears()) linear_weights.insert(&l->W);
@@ -255,19 +301,6 @@ double device_free_bytes(Device device) {
 
 namespace {
 
-// Bytes a checkpoint's tensors take as the device keeps them ("" or an unreadable one: 0; the loaders
-// say what is wrong with it).
-double checkpoint_bytes(const std::string& path, bool cuda) {
-  if (path.empty()) return 0;
-  const Checkpoint c = Checkpoint::open(path);
-  double b = 0;
-  for (const std::string& n : c.names()) {
-    const TensorInfo& t = c.info(n);
-    b += (double)shape_numel(t.shape) * (dtype_is_float(t.dtype) ? kept_bytes(t.dtype, cuda) : dtype_size(t.dtype));
-  }
-  return b;
-}
-
 }  // namespace
 
 PlanInputs plan_inputs(const Job& job, Device device) {
@@ -277,6 +310,7 @@ PlanInputs plan_inputs(const Job& job, Device device) {
   in.transformer = plan_tensors(shapes);
   in.cuda = device.is_cuda();
   in.quantize = job.quantize;
+  in.quantize_te = job.quantize_te;
   in.lokr = job.network_type == "lokr";
   in.lokr_full_rank = job.lokr_full_rank, in.lokr_factor = job.lokr_factor, in.rank = job.rank;
   in.train_modulation = job.train_modulation, in.ema = job.use_ema;
@@ -306,8 +340,9 @@ PlanInputs plan_inputs(const Job& job, Device device) {
     if (!x.empty()) in.text_tokens = std::max<int64_t>(in.text_tokens, x[0]);
   }
   if (!job.datasets.empty() || job.sample.enabled) {
-    for (const TextPart& t : job.text_parts) in.text_encoder_bytes += checkpoint_bytes(t.path, in.cuda);
-    in.autoencoder_bytes = checkpoint_bytes(job.ae, in.cuda);
+    for (const TextPart& t : job.text_parts)
+      for (const PlanWeight& w : checkpoint_weights(t.path)) in.text_encoders.push_back(w);
+    in.autoencoder = checkpoint_weights(job.ae);
   }
   in.sampling = job.sample.enabled;
   const char* env = std::getenv("GRAFT_DEVICE_MEMORY");

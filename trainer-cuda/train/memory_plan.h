@@ -41,7 +41,8 @@ struct PlanInputs {
   int batch = 1;
   int64_t image_tokens = 0, text_tokens = 0;  // of the largest bucket
   bool checkpointing = false;
-  double text_encoder_bytes = 0, autoencoder_bytes = 0;  // as loaded on the device
+  std::vector<PlanWeight> text_encoders, autoencoder;  // their tensors (none: not loaded)
+  WeightFormat quantize_te = WeightFormat::dense;
   int64_t encode_pixels = 0;                              // the largest picture the autoencoder encodes
   bool sampling = false;                                  // the autoencoder stays for samples
   double available = 0;                                   // free device memory; 0: unknown
@@ -71,7 +72,14 @@ PlanInputs plan_inputs(const Job& job, Device device);
 // Free memory of a device: cudaMemGetInfo's on CUDA, MemAvailable on the host.
 double device_free_bytes(Device device);
 
-// FLUX's unquantized tensors from a model built with a shapes-only WeightLoader.
+// A model's tensors from one built with a shapes-only WeightLoader: FLUX's with its linear layers
+// marked; any other's (text encoders, autoencoder) with every 2-D ".weight" that is not an
+// embedding table taken for a linear layer's.
 std::vector<PlanWeight> plan_tensors(FluxTransformer& shapes);
+std::vector<PlanWeight> plan_tensors(const std::vector<NamedParam>& params);
+// The same from a checkpoint's headers (a file, or a folder of shards).
+std::vector<PlanWeight> checkpoint_weights(const std::string& path);
+// Bytes of those tensors as the device keeps them, linear layers' weights in `f`.
+double weights_bytes(const std::vector<PlanWeight>& ws, bool cuda, WeightFormat f);
 
 }  // namespace graft

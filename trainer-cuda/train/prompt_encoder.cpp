@@ -54,7 +54,7 @@ struct FluxPromptEncoder : PromptEncoder {
 }  // namespace
 
 std::unique_ptr<PromptEncoder> load_prompt_encoder(const std::vector<TextPart>& parts, Device device,
-                                                   const std::string& job_file) {
+                                                   const std::string& job_file, WeightFormat quantize) {
   std::string names;
   for (const TextPart& p : parts) {
     names += (names.empty() ? "" : ", ") + p.name;
@@ -62,7 +62,7 @@ std::unique_ptr<PromptEncoder> load_prompt_encoder(const std::vector<TextPart>& 
   }
   if (parts.size() == 1 && parts[0].name == "text_encoder") {
     auto pe = std::make_unique<DemoPromptEncoder>();
-    pe->te = TextEncoder::load(parts[0].path, device);
+    pe->te = TextEncoder::load(parts[0].path, device, quantize);
     const TextEncoderConfig& c = pe->te.cfg;
     pe->parts = {{parts[0].name, parts[0].path, c.max_len, c.vocab}};
     pe->txt_len = c.max_len, pe->context_dim = c.context_dim, pe->vec_dim = c.vec_dim;
@@ -70,8 +70,8 @@ std::unique_ptr<PromptEncoder> load_prompt_encoder(const std::vector<TextPart>& 
   }
   if (parts.size() == 2 && parts[0].name == "clip_l" && parts[1].name == "t5") {
     auto pe = std::make_unique<FluxPromptEncoder>();
-    pe->clip = ClipTextModel::load(parts[0].path, device);
-    pe->t5 = T5Encoder::load(parts[1].path, device);
+    pe->clip = ClipTextModel::load(parts[0].path, device, quantize);
+    pe->t5 = T5Encoder::load(parts[1].path, device, quantize);
     // CLIP reads up to its positions; T5 has no length limit of its own (relative positions), so
     // the job's length (FLUX.1-dev 512, schnell 256) is its.
     pe->parts = {{"clip_l", parts[0].path, pe->clip.cfg.positions, pe->clip.cfg.vocab},

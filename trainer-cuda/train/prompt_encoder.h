@@ -32,6 +32,6 @@ struct PromptEncoder {
 // The encoders of `parts` on `device`, by their names: {"text_encoder"} is the demo model's,
 // {"clip_l", "t5"} FLUX.1's. Throws naming the job file for any other set.
 std::unique_ptr<PromptEncoder> load_prompt_encoder(const std::vector<TextPart>& parts, Device device,
-                                                   const std::string& job_file);
+                                                   const std::string& job_file, WeightFormat quantize = WeightFormat::dense);
 
 }  // namespace graft

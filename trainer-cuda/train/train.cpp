@@ -299,7 +299,7 @@ int train_run(const std::string& dir) {
   std::unique_ptr<PromptEncoder> te;
   std::unique_ptr<FluxVae> ae;
   if (!job.datasets.empty() || job.sample.enabled) {
-    te = load_prompt_encoder(job.text_parts, device, job.file);
+    te = load_prompt_encoder(job.text_parts, device, job.file, job.quantize_te);
     ae = std::make_unique<FluxVae>(FluxVae::load(job.ae, device));
     check_model_parts(c, *te, ae->cfg, job.file);
     job_check_models(job, *te, ae->cfg);
