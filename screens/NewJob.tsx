@@ -14,11 +14,13 @@
 import { Box, Text, useInput } from 'ink';
 import { useMemo, useState } from 'react';
 import { dumpJobYaml } from '../src/config/document.js';
+import { planSummary } from '../src/config/memoryPlan.js';
 import {
   addDataset, addPrompt, displayValue, duplicateDataset, parseInput, duplicatePrompt, editText, issuesFor, PANELS,
   removeDataset, removePrompt, type Field, type Option,
 } from '../src/config/fields.js';
 import type { JobForm } from '../src/hooks/useJobForm.js';
+import type { PlanState } from '../src/hooks/useMemoryPlan.js';
 import { useKeyState } from '../src/hooks/useKeyState.js';
 import { completePath } from '../src/util/complete.js';
 import { SelectList } from './components/SelectList.js';
@@ -280,6 +282,9 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
           </Text>
         );
       })}
+      <Text> </Text>
+      <Text bold>MEMORY</Text>
+      {memoryLines(form.memory).map((l, i) => <Text key={i} color={l.color} dimColor={l.dim} wrap="truncate-end">{l.text}</Text>)}
     </Box>
   );
 
@@ -388,6 +393,8 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     ? `completions: ${editing.candidates.join('  ')}`
     : `${field.label}: ${field.help}`;
   const issueLines = liveIssues.slice(0, 2);
+  // Beside the QUANTIZATION panel: what the job will need as its settings change.
+  const planLine = field.panel === 'quantization' && issueLines.length === 0 && 'plan' in form.memory ? planSummary(form.memory.plan) : undefined;
   const summary = `issues ✗${errors.length}${unsupported.length ? ` ⊘${unsupported.length}` : ''} !${warnings.length}`;
   const hints: Hint[] = overlay?.kind === 'edit'
     ? [['Enter', 'accept'], ['Esc', 'cancel'], ...(field.kind === 'folder' ? [['Tab', 'complete'] as Hint] : [])]
@@ -398,7 +405,8 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
       {main}
       <Box height={1} width={width}><Text color="cyan" wrap="truncate-end">{help}</Text></Box>
       <Box height={2} width={width} overflow="hidden" flexDirection="column">
-        {issueLines.length === 0 ? <Text> </Text> : issueLines.map((iss, k) => (
+        {planLine ? <Text color={'plan' in form.memory && form.memory.plan.fits ? 'green' : 'red'} wrap="wrap">{`memory: ${planLine}`}</Text> : null}
+        {issueLines.length === 0 && !planLine ? <Text> </Text> : issueLines.map((iss, k) => (
           <Text key={k} color={iss.level === 'error' ? 'red' : iss.level === 'unsupported' ? 'magenta' : 'yellow'} wrap="wrap">{`${iss.level === 'error' ? '✗' : iss.level === 'unsupported' ? '⊘' : '!'} ${iss.message}`}</Text>
         ))}
       </Box>
@@ -412,6 +420,19 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
       <StatusBar hints={hints} width={width} />
     </Box>
   );
+}
+
+/** The memory plan under the panel list: the peak against what is free, or why there is none. */
+function memoryLines(m: PlanState): { text: string; color?: string; dim?: boolean }[] {
+  if ('pending' in m) return [{ text: '…', dim: true }];
+  if ('none' in m) return [{ text: 'no estimate', dim: true }];
+  if ('error' in m) return [{ text: 'unknown', color: 'yellow' }];
+  const g = (b: number) => `${(b / 2 ** 30).toFixed(b >= 10 * 2 ** 30 ? 0 : 1)}G`;
+  const p = m.plan;
+  return [
+    { text: `~${g(p.total)} ${p.fits ? 'fits' : 'too big'}`, color: p.fits ? 'green' : 'red' },
+    { text: p.available > 0 ? `of ${g(p.available)} free` : 'free: unknown', dim: true },
+  ];
 }
 
 /** Where to start looking for a field's key in the YAML: after its section header, so "width" finds the right one. */

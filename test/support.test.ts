@@ -63,11 +63,12 @@ describe('what the trainer accepts but ignores', () => {
 
   it('names each, with what happens instead', () => {
     let d = setAt(doc(), P('train', 'optimizer'), 'adamw8bit');  // built: not named
-    d = setAt(setAt(d, P('model', 'quantize'), true), P('model', 'qtype'), 'uint4');  // qfloat8 is built: not named
+    d = setAt(setAt(d, P('model', 'quantize'), true), P('model', 'qtype'), 'uint3');  // qfloat8, uint8 and uint4 are built: not named
+    d = setAt(setAt(d, P('model', 'quantize_te'), true), P('model', 'qtype_te'), 'uint4');
     d = setAt(d, P('model', 'low_vram'), true);
     d = setAt(d, P('train', 'dtype'), 'bf16');
     expect(said(d)).toEqual([
-      "ignored by graft's trainer: Transformer quantization uint4: graft quantizes to float8 only (8-bit and 4-bit formats are not built yet): the transformer runs in float8, with a scale per output channel",
+      "ignored by graft's trainer: Transformer quantization uint3: uint3 runs as NF4 (4-bit NormalFloat, blocks of 64): graft has no 3-bit format, so it keeps more bits than asked",
       "ignored by graft's trainer: Low VRAM: the whole model stays on the device",
       "ignored by graft's trainer: train.dtype bf16: the CPU backend computes in fp32",
     ]);

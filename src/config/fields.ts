@@ -75,7 +75,12 @@ function withCurrent(options: Option[], current: unknown): Option[] {
   return [...options, { value: current, label: current, note: 'from the loaded file' }];
 }
 
-const QUANT_LABELS: Record<string, string> = { none: 'none', qfloat8: 'float8', float8: 'float8', uint8: '8-bit', uint6: '6-bit', uint4: '4-bit', uint3: '3-bit' };
+// What each qtype runs as in graft's trainer (config/quantization.ts) is in its label.
+const QUANT_LABELS: Record<string, string> = {
+  none: 'none', qfloat8: 'float8', float8: 'float8', uint8: '8-bit (int8)', qint8: '8-bit (int8)', uint7: '7-bit (runs as int8)',
+  uint6: '6-bit (runs as int8)', uint5: '5-bit (runs as int8)', uint4: '4-bit (NF4)', qint4: '4-bit (NF4)', uint3: '3-bit (runs as NF4)',
+  uint2: '2-bit (runs as NF4)',
+};
 
 function quantOptions(preset: Preset | undefined, which: 'transformer' | 'text_encoder'): Option[] {
   const base = preset?.quantization[which] ?? ['none', 'qfloat8'];
@@ -95,8 +100,8 @@ function quantField(preset: Preset | undefined, which: 'transformer' | 'text_enc
     id: `model.${tKey}`, panel: 'quantization', kind: 'select',
     label: which === 'transformer' ? 'Transformer' : 'Text Encoder',
     help: which === 'transformer'
-      ? 'Shrink the frozen transformer weights: float8 halves them (graft builds float8; the integer formats run as float8 for now).'
-      : 'Shrink the frozen text encoder: float8 halves its memory with little loss.',
+      ? 'Shrink the frozen transformer weights: float8 or 8-bit halve them, 4-bit (NF4) keeps about 0.28 of them; LoRA trains on them at full precision. The estimate is under the panel list.'
+      : 'Shrink the frozen text encoders (T5-XXL: 9 GB in bf16) while captions are encoded: float8 halves them; embeddings are cached per format.',
     paths: [P('model', tKey), P('model', qKey)],
     options: [],
     get,

@@ -10,12 +10,11 @@ import { formatPath, getAt, isPlainObject } from '../util/objpath.js';
 import { PROC, procPath, type JobDoc } from './document.js';
 import { at, resolveSettings } from '../prepare/settings.js';
 import { effective, otherProcessKind, type Issue } from './validate.js';
+import { trainerFormat } from './quantization.js';
 
 /** What trainer-cuda reads from job.json (train/job.cpp, train/optimizers.cpp): anything else is refused there. */
 export const TRAINER_OPTIMIZERS = ['adamw', 'adamw8bit', 'lion', 'adafactor', 'prodigy'] as const;
 export const TRAINER_LR_SCHEDULERS = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts'] as const;
-/** The transformer qtypes graft's trainer carries out as they are (fp8 e4m3, a scale per output channel). */
-export const FP8_QTYPES = ['qfloat8', 'float8'];
 /** The optimizer_params each optimizer takes (its constructor's arguments): another key stops the trainer. */
 export const OPTIMIZER_PARAMS: Record<(typeof TRAINER_OPTIMIZERS)[number], string[]> = {
   adamw: ['weight_decay', 'betas', 'eps'],
@@ -102,14 +101,11 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
   const proc = getAt(doc, PROC);
   const settings = resolveSettings(isPlainObject(proc) ? proc : {}, preset).process;
   const effective = (_doc: JobDoc, ...path: string[]) => at(settings, ...path);
-  if (effective(doc, 'model', 'quantize') === true) {
-    const qtype = String(effective(doc, 'model', 'qtype') ?? 'qfloat8');
-    if (!FP8_QTYPES.includes(qtype)) {
-      out.push(ignored(P('model', 'qtype'), `Transformer quantization ${qtype}: graft quantizes to float8 only (8-bit and 4-bit formats are not built yet): the transformer runs in float8, with a scale per output channel`));
-    }
-  }
-  if (effective(doc, 'model', 'quantize_te') === true) {
-    out.push(ignored(P('model', 'qtype_te'), `Text Encoder quantization ${String(effective(doc, 'model', 'qtype_te') ?? 'qfloat8')} (model.quantize_te: true) does nothing: the text encoders run unquantized (and are freed once every caption is encoded)`));
+  for (const [qKey, tKey, label] of [['quantize', 'qtype', 'Transformer'], ['quantize_te', 'qtype_te', 'Text Encoder']] as const) {
+    if (effective(doc, 'model', qKey) !== true) continue;
+    const qtype = String(effective(doc, 'model', tKey) ?? 'qfloat8');
+    const { note } = trainerFormat(qtype);
+    if (note) out.push(ignored(P('model', tKey), `${label} quantization ${qtype}: ${note}`));
   }
   if (effective(doc, 'model', 'low_vram') === true) out.push(ignored(P('model', 'low_vram'), 'Low VRAM: the whole model stays on the device'));
   if (effective(doc, 'model', 'layer_offloading') === true) out.push(ignored(P('model', 'layer_offloading'), 'Layer Offloading: no layer is streamed from host memory'));

@@ -7,6 +7,7 @@ import { validateJob, type Issue } from '../config/validate.js';
 import { trains, unsupportedIssues } from '../config/support.js';
 import { jobWarnings } from '../config/warnings.js';
 import { countMedia } from '../datasets/scan.js';
+import { useMemoryPlan } from './useMemoryPlan.js';
 import type { Gpu } from '../gpu.js';
 import { defaultTrainingFolder } from '../paths.js';
 import { familyFor, type Preset } from '../presets.js';
@@ -52,6 +53,8 @@ export function useJobForm(opts: JobFormOptions) {
   const errors = useMemo(() => validateJob(doc, presets), [doc, presets]);
   const unsupported = useMemo(() => unsupportedIssues(doc, presets), [doc, presets]);
   const warnings = useMemo(() => jobWarnings(doc, { preset, presets, gpus: opts.gpus, datasetSizes }), [doc, preset, presets, opts.gpus, datasetSizes]);
+  // What the job will need on its device, from the trainer's own memory plan.
+  const memory = useMemoryPlan(doc, presets);
 
   // Count the images of each dataset folder once, for the effective-batch warning.
   const folders = datasetBlocks(doc).map((b) => b.folder_path).filter((f): f is string => typeof f === 'string' && f !== '');
@@ -73,7 +76,7 @@ export function useJobForm(opts: JobFormOptions) {
   };
 
   return {
-    doc, preset, fields, errors, unsupported, warnings, message, source, dirty, presets, ignored,
+    doc, preset, fields, errors, unsupported, warnings, message, source, dirty, presets, ignored, memory,
     setMessage,
     change,
     setField(field: Field, value: unknown) {

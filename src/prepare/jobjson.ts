@@ -1,6 +1,7 @@
 // job.json (format graft-job/2, trainer-cuda/JOB_JSON.md): the resolved job the trainer reads. Everything is
 // filled in here: defaults, absolute paths, and every caption variant as token ids.
 import { isPlainObject } from '../util/objpath.js';
+import { trainerFormat } from '../config/quantization.js';
 import type { ModelFiles, ModelTraits } from './model.js';
 import { at, type Settings } from './settings.js';
 import type { TokenIds } from './textTokenizers.js';
@@ -114,9 +115,10 @@ export function buildJobJson(i: JobJsonInput): Obj {
     model: {
       arch: i.model.arch,
       name_or_path: i.model.name_or_path,
-      // The transformer's linear weights as fp8 e4m3 with per-channel scales: graft's one format, which
-      // every qtype asks for until the others are built (support.ts says so for the others).
-      ...(at(p, 'model', 'quantize') === true ? { quantize: 'fp8' } : {}),
+      // The frozen linear weights in the trainer's format nearest the qtype (config/quantization.ts;
+      // support.ts says so where it is not the qtype itself).
+      ...(at(p, 'model', 'quantize') === true ? { quantize: trainerFormat(str(at(p, 'model', 'qtype'), 'qfloat8')).format } : {}),
+      ...(at(p, 'model', 'quantize_te') === true ? { quantize_te: trainerFormat(str(at(p, 'model', 'qtype_te'), 'qfloat8')).format } : {}),
       transformer: i.model.transformer,
       ...(Object.keys(i.model.textEncoders).join() === 'text_encoder' ? { text_encoder: i.model.textEncoders.text_encoder } : { text_encoders: i.model.textEncoders }),
       ae: i.model.ae,

@@ -27,6 +27,7 @@
 #include "models/flux_vae.h"
 #include "ops/ops.h"
 #include "train/lora.h"
+#include "train/memory_plan.h"
 #include "train/optim.h"
 
 namespace graft {
@@ -317,6 +318,16 @@ int cmd_lora_step(const std::vector<std::string>& a) {
   }
   const int side = (int)std::lround(std::sqrt((double)image_tokens));
   if (side * side != image_tokens) fail("lora-step: --image-tokens " + std::to_string(image_tokens) + ": give a square (256, 1024, 4096)");
+  // What the memory plan says this step needs (the training part: no text encoder here), beside what it takes.
+  PlanInputs plan_in;
+  {
+    FluxTransformer shapes = FluxTransformer::shapes(a[1]);
+    plan_in.cfg = shapes.cfg;
+    plan_in.transformer = plan_tensors(shapes);
+  }
+  plan_in.cuda = device.is_cuda(), plan_in.quantize = quantize, plan_in.rank = rank, plan_in.checkpointing = checkpointing;
+  plan_in.image_tokens = image_tokens, plan_in.text_tokens = text_tokens;
+  const MemoryPlan plan = plan_memory(plan_in);
   const double rss0 = peak_rss_mib();
   auto t0 = std::chrono::steady_clock::now();
   FluxTransformer model = FluxTransformer::load(a[1], device, quantize);
@@ -359,10 +370,11 @@ int cmd_lora_step(const std::vector<std::string>& a) {
   for (Linear* l : model.linears()) file_bytes += l->weight_bytes() - l->W.nbytes();  // the scales
   std::printf("lora-step %s on %s: hidden %d, %d + %d blocks, weights %.0f MiB as loaded; %d image + %d text tokens, "
               "LoRA rank %d, checkpointing %s, quantize %s: load %.2f s, last step %.3f s (loss %.4f); peak RSS %.0f MiB (%.0f before "
-              "loading)%s\n",
+              "loading)%s; the memory plan: %.0f MiB\n",
               a[1].c_str(), describe_device(device).c_str(), c.hidden, c.n_double, c.n_single, file_bytes / 1048576.0,
               image_tokens, text_tokens, rank, checkpointing ? "on" : "off", weight_format_name(quantize), load_s, step_s, loss, peak_rss_mib(), rss0,
-              device.is_cuda() ? (", peak device memory " + std::to_string((long)(cuda::peak_bytes() >> 20)) + " MiB").c_str() : "");
+              device.is_cuda() ? (", peak device memory " + std::to_string((long)(cuda::peak_bytes() >> 20)) + " MiB").c_str() : "",
+              plan.training_total / 1048576.0);
   return 0;
 }
 

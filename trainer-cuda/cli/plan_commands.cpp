@@ -43,7 +43,9 @@ std::vector<PlanWeight> bf16_weights(const Config& cfg) {
 // --model: FLUX.1's shapes by name (dev, schnell: the real sizes, bf16), a checkpoint file, or a model
 // folder (graft's: transformer.safetensors beside text_encoder.safetensors and ae.safetensors;
 // diffusers': transformer/, text_encoder/, text_encoder_2/, vae/).
-void model_inputs(const std::string& model, PlanInputs& in) {
+// Returns the autoencoder's path ("" for the shapes by name) and sets `text_tokens` from a graft text
+// encoder's positions when the folder has one.
+std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text_tokens) {
   if (model == "dev" || model == "schnell") {
     WeightLoader w(nullptr, identity_layout("shapes"), Device::cpu());
     w.shapes_only = true;
@@ -56,7 +58,7 @@ void model_inputs(const std::string& model, PlanInputs& in) {
     in.text_encoders = bf16_weights<T5Encoder>(t5_xxl_config());
     for (const PlanWeight& t : bf16_weights<ClipTextModel>(clip_l_config())) in.text_encoders.push_back(t);
     in.autoencoder = bf16_weights<FluxVae>(VaeConfig());
-    return;
+    return "";
   }
   std::string transformer = model, ae;
   std::vector<std::string> tes;
@@ -80,9 +82,13 @@ void model_inputs(const std::string& model, PlanInputs& in) {
   FluxTransformer m = FluxTransformer::shapes(transformer);
   in.cfg = m.cfg;
   in.transformer = plan_tensors(m);
-  for (const std::string& t : tes)
+  for (const std::string& t : tes) {
     for (const PlanWeight& w : checkpoint_weights(t)) in.text_encoders.push_back(w);
+    const Checkpoint c = Checkpoint::open(t);
+    if (c.has("position_embedding.weight")) *text_tokens = c.info("position_embedding.weight").shape.at(0);
+  }
   in.autoencoder = checkpoint_weights(ae);
+  return ae;
 }
 
 int cmd_memory_plan(const std::vector<std::string>& a) {
@@ -136,10 +142,11 @@ int cmd_memory_plan(const std::vector<std::string>& a) {
     const bool cuda = device_name.rfind("cuda", 0) == 0;
     if (!cuda && device_name != "cpu") fail("memory-plan: --device " + device_name + ": cpu or cuda[:N]");
     in.cuda = cuda;
-    model_inputs(model, in);
-    in.image_tokens = (int64_t)(resolution / 16) * (resolution / 16);
+    int64_t te_tokens = 0;
+    const int f = pixels_per_token(model_inputs(model, in, &te_tokens));
+    in.image_tokens = (int64_t)(resolution / f) * (resolution / f);
     in.encode_pixels = (int64_t)resolution * resolution;
-    if (in.text_tokens == 0) in.text_tokens = model == "schnell" ? 256 : 512;
+    if (in.text_tokens == 0) in.text_tokens = te_tokens > 0 ? te_tokens : model == "schnell" ? 256 : 512;
     const char* env = std::getenv("GRAFT_DEVICE_MEMORY");
     if (env && *env) in.available = std::atof(env);
     else if (!cuda || cuda::device_count() > 0) in.available = device_free_bytes(parse_device(device_name, "memory-plan --device"));

@@ -303,6 +303,16 @@ namespace {
 
 }  // namespace
 
+int pixels_per_token(const std::string& ae_path) {
+  if (ae_path.empty()) return 16;
+  const Checkpoint ae = Checkpoint::open(ae_path);
+  int levels = 0;
+  while (ae.has("encoder.down." + std::to_string(levels) + ".block.0.conv1.weight") ||
+         ae.has("encoder.down_blocks." + std::to_string(levels) + ".resnets.0.conv1.weight"))
+    ++levels;
+  return levels > 0 ? (1 << (levels - 1)) * 2 : 16;
+}
+
 PlanInputs plan_inputs(const Job& job, Device device) {
   PlanInputs in;
   FluxTransformer shapes = FluxTransformer::shapes(job.transformer);
@@ -318,16 +328,7 @@ PlanInputs plan_inputs(const Job& job, Device device) {
   in.batch = job.batch_size;
   in.checkpointing = job.gradient_checkpointing;
   for (const TextPart& t : job.text_parts) in.text_tokens = std::max<int64_t>(in.text_tokens, t.max_len);
-  // Image pixels per token: the autoencoder's downscale (2 per level after the first) times the 2x2 patch.
-  int factor = 16;
-  if (!job.ae.empty()) {
-    const Checkpoint ae = Checkpoint::open(job.ae);
-    int levels = 0;
-    while (ae.has("encoder.down." + std::to_string(levels) + ".block.0.conv1.weight") ||
-           ae.has("encoder.down_blocks." + std::to_string(levels) + ".resnets.0.conv1.weight"))
-      ++levels;
-    if (levels > 0) factor = (1 << (levels - 1)) * 2;
-  }
+  const int factor = pixels_per_token(job.ae);
   for (const JobDataset& d : job.datasets)
     for (const JobImage& im : d.items) {
       in.image_tokens = std::max<int64_t>(in.image_tokens, (int64_t)(im.width / factor) * (im.height / factor));

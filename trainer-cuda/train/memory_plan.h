@@ -69,6 +69,10 @@ MemoryPlan plan_memory(const PlanInputs& in);
 // bytes, stands in for it: tests, and a share of a device someone else uses).
 PlanInputs plan_inputs(const Job& job, Device device);
 
+// Picture pixels per transformer token along a side: the autoencoder's downscale (2 per level after
+// the first, read from its checkpoint's names) times FLUX's 2x2 patch; 16 (FLUX.1's) without one.
+int pixels_per_token(const std::string& ae_path);
+
 // Free memory of a device: cudaMemGetInfo's on CUDA, MemAvailable on the host.
 double device_free_bytes(Device device);
 
