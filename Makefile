@@ -5,7 +5,7 @@ APT_PACKAGES := libopenblas-dev nlohmann-json3-dev libstb-dev libssl-dev python3
 # Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
 SYSPY := /usr/bin/python3
 
-.PHONY: all deps apt npm ts trainer install test test-trainer test-ts tui demo demo-model bench bench-prepare bench-demo-variants gpu-check clean
+.PHONY: all deps apt npm ts trainer install test test-trainer test-ts tui demo demo-model bench bench-prepare bench-demo-variants bench-quant gpu-check clean
 
 all: trainer
 
@@ -119,6 +119,10 @@ bench: trainer
 # About 5 minutes a variant on 2 cores; ONLY=lora+lion,lokr+adamw picks some, STEPS=600 the full job.
 bench-demo-variants: trainer ts
 	python3 trainer-cuda/bench/demo_variants.py
+
+# The quantized formats on a FLUX.1-dev-width checkpoint: memory, plan, step time, forward error.
+bench-quant: trainer
+	$(SYSPY) trainer-cuda/bench/quant_bench.py
 
 # Preparation (graft prepare) of 1,000 pictures of 1024x1024 at resolutions [1024, 512]: a first run and a
 # second, cached one. The pictures are generated once into /tmp/graft-bench-prepare (600 MB of JPEGs, kept;

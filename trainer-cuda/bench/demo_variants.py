@@ -22,8 +22,9 @@ MODEL = os.path.join(ROOT, "presets", "graft-tiny")
 STEPS = int(os.environ.get("STEPS", "300"))
 SEEDS = os.environ.get("SEEDS", "2")
 
-# name: (network, optimizer, optimizer_params, lr). The demo's lr is 2e-3; Lion takes a smaller one
-# (its sign update has unit size per element), Prodigy its multiplier 1.
+# name: (network, optimizer, optimizer_params, lr[, model settings]). The demo's lr is 2e-3; Lion takes a
+# smaller one (its sign update has unit size per element), Prodigy its multiplier 1. The quantized
+# variants train on the transformer in that format; demo-eval measures their LoRA on the unquantized model.
 VARIANTS = {
     "lora+adamw": ({"type": "lora"}, "adamw", {}, 2e-3),
     "lora+adamw8bit": ({"type": "lora"}, "adamw8bit", {}, 2e-3),
@@ -33,6 +34,9 @@ VARIANTS = {
     "lokr+adamw": ({"type": "lokr", "lokr_factor": -1}, "adamw", {}, 2e-3),
     "lokr-full-f4+adamw": ({"type": "lokr", "lokr_factor": 4, "lokr_full_rank": True}, "adamw", {}, 2e-3),
     "lokr-full-f4+adamw@1e-2": ({"type": "lokr", "lokr_factor": 4, "lokr_full_rank": True}, "adamw", {}, 1e-2),
+    "lora+adamw on fp8": ({"type": "lora"}, "adamw", {}, 2e-3, {"quantize": "fp8"}),
+    "lora+adamw on int8": ({"type": "lora"}, "adamw", {}, 2e-3, {"quantize": "int8"}),
+    "lora+adamw on nf4": ({"type": "lora"}, "adamw", {}, 2e-3, {"quantize": "nf4"}),
 }
 
 
@@ -58,7 +62,7 @@ def main():
         with open(os.path.join(base, "job.json")) as f:
             job0 = json.load(f)
         rows = []
-        for name, (network, optimizer, params, lr) in VARIANTS.items():
+        for name, (network, optimizer, params, lr, *model) in VARIANTS.items():
             if only and name not in only:
                 continue
             job = os.path.join(tmp, name)
@@ -67,6 +71,7 @@ def main():
             j["output_dir"] = job
             j["sample"]["disable_sampling"] = True  # demo-eval samples, at fixed seeds with and without the adapter
             j["network"].update(network)
+            j["model"].update(model[0] if model else {})
             j["train"].update({"optimizer": optimizer, "optimizer_params": params, "lr": lr})
             with open(os.path.join(job, "job.json"), "w") as f:
                 json.dump(j, f)

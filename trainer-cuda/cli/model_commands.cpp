@@ -39,11 +39,14 @@ int cmd_forward(const std::vector<std::string>& a) {
   std::vector<std::string> rest;
   const Device device = device_option(a, 4, "forward", &rest);
   std::string lora_path;
+  WeightFormat quantize = WeightFormat::dense;
   for (size_t i = 0; i < rest.size(); ++i) {
     if (rest[i] == "--lora" && i + 1 < rest.size()) lora_path = rest[++i];
-    else fail("forward: unknown argument '" + rest[i] + "'");
+    else if (rest[i] == "--quantize" && i + 1 < rest.size()) {
+      if (!weight_format_from_name(rest[++i], &quantize)) fail("forward: --quantize " + rest[i] + ": one of none, fp8, int8, nf4");
+    } else fail("forward: unknown argument '" + rest[i] + "'");
   }
-  FluxTransformer model = FluxTransformer::load(a[1], device);
+  FluxTransformer model = FluxTransformer::load(a[1], device, quantize);
   FluxInputs in = flux_inputs_load(SafeTensorsFile::open(a[2]), model.cfg);
   LoraSet lora;
   if (!lora_path.empty()) {
@@ -374,7 +377,7 @@ int cmd_lora_step(const std::vector<std::string>& a) {
               a[1].c_str(), describe_device(device).c_str(), c.hidden, c.n_double, c.n_single, file_bytes / 1048576.0,
               image_tokens, text_tokens, rank, checkpointing ? "on" : "off", weight_format_name(quantize), load_s, step_s, loss, peak_rss_mib(), rss0,
               device.is_cuda() ? (", peak device memory " + std::to_string((long)(cuda::peak_bytes() >> 20)) + " MiB").c_str() : "",
-              plan.training_total / 1048576.0);
+              plan.total / 1048576.0);
   return 0;
 }
 
@@ -418,7 +421,8 @@ int cmd_vae_encode(const std::vector<std::string>& a) {
 std::vector<Command> model_commands() {
   return {
       {"train", "<job-dir>  train (or resume) the job in <job-dir>", nullptr},
-      {"forward", "<ckpt> <inputs> <outputs> [--lora F] [--device D]  one FLUX forward; writes `out`", cmd_forward},
+      {"forward", "<ckpt> <inputs> <outputs> [--lora F] [--quantize none|fp8|int8|nf4] [--device D]  one FLUX forward; writes `out`",
+       cmd_forward},
       {"lora-grad", "<ckpt> <inputs> <lora> <outputs> [--device D] [--checkpointing]  loss = mean((out-target)^2); "
                     "writes out, loss, grad.<key>", cmd_lora_grad},
       {"make-tiny", "<dir> [--seed N]  tiny random FLUX checkpoint + synthetic job", cmd_make_tiny},

@@ -8,6 +8,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "core/dtype.h"
 #include "cuda_common.h"
 #include "ops/attention_mask.h"
 #include "ops/betas.h"
@@ -42,6 +43,9 @@ void matmul_f32(float* C, const float* A, bool transA, const float* B, bool tran
 // ---- quant.cu: frozen weights in fewer bits (ops/quant.h) -----------------------------------------
 // out [n] bf16 = NF4 codes (two per byte, first in the high nibble) times each block of 64's absmax.
 void nf4_dequantize(bf16* out, const uint8_t* codes, const float* absmax, long n, cudaStream_t stream = 0);
+// out [rows, cols] bf16 = codes (F8_E4M3 or I8) times their row's scale.
+void dequantize_rows(bf16* out, const void* codes, DType codes_dtype, const float* scale, long rows, long cols,
+                     cudaStream_t stream = 0);
 
 // ---- norm.cu ------------------------------------------------------------------------------------
 void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int N, int C, float eps = 1e-6f,

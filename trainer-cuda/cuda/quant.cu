@@ -1,5 +1,7 @@
-// Quantized frozen weights on the GPU (ops/quant.h): NF4 blocks decoded into bf16 scratch for one
-// product. fp8 and int8 codes need no kernel of their own: the dtype conversion reads them.
+// Quantized frozen weights on the GPU (ops/quant.h), decoded into bf16 scratch for one product: NF4
+// blocks, and fp8 or int8 codes with a scale per row.
+#include <cuda_fp8.h>
+
 #include "kernels_common.cuh"
 #include "ops_gpu.h"
 
@@ -36,7 +38,24 @@ __global__ void nf4_dequantize_kernel(bf16* out, const uint8_t* codes, const flo
   }
 }
 
+// One thread per value: its code's value times the row's scale, rounded once to bf16.
+template <typename Code>
+__global__ void dequantize_rows_kernel(bf16* out, const Code* codes, const float* scale, long rows, long cols) {
+  GRID_STRIDE(i, rows * cols) out[i] = __float2bfloat16((float)codes[i] * scale[i / cols]);
+}
+
 }  // namespace
+
+void dequantize_rows(bf16* out, const void* codes, DType t, const float* scale, long rows, long cols, cudaStream_t stream) {
+  if (rows * cols <= 0) return;
+  if (t == DType::F8_E4M3)
+    dequantize_rows_kernel<<<grid_1d(rows * cols), 256, 0, stream>>>(out, (const __nv_fp8_e4m3*)codes, scale, rows, cols);
+  else if (t == DType::I8)
+    dequantize_rows_kernel<<<grid_1d(rows * cols), 256, 0, stream>>>(out, (const signed char*)codes, scale, rows, cols);
+  else
+    fail(std::string("internal: dequantize_rows of ") + dtype_name(t) + " codes");
+  cudaCheckLaunch();
+}
 
 void nf4_dequantize(bf16* out, const uint8_t* codes, const float* absmax, long n, cudaStream_t stream) {
   if (n <= 0) return;

@@ -72,11 +72,7 @@ Tensor Linear::operator()(const Tensor& x) const {
     if (!a.lokr) loras.push_back({a.mats[0], a.mats[1], a.row_offset, a.rows, *a.scale});
     else lokrs.push_back({a.mats[0], a.mats[1], a.mats.size() > 2 ? a.mats[2] : Tensor(), a.row_offset, a.rows, *a.scale});
   }
-  if (w_absmax.defined()) return linear(x, Nf4Weight{W, w_absmax, out, in}, b, loras, lokrs);
-  if (w_scale.defined()) {  // (x W^T) s + b: the adapters add after the scale, onto the true layer's output
-    const Tensor base = affine(linear(x, W, Tensor()), w_scale, b);
-    return adapters.empty() ? base : add(base, adapter_delta(x, out, loras, lokrs));
-  }
+  if (w_absmax.defined() || w_scale.defined()) return linear(x, QuantWeight{W, w_scale, w_absmax, out, in}, b, loras, lokrs);
   return linear(x, W, b, loras, lokrs);
 }
 

@@ -48,8 +48,9 @@ struct Linear {
   int in = 0, out = 0;
   Tensor W, b;       // [out, in], [out]
   bool has_bias = false;
-  // A per-output-channel scale [out] (fp32) of a quantized W (fp8 or int8 codes): out = (x W^T) *
-  // w_scale + b. ComfyUI's "scaled" fp8 files store it as name.scale_weight (one value for the tensor).
+  // A per-output-channel scale [out] (fp32) of a quantized W (fp8 or int8 codes): the layer computes
+  // with W * w_scale per row (ops.h's QuantWeight). ComfyUI's "scaled" fp8 files store it as
+  // name.scale_weight (one value for the tensor).
   Tensor w_scale;
   // NF4: W holds the codes (U8, two per byte) and this the absmax of each block of 64 (ops/quant.h).
   Tensor w_absmax;

@@ -93,8 +93,7 @@ static Tensor lokr_w2(const LokrRef& k) {
 namespace {
 
 // The adapters of a linear layer (LoRA and LoKr), each adding onto its slice of `out` [N, OC]: their
-// forward, the tape inputs they add (from index `first`) and their backward, shared by linear() and
-// adapter_delta().
+// forward, the tape inputs they add (from index `first`) and their backward.
 struct AdapterPass {
   std::vector<LoraRef> used;
   std::vector<Tensor> hs;  // per LoRA: h = x A^T, what its backward needs
@@ -190,31 +189,36 @@ struct AdapterPass {
   }
 };
 
-// The frozen or trainable weight of one linear call: a tensor [OC, IC] in any float dtype or as I8
-// codes, or NF4 blocks.
+// The frozen or trainable weight of one linear call: a tensor [OC, IC] in any float dtype, or a
+// quantized one (ops.h's QuantWeight: codes with a scale per row, or NF4 blocks).
 struct LinearWeight {
-  Tensor W, absmax;  // absmax defined: W holds NF4 codes
+  Tensor W, scale, absmax;  // W: the weight, or the codes of a quantized one
   int OC = 0, IC = 0;
 
-  bool nf4() const { return absmax.defined(); }
-  bool plain_f32() const { return !nf4() && host_f32(W); }
-  // On CUDA: the weight as bf16, the tensor itself or a copy made for this call only.
+  bool quantized() const { return scale.defined() || absmax.defined(); }
+  bool plain_f32() const { return !quantized() && host_f32(W); }
+  // On CUDA: the weight as bf16, the tensor itself or one decoded for this call only.
   Tensor device_bf16() const {
-    if (!nf4()) return weight_for(W);
-    Tensor out = empty({OC, IC}, DType::BF16, W.device(), "an NF4 weight dequantized for one product");
-    ON_CUDA(gpu::nf4_dequantize(bf(out), W.data<uint8_t>(), fp(absmax), (long)OC * IC));
+    if (!quantized()) return weight_for(W);
+    Tensor out = empty({OC, IC}, DType::BF16, W.device(), "a quantized weight decoded for one product");
+    if (absmax.defined()) ON_CUDA(gpu::nf4_dequantize(bf(out), W.data<uint8_t>(), fp(absmax), (long)OC * IC));
+    else ON_CUDA(gpu::dequantize_rows(bf(out), W.raw(), W.dtype, fp(scale), OC, IC));
     return out;
   }
   // On the CPU: rows of the weight decoded to fp32 a block at a time.
   cpu::WeightRows host_rows() const {
-    const Tensor w = W, am = absmax;
+    const Tensor w = W, am = absmax, s = scale;
     const int ic = IC;
-    if (nf4())
+    if (absmax.defined())
       return [w, am, ic](float* dst, int o0, int r) {
         dequantize_nf4(w.data<uint8_t>(), am.data<float>(), (size_t)o0 * ic, (size_t)r * ic, dst);
       };
-    return [w, ic](float* dst, int o0, int r) {
+    return [w, s, ic](float* dst, int o0, int r) {
       convert_host(dst, DType::F32, (const char*)w.raw() + (size_t)o0 * ic * dtype_size(w.dtype), w.dtype, (size_t)r * ic);
+      if (!s.defined()) return;
+      const float* sc = s.data<float>() + o0;
+      for (int k = 0; k < r; ++k)
+        for (int c = 0; c < ic; ++c) dst[(size_t)k * ic + c] *= sc[k];
     };
   }
 };
@@ -242,7 +246,7 @@ Tensor linear_with(const Tensor& x, const LinearWeight& w, const Tensor& b, cons
   std::vector<const Tensor*> inputs = {&x, &w.W, &b};
   pass.add_inputs(inputs);
   const Tensor xs = x.detach(), bs = b.detach();
-  const LinearWeight ws{w.W.detach(), w.absmax, OC, IC};
+  const LinearWeight ws{w.W.detach(), w.scale, w.absmax, OC, IC};
   record("linear", inputs, {&out}, [=](GradContext& g) {
     const Tensor& dout = g.dout();
     Tensor *dx = g.din(0), *dW = g.din(1), *db = g.din(2);
@@ -270,36 +274,25 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
   const bool pointwise = W.dim() == 4 && W.size(2) == 1 && W.size(3) == 1;  // a 1x1 conv's weight
   if ((W.dim() != 2 && !pointwise) || x.dim() < 1 || x.size(-1) != W.size(1))
     shape_error("linear", "input " + shape_str(x.shape) + " and weight " + shape_str(W.shape));
-  return linear_with(x, {W, Tensor(), as_int(W.size(0), "linear"), as_int(W.size(1), "linear")}, b, adapters, lokrs);
+  return linear_with(x, {W, Tensor(), Tensor(), as_int(W.size(0), "linear"), as_int(W.size(1), "linear")}, b, adapters, lokrs);
 }
 
-Tensor linear(const Tensor& x, const Nf4Weight& W, const Tensor& b, const std::vector<LoraRef>& adapters,
+Tensor linear(const Tensor& x, const QuantWeight& W, const Tensor& b, const std::vector<LoraRef>& adapters,
               const std::vector<LokrRef>& lokrs) {
   check_activation("linear", x);
-  check_same_device("linear", x, W.codes);
-  check_same_device("linear", x, W.absmax);
+  for (const Tensor* t : {&W.codes, &W.scale, &W.absmax}) check_same_device("linear", x, *t);
   const size_t n = (size_t)W.out * (size_t)W.in;
-  if (x.dim() < 1 || x.size(-1) != W.in || W.codes.dtype != DType::U8 || W.absmax.dtype != DType::F32 ||
-      (size_t)W.codes.numel() != nf4_code_bytes(n) || (size_t)W.absmax.numel() != nf4_block_count(n))
-    shape_error("linear", "input " + shape_str(x.shape) + " and an NF4 weight " + std::to_string(W.out) + "x" +
-                              std::to_string(W.in) + " with codes " + W.codes.str() + " and absmax " + W.absmax.str());
-  return linear_with(x, {W.codes, W.absmax, W.out, W.in}, b, adapters, lokrs);
-}
-
-Tensor adapter_delta(const Tensor& x, int OC, const std::vector<LoraRef>& adapters, const std::vector<LokrRef>& lokrs) {
-  check_activation("adapter_delta", x);
-  const int IC = as_int(x.size(-1), "adapter_delta"), N = as_int(x.numel() / std::max(IC, 1), "adapter_delta");
-  Shape oshape = x.shape;
-  oshape.back() = OC;
-  Tensor out = zeros(oshape, x.dtype, x.device(), "adapter outputs");
-  AdapterPass pass;
-  pass.forward(out, x, adapters, lokrs, N, IC, OC);
-  if (pass.empty()) return out;
-  std::vector<const Tensor*> inputs = {&x};
-  pass.add_inputs(inputs);
-  const Tensor xs = x.detach();
-  record("adapter_delta", inputs, {&out}, [=](GradContext& g) { pass.backward(g, g.din(0), xs, g.dout(), N, IC, OC); });
-  return out;
+  const bool nf4 = W.absmax.defined();
+  const bool ok = x.dim() >= 1 && x.size(-1) == W.in && W.scale.defined() != nf4 &&
+                  (nf4 ? W.codes.dtype == DType::U8 && W.absmax.dtype == DType::F32 &&
+                             (size_t)W.codes.numel() == nf4_code_bytes(n) && (size_t)W.absmax.numel() == nf4_block_count(n)
+                       : (W.codes.dtype == DType::F8_E4M3 || W.codes.dtype == DType::I8) && W.scale.dtype == DType::F32 &&
+                             (size_t)W.codes.numel() == n && W.scale.numel() == W.out);
+  if (!ok)
+    shape_error("linear", "input " + shape_str(x.shape) + " and a quantized weight " + std::to_string(W.out) + "x" +
+                              std::to_string(W.in) + " with codes " + W.codes.str() +
+                              (nf4 ? ", absmax " + W.absmax.str() : W.scale.defined() ? ", scale " + W.scale.str() : ""));
+  return linear_with(x, {W.codes, W.scale, W.absmax, W.out, W.in}, b, adapters, lokrs);
 }
 
 // ================================================================================================ norms

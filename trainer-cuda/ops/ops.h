@@ -43,18 +43,16 @@ struct LokrRef {
 // with scale 0 are skipped (the base layer alone).
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters = {},
               const std::vector<LokrRef>& lokrs = {});
-// A frozen weight [out, in] in NF4 (ops/quant.h): codes U8 [ceil(out*in / 2)] and absmax F32
-// [ceil(out*in / 64)], dequantized into scratch for each product, forward and backward, never kept.
-struct Nf4Weight {
-  Tensor codes, absmax;
+// A frozen weight [out, in] kept quantized (ops/quant.h): fp8 (F8_E4M3) or int8 (I8) codes [out, in]
+// with a scale F32 [out] per output row (also ComfyUI's scaled fp8), or NF4 codes U8
+// [ceil(out*in / 2)] with an absmax F32 [ceil(out*in / 64)]. Each product decodes it into scratch,
+// forward and backward (on the CPU a block of rows at a time); the decoded weight is never kept.
+struct QuantWeight {
+  Tensor codes, scale, absmax;
   int out = 0, in = 0;
 };
-Tensor linear(const Tensor& x, const Nf4Weight& W, const Tensor& b, const std::vector<LoraRef>& adapters = {},
+Tensor linear(const Tensor& x, const QuantWeight& W, const Tensor& b, const std::vector<LoraRef>& adapters = {},
               const std::vector<LokrRef>& lokrs = {});
-// What the adapters alone add to a layer of `out` features: zeros [..., out] plus each adapter's update
-// of its slice (the adapters of a layer whose output is scaled after its product: a scaled fp8 weight).
-Tensor adapter_delta(const Tensor& x, int out, const std::vector<LoraRef>& adapters,
-                     const std::vector<LokrRef>& lokrs = {});
 
 // ---- normalisation --------------------------------------------------------------------------------
 

@@ -110,7 +110,11 @@ MemoryPlan count(const PlanInputs& in) {
   }
   p.training_total = sum(p.training);
   p.encoding_total = sum(p.encoding);
-  p.total = std::max(p.training_total, p.encoding_total);
+  double stored = 2;
+  for (const PlanWeight& t : linears) stored = std::max(stored, (double)dtype_size(t.dtype));
+  const double layer = in.quantize == WeightFormat::dense ? 0 : largest * (in.cuda ? 2.0 : 4.0 + stored);
+  p.loading_total = linear + other + layer + (in.sampling ? ae_bytes : 0.0);
+  p.total = std::max({p.training_total, p.encoding_total, p.loading_total});
   return p;
 }
 
@@ -198,6 +202,10 @@ std::string MemoryPlan::report() const {
     }
   };
   lines(encoding, "while encoding the datasets", encoding_total);
+  if (loading_total > training_total) {
+    std::snprintf(buf, sizeof buf, "    while the transformer loads (a layer quantized at a time): %s\n", gib(loading_total).c_str());
+    out += buf;
+  }
   lines(training, "while training", training_total);
   std::snprintf(buf, sizeof buf, "    peak %s of %s free%s\n", gib(total).c_str(),
                 available > 0 ? gib(available).c_str() : "(unknown)", fits() ? "" : ": DOES NOT FIT");
@@ -211,7 +219,8 @@ std::string MemoryPlan::refusal(const std::string& job_file) const {
   for (const Line& l : training)
     if (l.bytes > top) top = l.bytes, biggest = l.what + " " + gib(l.bytes);
   std::string s = job_file + ": this job needs about " + gib(total) + " (" +
-                  (total == encoding_total ? "while encoding" : "while training") + "; the largest part: " + biggest +
+                  (total == encoding_total ? "while encoding" : total == loading_total ? "while loading" : "while training") +
+                  "; the largest part: " + biggest +
                   ") but " + gib(available) + " is free.";
   if (!fixes.empty()) {
     s += " It would fit with ";
@@ -230,7 +239,7 @@ nlohmann::json MemoryPlan::to_json() const {
     return a;
   };
   return {{"training", lines(training)}, {"encoding", lines(encoding)}, {"training_total", training_total},
-          {"encoding_total", encoding_total}, {"total", total}, {"available", available}, {"fits", fits()},
+          {"encoding_total", encoding_total}, {"loading_total", loading_total}, {"total", total}, {"available", available}, {"fits", fits()},
           {"activations_other", activations_other}, {"fixes", fixes}};
 }
 

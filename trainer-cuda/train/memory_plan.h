@@ -52,6 +52,9 @@ struct MemoryPlan {
   struct Line { std::string what; double bytes = 0; };
   std::vector<Line> training;  // what the device holds while training
   std::vector<Line> encoding;  // what it holds while the datasets are encoded (before the transformer loads)
+  // While the transformer loads: its weights so far, and a layer being quantized (its fp32 copy and its
+  // stored pages on the CPU, its bf16 copy on CUDA), with the autoencoder kept for samples.
+  double loading_total = 0;
   double training_total = 0, encoding_total = 0, total = 0, available = 0;
   double activations_other = 0;  // the activations (kept and transient) with the other checkpointing setting
   std::vector<std::string> fixes;  // single changes of the job's settings that would make it fit

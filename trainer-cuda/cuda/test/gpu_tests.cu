@@ -118,8 +118,8 @@ void test_linear(int N, int IC, int OC, bool with_bias) {
 }
 
 // The quantized weights' decoding: NF4 blocks by nf4_dequantize, int8 and fp8 codes by the dtype
-// conversion, against the host's (ops/quant.cpp, core/dtype.cpp). An odd count leaves half a byte
-// and part of a block.
+// conversion and with a scale per row by dequantize_rows, against the host's (ops/quant.cpp,
+// core/dtype.cpp). An odd count leaves half a byte and part of a block.
 void test_quantized_decode(long n) {
   auto w = random_vec((size_t)n, 31, 0.05f);
   std::vector<uint8_t> codes(nf4_code_bytes((size_t)n));
@@ -145,6 +145,15 @@ void test_quantized_decode(long n) {
     o.poison();
     cuda::convert(o.ptr, DType::BF16, dq.ptr, t, (size_t)n);
     check(t == DType::I8 ? "int8 codes -> bf16 (exact)" : "fp8 codes -> bf16 (exact)", download(o), round_bf16(host), 1e-7);
+    // The same codes as 7 rows with a scale each (the last row short: n is not a multiple of 7).
+    const long cols = n / 7, rows = 7;
+    std::vector<float> scales = random_vec(rows, 33, 0.01f), scaled((size_t)(rows * cols));
+    for (long i = 0; i < rows * cols; ++i) scaled[i] = host[i] * scales[i / cols];
+    auto ds = upload_f32(scales);
+    DevBuf<bf16> r((size_t)(rows * cols));
+    r.poison();
+    dequantize_rows(r, dq.ptr, t, ds, rows, cols);
+    check(t == DType::I8 ? "int8 codes x row scales (exact)" : "fp8 codes x row scales (exact)", download(r), round_bf16(scaled), 1e-7);
   }
 }
 
