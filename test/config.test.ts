@@ -55,7 +55,7 @@ describe('reference-layout configs', () => {
     const wan = fixture('wan22_14b_reference.yaml').doc;
     const wf = buildFields(wan, { presets });
     const t = wf.find((f) => f.label === 'Transformer')!;
-    expect(displayValue(t, t.get(wan))).toBe('4-bit + accuracy recovery adapter');
+    expect(displayValue(t, t.get(wan))).toBe('4-bit (NF4) + accuracy recovery adapter');
     expect(wf.find((f) => f.label === 'Switch Every')!.get(wan)).toBe(10);
     const z = fixture('zimage_turbo_reference.yaml').doc;
     expect(promptItems(z)[1]).toEqual({ prompt: '[trigger] on a beach, golden hour', seed: 7, network_multiplier: 0.8 });

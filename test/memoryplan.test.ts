@@ -57,6 +57,8 @@ describe('the memory estimate', () => {
     expect(gb(weights(fp8))).toBeLessThan(12);
     const nf4 = await runMemoryPlan(args(quantized(doc('flux1'), 'uint4')));
     expect(gb(weights(nf4))).toBeLessThan(0.6 * gb(weights(fp8)));
+    const streamed = await runMemoryPlan(args(setAt(doc('flux1'), P('model', 'layer_offloading'), true)));
+    expect(streamed.training_total).toBeLessThan(0.5 * fp8.training_total);  // every block in host memory, two at a time on the device
     const tight = await runMemoryPlan(args(setAt(doc('flux1'), P('model', 'quantize'), false)), { ...process.env, GRAFT_DEVICE_MEMORY: String(20 * 2 ** 30) });
     expect(tight.fits).toBe(false);
     expect(tight.fixes.join(' ')).toMatch(/model\.qtype: qfloat8/);

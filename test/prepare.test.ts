@@ -101,10 +101,10 @@ describe('graft prepare', () => {
     await writeImage(join(data, 'a.png'), { width: 32, height: 32 });
     const file = config({
       train: { steps: 9, optimizer: 'prodigy', optimizer_params: { d_coef: 2, weight_decay: 0.01 }, lr: 1, lr_scheduler: 'cosine_with_restarts', lr_scheduler_params: { T_0: 3, T_mult: 2, eta_min: 0.1, other: 1 }, lr_warmup_steps: 2 },
-      extra: { network: { type: 'lokr', linear: 8, linear_alpha: 8, lokr_factor: 4, lokr_full_rank: true }, model: { arch: 'graft_tiny', name_or_path: 'presets/graft-tiny', quantize: true, qtype: 'qfloat8' } },
+      extra: { network: { type: 'lokr', linear: 8, linear_alpha: 8, lokr_factor: 4, lokr_full_rank: true }, model: { arch: 'graft_tiny', name_or_path: 'presets/graft-tiny', quantize: true, qtype: 'uint4', quantize_te: true, qtype_te: 'uint8', layer_offloading: true, layer_offloading_transformer_percent: 0.5 } },
     });
     const { job } = await run(file);
-    expect(job.model.quantize).toBe('fp8');
+    expect([job.model.quantize, job.model.quantize_te, job.model.offload_transformer]).toEqual(['nf4', 'int8', 0.5]);
     expect(job.network).toEqual({ type: 'lokr', linear: 8, linear_alpha: 8, lokr_factor: 4, lokr_full_rank: true });
     expect(job.train).toMatchObject({ optimizer: 'prodigy', optimizer_params: { d_coef: 2, weight_decay: 0.01 }, lr: 1, lr_scheduler: 'cosine_with_restarts', lr_warmup_steps: 2 });
     expect(job.train.lr_scheduler_params).toEqual({ T_0: 3, T_mult: 2, eta_min: 0.1 }); // what the trainer reads

@@ -234,7 +234,7 @@ export function buildFields(doc: JobDoc, ctx: FormContext): Field[] {
   }
   if (panels?.low_vram ?? true) f.push(pathField('model', 'Low VRAM', 'Keep parts of the model in host memory between uses: slower, fits smaller GPUs.', 'bool', ['model', 'low_vram']));
   if (panels?.layer_offloading) {
-    f.push(pathField('model', 'Layer Offloading', 'Stream transformer / text encoder layers from host memory each step.', 'bool', ['model', 'layer_offloading']));
+    f.push(pathField('model', 'Layer Offloading', 'Keep that share of the transformer blocks in host memory and stream each in ahead of use (a GPU copies the next block while it runs this one): less VRAM, a slower step where the copy outlasts the compute. The text encoders are freed once captions are encoded.', 'bool', ['model', 'layer_offloading']));
     if (on('model', 'layer_offloading')) {
       for (const [label, key] of [['Transformer Offload %', 'layer_offloading_transformer_percent'], ['Text Encoder Offload %', 'layer_offloading_text_encoder_percent']] as const) {
         f.push({

@@ -61,6 +61,7 @@ export function memoryPlanArgs(doc: JobDoc, presets: Preset[]): { args: string[]
   const sides = s.datasets.flatMap((d) => { const r = d.resolution; return Array.isArray(r) ? r : [r]; }).map(Number).filter((n) => n > 0);
   args.push('--resolution', String(sides.length ? Math.max(...sides) : 1024));
   if (at(p, 'train', 'gradient_checkpointing') === true) args.push('--checkpointing');
+  if (at(p, 'model', 'layer_offloading') === true) args.push('--offload', String(Number(at(p, 'model', 'layer_offloading_transformer_percent') ?? 1)));
   const ema = at(p, 'train', 'ema_config');
   if (isPlainObject(ema) && ema.use_ema === true) args.push('--ema');
   if (at(p, 'train', 'disable_sampling') !== true) args.push('--sample');

@@ -108,7 +108,9 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
     if (note) out.push(ignored(P('model', tKey), `${label} quantization ${qtype}: ${note}`));
   }
   if (effective(doc, 'model', 'low_vram') === true) out.push(ignored(P('model', 'low_vram'), 'Low VRAM: the whole model stays on the device'));
-  if (effective(doc, 'model', 'layer_offloading') === true) out.push(ignored(P('model', 'layer_offloading'), 'Layer Offloading: no layer is streamed from host memory'));
+  if (effective(doc, 'model', 'layer_offloading') === true && effective(doc, 'device') === 'cpu') {
+    out.push(ignored(P('model', 'layer_offloading'), 'Layer Offloading on the CPU: the weights are in host memory already'));
+  }
   const device = effective(doc, 'device');
   const dtype = effective(doc, 'train', 'dtype');
   const DTYPE: Record<string, string> = { float32: 'fp32', float16: 'fp16', bfloat16: 'bf16' };

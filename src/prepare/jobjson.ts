@@ -119,6 +119,8 @@ export function buildJobJson(i: JobJsonInput): Obj {
       // support.ts says so where it is not the qtype itself).
       ...(at(p, 'model', 'quantize') === true ? { quantize: trainerFormat(str(at(p, 'model', 'qtype'), 'qfloat8')).format } : {}),
       ...(at(p, 'model', 'quantize_te') === true ? { quantize_te: trainerFormat(str(at(p, 'model', 'qtype_te'), 'qfloat8')).format } : {}),
+      // Layer offloading: that share of the transformer's blocks streamed from pinned host memory.
+      ...(at(p, 'model', 'layer_offloading') === true ? { offload_transformer: num(at(p, 'model', 'layer_offloading_transformer_percent'), 1) } : {}),
       transformer: i.model.transformer,
       ...(Object.keys(i.model.textEncoders).join() === 'text_encoder' ? { text_encoder: i.model.textEncoders.text_encoder } : { text_encoders: i.model.textEncoders }),
       ae: i.model.ae,

@@ -126,6 +126,7 @@ int cmd_memory_plan(const std::vector<std::string>& a) {
     else if (k == "--resolution") resolution = count_arg(a, ++i, "memory-plan", 16);
     else if (k == "--text-tokens") in.text_tokens = count_arg(a, ++i, "memory-plan", 1);
     else if (k == "--checkpointing") in.checkpointing = true;
+    else if (k == "--offload") in.offload = parse_number<float>(value(), "memory-plan --offload");
     else if (k == "--ema") in.ema = true;
     else if (k == "--sample") in.sampling = true;
     else if (k.rfind("--", 0) == 0) fail("memory-plan: unknown option " + k);
@@ -163,7 +164,7 @@ std::vector<Command> plan_commands() {
   return {
       {"memory-plan", "<job-dir> | --model dev|schnell|<path> [--device D] [--quantize none|fp8|int8|nf4] "
                       "[--quantize-te none|fp8|int8|nf4] [--network lora|lokr] [--rank N] [--lokr-factor N] [--lokr-full-rank] [--optimizer NAME] [--batch N] "
-                      "[--resolution PX] [--text-tokens N] [--checkpointing] [--ema] [--sample] [--text]  the memory a job "
+                      "[--resolution PX] [--text-tokens N] [--checkpointing] [--offload SHARE] [--ema] [--sample] [--text]  the memory a job "
                       "needs against what the device has free, as JSON (--text: as the trainer prints it)",
        cmd_memory_plan},
   };

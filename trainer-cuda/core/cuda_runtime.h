@@ -36,5 +36,19 @@ void memset_zero(void* p, size_t bytes);
 void convert(void* dst, DType dst_type, const void* src, DType src_type, size_t n);
 void synchronize();
 
+// Layer offloading (ops/weight_stream.h): weights in pinned host memory, copied to the device on a
+// second stream while the compute stream works.
+void* alloc_pinned(size_t bytes, const char* what);
+void free_pinned(void* p);
+// One batch of host -> device copies {dst, src, bytes} on the copy stream, started once the work
+// queued on the compute stream so far is done (a device block freed before this call is not
+// overwritten while a queued kernel still reads it). Returns a ticket for wait_copies.
+struct Copy { void* dst; const void* src; size_t bytes; };
+void* copy_ahead(const Copy* copies, size_t n);
+// The compute stream waits for a batch's copies (work queued after this call sees them);
+// release_copies frees the ticket (safe while the copies are in flight).
+void wait_copies(void* ticket);
+void release_copies(void* ticket);
+
 }  // namespace cuda
 }  // namespace graft

@@ -24,6 +24,11 @@ void copy_on_device(void*, const void*, size_t) { unavailable(); }
 void memset_zero(void*, size_t) { unavailable(); }
 void convert(void*, DType, const void*, DType, size_t) { unavailable(); }
 void synchronize() {}
+void* alloc_pinned(size_t, const char*) { unavailable(); }
+void free_pinned(void*) {}
+void* copy_ahead(const Copy*, size_t) { unavailable(); }
+void wait_copies(void*) { unavailable(); }
+void release_copies(void*) {}
 
 }  // namespace cuda
 }  // namespace graft

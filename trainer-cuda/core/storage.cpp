@@ -111,6 +111,7 @@ void host_reset_peak() { g_host_peak = g_host_live.load(); }
 Storage::~Storage() {
   if (!data) return;
   if (kind == HOST) host_free(data, bytes), count_host(bytes, false);
+  else if (kind == PINNED) cuda::free_pinned(data);
   else if (kind == CUDA) cuda::free(data);
 }
 
@@ -127,6 +128,15 @@ std::shared_ptr<Storage> storage_alloc(size_t bytes, Device device, const char* 
     s->data = host_alloc(bytes, what);
     count_host(bytes, true);
   }
+  return s;
+}
+
+std::shared_ptr<Storage> storage_pinned(size_t bytes, const char* what) {
+  auto s = std::make_shared<Storage>();
+  s->bytes = bytes;
+  s->device = Device::cpu();
+  s->kind = Storage::PINNED;
+  s->data = cuda::alloc_pinned(bytes, what);
   return s;
 }
 

@@ -12,7 +12,7 @@
 namespace graft {
 
 struct Storage {
-  enum Kind : unsigned char { HOST, MAPPED, CUDA };
+  enum Kind : unsigned char { HOST, MAPPED, CUDA, PINNED };  // PINNED: host memory the GPU copies from
   void* data = nullptr;
   size_t bytes = 0;
   Kind kind = HOST;
@@ -31,6 +31,8 @@ std::shared_ptr<Storage> storage_alloc(size_t bytes, Device device, const char* 
 size_t host_live_bytes();
 size_t host_peak_bytes();
 void host_reset_peak();
+// `bytes` of page-locked host memory (CUDA builds only): weights a GPU streams in (layer offloading).
+std::shared_ptr<Storage> storage_pinned(size_t bytes, const char* what);
 // A read-only view of [data, data + bytes) inside a mapping kept alive by `mapping`.
 std::shared_ptr<Storage> storage_mapped(const void* data, size_t bytes, std::shared_ptr<const void> mapping);
 

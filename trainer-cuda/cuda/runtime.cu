@@ -169,6 +169,49 @@ void memset_zero(void* p, size_t bytes) {
   if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes));
 }
 void synchronize() { cudaCheck(cudaDeviceSynchronize()); }
+void* alloc_pinned(size_t bytes, const char* what) {
+  void* p = nullptr;
+  const cudaError_t err = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    fail("out of pinned host memory: asked for " + std::to_string(bytes >> 20) + " MiB for " + what + " (" +
+         cudaGetErrorString(err) + "); offload fewer layers (model.layer_offloading_transformer_percent)");
+  }
+  return p;
+}
+void free_pinned(void* p) {
+  if (p) cudaFreeHost(p);
+}
+
+namespace {
+cudaStream_t copy_stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t st;
+    cudaCheck(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));  // never waits on the default stream by itself
+    return st;
+  }();
+  return s;
+}
+}  // namespace
+
+void* copy_ahead(const Copy* copies, size_t n) {
+  cudaEvent_t queued, done;
+  cudaCheck(cudaEventCreateWithFlags(&queued, cudaEventDisableTiming));
+  cudaCheck(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  cudaCheck(cudaEventRecord(queued, 0));
+  cudaCheck(cudaStreamWaitEvent(copy_stream(), queued, 0));
+  for (size_t i = 0; i < n; ++i)
+    if (copies[i].bytes)
+      cudaCheck(cudaMemcpyAsync(copies[i].dst, copies[i].src, copies[i].bytes, cudaMemcpyHostToDevice, copy_stream()));
+  cudaCheck(cudaEventRecord(done, copy_stream()));
+  cudaCheck(cudaEventDestroy(queued));  // released once the copy stream has passed it
+  return (void*)done;
+}
+void wait_copies(void* ticket) { cudaCheck(cudaStreamWaitEvent(0, (cudaEvent_t)ticket, 0)); }
+void release_copies(void* ticket) {
+  if (ticket) cudaEventDestroy((cudaEvent_t)ticket);
+}
+
 size_t free_memory() {
   size_t free = 0, total = 0;
   cudaCheck(cudaMemGetInfo(&free, &total));

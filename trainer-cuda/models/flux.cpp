@@ -4,6 +4,7 @@
 
 #include "core/autograd.h"
 #include "core/common.h"
+#include "ops/weight_stream.h"
 
 namespace graft {
 
@@ -178,11 +179,21 @@ FluxActivations flux_activation_bytes(const FluxConfig& c, int64_t B, int64_t Li
   return out;
 }
 
-FluxTransformer FluxTransformer::load(const std::string& path, Device device, WeightFormat quantize) {
+FluxTransformer FluxTransformer::load(const std::string& path, Device device, WeightFormat quantize, double offload) {
   Checkpoint ckpt = Checkpoint::open(path);
   WeightLoader w(&ckpt, flux_layout(ckpt), device);
   w.quantize = quantize;
-  FluxTransformer m(flux_config_of(w, ckpt), w);
+  const FluxConfig cfg = flux_config_of(w, ckpt);
+  const int count = offload_count(cfg, offload);
+  if (count > 0)
+    w.offload = [count, &cfg](const std::string& name) {
+      int k = -1;
+      if (name.rfind("double_blocks.", 0) == 0) k = std::atoi(name.c_str() + 14);
+      else if (name.rfind("single_blocks.", 0) == 0) k = cfg.n_double + std::atoi(name.c_str() + 14);
+      return k >= 0 && k < count;
+    };
+  FluxTransformer m(cfg, w);
+  if (count > 0) m.offload_blocks(offload);
   m.path = path;
   return m;
 }
@@ -243,6 +254,54 @@ FluxTransformer::FluxTransformer(const FluxConfig& c, WeightLoader& w) : cfg(c),
   }
   final_mod = Linear(w, "final_layer.adaLN_modulation.1", C, 2 * C);
   final_linear = Linear(w, "final_layer.linear", C, c.out_channels);
+}
+
+std::vector<const Linear*> FluxTransformer::block_linears(int k) const {
+  if (k < (int)doubles.size()) {
+    const DoubleBlock& d = doubles[k];
+    std::vector<const Linear*> v;
+    for (const Stream* s : {&d.img, &d.txt}) v.insert(v.end(), {&s->mod, &s->qkv, &s->proj, &s->mlp0, &s->mlp2});
+    return v;
+  }
+  const SingleBlock& s = singles.at(k - doubles.size());
+  return {&s.mod, &s.linear1, &s.linear2};
+}
+
+namespace {
+// The offloaded blocks' weights through ops/weight_stream.h.
+struct PinnedStreamer : FluxTransformer::BlockStreamer {
+  const FluxTransformer* model;
+  int count;  // blocks [0, count) are offloaded
+  Device device;
+  std::vector<Tensor> weights(int k) const {
+    std::vector<Tensor> ws;
+    for (const Linear* l : model->block_linears(k))
+      for (const Tensor& t : l->frozen()) ws.push_back(t);
+    return ws;
+  }
+  void prefetch(int k) override { if (k >= 0 && k < count) prefetch_weights(weights(k), device); }
+  void release(int k) override { if (k >= 0 && k < count) release_weights(weights(k)); }
+};
+}  // namespace
+
+int offload_count(const FluxConfig& cfg, double fraction) {
+  const int n = cfg.n_double + cfg.n_single;
+  return fraction <= 0 ? 0 : std::min(n, (int)std::ceil(fraction * n - 1e-9));
+}
+
+size_t FluxTransformer::offload_blocks(double fraction) {
+  if (!device.is_cuda() || fraction <= 0) return 0;
+  const int count = offload_count(cfg, fraction);
+  size_t moved = 0;
+  for (int k = 0; k < count; ++k)
+    for (const Linear* l : block_linears(k)) {
+      moved += l->weight_bytes() + (l->b.defined() ? l->b.nbytes() : 0);
+      const_cast<Linear*>(l)->offload();  // nothing to do for one offloaded as it loaded
+    }
+  auto s = std::make_shared<PinnedStreamer>();
+  s->model = this, s->count = count, s->device = device;
+  streamer = s;
+  return moved;
 }
 
 std::vector<Linear*> FluxTransformer::linears() {
@@ -399,19 +458,42 @@ Tensor FluxTransformer::forward(const Tensor& img_tokens, const Tensor& txt_toke
   vec = add(vec, mlp_embed(vector_in0, vector_in1, y));
   const Tensor svec = silu(vec);
 
+  // Layer offloading: block k+1's weights are fetched while block k runs, and block k's let go after
+  // it; in backward, a hook after each block's outputs lets the block after go and fetches this
+  // block's and the one before's, so at most two blocks' weights are on the device at once.
+  const std::shared_ptr<BlockStreamer> st = streamer;
+  const int n_blocks = block_count();
+  auto after_block = [&](int k, std::vector<Tensor> outs) {
+    if (!st) return outs;
+    st->release(k);
+    return on_backward(outs, [st, k, n_blocks] {
+      if (k + 1 < n_blocks) st->release(k + 1);
+      st->prefetch(k);
+      if (k > 0) st->prefetch(k - 1);
+    });
+  };
+
   Tensor img = img_in(img_tokens), txt = txt_in(txt_tokens);
+  if (st && n_blocks > 0) {
+    st->prefetch(0);
+    std::vector<Tensor> in = on_backward({img, txt}, [st] { st->release(0); });
+    img = in[0], txt = in[1];
+  }
+  int k = 0;
   for (const DoubleBlock& w : doubles) {
+    if (st && k + 1 < n_blocks) st->prefetch(k + 1);
     auto block = [&w, &c](const std::vector<Tensor>& in) { return double_block(w, c, in[0], in[1], in[2], in[3]); };
-    std::vector<Tensor> out = checkpointing ? checkpoint(block, {img, txt, svec, pe}) : block({img, txt, svec, pe});
+    std::vector<Tensor> out = after_block(k++, checkpointing ? checkpoint(block, {img, txt, svec, pe}) : block({img, txt, svec, pe}));
     img = out[0], txt = out[1];
   }
   Tensor x = cat({txt, img}, 1);
   txt = img = Tensor();  // the joint sequence is what the rest reads
   for (const SingleBlock& w : singles) {
+    if (st && k + 1 < n_blocks) st->prefetch(k + 1);
     auto block = [&w, &c](const std::vector<Tensor>& in) {
       return std::vector<Tensor>{single_block(w, c, in[0], in[1], in[2])};
     };
-    x = (checkpointing ? checkpoint(block, {x, svec, pe}) : block({x, svec, pe}))[0];
+    x = after_block(k++, checkpointing ? checkpoint(block, {x, svec, pe}) : block({x, svec, pe}))[0];
   }
   // Final layer on the image tokens: shift comes FIRST in FLUX's LastLayer.
   Tensor final_in = narrow(x, 1, Lt, Li);

@@ -9,6 +9,7 @@
 // FLUX's rule (head_dim/8, then the rest split in two).
 #pragma once
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -89,7 +90,9 @@ struct FluxTransformer {
 
   // The model of `path` (a file, or a diffusers folder) on `device`, its layout detected.
   // quantize: every linear weight kept in that format (ops/quant.h), quantized as it loads.
-  static FluxTransformer load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense);
+  // offload: the share of the blocks (the first ones) offloaded as they load (offload_blocks).
+  static FluxTransformer load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense,
+                              double offload = 0);
   // The model of `path` with every tensor's name, shape and stored dtype checked and none read
   // (undefined tensors that carry their shape and dtype): the memory plan's pass before loading.
   static FluxTransformer shapes(const std::string& path);
@@ -98,6 +101,21 @@ struct FluxTransformer {
   // Reads every tensor of `cfg` through `w`.
   FluxTransformer(const FluxConfig& cfg, WeightLoader& w);
   FluxTransformer() = default;
+
+  // Layer offloading: what happens around each block k (the double blocks, then the single ones) in
+  // forward and backward (see forward()); null: every weight stays where it is.
+  struct BlockStreamer {
+    virtual ~BlockStreamer() = default;
+    virtual void prefetch(int k) = 0;  // block k's weights are wanted soon
+    virtual void release(int k) = 0;   // block k's weights are done with for now
+  };
+  std::shared_ptr<BlockStreamer> streamer;
+  // Moves the first `fraction` of the blocks' linear layers (rounded up) into pinned host memory on
+  // CUDA and streams them in ahead of use (ops/weight_stream.h); returns the bytes moved off the
+  // device (0 on the CPU, where the weights already are in host memory).
+  size_t offload_blocks(double fraction);
+  std::vector<const Linear*> block_linears(int k) const;
+  int block_count() const { return (int)(doubles.size() + singles.size()); }
 
   std::vector<Linear*> linears();
   std::vector<NamedParam> params();  // every tensor by its BFL name, in BFL order
@@ -115,6 +133,9 @@ struct FluxTransformer {
   // Writes every tensor by its BFL name (atomic), with the RoPE axes in the metadata.
   void save(const std::string& path, DType dtype, const std::map<std::string, std::string>& metadata);
 };
+
+// How many blocks (the first ones, in forward order) layer offloading moves for a share `fraction`.
+int offload_count(const FluxConfig& cfg, double fraction);
 
 // The layers the reference toolkit trains for FLUX.1, named as diffusers names them (the LoRA file's
 // layout): attention q/k/v/out and MLPs of both streams, single-block linear1 (split into

@@ -6,6 +6,7 @@
 #include "core/autograd.h"
 #include "core/common.h"
 #include "ops/quant.h"
+#include "ops/weight_stream.h"
 
 namespace graft {
 
@@ -31,6 +32,7 @@ Linear::Linear(WeightLoader& w, const std::string& n, int i, int o, Bias bias) :
     quantize(w.quantize, w.device);
     w.release(n + ".weight");  // only the quantized copy stays in memory
   }
+  if (w.offload && w.device.is_cuda() && w.offload(n)) offload();
 }
 
 void Linear::quantize(WeightFormat f, Device device) {
@@ -80,6 +82,13 @@ size_t Linear::weight_bytes() const {
   size_t n = 0;
   for (const Tensor* t : {&W, &w_scale, &w_absmax}) n += t->defined() ? t->nbytes() : 0;
   return n;
+}
+
+std::vector<Tensor> Linear::frozen() const { return {W, w_scale, w_absmax, b}; }
+
+void Linear::offload() {
+  for (Tensor* t : {&W, &w_scale, &w_absmax, &b})
+    if (t->defined() && t->is_cuda()) *t = to_pinned(*t);
 }
 
 void Linear::collect(std::vector<NamedParam>& out) {

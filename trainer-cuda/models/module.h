@@ -66,6 +66,9 @@ struct Linear {
   // NF4 codes with w_absmax.
   void quantize(WeightFormat f, Device device);
   size_t weight_bytes() const;  // W with its scales
+  // W, its scales and the bias into pinned host memory (layer offloading): products stream them in.
+  void offload();
+  std::vector<Tensor> frozen() const;  // W, its scales and the bias (what offload moves)
 };
 
 // Makes every parameter a trainable fp32 leaf on its device (a copy: mapped weights are read-only),

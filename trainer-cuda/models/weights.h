@@ -78,6 +78,9 @@ struct WeightLoader {
   // The format linear layers keep their weights in (the job's model.quantize; models/module.h's
   // Linear quantizes each one as it loads).
   WeightFormat quantize = WeightFormat::dense;
+  // Linear layers whose name it accepts go to pinned host memory as each loads (layer offloading, on
+  // CUDA), so the device never holds more than one of them.
+  std::function<bool(const std::string&)> offload;
 
   mutable int scaled_ = -1;  // scaled_checkpoint(), once known
 

@@ -10,6 +10,7 @@
 #include "ops/cpu_image_ops.h"
 #include "ops/cpu_ops.h"
 #include "ops/quant.h"
+#include "ops/weight_stream.h"
 
 #include "ops/dispatch.h"
 
@@ -60,6 +61,12 @@ void check_same_device(const char* op, const Tensor& a, const Tensor& b) {
     fail(std::string("internal: ") + op + ": inputs on " + a.device().str() + " and " + b.device().str());
 }
 
+// A linear layer's weight may also stay in host memory while its input is on CUDA: an offloaded
+// layer's, streamed in for the call (ops/weight_stream.h).
+void check_weight_device(const char* op, const Tensor& x, const Tensor& w) {
+  if (!(x.is_cuda() && w.defined() && !w.is_cuda())) check_same_device(op, x, w);
+}
+
 [[noreturn]] void shape_error(const char* op, const std::string& what) {
   fail(std::string("internal: ") + op + ": " + what);
 }
@@ -100,7 +107,6 @@ struct AdapterPass {
   std::vector<LokrRef> used_k;
   int first = 0;
 
-  bool empty() const { return used.empty() && used_k.empty(); }
 
   void forward(const Tensor& out, const Tensor& x, const std::vector<LoraRef>& adapters,
                const std::vector<LokrRef>& lokrs, int N, int IC, int OC) {
@@ -197,12 +203,14 @@ struct LinearWeight {
 
   bool quantized() const { return scale.defined() || absmax.defined(); }
   bool plain_f32() const { return !quantized() && host_f32(W); }
-  // On CUDA: the weight as bf16, the tensor itself or one decoded for this call only.
-  Tensor device_bf16() const {
-    if (!quantized()) return weight_for(W);
-    Tensor out = empty({OC, IC}, DType::BF16, W.device(), "a quantized weight decoded for one product");
-    if (absmax.defined()) ON_CUDA(gpu::nf4_dequantize(bf(out), W.data<uint8_t>(), fp(absmax), (long)OC * IC));
-    else ON_CUDA(gpu::dequantize_rows(bf(out), W.raw(), W.dtype, fp(scale), OC, IC));
+  // On CUDA: the weight as bf16, the tensor itself or one decoded for this call only (an offloaded
+  // weight is streamed to `device` first).
+  Tensor device_bf16(Device device) const {
+    const Tensor w = streamed(W, device);
+    if (!quantized()) return weight_for(w);
+    Tensor out = empty({OC, IC}, DType::BF16, device, "a quantized weight decoded for one product");
+    if (absmax.defined()) ON_CUDA(gpu::nf4_dequantize(bf(out), w.data<uint8_t>(), fp(streamed(absmax, device)), (long)OC * IC));
+    else ON_CUDA(gpu::dequantize_rows(bf(out), w.raw(), w.dtype, fp(streamed(scale, device)), OC, IC));
     return out;
   }
   // On the CPU: rows of the weight decoded to fp32 a block at a time.
@@ -231,9 +239,9 @@ Tensor linear_with(const Tensor& x, const LinearWeight& w, const Tensor& b, cons
   Shape oshape = x.shape;
   oshape.back() = OC;
   Tensor out = like(x, oshape);
-  const Tensor bc = weight_for(b);
+  const Tensor bc = weight_for(streamed(b, x.device()));
   if (x.is_cuda()) {
-    const Tensor Wc = w.device_bf16();
+    const Tensor Wc = w.device_bf16(x.device());
     ON_CUDA(gpu::linear_forward(bf(out), bf(x), bf(Wc), bc.defined() ? bf(bc) : nullptr, N, IC, OC));
   } else if (w.plain_f32()) {
     cpu::linear_forward(fp(out), fp(x), fp(w.W), bc.defined() ? fp(bc) : nullptr, N, IC, OC);
@@ -253,7 +261,7 @@ Tensor linear_with(const Tensor& x, const LinearWeight& w, const Tensor& b, cons
     check_weight_grad("linear", dW);
     check_weight_grad("linear", db);
     if (xs.is_cuda() && (dx || dW || db)) {
-      const Tensor Wc = ws.device_bf16();  // converted again rather than kept from the forward
+      const Tensor Wc = ws.device_bf16(xs.device());  // decoded again rather than kept from the forward
       ON_CUDA(gpu::linear_backward(bf(dx), fp(dW), fp(db), bf(dout), bf(xs), bf(Wc), N, IC, OC));
     } else if (ws.plain_f32() && (dx || dW || db)) {
       cpu::linear_backward(fp(dx), fp(dW), fp(db), fp(dout), fp(xs), fp(ws.W), N, IC, OC);
@@ -270,7 +278,8 @@ Tensor linear_with(const Tensor& x, const LinearWeight& w, const Tensor& b, cons
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vector<LoraRef>& adapters,
               const std::vector<LokrRef>& lokrs) {
   check_activation("linear", x);
-  check_same_device("linear", x, W);
+  check_weight_device("linear", x, W);
+  check_weight_device("linear", x, b);
   const bool pointwise = W.dim() == 4 && W.size(2) == 1 && W.size(3) == 1;  // a 1x1 conv's weight
   if ((W.dim() != 2 && !pointwise) || x.dim() < 1 || x.size(-1) != W.size(1))
     shape_error("linear", "input " + shape_str(x.shape) + " and weight " + shape_str(W.shape));
@@ -280,7 +289,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b, const std::vect
 Tensor linear(const Tensor& x, const QuantWeight& W, const Tensor& b, const std::vector<LoraRef>& adapters,
               const std::vector<LokrRef>& lokrs) {
   check_activation("linear", x);
-  for (const Tensor* t : {&W.codes, &W.scale, &W.absmax}) check_same_device("linear", x, *t);
+  for (const Tensor* t : {&W.codes, &W.scale, &W.absmax, &b}) check_weight_device("linear", x, *t);
   const size_t n = (size_t)W.out * (size_t)W.in;
   const bool nf4 = W.absmax.defined();
   const bool ok = x.dim() >= 1 && x.size(-1) == W.in && W.scale.defined() != nf4 &&
@@ -680,6 +689,23 @@ Tensor mean_tokens(const Tensor& x) {
 }
 
 // ================================================================================================ shapes
+
+std::vector<Tensor> on_backward(const std::vector<Tensor>& xs, std::function<void()> fn) {
+  std::vector<const Tensor*> inputs;
+  for (const Tensor& x : xs) inputs.push_back(&x);
+  if (!grad_enabled()) return xs;  // recorded even when no input needs a gradient: the hook must run
+  std::vector<Tensor> outs;
+  for (const Tensor& x : xs) outs.push_back(x.detach());
+  std::vector<Tensor*> out_ptrs;
+  for (Tensor& t : outs) out_ptrs.push_back(&t);
+  const int n = (int)xs.size();
+  record("on_backward", inputs, out_ptrs, [fn, n](GradContext& g) {
+    fn();
+    for (int i = 0; i < n; ++i)
+      if (Tensor* d = g.din(i); d && g.dout(i).defined()) accumulate(d, g.dout(i));
+  }, /*always=*/true);
+  return outs;
+}
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
   if (shape_numel(shape) != x.numel()) shape_error("reshape", shape_str(x.shape) + " to " + shape_str(shape));

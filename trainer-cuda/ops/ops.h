@@ -12,6 +12,7 @@
 //   gradients in their own dtype.
 // - Shapes are checked; a mismatch is an internal error naming the op and the shapes.
 #pragma once
+#include <functional>
 #include <vector>
 
 #include "core/autograd.h"
@@ -102,6 +103,12 @@ Tensor embedding(const Tensor& ids, const Tensor& table);
 Tensor mean_tokens(const Tensor& x);
 
 // ---- shapes ---------------------------------------------------------------------------------------
+
+// The same tensors, with `fn` called when backward reaches this point: after the ops recorded later
+// have passed their gradients back, before those that made xs. A model's hook for work ahead of a
+// block's backward (layer offloading: fetch its weights). Recorded even when no input needs a
+// gradient (the outputs then carry the hook); without recording (NoGrad), xs themselves.
+std::vector<Tensor> on_backward(const std::vector<Tensor>& xs, std::function<void()> fn);
 
 // The same elements under another shape.
 Tensor reshape(const Tensor& x, const Shape& shape);

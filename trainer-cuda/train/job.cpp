@@ -257,6 +257,7 @@ Job job_load(const std::string& dir_in) {
   weight_format_from_name(quantize, &job.quantize);
   const std::string quantize_te = f.str("model.quantize_te", "none", {"none", "fp8", "int8", "nf4"});
   weight_format_from_name(quantize_te, &job.quantize_te);
+  job.offload = f.number("model.offload_transformer", 0.0, 0.0, 1.0);
   job.ae = absolute(dir, f.str("model.ae", ""));
   load_text_parts(job, f);
 

@@ -90,6 +90,7 @@ struct Job {
   // none | fp8 | int8 | nf4: the format of the transformer's linear weights (ops/quant.h)
   WeightFormat quantize = WeightFormat::dense;
   WeightFormat quantize_te = WeightFormat::dense;  // the same for the text encoders' (model.quantize_te)
+  double offload = 0;  // share of the transformer's blocks streamed from pinned host memory (CUDA)
   std::vector<TextPart> text_parts;  // needed with `datasets` and for sampling, sorted by name
   std::string ae;               // needed with `datasets` and for sampling
 

@@ -70,6 +70,30 @@ MemoryPlan count(const PlanInputs& in) {
   const std::string format = in.quantize == WeightFormat::dense ? "as stored" : weight_format_name(in.quantize);
   p.training.push_back({"transformer: " + count_str((double)linear_values) + " linear weights " + format, linear});
   p.training.push_back({"transformer: norms, biases and the rest", other});
+  if (in.cuda && in.offload > 0) {
+    // Blocks in forward order (double, then single), each with its linear layers' weights and biases.
+    const int n = in.cfg.n_double + in.cfg.n_single;
+    std::vector<std::vector<PlanWeight>> blocks(n);
+    for (const PlanWeight& t : in.transformer) {
+      const bool d = t.name.rfind("double_blocks.", 0) == 0, s = t.name.rfind("single_blocks.", 0) == 0;
+      const bool frozen = t.name.size() > 5 && (t.name.compare(t.name.size() - 5, 5, ".bias") == 0 || t.linear);
+      if (!(d || s) || !frozen) continue;
+      const int i = std::atoi(t.name.c_str() + (d ? 14 : 14));
+      const int k = d ? i : in.cfg.n_double + i;
+      if (k >= 0 && k < n) blocks[k].push_back(t);
+    }
+    const int count = offload_count(in.cfg, in.offload);
+    double off = 0, two = 0;
+    for (int k = 0; k < count; ++k) {
+      const double b = weights_bytes(blocks[k], true, in.quantize);
+      off += b;
+      two = std::max(two, b + (k + 1 < count ? weights_bytes(blocks[k + 1], true, in.quantize) : 0.0));
+    }
+    p.offloaded = off;
+    p.training.push_back({"layer offloading: " + std::to_string(count) + " of " + std::to_string(n) +
+                              " blocks in pinned host memory, two streamed in at a time",
+                          two - off});
+  }
 
   const std::vector<ParamSegment> segs = adapter_layout(flux_lora_targets(in.cfg, in.train_modulation), in.rank,
                                                         in.lokr, in.lokr_factor, in.lokr_full_rank);
@@ -113,7 +137,8 @@ MemoryPlan count(const PlanInputs& in) {
   double stored = 2;
   for (const PlanWeight& t : linears) stored = std::max(stored, (double)dtype_size(t.dtype));
   const double layer = in.quantize == WeightFormat::dense ? 0 : largest * (in.cuda ? 2.0 : 4.0 + stored);
-  p.loading_total = linear + other + layer + (in.sampling ? ae_bytes : 0.0);
+  p.loading_total = linear + other - p.offloaded + (in.cuda && in.offload > 0 ? 2.0 * largest : layer) +
+                    (in.sampling ? ae_bytes : 0.0);
   p.total = std::max({p.training_total, p.encoding_total, p.loading_total});
   return p;
 }
@@ -197,7 +222,7 @@ std::string MemoryPlan::report() const {
     std::snprintf(buf, sizeof buf, "    %s: %s\n", title, gib(total).c_str());
     out += buf;
     for (const Line& l : ls) {
-      std::snprintf(buf, sizeof buf, "      %-68s %s\n", l.what.c_str(), gib(l.bytes).c_str());
+      std::snprintf(buf, sizeof buf, "      %-72s %s%s\n", l.what.c_str(), l.bytes < 0 ? "-" : "", gib(std::fabs(l.bytes)).c_str());
       out += buf;
     }
   };
@@ -239,7 +264,7 @@ nlohmann::json MemoryPlan::to_json() const {
     return a;
   };
   return {{"training", lines(training)}, {"encoding", lines(encoding)}, {"training_total", training_total},
-          {"encoding_total", encoding_total}, {"loading_total", loading_total}, {"total", total}, {"available", available}, {"fits", fits()},
+          {"encoding_total", encoding_total}, {"loading_total", loading_total}, {"offloaded", offloaded}, {"total", total}, {"available", available}, {"fits", fits()},
           {"activations_other", activations_other}, {"fixes", fixes}};
 }
 
@@ -334,6 +359,7 @@ PlanInputs plan_inputs(const Job& job, Device device) {
   in.lokr_full_rank = job.lokr_full_rank, in.lokr_factor = job.lokr_factor, in.rank = job.rank;
   in.train_modulation = job.train_modulation, in.ema = job.use_ema;
   in.optimizer = job.optimizer;
+  in.offload = job.offload;
   in.batch = job.batch_size;
   in.checkpointing = job.gradient_checkpointing;
   for (const TextPart& t : job.text_parts) in.text_tokens = std::max<int64_t>(in.text_tokens, t.max_len);

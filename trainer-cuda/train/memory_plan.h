@@ -41,6 +41,7 @@ struct PlanInputs {
   int batch = 1;
   int64_t image_tokens = 0, text_tokens = 0;  // of the largest bucket
   bool checkpointing = false;
+  double offload = 0;  // share of the blocks streamed from pinned host memory (CUDA)
   std::vector<PlanWeight> text_encoders, autoencoder;  // their tensors (none: not loaded)
   WeightFormat quantize_te = WeightFormat::dense;
   int64_t encode_pixels = 0;                              // the largest picture the autoencoder encodes
@@ -55,6 +56,7 @@ struct MemoryPlan {
   // While the transformer loads: its weights so far, and a layer being quantized (its fp32 copy and its
   // stored pages on the CPU, its bf16 copy on CUDA), with the autoencoder kept for samples.
   double loading_total = 0;
+  double offloaded = 0;  // bytes of weights kept in pinned host memory instead (layer offloading)
   double training_total = 0, encoding_total = 0, total = 0, available = 0;
   double activations_other = 0;  // the activations (kept and transient) with the other checkpointing setting
   std::vector<std::string> fixes;  // single changes of the job's settings that would make it fit

@@ -379,7 +379,7 @@ int train_run(const std::string& dir) {
   }
   FluxTransformer model;
   try {
-    model = FluxTransformer::load(job.transformer, device, job.quantize);
+    model = FluxTransformer::load(job.transformer, device, job.quantize, device.is_cuda() ? job.offload : 0.0);
   } catch (const Error& e) {
     metrics.event({{"event", "error"}, {"step", st.step}, {"message", e.what()}});
     end_run(metrics, "failed", st.step);
@@ -387,6 +387,11 @@ int train_run(const std::string& dir) {
   }
   model.checkpointing = checkpointing;
   lora_attach(model.linears(), &lora);
+  if (job.offload > 0 && device.is_cuda())
+    std::printf("  layer offloading: %d of %d blocks' weights in pinned host memory (%.2f GiB), streamed in ahead of use\n",
+                offload_count(c, job.offload), model.block_count(), plan.offloaded / 1073741824.0);
+  else if (job.offload > 0)
+    std::printf("  layer offloading: nothing to do on the CPU (the weights are in host memory already)\n");
   const int nb = data.batches_per_epoch(job.batch_size);
   std::string network = "LoRA rank " + std::to_string(job.rank);
   if (job.network_type == "lokr")

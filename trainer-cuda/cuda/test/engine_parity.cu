@@ -22,6 +22,7 @@
 #include "demo/tiny.h"
 #include "gpu_test_util.h"
 #include "models/flux.h"
+#include "ops/weight_stream.h"
 #include "models/flux_vae.h"
 #include "ops/ops.h"
 #include "ops/update_ops.h"
@@ -108,7 +109,8 @@ std::string temp_dir() {
 
 // `kind` LoRA, LoKr (w2 low-rank where the rank allows, else full), or LoRA on the model quantized as
 // it loads (model.quantize fp8, int8, nf4: "LoRA on <format> weights"). Both devices quantize the same
-// weights the same way on the host, so the codes are equal and only the products differ.
+// weights the same way on the host, so the codes are equal and only the products differ), or LoRA with
+// every block's weights in pinned host memory, streamed in (model load's offload).
 void flux_parity(const std::string& dir, const char* kind) {
   FluxConfig cfg = tiny_flux_config();
   RandomFluxOptions o;
@@ -116,6 +118,7 @@ void flux_parity(const std::string& dir, const char* kind) {
   write_random_flux(dir + "/flux.safetensors", cfg, 11, o);
   // A random non-zero adapter (every matrix drawn, so each gets a gradient), modulation layers included.
   const bool lokr = std::string(kind) == "LoKr";
+  const double offload = std::string(kind) == "LoRA with every block offloaded" ? 1.0 : 0.0;
   WeightFormat quantize = WeightFormat::dense;
   for (WeightFormat f : {WeightFormat::fp8, WeightFormat::int8, WeightFormat::nf4})
     if (std::string(kind) == std::string("LoRA on ") + weight_format_name(f) + " weights") quantize = f;
@@ -147,7 +150,7 @@ void flux_parity(const std::string& dir, const char* kind) {
     std::vector<float> out[2], g[2];
     for (int side = 0; side < 2; ++side) {
       const Device d = side ? kGpu : kCpu;
-      FluxTransformer m = FluxTransformer::load(dir + "/flux.safetensors", d, quantize);
+      FluxTransformer m = FluxTransformer::load(dir + "/flux.safetensors", d, quantize, side ? offload : 0.0);
       m.checkpointing = k.checkpointing;
       LoraSet l = lora;  // the same values, its own copy on this device
       l.to(d);
@@ -156,6 +159,12 @@ void flux_parity(const std::string& dir, const char* kind) {
       out[side] = to_floats(o);
       backward(o, from_vector(dout, o.shape, d, o.dtype));
       g[side] = to_floats(l.grads);
+      if (side && offload > 0) {  // every streamed copy let go, and the weights still in host memory
+        const bool ok = streamed_bytes() == 0 && !m.doubles[0].img.qkv.W.is_cuda();
+        g_ok = g_ok && ok;
+        std::printf("  %-4s FLUX %s %s: streamed copies left after backward %zu bytes\n", ok ? "ok" : "FAIL", kind, k.name,
+                    streamed_bytes());
+      }
     }
     const std::string label = std::string("FLUX ") + kind + " " + k.name;
     report(label + ": output", out[1], out[0], TOL_MODEL_OUT);
@@ -345,6 +354,7 @@ bool engine_parity_test() {
   flux_parity(dir, "LoRA on fp8 weights");
   flux_parity(dir, "LoRA on int8 weights");
   flux_parity(dir, "LoRA on nf4 weights");
+  flux_parity(dir, "LoRA with every block offloaded");
   vae_parity(dir);
   text_encoder_parity();
   update_parity();
