@@ -157,7 +157,7 @@ export function Monitor({ job, active, width, height, act, cpuOnly, setCapture, 
   const host = hostname();
   const where = m.device ?? slotLabel(job.gpu, cpuOnly);
 
-  const stats1 = `lr ${last ? formatValue(last.lr) : '-'} · ${prog.sPerStep !== null ? `${prog.sPerStep.toFixed(3)} s/step` : '- s/step'} · grad norm ${last?.grad_norm !== undefined ? formatValue(last.grad_norm) : '-'}${last?.preservation_loss !== undefined ? ` · preservation ${formatValue(last.preservation_loss)}` : ''} · epoch ${last?.epoch ?? '-'}${last?.vram_mb ? ` · VRAM ${Math.round(last.vram_mb)} MB` : ''}${last?.rss_mb ? ` · RSS ${Math.round(last.rss_mb)} MB` : ''}`;
+  const stats1 = `lr ${last ? formatValue(last.lr) : '-'} · ${prog.sPerStep !== null ? `${prog.sPerStep.toFixed(3)} s/step` : '- s/step'} · grad norm ${last?.grad_norm !== undefined ? formatValue(last.grad_norm) : '-'}${last?.preservation_loss !== undefined ? ` · preservation ${formatValue(last.preservation_loss)}` : ''} · epoch ${last?.epoch ?? '-'}${last?.vram_mb ? ` · VRAM ${Math.round(last.vram_mb)} MB` : ''}${last?.rss_mb ? ` · RSS ${Math.round(last.rss_mb)} MB` : ''}${m.plan ? ` (planned ${Math.round(m.plan.total / 2 ** 20)} MB)` : ''}`;
   const chartBox = (w: number) => (
     <Box flexDirection="column" width={w}>
       {!wide && showSamples

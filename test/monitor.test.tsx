@@ -82,7 +82,10 @@ describe('Job monitor', () => {
   });
 
   it('uses the wide layout at 160x48 with the GPU panel from nvidia-smi (and the DOP drift of a job that reports it)', async () => {
-    const dir = jobFolder('b', 40, 40, 'finished', { preservation_loss: 0.0123 });
+    const dir = jobFolder('b', 40, 40, 'finished', { preservation_loss: 0.0123, vram_mb: 16100 });
+    // The trainer's memory plan, beside what the steps measured.
+    const mp = join(dir, 'metrics.jsonl');
+    writeFileSync(mp, `${readFileSync(mp, 'utf8')}${JSON.stringify({ event: 'memory_plan', step: 0, plan: { total: 15.5 * 2 ** 30, available: 139 * 2 ** 30 } })}\n`);
     const job = queueJob(dir);
     env.store.db.prepare("UPDATE jobs SET state = 'finished', exit_code = 0 WHERE id = ?").run(job.id);
     const gpu = { gpus: [{ index: 0, name: 'NVIDIA H200', memUsedMb: 17850, memTotalMb: 143771, utilPct: 97, tempC: 61, powerW: 512, powerLimitW: 700 }], cpuPct: 10, cores: 16, memUsedMb: 1e4, memTotalMb: 1.3e5 };
@@ -94,7 +97,8 @@ describe('Job monitor', () => {
     expect(f).toMatch(/VRAM \[█+.*\] 17\.4\/140 GiB/);
     expect(f).toContain('util 97% · 61°C · 512/700 W');
     expect(f).toContain('Samples (0)');
-    expect(f).toContain('grad norm 0.400 · preservation 0.012 · epoch 40');
+    expect(f).toContain('grad norm 0.400 · preservation 0.012 · epoch 40 · VRAM 16100 MB (pla');  // the line is cut there at 160
+    expect(readMetrics(mp).plan).toEqual({ total: 15.5 * 2 ** 30, available: 139 * 2 ** 30 });
     expect(f.split('\n').length).toBeLessThanOrEqual(48);
     r.unmount();
   });

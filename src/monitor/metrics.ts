@@ -34,10 +34,12 @@ export interface JobMetrics {
   samples: { step: number; files: string[] }[];
   end: { status: string; step?: number } | null;
   runs: number;
+  /** The trainer's memory plan of this run (bytes it counted before step 1; what it found free, 0: unknown). */
+  plan: { total: number; available: number } | null;
 }
 
 export function emptyMetrics(): JobMetrics {
-  return { steps: null, device: null, points: [], checkpoints: [], errors: [], warnings: [], samples: [], end: null, runs: 0 };
+  return { steps: null, device: null, points: [], checkpoints: [], errors: [], warnings: [], samples: [], end: null, runs: 0, plan: null };
 }
 
 /** Apply one event (a parsed line of metrics.jsonl). */
@@ -78,6 +80,12 @@ export function applyEvent(m: JobMetrics, e: Record<string, unknown>): void {
     case 'error':
       m.errors.push(String(e.message ?? 'error'));
       break;
+    case 'memory_plan': {
+      const p = e.plan as Record<string, unknown> | undefined;
+      const total = num(p?.total);
+      m.plan = total !== undefined ? { total, available: num(p?.available) ?? 0 } : m.plan;
+      break;
+    }
     case 'warning':
       m.warnings.push(String(e.message ?? 'warning'));
       break;

@@ -335,4 +335,16 @@ TEST(quantized_jobs_train_and_resume) {
   bad["model"]["quantize"] = "int4";
   write_json(ta.path + "/job.json", bad);
   CHECK_THROWS(job_load(ta.path), "model.quantize must be one of none, fp8, int8, nf4");
+  bad = v2_job(ta.path);
+  bad["model"]["offload_transformer"] = 2;
+  write_json(ta.path + "/job.json", bad);
+  CHECK_THROWS(job_load(ta.path), "model.offload_transformer must be");
+  // On the CPU layer offloading has nothing to move: the job trains as it would without.
+  TempDir td;
+  job(td.path, 6, "none");
+  json off = read_json(td.path + "/job.json");
+  off["model"]["offload_transformer"] = 0.5;
+  write_json(td.path + "/job.json", off);
+  CHECK(train_run(td.path) == 0);
+  CHECK(read_bytes(td.path + "/v2.safetensors") == read_bytes(ta.path + "/v2.safetensors"));
 }
