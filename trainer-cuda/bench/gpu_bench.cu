@@ -518,16 +518,19 @@ FluxInputs random_flux_inputs(const FluxConfig& c, int gh, int gw, int Lt) {
   return in;
 }
 
-void bench_flux_step(int n_double, int n_single) {
+// `quantize`: the frozen weights in that format (model.quantize); then only the 1024 px step with
+// gradient checkpointing is timed, with and without layer offloading.
+void bench_flux_step(int n_double, int n_single, WeightFormat quantize = WeightFormat::dense) {
   const bool full = n_double == 19 && n_single == 38;
   std::printf("\n== the FLUX.1-dev training step through graft-trainer's engine on cuda:0: %d double + %d single blocks%s, "
-              "LoRA rank %d (alpha %d) on the toolkit's targets, batch 1 ==\n",
-              n_double, n_single, full ? " (full depth)" : " (reduced depth)", RANK, RANK);
+              "LoRA rank %d (alpha %d) on the toolkit's targets, batch 1, weights %s ==\n",
+              n_double, n_single, full ? " (full depth)" : " (reduced depth)", RANK, RANK,
+              quantize == WeightFormat::dense ? "bf16" : weight_format_name(quantize));
   std::printf("step = inputs to the device, forward, backward, gradient clipping and the AdamW update on the device "
               "(only the loss and the gradient norm come back); MFU vs %.0f TFLOP/s\n", PEAK_TFLOPS);
   const Device dev = Device::cuda(0);
   FluxConfig cfg = flux1_dev_config(n_double, n_single);
-  FluxTransformer model = FluxTransformer::random(cfg, dev, 1);
+  FluxTransformer model = FluxTransformer::random(cfg, dev, 1, quantize);
   const double weights_mib = cuda::allocated_bytes() / 1048576.0;
   LoraSet lora = lora_create(flux_lora_targets(cfg, false), RANK, (float)RANK, 1);
   {
@@ -551,6 +554,7 @@ void bench_flux_step(int n_double, int n_single) {
       const bool ckpt = pass > 0, offloaded = pass == 2;
       const int Li = tk[0], Lt = tk[1], grid = Li == 1024 ? 32 : 64;
       if (offloaded && Li == 1024) continue;
+      if (quantize != WeightFormat::dense && (!ckpt || Li == 1024)) continue;
       if (offloaded && model.block_count() > 0 && !model.streamer)
         std::printf("(offloading every block: %.0f MiB of weights to pinned host memory)\n", model.offload_blocks(1.0) / 1048576.0);
       model.checkpointing = ckpt;
@@ -586,8 +590,10 @@ void bench_flux_step(int n_double, int n_single) {
                   offloaded ? "on+offload" : ckpt ? "on" : "off", Li + Lt, ms, tf, 100.0 * tf / PEAK_TFLOPS, vram, weights_mib);
       std::printf("=> FLUX step %d px%s%s: %.1f ms/step, %.1f TFLOP/s (%.2f PFLOP per step), MFU %.1f%%, peak VRAM %.0f MiB"
                   "%s\n", px, ckpt ? " with gradient checkpointing" : "", offloaded ? " and every block offloaded" : "", ms, tf,
-                  flops / 1e15, 100.0 * tf / PEAK_TFLOPS, vram, full ? "" : " (reduced depth)");
-      if (!ckpt) g_ours["flux:" + std::to_string(Li + Lt)] = ms;
+                  flops / 1e15, 100.0 * tf / PEAK_TFLOPS, vram,
+                  (std::string(full ? "" : " (reduced depth)") +
+                   (quantize == WeightFormat::dense ? "" : std::string(", ") + weight_format_name(quantize) + " weights")).c_str());
+      if (!ckpt && quantize == WeightFormat::dense) g_ours["flux:" + std::to_string(Li + Lt)] = ms;
     }
   std::printf("(VRAM: the most device memory the process held during the timed steps, the allocator's cache "
               "included; weights %.0f MiB of it)\n", weights_mib);
@@ -651,14 +657,25 @@ void compare_with_torch(const std::string& args) {
 
 int main(int argc, char** argv) {
   bool with_torch = true, blocks = true, attention = false;
+  std::vector<WeightFormat> formats;
   int n_double = 19, n_single = 38;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
     else if (!std::strcmp(argv[i], "--step-only")) blocks = false;
     else if (!std::strcmp(argv[i], "--attention")) attention = true;  // section 2 also with --step-only
     else if (!std::strcmp(argv[i], "--depth") && i + 1 < argc) std::sscanf(argv[++i], "%d,%d", &n_double, &n_single);
-    else {
-      std::printf("usage: graft-gpu-bench [--no-torch] [--step-only] [--attention] [--depth DOUBLE,SINGLE]\n");
+    else if (!std::strcmp(argv[i], "--quantize") && i + 1 < argc) {
+      std::string list = argv[++i];
+      for (size_t at = 0; at <= list.size();) {
+        const size_t end = std::min(list.find(',', at), list.size());
+        WeightFormat f;
+        if (!weight_format_from_name(list.substr(at, end - at), &f)) { std::printf("--quantize: fp8, int8, nf4\n"); return 2; }
+        formats.push_back(f);
+        at = end + 1;
+      }
+    } else {
+      std::printf("usage: graft-gpu-bench [--no-torch] [--step-only] [--attention] [--depth DOUBLE,SINGLE] "
+                  "[--quantize fp8,int8,nf4]\n");
       return 2;
     }
   }
@@ -693,6 +710,10 @@ int main(int argc, char** argv) {
     scratch_release_all();
     bench_flux_step(n_double, n_single);
     scratch_release_all();
+    for (WeightFormat f : formats) {  // each after the bf16 model is gone
+      bench_flux_step(n_double, n_single, f);
+      scratch_release_all();
+    }
     if (with_torch)
       compare_with_torch("--depth " + std::to_string(n_double) + "," + std::to_string(n_single) +
                          (blocks ? "" : " --step-only"));

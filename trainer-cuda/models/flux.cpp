@@ -207,8 +207,9 @@ FluxTransformer FluxTransformer::shapes(const std::string& path) {
   return m;
 }
 
-FluxTransformer FluxTransformer::random(const FluxConfig& cfg, Device device, uint64_t seed) {
+FluxTransformer FluxTransformer::random(const FluxConfig& cfg, Device device, uint64_t seed, WeightFormat quantize) {
   WeightLoader w(nullptr, identity_layout("random"), device, seed);
+  w.quantize = quantize;
   FluxTransformer m(cfg, w);
   m.path = "(random)";
   return m;

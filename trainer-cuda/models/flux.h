@@ -96,8 +96,10 @@ struct FluxTransformer {
   // The model of `path` with every tensor's name, shape and stored dtype checked and none read
   // (undefined tensors that carry their shape and dtype): the memory plan's pass before loading.
   static FluxTransformer shapes(const std::string& path);
-  // Random weights of shape `cfg` made on the device: benchmarks at real size.
-  static FluxTransformer random(const FluxConfig& cfg, Device device, uint64_t seed);
+  // Random weights of shape `cfg` made on the device (quantized as `quantize` says): benchmarks at
+  // real size.
+  static FluxTransformer random(const FluxConfig& cfg, Device device, uint64_t seed,
+                                WeightFormat quantize = WeightFormat::dense);
   // Reads every tensor of `cfg` through `w`.
   FluxTransformer(const FluxConfig& cfg, WeightLoader& w);
   FluxTransformer() = default;
