@@ -74,6 +74,13 @@ describe('what the trainer accepts but ignores', () => {
     ]);
   });
 
+  it('layer offloading streams the transformer on a GPU; on the CPU, and for the text encoders, it is named', () => {
+    const flux = presetById('flux1', presets)!;
+    const on = setAt(doc(flux), P('model', 'layer_offloading'), true);
+    expect(said(on)).toEqual(["ignored by graft's trainer: Text Encoder Offload %: the text encoders are not streamed; they are freed once every caption is encoded"]);
+    expect(said(setAt(on, P('device'), 'cpu'))).toContain("ignored by graft's trainer: Layer Offloading on the CPU: the weights are in host memory already");
+  });
+
   it('gradient checkpointing is used on either device, so it is not named', () => {
     for (const device of ['cpu', 'cuda:0']) {
       const d = setAt(setAt(doc(), P('device'), device), P('train', 'gradient_checkpointing'), true);

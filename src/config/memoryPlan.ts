@@ -87,7 +87,7 @@ const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(1)} GiB` : `
 /** One line for the form: the peak, what it is made of, and against what is free. */
 export function planSummary(plan: MemoryPlan): string {
   const part = (re: RegExp) => plan.training.filter((l) => re.test(l.what)).reduce((s, l) => s + l.bytes, 0);
-  const weights = part(/^transformer/), adapters = part(/^(LoRA|LoKr|optimizer)/), acts = part(/^(activations|backward)/);
+  const weights = part(/^(transformer|layer offloading)/), adapters = part(/^(LoRA|LoKr|optimizer)/), acts = part(/^(activations|backward)/);
   const free = plan.available > 0 ? ` of ${gib(plan.available)} free` : '';
   const peak = plan.encoding_total > plan.training_total ? ' (peak while encoding captions)' : '';
   return `needs ~${gib(plan.total)}${free}${peak}: weights ${gib(weights)}, adapter+optimizer ${gib(adapters)}, activations ${gib(acts)}` +

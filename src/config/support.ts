@@ -111,6 +111,9 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
   if (effective(doc, 'model', 'layer_offloading') === true && effective(doc, 'device') === 'cpu') {
     out.push(ignored(P('model', 'layer_offloading'), 'Layer Offloading on the CPU: the weights are in host memory already'));
   }
+  if (effective(doc, 'model', 'layer_offloading') === true && getAt(doc, procPath('model', 'layer_offloading_text_encoder_percent')) !== undefined) {
+    out.push(ignored(P('model', 'layer_offloading_text_encoder_percent'), 'Text Encoder Offload %: the text encoders are not streamed; they are freed once every caption is encoded'));
+  }
   const device = effective(doc, 'device');
   const dtype = effective(doc, 'train', 'dtype');
   const DTYPE: Record<string, string> = { float32: 'fp32', float16: 'fp16', bfloat16: 'bf16' };
