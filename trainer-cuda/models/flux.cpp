@@ -187,9 +187,7 @@ FluxTransformer FluxTransformer::load(const std::string& path, Device device, We
   const int count = offload_count(cfg, offload);
   if (count > 0)
     w.offload = [count, &cfg](const std::string& name) {
-      int k = -1;
-      if (name.rfind("double_blocks.", 0) == 0) k = std::atoi(name.c_str() + 14);
-      else if (name.rfind("single_blocks.", 0) == 0) k = cfg.n_double + std::atoi(name.c_str() + 14);
+      const int k = flux_block_of(cfg, name);
       return k >= 0 && k < count;
     };
   FluxTransformer m(cfg, w);
@@ -284,6 +282,13 @@ struct PinnedStreamer : FluxTransformer::BlockStreamer {
   void release(int k) override { if (k >= 0 && k < count) release_weights(weights(k)); }
 };
 }  // namespace
+
+int flux_block_of(const FluxConfig& cfg, const std::string& name) {
+  // "double_blocks." and "single_blocks." are both 14 characters
+  if (name.rfind("double_blocks.", 0) == 0) return std::atoi(name.c_str() + 14);
+  if (name.rfind("single_blocks.", 0) == 0) return cfg.n_double + std::atoi(name.c_str() + 14);
+  return -1;
+}
 
 int offload_count(const FluxConfig& cfg, double fraction) {
   const int n = cfg.n_double + cfg.n_single;

@@ -138,6 +138,9 @@ struct FluxTransformer {
 
 // How many blocks (the first ones, in forward order) layer offloading moves for a share `fraction`.
 int offload_count(const FluxConfig& cfg, double fraction);
+// The block, in forward order (double blocks, then single ones), a canonical tensor name belongs to;
+// -1 outside the blocks.
+int flux_block_of(const FluxConfig& cfg, const std::string& name);
 
 // The layers the reference toolkit trains for FLUX.1, named as diffusers names them (the LoRA file's
 // layout): attention q/k/v/out and MLPs of both streams, single-block linear1 (split into

@@ -75,12 +75,9 @@ MemoryPlan count(const PlanInputs& in) {
     const int n = in.cfg.n_double + in.cfg.n_single;
     std::vector<std::vector<PlanWeight>> blocks(n);
     for (const PlanWeight& t : in.transformer) {
-      const bool d = t.name.rfind("double_blocks.", 0) == 0, s = t.name.rfind("single_blocks.", 0) == 0;
       const bool frozen = t.name.size() > 5 && (t.name.compare(t.name.size() - 5, 5, ".bias") == 0 || t.linear);
-      if (!(d || s) || !frozen) continue;
-      const int i = std::atoi(t.name.c_str() + (d ? 14 : 14));
-      const int k = d ? i : in.cfg.n_double + i;
-      if (k >= 0 && k < n) blocks[k].push_back(t);
+      const int k = flux_block_of(in.cfg, t.name);
+      if (frozen && k >= 0 && k < n) blocks[k].push_back(t);
     }
     const int count = offload_count(in.cfg, in.offload);
     double off = 0, two = 0;
@@ -125,9 +122,8 @@ MemoryPlan count(const PlanInputs& in) {
   // Encoding runs before the transformer loads: the text encoders, the autoencoder and its largest
   // picture's activations (a few 128-channel maps at full size, the middle block's attention).
   if (te_bytes > 0 || in.encode_pixels > 0) {
-    p.encoding.push_back({std::string("text encoders") + (in.quantize_te == WeightFormat::dense ? "" : " ") +
-                              (in.quantize_te == WeightFormat::dense ? "" : weight_format_name(in.quantize_te)),
-                          te_bytes});
+    const std::string te_format = in.quantize_te == WeightFormat::dense ? "" : std::string(" ") + weight_format_name(in.quantize_te);
+    p.encoding.push_back({"text encoders" + te_format, te_bytes});
     p.encoding.push_back({"autoencoder", ae_bytes});
     const double px = (double)in.encode_pixels, mid = px / 64.0;
     if (px > 0) p.encoding.push_back({"autoencoder activations", 4 * 128 * px * act + mid * mid * 4});
