@@ -66,10 +66,17 @@ const float kNf4Levels[16] = {-1.0f,
                               1.0f};
 
 uint8_t nf4_index(float x) {
-  // The first level whose midpoint with the next one x does not exceed.
-  uint8_t i = 0;
-  while (i < 15 && x > 0.5f * (kNf4Levels[i] + kNf4Levels[i + 1])) ++i;
-  return i;
+  // The number of midpoints between neighbouring levels that x exceeds, counted without branches
+  // (this runs for every value of every weight as a model loads).
+  static const std::vector<float> mids = [] {
+    std::vector<float> m(15);
+    for (int i = 0; i < 15; ++i) m[i] = 0.5f * (kNf4Levels[i] + kNf4Levels[i + 1]);
+    return m;
+  }();
+  const float* m = mids.data();
+  int i = 0;
+  for (int k = 0; k < 15; ++k) i += x > m[k];
+  return (uint8_t)i;
 }
 
 size_t nf4_code_bytes(size_t n) { return (n + 1) / 2; }
