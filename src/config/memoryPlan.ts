@@ -5,6 +5,7 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { trainerPath } from '../daemon/stages.js';
+import { formatBytes } from '../monitor/metrics.js';
 import { packageRoot } from '../paths.js';
 import { familyFor, type Preset } from '../presets.js';
 import { at, resolveSettings } from '../prepare/settings.js';
@@ -82,14 +83,12 @@ export function runMemoryPlan(args: string[], env: NodeJS.ProcessEnv = process.e
   });
 }
 
-const gib = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(1)} GiB` : `${Math.round(b / 2 ** 20)} MiB`);
-
 /** One line for the form: the peak, what it is made of, and against what is free. */
 export function planSummary(plan: MemoryPlan): string {
   const part = (re: RegExp) => plan.training.filter((l) => re.test(l.what)).reduce((s, l) => s + l.bytes, 0);
   const weights = part(/^(transformer|layer offloading)/), adapters = part(/^(LoRA|LoKr|optimizer)/), acts = part(/^(activations|backward)/);
-  const free = plan.available > 0 ? ` of ${gib(plan.available)} free` : '';
+  const free = plan.available > 0 ? ` of ${formatBytes(plan.available)} free` : '';
   const peak = plan.encoding_total > plan.training_total ? ' (peak while encoding captions)' : '';
-  return `needs ~${gib(plan.total)}${free}${peak}: weights ${gib(weights)}, adapter+optimizer ${gib(adapters)}, activations ${gib(acts)}` +
+  return `needs ~${formatBytes(plan.total)}${free}${peak}: weights ${formatBytes(weights)}, adapter+optimizer ${formatBytes(adapters)}, activations ${formatBytes(acts)}` +
     (plan.fits ? '' : `; does not fit${plan.fixes.length ? ` — would with ${plan.fixes[0]}` : ''}`);
 }

@@ -1,7 +1,5 @@
 // graft-trainer memory-plan: the memory plan of a prepared job, or of settings the TUI is editing
 // (train/memory_plan.h), as JSON (or the text the trainer prints with --text).
-#include <sys/stat.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -19,15 +17,6 @@
 namespace graft {
 
 namespace {
-
-bool is_dir(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-bool exists(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0;
-}
 
 // The tensors of a model of `cfg` (every one listed by a shapes-only loader) as a bf16 file holds them.
 template <class Model, class Config>
@@ -63,10 +52,10 @@ std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text
   std::string transformer = model, ae;
   std::vector<std::string> tes;
   if (is_dir(model)) {
-    if (exists(model + "/transformer.safetensors")) {
+    if (path_exists(model + "/transformer.safetensors")) {
       transformer = model + "/transformer.safetensors";
-      if (exists(model + "/text_encoder.safetensors")) tes.push_back(model + "/text_encoder.safetensors");
-      if (exists(model + "/ae.safetensors")) ae = model + "/ae.safetensors";
+      if (path_exists(model + "/text_encoder.safetensors")) tes.push_back(model + "/text_encoder.safetensors");
+      if (path_exists(model + "/ae.safetensors")) ae = model + "/ae.safetensors";
     } else if (is_dir(model + "/transformer")) {
       transformer = model + "/transformer";
       for (const char* t : {"/text_encoder", "/text_encoder_2"})
@@ -76,7 +65,7 @@ std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text
       fail("memory-plan: --model " + model + ": a folder with transformer.safetensors (graft's) or transformer/ "
            "(diffusers'), a checkpoint file, or dev / schnell");
     }
-  } else if (!exists(model)) {
+  } else if (!path_exists(model)) {
     fail("memory-plan: --model " + model + ": no such file or folder (or give dev / schnell for FLUX.1's sizes)");
   }
   FluxTransformer m = FluxTransformer::shapes(transformer);

@@ -25,6 +25,13 @@ inline int64_t numel(const std::vector<int64_t>& shape) {
 
 std::string shape_str(const std::vector<int64_t>& shape);
 
+inline bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_dir(const std::string& path);
+bool path_exists(const std::string& path);  // a file, a folder or anything else
+
 // mkdir -p: every missing folder of `path`; fails naming the folder that cannot be made.
 void make_dirs(const std::string& path);
 

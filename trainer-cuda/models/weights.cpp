@@ -1,7 +1,6 @@
 #include "models/weights.h"
 
 #include <dirent.h>
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -20,14 +19,6 @@ namespace graft {
 // ------------------------------------------------------------------------------------------------
 // Checkpoint
 
-static bool is_dir(const std::string& p) {
-  struct stat sb;
-  return stat(p.c_str(), &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 static std::vector<std::string> list_dir(const std::string& dir) {
   std::vector<std::string> out;
@@ -216,13 +207,15 @@ static void fill_random(const Tensor& t, const std::string& name, uint32_t seed)
   }
 }
 
+DType kept_dtype(DType stored, Device device) {
+  return device.is_cuda() && dtype_size(stored) >= 2 ? DType::BF16 : stored;
+}
+
 bool WeightLoader::scaled_checkpoint() const {
   if (scaled_ < 0) {
     scaled_ = 0;
     for (const std::string& n : ckpt ? ckpt->names() : std::vector<std::string>()) {
-      const bool marker = n.size() >= 10 && n.compare(n.size() - 10, 10, "scaled_fp8") == 0;
-      const bool scale = n.size() >= 13 && n.compare(n.size() - 13, 13, ".scale_weight") == 0;
-      if (marker || scale) scaled_ = 1;
+      if (ends_with(n, "scaled_fp8") || ends_with(n, ".scale_weight")) scaled_ = 1;
     }
   }
   return scaled_ == 1;
@@ -263,9 +256,8 @@ Tensor WeightLoader::get(const std::string& name, const Shape& expect) {
     ++handed_out;
     return out;
   }
-  // On CUDA, 16- and 32-bit floats are kept as bf16, the GPU kernels' storage; fp8 stays as stored.
   const bool on_gpu = device.is_cuda();
-  const DType keep = on_gpu && dtype_size(dtype) >= 2 ? DType::BF16 : dtype;
+  const DType keep = kept_dtype(dtype, device);
   if (!on_gpu && st.parts.size() == 1 && !st.swap_halves) {
     out = ckpt->tensor(st.parts[0]).view(s);  // a view into the mapping: no copy at all
   } else {

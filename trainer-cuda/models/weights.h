@@ -39,6 +39,10 @@ struct Checkpoint {
   std::unordered_map<std::string, std::pair<int, int>> index_;  // name -> (file, tensor)
 };
 
+// The dtype a float tensor stored as `stored` is kept in on `device`: bf16 on CUDA for 16- and 32-bit
+// floats (the GPU kernels' storage), as stored otherwise (fp8 everywhere, anything on the CPU).
+DType kept_dtype(DType stored, Device device);
+
 // How one canonical tensor is stored.
 struct Stored {
   std::vector<std::string> parts;  // stored names, concatenated along dim 0 in order

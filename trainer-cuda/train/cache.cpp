@@ -1,6 +1,5 @@
 #include "train/cache.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,11 +25,6 @@ using clock_type = std::chrono::steady_clock;
 
 double seconds_since(clock_type::time_point t0) {
   return std::chrono::duration<double>(clock_type::now() - t0).count();
-}
-
-bool file_exists(const std::string& p) {
-  struct stat st;
-  return stat(p.c_str(), &st) == 0;
 }
 
 // SHA-256 of the tensors' bytes as stored (F32, little-endian), one after the other.
@@ -216,7 +210,7 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te
       latent_of[key] = li;
       item_latent.push_back(li);
       const std::string path = lat_dir + "/" + key + ".safetensors";
-      if (job.cache_latents && file_exists(path)) {
+      if (job.cache_latents && path_exists(path)) {
         std::string why;
         if (latent_cache_read(path, key, ac.z_channels, im.height / f, im.width / f, &data.latents[li], &why)) {
           ++st.latents_reused;
@@ -285,7 +279,7 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te
   for (size_t i = 0; i < lists.size(); ++i) {
     const std::string key = text_cache_key(*lists[i], te_sha);
     const std::string path = txt_dir + "/" + key + ".safetensors";
-    if (job.cache_text_embeddings && file_exists(path)) {
+    if (job.cache_text_embeddings && path_exists(path)) {
       std::string why;
       if (text_cache_read(path, key, te.txt_len, te.context_dim, te.vec_dim, &data.texts[i], &why)) {
         ++st.text_reused;

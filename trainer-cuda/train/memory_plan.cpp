@@ -21,10 +21,9 @@ const double kGiB = 1024.0 * 1024.0 * 1024.0;
 const double kWorkspace = 32.0 * 1024 * 1024;  // cuBLASLt's (cuda/cublaslt.cu)
 const double kHostDecodeBlock = 16.0 * 1024 * 1024;  // the CPU's rows of a converted weight (ops/cpu_ops.cpp)
 
-// Bytes per value of an unquantized tensor as the device keeps it (models/weights.h's get()).
+// Bytes per value of an unquantized tensor as the device keeps it.
 double kept_bytes(DType stored, bool cuda) {
-  const double size = (double)dtype_size(stored);
-  return cuda && size >= 2 ? 2.0 : size;
+  return (double)dtype_size(kept_dtype(stored, cuda ? Device::cuda(0) : Device::cpu()));
 }
 
 std::string gib(double bytes) {
@@ -75,7 +74,7 @@ MemoryPlan count(const PlanInputs& in) {
     const int n = in.cfg.n_double + in.cfg.n_single;
     std::vector<std::vector<PlanWeight>> blocks(n);
     for (const PlanWeight& t : in.transformer) {
-      const bool frozen = t.name.size() > 5 && (t.name.compare(t.name.size() - 5, 5, ".bias") == 0 || t.linear);
+      const bool frozen = t.linear || ends_with(t.name, ".bias");
       const int k = flux_block_of(in.cfg, t.name);
       if (frozen && k >= 0 && k < n) blocks[k].push_back(t);
     }
@@ -268,7 +267,7 @@ namespace {
 bool linear_like(const std::string& n, const Shape& s) {
   const bool table = n.find("embed") != std::string::npos || n.find("shared") != std::string::npos ||
                      n.find("relative_attention_bias") != std::string::npos;
-  return s.size() == 2 && !table && n.size() > 7 && n.compare(n.size() - 7, 7, ".weight") == 0;
+  return s.size() == 2 && !table && ends_with(n, ".weight");
 }
 PlanWeight weight_of(const std::string& name, const Shape& shape, DType dtype) {
   PlanWeight w;

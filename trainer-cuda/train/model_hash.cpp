@@ -19,10 +19,6 @@ namespace {
 
 const int64_t kMemoMinBytes = 64ll << 20;  // smaller files hash faster than a memo is worth
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 std::string real_path(const std::string& p) {
   char buf[PATH_MAX];
   return realpath(p.c_str(), buf) ? std::string(buf) : p;
