@@ -35,6 +35,7 @@ test-trainer: trainer
 	$(SYSPY) trainer-cuda/tests/test_quant_torch.py
 	$(SYSPY) trainer-cuda/tests/test_vae_torch.py
 	$(SYSPY) trainer-cuda/tests/test_text_encoders_torch.py
+	$(SYSPY) trainer-cuda/tests/test_zimage_torch.py
 
 # The TypeScript is compiled first: tsc type-checks everything, and the tmux end-to-end test runs the built dist/.
 test-ts: ts trainer

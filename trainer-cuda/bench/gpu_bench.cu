@@ -319,8 +319,8 @@ BlockResult bench_double(int Li, int Lt, size_t base_mem) {
     core.forward([&] {
       for (Stream& S : st) {
         size_t o = (size_t)S.off * C;
-        gpu::rmsnorm_forward(core.qn + o, core.rq + (size_t)S.off * HEADS, core.q + o, S.qs, S.L * HEADS, HD);
-        gpu::rmsnorm_forward(core.kn + o, core.rk + (size_t)S.off * HEADS, core.k + o, S.ks, S.L * HEADS, HD);
+        gpu::rmsnorm_forward(core.qn + o, core.rq + (size_t)S.off * HEADS, core.q + o, S.qs, S.L * HEADS, HD, 1e-6f);
+        gpu::rmsnorm_forward(core.kn + o, core.rk + (size_t)S.off * HEADS, core.k + o, S.ks, S.L * HEADS, HD, 1e-6f);
       }
     });
     for (Stream& S : st) {
@@ -355,9 +355,9 @@ BlockResult bench_double(int Li, int Lt, size_t base_mem) {
       for (Stream& S : st) {
         size_t o = (size_t)S.off * C;
         gpu::rmsnorm_backward(core.dq + o, nullptr, core.dqn + o, core.q + o, S.qs, core.rq + (size_t)S.off * HEADS,
-                              S.L * HEADS, HD);
+                              S.L * HEADS, HD, 1e-6f);
         gpu::rmsnorm_backward(core.dk + o, nullptr, core.dkn + o, core.k + o, S.ks, core.rk + (size_t)S.off * HEADS,
-                              S.L * HEADS, HD);
+                              S.L * HEADS, HD, 1e-6f);
       }
     });
     for (Stream& S : st) {
@@ -421,8 +421,8 @@ BlockResult bench_single(int L, size_t base_mem) {
     lin_fwd(core.v, C, xm, lv, &av, L);
     lin_fwd(hm, MLP, xm, lm, &am, L);
     core.forward([&] {
-      gpu::rmsnorm_forward(core.qn, core.rq, core.q, qs, L * HEADS, HD);
-      gpu::rmsnorm_forward(core.kn, core.rk, core.k, ks, L * HEADS, HD);
+      gpu::rmsnorm_forward(core.qn, core.rq, core.q, qs, L * HEADS, HD, 1e-6f);
+      gpu::rmsnorm_forward(core.kn, core.rk, core.k, ks, L * HEADS, HD, 1e-6f);
     });
     gpu::gelu_forward(g, hm, (long)nm);
     cudaCheck(cudaMemcpy2DAsync(cat, pitch_cat, core.att, C * 2, C * 2, L, cudaMemcpyDeviceToDevice));

@@ -1,4 +1,4 @@
-// graft-trainer's text-encoder commands: token ids through T5 or CLIP from files, the check the
+// graft-trainer's text-encoder commands: token ids through T5, CLIP or a decoder LLM from files, the check the
 // PyTorch reference (tests/test_text_encoders_torch.py) runs against.
 #include <cstdio>
 #include <string>
@@ -8,6 +8,7 @@
 #include "core/autograd.h"
 #include "core/safetensors.h"
 #include "models/clip.h"
+#include "models/llm.h"
 #include "models/t5.h"
 
 namespace graft {
@@ -34,7 +35,11 @@ int cmd_text_encode(const std::vector<std::string>& a) {
   need_args(a, 5, "text-encode");
   std::vector<std::string> rest;
   const Device device = device_option(a, 5, "text-encode", &rest);
-  if (!rest.empty()) fail("text-encode: unknown argument '" + rest[0] + "'");
+  int hidden_index = -2;
+  for (size_t i = 0; i < rest.size(); ++i) {
+    if (rest[i] == "--hidden-index" && i + 1 < rest.size() && a[1] == "qwen3") hidden_index = parse_number<int>(rest[++i], "text-encode: --hidden-index");
+    else fail("text-encode: unknown argument '" + rest[i] + "'");
+  }
   int B = 0, L = 0;
   const std::vector<int> ids = read_ids(a[3], &B, &L);
   NoGrad no_grad;
@@ -47,8 +52,12 @@ int cmd_text_encode(const std::vector<std::string>& a) {
     ClipTextModel::Output o = m.forward(ids, B, L);
     write_floats(w, "hidden", o.hidden);
     write_floats(w, "pooled", o.pooled);
+  } else if (a[1] == "qwen3") {
+    // Right padding needs no mask: attention is causal, so no token sees what follows it.
+    const DecoderLlm m = DecoderLlm::load(a[2], device, hidden_index);
+    write_floats(w, "hidden", m.forward(ids, B, L));
   } else {
-    fail("text-encode: '" + a[1] + "': give t5 or clip");
+    fail("text-encode: '" + a[1] + "': give t5, clip or qwen3");
   }
   w.write(a[4]);
   return 0;
@@ -58,8 +67,9 @@ int cmd_text_encode(const std::vector<std::string>& a) {
 
 std::vector<Command> encoder_commands() {
   return {
-      {"text-encode", "t5|clip <ckpt> <ids> <outputs> [--device D]  token ids (I32 [B, L] `ids`) through a text encoder; "
-                      "writes `hidden` (and CLIP's `pooled`)", cmd_text_encode},
+      {"text-encode", "t5|clip|qwen3 <ckpt> <ids> <outputs> [--device D] [--hidden-index K]  token ids (I32 [B, L] `ids`) "
+                      "through a text encoder; writes `hidden` (Qwen3: transformers' hidden_states[K], default -2) and "
+                      "CLIP's `pooled`", cmd_text_encode},
   };
 }
 

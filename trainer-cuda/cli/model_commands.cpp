@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/args.h"
+#include "cli/zimage_commands.h"
 #include "core/autograd.h"
 #include "core/cuda_runtime.h"
 #include "core/rng.h"
@@ -46,6 +47,7 @@ int cmd_forward(const std::vector<std::string>& a) {
       if (!weight_format_from_name(rest[++i], &quantize)) fail("forward: --quantize " + rest[i] + ": one of none, fp8, int8, nf4");
     } else fail("forward: unknown argument '" + rest[i] + "'");
   }
+  if (is_zimage_path(a[1])) return zimage_forward(a[1], a[2], a[3], device, lora_path, quantize);
   FluxTransformer model = FluxTransformer::load(a[1], device, quantize);
   FluxInputs in = flux_inputs_load(SafeTensorsFile::open(a[2]), model.cfg);
   LoraSet lora;
@@ -71,6 +73,7 @@ int cmd_lora_grad(const std::vector<std::string>& a) {
     if (r == "--checkpointing") checkpointing = true;
     else fail("lora-grad: unknown argument '" + r + "'");
   }
+  if (is_zimage_path(a[1])) return zimage_lora_grad(a[1], a[2], a[3], a[4], device, checkpointing);
   FluxTransformer model = FluxTransformer::load(a[1], device);
   model.checkpointing = checkpointing;
   SafeTensorsFile inputs = SafeTensorsFile::open(a[2]);
@@ -87,13 +90,7 @@ int cmd_lora_grad(const std::vector<std::string>& a) {
   std::vector<float> out_host = to_floats(out), grads = to_floats(lora.grads);
   w.add("out", DType::F32, {in.B, in.L_img, model.cfg.out_channels}, out_host.data());
   w.add("loss", DType::F32, {1}, &loss);
-  // Gradients of the stored matrices under the file's own keys ("grad.<key>").
-  SafeTensorsFile lf = SafeTensorsFile::open(a[3]);
-  for (const LoraAdapter& ad : lora.adapters) {
-    const std::string first = ad.target.module + "." + ad.mats[0].key;
-    const std::string key = (lf.has("transformer." + first) ? "transformer." : "") + ad.target.module;
-    for (const AdapterMatrix& m : ad.mats) w.add("grad." + key + "." + m.key, DType::F32, {m.rows, m.cols}, grads.data() + m.offset);
-  }
+  write_lora_grads(w, lora, a[3], grads);
   w.write(a[4]);
   return 0;
 }
@@ -292,8 +289,14 @@ int cmd_make_tokenizers(const std::vector<std::string>& a) {
     write_t5_tokenizer(a[1]);
     std::printf("wrote a T5 tokenizer (vocab %d; <pad> 0, </s> 1, <unk> 2; tokenizer.json, spiece.model) to %s\n",
                 t5_tokenizer_vocab_size(), a[1].c_str());
+  } else if (kind == "qwen") {
+    if (json) fail("make-tokenizers: --json is for --kind clip (a Qwen folder always has its tokenizer.json)");
+    write_qwen_tokenizer(a[1]);
+    const int n = qwen_tokenizer_vocab_size(), pad = qwen_tokenizer_pad_id();
+    std::printf("wrote a Qwen tokenizer (vocab %d; <|endoftext|> %d, <|im_start|> %d, <|im_end|> %d; tokenizer.json, "
+                "tokenizer_config.json with its chat_template, vocab.json, merges.txt) to %s\n", n, pad, pad + 1, pad + 2, a[1].c_str());
   } else {
-    fail("make-tokenizers: --kind " + (kind.empty() ? std::string("is missing") : "'" + kind + "'") + ": give --kind clip or --kind t5");
+    fail("make-tokenizers: --kind " + (kind.empty() ? std::string("is missing") : "'" + kind + "'") + ": give --kind clip, t5 or qwen");
   }
   return 0;
 }
@@ -431,8 +434,9 @@ std::vector<Command> model_commands() {
                       "[--vocab N] [--prefix P] [--seed N]  a random checkpoint (flux-model: a whole FLUX.1 model folder) in "
                       "a real layout",
        cmd_make_random},
-      {"make-tokenizers", "<dir> --kind clip|t5 [--json]  a small CLIP (FLUX.1's tokenizer/) or T5 (tokenizer_2/) tokenizer "
-                          "folder in the real formats; --json adds CLIP's tokenizer.json",
+      {"make-tokenizers", "<dir> --kind clip|t5|qwen [--json]  a small CLIP (FLUX.1's tokenizer/), T5 (tokenizer_2/) or "
+                          "Qwen (Z-Image's tokenizer/, with a chat template) tokenizer folder in the real formats; --json "
+                          "adds CLIP's tokenizer.json",
        cmd_make_tokenizers},
       {"lora-step", "<transformer> [--device D] [--image-tokens N] [--text-tokens N] [--rank R] [--steps N] "
                     "[--checkpointing] [--quantize none|fp8|int8|nf4]  LoRA training steps on random inputs (weights quantized as they load): time, peak RSS and device memory",

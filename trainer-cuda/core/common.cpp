@@ -4,6 +4,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 namespace graft {
 
@@ -21,6 +23,14 @@ bool is_dir(const std::string& path) {
 bool path_exists(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) fail(path + ": cannot read (" + std::strerror(errno) + ")");
+  std::stringstream buf;
+  buf << f.rdbuf();
+  return buf.str();
 }
 
 void make_dirs(const std::string& path) {

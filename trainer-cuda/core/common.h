@@ -31,6 +31,8 @@ inline bool ends_with(const std::string& s, const std::string& suffix) {
 
 bool is_dir(const std::string& path);
 bool path_exists(const std::string& path);  // a file, a folder or anything else
+// A whole text file; fails naming it when it cannot be read.
+std::string read_text_file(const std::string& path);
 
 // mkdir -p: every missing folder of `path`; fails naming the folder that cannot be made.
 void make_dirs(const std::string& path);

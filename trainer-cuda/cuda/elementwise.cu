@@ -69,6 +69,27 @@ void silu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaSt
   cudaCheckLaunch();
 }
 
+__global__ void tanh_forward_kernel(bf16* out, const bf16* inp, long n) {
+  GRID_STRIDE(i, n) out[i] = __float2bfloat16(tanhf(__bfloat162float(inp[i])));
+}
+__global__ void tanh_backward_kernel(bf16* dinp, const bf16* dout, const bf16* out, long n) {
+  GRID_STRIDE(i, n) {
+    float y = __bfloat162float(out[i]);
+    dinp[i] = __float2bfloat16(__bfloat162float(dinp[i]) + (1.0f - y * y) * __bfloat162float(dout[i]));
+  }
+}
+
+void tanh_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream) {
+  if (n <= 0) return;
+  tanh_forward_kernel<<<grid_for(n), 256, 0, stream>>>(out, inp, n);
+  cudaCheckLaunch();
+}
+void tanh_backward(bf16* dinp, const bf16* dout, const bf16* out, long n, cudaStream_t stream) {
+  if (!dinp || n <= 0) return;
+  tanh_backward_kernel<<<grid_for(n), 256, 0, stream>>>(dinp, dout, out, n);
+  cudaCheckLaunch();
+}
+
 static const float QUICK_GELU_K = 1.702f;
 
 __global__ void quick_gelu_forward_kernel(bf16* out, const bf16* inp, long n) {
@@ -164,7 +185,7 @@ __global__ void modulate_forward_kernel(bf16* out, const bf16* x, const bf16* sh
   GRID_STRIDE(i, n) {
     long b = i / LC;
     int c = (int)(i % C);
-    float sc = __bfloat162float(scale[b * mod_stride + c]), sh = __bfloat162float(shift[b * mod_stride + c]);
+    float sc = __bfloat162float(scale[b * mod_stride + c]), sh = shift ? __bfloat162float(shift[b * mod_stride + c]) : 0.0f;
     out[i] = __float2bfloat16((1.0f + sc) * __bfloat162float(x[i]) + sh);
   }
 }

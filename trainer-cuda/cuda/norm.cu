@@ -6,7 +6,6 @@
 namespace graft {
 namespace gpu {
 
-static const float NORM_EPS = 1e-6f;  // RMSNorm's, as FLUX and T5
 
 // Loops `body(c, x)` over a row's elements owned by this lane, 8 at a time when VEC.
 #define ROW_LOOP_BEGIN(VEC, C)                                      \
@@ -73,7 +72,7 @@ __global__ void layernorm_backward_kernel(bf16* dinp, const bf16* dout, const bf
 }
 
 template <bool VEC>
-__global__ void rmsnorm_forward_kernel(bf16* out, float* rrms, const bf16* inp, const bf16* scale, int N, int C) {
+__global__ void rmsnorm_forward_kernel(bf16* out, float* rrms, const bf16* inp, const bf16* scale, int N, int C, float eps) {
   int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
   const bf16* x = inp + (size_t)row * C;
@@ -84,7 +83,7 @@ __global__ void rmsnorm_forward_kernel(bf16* out, float* rrms, const bf16* inp, 
     if (VEC) load8(v, x + c0); else v[0] = __bfloat162float(x[c0]);
     for (int i = 0; i < n_; i++) sum_sq += v[i] * v[i];
   }
-  float r = rsqrtf(warp_sum(sum_sq) / C + NORM_EPS);
+  float r = rsqrtf(warp_sum(sum_sq) / C + eps);
   ROW_LOOP_BEGIN(VEC, C)
     if (VEC) { load8(v, x + c0); load8(s, scale + c0); }
     else { v[0] = __bfloat162float(x[c0]); s[0] = __bfloat162float(scale[c0]); }
@@ -165,12 +164,12 @@ void layernorm_backward(bf16* dinp, const bf16* dout, const bf16* inp, const flo
   cudaCheckLaunch();
 }
 
-void rmsnorm_forward(bf16* out, float* rrms, const bf16* inp, const bf16* scale, int N, int C, cudaStream_t stream) {
+void rmsnorm_forward(bf16* out, float* rrms, const bf16* inp, const bf16* scale, int N, int C, float eps, cudaStream_t stream) {
   unsigned grid = ceil_div(N, ROWS_PER_BLOCK);
   if (C % 8 == 0 && aligned16(inp) && aligned16(out) && aligned16(scale))
-    rmsnorm_forward_kernel<true><<<grid, 256, 0, stream>>>(out, rrms, inp, scale, N, C);
+    rmsnorm_forward_kernel<true><<<grid, 256, 0, stream>>>(out, rrms, inp, scale, N, C, eps);
   else
-    rmsnorm_forward_kernel<false><<<grid, 256, 0, stream>>>(out, rrms, inp, scale, N, C);
+    rmsnorm_forward_kernel<false><<<grid, 256, 0, stream>>>(out, rrms, inp, scale, N, C, eps);
   cudaCheckLaunch();
 }
 

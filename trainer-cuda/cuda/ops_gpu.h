@@ -53,7 +53,7 @@ void layernorm_forward(bf16* out, float* mean, float* rstd, const bf16* inp, int
 void layernorm_backward(bf16* dinp, const bf16* dout, const bf16* inp, const float* mean, const float* rstd,
                         int N, int C, cudaStream_t stream = 0);
 // scale: bf16 [C] (frozen QK-norm weight); dscale fp32 [C].
-void rmsnorm_forward(bf16* out, float* rrms, const bf16* inp, const bf16* scale, int N, int C,
+void rmsnorm_forward(bf16* out, float* rrms, const bf16* inp, const bf16* scale, int N, int C, float eps,
                      cudaStream_t stream = 0);
 void rmsnorm_backward(bf16* dinp, float* dscale, const bf16* dout, const bf16* inp, const bf16* scale,
                       const float* rrms, int N, int C, cudaStream_t stream = 0);
@@ -85,6 +85,8 @@ void gelu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
 void gelu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
 void silu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
 void silu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
+void tanh_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
+void tanh_backward(bf16* dinp, const bf16* dout, const bf16* out, long n, cudaStream_t stream = 0);
 void quick_gelu_forward(bf16* out, const bf16* inp, long n, cudaStream_t stream = 0);
 void quick_gelu_backward(bf16* dinp, const bf16* dout, const bf16* inp, long n, cudaStream_t stream = 0);
 void mul_forward(bf16* out, const bf16* a, const bf16* b, long n, cudaStream_t stream = 0);

@@ -64,6 +64,9 @@ struct FluxInputs {
   std::vector<float> timesteps;  // [B], in [0, 1]
   std::vector<float> y;          // [B, vec_dim]
   std::vector<float> guidance;   // [B] (used when the model has guidance_in)
+  // Each item's caption length when captions differ in length (Z-Image's, padded to L_txt rows);
+  // empty: every item has L_txt.
+  std::vector<int> txt_lens;
 };
 
 // Reads FluxInputs from a safetensors file with tensors named img, img_ids, txt, txt_ids,

@@ -232,14 +232,14 @@ void layernorm_backward(float* dinp, const float* dout, const float* inp, const 
   }
 }
 
-void rmsnorm_forward(float* out, float* rrms, const float* inp, const float* scale, int N, int C) {
+void rmsnorm_forward(float* out, float* rrms, const float* inp, const float* scale, int N, int C, float eps) {
 #pragma omp parallel for schedule(static) if ((long)N * C >= PARALLEL_MIN_WORK)
   for (int n = 0; n < N; n++) {
     const float* x = inp + (size_t)n * C;
     float* y = out + (size_t)n * C;
     double sum_sq = 0.0;
     for (int c = 0; c < C; c++) sum_sq += (double)x[c] * x[c];
-    float r = (float)(1.0 / std::sqrt(sum_sq / C + NORM_EPS));
+    float r = (float)(1.0 / std::sqrt(sum_sq / C + (double)eps));
     // FLUX rounds x * rrms before applying the scale: (x * rrms).to(dtype) * scale.
     for (int c = 0; c < C; c++) y[c] = (x[c] * r) * scale[c];
     rrms[n] = r;
@@ -482,6 +482,17 @@ void silu_backward(float* dinp, const float* dout, const float* inp, int n) {
   }
 }
 
+void tanh_forward(float* out, const float* inp, int n) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
+  for (int i = 0; i < n; i++) out[i] = std::tanh(inp[i]);
+}
+
+void tanh_backward(float* dinp, const float* dout, const float* out, int n) {
+  if (!dinp) return;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN_WORK)
+  for (int i = 0; i < n; i++) dinp[i] += (1.0f - out[i] * out[i]) * dout[i];
+}
+
 static const float QUICK_GELU_K = 1.702f;
 
 void quick_gelu_forward(float* out, const float* inp, long n) {
@@ -546,10 +557,13 @@ void modulate_forward(float* out, const float* x, const float* shift, const floa
 #pragma omp parallel for collapse(2) schedule(static) if ((long)B * L * C >= PARALLEL_MIN_WORK)
   for (int b = 0; b < B; b++)
     for (int l = 0; l < L; l++) {
-      const float* sh = shift + (size_t)b * mod_stride;
+      const float* sh = shift ? shift + (size_t)b * mod_stride : nullptr;
       const float* sc = scale + (size_t)b * mod_stride;
       size_t off = ((size_t)b * L + l) * C;
-      for (int c = 0; c < C; c++) out[off + c] = (1.0f + sc[c]) * x[off + c] + sh[c];
+      if (sh)
+        for (int c = 0; c < C; c++) out[off + c] = (1.0f + sc[c]) * x[off + c] + sh[c];
+      else
+        for (int c = 0; c < C; c++) out[off + c] = (1.0f + sc[c]) * x[off + c];
     }
 }
 

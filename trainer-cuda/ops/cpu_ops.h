@@ -61,7 +61,7 @@ void layernorm_backward(float* dinp, const float* dout, const float* inp, const 
                         int N, int C);
 
 // RMSNorm with a learnable scale[C] (FLUX's QK-norm): out = inp * rsqrt(mean(inp^2) + 1e-6) * scale.
-void rmsnorm_forward(float* out, float* rrms, const float* inp, const float* scale, int N, int C);
+void rmsnorm_forward(float* out, float* rrms, const float* inp, const float* scale, int N, int C, float eps);
 void rmsnorm_backward(float* dinp, float* dscale, const float* dout, const float* inp, const float* scale,
                       const float* rrms, int N, int C);
 
@@ -89,6 +89,9 @@ void gelu_forward(float* out, const float* inp, int n);
 void gelu_backward(float* dinp, const float* dout, const float* inp, int n);
 void silu_forward(float* out, const float* inp, int n);
 void silu_backward(float* dinp, const float* dout, const float* inp, int n);
+// tanh; its backward reads the output y: dinp += (1 - y^2) dout.
+void tanh_forward(float* out, const float* inp, int n);
+void tanh_backward(float* dinp, const float* dout, const float* out, int n);
 // CLIP's quick GELU: x * sigmoid(1.702 x).
 void quick_gelu_forward(float* out, const float* inp, long n);
 void quick_gelu_backward(float* dinp, const float* dout, const float* inp, long n);

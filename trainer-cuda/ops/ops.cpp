@@ -347,7 +347,7 @@ Tensor affine(const Tensor& x, const Tensor& w, const Tensor& b) {
   return out;
 }
 
-Tensor rmsnorm(const Tensor& x, const Tensor& scale) {
+Tensor rmsnorm(const Tensor& x, const Tensor& scale, float eps) {
   check_activation("rmsnorm", x);
   check_same_device("rmsnorm", x, scale);
   const int C = as_int(scale.numel(), "rmsnorm");
@@ -356,8 +356,8 @@ Tensor rmsnorm(const Tensor& x, const Tensor& scale) {
   Tensor out = like(x, x.shape);
   Tensor rrms = empty({N}, DType::F32, x.device());
   const Tensor sc = weight_for(scale);
-  if (x.is_cuda()) ON_CUDA(gpu::rmsnorm_forward(bf(out), fp(rrms), bf(x), bf(sc), N, C));
-  else cpu::rmsnorm_forward(fp(out), fp(rrms), fp(x), fp(sc), N, C);
+  if (x.is_cuda()) ON_CUDA(gpu::rmsnorm_forward(bf(out), fp(rrms), bf(x), bf(sc), N, C, eps));
+  else cpu::rmsnorm_forward(fp(out), fp(rrms), fp(x), fp(sc), N, C, eps);
   const Tensor xs = x.detach(), ss = scale.detach();
   record("rmsnorm", {&x, &scale}, {&out}, [=](GradContext& g) {
     Tensor *dx = g.din(0), *ds = g.din(1);
@@ -504,6 +504,21 @@ Tensor silu(const Tensor& x) {
   return out;
 }
 
+Tensor tanh(const Tensor& x) {
+  check_activation("tanh", x);
+  Tensor out = like(x, x.shape);
+  const long n = (long)x.numel();
+  if (x.is_cuda()) ON_CUDA(gpu::tanh_forward(bf(out), bf(x), n));
+  else cpu::tanh_forward(fp(out), fp(x), (int)n);
+  const Tensor ys = out.detach();
+  record("tanh", {&x}, {&out}, [=](GradContext& g) {
+    Tensor* dx = g.din(0);
+    if (ys.is_cuda()) ON_CUDA(gpu::tanh_backward(bf(dx), bf(g.dout()), bf(ys), n));
+    else cpu::tanh_backward(fp(dx), fp(g.dout()), fp(ys), (int)n);
+  });
+  return out;
+}
+
 // acc += x, elementwise, on either device (the gradient of every op that passes it on unchanged).
 static void accumulate(Tensor* acc, const Tensor& x) {
   if (!acc) return;
@@ -580,19 +595,23 @@ static ModShape mod_shape(const char* op, const Tensor& x, const Tensor& mod, st
 Tensor modulate(const Tensor& x, const Tensor& mod, int shift_chunk, int scale_chunk) {
   check_activation("modulate", x);
   check_activation("modulate", mod);
-  const ModShape s = mod_shape("modulate", x, mod, {shift_chunk, scale_chunk});
+  const bool shifted = shift_chunk >= 0;
+  const ModShape s = shifted ? mod_shape("modulate", x, mod, {shift_chunk, scale_chunk})
+                             : mod_shape("modulate", x, mod, {scale_chunk});
   const long sh = (long)shift_chunk * s.C, sc = (long)scale_chunk * s.C;
   Tensor out = like(x, x.shape);
-  if (x.is_cuda()) ON_CUDA(gpu::modulate_forward(bf(out), bf(x), bf(mod) + sh, bf(mod) + sc, s.stride, s.B, s.L, s.C));
-  else cpu::modulate_forward(fp(out), fp(x), fp(mod) + sh, fp(mod) + sc, s.stride, s.B, s.L, s.C);
+  if (x.is_cuda())
+    ON_CUDA(gpu::modulate_forward(bf(out), bf(x), shifted ? bf(mod) + sh : nullptr, bf(mod) + sc, s.stride, s.B, s.L, s.C));
+  else cpu::modulate_forward(fp(out), fp(x), shifted ? fp(mod) + sh : nullptr, fp(mod) + sc, s.stride, s.B, s.L, s.C);
   const Tensor xs = x.detach(), ms = mod.detach();
   record("modulate", {&x, &mod}, {&out}, [=](GradContext& g) {
     Tensor *dx = g.din(0), *dm = g.din(1);
+    Tensor* dshift = shifted ? dm : nullptr;
     if (xs.is_cuda())
-      ON_CUDA(gpu::modulate_backward(bf(dx), dm ? bf(dm) + sh : nullptr, dm ? bf(dm) + sc : nullptr, bf(g.dout()), bf(xs),
-                                     bf(ms) + sc, s.stride, s.B, s.L, s.C));
+      ON_CUDA(gpu::modulate_backward(bf(dx), dshift ? bf(dm) + sh : nullptr, dm ? bf(dm) + sc : nullptr, bf(g.dout()),
+                                     bf(xs), bf(ms) + sc, s.stride, s.B, s.L, s.C));
     else
-      cpu::modulate_backward(fp(dx), dm ? fp(dm) + sh : nullptr, dm ? fp(dm) + sc : nullptr, fp(g.dout()), fp(xs),
+      cpu::modulate_backward(fp(dx), dshift ? fp(dm) + sh : nullptr, dm ? fp(dm) + sc : nullptr, fp(g.dout()), fp(xs),
                              fp(ms) + sc, s.stride, s.B, s.L, s.C);
   });
   return out;

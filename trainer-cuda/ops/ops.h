@@ -61,8 +61,9 @@ Tensor linear(const Tensor& x, const QuantWeight& W, const Tensor& b, const std:
 Tensor layernorm(const Tensor& x, float eps = 1e-6f);
 // x * w + b per channel of the last dim (w, b [C]; b may be undefined): a LayerNorm's affine part.
 Tensor affine(const Tensor& x, const Tensor& w, const Tensor& b);
-// RMSNorm over the last scale.numel() values (rows of that length), eps 1e-6: x * rrms * scale.
-Tensor rmsnorm(const Tensor& x, const Tensor& scale);
+// RMSNorm over the last scale.numel() values (rows of that length): x * rrms * scale, rrms =
+// (mean(x^2) + eps)^(-1/2) (1e-6: FLUX's, T5's, Qwen3's; Z-Image's is 1e-5).
+Tensor rmsnorm(const Tensor& x, const Tensor& scale, float eps = 1e-6f);
 // GroupNorm of x [B, C, H, W] (or [B, C, HW]) with `groups` groups, eps 1e-6, then gamma, beta [C].
 Tensor groupnorm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups);
 
@@ -87,11 +88,13 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, c
 
 Tensor gelu(const Tensor& x);  // tanh approximation
 Tensor silu(const Tensor& x);
+Tensor tanh(const Tensor& x);
 Tensor quick_gelu(const Tensor& x);  // x * sigmoid(1.702 x), CLIP's
 Tensor mul(const Tensor& a, const Tensor& b);  // same shapes, elementwise
 Tensor add(const Tensor& a, const Tensor& b);  // same shapes
 // adaLN: (1 + scale) * x + shift for x [B, L, C], shift and scale the chunks `shift_chunk` and
-// `scale_chunk` of mod [B, k*C] (each chunk C wide).
+// `scale_chunk` of mod [B, k*C] (each chunk C wide); shift_chunk -1: no shift (Z-Image's scale-only
+// modulation).
 Tensor modulate(const Tensor& x, const Tensor& mod, int shift_chunk, int scale_chunk);
 // x + gate * y for x, y [B, L, C], gate the chunk `gate_chunk` of mod [B, k*C].
 Tensor gate_residual(const Tensor& x, const Tensor& y, const Tensor& mod, int gate_chunk);

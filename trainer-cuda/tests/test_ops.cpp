@@ -207,7 +207,7 @@ TEST(ops_layernorm_gradients) {
 TEST(ops_rmsnorm_forward_small) {
   Buf x = {3, 4, 0, 0}, scale = {1, 2};  // [2, 2]
   Buf out = nan_buf(4), rrms = nan_buf(2);
-  rmsnorm_forward(out.data(), rrms.data(), x.data(), scale.data(), 2, 2);
+  rmsnorm_forward(out.data(), rrms.data(), x.data(), scale.data(), 2, 2, 1e-6f);
   double r = 1.0 / std::sqrt(12.5 + 1e-6);  // mean(x^2) = (9 + 16) / 2
   check_all_near(rrms, {r, 1000}, 1e-4);
   check_all_near(out, {3 * r, 8 * r, 0, 0}, 1e-6);
@@ -221,7 +221,7 @@ TEST(ops_rmsnorm_gradients) {
   g.op = "rmsnorm";
   g.inputs = {{"inp", &inp}, {"scale", &scale}};
   g.loss = [&] {
-    rmsnorm_forward(out.data(), rrms.data(), inp.data(), scale.data(), N, C);
+    rmsnorm_forward(out.data(), rrms.data(), inp.data(), scale.data(), N, C, 1e-6f);
     return dot(out, w);
   };
   g.backward = [&](const std::vector<float*>& d) {
@@ -594,7 +594,7 @@ TEST(ops_deterministic_across_thread_counts) {
                        L, H, D);
     r.insert(r.end(), {out, probs, dq, dk, dv});
     Buf y(N * C), rrms(N), dx(N * C), dscale(C);
-    rmsnorm_forward(y.data(), rrms.data(), x.data(), scale.data(), N, C);
+    rmsnorm_forward(y.data(), rrms.data(), x.data(), scale.data(), N, C, 1e-5f);
     rmsnorm_backward(dx.data(), dscale.data(), dy.data(), x.data(), scale.data(), rrms.data(), N, C);
     r.insert(r.end(), {y, rrms, dx, dscale});
     Buf ln(N * C), mean(N), rstd(N), dln(N * C);

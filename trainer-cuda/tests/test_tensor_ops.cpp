@@ -81,6 +81,11 @@ TEST(tensor_ops_gradients_match_finite_differences) {
   check_op("modulate + gate_residual", {{2, 3, 4}, {2, 3, 4}, {2, 12}}, [](const std::vector<Tensor>& t) {
     return gate_residual(t[0], modulate(t[1], t[2], 0, 1), t[2], 2);
   });
+  // Z-Image's block: scale-only modulation of an RMSNorm (eps 1e-5) and tanh-gated residuals.
+  check_op("rmsnorm eps 1e-5, modulate no shift, tanh gate", {{2, 3, 4}, {2, 3, 4}, {4}, {2, 12}},
+           [](const std::vector<Tensor>& t) {
+             return gate_residual(t[0], modulate(rmsnorm(t[1], t[2], 1e-5f), t[3], -1, 0), tanh(t[3]), 1);
+           });
   check_op("gaussian KL", {{2, 3}, {2, 3}}, [](const std::vector<Tensor>& t) { return gaussian_kl(t[0], t[1]); });
   check_op("mul (gated GELU, T5's FFN)", {{3, 5}, {3, 5}}, [](const std::vector<Tensor>& t) { return mul(gelu(t[0]), t[1]); });
   check_op("quick_gelu (CLIP's)", {{4, 6}}, [](const std::vector<Tensor>& t) { return quick_gelu(t[0]); });
@@ -95,6 +100,20 @@ TEST(tensor_ops_gradients_match_finite_differences) {
   check_op("attention, scale 1 + bias", {{1, 5, 8}, {1, 5, 8}, {1, 5, 8}}, [&](const std::vector<Tensor>& t) {
     return attention(t[0], t[1], t[2], 2, AttentionOptions{1.0f, false, bias});
   });
+}
+
+// Scale-only modulation is (1 + scale) * x; tanh is std::tanh; rmsnorm's eps is the one given.
+TEST(zimage_block_ops_compute_their_definitions) {
+  const Buf x = random_buf(2 * 3 * 4, 1), m = random_buf(2 * 8, 2), s = random_buf(4, 3);
+  const Tensor xt = from_vector(x, {2, 3, 4}, kCpu), mt = from_vector(m, {2, 8}, kCpu);
+  const std::vector<float> mod = to_floats(modulate(xt, mt, -1, 1)), th = to_floats(tanh(mt));
+  for (int b = 0; b < 2; ++b)
+    for (int i = 0; i < 12; ++i) CHECK_NEAR(mod[b * 12 + i], (1.0f + m[b * 8 + 4 + i % 4]) * x[b * 12 + i], 1e-6);
+  for (size_t i = 0; i < m.size(); ++i) CHECK_NEAR(th[i], std::tanh(m[i]), 1e-6);
+  const std::vector<float> y = to_floats(rmsnorm(from_vector({3e-3f, 4e-3f}, {1, 2}, kCpu), from_vector({1.0f, 1.0f}, {2}, kCpu), 1e-5f));
+  const double r = 1.0 / std::sqrt((9e-6 + 16e-6) / 2 + 1e-5);  // eps 1e-5 matters at this scale
+  CHECK_NEAR(y[0], 3e-3 * r, 1e-6);
+  CHECK_NEAR(y[1], 4e-3 * r, 1e-6);
 }
 
 // The masks change the result the way their definitions say: a causal first token sees only itself

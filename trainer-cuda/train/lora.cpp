@@ -11,7 +11,9 @@
 
 namespace graft {
 
-static const char* kPrefix = "transformer.";
+// The prefixes adapter files put before module names: diffusers/PEFT's for FLUX, the reference
+// toolkit's (ComfyUI's) for Z-Image.
+static const char* kPrefixes[] = {"transformer.", "diffusion_model."};
 
 void LoraSet::to(Device device) {
   params = to_device(params, device);
@@ -166,7 +168,7 @@ void lora_save(const LoraSet& set, const std::string& path, DType dtype,
   const std::vector<float> p = set.host_params();
   std::vector<float> buf;
   for (const LoraAdapter& a : set.adapters) {
-    const std::string key = kPrefix + a.target.module;
+    const std::string key = set.prefix + a.target.module;
     for (const AdapterMatrix& m : a.mats) {
       buf.assign(p.data() + m.offset, p.data() + m.offset + (size_t)m.rows * m.cols);
       if (!a.lokr && m.key == "lora_B.weight")
@@ -185,7 +187,8 @@ const char* kSuffixes[] = {".lora_A.weight", ".lora_B.weight", ".alpha", ".lokr_
 // The module a key belongs to ("" when it is no adapter key we read).
 std::string module_of(const std::string& name, std::string* suffix) {
   std::string k = name;
-  if (k.rfind(kPrefix, 0) == 0) k = k.substr(strlen(kPrefix));
+  for (const char* prefix : kPrefixes)
+    if (k.rfind(prefix, 0) == 0) k = k.substr(strlen(prefix));
   for (const char* s : kSuffixes) {
     const size_t n = strlen(s);
     if (k.size() > n && k.compare(k.size() - n, n, s) == 0) {
@@ -225,7 +228,10 @@ LoraSet lora_load(const std::string& path, const std::vector<LoraTarget>& target
   std::vector<std::vector<std::string>> names;  // the file's key of each matrix
   for (const LoraTarget& t : targets) {  // model order, so layouts are stable
     if (!modules.count(t.module)) continue;
-    const std::string key = (f.has(kPrefix + t.module + ".lora_A.weight") || f.has(kPrefix + t.module + ".lokr_w1") ? kPrefix : "") + t.module;
+    std::string prefix;
+    for (const char* p : kPrefixes)
+      if (f.has(p + t.module + ".lora_A.weight") || f.has(p + t.module + ".lokr_w1")) prefix = p;
+    const std::string key = prefix + t.module;
     auto shape_of = [&](const std::string& k) { return f.info(key + "." + k).shape; };
     auto want = [&](const std::string& k, int64_t rows, int64_t cols) {
       const std::vector<int64_t> s = shape_of(k);

@@ -43,6 +43,9 @@ struct LoraSet {
   Tensor params;  // fp32 [n]
   Tensor grads;   // fp32 [n], the same layout
   std::vector<std::vector<Tensor>> views;  // per adapter, per matrix: a view of params (a leaf)
+  // What the saved file puts before each module name: "transformer." (FLUX, diffusers/PEFT) or
+  // "diffusion_model." (Z-Image, as the reference toolkit saves it for ComfyUI).
+  std::string prefix = "transformer.";
 
   size_t size() const { return (size_t)params.numel(); }
   Device device() const { return params.device(); }
@@ -80,7 +83,7 @@ std::vector<ParamSegment> adapter_layout(const std::vector<LoraTarget>& targets,
 // had; throws Error when a module targets a layer the model lacks or does not fit it.
 void lora_attach(const std::vector<Linear*>& layers, LoraSet* lora);
 
-// The file other tools load. LoRA: "transformer.<module>.lora_A.weight" [rank, in] and
+// The file other tools load. LoRA: "<prefix><module>.lora_A.weight" [rank, in] and
 // ".lora_B.weight" [rows, rank], with alpha/rank folded into B so it loads at strength 1 everywhere
 // (PEFT files carry no alpha). LoKr: "transformer.<module>.lokr_w1", ".lokr_w2" (or ".lokr_w2_a",
 // ".lokr_w2_b") and ".alpha", the names ComfyUI's LoKr loader reads. Atomic write.

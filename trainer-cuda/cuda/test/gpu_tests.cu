@@ -209,7 +209,7 @@ void test_layernorm(int N, int C) {
 void test_rmsnorm(int N, int C) {
   auto x = rnd((size_t)N * C, 31), s = rnd(C, 32, 0.3f, 1.0f), dy = rnd((size_t)N * C, 33);
   std::vector<float> y(x.size()), rr(N);
-  rmsnorm_forward(y.data(), rr.data(), x.data(), s.data(), N, C);
+  rmsnorm_forward(y.data(), rr.data(), x.data(), s.data(), N, C, 1e-5f);
   auto gx = zeros(x.size()), gs = zeros(C);
   rmsnorm_backward(gx.data(), gs.data(), dy.data(), x.data(), s.data(), rr.data(), N, C);
   auto gx0 = grad_init(gx, 34), gs0 = random_vec(C, 35, (float)rms(gs));
@@ -217,7 +217,7 @@ void test_rmsnorm(int N, int C) {
   DevBuf<bf16> dyo(y.size());
   DevBuf<float> drr(N);
   dyo.poison(); drr.poison();
-  gpu::rmsnorm_forward(dyo, drr, dx, ds, N, C);
+  gpu::rmsnorm_forward(dyo, drr, dx, ds, N, C, 1e-5f);
   check("forward out", download(dyo), y, TOL_ELEM);
   check("forward rrms", download(drr), rr, 1e-4);
   auto ggx = upload_bf16(gx0);
