@@ -204,7 +204,7 @@ int cmd_make_random(const std::vector<std::string>& a) {
   const std::string what = a[1], path = a[2];
   uint64_t seed = 1;
   std::string shape = "tiny", prefix;
-  int n_double = -1, n_single = -1, vocab = 0;
+  int n_double = -1, n_single = -1, vocab = 0, n_layers = -1;
   RandomFluxOptions o;
   bool shards_given = false;
   std::string layout, variant = "dev";
@@ -219,6 +219,7 @@ int cmd_make_random(const std::vector<std::string>& a) {
     else if (a[i] == "--single" && i + 1 < a.size()) n_single = count_arg(a, ++i, "make-random", 0);
     else if (a[i] == "--vocab" && i + 1 < a.size()) vocab = count_arg(a, ++i, "make-random", 2);
     else if (a[i] == "--prefix" && i + 1 < a.size()) prefix = a[++i];
+    else if (a[i] == "--layers" && i + 1 < a.size()) n_layers = count_arg(a, ++i, "make-random", 1);
     else fail("make-random: unknown argument '" + a[i] + "'");
   }
   if (!layout.empty()) o.layout = layout;
@@ -263,8 +264,34 @@ int cmd_make_random(const std::vector<std::string>& a) {
       std::printf("wrote a random CLIP text model (width %d, %d layers, vocab %d, %s) to %s\n", c.width, c.layers, c.vocab,
                   dtype_name(o.dtype), path.c_str());
     }
+  } else if (what == "zimage-model") {
+    RandomZImageModelOptions m;
+    m.layout = layout.empty() ? "diffusers" : layout;
+    m.shape = shape, m.n_layers = n_layers, m.dtype = o.dtype, m.seed = seed;
+    write_random_zimage_model(path, m);
+    std::printf("wrote a random Z-Image model (%s sizes, %s, %s layout) to %s\n", shape.c_str(), dtype_name(o.dtype),
+                m.layout.c_str(), path.c_str());
+  } else if (what == "zimage") {
+    if (shape != "tiny" && shape != "full") fail("make-random: --shape " + shape + ": Z-Image's are tiny and full");
+    ZImageConfig c = shape == "full" ? zimage_config() : tiny_zimage_config();
+    if (n_layers > 0) c.n_layers = n_layers;
+    const std::string l = layout.empty() ? "comfyui" : layout;
+    write_random_zimage(path, c, seed, l, o.dtype, shards_given ? o.shards : 2);
+    std::printf("wrote a random Z-Image transformer (dim %d, %d layers, %s, %s layout) to %s\n", c.dim, c.n_layers,
+                dtype_name(o.dtype), l.c_str(), path.c_str());
+  } else if (what == "qwen3") {
+    if (shape != "tiny" && shape != "4b") fail("make-random: --shape " + shape + ": Qwen3's are tiny and 4b");
+    LlmConfig c = shape == "4b" ? qwen3_4b_config() : tiny_qwen3_config();
+    if (vocab) c.vocab = vocab;
+    if (n_layers > 0) c.layers = n_layers;
+    RandomWriteOptions w;
+    w.dtype = o.dtype;
+    w.shards = shards_given ? o.shards : 0;
+    write_random_llm(path, c, seed, w);
+    std::printf("wrote a random Qwen3 (hidden %d, %d layers, vocab %d, %s) to %s\n", c.hidden, c.layers, c.vocab,
+                dtype_name(o.dtype), path.c_str());
   } else {
-    fail("make-random: '" + what + "': give flux, vae, t5, clip or flux-model");
+    fail("make-random: '" + what + "': give flux, vae, t5, clip, qwen3, zimage, flux-model or zimage-model");
   }
   return 0;
 }
@@ -329,7 +356,7 @@ int cmd_lora_step(const std::vector<std::string>& a) {
   {
     FluxTransformer shapes = FluxTransformer::shapes(a[1]);
     plan_in.cfg = shapes.cfg;
-    plan_in.transformer = plan_tensors(shapes);
+    plan_in.transformer = plan_tensors(shapes.linears(), shapes.params());
   }
   plan_in.cuda = device.is_cuda(), plan_in.quantize = quantize, plan_in.rank = rank, plan_in.checkpointing = checkpointing;
   plan_in.image_tokens = image_tokens, plan_in.text_tokens = text_tokens;
@@ -429,7 +456,8 @@ std::vector<Command> model_commands() {
       {"lora-grad", "<ckpt> <inputs> <lora> <outputs> [--device D] [--checkpointing]  loss = mean((out-target)^2); "
                     "writes out, loss, grad.<key>", cmd_lora_grad},
       {"make-tiny", "<dir> [--seed N]  tiny random FLUX checkpoint + synthetic job", cmd_make_tiny},
-      {"make-random", "flux|vae|t5|clip|flux-model <path> [--shape tiny|demo|dev|flux|xxl|l] [--double N] [--single N] "
+      {"make-random", "flux|vae|t5|clip|qwen3|zimage|flux-model|zimage-model <path> [--shape tiny|demo|dev|flux|xxl|l|4b|full] "
+                      "[--layers N] [--double N] [--single N] "
                       "[--dtype f32|bf16|f16|fp8] [--layout bfl|comfyui|diffusers] [--variant dev|schnell] [--shards N] "
                       "[--vocab N] [--prefix P] [--seed N]  a random checkpoint (flux-model: a whole FLUX.1 model folder) in "
                       "a real layout",

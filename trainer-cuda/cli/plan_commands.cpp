@@ -42,7 +42,7 @@ std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text
     c.guidance_embed = model == "dev";
     FluxTransformer m(c, w);
     in.cfg = c;
-    in.transformer = plan_tensors(m);
+    in.transformer = plan_tensors(m.linears(), m.params());
     for (PlanWeight& t : in.transformer) t.dtype = DType::BF16;
     in.text_encoders = bf16_weights<T5Encoder>(t5_xxl_config());
     for (const PlanWeight& t : bf16_weights<ClipTextModel>(clip_l_config())) in.text_encoders.push_back(t);
@@ -70,7 +70,7 @@ std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text
   }
   FluxTransformer m = FluxTransformer::shapes(transformer);
   in.cfg = m.cfg;
-  in.transformer = plan_tensors(m);
+  in.transformer = plan_tensors(m.linears(), m.params());
   for (const std::string& t : tes) {
     for (const PlanWeight& w : checkpoint_weights(t)) in.text_encoders.push_back(w);
     const Checkpoint c = Checkpoint::open(t);

@@ -272,4 +272,126 @@ void write_random_flux_model(const std::string& dir, const RandomFluxModelOption
   }
 }
 
+void write_random_zimage(const std::string& path, const ZImageConfig& c, uint64_t seed, const std::string& layout,
+                         DType dtype, int n_shards) {
+  const TensorList tensors = tensors_of<ZImageTransformer>(c);
+  const std::string settings = nlohmann::json({{"axes_dims", {c.axes_dim[0], c.axes_dim[1], c.axes_dim[2]}},
+                                               {"rope_theta", c.theta}, {"t_scale", c.t_scale}, {"norm_eps", c.norm_eps}}).dump();
+  if (layout == "comfyui" || layout == "zimage") {
+    RandomWriteOptions w;
+    w.dtype = dtype;
+    w.prefix = layout == "comfyui" ? "model.diffusion_model." : "";
+    w.metadata = {{"graft.zimage", settings}, {"graft.note", "random Z-Image checkpoint written by graft-trainer for tests"}};
+    write_random_tensors(path, tensors, seed, w);
+    return;
+  }
+  if (layout != "diffusers") fail("random Z-Image checkpoint: unknown layout '" + layout + "' (comfyui, zimage, diffusers)");
+  // diffusers: the fused qkv split into to_q, to_k, to_v (dim rows each); shards by size.
+  const Layout names = zimage_diffusers_layout();
+  Shards shards(tensors, "diffusion_pytorch_model", n_shards);
+  for (const auto& [name, shape] : tensors) {
+    const int k = shards.next(shape);
+    const Stored st = names.map(name);
+    const int64_t rows = shape[0] / (int64_t)st.parts.size();
+    for (size_t i = 0; i < st.parts.size(); ++i) {
+      Shape part = shape;
+      part[0] = rows;
+      const int64_t row0 = (int64_t)i * rows;
+      shards.add(k, st.parts[i], dtype, part, [=](uint8_t* dst) { draw_rows(dst, dtype, name, shape, seed, row0, rows); });
+    }
+  }
+  shards.write(path, {}, dtype);
+  const std::string config = zimage_diffusers_config(c);
+  write_file_atomic(path + "/config.json", config.data(), config.size());
+}
+
+void write_random_llm(const std::string& path, const LlmConfig& c, uint64_t seed, const RandomWriteOptions& o) {
+  const int64_t D = c.hidden, Hd = c.head_dim;
+  TensorList t = {{"model.embed_tokens.weight", {c.vocab, D}}};
+  for (int i = 0; i < c.layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    t.push_back({p + "input_layernorm.weight", {D}});
+    t.push_back({p + "self_attn.q_proj.weight", {c.heads * Hd, D}});
+    t.push_back({p + "self_attn.k_proj.weight", {c.kv_heads * Hd, D}});
+    t.push_back({p + "self_attn.v_proj.weight", {c.kv_heads * Hd, D}});
+    t.push_back({p + "self_attn.o_proj.weight", {D, c.heads * Hd}});
+    if (c.qk_norm) {
+      t.push_back({p + "self_attn.q_norm.weight", {Hd}});
+      t.push_back({p + "self_attn.k_norm.weight", {Hd}});
+    }
+    t.push_back({p + "post_attention_layernorm.weight", {D}});
+    t.push_back({p + "mlp.gate_proj.weight", {c.intermediate, D}});
+    t.push_back({p + "mlp.up_proj.weight", {c.intermediate, D}});
+    t.push_back({p + "mlp.down_proj.weight", {D, c.intermediate}});
+  }
+  t.push_back({"model.norm.weight", {D}});
+  write_random_tensors(path, t, seed, o);
+  if (o.shards <= 0) return;
+  const std::string config = llm_config_json(c);
+  write_file_atomic(path + "/config.json", config.data(), config.size());
+}
+
+ZImageConfig tiny_zimage_config() {
+  ZImageConfig c;
+  c.in_channels = 4;  // the tiny autoencoder's latent channels
+  c.dim = 64, c.heads = 2, c.head_dim = 32;
+  c.n_layers = 2, c.n_refiner = 1;
+  c.cap_dim = tiny_qwen3_config().hidden;
+  c.ffn_hidden = (int)(64 / 3.0 * 8);
+  c.adaln_dim = 64;  // min(dim, 256)
+  c.axes_dim[0] = 8, c.axes_dim[1] = 12, c.axes_dim[2] = 12;
+  return c;
+}
+
+LlmConfig tiny_qwen3_config() {
+  LlmConfig c;
+  c.hidden = 48, c.intermediate = 96, c.layers = 3, c.heads = 4, c.kv_heads = 2, c.head_dim = 16;
+  c.vocab = qwen_tokenizer_vocab_size();
+  return c;
+}
+
+void write_random_zimage_model(const std::string& dir, const RandomZImageModelOptions& o) {
+  if (o.layout != "diffusers" && o.layout != "comfyui") fail("random Z-Image model: unknown layout '" + o.layout + "' (diffusers, comfyui)");
+  ZImageConfig zc;
+  LlmConfig lc;
+  VaeConfig vc = flux_vae_config();
+  if (o.shape == "full") {
+    zc = zimage_config();
+    lc = qwen3_4b_config();
+  } else if (o.shape == "tiny") {
+    zc = tiny_zimage_config();
+    lc = tiny_qwen3_config();
+    vc.ch = 8, vc.ch_mult = {1, 2}, vc.num_res_blocks = 1, vc.z_channels = 4, vc.groups = 4;
+  } else {
+    fail("random Z-Image model: unknown shape '" + o.shape + "' (tiny, full)");
+  }
+  if (o.n_layers >= 0) zc.n_layers = o.n_layers;
+  FluxVae vae = FluxVae::random(vc, o.seed);
+  make_dirs(dir);
+  RandomWriteOptions te;
+  te.dtype = o.dtype;
+  if (o.layout == "comfyui") {
+    make_dirs(dir + "/diffusion_models");
+    write_random_zimage(dir + "/diffusion_models/z_image_turbo_bf16.safetensors", zc, o.seed, "comfyui", o.dtype);
+    make_dirs(dir + "/vae");
+    vae.save(dir + "/vae/ae.safetensors", o.dtype);
+    make_dirs(dir + "/text_encoders");
+    write_random_llm(dir + "/text_encoders/qwen_3_4b.safetensors", lc, o.seed, te);
+    return;
+  }
+  write_random_zimage(dir + "/transformer", zc, o.seed, "diffusers", o.dtype, 3);
+  te.shards = 2;
+  write_random_llm(dir + "/text_encoder", lc, o.seed, te);
+  write_qwen_tokenizer(dir + "/tokenizer");
+  vae.save_diffusers(dir + "/vae", o.dtype);
+  make_dirs(dir + "/scheduler");
+  write_json_file(dir + "/scheduler/scheduler_config.json",
+                  {{"_class_name", "FlowMatchEulerDiscreteScheduler"}, {"num_train_timesteps", 1000},
+                   {"use_dynamic_shifting", false}, {"shift", 3.0}});
+  write_json_file(dir + "/model_index.json",
+                  {{"_class_name", "ZImagePipeline"}, {"scheduler", {"diffusers", "FlowMatchEulerDiscreteScheduler"}},
+                   {"text_encoder", {"transformers", "Qwen3Model"}}, {"tokenizer", {"transformers", "Qwen2Tokenizer"}},
+                   {"transformer", {"diffusers", "ZImageTransformer2DModel"}}, {"vae", {"diffusers", "AutoencoderKL"}}});
+}
+
 }  // namespace graft

@@ -12,7 +12,9 @@
 #include "core/tensor.h"
 #include "models/clip.h"
 #include "models/flux.h"
+#include "models/llm.h"
 #include "models/t5.h"
+#include "models/zimage.h"
 
 namespace graft {
 
@@ -74,5 +76,31 @@ struct RandomFluxModelOptions {
   uint64_t seed = 1;
 };
 void write_random_flux_model(const std::string& dir, const RandomFluxModelOptions& o);
+
+// A random Z-Image transformer: layout "comfyui" (one file, canonical names under
+// model.diffusion_model., the RoPE settings in graft.zimage metadata), "zimage" (the same without
+// the prefix) or "diffusers" (a folder of `shards` shards with their index and config.json).
+void write_random_zimage(const std::string& path, const ZImageConfig& cfg, uint64_t seed, const std::string& layout,
+                         DType dtype, int shards = 2);
+// A random decoder LLM in transformers' names ("model." prefix); a folder (shards >= 1) gets its
+// config.json.
+void write_random_llm(const std::string& path, const LlmConfig& cfg, uint64_t seed, const RandomWriteOptions& o);
+
+// A whole random Z-Image model (Turbo's file set). diffusers: model_index.json, transformer/ (shards,
+// config.json), text_encoder/ (Qwen3, shards, config.json), tokenizer/, vae/ (FLUX's autoencoder),
+// scheduler/ — as Tongyi-MAI/Z-Image-Turbo's repo holds them; comfyui: diffusion_models/
+// z_image_turbo_bf16.safetensors, text_encoders/qwen_3_4b.safetensors, vae/ae.safetensors.
+// shape tiny (tests) or full (Z-Image's 6B and Qwen3-4B).
+struct RandomZImageModelOptions {
+  std::string layout = "diffusers";
+  std::string shape = "tiny";
+  int n_layers = -1;
+  DType dtype = DType::F32;
+  uint64_t seed = 1;
+};
+void write_random_zimage_model(const std::string& dir, const RandomZImageModelOptions& o);
+// The tiny shapes of the above: a Z-Image transformer 64 wide, and the Qwen3 it reads.
+ZImageConfig tiny_zimage_config();
+LlmConfig tiny_qwen3_config();
 
 }  // namespace graft

@@ -1,10 +1,12 @@
-// The two vocabularies come from one list of caption words. CLIP's merges spell each word left to
+// The vocabularies come from one list of caption words. CLIP's merges spell each word left to
 // right ("b a", "ba c", ..., "backgroun d</w>"), words in list order, a merge shared by an earlier word
 // kept at its first rank. A word comes out whole only if no pair inside it has an earlier merge than
 // the next merge of its own spelling, so longer words come first and the TypeScript tests check
 // that every word encodes to its own token. T5's pieces are "▁" + each word, a few sub-words and every
 // printable ASCII character, scored so that a whole word always beats its spelling; every score is
-// a multiple of 1/64, exact in spiece.model's float32 and in tokenizer.json's decimal.
+// a multiple of 1/64, exact in spiece.model's float32 and in tokenizer.json's decimal. Qwen's merges
+// spell "Ġ" + each word left to right, all of them before the few bare words' merges, so a caption
+// word after a space always comes out whole (every merge it needs outranks any bare word's).
 #include "demo/tokenizer_files.h"
 
 #include <set>
@@ -161,6 +163,108 @@ ordered_json clip_tokenizer_json(const ClipVocab& v) {
   };
 }
 
+// Qwen's special tokens in its order (151643 to 151645, then 151667 and 151668 in the real vocabulary,
+// where other added tokens sit between); the first three are "special" (skipped when decoding).
+const char* const kQwenSpecials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"};
+const int kQwenSpecialCount = 5;
+const int kQwenMarkedSpecial = 3;
+
+// Words the chat template writes at the start of a pre-token (after <|im_start|>): spelled bare.
+const char* const kQwenBareWords[] = {"user", "assistant", "system"};
+
+// Qwen2's pre-tokenizer split (transformers' Qwen2TokenizerFast): contractions, letters with one
+// leading non-letter, single digits, punctuation runs, newlines, whitespace.
+const char* const kQwenSplit = R"RE((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)RE";
+
+// The chat template, written for these tests: ChatML turns as Qwen3's template writes them for plain
+// text messages. An assistant turn before the last user turn loses its reasoning (as Qwen3 drops old
+// thinking); add_generation_prompt opens the assistant's turn, and enable_thinking false closes an
+// empty think block there (Qwen3's switch; the Z-Image pipeline passes true, so nothing is added).
+const char* const kQwenChatTemplate = R"JINJA({#- graft's Qwen-style chat template (graft-trainer make-tokenizers --kind qwen) -#}
+{%- set ns = namespace(last_user=-1) %}
+{%- for message in messages %}
+    {%- if message.role == 'user' %}
+        {%- set ns.last_user = loop.index0 %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- set content = message.content if message.content is string else '' %}
+    {%- if message.role == 'assistant' and loop.index0 < ns.last_user and '</think>' in content %}
+        {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+    {%- endif %}
+    {{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+)JINJA";
+
+struct QwenVocab {
+  std::vector<std::string> tokens;  // id = index, the special tokens last
+  std::vector<std::pair<std::string, std::string>> merges;
+};
+
+QwenVocab qwen_vocab() {
+  QwenVocab v;
+  v.tokens = byte_characters();
+  const std::string space = utf8(0x120), newline = utf8(0x10A);  // "Ġ" and "Ċ": the bytes 0x20 and 0x0A
+  std::set<std::pair<std::string, std::string>> seen;
+  // Merges spelling `word` (ASCII: each byte its own character) after `prefix`, left to right.
+  auto spell = [&](const std::string& prefix, const std::string& word) {
+    std::string left = prefix.empty() ? word.substr(0, 1) : prefix;
+    for (size_t j = prefix.empty() ? 1 : 0; j < word.size(); ++j) {
+      std::pair<std::string, std::string> m{left, word.substr(j, 1)};
+      left += word.substr(j, 1);
+      if (!seen.insert(m).second) continue;
+      v.merges.push_back(m);
+      v.tokens.push_back(m.first + m.second);
+    }
+  };
+  for (const char* w : kWords) spell(space, w);
+  for (const char* w : kQwenBareWords) spell("", w);
+  v.merges.push_back({newline, newline});  // "\n\n" (the empty think block) as one token
+  v.tokens.push_back(newline + newline);
+  for (const char* s : kQwenSpecials) v.tokens.push_back(s);
+  return v;
+}
+
+ordered_json qwen_added_tokens(const QwenVocab& v) {
+  ordered_json added = ordered_json::array();
+  const int first = (int)v.tokens.size() - kQwenSpecialCount;
+  for (int i = 0; i < kQwenSpecialCount; ++i) {
+    ordered_json t = added_token(first + i, kQwenSpecials[i], false);
+    t["special"] = i < kQwenMarkedSpecial;
+    added.push_back(t);
+  }
+  return added;
+}
+
+ordered_json qwen_tokenizer_json(const QwenVocab& v) {
+  ordered_json vocab = ordered_json::object();
+  for (size_t i = 0; i + kQwenSpecialCount < v.tokens.size(); ++i) vocab[v.tokens[i]] = i;
+  ordered_json merges = ordered_json::array();
+  for (const auto& m : v.merges) merges.push_back(m.first + " " + m.second);
+  const ordered_json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}};
+  return {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", qwen_added_tokens(v)},
+      {"normalizer", {{"type", "NFC"}}},
+      {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", {
+           {{"type", "Split"}, {"pattern", {{"Regex", kQwenSplit}}}, {"behavior", "Isolated"}, {"invert", false}},
+           byte_level}}}},
+      {"post_processor", byte_level},
+      {"decoder", byte_level},
+      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", ""},
+                 {"end_of_word_suffix", ""}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
+                 {"vocab", vocab}, {"merges", merges}}},
+  };
+}
+
 }  // namespace
 
 int clip_tokenizer_vocab_size() { return (int)clip_vocab().tokens.size(); }
@@ -245,6 +349,35 @@ void write_t5_tokenizer(const std::string& dir) {
                                {"eos_token", "</s>"}, {"extra_ids", 0}, {"legacy", true}, {"model_max_length", 512},
                                {"pad_token", "<pad>"}, {"sp_model_kwargs", ordered_json::object()},
                                {"tokenizer_class", "T5Tokenizer"}, {"unk_token", "<unk>"}};
+  write_text(dir + "/tokenizer_config.json", config.dump(2) + "\n");
+}
+
+int qwen_tokenizer_vocab_size() { return (int)qwen_vocab().tokens.size(); }
+
+int qwen_tokenizer_pad_id() { return qwen_tokenizer_vocab_size() - kQwenSpecialCount; }
+
+void write_qwen_tokenizer(const std::string& dir) {
+  make_dirs(dir);
+  const QwenVocab v = qwen_vocab();
+  const ordered_json tokenizer = qwen_tokenizer_json(v);
+  write_text(dir + "/tokenizer.json", tokenizer.dump(2) + "\n");
+  // vocab.json and merges.txt as Qwen2Tokenizer saves them: the regular tokens only, merges after a header.
+  write_text(dir + "/vocab.json", tokenizer["model"]["vocab"].dump() + "\n");
+  std::string merges = "#version: 0.2\n";
+  for (const auto& m : v.merges) merges += m.first + " " + m.second + "\n";
+  write_text(dir + "/merges.txt", merges);
+  ordered_json decoder = ordered_json::object();
+  for (const ordered_json& t : tokenizer["added_tokens"]) {
+    ordered_json e = token_entry(t["content"].get<std::string>(), false);
+    e["special"] = t["special"];
+    decoder[std::to_string(t["id"].get<int>())] = e;
+  }
+  const ordered_json config = {{"add_bos_token", false}, {"add_prefix_space", false}, {"added_tokens_decoder", decoder},
+                               {"additional_special_tokens", {"<|im_start|>", "<|im_end|>"}}, {"bos_token", nullptr},
+                               {"chat_template", kQwenChatTemplate}, {"clean_up_tokenization_spaces", false},
+                               {"eos_token", "<|im_end|>"}, {"errors", "replace"}, {"model_max_length", 131072},
+                               {"pad_token", "<|endoftext|>"}, {"split_special_tokens", false},
+                               {"tokenizer_class", "Qwen2Tokenizer"}, {"unk_token", nullptr}};
   write_text(dir + "/tokenizer_config.json", config.dump(2) + "\n");
 }
 

@@ -1,7 +1,7 @@
 // Small tokenizer folders made by the project, in the real files' formats, for tests and random model
-// folders (these machines reach no model hub, and no third-party vocabulary is copied in). Both
+// folders (these machines reach no model hub, and no third-party vocabulary is copied in). The
 // vocabularies are built from the same few dozen caption words, so test captions tokenize into
-// several real tokens; both are deterministic.
+// several real tokens; all are deterministic.
 #pragma once
 #include <string>
 
@@ -21,5 +21,18 @@ int clip_tokenizer_vocab_size();
 // no <extra_id_N> tokens (the real vocabulary's last 100, which captions never produce).
 void write_t5_tokenizer(const std::string& dir);
 int t5_tokenizer_vocab_size();
+
+// A byte-level BPE tokenizer as Z-Image's tokenizer/ folder holds Qwen3's: tokenizer.json (NFC, the
+// Qwen2 Split regex then ByteLevel, BPE without an unknown token), vocab.json, merges.txt and
+// tokenizer_config.json (pad_token <|endoftext|>, eos_token <|im_end|>, a chat_template of the
+// project's own with Qwen3's ChatML turns, add_generation_prompt and enable_thinking). Ids: the 256
+// byte characters in GPT-2's order ("!" is 0), one token per merge (" word" spelled as "Ġword" for the
+// caption words, then a few bare words the template writes: user, assistant, system), then the
+// special tokens with the largest ids, in Qwen's order: <|endoftext|>, <|im_start|>, <|im_end|>,
+// <think>, </think>. A Qwen3 text encoder reading these ids needs a vocabulary of at least
+// qwen_tokenizer_vocab_size(); the pad id (<|endoftext|>) is qwen_tokenizer_pad_id().
+void write_qwen_tokenizer(const std::string& dir);
+int qwen_tokenizer_vocab_size();
+int qwen_tokenizer_pad_id();
 
 }  // namespace graft

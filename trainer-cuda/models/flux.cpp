@@ -213,7 +213,8 @@ FluxTransformer FluxTransformer::random(const FluxConfig& cfg, Device device, ui
   return m;
 }
 
-FluxTransformer::FluxTransformer(const FluxConfig& c, WeightLoader& w) : cfg(c), device(w.device) {
+FluxTransformer::FluxTransformer(const FluxConfig& c, WeightLoader& w) : cfg(c) {
+  device = w.device;
   const int C = c.hidden, M = c.mlp_hidden, D = c.head_dim;
   img_in = Linear(w, "img_in", c.in_channels, C);
   txt_in = Linear(w, "txt_in", c.context_dim, C);

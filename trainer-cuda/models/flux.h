@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "models/denoiser.h"
 #include "models/module.h"
 #include "models/weights.h"
 
@@ -76,21 +77,17 @@ FluxInputs flux_inputs_load(const SafeTensorsFile& f, const FluxConfig& cfg);
 // Position ids of FLUX: text tokens (0,0,0); image token (0, row, col) on the patch grid.
 void flux_img_ids(float* ids, int B, int grid_h, int grid_w);
 
-struct FluxTransformer {
+struct FluxTransformer : Denoiser {
   struct Stream { Linear mod, qkv, proj, mlp0, mlp2; Tensor q_scale, k_scale; };
   struct DoubleBlock { Stream img, txt; };
   struct SingleBlock { Linear mod, linear1, linear2; Tensor q_scale, k_scale; };
 
   FluxConfig cfg;
-  Device device;
   std::string path;  // the checkpoint, for messages ("(random)" without one)
   Linear img_in, txt_in, time_in0, time_in1, vector_in0, vector_in1, guidance_in0, guidance_in1;
   Linear final_mod, final_linear;
   std::vector<DoubleBlock> doubles;
   std::vector<SingleBlock> singles;
-  // Recompute each block's activations in backward instead of keeping them (core/autograd.h).
-  bool checkpointing = false;
-
   // The model of `path` (a file, or a diffusers folder) on `device`, its layout detected.
   // quantize: every linear weight kept in that format (ops/quant.h), quantized as it loads.
   // offload: the share of the blocks (the first ones) offloaded as they load (offload_blocks).
@@ -122,8 +119,9 @@ struct FluxTransformer {
   std::vector<const Linear*> block_linears(int k) const;
   int block_count() const { return (int)(doubles.size() + singles.size()); }
 
-  std::vector<Linear*> linears();
+  std::vector<Linear*> linears() override;
   std::vector<NamedParam> params();  // every tensor by its BFL name, in BFL order
+  int latent_channels() const override { return cfg.in_channels / 4; }
 
   // img [B, L_img, in_channels], txt [B, L_txt, context_dim], y [B, vec_dim] in the compute dtype
   // of the model's device; timesteps and guidance fp32 [B]; pe = rope_table of the joint ids
@@ -131,7 +129,7 @@ struct FluxTransformer {
   Tensor forward(const Tensor& img, const Tensor& txt, const Tensor& y, const Tensor& timesteps,
                  const Tensor& guidance, const Tensor& pe) const;
   // The same from host inputs (moved to the model's device).
-  Tensor forward(const FluxInputs& in) const;
+  Tensor forward(const FluxInputs& in) const override;
   // The RoPE table of a batch's ids (txt first, then img, per item).
   Tensor rope_for(const FluxInputs& in) const;
 

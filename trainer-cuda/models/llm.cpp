@@ -171,6 +171,9 @@ DecoderLlm DecoderLlm::random(const LlmConfig& cfg, Device device, uint64_t seed
 }
 
 void DecoderLlm::save(const std::string& file, DType dtype) {
+  if ((int)layers.size() != cfg.layers || !final_norm.defined())
+    fail(file + ": cannot save a decoder LLM loaded up to hidden state " + std::to_string(index) +
+         " (it holds " + std::to_string(layers.size()) + " of " + std::to_string(cfg.layers) + " layers); load it with -1");
   SafeTensorsWriter w;
   w.metadata["format"] = "pt";
   auto put = [&](const std::string& name, const Tensor& t) {

@@ -54,7 +54,8 @@ struct DecoderLlm {
   // causal, so what follows a token never changes it) -> hidden_states[index] [B, L, hidden].
   Tensor forward(const std::vector<int>& ids, int B, int L) const;
 
-  // Every tensor in transformers' names, in a form load() reads back (the rotary rows put back).
+  // Every tensor in transformers' names, in a form load() reads back (the rotary rows put back);
+  // only a whole model (loaded with hidden index -1).
   void save(const std::string& file, DType dtype);
 };
 

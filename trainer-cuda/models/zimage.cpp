@@ -203,7 +203,8 @@ static Tensor permute_patches(const Tensor& W, int C, bool columns, bool to_flux
   return from_vector(out, W.shape, W.device(), W.dtype);
 }
 
-ZImageTransformer::ZImageTransformer(const ZImageConfig& c, WeightLoader& w) : cfg(c), device(w.device) {
+ZImageTransformer::ZImageTransformer(const ZImageConfig& c, WeightLoader& w) : cfg(c) {
+  device = w.device;
   const int D = c.dim, P = c.patch_features(), Hd = c.head_dim;
   {
     // The two layers whose patch order is permuted stay dense (NF4's blocks would cross the rows
@@ -216,6 +217,7 @@ ZImageTransformer::ZImageTransformer(const ZImageConfig& c, WeightLoader& w) : c
     x_embedder.W = permute_patches(x_embedder.W, c.in_channels, true, true);
     final_linear.W = permute_patches(final_linear.W, c.in_channels, false, true);
     final_linear.b = permute_patches(final_linear.b, c.in_channels, false, true);
+    final_linear.w_scale = permute_patches(final_linear.w_scale, c.in_channels, false, true);  // a scaled fp8 file's
   }
   t_mlp0 = Linear(w, "t_embedder.mlp.0", 256, c.t_mid);
   t_mlp2 = Linear(w, "t_embedder.mlp.2", c.t_mid, c.adaln_dim);
@@ -477,7 +479,8 @@ Tensor ZImageTransformer::forward_model(const FluxInputs& in) const {
   x = cap = Tensor();
   const Tensor u_pe = rope_table(u_ids, B * U, axes, c.theta, device);
   for (const Block& w : layers) {
-    auto block = [&w, &c, &unified](const std::vector<Tensor>& v) {
+    // By value: checkpoint() runs it again in backward, after this function has returned.
+    auto block = [&w, &c, unified](const std::vector<Tensor>& v) {
       return std::vector<Tensor>{zimage_block(w, c, v[0], v[1], v[2], unified)};
     };
     u = checkpointing ? checkpoint(block, {u, adaln, u_pe})[0] : block({u, adaln, u_pe})[0];
@@ -493,14 +496,39 @@ Tensor ZImageTransformer::forward(const FluxInputs& in) const {
   return affine(forward_model(zin), neg_one, Tensor());
 }
 
+FluxActivations zimage_activation_bytes(const ZImageConfig& c, int64_t B, int64_t Li, int64_t Lt, int rank,
+                                        bool checkpointing, int act_bytes, bool flash) {
+  const double C = c.dim, F = c.ffn_hidden, H = c.heads, r = rank, a = act_bytes;
+  const double Lx = round_up((int)Li, kSeqMultiple), Lc = round_up((int)Lt, kSeqMultiple), L = Lx + Lc;
+  // Per token and block, from what each op of zimage_block records: the attention's norm and its
+  // modulation, qkv, q and k after their norms and after RoPE, the attention output, the projection,
+  // its norm, the residual, the FFN's norm and modulation, w1, its SiLU, w3, their product, w2, its norm
+  // and the output; each of the 8 LoRAs keeps x A^T; the norms' row statistics (2 per head for q, k).
+  const auto block = [&](double tokens, double keys) {
+    const double attn_state = flash ? H * 4 : H * keys * 4;
+    return ((18 * C + 4 * F + 8 * r) * a + (4 + 2 * H) * 4 + attn_state) * tokens;
+  };
+  const double layer = block((double)B * L, L);
+  const double refiners = c.n_refiner * (block((double)B * Lx, Lx) + block((double)B * Lc, Lc));
+  const double final_layer = 3 * C * a * (double)B * (double)Li;
+  FluxActivations out;
+  if (checkpointing) {
+    out.kept = c.n_layers * C * a * (double)B * L + refiners + final_layer;
+    out.transient = 1.5 * layer;
+  } else {
+    out.kept = c.n_layers * layer + refiners + final_layer;
+    out.transient = 0.5 * layer;
+  }
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------------
 // LoRA targets
 
-std::vector<LoraTarget> zimage_lora_targets(const ZImageConfig& c) {
+std::vector<LoraTarget> zimage_lora_targets(const ZImageConfig& c, bool refiners) {
   const int D = c.dim, F = c.ffn_hidden;
   std::vector<LoraTarget> t;
-  for (int i = 0; i < c.n_layers; ++i) {
-    const std::string b = "layers." + std::to_string(i) + ".";
+  auto block = [&](const std::string& b, bool modulated) {
     const std::string qkv = b + "attention.qkv";
     t.push_back({b + "attention.to_q", qkv, 0, D, D});
     t.push_back({b + "attention.to_k", qkv, D, D, D});
@@ -509,8 +537,14 @@ std::vector<LoraTarget> zimage_lora_targets(const ZImageConfig& c) {
     t.push_back({b + "feed_forward.w1", b + "feed_forward.w1", 0, F, D});
     t.push_back({b + "feed_forward.w2", b + "feed_forward.w2", 0, D, F});
     t.push_back({b + "feed_forward.w3", b + "feed_forward.w3", 0, F, D});
-    t.push_back({b + "adaLN_modulation.0", b + "adaLN_modulation.0", 0, 4 * D, c.adaln_dim});
-  }
+    if (modulated) t.push_back({b + "adaLN_modulation.0", b + "adaLN_modulation.0", 0, 4 * D, c.adaln_dim});
+  };
+  for (int i = 0; i < c.n_layers; ++i) block("layers." + std::to_string(i) + ".", true);
+  if (refiners)
+    for (int i = 0; i < c.n_refiner; ++i) {
+      block("noise_refiner." + std::to_string(i) + ".", true);
+      block("context_refiner." + std::to_string(i) + ".", false);
+    }
   return t;
 }
 

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "models/denoiser.h"
 #include "models/flux.h"
 #include "models/module.h"
 #include "models/weights.h"
@@ -51,7 +52,7 @@ Layout zimage_diffusers_layout();
 // Whether a checkpoint (file or folder) holds a Z-Image transformer, from its names.
 bool is_zimage_checkpoint(const Checkpoint& ckpt);
 
-struct ZImageTransformer {
+struct ZImageTransformer : Denoiser {
   struct Block {
     bool modulated = true;
     Linear adaln, qkv, out, w1, w2, w3;
@@ -59,13 +60,11 @@ struct ZImageTransformer {
   };
 
   ZImageConfig cfg;
-  Device device;
   std::string path;
   Linear x_embedder, t_mlp0, t_mlp2, cap_linear, final_mod, final_linear;
   Tensor cap_norm, x_pad, cap_pad;
   std::vector<Block> noise_refiner, context_refiner, layers;
   Tensor neg_one;  // [patch_features] of -1: forward()'s sign flip, as an affine
-  bool checkpointing = false;
 
   static ZImageTransformer load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense);
   static ZImageTransformer shapes(const std::string& path);
@@ -74,7 +73,9 @@ struct ZImageTransformer {
   ZImageTransformer(const ZImageConfig& cfg, WeightLoader& w);
   ZImageTransformer() = default;
 
-  std::vector<Linear*> linears();
+  std::vector<Linear*> linears() override;
+  int latent_channels() const override { return cfg.in_channels; }
+  bool ragged_text() const override { return true; }
   std::vector<NamedParam> params();  // every tensor by its canonical name
 
   // diffusers' ZImageTransformer2DModel forward on graft's batch layout: img [B, L_img, P] patches in
@@ -83,13 +84,20 @@ struct ZImageTransformer {
   Tensor forward_model(const FluxInputs& in) const;
   // The trainer's convention, FLUX's: timesteps the noise level sigma, the velocity noise - x0 out.
   // Z-Image predicts x0 - noise at t = 1 - sigma (its pipeline negates the output).
-  Tensor forward(const FluxInputs& in) const;
+  Tensor forward(const FluxInputs& in) const override;
 
   // Writes every tensor by its canonical name (atomic), the RoPE axes, theta and t_scale in the
   // metadata; `layout` "diffusers" writes diffusers' names instead (with config.json beside it
   // written by the caller).
   void save(const std::string& path, DType dtype, const std::string& layout = "comfyui");
 };
+
+// What one training step keeps for backward for B sequences of Li image and Lt caption tokens with
+// LoRA of `rank` on the layers (as flux_activation_bytes counts FLUX's): `act_bytes` per activation,
+// fp32 row statistics, attention's saved state (`flash`: a log-sum-exp per row; else L x L
+// probabilities); with checkpointing, the layers' inputs only.
+FluxActivations zimage_activation_bytes(const ZImageConfig& c, int64_t B, int64_t Li, int64_t Lt, int rank,
+                                        bool checkpointing, int act_bytes, bool flash);
 
 // Patch features between FLUX's (c, ph, pw) order and Z-Image's (ph, pw, c), for `tokens` tokens of C
 // channels (patch 2).
@@ -98,8 +106,9 @@ std::vector<float> zimage_to_flux_patches(const std::vector<float>& x, size_t to
 
 // The layers the reference toolkit trains for Z-Image (every linear in `layers`: attention q, k, v
 // (slices of the fused qkv), out, the FFN's w1, w2, w3 and adaLN_modulation.0), named as diffusers
-// names them: the LoRA file's "diffusion_model.<module>" keys.
-std::vector<LoraTarget> zimage_lora_targets(const ZImageConfig& cfg);
+// names them: the LoRA file's "diffusion_model.<module>" keys. `refiners`: the refiner blocks' too
+// (what an adapter from elsewhere may also hold).
+std::vector<LoraTarget> zimage_lora_targets(const ZImageConfig& cfg, bool refiners = false);
 
 // diffusers' config.json for a transformer folder of this shape.
 std::string zimage_diffusers_config(const ZImageConfig& cfg);

@@ -50,7 +50,7 @@ TEST(memory_plan_counts_the_transformer_weights_as_loaded) {
     for (const WeightFormat f : {WeightFormat::dense, WeightFormat::fp8, WeightFormat::int8, WeightFormat::nf4}) {
       PlanInputs in;
       in.cfg = shapes.cfg;
-      in.transformer = plan_tensors(shapes);
+      in.transformer = plan_tensors(shapes.linears(), shapes.params());
       in.quantize = f;
       in.rank = 4, in.image_tokens = 16, in.text_tokens = 8;
       FluxTransformer m = FluxTransformer::load(path, Device::cpu(), f);

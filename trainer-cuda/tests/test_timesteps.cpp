@@ -114,7 +114,7 @@ TEST(train_uses_the_timestep_rule) {
   m.open(tb.path + "/encode.jsonl");
   TrainData data = data_encode(job, ae, *te, m);
   FluxTransformer model = FluxTransformer::load(job.transformer, Device::cpu());
-  TrainBatch batch = make_batch(data, data.batch(job.seed, 0, 1), model.cfg, job, 0);
+  TrainBatch batch = make_batch(data, data.batch(job.seed, 0, 1), widths_of(model.cfg), job, 0);
   const float w = batch.weight.at(0);
   CHECK(w == timestep_weight(job.timesteps, batch.in.timesteps[0]) && std::fabs(w - 1.0f) > 0.05f);
   const json a = events_of(read_events(ta.path + "/metrics.jsonl"), "step").at(0);

@@ -146,3 +146,42 @@ TEST(t5_tokenizer_files_have_t5s_layout) {
   bad.pieces = {{"<unk>", 0.0f, SentencePiece::kControl}};
   CHECK_THROWS(sentencepiece_model_proto(bad), "unk_id 0");
 }
+
+// Qwen's layout: the byte characters first in GPT-2's order (as Qwen's ids 0-255), one token per merge in
+// merge order, the special tokens last with <|endoftext|> the pad id; vocab.json and merges.txt agree with
+// tokenizer.json, and tokenizer_config.json carries the chat template and Qwen3's special tokens.
+TEST(qwen_tokenizer_files_have_qwens_layout) {
+  TempDir dir;
+  write_qwen_tokenizer(dir.path);
+  const nlohmann::json tok = read_json(dir.path + "/tokenizer.json");
+  const nlohmann::json vocab = read_json(dir.path + "/vocab.json");
+  const int n = qwen_tokenizer_vocab_size(), pad = qwen_tokenizer_pad_id();
+  CHECK(tok["model"]["vocab"] == vocab && (int)vocab.size() == n - 5 && pad == n - 5);
+  std::vector<std::string> by_id(n - 5);
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) by_id[it.value().get<int>()] = it.key();
+  CHECK(by_id[0] == "!" && by_id[64] == "a" && by_id[198] == utf8(0x10A) && by_id[220] == utf8(0x120));
+  const char* const specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"};
+  for (int i = 0; i < 5; ++i) {
+    CHECK(tok["added_tokens"][i]["id"].get<int>() == pad + i && tok["added_tokens"][i]["content"] == specials[i]);
+    CHECK(tok["added_tokens"][i]["special"].get<bool>() == (i < 3));
+  }
+  std::istringstream merges(read_file(dir.path + "/merges.txt"));
+  std::string line;
+  std::getline(merges, line);
+  CHECK(line == "#version: 0.2");
+  int k = 0;
+  while (std::getline(merges, line)) {
+    const size_t space = line.find(' ');
+    CHECK(line == tok["model"]["merges"][k].get<std::string>());
+    CHECK(vocab.at(line.substr(0, space) + line.substr(space + 1)).get<int>() == 256 + k);
+    ++k;
+  }
+  CHECK(256 + k == n - 5 && vocab.contains(utf8(0x120) + "background") && vocab.contains("assistant"));
+  CHECK(tok["pre_tokenizer"]["pretokenizers"][0]["behavior"] == "Isolated" && tok["post_processor"]["type"] == "ByteLevel");
+  const nlohmann::json config = read_json(dir.path + "/tokenizer_config.json");
+  CHECK(config["pad_token"] == "<|endoftext|>" && config["eos_token"] == "<|im_end|>" && config["bos_token"].is_null());
+  CHECK(config["added_tokens_decoder"][std::to_string(pad)]["content"] == "<|endoftext|>");
+  const std::string chat = config["chat_template"].get<std::string>();
+  CHECK(chat.find("add_generation_prompt") != std::string::npos && chat.find("enable_thinking") != std::string::npos &&
+        chat.find("namespace(") != std::string::npos);
+}

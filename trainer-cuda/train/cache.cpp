@@ -191,6 +191,7 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te
     metrics.event({{"event", "warning"}, {"message", msg}, {"file", file}});
   };
   TrainData data;
+  data.ragged_text = te.ragged();
 
   // ---- latents: one per distinct key; from the cache when it holds a good file, else encoded.
   struct LatentTodo { int latent; const JobImage* im; std::string key, path; };
@@ -281,7 +282,7 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te
     const std::string path = txt_dir + "/" + key + ".safetensors";
     if (job.cache_text_embeddings && path_exists(path)) {
       std::string why;
-      if (text_cache_read(path, key, te.txt_len, te.context_dim, te.vec_dim, &data.texts[i], &why)) {
+      if (text_cache_read(path, key, te.prompt_length(lists[i]->data()), te.context_dim, te.vec_dim, &data.texts[i], &why)) {
         ++st.text_reused;
         continue;
       }
@@ -303,12 +304,12 @@ TrainData data_encode(const Job& job, const FluxVae& ae, const PromptEncoder& te
       }
       PromptEncoder::Output o = te.encode(ids, B);
       ctx = to_floats(o.txt);
-      pooled = to_floats(o.y);
+      pooled = o.y.defined() ? to_floats(o.y) : std::vector<float>();
       for (int b = 0; b < B; ++b) {
         const TextTodo& t = text_todo[start + b];
         TextEmbedding& e = data.texts[t.text];
-        e.L = L;
-        e.txt.assign(ctx.begin() + (size_t)b * L * C, ctx.begin() + (size_t)(b + 1) * L * C);
+        e.L = o.lens.empty() ? L : o.lens[b];  // a prompt of its own length keeps its rows only
+        e.txt.assign(ctx.begin() + (size_t)b * L * C, ctx.begin() + ((size_t)b * L + e.L) * C);
         e.y.assign(pooled.begin() + (size_t)b * V, pooled.begin() + (size_t)(b + 1) * V);
         if (job.cache_text_embeddings) text_cache_write(t.path, t.key, e);
       }

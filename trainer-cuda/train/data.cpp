@@ -63,7 +63,7 @@ void TrainData::add_to_dataset(int d, int s) {
   for (auto& b : ds.buckets) {
     const TrainSample& o = samples[b[0]];
     const Latent& ol = latents[o.latent];
-    if (ol.C == l.C && ol.H == l.H && ol.W == l.W && texts[o.text].L == L) {
+    if (ol.C == l.C && ol.H == l.H && ol.W == l.W && (ragged_text || texts[o.text].L == L)) {
       b.push_back(s);
       return;
     }

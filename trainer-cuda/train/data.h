@@ -58,6 +58,9 @@ struct BatchPick {
 struct TrainData {
   std::vector<Latent> latents;
   std::vector<TextEmbedding> texts;
+  // Captions of different lengths share a bucket (a model that pads them in the batch: Z-Image);
+  // otherwise a bucket is one latent shape and one text length.
+  bool ragged_text = false;
   std::vector<TrainSample> samples;
   std::vector<TrainDataset> datasets;
 

@@ -198,7 +198,8 @@ void load_text_parts(Job& job, const Fields& f) {
     if (!encoders->is_object()) f.bad("text.encoders", "an object {name: {max_len}}", *encoders);
     std::vector<TextPart> named;
     for (const auto& [name, v] : encoders->items()) {
-      TextPart p{name, "", f.integer("text.encoders." + name + ".max_len", 0, 2, 65536, true)};
+      TextPart p{name, "", f.integer("text.encoders." + name + ".max_len", 0, 2, 65536, true),
+                 f.integer("text.encoders." + name + ".pad_id", -1, -1, 1 << 30)};
       for (const TextPart& m : job.text_parts)
         if (m.name == name) p.path = m.path;
       if (!job.text_parts.empty() && p.path.empty())
@@ -245,8 +246,13 @@ Job job_load(const std::string& dir_in) {
   job.device = f.str("device", "cpu");
   job.trigger_word = f.str("trigger_word", "");
 
-  job.arch = f.str("model.arch", "flux", {"flux"});
+  job.arch = f.str("model.arch", "flux", {"flux", "zimage"});
+  if (job.arch == "zimage") job.variant = f.str("model.variant", "turbo", {"turbo", "base"});
   job.transformer = absolute(dir, f.str("model.transformer", "", {}, true));
+  job.text_encoder_config = absolute(dir, f.str("model.text_encoder_config", ""));
+  job.assistant_lora = absolute(dir, f.str("model.assistant_lora", ""));
+  if (!job.assistant_lora.empty() && !path_exists(job.assistant_lora))
+    fail(job.file + ": model.assistant_lora: " + job.assistant_lora + " not found (prepare the job again to download it)");
   job.base_model = f.str("model.name_or_path", job.transformer);
   const std::string quantize = f.str("model.quantize", "none", {"none", "fp8", "int8", "nf4"});
   weight_format_from_name(quantize, &job.quantize);
@@ -278,6 +284,8 @@ Job job_load(const std::string& dir_in) {
   job.optimizer = optimizer_config(f);
   job.max_grad_norm = (float)f.number("train.max_grad_norm", 1.0, 0.0, 1e9);
   job.timesteps.type = f.str("train.timestep_type", "sigmoid", {"linear", "sigmoid", "weighted", "shift", "lognorm_blend"});
+  // Z-Image's scheduler shifts by a fixed 3 (no resolution-dependent shift).
+  job.timesteps.static_shift = (float)f.number("train.timestep_shift", job.arch == "zimage" ? 3.0 : 0.0, 0.0, 100.0);
   job.timesteps.bias = f.str("train.content_or_style", "balanced", {"balanced", "content", "style"});
   job.seed = (uint64_t)f.number("train.seed", 42, 0, 9007199254740992.0);
   job.guidance = (float)f.number("train.guidance", 1.0, 0.0, 100.0);

@@ -74,6 +74,9 @@ struct TextPart {
   std::string name;
   std::string path;  // empty with pre-encoded items
   int max_len = 0;
+  // A prompt padded with this id after its tokens reads only its tokens (Z-Image's Qwen3: the
+  // pipeline keeps the hidden states its attention mask marks); -1: every id is read.
+  int pad_id = -1;
 };
 
 struct Job {
@@ -84,8 +87,13 @@ struct Job {
   std::string device = "cpu";
   std::string trigger_word;
 
-  std::string arch = "flux";
+  std::string arch = "flux";     // flux | zimage
+  std::string variant;          // zimage: turbo | base
   std::string transformer;      // checkpoint path
+  std::string text_encoder_config;  // a decoder LLM's config.json when its checkpoint is one file
+  // A LoRA merged into the transformer while training and taken out for samples (the reference
+  // toolkit's assistant_lora_path: Z-Image Turbo's de-distillation adapter); "" for none.
+  std::string assistant_lora;
   std::string base_model;       // name_or_path, for metadata
   // none | fp8 | int8 | nf4: the format of the transformer's linear weights (ops/quant.h)
   WeightFormat quantize = WeightFormat::dense;

@@ -47,11 +47,49 @@ std::vector<ParamSegment> LoraSet::segments() const {
   return out;
 }
 
-void lora_attach(const std::vector<Linear*>& layers, LoraSet* lora) {
-  for (Linear* l : layers) l->adapters.clear();
-  if (!lora) return;
+static std::map<std::string, Linear*> layer_map(const std::vector<Linear*>& layers) {
   std::map<std::string, Linear*> by_name;
   for (Linear* l : layers) by_name[l->name] = l;
+  return by_name;
+}
+
+void lora_attach(const std::vector<Linear*>& layers, LoraSet* lora) {
+  for (Linear* l : layers) l->adapters.clear();
+  lora_attach_more(layers, lora);
+}
+
+void lora_merge(const std::vector<Linear*>& layers, const LoraSet& lora, const std::string& what) {
+  const std::map<std::string, Linear*> by_name = layer_map(layers);
+  const std::vector<float> p = lora.host_params();
+  std::map<Linear*, std::vector<float>> merged;  // each layer's fp32 weight, read once
+  for (const LoraAdapter& ad : lora.adapters) {
+    const LoraTarget& t = ad.target;
+    if (ad.lokr) fail(what + ": '" + t.module + "' is a LoKr; a merged adapter must be a LoRA");
+    auto it = by_name.find(t.base);
+    if (it == by_name.end()) fail(what + ": module '" + t.module + "' targets layer '" + t.base + "', which this model does not have");
+    Linear* l = it->second;
+    if (l->w_absmax.defined() || l->w_scale.defined() || l->W.dtype == DType::F8_E4M3)
+      fail(what + ": layer '" + t.base + "' is quantized; the adapter merges into dense weights");
+    auto [slot, fresh] = merged.try_emplace(l);
+    if (fresh) slot->second = to_floats(l->W);
+    std::vector<float>& W = slot->second;
+    const AdapterMatrix& A = ad.mats[0];  // lora_A [rank, in]
+    const AdapterMatrix& B = ad.mats[1];  // lora_B [rows, rank]
+    for (int r = 0; r < t.rows; ++r)
+      for (int k = 0; k < ad.rank; ++k) {
+        const float b = ad.scale * p[B.offset + (size_t)r * ad.rank + k];
+        if (b == 0.0f) continue;
+        float* row = W.data() + (size_t)(t.row_offset + r) * t.in;
+        const float* a = p.data() + A.offset + (size_t)k * t.in;
+        for (int c = 0; c < t.in; ++c) row[c] += b * a[c];
+      }
+  }
+  for (auto& [l, W] : merged) l->W = from_vector(W, l->W.shape, l->W.device(), l->W.dtype);
+}
+
+void lora_attach_more(const std::vector<Linear*>& layers, LoraSet* lora) {
+  if (!lora) return;
+  const std::map<std::string, Linear*> by_name = layer_map(layers);
   if (lora->views.size() != lora->adapters.size()) fail("internal: adapter set without parameter views (LoraSet::to)");
   for (size_t i = 0; i < lora->adapters.size(); ++i) {
     const LoraAdapter& ad = lora->adapters[i];

@@ -82,6 +82,12 @@ std::vector<ParamSegment> adapter_layout(const std::vector<LoraTarget>& targets,
 // Attaches each adapter of `lora` (null: none) to the layer it names, replacing what the layers
 // had; throws Error when a module targets a layer the model lacks or does not fit it.
 void lora_attach(const std::vector<Linear*>& layers, LoraSet* lora);
+// The same, beside what the layers have (a second set: the assistant adapter while sampling).
+void lora_attach_more(const std::vector<Linear*>& layers, LoraSet* lora);
+
+// Adds each LoRA adapter's update scale * B A into its layer's dense weight (kept in its dtype and on
+// its device): the reference toolkit's merge_in. Throws naming `what` for a LoKr or a quantized layer.
+void lora_merge(const std::vector<Linear*>& layers, const LoraSet& lora, const std::string& what);
 
 // The file other tools load. LoRA: "<prefix><module>.lora_A.weight" [rank, in] and
 // ".lora_B.weight" [rows, rank], with alpha/rank folded into B so it loads at strength 1 everywhere

@@ -69,7 +69,7 @@ MemoryPlan count(const PlanInputs& in) {
   const std::string format = in.quantize == WeightFormat::dense ? "as stored" : weight_format_name(in.quantize);
   p.training.push_back({"transformer: " + count_str((double)linear_values) + " linear weights " + format, linear});
   p.training.push_back({"transformer: norms, biases and the rest", other});
-  if (in.cuda && in.offload > 0) {
+  if (in.cuda && in.offload > 0 && in.arch == "flux") {
     // Blocks in forward order (double, then single), each with its linear layers' weights and biases.
     const int n = in.cfg.n_double + in.cfg.n_single;
     std::vector<std::vector<PlanWeight>> blocks(n);
@@ -91,8 +91,10 @@ MemoryPlan count(const PlanInputs& in) {
                           two - off});
   }
 
-  const std::vector<ParamSegment> segs = adapter_layout(flux_lora_targets(in.cfg, in.train_modulation), in.rank,
-                                                        in.lokr, in.lokr_factor, in.lokr_full_rank);
+  const bool zimage = in.arch == "zimage";
+  const std::vector<ParamSegment> segs =
+      adapter_layout(zimage ? zimage_lora_targets(in.zimage) : flux_lora_targets(in.cfg, in.train_modulation), in.rank,
+                     in.lokr, in.lokr_factor, in.lokr_full_rank);
   int64_t n = 0;
   for (const ParamSegment& s : segs) n += s.size;
   p.training.push_back({std::string(in.lokr ? "LoKr" : "LoRA") + ": " + count_str((double)n) + " parameters, gradients" +
@@ -101,10 +103,11 @@ MemoryPlan count(const PlanInputs& in) {
   p.training.push_back({"optimizer " + in.optimizer.type, (double)optimizer_memory_bytes(in.optimizer, n, segs)});
 
   const int act = in.cuda ? 2 : 4;
-  const FluxActivations a = flux_activation_bytes(in.cfg, in.batch, in.image_tokens, in.text_tokens, in.rank,
-                                                  in.checkpointing, act, in.cuda);
-  const FluxActivations other_ckpt = flux_activation_bytes(in.cfg, in.batch, in.image_tokens, in.text_tokens, in.rank,
-                                                           !in.checkpointing, act, in.cuda);
+  auto activations = [&](bool ckpt) {
+    return zimage ? zimage_activation_bytes(in.zimage, in.batch, in.image_tokens, in.text_tokens, in.rank, ckpt, act, in.cuda)
+                  : flux_activation_bytes(in.cfg, in.batch, in.image_tokens, in.text_tokens, in.rank, ckpt, act, in.cuda);
+  };
+  const FluxActivations a = activations(in.checkpointing), other_ckpt = activations(!in.checkpointing);
   p.activations_other = other_ckpt.kept + other_ckpt.transient;
   const std::string shape = std::to_string(in.batch) + " x (" + std::to_string(in.image_tokens) + " image + " +
                             std::to_string(in.text_tokens) + " text tokens)";
@@ -304,11 +307,11 @@ double weights_bytes(const std::vector<PlanWeight>& ws, bool cuda, WeightFormat 
   return b;
 }
 
-std::vector<PlanWeight> plan_tensors(FluxTransformer& m) {
+std::vector<PlanWeight> plan_tensors(const std::vector<Linear*>& linears, const std::vector<NamedParam>& params) {
   std::set<const graft::Tensor*> linear_weights;
-  for (Linear* l : m.linears()) linear_weights.insert(&l->W);
+  for (Linear* l : linears) linear_weights.insert(&l->W);
   std::vector<PlanWeight> out;
-  for (NamedParam& p : m.params()) {
+  for (const NamedParam& p : params) {
     PlanWeight w;
     w.name = p.name, w.numel = shape_numel(p.t->shape), w.dtype = p.t->dtype;
     if (linear_weights.count(p.t)) w.linear = true, w.rows = (int)p.t->shape[0], w.cols = (int)p.t->shape[1];
@@ -344,9 +347,16 @@ int pixels_per_token(const std::string& ae_path) {
 
 PlanInputs plan_inputs(const Job& job, Device device) {
   PlanInputs in;
-  FluxTransformer shapes = FluxTransformer::shapes(job.transformer);
-  in.cfg = shapes.cfg;
-  in.transformer = plan_tensors(shapes);
+  in.arch = job.arch;
+  if (job.arch == "zimage") {
+    ZImageTransformer shapes = ZImageTransformer::shapes(job.transformer);
+    in.zimage = shapes.cfg;
+    in.transformer = plan_tensors(shapes.linears(), shapes.params());
+  } else {
+    FluxTransformer shapes = FluxTransformer::shapes(job.transformer);
+    in.cfg = shapes.cfg;
+    in.transformer = plan_tensors(shapes.linears(), shapes.params());
+  }
   in.cuda = device.is_cuda();
   in.quantize = job.quantize;
   in.quantize_te = job.quantize_te;

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "models/flux.h"
+#include "models/zimage.h"
 #include "ops/quant.h"
 #include "train/optimizers.h"
 
@@ -30,7 +31,9 @@ struct PlanWeight {
 
 // What the plan is counted from.
 struct PlanInputs {
+  std::string arch = "flux";  // flux | zimage: which config below
   FluxConfig cfg;
+  ZImageConfig zimage;
   bool cuda = false;  // CUDA keeps 16- and 32-bit weights as bf16 and computes in bf16; the CPU keeps
                       // weights as stored and computes in fp32
   std::vector<PlanWeight> transformer;
@@ -81,10 +84,10 @@ int pixels_per_token(const std::string& ae_path);
 // Free memory of a device: cudaMemGetInfo's on CUDA, MemAvailable on the host.
 double device_free_bytes(Device device);
 
-// A model's tensors from one built with a shapes-only WeightLoader: FLUX's with its linear layers
-// marked; any other's (text encoders, autoencoder) with every 2-D ".weight" that is not an
+// A model's tensors from one built with a shapes-only WeightLoader: a transformer's with its linear
+// layers marked; any other's (text encoders, autoencoder) with every 2-D ".weight" that is not an
 // embedding table taken for a linear layer's.
-std::vector<PlanWeight> plan_tensors(FluxTransformer& shapes);
+std::vector<PlanWeight> plan_tensors(const std::vector<Linear*>& linears, const std::vector<NamedParam>& params);
 std::vector<PlanWeight> plan_tensors(const std::vector<NamedParam>& params);
 // The same from a checkpoint's headers (a file, or a folder of shards).
 std::vector<PlanWeight> checkpoint_weights(const std::string& path);

@@ -29,28 +29,28 @@ Pipeline Pipeline::load(const std::string& dir, Device device) {
   p.transformer = FluxTransformer::load(dir + "/transformer.safetensors", device);
   p.text_encoder = load_prompt_encoder({{"text_encoder", dir + "/text_encoder.safetensors", 0}}, device, dir + "/model.json");
   p.ae = FluxVae::load(dir + "/ae.safetensors", device);
-  check_model_parts(p.transformer.cfg, *p.text_encoder, p.ae.cfg, dir);
+  check_model_parts(widths_of(p.transformer.cfg), *p.text_encoder, p.ae.cfg, dir);
   return p;
 }
 
-void check_model_parts(const FluxConfig& c, const PromptEncoder& te, const VaeConfig& ae, const std::string& where) {
+void check_model_parts(const ModelWidths& c, const PromptEncoder& te, const VaeConfig& ae, const std::string& where) {
   if (te.context_dim != c.context_dim || te.vec_dim != c.vec_dim)
     fail(where + ": the text encoder's outputs (" + std::to_string(te.context_dim) + ", pooled " +
-         std::to_string(te.vec_dim) + ") do not match the transformer's txt_in/vector_in widths (" +
-         std::to_string(c.context_dim) + ", " + std::to_string(c.vec_dim) + ")");
-  if (ae.z_channels * 4 != c.in_channels)
+         std::to_string(te.vec_dim) + ") do not match the widths the transformer reads (" +
+         std::to_string(c.context_dim) + ", pooled " + std::to_string(c.vec_dim) + ")");
+  if (ae.z_channels != c.latent_channels)
     fail(where + ": the autoencoder's " + std::to_string(ae.z_channels) +
-         " latent channels do not match the transformer's img_in width " + std::to_string(c.in_channels) +
-         " (channels x 2 x 2)");
+         " latent channels do not match the transformer's " + std::to_string(c.latent_channels));
 }
 
 TextCond encode_prompt(const PromptEncoder& te, const std::vector<int>& ids) {
   NoGrad no_grad;
   TextCond t;
-  t.L = te.txt_len;
   PromptEncoder::Output o = te.encode(ids, 1);
+  t.L = o.lens.empty() ? te.txt_len : o.lens[0];
   t.txt = to_floats(o.txt);
-  t.y = to_floats(o.y);
+  t.txt.resize((size_t)t.L * te.context_dim);  // a prompt of its own length: its rows only
+  if (o.y.defined()) t.y = to_floats(o.y);
   return t;
 }
 

@@ -12,6 +12,7 @@
 #include "demo/text_encoder.h"
 #include "models/flux.h"
 #include "models/flux_vae.h"
+#include "train/family.h"
 #include "train/lora.h"
 #include "train/prompt_encoder.h"
 #include "train/sampler.h"
@@ -20,7 +21,7 @@ namespace graft {
 
 // The text encoders' outputs fit the transformer's txt_in / vector_in and the autoencoder's latent
 // channels its img_in; throws Error naming `where` (a model folder or job file) otherwise.
-void check_model_parts(const FluxConfig& transformer, const PromptEncoder& te, const VaeConfig& ae,
+void check_model_parts(const ModelWidths& transformer, const PromptEncoder& te, const VaeConfig& ae,
                        const std::string& where);
 
 // One prompt's ids through the text encoders, as the sampler takes it (host values).

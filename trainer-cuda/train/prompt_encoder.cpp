@@ -3,6 +3,7 @@
 #include "core/common.h"
 #include "demo/text_encoder.h"
 #include "models/clip.h"
+#include "models/llm.h"
 #include "models/t5.h"
 #include "ops/ops.h"
 
@@ -13,6 +14,8 @@ int PromptEncoder::ids_per_prompt() const {
   for (const Part& p : parts) n += p.max_len;
   return n;
 }
+
+int PromptEncoder::prompt_length(const int*) const { return txt_len; }
 
 namespace {
 
@@ -51,10 +54,39 @@ struct FluxPromptEncoder : PromptEncoder {
   }
 };
 
+// Z-Image's: each prompt alone through Qwen3 up to its last token (attention is causal, so the
+// padding after it changes nothing the pipeline keeps).
+struct LlmPromptEncoder : PromptEncoder {
+  DecoderLlm llm;
+  int pad_id = -1;
+  bool ragged() const override { return true; }
+  int prompt_length(const int* ids) const override {
+    int n = txt_len;
+    while (n > 1 && ids[n - 1] == pad_id) --n;
+    return n;
+  }
+  Output encode(const std::vector<int>& ids, int B) const override {
+    check_ids(*this, ids, B);
+    const int L = txt_len, D = context_dim;
+    std::vector<float> txt((size_t)B * L * D, 0.0f);
+    Output o;
+    for (int b = 0; b < B; ++b) {
+      const int* p = ids.data() + (size_t)b * L;
+      const int n = prompt_length(p);
+      const std::vector<float> h = to_floats(llm.forward(std::vector<int>(p, p + n), 1, n));
+      std::copy(h.begin(), h.end(), txt.begin() + (size_t)b * L * D);
+      o.lens.push_back(n);
+    }
+    o.txt = from_vector(txt, {B, L, D}, llm.device, compute_dtype(llm.device));
+    return o;
+  }
+};
+
 }  // namespace
 
 std::unique_ptr<PromptEncoder> load_prompt_encoder(const std::vector<TextPart>& parts, Device device,
-                                                   const std::string& job_file, WeightFormat quantize) {
+                                                   const std::string& job_file, WeightFormat quantize,
+                                                   const std::string& llm_config) {
   std::string names;
   for (const TextPart& p : parts) {
     names += (names.empty() ? "" : ", ") + p.name;
@@ -79,7 +111,16 @@ std::unique_ptr<PromptEncoder> load_prompt_encoder(const std::vector<TextPart>& 
     pe->txt_len = parts[1].max_len, pe->context_dim = pe->t5.cfg.d_model, pe->vec_dim = pe->clip.cfg.width;
     return pe;
   }
-  fail(job_file + ": text encoders {" + names + "}: graft knows {text_encoder} (the demo model) and {clip_l, t5} (FLUX.1)");
+  if (parts.size() == 1 && parts[0].name == "qwen3") {
+    auto pe = std::make_unique<LlmPromptEncoder>();
+    pe->llm = DecoderLlm::load(parts[0].path, device, -2, quantize, llm_config);  // Z-Image reads hidden_states[-2]
+    pe->pad_id = parts[0].pad_id;
+    pe->parts = {{"qwen3", parts[0].path, parts[0].max_len, pe->llm.cfg.vocab}};
+    pe->txt_len = parts[0].max_len, pe->context_dim = pe->llm.cfg.hidden, pe->vec_dim = 0;
+    return pe;
+  }
+  fail(job_file + ": text encoders {" + names + "}: graft knows {text_encoder} (the demo model), {clip_l, t5} (FLUX.1) "
+       "and {qwen3} (Z-Image)");
 }
 
 }  // namespace graft

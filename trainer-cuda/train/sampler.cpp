@@ -43,40 +43,39 @@ std::vector<float> flow_sample(const VelocityFn& velocity, int C, int H, int W, 
   return x;
 }
 
-std::vector<float> sample_latent(const FluxTransformer& model, int C, int H, int W, const TextCond& cond,
+std::vector<float> sample_latent(const Denoiser& model, int C, int H, int W, const TextCond& cond,
                                  const TextCond* uncond, const SampleParams& p) {
-  const FluxConfig& cfg = model.cfg;
   NoGrad no_grad;
-  if (C * 4 != cfg.in_channels) fail("sampler: latent channels do not match the transformer");
+  if (C != model.latent_channels()) fail("sampler: latent channels do not match the transformer");
   if (H % 2 || W % 2) fail("sampler: latent sides must be even");
   const bool guided = p.cfg_scale != 1.0f;
-  if (guided && (!uncond || uncond->L != cond.L)) fail("sampler: classifier-free guidance needs an unconditional prompt of the same length");
+  if (guided && !uncond) fail("sampler: classifier-free guidance needs an unconditional prompt");
+  if (guided && uncond->L != cond.L && !model.ragged_text())
+    fail("sampler: classifier-free guidance needs an unconditional prompt of the same length");
   const int B = guided ? 2 : 1, gh = H / 2, gw = W / 2, Li = gh * gw, P = C * 4;
-
-  // What stays the same over the steps goes to the model's device once.
+  // The prompt and the unconditional one, in one batch; a shorter one padded with zero rows.
   FluxInputs in;
   in.B = B;
   in.L_img = Li;
-  in.L_txt = cond.L;
+  in.L_txt = guided ? std::max(cond.L, uncond->L) : cond.L;
   in.img_ids.resize((size_t)B * Li * 3);
   flux_img_ids(in.img_ids.data(), B, gh, gw);
-  in.txt_ids.assign((size_t)B * cond.L * 3, 0.0f);
-  std::vector<float> txt_host = cond.txt, y_host = cond.y;
-  if (guided) {
-    txt_host.insert(txt_host.end(), uncond->txt.begin(), uncond->txt.end());
-    y_host.insert(y_host.end(), uncond->y.begin(), uncond->y.end());
+  in.txt_ids.assign((size_t)B * in.L_txt * 3, 0.0f);
+  const size_t width = cond.L ? cond.txt.size() / cond.L : 0;
+  in.txt.assign((size_t)B * in.L_txt * width, 0.0f);
+  for (int b = 0; b < B; ++b) {
+    const TextCond& t = b == 0 ? cond : *uncond;
+    std::copy(t.txt.begin(), t.txt.end(), in.txt.begin() + (size_t)b * in.L_txt * width);
+    in.y.insert(in.y.end(), t.y.begin(), t.y.end());
+    in.txt_lens.push_back(t.L);
   }
-  const Device dev = model.device;
-  const DType dt = compute_dtype(dev);
-  const Tensor pe = model.rope_for(in);
-  const Tensor txt = from_vector(txt_host, {B, cond.L, cfg.context_dim}, dev, dt);
-  const Tensor y = from_vector(y_host, {B, cfg.vec_dim}, dev, dt);
-  const Tensor guidance = cfg.guidance_embed ? from_vector(std::vector<float>(B, p.guidance), {B}, dev) : Tensor();
-  std::vector<float> img((size_t)B * Li * P);
+  if (!model.ragged_text()) in.txt_lens.clear();
+  in.guidance.assign(B, p.guidance);
+  in.img.resize((size_t)B * Li * P);
   return flow_sample([&](const std::vector<float>& tokens, int b_count, float t) {
-    for (int b = 0; b < b_count; ++b) std::copy(tokens.begin(), tokens.end(), img.begin() + (size_t)b * Li * P);
-    const Tensor ts = from_vector(std::vector<float>(b_count, t), {b_count}, dev);
-    return to_floats(model.forward(from_vector(img, {b_count, Li, P}, dev, dt), txt, y, ts, guidance, pe));
+    for (int b = 0; b < b_count; ++b) std::copy(tokens.begin(), tokens.end(), in.img.begin() + (size_t)b * Li * P);
+    in.timesteps.assign(b_count, t);
+    return to_floats(model.forward(in));
   }, C, H, W, p);
 }
 

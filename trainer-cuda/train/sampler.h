@@ -37,7 +37,7 @@ std::vector<float> flow_sample(const VelocityFn& velocity, int C, int H, int W, 
 
 // Returns the latent [C, H, W] (the transformer's latent space) for one prompt, the model run on its
 // own device without recording gradients. `uncond` is used when cfg_scale != 1.
-std::vector<float> sample_latent(const FluxTransformer& model, int C, int H, int W, const TextCond& cond,
+std::vector<float> sample_latent(const Denoiser& model, int C, int H, int W, const TextCond& cond,
                                  const TextCond* uncond, const SampleParams& p);
 
 }  // namespace graft

@@ -17,7 +17,7 @@ float timestep_draw(const TimestepRule& rule, int image_tokens, Rng& rng) {
   }
   if (rule.type == "sigmoid") return 1.0f / (1.0f + std::exp(-rng.normal()));
   if (rule.type == "shift") {
-    const float s = flux_resolution_shift(image_tokens), u = rng.uniform();
+    const float s = rule.static_shift > 0 ? rule.static_shift : flux_resolution_shift(image_tokens), u = rng.uniform();
     return s * u / (1.0f + (s - 1.0f) * u);
   }
   if (rule.type == "lognorm_blend") {

@@ -11,11 +11,14 @@ namespace graft {
 struct TimestepRule {
   std::string type = "sigmoid";  // linear | sigmoid | weighted | shift | lognorm_blend
   std::string bias = "balanced"; // balanced | content (favour t near 1: structure) | style (t near 0: detail)
+  // "shift"'s time shift: 0 is FLUX's, by resolution; a model with a fixed one (Z-Image's 3) gives it.
+  float static_shift = 0.0f;
 };
 
 // One draw for a picture of `image_tokens` transformer tokens (the resolution "shift" depends on).
 //   linear, weighted: uniform; sigmoid: sigmoid of a standard normal (mid timesteps);
-//   shift: uniform through FLUX's resolution time shift (more high noise for more tokens);
+//   shift: uniform through the time shift (FLUX's by resolution, more high noise for more tokens; or
+//          the rule's static_shift);
 //   lognorm_blend: 3 in 4 from 1 - x / e^1 with x log-normal(0, 1/3) (early-middle), else uniform.
 // A bias other than balanced replaces the type's draw with the reference toolkit's cubic one:
 // content t = 1 - u^3, style t = u^3.

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "train/cache.h"
+#include "train/family.h"
 #include "core/common.h"
 #include "core/autograd.h"
 #include "core/cuda_runtime.h"
@@ -73,32 +74,43 @@ static void install_signals() {
 // ---------------------------------------------------------------- batches
 
 // The batch's text conditioning: each slot's caption (or its dropout caption), or with `preservation`
-// its DOP / blank-prompt preservation prompt.
-static void set_texts(FluxInputs& in, const TrainData& data, const BatchPick& pick, const FluxConfig& cfg, bool preservation) {
-  const int B = (int)pick.samples.size(), Lt = in.L_txt;
-  in.txt.resize((size_t)B * Lt * cfg.context_dim);
-  in.y.resize((size_t)B * cfg.vec_dim);
+// its DOP / blank-prompt preservation prompt. Captions of their own lengths (data.ragged_text) are
+// padded with zero rows to the longest, their lengths in txt_lens.
+static void set_texts(FluxInputs& in, const TrainData& data, const BatchPick& pick, const ModelWidths& w, bool preservation) {
+  const int B = (int)pick.samples.size();
+  std::vector<int> ids(B);
+  int Lt = 0;
   for (int b = 0; b < B; ++b) {
-    const int ti = preservation ? data.samples[pick.samples[b]].preserve_text : pick.texts[b];
-    if (ti < 0) fail("internal: no preservation text for a training item");
-    const TextEmbedding& t = data.texts[ti];
-    if (t.L != Lt) fail("internal: a batch mixes text lengths " + std::to_string(Lt) + " and " + std::to_string(t.L));
-    std::copy(t.txt.begin(), t.txt.end(), in.txt.begin() + (size_t)b * Lt * cfg.context_dim);
-    std::copy(t.y.begin(), t.y.end(), in.y.begin() + (size_t)b * cfg.vec_dim);
+    ids[b] = preservation ? data.samples[pick.samples[b]].preserve_text : pick.texts[b];
+    if (ids[b] < 0) fail("internal: no preservation text for a training item");
+    const int L = data.texts[ids[b]].L;
+    if (b > 0 && L != Lt && !data.ragged_text)
+      fail("internal: a batch mixes text lengths " + std::to_string(Lt) + " and " + std::to_string(L));
+    Lt = std::max(Lt, L);
+  }
+  in.L_txt = Lt;
+  in.txt.assign((size_t)B * Lt * w.context_dim, 0.0f);
+  in.y.resize((size_t)B * w.vec_dim);
+  in.txt_ids.assign((size_t)B * Lt * 3, 0.0f);
+  in.txt_lens.clear();
+  for (int b = 0; b < B; ++b) {
+    const TextEmbedding& t = data.texts[ids[b]];
+    std::copy(t.txt.begin(), t.txt.end(), in.txt.begin() + (size_t)b * Lt * w.context_dim);
+    std::copy(t.y.begin(), t.y.end(), in.y.begin() + (size_t)b * w.vec_dim);
+    if (data.ragged_text) in.txt_lens.push_back(t.L);
   }
 }
 
-TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const FluxConfig& cfg, const Job& job, uint64_t g) {
+TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const ModelWidths& widths, const Job& job, uint64_t g) {
   const std::vector<int>& idx = pick.samples;
   const Latent& l0 = data.latents[data.samples[idx[0]].latent];
-  const int B = (int)idx.size(), C = l0.C, H = l0.H, W = l0.W, Lt = data.texts[pick.texts[0]].L;
+  const int B = (int)idx.size(), C = l0.C, H = l0.H, W = l0.W;
   const int gh = H / 2, gw = W / 2, Li = gh * gw, P = C * 4;
   const size_t lat = (size_t)C * H * W;
   TrainBatch tb;
   FluxInputs& in = tb.in;
   in.B = B;
   in.L_img = Li;
-  in.L_txt = Lt;
   std::vector<float> xt((size_t)B * lat), vel((size_t)B * lat);
   in.timesteps.resize(B);
   tb.weight.resize(B);
@@ -120,8 +132,7 @@ TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const FluxCo
   cpu::patchify_forward(tb.target.data(), vel.data(), B, C, H, W, 2);
   in.img_ids.resize((size_t)B * Li * 3);
   flux_img_ids(in.img_ids.data(), B, gh, gw);
-  in.txt_ids.assign((size_t)B * Lt * 3, 0.0f);
-  set_texts(in, data, pick, cfg, false);
+  set_texts(in, data, pick, widths, false);
   in.guidance.assign(B, job.guidance);
   return tb;
 }
@@ -293,23 +304,26 @@ int train_run(const std::string& dir) {
   const MemoryPlan plan = plan_memory(plan_in);
   const char* check_env = std::getenv("GRAFT_MEMORY_CHECK");
   if (!plan.fits() && !(check_env && std::strcmp(check_env, "0") == 0)) fail(plan.refusal(job.file));
-  const FluxConfig& c = plan_in.cfg;
+  const ModelFamily family = model_family(job);
   // The text encoder and autoencoder encode the datasets and serve sampling, on the same device; the
   // transformer loads once they are done with (FLUX.1's T5-XXL alone holds 9.5 GB).
   std::unique_ptr<PromptEncoder> te;
   std::unique_ptr<FluxVae> ae;
   if (!job.datasets.empty() || job.sample.enabled) {
-    te = load_prompt_encoder(job.text_parts, device, job.file, job.quantize_te);
+    te = load_prompt_encoder(job.text_parts, device, job.file, job.quantize_te, job.text_encoder_config);
     ae = std::make_unique<FluxVae>(FluxVae::load(job.ae, device));
-    check_model_parts(c, *te, ae->cfg, job.file);
+    check_model_parts(family.widths, *te, ae->cfg, job.file);
     job_check_models(job, *te, ae->cfg);
   }
   TrainData data;
-  if (job.datasets.empty()) data = data_load(job, c);
-  const std::vector<LoraTarget> targets = flux_lora_targets(c, job.train_modulation);
+  if (job.datasets.empty()) {
+    if (family.arch != "flux") fail(job.file + ": pre-encoded `items` are FLUX's; a " + family.arch + " job gives `datasets`");
+    data = data_load(job, family.flux);
+  }
   LoraSet lora = job.network_type == "lokr"
-                     ? lokr_create(targets, job.rank, job.alpha, job.lokr_factor, job.lokr_full_rank, job.seed)
-                     : lora_create(targets, job.rank, job.alpha, job.seed);
+                     ? lokr_create(family.targets, job.rank, job.alpha, job.lokr_factor, job.lokr_full_rank, job.seed)
+                     : lora_create(family.targets, job.rank, job.alpha, job.seed);
+  lora.prefix = family.lora_prefix;
   lora.to(device);
   std::unique_ptr<Optimizer> opt = make_optimizer(job.optimizer, lora.params, lora.segments());
   WeightEma ema;
@@ -339,8 +353,7 @@ int train_run(const std::string& dir) {
   const bool resumed = st.step > 0;
   std::printf("graft-trainer %s: %s '%s' on %s from step %d of %d\n", GRAFT_VERSION,
               resumed ? "resuming" : "training", job.name.c_str(), device_name.c_str(), st.step, job.steps);
-  std::printf("  model %s: hidden %d, %d heads, %d double + %d single blocks\n", job.transformer.c_str(), c.hidden,
-              c.heads, c.n_double, c.n_single);
+  std::printf("  model %s: %s\n", job.transformer.c_str(), family.describe.c_str());
   if (checkpointing) std::printf("  gradient checkpointing: block activations are recomputed in backward\n");
   std::fputs(plan.report().c_str(), stdout);
   if (job.quantize != WeightFormat::dense)
@@ -377,19 +390,26 @@ int train_run(const std::string& dir) {
     te.reset();
     std::printf("  text encoder%s freed: every caption and sample prompt is encoded\n", job.text_parts.size() > 1 ? "s" : "");
   }
-  FluxTransformer model;
+  std::unique_ptr<Denoiser> model;
+  LoraSet assistant;  // Z-Image Turbo's de-distillation adapter: merged while training, taken out for samples
   try {
-    model = FluxTransformer::load(job.transformer, device, job.quantize, device.is_cuda() ? job.offload : 0.0);
+    model = load_denoiser(job, device, &assistant);
   } catch (const Error& e) {
     metrics.event({{"event", "error"}, {"step", st.step}, {"message", e.what()}});
     end_run(metrics, "failed", st.step);
     throw;
   }
-  model.checkpointing = checkpointing;
-  lora_attach(model.linears(), &lora);
-  if (job.offload > 0 && device.is_cuda())
+  model->checkpointing = checkpointing;
+  lora_attach(model->linears(), &lora);
+  if (!assistant.adapters.empty())
+    std::printf("  assistant adapter %s merged into the transformer (%zu layers); samples take it out again\n",
+                job.assistant_lora.c_str(), assistant.adapters.size());
+  const FluxTransformer* flux = dynamic_cast<const FluxTransformer*>(model.get());
+  if (job.offload > 0 && device.is_cuda() && flux)
     std::printf("  layer offloading: %d of %d blocks' weights in pinned host memory (%.2f GiB), streamed in ahead of use\n",
-                offload_count(c, job.offload), model.block_count(), plan.offloaded / 1073741824.0);
+                offload_count(flux->cfg, job.offload), flux->block_count(), plan.offloaded / 1073741824.0);
+  else if (job.offload > 0 && !flux)
+    std::printf("  layer offloading: not built for %s yet; every weight stays on the device\n", job.arch.c_str());
   else if (job.offload > 0)
     std::printf("  layer offloading: nothing to do on the CPU (the weights are in host memory already)\n");
   const int nb = data.batches_per_epoch(job.batch_size);
@@ -432,7 +452,15 @@ int train_run(const std::string& dir) {
   auto sample = [&](int step) {
     auto ts = std::chrono::steady_clock::now();
     if (st.ema) st.ema->swap();  // samples show the averaged adapter
-    std::vector<std::string> files = sampler->run(model, lora, step);
+    lora_attach_more(model->linears(), &assistant);  // at -1: the base model as users have it
+    std::vector<std::string> files;
+    try {
+      files = sampler->run(*model, lora, step);
+    } catch (...) {
+      lora_attach(model->linears(), &lora);
+      throw;
+    }
+    lora_attach(model->linears(), &lora);
     if (st.ema) st.ema->swap();
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     metrics.event({{"event", "sample"}, {"step", step}, {"files", files}, {"seconds", secs}});
@@ -455,8 +483,8 @@ int train_run(const std::string& dir) {
     for (int micro = 0; micro < job.grad_accum; ++micro) {
       const uint64_t g = (uint64_t)(step - 1) * job.grad_accum + micro;
       const BatchPick pick = data.batch(job.seed, g, job.batch_size);
-      TrainBatch tb = make_batch(data, pick, c, job, g);  // a pure function of g
-      Tensor out = model.forward(tb.in);
+      TrainBatch tb = make_batch(data, pick, family.widths, job, g);  // a pure function of g
+      Tensor out = model->forward(tb.in);
       const Tensor target = from_vector(tb.target, out.shape, device, act);
       loss_sum += mse(out, target);
       // timestep_type weighted: each picture's share of the gradient scaled by its weight
@@ -466,13 +494,13 @@ int train_run(const std::string& dir) {
         // adapter's prediction for the preservation prompt (the caption with the trigger replaced by
         // the class, or the empty prompt) is pulled toward the base model's, so what the adapter
         // learns stays with the trigger.
-        set_texts(tb.in, data, pick, c, true);
+        set_texts(tb.in, data, pick, family.widths, true);
         Tensor prior;
         {
           NoGrad reference;
-          with_lora_scale(lora, 0.0f, [&] { prior = model.forward(tb.in); });
+          with_lora_scale(lora, 0.0f, [&] { prior = model->forward(tb.in); });
         }
-        out = model.forward(tb.in);
+        out = model->forward(tb.in);
         preserve_sum += mse(out, prior);
         backward(out, mse_grad(out, prior, preserve / job.grad_accum));
       }

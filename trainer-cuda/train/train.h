@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "train/data.h"
+#include "train/family.h"
 #include "models/flux.h"
 #include "train/job.h"
 
@@ -19,7 +20,7 @@ struct TrainBatch {
 
 // x_t = (1 - t) x0 + t noise, target noise - x0; t and noise drawn from the stream keyed by
 // (seed, g) for global micro-batch number g, so any step can be reproduced on its own.
-TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const FluxConfig& cfg, const Job& job, uint64_t g);
+TrainBatch make_batch(const TrainData& data, const BatchPick& pick, const ModelWidths& widths, const Job& job, uint64_t g);
 
 // Trains the job in `dir` (resuming from dir/state when present). Returns the exit code:
 // 0 finished, 130 stopped by SIGINT (saved), 1 failed. Errors before training throw Error.

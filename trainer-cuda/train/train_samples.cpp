@@ -28,7 +28,7 @@ TrainSampler::TrainSampler(const Job& j, const PromptEncoder& te, const FluxVae*
   uncond = encode_prompt(te, ids(j.empty_tokens, "", "text.empty_tokens"));
 }
 
-std::vector<std::string> TrainSampler::run(const FluxTransformer& model, LoraSet& lora, int step) {
+std::vector<std::string> TrainSampler::run(const Denoiser& model, LoraSet& lora, int step) {
   const JobSample& s = job->sample;
   const std::string dir = job->output_dir + "/samples";
   if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) fail(dir + ": cannot create the samples folder");
@@ -40,7 +40,9 @@ std::vector<std::string> TrainSampler::run(const FluxTransformer& model, LoraSet
     if (W <= 0 || H <= 0) fail(job->file + ": sample size must be at least " + std::to_string(f) + " pixels");
     SampleParams sp;
     sp.steps = s.steps;
-    sp.cfg_scale = s.cfg_scale;
+    // Z-Image's pipeline guides as pos + g (pos - neg), CFG only above 1: the same as the usual
+    // neg + (g + 1)(pos - neg), and none at 1 or below (Turbo's default).
+    sp.cfg_scale = job->arch == "zimage" ? (s.cfg_scale > 1.0f ? s.cfg_scale + 1.0f : 1.0f) : s.cfg_scale;
     sp.guidance = s.guidance;
     sp.shift = s.resolution_shift ? flux_resolution_shift((H / f) * (W / f)) : s.shift;
     sp.seed = p.seed >= 0 ? (uint64_t)p.seed : s.seed + (s.walk_seed ? i : 0);

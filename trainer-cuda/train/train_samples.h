@@ -24,7 +24,7 @@ struct TrainSampler {
   // so the text encoder is not needed afterwards.
   TrainSampler(const Job& job, const PromptEncoder& te, const FluxVae* ae);
   // Samples with the adapters attached to `model`, each prompt at its lora_scale. Returns the files written.
-  std::vector<std::string> run(const FluxTransformer& model, LoraSet& lora, int step);
+  std::vector<std::string> run(const Denoiser& model, LoraSet& lora, int step);
 };
 
 }  // namespace graft

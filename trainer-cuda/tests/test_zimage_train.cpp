@@ -1,0 +1,191 @@
+// Z-Image as users have it: a whole random model folder (make-random zimage-model) in the diffusers and
+// ComfyUI layouts trains a LoRA through job.json's "qwen3" text encoder (prompts of their own lengths
+// in one batch), samples, saves the reference toolkit's "diffusion_model." keys, resumes exactly, and
+// merges an assistant adapter for training that samples take out again.
+#include <sys/stat.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
+#include "demo/random_models.h"
+#include "demo/tokenizer_files.h"
+#include "job_fixture.h"
+#include "models/zimage.h"
+#include "test.h"
+#include "train/lora.h"
+#include "train/train.h"
+
+using namespace graft;
+using namespace graft_test;
+using json = nlohmann::json;
+
+namespace {
+
+const int kLen = 40;  // the job's Qwen3 length (Z-Image's is 512; shorter keeps the test fast)
+
+// A prompt's ids as the chat template and Qwen's tokenizer give them: <|im_start|> ... words ...
+// <|im_end|>, then <|endoftext|> padding; `words` sets its length, so prompts differ in length.
+std::vector<int> prompt_ids(int words, int seed) {
+  const int pad = qwen_tokenizer_pad_id();
+  std::vector<int> ids(kLen, pad);
+  ids[0] = pad + 1;  // <|im_start|>
+  for (int i = 0; i < words; ++i) ids[1 + i] = 3 + (seed * 13 + i * 7) % (pad - 3);
+  ids[1 + words] = pad + 2;  // <|im_end|>
+  return ids;
+}
+
+struct ZImagePaths {
+  std::string transformer, ae, te;
+};
+
+json zimage_job(const std::string& dir, const ZImagePaths& m, int steps) {
+  json items = json::array();
+  for (int i = 0; i < 4; ++i) {
+    json it = prepared_item(dir, "pic_" + std::to_string(i), 16, 16, i, "zxq, thing " + std::to_string(i), {});
+    it["tokens"] = {{"qwen3", prompt_ids(3 + 5 * i, i + 1)}};  // 5 to 20 tokens: mixed lengths in a batch
+    it["dropout_tokens"] = {{"qwen3", prompt_ids(1, 0)}};
+    items.push_back(it);
+  }
+  return {
+      {"format", "graft-job/2"},
+      {"name", "zimage"},
+      {"device", "cpu"},
+      {"model", {{"arch", "zimage"}, {"variant", "turbo"}, {"name_or_path", "random"}, {"transformer", m.transformer},
+                 {"ae", m.ae}, {"text_encoders", {{"qwen3", m.te}}}}},
+      {"network", {{"type", "lora"}, {"linear", 4}, {"linear_alpha", 4}}},
+      {"train", {{"steps", steps}, {"batch_size", 2}, {"lr", 1e-3}, {"seed", 3}}},
+      {"save", {{"dtype", "fp32"}, {"save_every", 100}}},
+      {"text", {{"encoders", {{"qwen3", {{"max_len", kLen}, {"pad_id", qwen_tokenizer_pad_id()}}}}},
+                {"empty_tokens", {{"qwen3", prompt_ids(0, 0)}}}}},
+      {"datasets", {{{"folder", "/data/pics"}, {"items", items}}}},
+      {"sample", {{"sample_every", steps}, {"width", 16}, {"height", 16}, {"sample_steps", 2}, {"guidance_scale", 1.0},
+                  {"shift", 3.0}, {"prompts", {{{"prompt", "zxq on a beach"}, {"tokens", {{"qwen3", prompt_ids(4, 9)}}}}}}}},
+  };
+}
+
+std::vector<double> losses(const std::string& dir) {
+  std::vector<double> out;
+  for (const json& e : events_of(read_events(dir + "/metrics.jsonl"), "step")) out.push_back(e["loss"].get<double>());
+  return out;
+}
+
+bool exists(const std::string& p) {
+  struct stat st;
+  return stat(p.c_str(), &st) == 0;
+}
+
+// A tiny random Z-Image model folder in both layouts, once for every test.
+const std::string& model_root() {
+  static TempDir root;
+  static bool made = false;
+  if (!made) {
+    RandomZImageModelOptions o;
+    o.seed = 11;
+    write_random_zimage_model(root.path + "/diffusers", o);
+    o.layout = "comfyui";
+    write_random_zimage_model(root.path + "/comfyui", o);
+    made = true;
+  }
+  return root.path;
+}
+
+ZImagePaths diffusers_paths() {
+  const std::string d = model_root() + "/diffusers";
+  return {d + "/transformer", d + "/vae", d + "/text_encoder"};
+}
+
+}  // namespace
+
+TEST(zimage_model_trains_the_same_from_both_layouts) {
+  TempDir tmp;
+  const std::string c = model_root() + "/comfyui";
+  const std::vector<ZImagePaths> models = {
+      diffusers_paths(),
+      {c + "/diffusion_models/z_image_turbo_bf16.safetensors", c + "/vae/ae.safetensors", c + "/text_encoders/qwen_3_4b.safetensors"}};
+  std::vector<std::vector<double>> traces;
+  for (size_t k = 0; k < models.size(); ++k) {
+    const std::string job = tmp.path + "/job" + std::to_string(k);
+    make_dirs(job);
+    write_json(job + "/job.json", zimage_job(job, models[k], 4));
+    CHECK(train_run(job) == 0);
+    traces.push_back(losses(job));
+    CHECK(exists(job + "/samples/000000004_0.png"));
+  }
+  CHECK(traces[0].size() == 4);
+  for (double l : traces[0]) CHECK(std::isfinite(l) && l > 0.0);
+  CHECK(traces[1] == traces[0]);
+  // The reference toolkit's names: diffusers' modules under "diffusion_model.", q/k/v split.
+  const SafeTensorsFile lora = SafeTensorsFile::open(tmp.path + "/job0/zimage.safetensors");
+  const ZImageConfig cfg = ZImageTransformer::shapes(models[0].transformer).cfg;
+  CHECK(lora.tensors.size() == 2 * zimage_lora_targets(cfg).size());
+  for (const char* key : {"diffusion_model.layers.0.attention.to_q.lora_A.weight", "diffusion_model.layers.1.attention.to_v.lora_B.weight",
+                          "diffusion_model.layers.0.attention.to_out.0.lora_A.weight", "diffusion_model.layers.1.feed_forward.w3.lora_B.weight",
+                          "diffusion_model.layers.0.adaLN_modulation.0.lora_A.weight"})
+    CHECK(lora.has(key));
+  // Prompts of their own lengths were cached at those lengths.
+  const std::vector<json> cache = events_of(read_events(tmp.path + "/job0/metrics.jsonl"), "cache");
+  CHECK(cache.size() == 1 && cache[0]["text_encoded"].get<int>() >= 5);
+}
+
+// Trained 2 steps, then resumed to 4: the LoRA of an uninterrupted 4-step run, bit for bit.
+TEST(zimage_resume_equals_uninterrupted) {
+  TempDir ta, tb;
+  write_json(ta.path + "/job.json", zimage_job(ta.path, diffusers_paths(), 4));
+  CHECK(train_run(ta.path) == 0);
+  json jb = zimage_job(tb.path, diffusers_paths(), 2);
+  jb["sample"]["sample_every"] = 4;
+  write_json(tb.path + "/job.json", jb);
+  CHECK(train_run(tb.path) == 0);
+  jb["train"]["steps"] = 4;
+  write_json(tb.path + "/job.json", jb);
+  CHECK(train_run(tb.path) == 0);
+  const std::vector<double> la = losses(ta.path), lb = losses(tb.path);
+  CHECK(la.size() == 4 && lb.size() == 4 && la == lb);
+  CHECK(read_bytes(ta.path + "/zimage.safetensors") == read_bytes(tb.path + "/zimage.safetensors"));
+  CHECK(read_bytes(ta.path + "/samples/000000004_0.png") == read_bytes(tb.path + "/samples/000000004_0.png"));
+}
+
+// The assistant adapter (Z-Image Turbo's de-distillation LoRA, the reference toolkit's
+// assistant_lora_path) is merged while training: the losses move with it. Samples take it out: a
+// zero-step-trained adapter's first sample equals the plain model's.
+TEST(zimage_assistant_adapter_trains_merged_and_samples_without_it) {
+  TempDir tmp;
+  const ZImagePaths m = diffusers_paths();
+  const ZImageConfig cfg = ZImageTransformer::shapes(m.transformer).cfg;
+  LoraSet assistant = lora_create(zimage_lora_targets(cfg), 8, 8, 5);
+  std::vector<float> p = assistant.host_params();
+  for (size_t i = 0; i < p.size(); ++i) p[i] = 0.05f * std::sin(0.37f * (float)i);  // B nonzero too
+  assistant.set_params(p);
+  assistant.prefix = "diffusion_model.";
+  lora_save(assistant, tmp.path + "/assistant.safetensors", DType::F32, {});
+
+  auto run = [&](const std::string& name, bool with_assistant) {
+    const std::string job = tmp.path + "/" + name;
+    make_dirs(job);
+    json j = zimage_job(job, m, 2);
+    j["sample"]["skip_first_sample"] = false;
+    if (with_assistant) j["model"]["assistant_lora"] = tmp.path + "/assistant.safetensors";
+    write_json(job + "/job.json", j);
+    CHECK(train_run(job) == 0);
+    return job;
+  };
+  const std::string plain = run("plain", false), merged = run("merged", true);
+  const std::vector<double> lp = losses(plain), lm = losses(merged);
+  CHECK(lp.size() == 2 && lm.size() == 2);
+  CHECK(std::fabs(lp[0] - lm[0]) > 1e-4 * lp[0]);  // training sees the merged model
+  // Step 0's sample (the adapter still zero) is the base model's in both runs, up to the merge's
+  // rounding (merged into fp32 weights, then subtracted as an adapter).
+  const std::string a = read_bytes(plain + "/samples/000000000_0.png"), b = read_bytes(merged + "/samples/000000000_0.png");
+  CHECK(!a.empty() && !b.empty());
+  int W = 0, H = 0;
+  const std::vector<float> pa = png_read(plain + "/samples/000000000_0.png", &W, &H);
+  const std::vector<float> pb = png_read(merged + "/samples/000000000_0.png", &W, &H);
+  double worst = 0;
+  for (size_t i = 0; i < pa.size(); ++i) worst = std::max(worst, (double)std::fabs(pa[i] - pb[i]));
+  std::printf("      assistant: first loss %.5f plain, %.5f merged; step-0 samples differ by at most %.4f\n", lp[0], lm[0], worst);
+  CHECK(worst <= 2.0 / 255.0 + 1e-6);
+}

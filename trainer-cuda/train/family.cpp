@@ -1,0 +1,57 @@
+#include "train/family.h"
+
+#include <cstdio>
+
+#include "core/common.h"
+
+namespace graft {
+
+ModelWidths widths_of(const FluxConfig& c) { return {c.context_dim, c.vec_dim, c.in_channels / 4}; }
+
+ModelFamily model_family(const Job& job) {
+  ModelFamily f;
+  f.arch = job.arch;
+  char buf[160];
+  if (job.arch == "zimage") {
+    const ZImageTransformer shapes = ZImageTransformer::shapes(job.transformer);
+    const ZImageConfig& c = f.zimage = shapes.cfg;
+    f.widths = {c.cap_dim, 0, c.in_channels};
+    f.targets = zimage_lora_targets(c);
+    f.lora_prefix = "diffusion_model.";
+    std::snprintf(buf, sizeof buf, "Z-Image %s: dim %d, %d heads, %d layers + %d noise and %d context refiner blocks",
+                  job.variant.c_str(), c.dim, c.heads, c.n_layers, c.n_refiner, c.n_refiner);
+  } else {
+    const FluxTransformer shapes = FluxTransformer::shapes(job.transformer);
+    const FluxConfig& c = f.flux = shapes.cfg;
+    f.widths = widths_of(c);
+    f.targets = flux_lora_targets(c, job.train_modulation);
+    f.lora_prefix = "transformer.";
+    std::snprintf(buf, sizeof buf, "hidden %d, %d heads, %d double + %d single blocks", c.hidden, c.heads, c.n_double,
+                  c.n_single);
+  }
+  f.describe = buf;
+  return f;
+}
+
+std::unique_ptr<Denoiser> load_denoiser(const Job& job, Device device, LoraSet* assistant) {
+  if (job.arch != "zimage") {
+    if (!job.assistant_lora.empty()) fail(job.file + ": model.assistant_lora is for Z-Image Turbo; this job's model is " + job.arch);
+    return std::make_unique<FluxTransformer>(
+        FluxTransformer::load(job.transformer, device, job.quantize, device.is_cuda() ? job.offload : 0.0));
+  }
+  if (job.assistant_lora.empty())
+    return std::make_unique<ZImageTransformer>(ZImageTransformer::load(job.transformer, device, job.quantize));
+  // The reference toolkit merges the assistant into the weights before it quantizes them, then
+  // samples with the assistant at -1 so that samples show the adapter on the model as users have it.
+  auto m = std::make_unique<ZImageTransformer>(ZImageTransformer::load(job.transformer, device));
+  *assistant = lora_load(job.assistant_lora, zimage_lora_targets(m->cfg, true));
+  lora_merge(m->linears(), *assistant, job.assistant_lora);
+  if (job.quantize != WeightFormat::dense)
+    for (Linear* l : m->linears())
+      if (l != &m->x_embedder && l != &m->final_linear) l->quantize(job.quantize, device);  // as load() keeps them
+  for (LoraAdapter& a : assistant->adapters) a.scale = -a.scale;
+  assistant->to(device);
+  return m;
+}
+
+}  // namespace graft
