@@ -1,7 +1,7 @@
 # graft — the entry points: make demo, make test, make bench, make gpu-check.
 SHELL := /bin/bash
 TRAINER := trainer-cuda/build/graft-trainer
-APT_PACKAGES := libopenblas-dev nlohmann-json3-dev libstb-dev libssl-dev python3-torch python3-numpy python3-sentencepiece tmux
+APT_PACKAGES := libopenblas-dev nlohmann-json3-dev libstb-dev libssl-dev python3-torch python3-numpy python3-sentencepiece python3-jinja2 tmux
 # Debian's python3-torch lives in the system Python, not in a pyenv python3 that may be first on PATH.
 SYSPY := /usr/bin/python3
 

@@ -13,11 +13,19 @@ const run = (...args: string[]) => spawnSync('node', [CLI, ...args], { encoding:
 
 describe('graft (built)', () => {
   it('validate accepts a reference config, lists the keys it ignores, and says up front that graft cannot train it yet (exit 3)', () => {
-    const r = run('validate', join(import.meta.dirname, 'fixtures', 'zimage_turbo_reference.yaml'));
+    const r = run('validate', join(import.meta.dirname, 'fixtures', 'wan22_14b_reference.yaml'));
     expect(r.status).toBe(3);
+    expect(r.stdout).toContain('ignored (kept on save): config.process[0].train.train_unet');
+    expect(r.stdout).toContain("not supported yet: Wan 2.2 T2V 14B: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), Z-Image Turbo, Z-Image (base), graft-tiny (built-in demo, CPU).");
+    expect(r.stdout).toMatch(/wan22_14b_reference\.yaml: valid \(Wan 2\.2 T2V 14B\), but graft cannot train it yet \(1 reason above\)/);
+  });
+
+  it('validate: a Z-Image Turbo reference config trains (its dataset folder is missing here: exit 1)', () => {
+    const r = run('validate', join(import.meta.dirname, 'fixtures', 'zimage_turbo_reference.yaml'));
+    expect(r.status).toBe(1);
     expect(r.stdout).toContain('ignored (kept on save): config.process[0].save.save_format');
-    expect(r.stdout).toContain("not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), graft-tiny (built-in demo, CPU).");
-    expect(r.stdout).toMatch(/zimage_turbo_reference\.yaml: valid \(Z-Image Turbo\), but graft cannot train it yet \(1 reason above\)/);
+    expect(r.stdout).not.toContain('not supported yet');
+    expect(r.stdout).toContain('error: config.process[0].datasets[0].folder_path: no such folder: /data/character');
   });
 
   it('validate: a FLUX.1 reference config trains, with each setting the trainer ignores named (its dataset folder is missing here: exit 1)', () => {

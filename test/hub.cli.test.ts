@@ -73,8 +73,8 @@ describe('graft download', () => {
     const gated = await graft('download', 'gated-org/model');
     expect(gated.status).toBe(1);
     expect(gated.stderr).toMatch(/^graft: gated-org\/model is gated and no token is set \(HTTP 401 for model_index.json of gated-org\/model\): accept its licence at http:\/\/127\.0\.0\.1:\d+\/gated-org\/model/);
-    const family = await graft('download', DEV, '--family', 'zimage');
-    expect([family.status, family.stderr]).toEqual([2, 'graft: --family zimage: graft has no file selection for it (it has: flux1 (flux)); name the files with --include\n']);
+    const family = await graft('download', DEV, '--family', 'qwen_image');
+    expect([family.status, family.stderr]).toEqual([2, 'graft: --family qwen_image: graft has no file selection for it (it has: flux1 (flux), zimage (zimage_turbo, zimage:turbo)); name the files with --include\n']);
     const id = await graft('download', 'not-an-id');
     expect([id.status, id.stderr]).toEqual([2, 'graft: "not-an-id" is not a Hub model id: write org/name or org/name@revision (e.g. black-forest-labs/FLUX.1-dev)\n']);
     const tok = await graft('download', 'someone/unknown-model', '--tokenizers-only');

@@ -106,14 +106,47 @@ describe('FLUX.1 file selection on the real repos', () => {
     expect(familyForRepo('black-forest-labs/FLUX.1-schnell')?.family).toBe('flux1');
     expect(familyForRepo('black-forest-labs/FLUX.1-Kontext-dev')).toBeUndefined();
     expect(familyFiles('flux')?.family).toBe('flux1');
-    expect(familyFiles('zimage')).toBeUndefined();
-    expect(() => selectFiles([], { family: 'zimage' })).toThrow('no file selection for model family "zimage" (known: flux1 (flux))');
+    expect(familyForRepo('Tongyi-MAI/Z-Image-Turbo')?.family).toBe('zimage');
+    expect(familyForRepo('Tongyi-MAI/Z-Image')?.family).toBe('zimage');
+    expect(familyFiles('zimage_turbo')?.family).toBe('zimage');
+    expect(familyFiles('qwen_image')).toBeUndefined();
+    expect(() => selectFiles([], { family: 'qwen_image' })).toThrow('no file selection for model family "qwen_image" (known: flux1 (flux), zimage (zimage_turbo, zimage:turbo))');
   });
 
   it('index files name their shards, relative to the repo', () => {
     const index = JSON.stringify({ metadata: { total_size: 3 }, weight_map: { a: 'model-00001-of-00002.safetensors', b: 'model-00002-of-00002.safetensors', c: 'model-00001-of-00002.safetensors' } });
     expect(indexShards('text_encoder_2/model.safetensors.index.json', index)).toEqual(['text_encoder_2/model-00001-of-00002.safetensors', 'text_encoder_2/model-00002-of-00002.safetensors']);
     expect(indexShards('model.safetensors.index.json', index)).toEqual(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']);
+  });
+});
+
+describe('Z-Image file selection', () => {
+  // What ZImagePipeline.from_pretrained reads, written out by hand, and what a repo of that layout also holds.
+  const ZIMAGE_DIFFUSERS = [
+    'model_index.json', 'scheduler/scheduler_config.json',
+    'text_encoder/config.json', 'text_encoder/model-00001-of-00003.safetensors', 'text_encoder/model-00002-of-00003.safetensors',
+    'text_encoder/model-00003-of-00003.safetensors', 'text_encoder/model.safetensors.index.json',
+    'tokenizer/merges.txt', 'tokenizer/tokenizer.json', 'tokenizer/tokenizer_config.json', 'tokenizer/vocab.json',
+    'transformer/config.json', 'transformer/diffusion_pytorch_model-00001-of-00003.safetensors', 'transformer/diffusion_pytorch_model-00002-of-00003.safetensors',
+    'transformer/diffusion_pytorch_model-00003-of-00003.safetensors', 'transformer/diffusion_pytorch_model.safetensors.index.json',
+    'vae/config.json', 'vae/diffusion_pytorch_model.safetensors',
+  ].sort();
+  const repo = [...ZIMAGE_DIFFUSERS, '.gitattributes', 'README.md', 'assets/showcase.jpg', 'text_encoder/generation_config.json', 'z_image_turbo_bf16.safetensors'];
+
+  it('the diffusers folders only, by family or alias', () => {
+    for (const family of ['zimage', 'zimage_turbo', 'zimage:turbo']) expect(selectFiles(repo, { family })).toEqual({ files: ZIMAGE_DIFFUSERS, missing: [] });
+  });
+
+  it('tokenizers only, with named parts and exact files added (a single-file job\'s extras)', () => {
+    expect(selectFiles(repo, { family: 'zimage', tokenizersOnly: true }).files).toEqual(['model_index.json', 'tokenizer/merges.txt', 'tokenizer/tokenizer.json', 'tokenizer/tokenizer_config.json', 'tokenizer/vocab.json']);
+    const sel = selectFiles(repo, { family: 'zimage', tokenizersOnly: true, parts: ['vae'], files: ['text_encoder/config.json'] });
+    expect(sel).toEqual({ files: ['model_index.json', 'text_encoder/config.json', 'tokenizer/merges.txt', 'tokenizer/tokenizer.json', 'tokenizer/tokenizer_config.json', 'tokenizer/vocab.json', 'vae/config.json', 'vae/diffusion_pytorch_model.safetensors'], missing: [] });
+    expect(selectFiles(repo, { family: 'zimage', parts: ['text_encoder'] }).files).toEqual(ZIMAGE_DIFFUSERS.filter((f) => f.startsWith('text_encoder/')));
+    expect(() => selectFiles(repo, { family: 'zimage', parts: ['text_encoder_2'] })).toThrow('zimage has no part text_encoder_2 (its parts: model_index.json, scheduler, transformer, vae, text_encoder, tokenizer)');
+  });
+
+  it('a repo without the tokenizer\'s config (the chat template, the pad token) is incomplete', () => {
+    expect(selectFiles(ZIMAGE_DIFFUSERS.filter((f) => f !== 'tokenizer/tokenizer_config.json'), { family: 'zimage' }).missing).toEqual(['tokenizer: tokenizer/tokenizer_config.json']);
   });
 });
 

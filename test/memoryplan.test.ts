@@ -32,8 +32,8 @@ describe('the memory estimate', () => {
     expect(opt(flux, '--model')).toBe('schnell');
     expect(opt(flux, '--device')).toBe('cuda:0');
     expect(flux).toContain('--checkpointing');
-    const none = memoryPlanArgs(doc('zimage_turbo'), presets);
-    expect('none' in none && none.none).toMatch(/does not train Z-Image Turbo/);
+    const none = memoryPlanArgs(doc('wan22_14b_t2v'), presets);
+    expect('none' in none && none.none).toMatch(/does not train Wan 2\.2 T2V 14B yet/);
   });
 
   it('the demo model: a plan from its files, each format smaller than the last', async () => {
@@ -63,5 +63,18 @@ describe('the memory estimate', () => {
     expect(tight.fits).toBe(false);
     expect(tight.fixes.join(' ')).toMatch(/model\.qtype: qfloat8/);
     expect(planSummary(tight)).toMatch(/does not fit — would with /);
+  });
+
+  it('Z-Image Turbo at its real shapes: the 6B transformer in fp8 (the preset default) with Qwen3-4B to encode', async () => {
+    const a = args(doc('zimage_turbo'));
+    expect(opt(a, '--model')).toBe('zimage');
+    const fp8 = await runMemoryPlan(a);
+    const gb = (b: number) => b / 2 ** 30;
+    // 6.2B linear weights: about 5.7 GiB in fp8, 11.5 GiB in bf16; Qwen3-4B's first 35 layers, the text encoder.
+    expect(gb(weights(fp8))).toBeGreaterThan(5.5);
+    expect(gb(weights(fp8))).toBeLessThan(7);
+    const bf16 = await runMemoryPlan(args(setAt(doc('zimage_turbo'), P('model', 'quantize'), false)));
+    expect(gb(weights(bf16))).toBeGreaterThan(11);
+    expect(fp8.encoding_total).toBeGreaterThan(0);
   });
 });

@@ -236,9 +236,9 @@ describe('graft prepare', () => {
     writeFileSync(join(data, 'bad.png'), 'x');
     await fails(config({ datasets: [{ folder_path: join(data, 'bad.png') }] }), 'is not a folder');
 
-    const zimage = join(root, 'zimage.yaml');
-    writeFileSync(zimage, readFileSync(config(), 'utf8').replace('"arch": "graft_tiny"', '"arch": "zimage:turbo"').replace('"presets/graft-tiny"', '"Tongyi-MAI/Z-Image-Turbo"'));
-    await fails(zimage, /not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet/);
+    const qwen = join(root, 'qwen_image.yaml');
+    writeFileSync(qwen, readFileSync(config(), 'utf8').replace('"arch": "graft_tiny"', '"arch": "qwen_image"').replace('"presets/graft-tiny"', '"Qwen/Qwen-Image"'));
+    await fails(qwen, /not supported yet: Qwen-Image: graft's trainer cannot train this family yet/);
 
     const invalid = join(root, 'invalid.yaml');
     writeFileSync(invalid, readFileSync(config(), 'utf8').replace('"lr": 0.001', '"lr": "fast"'));

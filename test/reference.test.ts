@@ -26,16 +26,22 @@ const EXPECTED: Record<string, string[]> = {
   'train_lora_lumina.yaml': ['timestep_type lumina2_shift'],
   'train_lora_zimage_turbo_apple_silicon.yaml': ['device mps'],
 };
-// FLUX.1 dev and schnell, and Flex.1 (is_flux: true, trained as FLUX.1 by the reference too): graft trains the family.
+// The families graft trains: FLUX.1 dev and schnell, Flex.1 (is_flux: true, trained as FLUX.1 by the reference
+// too) and Z-Image; each config with the family validate names.
 const FLUX1 = ['beam_train_lora_flux_24gb.yaml', 'modal_train_lora_flux_24gb.yaml', 'train_flex_redux.yaml', 'train_full_fine_tune_flex.yaml',
   'train_lora_flex_24gb.yaml', 'train_lora_flux_24gb.yaml', 'train_lora_flux_low_ram.yaml', 'train_lora_flux_mps.yaml',
   'train_lora_flux_schnell_24gb.yaml', 'train_lora_flux_with_warmup.yaml'];
+const TRAINS: Record<string, string> = {
+  ...Object.fromEntries(FLUX1.map((f) => [f, 'FLUX.1 (dev / schnell)'])),
+  'train_lora_zimage_base_32gb.yaml': 'Z-Image (base)',
+  'train_lora_zimage_turbo_32gb.yaml': 'Z-Image Turbo',
+  'train_lora_zimage_turbo_apple_silicon.yaml': 'Z-Image Turbo',
+};
 const FAMILY: Record<string, string> = {
   'train_lora_sd35_large_24gb.yaml': 'Stable Diffusion 3 / 3.5 (arch sd3): graft has no preset for this family',
   'train_lora_wan21_1b_24gb.yaml': 'Wan 2.1 T2V 1.3B:', // plain arch wan21, told apart by name_or_path
   'train_lora_wan21_14b_24gb.yaml': 'Wan 2.1 T2V 14B:',
   'train_lora_lumina.yaml': 'Lumina2:', // legacy flag is_lumina2
-  'train_lora_zimage_turbo_apple_silicon.yaml': 'Z-Image Turbo:', // no arch: by name_or_path
   'train_slider.example.yml': '"slider" training (job: "train")',
 };
 
@@ -51,11 +57,12 @@ describe('reference toolkit example configs', () => {
     const r = spawnSync('node', [CLI, 'validate', path], { encoding: 'utf8', env: { ...process.env, GRAFT_HOME: join(dir, 'home') } });
     expect(r.stdout).not.toMatch(/^error:/m);
     const expected = EXPECTED[file] ?? [];
-    const trained = FLUX1.includes(file);
-    // A FLUX.1 config trains unless it asks for something else graft cannot do (exit 3 then, as for the rest).
+    const family = TRAINS[file];
+    const trained = family !== undefined;
+    // A config of a family graft trains trains unless it asks for something else graft cannot do (exit 3 then, as for the rest).
     expect(r.status, r.stdout + r.stderr).toBe(trained && expected.length === 0 ? 0 : 3);
     const not = r.stdout.split('\n').filter((l) => l.startsWith('not supported yet: '));
-    if (trained) expect(r.stdout).toContain(`${path}: ${expected.length ? 'valid (FLUX.1 (dev / schnell)), but' : 'ok (FLUX.1 (dev / schnell))'}`);
+    if (trained) expect(r.stdout).toContain(`${path}: ${expected.length ? `valid (${family}), but` : `ok (${family})`}`);
     else expect(not[0]).toContain(FAMILY[file] ?? "graft's trainer cannot train this family yet");
     for (const e of expected) expect(not.some((l) => l.includes(e)), `${file}: ${e}`).toBe(true);
     expect(not).toHaveLength((trained ? 0 : 1) + expected.length);

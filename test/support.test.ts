@@ -15,6 +15,7 @@ import { rmSync } from 'node:fs';
 const presets = loadPresets();
 const tiny = presetById('graft_tiny', presets)!;
 const zimage = presetById('zimage_turbo', presets)!;
+const wan = presetById('wan22_14b_t2v', presets)!;
 const P = procPath;
 const doc = (preset = tiny): JobDoc => setAt(newJobDoc(preset, '/tmp/out', 'job1'), P('datasets', 0, 'folder_path'), '/data/set');
 const rules = (d: JobDoc) => unsupportedIssues(d, presets).map((i) => i.rule);
@@ -23,7 +24,7 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe('what graft trains', () => {
   it('only the families its trainer runs end to end; a new job starts on one', () => {
-    expect(presets.filter(trains).map((p) => p.family)).toEqual(['flux1', 'graft_tiny']);
+    expect(presets.filter(trains).map((p) => p.family)).toEqual(['flux1', 'zimage_turbo', 'zimage', 'graft_tiny']);
     expect(unsupportedIssues(doc(), presets)).toEqual([]);
   });
 
@@ -37,9 +38,16 @@ describe('what graft trains', () => {
   });
 
   it('a family it does not train is refused at the arch, with what does train', () => {
-    const issues = unsupportedIssues(doc(zimage), presets);
+    const issues = unsupportedIssues(doc(wan), presets);
     expect(issues.map((i) => [i.path, i.message])).toEqual([['config.process[0].model.arch',
-      "not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), graft-tiny (built-in demo, CPU). The config stays valid for the reference toolkit."]]);
+      "not supported yet: Wan 2.2 T2V 14B: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), Z-Image Turbo, Z-Image (base), graft-tiny (built-in demo, CPU). The config stays valid for the reference toolkit."]]);
+  });
+
+  it('Z-Image (Turbo and base) trains; its layer offloading is named as not built', () => {
+    expect(unsupportedIssues(doc(zimage), presets)).toEqual([]);
+    const offload = setAt(setAt(doc(zimage), P('device'), 'cuda:0'), P('model', 'layer_offloading'), true);
+    expect(ignoredSettings(offload, presets).map((i) => i.message)).toContain(
+      "ignored by graft's trainer: Layer Offloading for Z-Image Turbo: not built yet (FLUX.1 only); every weight stays on the device");
   });
 
   it('settings the trainer would refuse at start are refused now', () => {
@@ -108,9 +116,11 @@ describe('the queue refuses up front', () => {
     const write = (extra: object) => writeFileSync(file, tinyJobYaml({ name: 'q1', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: data }], ...extra }));
     write({});
     expect(resolveJob(file, join(dir, 'home')).name).toBe('q1');
-    write({ extra: { model: { arch: 'zimage:turbo', name_or_path: 'Tongyi-MAI/Z-Image-Turbo' } } });
+    write({ extra: { model: { arch: 'wan22_14b:t2v', name_or_path: 'ai-toolkit/Wan2.2-T2V-A14B-Diffusers-bf16' } } });
     expect(() => resolveJob(file, join(dir, 'home'))).toThrow(QueueError);
-    expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: not supported yet: Z-Image Turbo: graft's trainer cannot train this family yet`);
+    expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: not supported yet: Wan 2.2 T2V 14B: graft's trainer cannot train this family yet`);
+    write({ extra: { model: { arch: 'zimage:turbo', name_or_path: 'Tongyi-MAI/Z-Image-Turbo' } } });
+    expect(resolveJob(file, join(dir, 'home')).name).toBe('q1');
     writeFileSync(file, tinyJobYaml({ name: 'q1', trainingFolder: join(dir, 'out'), datasets: [{ folder_path: join(dir, 'gone') }] }));
     expect(() => resolveJob(file, join(dir, 'home'))).toThrow(`${file}: config.process[0].datasets[0].folder_path: no such folder: ${join(dir, 'gone')}`);
   });

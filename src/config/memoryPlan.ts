@@ -29,12 +29,13 @@ export interface MemoryPlan {
   fixes: string[];
 }
 
-/** The model the plan reads: a local folder or file as the user named it, else FLUX.1's shapes by name. */
+/** The model the plan reads: a local folder or file as the user named it, else FLUX.1's or Z-Image's shapes by name. */
 function planModel(nameOrPath: string, family: string): string | undefined {
   const candidates = isAbsolute(nameOrPath) ? [nameOrPath] : [resolve(nameOrPath), join(packageRoot(), nameOrPath)];
   const local = candidates.find((p) => nameOrPath !== '' && existsSync(p));
   if (local) return local;
   if (family === 'flux1') return /schnell/i.test(nameOrPath) ? 'schnell' : 'dev';
+  if (family === 'zimage' || family === 'zimage_turbo') return 'zimage';
   return undefined;
 }
 

@@ -143,6 +143,9 @@ export const ProcessSchema = z.looseObject({
     max_grad_norm: numIn(0, 1000).optional(),
     noise_scheduler: oneOf(SAMPLERS).optional(),
     timestep_type: oneOf(TIMESTEP_TYPES).optional(),
+    // graft's own: the static time shift `shift` timesteps draw through (Z-Image's scheduler: 3), in place
+    // of the family's default (FLUX.1: the resolution shift).
+    timestep_shift: numIn(0.01, 100).optional(),
     content_or_style: oneOf(CONTENT_OR_STYLE).optional(),
     ema_config: z.looseObject({
       use_ema: bool().optional(),

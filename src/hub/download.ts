@@ -156,7 +156,7 @@ export async function ensureModelFiles(repoId: string, opts: EnsureOptions = {})
   const revision = opts.revision ?? ref.revision ?? 'main';
   const cache = new RepoCache(s.cacheDir, repo);
   const emit: ProgressCallback = opts.onProgress ?? (() => {});
-  const choice: FileChoice = { family: opts.family, tokenizersOnly: opts.tokenizersOnly, include: opts.include, files: opts.files };
+  const choice: FileChoice = { family: opts.family, tokenizersOnly: opts.tokenizersOnly, parts: opts.parts, include: opts.include, files: opts.files };
   if (choice.family !== undefined && !familyFiles(choice.family)) {
     throw new HubError(`graft has no file selection for the model family ${JSON.stringify(choice.family)} (it has: ${knownFamilies()}); name the files with include patterns instead`);
   }

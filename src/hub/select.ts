@@ -58,6 +58,23 @@ export const FAMILY_FILES: FamilyFiles[] = [
       { name: 'tokenizer_2', files: ['tokenizer_2/*'], needs: [['tokenizer_2/tokenizer.json', 'tokenizer_2/spiece.model']], tokenizer: true },
     ],
   },
+  {
+    // Z-Image (Turbo and base): ZImagePipeline's folders. Its text encoder is Qwen3-4B (transformers'
+    // model-0000N-of-0000M shards), its autoencoder FLUX.1's in diffusers names.
+    family: 'zimage',
+    aliases: ['zimage_turbo', 'zimage:turbo'],
+    label: 'Z-Image (diffusers layout)',
+    repos: [/^Tongyi-MAI\/Z-Image(-Turbo)?$/i],
+    parts: [
+      modelIndex,
+      { name: 'scheduler', files: ['scheduler/scheduler_config.json'], needs: ['scheduler/scheduler_config.json'] },
+      component('transformer', 'diffusion_pytorch_model'),
+      component('vae', 'diffusion_pytorch_model'),
+      component('text_encoder', 'model'),
+      // Qwen's byte-level BPE: tokenizer.json, and tokenizer_config.json for the chat template and the pad token.
+      { name: 'tokenizer', files: ['tokenizer/*'], needs: ['tokenizer/tokenizer.json', 'tokenizer/tokenizer_config.json'], tokenizer: true },
+    ],
+  },
 ];
 
 export function familyFiles(name: string): FamilyFiles | undefined {
@@ -87,6 +104,8 @@ export interface FileChoice {
   family?: string;
   /** With family: only its tokenizers (and model_index.json), for weights given as local files. */
   tokenizersOnly?: boolean;
+  /** With family: only these parts (by name: "vae", "text_encoder"), with the tokenizers when tokenizersOnly. */
+  parts?: string[];
   /** Patterns, as huggingface-cli's --include: added to the family's files. */
   include?: string[];
   /** Exact repo paths. */
@@ -118,7 +137,12 @@ export function selectFiles(repoFiles: string[], choice: FileChoice): Selection 
   if (choice.family !== undefined) {
     const fam = familyFiles(choice.family);
     if (!fam) throw new Error(`no file selection for model family ${JSON.stringify(choice.family)} (known: ${knownFamilies()})`);
-    const parts = choice.tokenizersOnly ? fam.parts.filter((p) => p.tokenizer) : fam.parts;
+    const named = choice.parts;
+    const unknown = named?.filter((n) => !fam.parts.some((p) => p.name === n)) ?? [];
+    if (unknown.length) throw new Error(`${fam.family} has no part ${unknown.join(', ')} (its parts: ${fam.parts.map((p) => p.name).join(', ')})`);
+    const parts = choice.tokenizersOnly || named
+      ? fam.parts.filter((p) => (choice.tokenizersOnly && p.tokenizer) || named?.includes(p.name))
+      : fam.parts;
     const picked = preferSafetensors(repoFiles.filter((f) => parts.some((p) => matchesAny(f, p.files))));
     picked.forEach((f) => chosen.add(f));
     for (const part of parts) missing.push(...partNeeds(part, picked));

@@ -12,10 +12,12 @@
 // trainer detects each checkpoint's layout itself; what is checked here is that every part is there.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, extname, join, resolve } from 'node:path';
-import { ensureModelFiles, familyFiles, HubError, isRepoId, lineLogger } from '../hub/index.js';
+import { isRepoId, type FileChoice } from '../hub/index.js';
 import { expandHome } from '../paths.js';
+import { besideDirs, findBeside, isDir, listings } from './besideFiles.js';
 import { PrepareError } from './errors.js';
 import { FLUX_DEFAULT_EXTRAS, fluxTokenizers } from './fluxTokenizers.js';
+import { hubSnapshot } from './hubSnapshot.js';
 import type { ModelFiles, ResolveOptions } from './model.js';
 import { folderTensorNames, safetensorsNames } from './safetensorsNames.js';
 
@@ -62,8 +64,6 @@ function fluxFiles(nameOrPath: string, folder: string, parts: Record<Component, 
   };
 }
 
-const isDir = (p: string) => existsSync(p) && statSync(p).isDirectory();
-
 /** The weights' file stem in a component folder: diffusers' for its own models, transformers' for the text encoders. */
 const stemOf = (part: Component) => (part === 'transformer' || part === 'ae' ? 'diffusion_pytorch_model' : 'model');
 
@@ -98,35 +98,18 @@ function diffusersVariant(transformerDir: string): FluxVariant {
   return fluxVariantOf(folderTensorNames(transformerDir, ['diffusion_pytorch_model']) ?? [], transformerDir);
 }
 
-/** The folders a part may sit in beside a transformer file: its own, its parent, ComfyUI's sibling folders. */
-function besideDirs(file: string): string[] {
-  const d = dirname(file), up = dirname(d);
-  return [d, join(up, 'vae'), join(up, 'text_encoders'), join(up, 'clip'), up].filter((x, i, all) => isDir(x) && all.indexOf(x) === i);
-}
-
-/** The first file of `dirs` (each listed once, as [dir, its files]) that a pattern matches, patterns in order of preference. */
-function findBeside(listings: [string, string[]][], patterns: RegExp[]): string | undefined {
-  for (const re of patterns) {
-    for (const [dir, files] of listings) {
-      const hit = files.find((f) => re.test(f) && statSync(join(dir, f)).isFile());
-      if (hit) return join(dir, hit);
-    }
-  }
-  return undefined;
-}
-
 /** A local folder with FLUX.1's tokenizer/ and tokenizer_2/, or undefined. */
 const tokenizerFolder = (dir: string) => (isDir(join(dir, 'tokenizer')) && isDir(join(dir, 'tokenizer_2')) ? dir : undefined);
 
 async function fromSingleFile(nameOrPath: string, file: string, model: Record<string, unknown>, configDir: string, opts: ResolveOptions): Promise<ModelFiles> {
   const variant = fluxVariantOf(safetensorsNames(file), file);
   const dirs = besideDirs(file);
-  const listings = dirs.map((d): [string, string[]] => [d, readdirSync(d).sort()]);
+  const listed = listings(dirs);
   const parts = { transformer: file } as Record<Component, string>;
   const lacking: Exclude<Component, 'transformer'>[] = [];
   for (const part of ['ae', 'clip_l', 't5'] as const) {
     // A file of its own, else the diffusers folder of a repo that carries both layouts (BFL's).
-    const hit = findBeside(listings, BESIDE[part]) ?? componentIn(dirname(file), part);
+    const hit = findBeside(listed, BESIDE[part]) ?? componentIn(dirname(file), part);
     if (hit) parts[part] = hit;
     else lacking.push(part);
   }
@@ -152,30 +135,17 @@ async function fromSingleFile(nameOrPath: string, file: string, model: Record<st
 /** model.extras_name_or_path as a folder: a local one, or the Hub repo's snapshot with its tokenizers (and the named components). */
 async function extrasFolder(extras: string, extrasSet: boolean, components: string[], configDir: string, opts: ResolveOptions): Promise<string> {
   if (isRepoId(extras, { baseDirs: [configDir] })) {
-    const parts = familyFiles('flux1')!.parts.filter((p) => components.includes(p.name));
     const what = `FLUX.1's tokenizers${components.length ? ` and ${components.join(', ')}` : ''} come from ${extras} (model.extras_name_or_path${extrasSet ? '' : `, by default`})`;
-    return download(extras, { tokenizersOnly: true, include: parts.flatMap((p) => p.files) }, what, opts);
+    return download(extras, { tokenizersOnly: true, parts: components }, what, opts);
   }
   const dir = resolve(configDir, expandHome(extras));
   if (!isDir(dir)) throw new PrepareError(`model.extras_name_or_path ${JSON.stringify(extras)}: no such folder (${dir}), and not a Hub id (org/name)`);
   return dir;
 }
 
-/** A Hub repo's snapshot folder with the chosen files; `what` says in a failure why graft asked the Hub. */
-async function download(repo: string, choice: { tokenizersOnly?: boolean; include?: string[] }, what: string, opts: ResolveOptions): Promise<string> {
-  const log = opts.log ?? (() => {});
-  const env = opts.offline ? { ...(opts.env ?? process.env), HF_HUB_OFFLINE: '1' } : opts.env;
-  try {
-    const got = await ensureModelFiles(repo, {
-      family: 'flux1', ...choice, signal: opts.signal, env,
-      onProgress: lineLogger((line) => log(`hub: ${line}`), 5000),
-    });
-    return got.snapshotDir;
-  } catch (e) {
-    if (e instanceof HubError) throw new PrepareError(`${what}: ${e.message}`);
-    throw e;
-  }
-}
+/** A Hub repo's snapshot folder with FLUX.1's chosen files; `what` says in a failure why graft asked the Hub. */
+const download = (repo: string, choice: Omit<FileChoice, 'family'>, what: string, opts: ResolveOptions) =>
+  hubSnapshot(repo, { family: 'flux1', ...choice }, what, opts);
 
 /** FLUX.1's ModelFiles from model.name_or_path (see the top of this file for what it may be). */
 export async function resolveFluxModel(nameOrPath: string, model: Record<string, unknown>, configPath: string, opts: ResolveOptions = {}): Promise<ModelFiles> {

@@ -59,12 +59,22 @@ export const TRAIN_GUIDANCE = 1;
 
 /**
  * What the job's guidance_scale means for this model: classifier-free guidance against the empty prompt for
- * a model without traits (the demo's); for FLUX.1, no CFG (its pipeline runs none) and, on dev, the input
- * of the guidance embedding, with the sampler's time shift for each sample's size.
+ * a model without traits (the demo's) and for Z-Image (with its static time shift); for FLUX.1, no CFG (its
+ * pipeline runs none) and, on dev, the input of the guidance embedding, with the sampler's time shift for
+ * each sample's size.
  */
 function sampleGuidance(scale: number, traits: ModelTraits | undefined): Obj {
   if (!traits) return { guidance_scale: scale };
+  if (traits.classifierFree) return { guidance_scale: scale, shift: traits.sampleShift };
   return { guidance_scale: 1, ...(traits.guidanceEmbedding ? { guidance: scale } : {}), shift: traits.sampleShift };
+}
+
+/**
+ * A sampling setting: the YAML's own value, else the model variant's default (Z-Image Turbo's 8 steps without
+ * CFG, whichever preset the arch picked), else the preset's, else graft's.
+ */
+function sampleSetting(s: Settings, user: Obj, traits: ModelTraits | undefined, key: 'sample_steps' | 'guidance_scale', fallback: number): number {
+  return num(at(user, 'sample', key), traits?.sampleDefaults?.[key] ?? num(at(s.process, 'sample', key), fallback));
 }
 
 /** The sample prompts as written: samples: [{prompt, ...}] or prompts: [text], the user's before the template's. */
@@ -106,6 +116,8 @@ export function buildJobJson(i: JobJsonInput): Obj {
   const dop = bool(t('diff_output_preservation'));
   const bpp = bool(t('blank_prompt_preservation'));
   const ema = at(p, 'train', 'ema_config');
+  const demoEncoder = Object.keys(i.model.textEncoders).join() === 'text_encoder';
+  const trainShift = num(at(i.user, 'train', 'timestep_shift'), i.model.traits?.trainShift ?? NaN);
   return {
     format: JOB_FORMAT,
     name: i.name,
@@ -121,12 +133,16 @@ export function buildJobJson(i: JobJsonInput): Obj {
       ...(at(p, 'model', 'quantize_te') === true ? { quantize_te: trainerFormat(str(at(p, 'model', 'qtype_te'), 'qfloat8')).format } : {}),
       // Layer offloading: that share of the transformer's blocks streamed from pinned host memory.
       ...(at(p, 'model', 'layer_offloading') === true ? { offload_transformer: num(at(p, 'model', 'layer_offloading_transformer_percent'), 1) } : {}),
+      ...(i.model.variant !== undefined ? { variant: i.model.variant } : {}),
       transformer: i.model.transformer,
-      ...(Object.keys(i.model.textEncoders).join() === 'text_encoder' ? { text_encoder: i.model.textEncoders.text_encoder } : { text_encoders: i.model.textEncoders }),
+      ...(demoEncoder ? { text_encoder: i.model.textEncoders.text_encoder } : { text_encoders: i.model.textEncoders }),
+      // A single-file text encoder's shape (Z-Image's Qwen3 from ComfyUI), from the extras folder's config.json.
+      ...(i.model.textEncoderConfig !== undefined ? { text_encoder_config: i.model.textEncoderConfig } : {}),
       ae: i.model.ae,
-      ...(i.model.tokenizers.length === 1
+      ...(demoEncoder
         ? { tokenizer: tokenizerPath(i.model.tokenizers[0]!) }
         : { tokenizers: Object.fromEntries(i.model.tokenizers.map((t) => [t.name, tokenizerPath(t)])) }),
+      ...(i.model.assistantLora !== undefined ? { assistant_lora: i.model.assistantLora } : {}),
     },
     network: {
       type: str(at(p, 'network', 'type'), 'lora'), linear, linear_alpha: num(at(p, 'network', 'linear_alpha'), linear),
@@ -146,6 +162,8 @@ export function buildJobJson(i: JobJsonInput): Obj {
       optimizer_params: isPlainObject(t('optimizer_params')) ? t('optimizer_params') : {},
       max_grad_norm: num(t('max_grad_norm'), 1.0),
       timestep_type: str(t('timestep_type'), 'sigmoid'),
+      // The static time shift of `shift` timesteps (Z-Image's 3, or the YAML's train.timestep_shift); absent: FLUX's resolution shift.
+      ...(Number.isFinite(trainShift) ? { timestep_shift: trainShift } : {}),
       content_or_style: str(t('content_or_style'), 'balanced'),
       seed: num(t('seed'), 42),
       cache_latents: i.settings.datasets.every((d) => d.cache_latents_to_disk === true || d.cache_latents === true),
@@ -178,8 +196,8 @@ export function buildJobJson(i: JobJsonInput): Obj {
       height: num(sm('height'), 1024),
       seed: num(sm('seed'), 42),
       walk_seed: bool(sm('walk_seed')),
-      ...sampleGuidance(num(sm('guidance_scale'), 4), i.model.traits),
-      sample_steps: num(sm('sample_steps'), 20),
+      ...sampleGuidance(sampleSetting(i.settings, i.user, i.model.traits, 'guidance_scale', 4), i.model.traits),
+      sample_steps: sampleSetting(i.settings, i.user, i.model.traits, 'sample_steps', 20),
       skip_first_sample: samplingFlag(i.settings, i.user, 'skip_first_sample'),
       force_first_sample: samplingFlag(i.settings, i.user, 'force_first_sample'),
       disable_sampling: samplingFlag(i.settings, i.user, 'disable_sampling'),

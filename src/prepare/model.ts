@@ -1,6 +1,6 @@
-// Which model files a job trains on, from model.name_or_path. Only families graft's trainer runs can be
-// prepared: the built-in demo model (graft_tiny) and FLUX.1 (fluxModel.ts: a Hub id, a diffusers folder or
-// single files). The demo's name_or_path is a folder holding transformer, text encoder, autoencoder,
+// Which model files a job trains on, from model.name_or_path. Only families graft's trainer runs (or is
+// being built to run) can be prepared: the built-in demo model (graft_tiny), FLUX.1 (fluxModel.ts) and
+// Z-Image (zimageModel.ts), each from a Hub id, a diffusers folder or single files. The demo's name_or_path is a folder holding transformer, text encoder, autoencoder,
 // tokenizer.json and model.json; a relative path is looked up in the graft package first
 // (presets/graft-tiny), then next to the config file.
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -10,6 +10,7 @@ import type { Preset } from '../presets.js';
 import { PrepareError } from './errors.js';
 import { resolveFluxModel } from './fluxModel.js';
 import type { TokenizerFiles } from './tokenizerFiles.js';
+import { resolveZImageModel } from './zimageModel.js';
 
 /** How a family samples, beyond the job's own settings (job.json's sample section). */
 export interface ModelTraits {
@@ -17,8 +18,14 @@ export interface ModelTraits {
   variant?: string;
   /** The model has a guidance embedding (FLUX.1-dev): sample.guidance_scale feeds it, and no CFG is run. */
   guidanceEmbedding: boolean;
+  /** sample.guidance_scale is classifier-free guidance against the empty prompt (Z-Image; 1: none); else FLUX.1's: no CFG. */
+  classifierFree?: boolean;
   /** The sampler's time shift: a number, or "resolution" (FLUX's, for each sample's size). */
   sampleShift: number | 'resolution';
+  /** The static time shift `shift` timesteps train with (Z-Image's scheduler: 3); absent: FLUX's resolution shift. */
+  trainShift?: number;
+  /** The variant's sampling defaults (Z-Image Turbo: 8 steps, no CFG), where the YAML sets none. */
+  sampleDefaults?: { sample_steps: number; guidance_scale: number };
 }
 
 export interface ModelFiles {
@@ -33,6 +40,12 @@ export interface ModelFiles {
   /** One per text encoder, in the order job.json lists them. */
   tokenizers: TokenizerFiles[];
   traits?: ModelTraits;
+  /** job.json's model.variant, for a family whose trainer behaves per variant (Z-Image: turbo or base). */
+  variant?: string;
+  /** The text encoder's config.json when its weights are a single file that carries none (Z-Image's Qwen3). */
+  textEncoderConfig?: string;
+  /** The assistant LoRA the job trains through (model.assistant_lora_path, resolved to a file). */
+  assistantLora?: string;
 }
 
 export interface ResolveOptions {
@@ -84,6 +97,8 @@ function resolveDemo(nameOrPath: string, configPath: string): ModelFiles {
 const RESOLVERS: Record<string, (nameOrPath: string, model: Record<string, unknown>, configPath: string, opts: ResolveOptions) => Promise<ModelFiles>> = {
   graft_tiny: async (nameOrPath, _model, configPath) => resolveDemo(nameOrPath, configPath),
   flux1: resolveFluxModel,
+  zimage: resolveZImageModel,
+  zimage_turbo: resolveZImageModel,
 };
 
 export const resolveModel: ModelResolver = async (preset, model, configPath, opts = {}) => {

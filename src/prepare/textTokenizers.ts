@@ -1,10 +1,11 @@
-// The tokenizers of all of a model's text encoders, and what job.json writes of them. One encoder (the
-// demo model) keeps the original form: token lists are arrays, "text" is {max_len, empty_tokens}. With
-// several (FLUX.1: clip_l and t5) every token field is an object with one list per encoder, each
-// exactly that encoder's max_len long (trainer-cuda/JOB_JSON.md).
+// The tokenizers of all of a model's text encoders, and what job.json writes of them. The demo model's one
+// encoder keeps the original form: token lists are arrays, "text" is {max_len, empty_tokens}. Every other
+// model's (FLUX.1: clip_l and t5; Z-Image: qwen3) names its encoders: every token field is an object with
+// one list per encoder, each exactly that encoder's max_len long (trainer-cuda/JOB_JSON.md).
 import type { TokenLength } from '../datasets/checks.js';
 import { loadClipTokenizer } from './clipTokenizer.js';
 import { PrepareError } from './errors.js';
+import { loadQwenTokenizer } from './qwenTokenizer.js';
 import { loadT5Tokenizer } from './t5Tokenizer.js';
 import { CaptionTokenizer } from './tokenizer.js';
 import { tokenizerPath, type TokenizerFiles } from './tokenizerFiles.js';
@@ -15,11 +16,14 @@ export type TokenIds = number[] | Record<string, number[]>;
 export interface EncoderTokenizer {
   name: string;
   tokenizer: CaptionTokenizer;
+  /** job.json gives the encoder its pad id (it masks padding: TokenizerFiles.masksPadding). */
+  masksPadding: boolean;
 }
 
 function loadOne(t: TokenizerFiles): CaptionTokenizer {
   if (t.kind === 'clip') return loadClipTokenizer(t);
   if (t.kind === 't5') return loadT5Tokenizer(t);
+  if (t.kind === 'qwen') return loadQwenTokenizer(t);
   if (!('tokenizerJson' in t.source)) throw new PrepareError(`${t.source.vocab}: the demo model's tokenizer is a tokenizer.json`);
   const tok = CaptionTokenizer.load(t.source.tokenizerJson, t.maxLen);
   if (t.maxLen !== undefined && tok.maxLen !== t.maxLen) {
@@ -31,7 +35,11 @@ function loadOne(t: TokenizerFiles): CaptionTokenizer {
 export class TextTokenizers {
   private readonly cache = new Map<string, TokenIds>();
 
-  private constructor(readonly encoders: EncoderTokenizer[]) {}
+  private constructor(
+    readonly encoders: EncoderTokenizer[],
+    /** Token fields are objects keyed by encoder name (every model but the demo's single encoder). */
+    readonly keyed: boolean,
+  ) {}
 
   static load(files: TokenizerFiles[]): TextTokenizers {
     if (files.length === 0) throw new PrepareError('the model has no tokenizer: its text encoders cannot be given captions');
@@ -40,18 +48,15 @@ export class TextTokenizers {
       if (names.has(f.name)) throw new PrepareError(`${tokenizerPath(f)}: a second tokenizer for the encoder "${f.name}"`);
       names.add(f.name);
     }
-    return new TextTokenizers(files.map((f) => ({ name: f.name, tokenizer: loadOne(f) })));
-  }
-
-  get several(): boolean {
-    return this.encoders.length > 1;
+    const keyed = files.length > 1 || files[0]!.kind !== 'tiny';
+    return new TextTokenizers(files.map((f) => ({ name: f.name, tokenizer: loadOne(f), masksPadding: f.masksPadding === true })), keyed);
   }
 
   /** Every encoder's ids of one text, padded and cut to its length. */
   encode(text: string): TokenIds {
     let ids = this.cache.get(text);
     if (!ids) {
-      ids = this.several
+      ids = this.keyed
         ? Object.fromEntries(this.encoders.map((e) => [e.name, e.tokenizer.encode(text)]))
         : this.encoders[0]!.tokenizer.encode(text);
       this.cache.set(text, ids);
@@ -66,9 +71,9 @@ export class TextTokenizers {
 
   /** job.json's "text": each encoder's length and the empty prompt's ids. */
   textSection(): Record<string, unknown> {
-    if (!this.several) return { max_len: this.encoders[0]!.tokenizer.maxLen, empty_tokens: this.encode('') };
+    if (!this.keyed) return { max_len: this.encoders[0]!.tokenizer.maxLen, empty_tokens: this.encode('') };
     return {
-      encoders: Object.fromEntries(this.encoders.map((e) => [e.name, { max_len: e.tokenizer.maxLen }])),
+      encoders: Object.fromEntries(this.encoders.map((e) => [e.name, { max_len: e.tokenizer.maxLen, ...(e.masksPadding ? { pad_id: e.tokenizer.padId } : {}) }])),
       empty_tokens: this.encode(''),
     };
   }

@@ -38,12 +38,16 @@ export interface FixedLength {
   padId?: number;
   padToken?: string;
   truncateLeft?: boolean;
+  /** The text as the pipeline hands it to the tokenizer (a chat template around the caption); else the text itself. */
+  format?: (text: string) => string;
 }
 
 export class CaptionTokenizer {
   private readonly specials: number;
-  private readonly padId: number;
+  /** The id padding fills the rest of every encoding with. */
+  readonly padId: number;
   private readonly truncateLeft: boolean;
+  private readonly format: (text: string) => string;
 
   private constructor(
     private readonly tok: Tokenizer,
@@ -56,6 +60,7 @@ export class CaptionTokenizer {
     if (this.specials >= maxLen) throw new PrepareError(`${file}: max_length ${maxLen} leaves no room for text next to ${this.specials} special tokens`);
     this.padId = fixed.padId ?? (fixed.padToken !== undefined ? this.idOf(fixed.padToken) : 0);
     this.truncateLeft = fixed.truncateLeft === true;
+    this.format = fixed.format ?? ((text) => text);
   }
 
   /**
@@ -102,12 +107,12 @@ export class CaptionTokenizer {
 
   /** How many ids the text takes before truncation, special tokens included: more than maxLen means it is cut. */
   count(text: string): number {
-    return this.tok.tokenize(text, { add_special_tokens: false }).length + this.specials;
+    return this.tok.tokenize(this.format(text), { add_special_tokens: false }).length + this.specials;
   }
 
   /** The ids of one text: special tokens added, truncated and padded to exactly maxLen. */
   encode(text: string): number[] {
-    let tokens = this.tok.tokenize(text, { add_special_tokens: false });
+    let tokens = this.tok.tokenize(this.format(text), { add_special_tokens: false });
     const room = this.maxLen - this.specials;
     if (tokens.length > room) tokens = this.truncateLeft ? tokens.slice(tokens.length - room) : tokens.slice(0, room);
     const ids = this.postProcess(tokens).map((t) => this.idOf(t));

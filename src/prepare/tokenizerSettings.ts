@@ -10,11 +10,16 @@ export interface TokenizerSettings {
   eos?: string;
   pad?: string;
   unk?: string;
+  sep?: string;
+  cls?: string;
+  mask?: string;
+  /** additional_special_tokens (Qwen's <|im_start|>, <|im_end|>, ...). */
+  additional?: string[];
   modelMaxLength?: number;
 }
 
 type Obj = Record<string, unknown>;
-const TOKENS = { bos: 'bos_token', eos: 'eos_token', pad: 'pad_token', unk: 'unk_token' } as const;
+const TOKENS = { bos: 'bos_token', eos: 'eos_token', pad: 'pad_token', unk: 'unk_token', sep: 'sep_token', cls: 'cls_token', mask: 'mask_token' } as const;
 
 /** A token as these files spell it: "<pad>" or {"content": "<pad>", ...}. */
 function tokenOf(value: unknown, file: string, key: string): string | undefined {
@@ -31,6 +36,11 @@ export function tokenizerSettings(source: TokenizerSource): TokenizerSettings {
   for (const [field, key] of Object.entries(TOKENS) as [keyof typeof TOKENS, string][]) {
     const token = tokenOf(map[key], source.specialTokensMap ?? '', key) ?? tokenOf(config[key], source.tokenizerConfig ?? '', key);
     if (token !== undefined) out[field] = token;
+  }
+  const additional = map.additional_special_tokens ?? config.additional_special_tokens;
+  if (Array.isArray(additional)) {
+    const file = map.additional_special_tokens !== undefined ? source.specialTokensMap! : source.tokenizerConfig!;
+    out.additional = additional.map((t, i) => tokenOf(t, file, `additional_special_tokens[${i}]`)).filter((t): t is string => t !== undefined);
   }
   // transformers writes a huge placeholder (1e30) when a model sets no length: that is no length.
   const length = config.model_max_length;

@@ -1,11 +1,11 @@
-// Tokenizer folders made by graft-trainer make-tokenizers (the project's own small CLIP and T5
-// vocabularies, in the real files' formats), laid out as a FLUX.1 diffusers folder holds them.
+// Tokenizer folders made by graft-trainer make-tokenizers (the project's own small CLIP, T5 and Qwen
+// vocabularies, in the real files' formats), laid out as FLUX.1's and Z-Image's diffusers folders hold them.
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TRAINER } from './daemon.js';
 
-export function makeTokenizers(dir: string, kind: 'clip' | 't5', json = false): void {
+export function makeTokenizers(dir: string, kind: 'clip' | 't5' | 'qwen', json = false): void {
   const r = spawnSync(TRAINER, ['make-tokenizers', dir, '--kind', kind, ...(json ? ['--json'] : [])], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`make-tokenizers ${kind} failed: ${r.stderr}`);
 }

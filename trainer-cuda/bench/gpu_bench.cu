@@ -29,6 +29,8 @@
 #include "cublaslt.h"
 #include "cuda_common.h"
 #include "models/flux.h"
+#include "models/llm.h"
+#include "models/zimage.h"
 #include "ops/ops.h"
 #include "ops_gpu.h"
 #include "train/lora.h"
@@ -355,9 +357,9 @@ BlockResult bench_double(int Li, int Lt, size_t base_mem) {
       for (Stream& S : st) {
         size_t o = (size_t)S.off * C;
         gpu::rmsnorm_backward(core.dq + o, nullptr, core.dqn + o, core.q + o, S.qs, core.rq + (size_t)S.off * HEADS,
-                              S.L * HEADS, HD, 1e-6f);
+                              S.L * HEADS, HD);
         gpu::rmsnorm_backward(core.dk + o, nullptr, core.dkn + o, core.k + o, S.ks, core.rk + (size_t)S.off * HEADS,
-                              S.L * HEADS, HD, 1e-6f);
+                              S.L * HEADS, HD);
       }
     });
     for (Stream& S : st) {
@@ -599,6 +601,89 @@ void bench_flux_step(int n_double, int n_single, WeightFormat quantize = WeightF
               "included; weights %.0f MiB of it)\n", weights_mib);
 }
 
+// ---- 5. Z-Image: the training step at its real shapes, and Qwen3-4B encoding captions ------------------------
+// One LoRA step (rank RANK on the reference's targets: every linear of the 30 layers) at 1024 px (4096 image
+// tokens) with a caption of `Lt` tokens, random weights in bf16 or `quantize`, with and without gradient
+// checkpointing; then Qwen3-4B (to hidden_states[-2], as ZImagePipeline) over 20 captions of 40-130 tokens.
+void bench_zimage(WeightFormat quantize, bool encoder) {
+  const Device dev = Device::cuda(0);
+  const ZImageConfig cfg = zimage_config();
+  const int Lt = 128, side = 64, Li = side * side;
+  const std::string fmt = quantize == WeightFormat::dense ? "bf16" : weight_format_name(quantize);
+  std::printf("\n== the Z-Image training step through graft-trainer's engine on cuda:0: dim %d, %d layers + %d + %d refiners, "
+              "LoRA rank %d, batch 1, %d image + %d caption tokens, weights %s ==\n",
+              cfg.dim, cfg.n_layers, cfg.n_refiner, cfg.n_refiner, RANK, Li, Lt, fmt.c_str());
+  {
+    ZImageTransformer model = ZImageTransformer::random(cfg, dev, 1, quantize);
+    const double weights_mib = cuda::allocated_bytes() / 1048576.0;
+    LoraSet lora = lora_create(zimage_lora_targets(cfg), RANK, (float)RANK, 1);
+    lora.to(dev);
+    lora_attach(model.linears(), &lora);
+    AdamW opt;
+    FluxInputs in;
+    in.B = 1, in.L_img = Li, in.L_txt = Lt;
+    Rng rng(7, 1);
+    auto fill = [&](std::vector<float>& v, size_t n) { v.resize(n); for (float& x : v) x = rng.normal(); };
+    fill(in.img, (size_t)Li * cfg.patch_features());
+    fill(in.txt, (size_t)Lt * cfg.cap_dim);
+    in.img_ids.resize((size_t)Li * 3);
+    flux_img_ids(in.img_ids.data(), 1, side, side);
+    in.timesteps = {0.5f};
+    std::vector<float> target((size_t)Li * cfg.patch_features());
+    for (float& x : target) x = rng.normal();
+    for (const bool ckpt : {false, true}) {
+      model.checkpointing = ckpt;
+      auto step = [&] {
+        lora.zero_grad();
+        Tensor out = model.forward(in);
+        const Tensor t = from_vector(target, out.shape, dev, out.dtype);
+        backward(out, mse_grad(out, t, 1.0f));
+        clip_grad_norm({lora.grads}, 1.0f);
+        opt.step(lora.params, lora.grads, 1e-4f);
+      };
+      try {
+        for (int i = 0; i < 2; i++) step();
+      } catch (const Error& e) {
+        std::printf("=> Z-Image step 1024 px%s, %s weights: failed: %s\n", ckpt ? " with gradient checkpointing" : "", fmt.c_str(), e.what());
+        continue;
+      }
+      cuda::synchronize();
+      cuda::reset_peak();
+      std::vector<double> t;
+      for (int i = 0; i < 5; i++) {
+        auto t0 = std::chrono::steady_clock::now();
+        step();
+        cuda::synchronize();
+        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::sort(t.begin(), t.end());
+      const double ms = t[t.size() / 2];
+      std::printf("=> Z-Image step 1024 px%s, %s weights: %.1f ms/step, peak VRAM %.0f MiB (weights %.0f MiB)\n",
+                  ckpt ? " with gradient checkpointing" : "", fmt.c_str(), ms, cuda::peak_bytes() / 1048576.0, weights_mib);
+      if (quantize == WeightFormat::dense) g_ours[std::string("zimage") + (ckpt ? "_ckpt" : "") + ":" + std::to_string(Li + Lt)] = ms;
+    }
+  }
+  scratch_release_all();
+  if (!encoder) return;
+  DecoderLlm te = DecoderLlm::random(qwen3_4b_config(), dev, 2, -2);
+  Rng rng(9, 9);
+  std::vector<std::vector<int>> captions;
+  for (int i = 0; i < 20; i++) {
+    std::vector<int> ids(40 + (i * 37) % 91);
+    for (int& id : ids) id = (int)(rng.uniform() * 150000);
+    captions.push_back(ids);
+  }
+  NoGrad no_grad;
+  te.forward(captions[0], 1, (int)captions[0].size());  // warm up
+  cuda::synchronize();
+  cuda::reset_peak();
+  auto t0 = std::chrono::steady_clock::now();
+  for (const auto& ids : captions) to_floats(te.forward(ids, 1, (int)ids.size()));
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("=> Qwen3-4B (35 of 36 layers, bf16) encoding 20 captions of 40-130 tokens one at a time: %.0f ms "
+              "(%.1f ms each), peak VRAM %.0f MiB\n", ms, ms / 20, cuda::peak_bytes() / 1048576.0);
+}
+
 // ---- PyTorch, same run -------------------------------------------------------------------------------------
 std::string script_path() {
   char buf[4096];
@@ -647,6 +732,16 @@ void compare_with_torch(const std::string& args) {
     else
       std::printf("=> PyTorch FLUX step, %s tokens: no result (see the PyTorch lines above)\n", kv.first.substr(5).c_str());
   }
+  for (auto& kv : g_ours) {
+    if (kv.first.rfind("zimage:", 0) != 0) continue;
+    auto it = torch_ms.find(kv.first);
+    auto peak = torch_ms.find("zimage_peak_mib:" + kv.first.substr(7));
+    if (it != torch_ms.end())
+      std::printf("=> PyTorch Z-Image step, %s tokens: %.1f ms (peak %.0f MiB allocated); graft %.1f ms: torch / graft = %.2fx\n",
+                  kv.first.substr(7).c_str(), it->second, peak != torch_ms.end() ? peak->second : 0.0, kv.second, it->second / kv.second);
+    else
+      std::printf("=> PyTorch Z-Image step, %s tokens: no result (see the PyTorch lines above)\n", kv.first.substr(7).c_str());
+  }
   for (auto& kv : torch_ms)
     if (kv.first.find("peak_mib") != std::string::npos)
       std::printf("torch %-28s %10.0f MiB\n", kv.first.c_str(), kv.second);
@@ -656,13 +751,14 @@ void compare_with_torch(const std::string& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool with_torch = true, blocks = true, attention = false;
+  bool with_torch = true, blocks = true, attention = false, zimage = true;
   std::vector<WeightFormat> formats;
   int n_double = 19, n_single = 38;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--no-torch")) with_torch = false;
     else if (!std::strcmp(argv[i], "--step-only")) blocks = false;
     else if (!std::strcmp(argv[i], "--attention")) attention = true;  // section 2 also with --step-only
+    else if (!std::strcmp(argv[i], "--no-zimage")) zimage = false;
     else if (!std::strcmp(argv[i], "--depth") && i + 1 < argc) std::sscanf(argv[++i], "%d,%d", &n_double, &n_single);
     else if (!std::strcmp(argv[i], "--quantize") && i + 1 < argc) {
       std::string list = argv[++i];
@@ -675,7 +771,7 @@ int main(int argc, char** argv) {
       }
     } else {
       std::printf("usage: graft-gpu-bench [--no-torch] [--step-only] [--attention] [--depth DOUBLE,SINGLE] "
-                  "[--quantize fp8,int8,nf4]\n");
+                  "[--quantize fp8,int8,nf4] [--no-zimage]\n");
       return 2;
     }
   }
@@ -714,9 +810,13 @@ int main(int argc, char** argv) {
       bench_flux_step(n_double, n_single, f);
       scratch_release_all();
     }
+    if (zimage) {
+      bench_zimage(WeightFormat::dense, true);
+      bench_zimage(WeightFormat::fp8, false);
+    }
     if (with_torch)
       compare_with_torch("--depth " + std::to_string(n_double) + "," + std::to_string(n_single) +
-                         (blocks ? "" : " --step-only"));
+                         (blocks ? "" : " --step-only") + (zimage ? " --zimage" : ""));
   } catch (const std::exception& e) {
     std::printf("graft-gpu-bench failed: %s\n", e.what());
     return 1;

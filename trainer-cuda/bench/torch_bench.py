@@ -5,7 +5,9 @@ CUDA events in the same run, so the bench can print ratios. Prints one line per 
 with the keys graft-gpu-bench uses. Shapes: FLUX.1-dev (hidden 3072, 24 heads x 128, MLP 12288),
 512 px = 1024 image + 512 text tokens, 1024 px = 4096 + 512; LoRA rank 16 (alpha 16) on every
 linear layer of a block except the modulation. Last, the whole FLUX.1-dev step (19 double + 38 single
-blocks, embedders, final layer; `--depth D,S` for fewer), forward + backward to the LoRA gradients."""
+blocks, embedders, final layer; `--depth D,S` for fewer), forward + backward to the LoRA gradients.
+With `--zimage`, the Z-Image step too (dim 3840, 30 heads, 30 layers + 2 + 2 refiners, 1024 px = 4096 image +
+128 caption tokens, LoRA on every linear of the 30 layers), no gradient checkpointing."""
 import sys
 
 import torch
@@ -201,8 +203,84 @@ def flux_step(n_double, n_single):
         torch.cuda.empty_cache()
 
 
+class ZBlock:
+    """diffusers' ZImageTransformerBlock in plain PyTorch: RMSNorm, scale-only adaLN, tanh gates, QK-norm."""
+    def __init__(self, dim, modulated, lora):
+        F_ = int(dim / 3 * 8)
+        self.modulated = modulated
+        self.qkv, self.out = w(3 * dim, dim), w(dim, dim)
+        self.w1, self.w2, self.w3 = w(F_, dim), w(dim, F_), w(F_, dim)
+        self.norms = [w(dim, scale=1.0).abs() for _ in range(4)]
+        self.qn, self.kn = w(128, scale=1.0).abs(), w(128, scale=1.0).abs()
+        self.ada = (w(4 * dim, 256), w(4 * dim)) if modulated else None
+        self.lora = {n: Lora(i, o) for n, i, o in [("q", dim, dim), ("k", dim, dim), ("v", dim, dim), ("out", dim, dim),
+                                                  ("w1", dim, F_), ("w2", F_, dim), ("w3", dim, F_), ("ada", 256, 4 * dim)]} if lora else {}
+
+    def lin(self, x, W, name, b=None):
+        y = F.linear(x, W, b)
+        return y + self.lora[name](x) if name in self.lora else y
+
+    def __call__(self, x, c, cos, sin):
+        L, dim = x.shape[1], x.shape[2]
+        if self.modulated:
+            scale_msa, gate_msa, scale_mlp, gate_mlp = self.lin(c, self.ada[0], "ada", self.ada[1])[:, None, :].chunk(4, -1)
+            gate_msa, gate_mlp = gate_msa.tanh(), gate_mlp.tanh()
+        h = rms(x, self.norms[0])
+        if self.modulated:
+            h = h * (1 + scale_msa)
+        q, k, v = F.linear(h, self.qkv).chunk(3, -1)
+        q, k, v = q + (self.lora["q"](h) if self.lora else 0), k + (self.lora["k"](h) if self.lora else 0), v + (self.lora["v"](h) if self.lora else 0)
+        hd = lambda t: t.view(1, L, dim // 128, 128).transpose(1, 2)
+        q, k, v = rope(rms(hd(q), self.qn), cos, sin), rope(rms(hd(k), self.kn), cos, sin), hd(v)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, L, dim)
+        a = rms(self.lin(a, self.out, "out"), self.norms[1])
+        x = x + (gate_msa * a if self.modulated else a)
+        f = rms(x, self.norms[2])
+        if self.modulated:
+            f = f * (1 + scale_mlp)
+        f = rms(self.lin(F.silu(self.lin(f, self.w1, "w1")) * self.lin(f, self.w3, "w3"), self.w2, "w2"), self.norms[3])
+        return x + (gate_mlp * f if self.modulated else f)
+
+
+def zimage_step():
+    dim, Li, Lt = 3840, 4096, 128
+    try:
+        layers = [ZBlock(dim, True, True) for _ in range(30)]
+        noise = [ZBlock(dim, True, False) for _ in range(2)]
+        context = [ZBlock(dim, False, False) for _ in range(2)]
+        x_emb, cap_emb, final = (w(dim, 64), w(dim)), (w(dim, 2560), w(dim)), (w(64, dim), w(64))
+        t_mlp = (w(1024, 256), w(1024), w(256, 1024), w(256))
+        final_mod = (w(dim, 256), w(dim))
+        img, cap = w(1, Li, 64, scale=1.0), w(1, Lt, 2560, scale=1.0)
+        gout = w(1, Li, 64, scale=1e-3)
+        T = Li + Lt
+        pos = torch.arange(T, device=dev, dtype=torch.float32)[:, None]
+        freqs = 1.0 / (256 ** (torch.arange(0, 128, 2, device=dev, dtype=torch.float32) / 128))
+        cos, sin = torch.cos(pos * freqs), torch.sin(pos * freqs)
+
+        def step():
+            c = F.linear(F.silu(F.linear(timestep_embedding(torch.tensor([0.5], device=dev)).to(bf16), t_mlp[0], t_mlp[1])), t_mlp[2], t_mlp[3])
+            x = F.linear(img, *x_emb)
+            for b in noise:
+                x = b(x, c, cos[:Li], sin[:Li])
+            y = F.linear(cap, *cap_emb)
+            for b in context:
+                y = b(y, c, cos[Li:], sin[Li:])
+            u = torch.cat([x, y], 1)
+            for b in layers:
+                u = b(u, c, cos, sin)
+            h = F.layer_norm(u[:, :Li], (dim,), eps=1e-6) * (1 + F.linear(F.silu(c), *final_mod)[:, None, :])
+            F.linear(h, *final).backward(gout)
+        torch.cuda.reset_peak_memory_stats()
+        report(f"zimage:{T}", median_ms(step, warmup=2, iters=5))
+        report(f"zimage_peak_mib:{T}", torch.cuda.max_memory_allocated() / 2**20)
+    except torch.cuda.OutOfMemoryError as e:
+        print(f"# torch Z-Image step: out of memory ({str(e).splitlines()[0]})", flush=True)
+    torch.cuda.empty_cache()
+
+
 def main():
-    depth, blocks = (19, 38), True
+    depth, blocks, zimage = (19, 38), True, False
     args = sys.argv[1:]
     while args:
         a = args.pop(0)
@@ -210,6 +288,8 @@ def main():
             depth = tuple(int(v) for v in args.pop(0).split(","))
         elif a == "--step-only":
             blocks = False
+        elif a == "--zimage":
+            zimage = True
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
     print(f"# torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
@@ -257,6 +337,8 @@ def main():
         del s
         torch.cuda.empty_cache()
     flux_step(*depth)
+    if zimage:
+        zimage_step()
 
 
 if __name__ == "__main__":

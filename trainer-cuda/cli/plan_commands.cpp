@@ -10,6 +10,8 @@
 #include "core/cuda_runtime.h"
 #include "models/clip.h"
 #include "models/flux_vae.h"
+#include "models/llm.h"
+#include "models/zimage.h"
 #include "models/t5.h"
 #include "train/job.h"
 #include "train/memory_plan.h"
@@ -29,9 +31,10 @@ std::vector<PlanWeight> bf16_weights(const Config& cfg) {
   return out;
 }
 
-// --model: FLUX.1's shapes by name (dev, schnell: the real sizes, bf16), a checkpoint file, or a model
-// folder (graft's: transformer.safetensors beside text_encoder.safetensors and ae.safetensors;
-// diffusers': transformer/, text_encoder/, text_encoder_2/, vae/).
+// --model: FLUX.1's or Z-Image's shapes by name (dev, schnell, zimage: the real sizes, bf16), a
+// checkpoint file, or a model folder (graft's: transformer.safetensors beside text_encoder.safetensors
+// and ae.safetensors; diffusers': transformer/, text_encoder/, text_encoder_2/, vae/), FLUX.1 or
+// Z-Image by the transformer's names.
 // Returns the autoencoder's path ("" for the shapes by name) and sets `text_tokens` from a graft text
 // encoder's positions when the folder has one.
 std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text_tokens) {
@@ -46,6 +49,20 @@ std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text
     for (PlanWeight& t : in.transformer) t.dtype = DType::BF16;
     in.text_encoders = bf16_weights<T5Encoder>(t5_xxl_config());
     for (const PlanWeight& t : bf16_weights<ClipTextModel>(clip_l_config())) in.text_encoders.push_back(t);
+    in.autoencoder = bf16_weights<FluxVae>(VaeConfig());
+    return "";
+  }
+  if (model == "zimage") {
+    WeightLoader w(nullptr, identity_layout("shapes"), Device::cpu());
+    w.shapes_only = true;
+    in.arch = "zimage";
+    in.zimage = zimage_config();
+    ZImageTransformer m(in.zimage, w);
+    in.transformer = plan_tensors(m.quantized_linears(), m.params());
+    for (PlanWeight& t : in.transformer) t.dtype = DType::BF16;
+    DecoderLlm te(qwen3_4b_config(), w, -2);  // the layers Z-Image reads
+    in.text_encoders = plan_tensors(te.params());
+    for (PlanWeight& t : in.text_encoders) t.dtype = DType::BF16;
     in.autoencoder = bf16_weights<FluxVae>(VaeConfig());
     return "";
   }
@@ -66,11 +83,19 @@ std::string model_inputs(const std::string& model, PlanInputs& in, int64_t* text
            "(diffusers'), a checkpoint file, or dev / schnell");
     }
   } else if (!path_exists(model)) {
-    fail("memory-plan: --model " + model + ": no such file or folder (or give dev / schnell for FLUX.1's sizes)");
+    fail("memory-plan: --model " + model + ": no such file or folder (or give dev / schnell / zimage for FLUX.1's or "
+         "Z-Image's sizes)");
   }
-  FluxTransformer m = FluxTransformer::shapes(transformer);
-  in.cfg = m.cfg;
-  in.transformer = plan_tensors(m.linears(), m.params());
+  if (is_zimage_checkpoint(Checkpoint::open(transformer))) {
+    ZImageTransformer m = ZImageTransformer::shapes(transformer);
+    in.arch = "zimage";
+    in.zimage = m.cfg;
+    in.transformer = plan_tensors(m.quantized_linears(), m.params());
+  } else {
+    FluxTransformer m = FluxTransformer::shapes(transformer);
+    in.cfg = m.cfg;
+    in.transformer = plan_tensors(m.linears(), m.params());
+  }
   for (const std::string& t : tes) {
     for (const PlanWeight& w : checkpoint_weights(t)) in.text_encoders.push_back(w);
     const Checkpoint c = Checkpoint::open(t);
@@ -151,7 +176,7 @@ int cmd_memory_plan(const std::vector<std::string>& a) {
 
 std::vector<Command> plan_commands() {
   return {
-      {"memory-plan", "<job-dir> | --model dev|schnell|<path> [--device D] [--quantize none|fp8|int8|nf4] "
+      {"memory-plan", "<job-dir> | --model dev|schnell|zimage|<path> [--device D] [--quantize none|fp8|int8|nf4] "
                       "[--quantize-te none|fp8|int8|nf4] [--network lora|lokr] [--rank N] [--lokr-factor N] [--lokr-full-rank] [--optimizer NAME] [--batch N] "
                       "[--resolution PX] [--text-tokens N] [--checkpointing] [--offload SHARE] [--ema] [--sample] [--text]  the memory a job "
                       "needs against what the device has free, as JSON (--text: as the trainer prints it)",

@@ -170,6 +170,23 @@ DecoderLlm DecoderLlm::random(const LlmConfig& cfg, Device device, uint64_t seed
   return m;
 }
 
+std::vector<NamedParam> DecoderLlm::params() {
+  std::vector<NamedParam> p = {{"embed_tokens.weight", &embed}};
+  for (size_t i = 0; i < layers.size(); ++i) {
+    Layer& l = layers[i];
+    const std::string n = "layers." + std::to_string(i) + ".";
+    p.push_back({n + "input_layernorm.weight", &l.in_norm});
+    p.push_back({n + "post_attention_layernorm.weight", &l.post_norm});
+    for (Linear* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) lin->collect(p);
+    if (cfg.qk_norm) {
+      p.push_back({n + "self_attn.q_norm.weight", &l.q_norm});
+      p.push_back({n + "self_attn.k_norm.weight", &l.k_norm});
+    }
+  }
+  if (final_norm.defined() || !final_norm.shape.empty()) p.push_back({"norm.weight", &final_norm});
+  return p;
+}
+
 void DecoderLlm::save(const std::string& file, DType dtype) {
   if ((int)layers.size() != cfg.layers || !final_norm.defined())
     fail(file + ": cannot save a decoder LLM loaded up to hidden state " + std::to_string(index) +

@@ -50,6 +50,8 @@ struct DecoderLlm {
   DecoderLlm(const LlmConfig& cfg, WeightLoader& w, int hidden_index);
   DecoderLlm() = default;
 
+  std::vector<NamedParam> params();  // every tensor it holds, by transformers' name without "model."
+
   // ids [B, L] (every position a token; a prompt's padding is cut off by the caller: the attention is
   // causal, so what follows a token never changes it) -> hidden_states[index] [B, L, hidden].
   Tensor forward(const std::vector<int>& ids, int B, int L) const;

@@ -260,6 +260,13 @@ std::vector<Linear*> ZImageTransformer::linears() {
   return v;
 }
 
+std::vector<Linear*> ZImageTransformer::quantized_linears() {
+  std::vector<Linear*> v;
+  for (Linear* l : linears())
+    if (l != &x_embedder && l != &final_linear) v.push_back(l);
+  return v;
+}
+
 std::vector<NamedParam> ZImageTransformer::params() {
   std::vector<NamedParam> p;
   for (Linear* l : {&x_embedder, &t_mlp0, &t_mlp2}) l->collect(p);
@@ -499,24 +506,23 @@ Tensor ZImageTransformer::forward(const FluxInputs& in) const {
 FluxActivations zimage_activation_bytes(const ZImageConfig& c, int64_t B, int64_t Li, int64_t Lt, int rank,
                                         bool checkpointing, int act_bytes, bool flash) {
   const double C = c.dim, F = c.ffn_hidden, H = c.heads, r = rank, a = act_bytes;
-  const double Lx = round_up((int)Li, kSeqMultiple), Lc = round_up((int)Lt, kSeqMultiple), L = Lx + Lc;
-  // Per token and block, from what each op of zimage_block records: the attention's norm and its
-  // modulation, qkv, q and k after their norms and after RoPE, the attention output, the projection,
-  // its norm, the residual, the FFN's norm and modulation, w1, its SiLU, w3, their product, w2, its norm
-  // and the output; each of the 8 LoRAs keeps x A^T; the norms' row statistics (2 per head for q, k).
-  const auto block = [&](double tokens, double keys) {
-    const double attn_state = flash ? H * 4 : H * keys * 4;
-    return ((18 * C + 4 * F + 8 * r) * a + (4 + 2 * H) * 4 + attn_state) * tokens;
-  };
-  const double layer = block((double)B * L, L);
-  const double refiners = c.n_refiner * (block((double)B * Lx, Lx) + block((double)B * Lc, Lc));
+  const double L = round_up((int)Li, kSeqMultiple) + round_up((int)Lt, kSeqMultiple), tokens = (double)B * L;
+  // Per token and layer, from what the ops of zimage_block record (measured on the tape, see
+  // tests/test_zimage_train.cpp): 16 activations of the width (the block input, both norms' inputs of
+  // each half and their modulations, q and k before their norms and after RoPE, v, the attention
+  // output, the projection and its norm's output, the residual, w2's output and its norm's), 4 of the
+  // FFN's (w1, its SiLU, w3, their product), x A^T of each of the 8 LoRAs, the norms' row statistics
+  // (2 per head for q, k), and the attention's state. The refiners keep nothing: no adapter sits in
+  // them or before them.
+  const double attn_state = flash ? H * 4 : H * L * 4;
+  const double layer = ((16 * C + 4 * F + 8 * r) * a + (4 + 2 * H) * 4 + attn_state) * tokens;
   const double final_layer = 3 * C * a * (double)B * (double)Li;
   FluxActivations out;
   if (checkpointing) {
-    out.kept = c.n_layers * C * a * (double)B * L + refiners + final_layer;
+    out.kept = c.n_layers * C * a * tokens + final_layer;  // each layer's input
     out.transient = 1.5 * layer;
   } else {
-    out.kept = c.n_layers * layer + refiners + final_layer;
+    out.kept = c.n_layers * layer + final_layer;
     out.transient = 0.5 * layer;
   }
   return out;

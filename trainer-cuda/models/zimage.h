@@ -74,6 +74,8 @@ struct ZImageTransformer : Denoiser {
   ZImageTransformer() = default;
 
   std::vector<Linear*> linears() override;
+  // The linears a quantized model keeps quantized: all but x_embedder and final_layer.linear.
+  std::vector<Linear*> quantized_linears();
   int latent_channels() const override { return cfg.in_channels; }
   bool ragged_text() const override { return true; }
   std::vector<NamedParam> params();  // every tensor by its canonical name

@@ -10,13 +10,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/rng.h"
 #include "core/safetensors.h"
+#include "core/storage.h"
 #include "demo/random_models.h"
 #include "demo/tokenizer_files.h"
 #include "job_fixture.h"
 #include "models/zimage.h"
 #include "test.h"
 #include "train/lora.h"
+#include "train/memory_plan.h"
 #include "train/train.h"
 
 using namespace graft;
@@ -189,3 +192,67 @@ TEST(zimage_assistant_adapter_trains_merged_and_samples_without_it) {
   std::printf("      assistant: first loss %.5f plain, %.5f merged; step-0 samples differ by at most %.4f\n", lp[0], lm[0], worst);
   CHECK(worst <= 2.0 / 255.0 + 1e-6);
 }
+
+// The memory plan counts Z-Image's weights as loading keeps them, to the byte, in every format (the
+// patch embedder and the final projection stay dense).
+TEST(zimage_memory_plan_counts_the_weights_as_loaded) {
+  TempDir dir;
+  const std::string path = dir.path + "/z.safetensors";
+  write_random_zimage(path, tiny_zimage_config(), 3, "comfyui", DType::BF16);
+  ZImageTransformer shapes = ZImageTransformer::shapes(path);
+  for (const WeightFormat f : {WeightFormat::dense, WeightFormat::fp8, WeightFormat::int8, WeightFormat::nf4}) {
+    PlanInputs in;
+    in.arch = "zimage";
+    in.zimage = shapes.cfg;
+    in.transformer = plan_tensors(shapes.quantized_linears(), shapes.params());
+    in.quantize = f;
+    in.rank = 4, in.image_tokens = 16, in.text_tokens = 8;
+    ZImageTransformer m = ZImageTransformer::load(path, Device::cpu(), f);
+    double loaded = 0;
+    for (NamedParam& p : m.params()) loaded += (double)p.t->nbytes();
+    for (Linear* l : m.linears()) loaded += (double)(l->weight_bytes() - l->W.nbytes());  // the scales
+    const MemoryPlan plan = plan_memory(in);
+    const double planned = plan.training.at(0).bytes + plan.training.at(1).bytes;
+    std::printf("      %s: planned %.0f bytes, loaded %.0f\n", weight_format_name(f), planned, loaded);
+    CHECK(planned == loaded);
+  }
+}
+
+// The plan's activation figure for Z-Image against what the tape keeps (host bytes alive after the
+// forward, and at the backward's peak), with and without checkpointing, on Z-Image's proportions (FFN
+// 8/3, head size 32) at a small width.
+TEST(zimage_activation_estimate_matches_what_the_tape_keeps) {
+  ZImageConfig c = tiny_zimage_config();
+  c.dim = 128, c.heads = 4, c.ffn_hidden = (int)(128 / 3.0 * 8), c.adaln_dim = 128, c.n_layers = 3;
+  ZImageTransformer m = ZImageTransformer::random(c, Device::cpu(), 5);
+  const int B = 2, side = 8, Lt = 40, Li = side * side;
+  FluxInputs in;
+  in.B = B, in.L_img = Li, in.L_txt = Lt;
+  Rng rng(9);
+  auto fill = [&](std::vector<float>& v, size_t n) { v.resize(n); for (float& x : v) x = rng.normal(); };
+  fill(in.img, (size_t)B * Li * c.patch_features());
+  fill(in.txt, (size_t)B * Lt * c.cap_dim);
+  in.img_ids.resize((size_t)B * Li * 3);
+  flux_img_ids(in.img_ids.data(), B, side, side);
+  in.timesteps = {0.3f, 0.8f};
+  for (const bool ckpt : {false, true}) {
+    m.checkpointing = ckpt;
+    LoraSet lora = lora_create(zimage_lora_targets(c), 8, 8.0f, 3);
+    lora_attach(m.linears(), &lora);
+    const size_t before = host_live_bytes();
+    host_reset_peak();
+    Tensor out = m.forward(in);
+    const double kept = (double)(host_live_bytes() - before);
+    std::vector<float> target(out.numel());
+    for (float& x : target) x = rng.normal();
+    backward(out, from_vector(target, out.shape, Device::cpu()));
+    const double peak = (double)(host_peak_bytes() - before);
+    const FluxActivations est = zimage_activation_bytes(c, B, Li, Lt, 8, ckpt, 4, false);
+    std::printf("      checkpointing %s: kept %.2f MiB (estimate %.2f), peak %.2f MiB (estimate %.2f)\n", ckpt ? "on" : "off",
+                kept / 1048576, est.kept / 1048576, peak / 1048576, (est.kept + est.transient) / 1048576);
+    CHECK(est.kept > 0.8 * kept && est.kept < 1.2 * kept);
+    CHECK(est.kept + est.transient > 0.8 * peak && est.kept + est.transient < 1.3 * peak);
+    lora_attach(m.linears(), nullptr);
+  }
+}
+

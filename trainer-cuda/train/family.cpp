@@ -47,8 +47,7 @@ std::unique_ptr<Denoiser> load_denoiser(const Job& job, Device device, LoraSet* 
   *assistant = lora_load(job.assistant_lora, zimage_lora_targets(m->cfg, true));
   lora_merge(m->linears(), *assistant, job.assistant_lora);
   if (job.quantize != WeightFormat::dense)
-    for (Linear* l : m->linears())
-      if (l != &m->x_embedder && l != &m->final_linear) l->quantize(job.quantize, device);  // as load() keeps them
+    for (Linear* l : m->quantized_linears()) l->quantize(job.quantize, device);
   for (LoraAdapter& a : assistant->adapters) a.scale = -a.scale;
   assistant->to(device);
   return m;

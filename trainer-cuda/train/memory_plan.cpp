@@ -351,7 +351,7 @@ PlanInputs plan_inputs(const Job& job, Device device) {
   if (job.arch == "zimage") {
     ZImageTransformer shapes = ZImageTransformer::shapes(job.transformer);
     in.zimage = shapes.cfg;
-    in.transformer = plan_tensors(shapes.linears(), shapes.params());
+    in.transformer = plan_tensors(shapes.quantized_linears(), shapes.params());
   } else {
     FluxTransformer shapes = FluxTransformer::shapes(job.transformer);
     in.cfg = shapes.cfg;
