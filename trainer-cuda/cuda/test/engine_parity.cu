@@ -21,7 +21,10 @@
 #include "demo/text_encoder.h"
 #include "demo/tiny.h"
 #include "gpu_test_util.h"
+#include "demo/random_models.h"
 #include "models/flux.h"
+#include "models/llm.h"
+#include "models/zimage.h"
 #include "ops/weight_stream.h"
 #include "models/flux_vae.h"
 #include "ops/ops.h"
@@ -185,6 +188,68 @@ void flux_parity(const std::string& dir, const char* kind) {
   }
 }
 
+// Z-Image (tiny, its real structure) with a LoRA on its layers, a batch of two captions of different
+// lengths (per-item attention in the layers), with and without checkpointing, and in fp8.
+void zimage_parity(const std::string& dir) {
+  const ZImageConfig cfg = tiny_zimage_config();
+  write_random_zimage(dir + "/zimage.safetensors", cfg, 12, "comfyui", DType::BF16);
+  LoraSet lora = lora_create(zimage_lora_targets(cfg), 8, 8.0f, 22);
+  {
+    std::vector<float> p = lora.host_params();
+    Rng rng(22, 3);
+    for (float& v : p) v = 0.1f * rng.normal();
+    round_bf16(p);
+    lora.set_params(p);
+  }
+  const int B = 2, gh = 4, gw = 6, Lt = 37;
+  FluxInputs in;
+  in.B = B, in.L_img = gh * gw, in.L_txt = Lt;
+  in.img = rounded((size_t)B * in.L_img * cfg.patch_features(), 300);
+  in.txt = rounded((size_t)B * Lt * cfg.cap_dim, 301);
+  in.img_ids.resize((size_t)B * in.L_img * 3);
+  flux_img_ids(in.img_ids.data(), B, gh, gw);
+  in.timesteps = {0.3f, 0.7f};
+  in.txt_lens = {Lt, 9};
+  const std::vector<float> dout = rounded((size_t)B * in.L_img * cfg.patch_features(), 302, 0.05f);
+  for (const WeightFormat f : {WeightFormat::dense, WeightFormat::fp8})
+    for (const bool ckpt : {false, true}) {
+      if (f != WeightFormat::dense && ckpt) continue;
+      std::vector<float> out[2], g[2];
+      for (int side = 0; side < 2; ++side) {
+        const Device d = side ? kGpu : kCpu;
+        ZImageTransformer m = ZImageTransformer::load(dir + "/zimage.safetensors", d, f);
+        m.checkpointing = ckpt;
+        LoraSet l = lora;
+        l.to(d);
+        lora_attach(m.linears(), &l);
+        Tensor o = m.forward(in);
+        out[side] = to_floats(o);
+        backward(o, from_vector(dout, o.shape, d, o.dtype));
+        g[side] = to_floats(l.grads);
+      }
+      const std::string label = std::string("Z-Image LoRA") + (f == WeightFormat::dense ? "" : " on fp8 weights") +
+                                (ckpt ? ", checkpointing" : "") + ", B2, captions 37 and 9";
+      report(label + ": output", out[1], out[0], TOL_MODEL_OUT);
+      report(label + ": every adapter gradient", g[1], g[0], TOL_MODEL_GRADS);
+    }
+}
+
+// Qwen3 (tiny: GQA, QK-norm, rotate-half RoPE through reordered rows) to hidden_states[-2].
+void llm_parity(const std::string& dir) {
+  RandomWriteOptions o;
+  o.dtype = DType::BF16;
+  write_random_llm(dir + "/qwen3.safetensors", tiny_qwen3_config(), 13, o);
+  std::vector<int> ids;
+  for (int i = 0; i < 2 * 29; ++i) ids.push_back((i * 37 + 5) % tiny_qwen3_config().vocab);
+  std::vector<float> h[2];
+  for (int side = 0; side < 2; ++side) {
+    NoGrad no_grad;
+    const DecoderLlm m = DecoderLlm::load(dir + "/qwen3.safetensors", side ? kGpu : kCpu, -2);
+    h[side] = to_floats(m.forward(ids, 2, 29));
+  }
+  report("Qwen3 (GQA, QK-norm) hidden_states[-2], B2 x 29 tokens", h[1], h[0], TOL_MODEL_OUT);
+}
+
 void vae_parity(const std::string& dir) {
   VaeConfig c;
   c.ch = 32, c.ch_mult = {1, 2}, c.num_res_blocks = 1, c.z_channels = 4, c.groups = 8;
@@ -337,6 +402,10 @@ bool engine_parity_test() {
   }, 100);
   op_parity("rmsnorm with an fp32 trainable scale", {{4, 6, 32}, {32}}, {false, true},
             [](const std::vector<Tensor>& t) { return rmsnorm(t[0], t[1]); }, 110);
+  op_parity("Z-Image's gated block: rmsnorm eps 1e-5, modulate without shift, tanh gate", {{2, 6, 32}, {2, 6, 32}, {32}, {2, 128}},
+            {false, false, true, false}, [](const std::vector<Tensor>& t) {
+              return gate_residual(t[0], modulate(rmsnorm(t[1], t[2], 1e-5f), t[3], -1, 0), tanh(t[3]), 1);
+            }, 115);
   op_parity("mul of gelu (T5's gated FFN) + quick_gelu (CLIP's)", {{3, 7, 40}, {3, 7, 40}}, act(2),
             [](const std::vector<Tensor>& t) { return quick_gelu(mul(gelu(t[0]), t[1])); }, 120);
   op_parity("layernorm eps 1e-5 + trainable affine (CLIP's norms)", {{4, 5, 48}, {48}, {48}}, {false, true, true},
@@ -355,6 +424,8 @@ bool engine_parity_test() {
   flux_parity(dir, "LoRA on int8 weights");
   flux_parity(dir, "LoRA on nf4 weights");
   flux_parity(dir, "LoRA with every block offloaded");
+  zimage_parity(dir);
+  llm_parity(dir);
   vae_parity(dir);
   text_encoder_parity();
   update_parity();
