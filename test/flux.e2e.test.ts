@@ -4,33 +4,20 @@
 // downloads only the diffusers folders, prepares (CLIP and T5 tokens), encodes with the model's own CLIP,
 // T5 and autoencoder, trains, samples and saves a LoRA with the diffusers/PEFT names. The same job from
 // BFL's single file and from ComfyUI's folders (tokenizers from the Hub) trains with the same loss trace.
-import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { safetensorsNames } from '../src/prepare/safetensorsNames.js';
 import { FakeHub } from './helpers/hubServer.js';
+import { graftAgainstHub, repoFiles } from './helpers/e2e.js';
 import { tempDir, writeImage } from './helpers/dataset.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'src', 'cli.js');
 const TRAINER = process.env.GRAFT_TRAINER ?? resolve('trainer-cuda/build/graft-trainer');
 const REPO = 'graft-test/FLUX.1-tiny-dev';
 let hub: FakeHub;
 let root: string;
 let data: string;
-
-function files(dir: string): Record<string, Buffer> {
-  const out: Record<string, Buffer> = {};
-  const walk = (d: string) => {
-    for (const f of readdirSync(d)) {
-      const p = join(d, f);
-      if (statSync(p).isDirectory()) walk(p);
-      else out[relative(dir, p)] = readFileSync(p);
-    }
-  };
-  walk(dir);
-  return out;
-}
 
 beforeAll(async () => {
   root = tempDir('graft-flux-e2e-');
@@ -39,7 +26,7 @@ beforeAll(async () => {
     expect(r.status, r.stderr).toBe(0);
   }
   hub = await new FakeHub().start();
-  hub.add({ id: REPO, files: files(join(root, 'bfl')) });
+  hub.add({ id: REPO, files: repoFiles(join(root, 'bfl')) });
   data = join(root, 'data');
   mkdirSync(data);
   for (let i = 0; i < 3; i++) {
@@ -68,16 +55,7 @@ function writeJob(name: string, model: Record<string, unknown>): string {
 }
 
 /** The built graft against the local Hub and a cache of this test's own (the server answers from this process). */
-function graft(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.url, HF_HUB_CACHE: join(root, 'hf-cache'), HF_HOME: join(root, 'hf-home'), GRAFT_HOME: join(root, 'home'), ...extraEnv };
-  for (const k of ['HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_TOKEN_PATH', 'HUGGINGFACE_HUB_CACHE']) delete env[k];
-  if (!('HF_HUB_OFFLINE' in extraEnv)) delete env.HF_HUB_OFFLINE;
-  const child = spawn('node', [CLI, ...args], { env, cwd: root });
-  const got = { stdout: '', stderr: '' };
-  child.stdout.on('data', (d: Buffer) => { got.stdout += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { got.stderr += d.toString(); });
-  return new Promise((done) => child.on('close', (status) => done({ status, ...got })));
-}
+const graft = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) => graftAgainstHub(hub.url, root, args, extraEnv);
 
 const losses = (job: string) => readFileSync(join(root, 'out', job, 'metrics.jsonl'), 'utf8').trim().split('\n')
   .map((l) => JSON.parse(l) as { event: string; loss?: number }).filter((e) => e.event === 'step').map((e) => e.loss!);

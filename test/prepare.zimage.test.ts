@@ -5,8 +5,8 @@
 // `graft prepare` writes for it. Folders are written by test/helpers/zimage.ts (tensor names only), and by the
 // trainer's make-random zimage-model (its real layouts, as the trainer reads them).
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PrepareError } from '../src/prepare/errors.js';
 import { resolveModel, type ModelFiles } from '../src/prepare/model.js';
@@ -15,6 +15,7 @@ import { loadPresets, presetById } from '../src/presets.js';
 import { TRAINER } from './helpers/daemon.js';
 import { tempDir, writeImage } from './helpers/dataset.js';
 import { FakeHub } from './helpers/hubServer.js';
+import { repoFiles } from './helpers/e2e.js';
 import { makeTokenizers } from './helpers/tokenizers.js';
 import { AE, makeZImageComfy, makeZImageDiffusers, QWEN3, writeNames } from './helpers/zimage.js';
 
@@ -168,20 +169,6 @@ describe('Z-Image model files', () => {
   });
 });
 
-/** Every file under dir, as repo paths. */
-function files(dir: string): Record<string, Buffer> {
-  const out: Record<string, Buffer> = {};
-  const walk = (d: string) => {
-    for (const f of readdirSync(d)) {
-      const p = join(d, f);
-      if (statSync(p).isDirectory()) walk(p);
-      else out[relative(dir, p)] = readFileSync(p);
-    }
-  };
-  walk(dir);
-  return out;
-}
-
 describe('Z-Image from the Hub (the local Hub stand-in)', () => {
   const REPO = 'Tongyi-MAI/Z-Image-Turbo';
   const ADAPTER = 'ostris/zimage_turbo_training_adapter';
@@ -195,14 +182,14 @@ describe('Z-Image from the Hub (the local Hub stand-in)', () => {
     commit = hub.add({
       id: REPO,
       files: {
-        ...files(diffusers), 'README.md': '# Z-Image-Turbo\n', '.gitattributes': '*.safetensors filter=lfs\n', 'assets/showcase.jpg': Buffer.alloc(20_000, 7),
+        ...repoFiles(diffusers), 'README.md': '# Z-Image-Turbo\n', '.gitattributes': '*.safetensors filter=lfs\n', 'assets/showcase.jpg': Buffer.alloc(20_000, 7),
         'z_image_turbo_bf16.safetensors': Buffer.alloc(30_000, 1), 'text_encoder/pytorch_model.bin': Buffer.alloc(30_000, 2),
       },
     }).commit;
     const adapter = join(root, 'adapter-repo');
     writeNames(join(adapter, 'zimage_turbo_training_adapter_v2.safetensors'), ['diffusion_model.layers.0.attention.to_k.lora_A.weight']);
     writeNames(join(adapter, 'zimage_turbo_training_adapter_v1.safetensors'), ['diffusion_model.layers.0.attention.to_k.lora_A.weight']);
-    hub.add({ id: ADAPTER, files: { ...files(adapter), 'README.md': 'adapter\n' } });
+    hub.add({ id: ADAPTER, files: { ...repoFiles(adapter), 'README.md': 'adapter\n' } });
     cache = join(root, 'hub-cache');
   });
   afterAll(async () => hub?.stop());
@@ -216,7 +203,7 @@ describe('Z-Image from the Hub (the local Hub stand-in)', () => {
     const m = await online();
     const snapshot = join(cache, 'models--Tongyi-MAI--Z-Image-Turbo', 'snapshots', commit);
     expect(m).toMatchObject({ arch: 'zimage', variant: 'turbo', transformer: join(snapshot, 'transformer'), textEncoders: { qwen3: join(snapshot, 'text_encoder') }, ae: join(snapshot, 'vae') });
-    expect(asked(REPO)).toEqual(Object.keys(files(diffusers)).filter((f) => f !== 'text_encoder/generation_config.json').sort());
+    expect(asked(REPO)).toEqual(Object.keys(repoFiles(diffusers)).filter((f) => f !== 'text_encoder/generation_config.json').sort());
     for (const f of ['z_image_turbo_bf16.safetensors', 'text_encoder/pytorch_model.bin', 'assets/showcase.jpg', 'README.md']) expect(hub.fetched(f).concat(hub.fetched(f, 'HEAD')), f).toEqual([]);
   });
 

@@ -5,34 +5,21 @@
 // samples and saves a LoRA with the reference toolkit's "diffusion_model." names; the same job from
 // ComfyUI's folders trains with the same losses; a run stopped at step 2 and run again ends where an
 // uninterrupted one does; and a de-distillation adapter from the Hub (assistant_lora_path) is merged.
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join, relative, resolve } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { safetensorsNames } from '../src/prepare/safetensorsNames.js';
 import { FakeHub } from './helpers/hubServer.js';
+import { graftAgainstHub, repoFiles } from './helpers/e2e.js';
 import { tempDir, writeImage } from './helpers/dataset.js';
 
-const CLI = join(import.meta.dirname, '..', 'dist', 'src', 'cli.js');
 const TRAINER = process.env.GRAFT_TRAINER ?? resolve('trainer-cuda/build/graft-trainer');
 const REPO = 'graft-test/Z-Image-tiny-Turbo';
 const ADAPTER = 'graft-test/zimage-tiny-adapter';
 let hub: FakeHub;
 let root: string;
 let data: string;
-
-function files(dir: string): Record<string, Buffer> {
-  const out: Record<string, Buffer> = {};
-  const walk = (d: string) => {
-    for (const f of readdirSync(d)) {
-      const p = join(d, f);
-      if (statSync(p).isDirectory()) walk(p);
-      else out[relative(dir, p)] = readFileSync(p);
-    }
-  };
-  walk(dir);
-  return out;
-}
 
 beforeAll(async () => {
   root = tempDir('graft-zimage-e2e-');
@@ -41,7 +28,7 @@ beforeAll(async () => {
     expect(r.status, r.stderr).toBe(0);
   }
   hub = await new FakeHub().start();
-  hub.add({ id: REPO, files: files(join(root, 'diffusers')) });
+  hub.add({ id: REPO, files: repoFiles(join(root, 'diffusers')) });
   data = join(root, 'data');
   mkdirSync(data);
   for (let i = 0; i < 3; i++) {
@@ -71,15 +58,7 @@ function writeJob(file: string, name: string, model: Record<string, unknown>, st
 }
 
 /** The built graft against the local Hub and a cache of this test's own. */
-function graft(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.url, HF_HUB_CACHE: join(root, 'hf-cache'), HF_HOME: join(root, 'hf-home'), GRAFT_HOME: join(root, 'home') };
-  for (const k of ['HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_TOKEN_PATH', 'HUGGINGFACE_HUB_CACHE', 'HF_HUB_OFFLINE']) delete env[k];
-  const child = spawn('node', [CLI, ...args], { env, cwd: root });
-  const got = { stdout: '', stderr: '' };
-  child.stdout.on('data', (d: Buffer) => { got.stdout += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { got.stderr += d.toString(); });
-  return new Promise((done) => child.on('close', (status) => done({ status, ...got })));
-}
+const graft = (args: string[]) => graftAgainstHub(hub.url, root, args);
 
 const losses = (dir: string) => readFileSync(join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n')
   .map((l) => JSON.parse(l) as { event: string; loss?: number }).filter((e) => e.event === 'step').map((e) => e.loss!);

@@ -520,6 +520,23 @@ FluxInputs random_flux_inputs(const FluxConfig& c, int gh, int gw, int Lt) {
   return in;
 }
 
+// The median of 5 timed runs of `step` after 2 warm-up runs, the device's peak memory counted from the
+// first timed one.
+double median_step_ms(const std::function<void()>& step) {
+  for (int i = 0; i < 2; i++) step();
+  cuda::synchronize();
+  cuda::reset_peak();
+  std::vector<double> t;
+  for (int i = 0; i < 5; i++) {
+    auto t0 = std::chrono::steady_clock::now();
+    step();
+    cuda::synchronize();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 // `quantize`: the frozen weights in that format (model.quantize); then only the 1024 px step with
 // gradient checkpointing is timed, with and without layer offloading.
 void bench_flux_step(int n_double, int n_single, WeightFormat quantize = WeightFormat::dense) {
@@ -572,18 +589,7 @@ void bench_flux_step(int n_double, int n_single, WeightFormat quantize = WeightF
         clip_grad_norm({lora.grads}, 1.0f);
         opt.step(lora.params, lora.grads, 1e-4f);
       };
-      for (int i = 0; i < 2; i++) step();
-      cuda::synchronize();
-      cuda::reset_peak();
-      std::vector<double> t;
-      for (int i = 0; i < 5; i++) {
-        auto t0 = std::chrono::steady_clock::now();
-        step();
-        cuda::synchronize();
-        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      std::sort(t.begin(), t.end());
-      const double ms = t[t.size() / 2];
+      const double ms = median_step_ms(step);
       const double flops = flux_step_flops(model, 1, Li, Lt);
       const double tf = flops / (ms * 1e9);
       const double vram = cuda::peak_bytes() / 1048576.0;
@@ -641,23 +647,13 @@ void bench_zimage(WeightFormat quantize, bool encoder) {
         clip_grad_norm({lora.grads}, 1.0f);
         opt.step(lora.params, lora.grads, 1e-4f);
       };
+      double ms = 0;
       try {
-        for (int i = 0; i < 2; i++) step();
+        ms = median_step_ms(step);
       } catch (const Error& e) {
         std::printf("=> Z-Image step 1024 px%s, %s weights: failed: %s\n", ckpt ? " with gradient checkpointing" : "", fmt.c_str(), e.what());
         continue;
       }
-      cuda::synchronize();
-      cuda::reset_peak();
-      std::vector<double> t;
-      for (int i = 0; i < 5; i++) {
-        auto t0 = std::chrono::steady_clock::now();
-        step();
-        cuda::synchronize();
-        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      }
-      std::sort(t.begin(), t.end());
-      const double ms = t[t.size() / 2];
       std::printf("=> Z-Image step 1024 px%s, %s weights: %.1f ms/step, peak VRAM %.0f MiB (weights %.0f MiB)\n",
                   ckpt ? " with gradient checkpointing" : "", fmt.c_str(), ms, cuda::peak_bytes() / 1048576.0, weights_mib);
       if (quantize == WeightFormat::dense) g_ours[std::string("zimage") + (ckpt ? "_ckpt" : "") + ":" + std::to_string(Li + Lt)] = ms;

@@ -573,6 +573,30 @@ def fwd_tol(floor):
     return max(FWD_TOL_MIN, FLOOR_FACTOR * floor)
 
 
+def grad_report(got, g64, gtol, problems):
+    """Each reference gradient g64[key] against the trainer's grad.<key>: appends what is off to `problems`;
+    returns the worst (key, rel err) and the smallest max|grad| (a gradient that is all but zero says little)."""
+    worst, bad, gmin = ("", 0.0), [], float("inf")
+    for k in sorted(g64):
+        gmin = min(gmin, float(np.max(np.abs(g64[k]))))
+        if "grad." + k not in got:
+            continue
+        try:
+            a, r, s = rel_err(got["grad." + k], g64[k])
+        except CheckFailed as e:
+            bad.append((float("inf"), f"{k}: {e}"))
+            continue
+        if r > worst[1]:
+            worst = (k, r)
+        if not r < gtol:
+            bad.append((r, f"{k}: max abs {a:.3g} rel {r:.3g} (max|ref| {s:.3g})"))
+    if bad:
+        bad = [m for _, m in sorted(bad, reverse=True)]
+        problems.append(f"{len(bad)}/{len(g64)} gradients off, worst first:\n        " +
+                        "\n        ".join(bad[:12]) + ("\n        ..." if len(bad) > 12 else ""))
+    return worst, gmin
+
+
 def check_lora_grad(w, ckpt, sd, meta, inp, lora_path, lora_t, label=""):
     ip, op = w.path("grad_in.safetensors"), w.path("grad_out.safetensors")
     st_write(ip, inp)
@@ -604,24 +628,7 @@ def check_lora_grad(w, ckpt, sd, meta, inp, lora_path, lora_t, label=""):
         loss_rel = abs(float(np.asarray(got["loss"]).reshape(-1)[0]) - loss64) / abs(loss64)
         if not loss_rel < LOSS_TOL:
             problems.append(f"loss {float(np.asarray(got['loss']).reshape(-1)[0]):.8g} vs torch {loss64:.8g} (rel {loss_rel:.3g})")
-    worst, bad, gmin = ("", 0.0), [], float("inf")
-    for k in sorted(g64):
-        gmin = min(gmin, float(np.max(np.abs(g64[k]))))
-        if "grad." + k not in got:
-            continue
-        try:
-            a, r, s = rel_err(got["grad." + k], g64[k])
-        except CheckFailed as e:
-            bad.append((float("inf"), f"{k}: {e}"))
-            continue
-        if r > worst[1]:
-            worst = (k, r)
-        if not r < gtol:
-            bad.append((r, f"{k}: max abs {a:.3g} rel {r:.3g} (max|ref| {s:.3g})"))
-    if bad:
-        bad = [m for _, m in sorted(bad, reverse=True)]
-        problems.append(f"{len(bad)}/{len(g64)} gradients off, worst first:\n        " +
-                        "\n        ".join(bad[:12]) + ("\n        ..." if len(bad) > 12 else ""))
+    worst, gmin = grad_report(got, g64, gtol, problems)
     msg = (f"{label}loss rel err {loss_rel:.3g}, out rel err {out_rel:.3g}, {len(g64)} grads: worst rel err "
            f"{worst[1]:.3g} ({worst[0]}), smallest max|grad| {gmin:.3g} (torch f32 vs f64 grad rel {floor:.3g}; "
            f"tol {gtol:.3g})")

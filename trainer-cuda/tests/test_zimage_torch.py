@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_flux_torch import CheckFailed, Work, rel_err, run_checks, run_trainer, st_read, st_write  # noqa: E402
+from test_flux_torch import grad_report, CheckFailed, Work, rel_err, run_checks, run_trainer, st_read, st_write  # noqa: E402
 
 torch.set_num_threads(1)  # the test machine is shared; the models here are tiny
 
@@ -695,24 +695,7 @@ def check_zimage_lora_grad(w, folder, sd, cfg, inp, lora_path, lora_t, label="")
         loss_rel = abs(float(lv[0]) - loss64) / abs(loss64)
         if not loss_rel < LOSS_TOL:
             problems.append(f"loss {float(lv[0]):.8g} vs torch {loss64:.8g} (rel {loss_rel:.3g})")
-    worst, bad, gmin = ("", 0.0), [], float("inf")
-    for k in sorted(g64):
-        gmin = min(gmin, float(np.max(np.abs(g64[k]))))
-        if "grad." + k not in got:
-            continue
-        try:
-            a, r, s = rel_err(got["grad." + k], g64[k])
-        except CheckFailed as e:
-            bad.append((float("inf"), f"{k}: {e}"))
-            continue
-        if r > worst[1]:
-            worst = (k, r)
-        if not r < gtol:
-            bad.append((r, f"{k}: max abs {a:.3g} rel {r:.3g} (max|ref| {s:.3g})"))
-    if bad:
-        bad = [m for _, m in sorted(bad, reverse=True)]
-        problems.append(f"{len(bad)}/{len(g64)} gradients off, worst first:\n        " +
-                        "\n        ".join(bad[:12]) + ("\n        ..." if len(bad) > 12 else ""))
+    worst, gmin = grad_report(got, g64, gtol, problems)
     msg = (f"{label}loss rel err {loss_rel:.3g}, out rel err {out_rel:.3g}, {len(g64)} grads: worst rel err "
            f"{worst[1]:.3g} ({worst[0]}), smallest max|grad| {gmin:.3g} (torch f32 vs f64 grad rel {floor:.3g}; "
            f"tol {gtol:.3g})")
