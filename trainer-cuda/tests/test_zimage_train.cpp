@@ -2,9 +2,11 @@
 // ComfyUI layouts trains a LoRA through job.json's "qwen3" text encoder (prompts of their own lengths
 // in one batch), samples, saves the reference toolkit's "diffusion_model." keys, resumes exactly, and
 // merges an assistant adapter for training that samples take out again.
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include <cmath>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -129,9 +131,18 @@ TEST(zimage_model_trains_the_same_from_both_layouts) {
                           "diffusion_model.layers.0.attention.to_out.0.lora_A.weight", "diffusion_model.layers.1.feed_forward.w3.lora_B.weight",
                           "diffusion_model.layers.0.adaLN_modulation.0.lora_A.weight"})
     CHECK(lora.has(key));
-  // Prompts of their own lengths were cached at those lengths.
+  // Prompts of their own lengths were cached at those lengths: <|im_start|> + words + <|im_end|> (captions of
+  // 3 to 18 words, the dropout caption of 1, the empty prompt).
   const std::vector<json> cache = events_of(read_events(tmp.path + "/job0/metrics.jsonl"), "cache");
-  CHECK(cache.size() == 1 && cache[0]["text_encoded"].get<int>() >= 5);
+  CHECK(cache.size() == 1 && cache[0]["text_encoded"].get<int>() == 6);
+  std::set<int64_t> rows;
+  DIR* d = opendir((tmp.path + "/job0/cache/text").c_str());
+  CHECK(d != nullptr);
+  while (dirent* e = d ? readdir(d) : nullptr)
+    if (std::string(e->d_name).find(".safetensors") != std::string::npos)
+      rows.insert(SafeTensorsFile::open(tmp.path + "/job0/cache/text/" + e->d_name).info("txt").shape.at(0));
+  if (d) closedir(d);
+  CHECK((rows == std::set<int64_t>{2, 3, 5, 10, 15, 20}));
 }
 
 // Trained 2 steps, then resumed to 4: the LoRA of an uninterrupted 4-step run, bit for bit.
