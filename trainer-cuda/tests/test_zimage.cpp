@@ -334,6 +334,7 @@ TEST(zimage_lora_file_names_and_reload) {
 
   // Back: A as trained, B with the scale folded in, scale 1.
   LoraSet back = lora_load(file, targets);
+  CHECK(back.prefix == "diffusion_model.");  // saved again under the names it was read with
   CHECK(back.adapters.size() == lora.adapters.size());
   const std::vector<float> p0 = lora.host_params(), p1 = back.host_params();
   for (size_t i = 0; i < lora.adapters.size(); ++i) {
@@ -366,7 +367,7 @@ TEST(zimage_lora_file_names_and_reload) {
   lora_save(lora, flux_style, DType::F32, {});
   CHECK(SafeTensorsFile::open(flux_style).has("transformer.layers.0.attention.to_q.lora_A.weight"));
   LoraSet other = lora_load(flux_style, targets);
-  CHECK(other.adapters.size() == back.adapters.size() && other.host_params() == p1);
+  CHECK(other.adapters.size() == back.adapters.size() && other.host_params() == p1 && other.prefix == "transformer.");
 }
 
 // The decoder LLM loads the layers the hidden state it serves needs: hidden_states[-2] (Z-Image's) is

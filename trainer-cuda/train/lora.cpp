@@ -264,11 +264,13 @@ LoraSet lora_load(const std::string& path, const std::vector<LoraTarget>& target
 
   std::vector<LoraAdapter> adapters;
   std::vector<std::vector<std::string>> names;  // the file's key of each matrix
+  std::string file_prefix = "transformer.";     // saved again under the file's own prefix
   for (const LoraTarget& t : targets) {  // model order, so layouts are stable
     if (!modules.count(t.module)) continue;
     std::string prefix;
     for (const char* p : kPrefixes)
       if (f.has(p + t.module + ".lora_A.weight") || f.has(p + t.module + ".lokr_w1")) prefix = p;
+    if (!prefix.empty()) file_prefix = prefix;
     const std::string key = prefix + t.module;
     auto shape_of = [&](const std::string& k) { return f.info(key + "." + k).shape; };
     auto want = [&](const std::string& k, int64_t rows, int64_t cols) {
@@ -313,6 +315,7 @@ LoraSet lora_load(const std::string& path, const std::vector<LoraTarget>& target
     adapters.push_back(ad);
   }
   LoraSet set = layout(adapters);
+  set.prefix = file_prefix;
   for (size_t i = 0; i < set.adapters.size(); ++i)
     for (size_t j = 0; j < set.adapters[i].mats.size(); ++j) {
       const AdapterMatrix& m = set.adapters[i].mats[j];
