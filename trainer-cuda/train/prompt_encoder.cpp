@@ -39,7 +39,7 @@ struct DemoPromptEncoder : PromptEncoder {
   Output encode(const std::vector<int>& ids, int B) const override {
     check_ids(*this, ids, B);
     TextEncoder::Output o = te.forward(ids, B, txt_len);
-    return {o.context, o.pooled};
+    return {o.context, o.pooled, {}};
   }
 };
 
@@ -50,7 +50,7 @@ struct FluxPromptEncoder : PromptEncoder {
     check_ids(*this, ids, B);
     const int n = ids_per_prompt(), Lc = parts[0].max_len, Lt = parts[1].max_len;
     Tensor y = clip.forward(part_ids(ids, B, n, 0, Lc), B, Lc).pooled;
-    return {t5.forward(part_ids(ids, B, n, Lc, Lt), B, Lt), y};
+    return {t5.forward(part_ids(ids, B, n, Lc, Lt), B, Lt), y, {}};
   }
 };
 
