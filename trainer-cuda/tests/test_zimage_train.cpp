@@ -12,12 +12,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/autograd.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "core/storage.h"
 #include "demo/random_models.h"
 #include "demo/tokenizer_files.h"
 #include "job_fixture.h"
+#include "models/llm.h"
 #include "models/zimage.h"
 #include "test.h"
 #include "train/lora.h"
@@ -267,3 +269,26 @@ TEST(zimage_activation_estimate_matches_what_the_tape_keeps) {
   }
 }
 
+
+// Qwen3 with its linear weights quantized as they load (model.quantize_te): q and k are reordered for the
+// engine's RoPE before they are quantized, so each format stays close to the dense encoder.
+TEST(qwen3_quantized_stays_close_to_dense) {
+  TempDir dir;
+  RandomWriteOptions o;
+  o.dtype = DType::BF16;
+  write_random_llm(dir.path + "/q.safetensors", tiny_qwen3_config(), 4, o);
+  std::vector<int> ids;
+  for (int i = 0; i < 23; ++i) ids.push_back((i * 41 + 7) % tiny_qwen3_config().vocab);
+  NoGrad no_grad;
+  const std::vector<float> dense = to_floats(DecoderLlm::load(dir.path + "/q.safetensors", Device::cpu(), -2).forward(ids, 1, 23));
+  for (const auto& [f, bound] : {std::pair{WeightFormat::fp8, 0.1}, {WeightFormat::int8, 0.05}, {WeightFormat::nf4, 0.4}}) {
+    const DecoderLlm m = DecoderLlm::load(dir.path + "/q.safetensors", Device::cpu(), -2, f);
+    CHECK(m.layers[0].q.W.dtype != DType::BF16 && m.layers[0].k.W.dtype != DType::BF16);  // quantized after the reordering
+    const std::vector<float> q = to_floats(m.forward(ids, 1, 23));
+    double num = 0, den = 0;
+    for (size_t i = 0; i < q.size(); ++i) num += (q[i] - dense[i]) * (q[i] - dense[i]), den += dense[i] * dense[i];
+    const double rel = std::sqrt(num / den);
+    std::printf("      %s: hidden state rel L2 %.2e from the dense encoder\n", weight_format_name(f), rel);
+    CHECK(std::isfinite(rel) && rel > 0 && rel < bound);
+  }
+}
