@@ -43,11 +43,12 @@ describe('what graft trains', () => {
       "not supported yet: Wan 2.2 T2V 14B: graft's trainer cannot train this family yet (trainer support: not yet); today it trains FLUX.1 (dev / schnell), Z-Image Turbo, Z-Image (base), graft-tiny (built-in demo, CPU). The config stays valid for the reference toolkit."]]);
   });
 
-  it('Z-Image (Turbo and base) trains; its layer offloading is named as not built', () => {
+  it('Z-Image (Turbo and base) trains, layer offloading included on a GPU', () => {
     expect(unsupportedIssues(doc(zimage), presets)).toEqual([]);
-    const offload = setAt(setAt(doc(zimage), P('device'), 'cuda:0'), P('model', 'layer_offloading'), true);
-    expect(ignoredSettings(offload, presets).map((i) => i.message)).toContain(
-      "ignored by graft's trainer: Layer Offloading for Z-Image Turbo: not built yet (FLUX.1 only); every weight stays on the device");
+    const offload = (device: string) => setAt(setAt(doc(zimage), P('device'), device), P('model', 'layer_offloading'), true);
+    expect(ignoredSettings(offload('cuda:0'), presets).filter((i) => i.path.endsWith('model.layer_offloading'))).toEqual([]);
+    expect(ignoredSettings(offload('cpu'), presets).map((i) => i.message)).toContain(
+      "ignored by graft's trainer: Layer Offloading on the CPU: the weights are in host memory already");
   });
 
   it('settings the trainer would refuse at start are refused now', () => {

@@ -110,8 +110,6 @@ export function ignoredSettings(doc: JobDoc, presets: Preset[]): Issue[] {
   if (effective(doc, 'model', 'low_vram') === true) out.push(ignored(P('model', 'low_vram'), 'Low VRAM: the whole model stays on the device'));
   if (effective(doc, 'model', 'layer_offloading') === true && effective(doc, 'device') === 'cpu') {
     out.push(ignored(P('model', 'layer_offloading'), 'Layer Offloading on the CPU: the weights are in host memory already'));
-  } else if (effective(doc, 'model', 'layer_offloading') === true && preset!.family !== 'flux1') {
-    out.push(ignored(P('model', 'layer_offloading'), `Layer Offloading for ${preset!.label}: not built yet (FLUX.1 only); every weight stays on the device`));
   }
   if (effective(doc, 'model', 'layer_offloading') === true && getAt(doc, procPath('model', 'layer_offloading_text_encoder_percent')) !== undefined) {
     out.push(ignored(P('model', 'layer_offloading_text_encoder_percent'), 'Text Encoder Offload %: the text encoders are not streamed; they are freed once every caption is encoded'));

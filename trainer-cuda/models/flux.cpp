@@ -4,7 +4,6 @@
 
 #include "core/autograd.h"
 #include "core/common.h"
-#include "ops/weight_stream.h"
 
 namespace graft {
 
@@ -267,23 +266,6 @@ std::vector<const Linear*> FluxTransformer::block_linears(int k) const {
   return {&s.mod, &s.linear1, &s.linear2};
 }
 
-namespace {
-// The offloaded blocks' weights through ops/weight_stream.h.
-struct PinnedStreamer : FluxTransformer::BlockStreamer {
-  const FluxTransformer* model;
-  int count;  // blocks [0, count) are offloaded
-  Device device;
-  std::vector<Tensor> weights(int k) const {
-    std::vector<Tensor> ws;
-    for (const Linear* l : model->block_linears(k))
-      for (const Tensor& t : l->frozen()) ws.push_back(t);
-    return ws;
-  }
-  void prefetch(int k) override { if (k >= 0 && k < count) prefetch_weights(weights(k), device); }
-  void release(int k) override { if (k >= 0 && k < count) release_weights(weights(k)); }
-};
-}  // namespace
-
 int flux_block_of(const FluxConfig& cfg, const std::string& name) {
   // "double_blocks." and "single_blocks." are both 14 characters
   if (name.rfind("double_blocks.", 0) == 0) return std::atoi(name.c_str() + 14);
@@ -291,25 +273,7 @@ int flux_block_of(const FluxConfig& cfg, const std::string& name) {
   return -1;
 }
 
-int offload_count(const FluxConfig& cfg, double fraction) {
-  const int n = cfg.n_double + cfg.n_single;
-  return fraction <= 0 ? 0 : std::min(n, (int)std::ceil(fraction * n - 1e-9));
-}
-
-size_t FluxTransformer::offload_blocks(double fraction) {
-  if (!device.is_cuda() || fraction <= 0) return 0;
-  const int count = offload_count(cfg, fraction);
-  size_t moved = 0;
-  for (int k = 0; k < count; ++k)
-    for (const Linear* l : block_linears(k)) {
-      moved += l->weight_bytes() + (l->b.defined() ? l->b.nbytes() : 0);
-      const_cast<Linear*>(l)->offload();  // nothing to do for one offloaded as it loaded
-    }
-  auto s = std::make_shared<PinnedStreamer>();
-  s->model = this, s->count = count, s->device = device;
-  streamer = s;
-  return moved;
-}
+int offload_count(const FluxConfig& cfg, double fraction) { return offload_count(cfg.n_double + cfg.n_single, fraction); }
 
 std::vector<Linear*> FluxTransformer::linears() {
   std::vector<Linear*> v = {&img_in, &txt_in, &time_in0, &time_in1, &vector_in0, &vector_in1};
@@ -465,42 +429,28 @@ Tensor FluxTransformer::forward(const Tensor& img_tokens, const Tensor& txt_toke
   vec = add(vec, mlp_embed(vector_in0, vector_in1, y));
   const Tensor svec = silu(vec);
 
-  // Layer offloading: block k+1's weights are fetched while block k runs, and block k's let go after
-  // it; in backward, a hook after each block's outputs lets the block after go and fetches this
-  // block's and the one before's, so at most two blocks' weights are on the device at once.
-  const std::shared_ptr<BlockStreamer> st = streamer;
-  const int n_blocks = block_count();
-  auto after_block = [&](int k, std::vector<Tensor> outs) {
-    if (!st) return outs;
-    st->release(k);
-    return on_backward(outs, [st, k, n_blocks] {
-      if (k + 1 < n_blocks) st->release(k + 1);
-      st->prefetch(k);
-      if (k > 0) st->prefetch(k - 1);
-    });
-  };
-
+  // Layer offloading's calls around each block (a no-op without a streamer).
+  const BlockSchedule sched{streamer, block_count()};
   Tensor img = img_in(img_tokens), txt = txt_in(txt_tokens);
-  if (st && n_blocks > 0) {
-    st->prefetch(0);
-    std::vector<Tensor> in = on_backward({img, txt}, [st] { st->release(0); });
+  {
+    std::vector<Tensor> in = sched.start({img, txt});
     img = in[0], txt = in[1];
   }
   int k = 0;
   for (const DoubleBlock& w : doubles) {
-    if (st && k + 1 < n_blocks) st->prefetch(k + 1);
+    sched.before(k);
     auto block = [&w, &c](const std::vector<Tensor>& in) { return double_block(w, c, in[0], in[1], in[2], in[3]); };
-    std::vector<Tensor> out = after_block(k++, checkpointing ? checkpoint(block, {img, txt, svec, pe}) : block({img, txt, svec, pe}));
+    std::vector<Tensor> out = sched.after(k++, checkpointing ? checkpoint(block, {img, txt, svec, pe}) : block({img, txt, svec, pe}));
     img = out[0], txt = out[1];
   }
   Tensor x = cat({txt, img}, 1);
   txt = img = Tensor();  // the joint sequence is what the rest reads
   for (const SingleBlock& w : singles) {
-    if (st && k + 1 < n_blocks) st->prefetch(k + 1);
+    sched.before(k);
     auto block = [&w, &c](const std::vector<Tensor>& in) {
       return std::vector<Tensor>{single_block(w, c, in[0], in[1], in[2])};
     };
-    x = after_block(k++, checkpointing ? checkpoint(block, {x, svec, pe}) : block({x, svec, pe}))[0];
+    x = sched.after(k++, checkpointing ? checkpoint(block, {x, svec, pe}) : block({x, svec, pe}))[0];
   }
   // Final layer on the image tokens: shift comes FIRST in FLUX's LastLayer.
   Tensor final_in = narrow(x, 1, Lt, Li);

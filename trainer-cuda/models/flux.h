@@ -104,20 +104,9 @@ struct FluxTransformer : Denoiser {
   FluxTransformer(const FluxConfig& cfg, WeightLoader& w);
   FluxTransformer() = default;
 
-  // Layer offloading: what happens around each block k (the double blocks, then the single ones) in
-  // forward and backward (see forward()); null: every weight stays where it is.
-  struct BlockStreamer {
-    virtual ~BlockStreamer() = default;
-    virtual void prefetch(int k) = 0;  // block k's weights are wanted soon
-    virtual void release(int k) = 0;   // block k's weights are done with for now
-  };
-  std::shared_ptr<BlockStreamer> streamer;
-  // Moves the first `fraction` of the blocks' linear layers (rounded up) into pinned host memory on
-  // CUDA and streams them in ahead of use (ops/weight_stream.h); returns the bytes moved off the
-  // device (0 on the CPU, where the weights already are in host memory).
-  size_t offload_blocks(double fraction);
-  std::vector<const Linear*> block_linears(int k) const;
-  int block_count() const { return (int)(doubles.size() + singles.size()); }
+  // Layer offloading's blocks (Denoiser::offload_blocks): the double blocks, then the single ones.
+  std::vector<const Linear*> block_linears(int k) const override;
+  int block_count() const override { return (int)(doubles.size() + singles.size()); }
 
   std::vector<Linear*> linears() override;
   std::vector<NamedParam> params();  // every tensor by its BFL name, in BFL order

@@ -126,13 +126,28 @@ static ZImageConfig zimage_config_of(const WeightLoader& w, const Checkpoint& ck
   return c;
 }
 
-ZImageTransformer ZImageTransformer::load(const std::string& path, Device device, WeightFormat quantize) {
+int zimage_block_of(const std::string& name) { return name.rfind("layers.", 0) == 0 ? std::atoi(name.c_str() + 7) : -1; }
+
+ZImageTransformer ZImageTransformer::load(const std::string& path, Device device, WeightFormat quantize, double offload) {
   Checkpoint ckpt = Checkpoint::open(path);
   WeightLoader w(&ckpt, zimage_layout(ckpt), device);
   w.quantize = quantize;
-  ZImageTransformer m(zimage_config_of(w, ckpt), w);
+  const ZImageConfig cfg = zimage_config_of(w, ckpt);
+  const int count = offload_count(cfg.n_layers, offload);
+  if (count > 0)
+    w.offload = [count](const std::string& name) {
+      const int k = zimage_block_of(name);
+      return k >= 0 && k < count;
+    };
+  ZImageTransformer m(cfg, w);
+  if (count > 0) m.offload_blocks(offload);
   m.path = path;
   return m;
+}
+
+std::vector<const Linear*> ZImageTransformer::block_linears(int k) const {
+  const Block& b = layers.at(k);
+  return {&b.adaln, &b.qkv, &b.out, &b.w1, &b.w2, &b.w3};
 }
 
 ZImageTransformer ZImageTransformer::shapes(const std::string& path) {
@@ -485,12 +500,17 @@ Tensor ZImageTransformer::forward_model(const FluxInputs& in) const {
   }
   x = cap = Tensor();
   const Tensor u_pe = rope_table(u_ids, B * U, axes, c.theta, device);
+  // Layer offloading's calls around each layer (a no-op without a streamer).
+  const BlockSchedule sched{streamer, block_count()};
+  u = sched.start({u})[0];
+  int k = 0;
   for (const Block& w : layers) {
+    sched.before(k);
     // By value: checkpoint() runs it again in backward, after this function has returned.
     auto block = [&w, &c, unified](const std::vector<Tensor>& v) {
       return std::vector<Tensor>{zimage_block(w, c, v[0], v[1], v[2], unified)};
     };
-    u = checkpointing ? checkpoint(block, {u, adaln, u_pe})[0] : block({u, adaln, u_pe})[0];
+    u = sched.after(k++, checkpointing ? checkpoint(block, {u, adaln, u_pe}) : block({u, adaln, u_pe}))[0];
   }
   // The final layer on the image tokens: LayerNorm, scale-only adaLN (through SiLU), linear.
   Tensor h = modulate(layernorm(narrow(u, 1, 0, Li), 1e-6f), final_mod(silu(adaln)), -1, 0);

@@ -66,7 +66,9 @@ struct ZImageTransformer : Denoiser {
   std::vector<Block> noise_refiner, context_refiner, layers;
   Tensor neg_one;  // [patch_features] of -1: forward()'s sign flip, as an affine
 
-  static ZImageTransformer load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense);
+  // offload: the share of `layers` (the first ones) offloaded as they load (Denoiser::offload_blocks).
+  static ZImageTransformer load(const std::string& path, Device device, WeightFormat quantize = WeightFormat::dense,
+                                double offload = 0);
   static ZImageTransformer shapes(const std::string& path);
   static ZImageTransformer random(const ZImageConfig& cfg, Device device, uint64_t seed,
                                   WeightFormat quantize = WeightFormat::dense);
@@ -78,6 +80,9 @@ struct ZImageTransformer : Denoiser {
   std::vector<Linear*> quantized_linears();
   int latent_channels() const override { return cfg.in_channels; }
   bool ragged_text() const override { return true; }
+  // Layer offloading's blocks: the 30 `layers` (the refiners, 4 blocks on fewer tokens, stay).
+  int block_count() const override { return (int)layers.size(); }
+  std::vector<const Linear*> block_linears(int k) const override;
   std::vector<NamedParam> params();  // every tensor by its canonical name
 
   // diffusers' ZImageTransformer2DModel forward on graft's batch layout: img [B, L_img, P] patches in
@@ -100,6 +105,9 @@ struct ZImageTransformer : Denoiser {
 // probabilities); with checkpointing, the layers' inputs only.
 FluxActivations zimage_activation_bytes(const ZImageConfig& c, int64_t B, int64_t Li, int64_t Lt, int rank,
                                         bool checkpointing, int act_bytes, bool flash);
+
+// The block of `layers` a canonical tensor name belongs to; -1 outside them.
+int zimage_block_of(const std::string& name);
 
 // Patch features between FLUX's (c, ph, pw) order and Z-Image's (ph, pw, c), for `tokens` tokens of C
 // channels (patch 2).

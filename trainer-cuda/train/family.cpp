@@ -39,8 +39,9 @@ std::unique_ptr<Denoiser> load_denoiser(const Job& job, Device device, LoraSet* 
     return std::make_unique<FluxTransformer>(
         FluxTransformer::load(job.transformer, device, job.quantize, device.is_cuda() ? job.offload : 0.0));
   }
+  const double offload = device.is_cuda() ? job.offload : 0.0;
   if (job.assistant_lora.empty())
-    return std::make_unique<ZImageTransformer>(ZImageTransformer::load(job.transformer, device, job.quantize));
+    return std::make_unique<ZImageTransformer>(ZImageTransformer::load(job.transformer, device, job.quantize, offload));
   // The reference toolkit merges the assistant into the weights before it quantizes them, then
   // samples with the assistant at -1 so that samples show the adapter on the model as users have it.
   auto m = std::make_unique<ZImageTransformer>(ZImageTransformer::load(job.transformer, device));
@@ -48,6 +49,7 @@ std::unique_ptr<Denoiser> load_denoiser(const Job& job, Device device, LoraSet* 
   lora_merge(m->linears(), *assistant, job.assistant_lora);
   if (job.quantize != WeightFormat::dense)
     for (Linear* l : m->quantized_linears()) l->quantize(job.quantize, device);
+  m->offload_blocks(offload);
   for (LoraAdapter& a : assistant->adapters) a.scale = -a.scale;
   assistant->to(device);
   return m;

@@ -69,16 +69,18 @@ MemoryPlan count(const PlanInputs& in) {
   const std::string format = in.quantize == WeightFormat::dense ? "as stored" : weight_format_name(in.quantize);
   p.training.push_back({"transformer: " + count_str((double)linear_values) + " linear weights " + format, linear});
   p.training.push_back({"transformer: norms, biases and the rest", other});
-  if (in.cuda && in.offload > 0 && in.arch == "flux") {
-    // Blocks in forward order (double, then single), each with its linear layers' weights and biases.
-    const int n = in.cfg.n_double + in.cfg.n_single;
+  if (in.cuda && in.offload > 0) {
+    // Blocks in forward order (FLUX's double, then single; Z-Image's layers), each with its linear
+    // layers' weights and biases.
+    const bool z = in.arch == "zimage";
+    const int n = z ? in.zimage.n_layers : in.cfg.n_double + in.cfg.n_single;
     std::vector<std::vector<PlanWeight>> blocks(n);
     for (const PlanWeight& t : in.transformer) {
       const bool frozen = t.linear || ends_with(t.name, ".bias");
-      const int k = flux_block_of(in.cfg, t.name);
+      const int k = z ? zimage_block_of(t.name) : flux_block_of(in.cfg, t.name);
       if (frozen && k >= 0 && k < n) blocks[k].push_back(t);
     }
-    const int count = offload_count(in.cfg, in.offload);
+    const int count = offload_count(n, in.offload);
     double off = 0, two = 0;
     for (int k = 0; k < count; ++k) {
       const double b = weights_bytes(blocks[k], true, in.quantize);

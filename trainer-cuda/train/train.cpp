@@ -404,12 +404,9 @@ int train_run(const std::string& dir) {
   if (!assistant.adapters.empty())
     std::printf("  assistant adapter %s merged into the transformer (%zu layers); samples take it out again\n",
                 job.assistant_lora.c_str(), assistant.adapters.size());
-  const FluxTransformer* flux = dynamic_cast<const FluxTransformer*>(model.get());
-  if (job.offload > 0 && device.is_cuda() && flux)
+  if (job.offload > 0 && device.is_cuda())
     std::printf("  layer offloading: %d of %d blocks' weights in pinned host memory (%.2f GiB), streamed in ahead of use\n",
-                offload_count(flux->cfg, job.offload), flux->block_count(), plan.offloaded / 1073741824.0);
-  else if (job.offload > 0 && !flux)
-    std::printf("  layer offloading: not built for %s yet; every weight stays on the device\n", job.arch.c_str());
+                offload_count(model->block_count(), job.offload), model->block_count(), plan.offloaded / 1073741824.0);
   else if (job.offload > 0)
     std::printf("  layer offloading: nothing to do on the CPU (the weights are in host memory already)\n");
   const int nb = data.batches_per_epoch(job.batch_size);
