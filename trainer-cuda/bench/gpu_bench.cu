@@ -537,6 +537,20 @@ double median_step_ms(const std::function<void()>& step) {
   return t[t.size() / 2];
 }
 
+// One LoRA training step of `model` on `in` as the trainer takes it: forward, MSE against `target`,
+// backward, gradient clipping and the AdamW update on the device.
+std::function<void()> training_step(Denoiser& model, const FluxInputs& in, const std::vector<float>& target, LoraSet& lora,
+                                    AdamW& opt) {
+  return [&model, &in, &target, &lora, &opt] {
+    lora.zero_grad();
+    Tensor out = model.forward(in);
+    const Tensor t = from_vector(target, out.shape, model.device, out.dtype);
+    backward(out, mse_grad(out, t, 1.0f));
+    clip_grad_norm({lora.grads}, 1.0f);
+    opt.step(lora.params, lora.grads, 1e-4f);
+  };
+}
+
 // `quantize`: the frozen weights in that format (model.quantize); then only the 1024 px step with
 // gradient checkpointing is timed, with and without layer offloading.
 void bench_flux_step(int n_double, int n_single, WeightFormat quantize = WeightFormat::dense) {
@@ -581,15 +595,7 @@ void bench_flux_step(int n_double, int n_single, WeightFormat quantize = WeightF
       std::vector<float> target((size_t)Li * cfg.out_channels);
       Rng rng(5, 5);
       for (float& x : target) x = rng.normal();
-      auto step = [&] {
-        lora.zero_grad();
-        Tensor out = model.forward(in);
-        const Tensor t = from_vector(target, out.shape, dev, out.dtype);
-        backward(out, mse_grad(out, t, 1.0f));
-        clip_grad_norm({lora.grads}, 1.0f);
-        opt.step(lora.params, lora.grads, 1e-4f);
-      };
-      const double ms = median_step_ms(step);
+      const double ms = median_step_ms(training_step(model, in, target, lora, opt));
       const double flops = flux_step_flops(model, 1, Li, Lt);
       const double tf = flops / (ms * 1e9);
       const double vram = cuda::peak_bytes() / 1048576.0;
@@ -644,17 +650,9 @@ void bench_zimage(WeightFormat quantize, bool encoder) {
       if (offloaded)
         std::printf("(offloading every layer: %.0f MiB of weights to pinned host memory)\n", model.offload_blocks(1.0) / 1048576.0);
       model.checkpointing = ckpt;
-      auto step = [&] {
-        lora.zero_grad();
-        Tensor out = model.forward(in);
-        const Tensor t = from_vector(target, out.shape, dev, out.dtype);
-        backward(out, mse_grad(out, t, 1.0f));
-        clip_grad_norm({lora.grads}, 1.0f);
-        opt.step(lora.params, lora.grads, 1e-4f);
-      };
       double ms = 0;
       try {
-        ms = median_step_ms(step);
+        ms = median_step_ms(training_step(model, in, target, lora, opt));
       } catch (const Error& e) {
         std::printf("=> Z-Image step 1024 px%s%s, %s weights: failed: %s\n", ckpt ? " with gradient checkpointing" : "",
                     offloaded ? " and every layer offloaded" : "", fmt.c_str(), e.what());

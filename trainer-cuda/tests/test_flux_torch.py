@@ -573,6 +573,22 @@ def fwd_tol(floor):
     return max(FWD_TOL_MIN, FLOOR_FACTOR * floor)
 
 
+def finite_difference_error(loss_of, lt, grads, probes, h=1e-6):
+    """The worst relative difference between grads[key][idx] and the central difference of loss_of(adapter
+    tensors) at each probe (key, idx)."""
+    worst = 0.0
+    for key, idx in probes:
+        vals = []
+        for sgn in (1, -1):
+            lt2 = dict(lt)
+            lt2[key] = lt[key].astype(np.float64).copy()
+            lt2[key][idx] += sgn * h
+            vals.append(loss_of(lt2))
+        fd = (vals[0] - vals[1]) / (2 * h)
+        worst = max(worst, abs(fd - grads[key][idx]) / max(abs(grads[key][idx]), 1e-8))
+    return worst
+
+
 def grad_report(got, g64, gtol, problems):
     """Each reference gradient g64[key] against the trainer's grad.<key>: appends what is off to `problems`;
     returns the worst (key, rel err) and the smallest max|grad| (a gradient that is all but zero says little)."""
@@ -776,20 +792,12 @@ def self_consistency(tmp):
 
     # autograd vs central finite differences on a few LoRA entries
     _, loss, g = torch_lora_grad(sd, meta, inp, lt)
-    fd_err = 0.0
-    for key, idx in (("transformer.transformer_blocks.0.attn.to_k.lora_A.weight", (1, 3)),
-                     ("transformer.transformer_blocks.1.norm1_context.linear.lora_B.weight", (200, 2)),
-                     ("transformer.single_transformer_blocks.1.proj_mlp.lora_B.weight", (17, 0)),
-                     ("transformer.single_transformer_blocks.0.norm.linear.lora_A.weight", (0, 5))):
-        vals = []
-        for sgn in (1, -1):
-            lt2 = dict(lt)
-            lt2[key] = lt[key].astype(np.float64).copy()
-            lt2[key][idx] += sgn * 1e-6
-            o = torch_forward(sd, meta, inp, lt2)
-            vals.append(np.mean((o - inp["target"]) ** 2))
-        fd = (vals[0] - vals[1]) / 2e-6
-        fd_err = max(fd_err, abs(fd - g[key][idx]) / max(abs(g[key][idx]), 1e-8))
+    fd_err = finite_difference_error(
+        lambda lt2: np.mean((torch_forward(sd, meta, inp, lt2) - inp["target"]) ** 2), lt, g,
+        (("transformer.transformer_blocks.0.attn.to_k.lora_A.weight", (1, 3)),
+         ("transformer.transformer_blocks.1.norm1_context.linear.lora_B.weight", (200, 2)),
+         ("transformer.single_transformer_blocks.1.proj_mlp.lora_B.weight", (17, 0)),
+         ("transformer.single_transformer_blocks.0.norm.linear.lora_A.weight", (0, 5))))
     assert fd_err < 1e-4, fd_err
     return (f"torch f32 vs f64 out rel {fwd_floor:.3g} (max|out| {scale:.3g}); LoRA changes out by rel "
             f"{lora_effect:.3g}; LoRA vs merged rel {merge_err:.3g}; autograd vs finite diff rel {fd_err:.3g}")

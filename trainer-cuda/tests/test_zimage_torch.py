@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_flux_torch import grad_report, CheckFailed, Work, rel_err, run_checks, run_trainer, st_read, st_write  # noqa: E402
+from test_flux_torch import finite_difference_error, grad_report, CheckFailed, Work, rel_err, run_checks, run_trainer, st_read, st_write  # noqa: E402
 
 torch.set_num_threads(1)  # the test machine is shared; the models here are tiny
 
@@ -854,19 +854,12 @@ def zimage_self_consistency(tmp):
 
     # autograd vs central finite differences on a few LoRA entries
     _, loss, g = zimage_lora_grad(sd, cfg, inp, lt)
-    fd_err = 0.0
-    for key, idx in (("diffusion_model.layers.0.attention.to_k.lora_A.weight", (1, 3)),
-                     ("diffusion_model.layers.1.adaLN_modulation.0.lora_B.weight", (200, 2)),
-                     ("diffusion_model.layers.1.feed_forward.w2.lora_A.weight", (0, 17)),
-                     ("diffusion_model.layers.0.attention.to_out.0.lora_B.weight", (5, 1))):
-        vals = []
-        for sgn in (1, -1):
-            lt2 = dict(lt)
-            lt2[key] = lt[key].astype(np.float64).copy()
-            lt2[key][idx] += sgn * 1e-6
-            vals.append(np.mean((zimage_forward(sd, cfg, inp, lt2) - inp["target"]) ** 2))
-        fd = (vals[0] - vals[1]) / 2e-6
-        fd_err = max(fd_err, abs(fd - g[key][idx]) / max(abs(g[key][idx]), 1e-8))
+    fd_err = finite_difference_error(
+        lambda lt2: np.mean((zimage_forward(sd, cfg, inp, lt2) - inp["target"]) ** 2), lt, g,
+        (("diffusion_model.layers.0.attention.to_k.lora_A.weight", (1, 3)),
+         ("diffusion_model.layers.1.adaLN_modulation.0.lora_B.weight", (200, 2)),
+         ("diffusion_model.layers.1.feed_forward.w2.lora_A.weight", (0, 17)),
+         ("diffusion_model.layers.0.attention.to_out.0.lora_B.weight", (5, 1))))
     assert fd_err < 1e-4, fd_err
     return (f"torch f32 vs f64 out rel {floor:.3g}; rope vs complex {rope_err:.2g}; item alone vs batch "
             f"{alone_err:.2g}; caption garbage {garbage:.2g}; x_pad_token effect {effects['x_pad_token']:.3g}, "
