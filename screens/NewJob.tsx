@@ -389,9 +389,12 @@ export function NewJob({ form, active, width, height, setCapture }: NewJobProps)
     );
   }
 
+  // On Model Architecture, the chosen family's own line: what it is and what graft does with it.
   const help = editing && editing.candidates.length > 0
     ? `completions: ${editing.candidates.join('  ')}`
-    : `${field.label}: ${field.help}`;
+    : field.id === 'model.arch' && form.preset
+      ? `${form.preset.label}: ${form.preset.help}`
+      : `${field.label}: ${field.help}`;
   const issueLines = liveIssues.slice(0, 2);
   // Beside the QUANTIZATION panel: what the job will need as its settings change.
   const planLine = field.panel === 'quantization' && issueLines.length === 0 && 'plan' in form.memory ? planSummary(form.memory.plan) : undefined;

@@ -60,6 +60,8 @@ describe('New Job screen', () => {
     const { lastFrame, unmount } = r;
     await press(r, KEY.tab); // MODEL: Model Architecture
     expect(lastFrame()).toContain('graft-tiny (built-in demo');
+    // The help line says what the chosen family is (its preset's help), not only what the field does.
+    expect(flat(lastFrame())).toContain("graft-tiny (built-in demo, CPU): graft's own tiny FLUX-layout");  // cut at 80 columns
     await press(r, KEY.enter);
     const { presets } = env;
     const tiny = presets.findIndex((p) => p.family === 'graft_tiny');
@@ -72,6 +74,7 @@ describe('New Job screen', () => {
     expect(f).toContain('Wan 2.2 T2V 14B');
     expect(f).toContain('ai-toolkit/Wan2.2-T2V-A14B'); // the rest is cut at 80 columns
     expect(f).toContain('MULTISTAGE');
+    expect(f).toContain('Wan 2.2 T2V 14B: Two 14B experts (high noise / low noise)');
     // Up front, before anything is queued: graft cannot train this family yet.
     expect(f).toContain("⊘ not supported yet: Wan 2.2 T2V 14B: graft's trainer cannot train this family yet (trainer support: not yet)");
     expect(f).toContain('⊘ graft cannot train this job yet: Wan 2.2 T2V 14B'); // the message line, on every field
