@@ -105,6 +105,8 @@ describe('the chat template (tokenizer_config.json chat_template, @huggingface/j
       { messages: user('a red star'), add_generation_prompt: true, enable_thinking: true },
       { messages: user(''), add_generation_prompt: true, enable_thinking: false },
       { messages: [{ role: 'system', content: 'S' }, { role: 'user', content: 'q1' }, { role: 'assistant', content: '<think>\nhm\n</think>\n\nA1' }, { role: 'user', content: 'q2' }], add_generation_prompt: true, enable_thinking: true },
+      // A tool's answer in a user turn is not the last question: the assistant turn before it keeps its thinking.
+      { messages: [{ role: 'user', content: 'q1' }, { role: 'assistant', content: '<think>\nhm\n</think>\n\nA1' }, { role: 'user', content: '<tool_response>42</tool_response>' }], add_generation_prompt: false, enable_thinking: true },
     ];
     const script = [
       'import json, sys',

@@ -177,14 +177,20 @@ const char* const kQwenBareWords[] = {"user", "assistant", "system"};
 const char* const kQwenSplit = R"RE((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)RE";
 
 // The chat template, written for these tests: ChatML turns as Qwen3's template writes them for plain
-// text messages. An assistant turn before the last user turn loses its reasoning (as Qwen3 drops old
-// thinking); add_generation_prompt opens the assistant's turn, and enable_thinking false closes an
-// empty think block there (Qwen3's switch; the Z-Image pipeline passes true, so nothing is added).
+// text messages, with the Jinja Qwen3's uses (a reversed slice, namespaces, string tests and methods), so
+// the test against Python's jinja2 covers what @huggingface/jinja must render alike. An assistant turn
+// before the last user turn loses its reasoning (as Qwen3 drops old thinking); add_generation_prompt opens
+// the assistant's turn, and enable_thinking false closes an empty think block there (Qwen3's switch; the
+// Z-Image pipeline passes true, so nothing is added).
 const char* const kQwenChatTemplate = R"JINJA({#- graft's Qwen-style chat template (graft-trainer make-tokenizers --kind qwen) -#}
-{%- set ns = namespace(last_user=-1) %}
-{%- for message in messages %}
-    {%- if message.role == 'user' %}
-        {%- set ns.last_user = loop.index0 %}
+{#- The last user turn that asks something (not a tool's answer), searched from the end. -#}
+{%- set ns = namespace(searching=true, last_user=-1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages | length) - 1 - loop.index0 %}
+    {%- set tool_answer = message.content is string and message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>') %}
+    {%- if ns.searching and message.role == 'user' and not tool_answer %}
+        {%- set ns.searching = false %}
+        {%- set ns.last_user = index %}
     {%- endif %}
 {%- endfor %}
 {%- for message in messages %}
