@@ -38,6 +38,7 @@ function component(name: string, stem: string): ModelPart {
 }
 
 const modelIndex: ModelPart = { name: 'model_index.json', files: ['model_index.json'], needs: ['model_index.json'], tokenizer: true };
+const scheduler: ModelPart = { name: 'scheduler', files: ['scheduler/scheduler_config.json'], needs: ['scheduler/scheduler_config.json'] };
 
 export const FAMILY_FILES: FamilyFiles[] = [
   {
@@ -47,7 +48,7 @@ export const FAMILY_FILES: FamilyFiles[] = [
     repos: [/^black-forest-labs\/FLUX\.1-(dev|schnell)$/i],
     parts: [
       modelIndex,
-      { name: 'scheduler', files: ['scheduler/scheduler_config.json'], needs: ['scheduler/scheduler_config.json'] },
+      scheduler,
       component('transformer', 'diffusion_pytorch_model'),
       component('vae', 'diffusion_pytorch_model'),
       component('text_encoder', 'model'),
@@ -67,7 +68,7 @@ export const FAMILY_FILES: FamilyFiles[] = [
     repos: [/^Tongyi-MAI\/Z-Image(-Turbo)?$/i],
     parts: [
       modelIndex,
-      { name: 'scheduler', files: ['scheduler/scheduler_config.json'], needs: ['scheduler/scheduler_config.json'] },
+      scheduler,
       component('transformer', 'diffusion_pytorch_model'),
       component('vae', 'diffusion_pytorch_model'),
       component('text_encoder', 'model'),

@@ -8,21 +8,19 @@ namespace graft {
 
 ModelWidths widths_of(const FluxConfig& c) { return {c.context_dim, c.vec_dim, c.in_channels / 4}; }
 
-ModelFamily model_family(const Job& job) {
+ModelFamily model_family(const Job& job, const PlanInputs& plan) {
   ModelFamily f;
   f.arch = job.arch;
   char buf[160];
   if (job.arch == "zimage") {
-    const ZImageTransformer shapes = ZImageTransformer::shapes(job.transformer);
-    const ZImageConfig& c = f.zimage = shapes.cfg;
+    const ZImageConfig& c = f.zimage = plan.zimage;
     f.widths = {c.cap_dim, 0, c.in_channels};
     f.targets = zimage_lora_targets(c);
     f.lora_prefix = "diffusion_model.";
     std::snprintf(buf, sizeof buf, "Z-Image %s: dim %d, %d heads, %d layers + %d noise and %d context refiner blocks",
                   job.variant.c_str(), c.dim, c.heads, c.n_layers, c.n_refiner, c.n_refiner);
   } else {
-    const FluxTransformer shapes = FluxTransformer::shapes(job.transformer);
-    const FluxConfig& c = f.flux = shapes.cfg;
+    const FluxConfig& c = f.flux = plan.cfg;
     f.widths = widths_of(c);
     f.targets = flux_lora_targets(c, job.train_modulation);
     f.lora_prefix = "transformer.";
@@ -31,6 +29,13 @@ ModelFamily model_family(const Job& job) {
   }
   f.describe = buf;
   return f;
+}
+
+float sampler_cfg_scale(const std::string& arch, float g) {
+  // ZImagePipeline guides as pos + g (pos - neg), and only above 1: the usual neg + (g + 1)(pos - neg),
+  // none at 1 or below (Turbo's default).
+  if (arch == "zimage") return g > 1.0f ? g + 1.0f : 1.0f;
+  return g;
 }
 
 std::unique_ptr<Denoiser> load_denoiser(const Job& job, Device device, LoraSet* assistant) {

@@ -11,6 +11,7 @@
 #include "models/zimage.h"
 #include "train/job.h"
 #include "train/lora.h"
+#include "train/memory_plan.h"
 
 namespace graft {
 
@@ -20,7 +21,7 @@ struct ModelWidths {
 };
 ModelWidths widths_of(const FluxConfig& c);
 
-// The transformer of a job, from its checkpoint's headers (nothing read).
+// The transformer of a job, from the configuration the memory plan read from its checkpoint's headers.
 struct ModelFamily {
   std::string arch;  // flux | zimage
   FluxConfig flux;
@@ -30,7 +31,11 @@ struct ModelFamily {
   std::string lora_prefix;          // its file's key prefix
   std::string describe;             // one line for the log
 };
-ModelFamily model_family(const Job& job);
+ModelFamily model_family(const Job& job, const PlanInputs& plan);
+
+// The classifier-free guidance scale the sampler applies (uncond + scale (cond - uncond)) for the job's
+// sample.guidance_scale, as the family's pipeline reads it.
+float sampler_cfg_scale(const std::string& arch, float guidance_scale);
 
 // The job's transformer on `device` in the job's format, the assistant adapter (model.assistant_lora)
 // merged into its weights and returned in `assistant` with scale -1 per adapter: attached for

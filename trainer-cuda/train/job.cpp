@@ -173,6 +173,17 @@ void check_vocab(const Job& job, const std::string& path, const std::vector<int>
   }
 }
 
+}  // namespace
+
+int TextPart::length(const int* ids) const {
+  int n = max_len;
+  if (pad_id >= 0)
+    while (n > 1 && ids[n - 1] == pad_id) --n;
+  return n;
+}
+
+namespace {
+
 // model.text_encoder (one encoder, the demo model's) or model.text_encoders {name: path}, and the
 // text section's length of each: text.max_len, or text.encoders {name: {max_len}}.
 void load_text_parts(Job& job, const Fields& f) {

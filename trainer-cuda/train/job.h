@@ -77,6 +77,9 @@ struct TextPart {
   // A prompt padded with this id after its tokens reads only its tokens (Z-Image's Qwen3: the
   // pipeline keeps the hidden states its attention mask marks); -1: every id is read.
   int pad_id = -1;
+  // How many of a prompt's max_len ids the encoder reads: up to the last that is not pad_id (at least
+  // one), or all of them.
+  int length(const int* ids) const;
 };
 
 struct Job {

@@ -370,19 +370,14 @@ PlanInputs plan_inputs(const Job& job, Device device) {
   in.batch = job.batch_size;
   in.checkpointing = job.gradient_checkpointing;
   for (const TextPart& t : job.text_parts) in.text_tokens = std::max<int64_t>(in.text_tokens, t.max_len);
-  if (job.text_parts.size() == 1 && job.text_parts[0].pad_id >= 0) {
+  if (job.text_parts.size() == 1 && job.text_parts[0].pad_id >= 0 && !job.empty_tokens.empty()) {
     // Prompts of their own lengths (Z-Image's Qwen3): the longest one the job trains on.
-    const int pad = job.text_parts[0].pad_id;
-    auto length = [pad](const std::vector<int>& ids) {
-      int64_t n = (int64_t)ids.size();
-      while (n > 1 && ids[n - 1] == pad) --n;
-      return n;
-    };
-    in.text_tokens = length(job.empty_tokens);
+    const TextPart& part = job.text_parts[0];
+    in.text_tokens = part.length(job.empty_tokens.data());
     for (const JobDataset& d : job.datasets)
       for (const JobImage& im : d.items)
         for (const std::vector<int>* ids : {&im.tokens, &im.dropout_tokens, &im.dop_tokens})
-          if (!ids->empty()) in.text_tokens = std::max(in.text_tokens, length(*ids));
+          if (!ids->empty()) in.text_tokens = std::max<int64_t>(in.text_tokens, part.length(ids->data()));
   }
   const int factor = pixels_per_token(job.ae);
   for (const JobDataset& d : job.datasets)

@@ -58,13 +58,9 @@ struct FluxPromptEncoder : PromptEncoder {
 // padding after it changes nothing the pipeline keeps).
 struct LlmPromptEncoder : PromptEncoder {
   DecoderLlm llm;
-  int pad_id = -1;
+  TextPart part;  // its length and pad id
   bool ragged() const override { return true; }
-  int prompt_length(const int* ids) const override {
-    int n = txt_len;
-    while (n > 1 && ids[n - 1] == pad_id) --n;
-    return n;
-  }
+  int prompt_length(const int* ids) const override { return part.length(ids); }
   Output encode(const std::vector<int>& ids, int B) const override {
     check_ids(*this, ids, B);
     const int L = txt_len, D = context_dim;
@@ -114,7 +110,7 @@ std::unique_ptr<PromptEncoder> load_prompt_encoder(const std::vector<TextPart>& 
   if (parts.size() == 1 && parts[0].name == "qwen3") {
     auto pe = std::make_unique<LlmPromptEncoder>();
     pe->llm = DecoderLlm::load(parts[0].path, device, -2, quantize, llm_config);  // Z-Image reads hidden_states[-2]
-    pe->pad_id = parts[0].pad_id;
+    pe->part = parts[0];
     pe->parts = {{"qwen3", parts[0].path, parts[0].max_len, pe->llm.cfg.vocab}};
     pe->txt_len = parts[0].max_len, pe->context_dim = pe->llm.cfg.hidden, pe->vec_dim = 0;
     return pe;

@@ -304,7 +304,7 @@ int train_run(const std::string& dir) {
   const MemoryPlan plan = plan_memory(plan_in);
   const char* check_env = std::getenv("GRAFT_MEMORY_CHECK");
   if (!plan.fits() && !(check_env && std::strcmp(check_env, "0") == 0)) fail(plan.refusal(job.file));
-  const ModelFamily family = model_family(job);
+  const ModelFamily family = model_family(job, plan_in);
   // The text encoder and autoencoder encode the datasets and serve sampling, on the same device; the
   // transformer loads once they are done with (FLUX.1's T5-XXL alone holds 9.5 GB).
   std::unique_ptr<PromptEncoder> te;

@@ -8,6 +8,7 @@
 #include "core/common.h"
 #include "core/image_io.h"
 #include "demo/text_encoder.h"
+#include "train/family.h"
 #include "train/pipeline.h"
 #include "train/timesteps.h"
 
@@ -40,9 +41,7 @@ std::vector<std::string> TrainSampler::run(const Denoiser& model, LoraSet& lora,
     if (W <= 0 || H <= 0) fail(job->file + ": sample size must be at least " + std::to_string(f) + " pixels");
     SampleParams sp;
     sp.steps = s.steps;
-    // Z-Image's pipeline guides as pos + g (pos - neg), CFG only above 1: the same as the usual
-    // neg + (g + 1)(pos - neg), and none at 1 or below (Turbo's default).
-    sp.cfg_scale = job->arch == "zimage" ? (s.cfg_scale > 1.0f ? s.cfg_scale + 1.0f : 1.0f) : s.cfg_scale;
+    sp.cfg_scale = sampler_cfg_scale(job->arch, s.cfg_scale);
     sp.guidance = s.guidance;
     sp.shift = s.resolution_shift ? flux_resolution_shift((H / f) * (W / f)) : s.shift;
     sp.seed = p.seed >= 0 ? (uint64_t)p.seed : s.seed + (s.walk_seed ? i : 0);
